@@ -1,0 +1,42 @@
+# hapair: every target installs what it needs first (scripts/bootstrap.sh is idempotent).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest
+
+.PHONY: deps lint unit lab e2e test demo bench bench-failover bench-mirror bench-vm bench-pair clean need-root
+
+deps:
+	@scripts/bootstrap.sh base
+
+need-root:
+	@if [ "$$(id -u)" != 0 ]; then \
+	  echo "make: this target needs root: the lab builds network namespaces (sudo make $(MAKECMDGOALS))" >&2; \
+	  exit 1; fi
+
+lint: deps
+	$(VENV)/bin/ruff check takeover mirrord tests bench
+	$(VENV)/bin/ruff format --check takeover mirrord tests bench
+	$(VENV)/bin/mypy
+
+unit: deps
+	$(PYTEST) tests/unit
+
+# Everything: unit, lab and end-to-end. Root-only tests fail (never skip) without root.
+test: need-root deps
+	$(PYTEST) tests
+
+demo: need-root deps
+	$(PY) -m tests.lab.demo
+
+bench: bench-failover bench-mirror
+
+bench-failover: need-root
+	@scripts/bootstrap.sh base bench
+	$(PY) -m bench.failover
+
+bench-mirror: need-root
+	@scripts/bootstrap.sh base bench
+	$(PY) -m bench.mirror
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

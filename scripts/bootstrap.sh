@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Install what hapair's targets need, idempotently: Debian packages, then the virtualenv.
+#   scripts/bootstrap.sh [apt-group ...]     groups: base (default), bench, vm
+# Safe to run again: packages already present are not reinstalled; the venv is rebuilt only
+# when pyproject.toml changed since the last install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+declare -A APT=(
+  [base]="iproute2 nftables rsync openssh-server openssh-client iputils-ping procps sqlite3 systemd"
+  [bench]="keepalived lsyncd"
+  [vm]="openipmi ipmitool libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 libvirt-dev pkg-config"
+)
+groups=("${@:-base}")
+want=()
+for g in "${groups[@]}"; do
+  [[ -n "${APT[$g]+x}" ]] || { echo "bootstrap: unknown group '$g'" >&2; exit 2; }
+  for p in ${APT[$g]}; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || want+=("$p")
+  done
+done
+if ((${#want[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "bootstrap: missing Debian packages (${want[*]}); run as root or install them" >&2
+    exit 1
+  fi
+  echo "bootstrap: apt-get install ${want[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+fi
+# Debian enables and starts daemons on install; on a real pair that is the admin's call, in the
+# lab they would only compete with the ones the tests start.
+for svc in keepalived lsyncd; do
+  if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    systemctl stop "$svc" || true
+  fi
+done
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+stamp="$VENV/.installed"
+if [[ ! -x "$VENV/bin/python" ]]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
+  "$VENV/bin/python" -m pip install -q --upgrade 'pip>=25.1'
+  extras=""
+  if pkg-config --exists libvirt 2>/dev/null; then extras="[libvirt]"; fi
+  "$VENV/bin/python" -m pip install -q -e ".${extras}" --group dev
+  touch "$stamp"
+fi
