@@ -304,7 +304,7 @@ class WaitInhibitors:
 
 @dataclass(frozen=True)
 class PersistEpoch:
-    """Store the takeover epoch before acting on it (it must survive restarts)."""
+    """Store the highest epoch known before acting on it (it must survive restarts)."""
 
     epoch: int
 
@@ -486,11 +486,16 @@ def peer_candidate(s: State) -> Candidate:
 
 def step(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
     """Fold one event into the state; return the new state and the actions to carry out."""
+    before = s.seen_epoch
     s = _absorb(s, ev, now)
     handler = _HANDLERS[s.role]
     new, actions = handler(s, ev, now)
     if new.role is not s.role:
         actions.insert(0, Notify(s.role, new.role, new.reason))
+    if new.seen_epoch > before and new.seen_epoch > new.epoch:
+        # Remember the highest epoch heard, so a takeover after our restart still numbers
+        # itself above the peer's (a restarted node loads it as its own).
+        actions.append(PersistEpoch(new.seen_epoch))
     return new, actions
 
 

@@ -422,7 +422,7 @@ EDGES: list[tuple[str, State, Event, float, Role, list[type]]] = [
         hb(Role.ACTIVE, epoch=4),
         0.0,
         Role.RELEASING,
-        [Notify, ReleaseResources],
+        [Notify, ReleaseResources, PersistEpoch],
     ),
     (
         "active_announces_when_peer_active_with_older_epoch",
@@ -600,6 +600,15 @@ def test_takeover_increments_epoch_above_everything_seen() -> None:
     assert new.epoch == 8
     assert PersistEpoch(8) in out
     assert out.index(PersistEpoch(8)) < [type(a) for a in out].index(AcquireResources)
+
+
+def test_higher_peer_epoch_is_persisted_once() -> None:
+    """A heartbeat with a higher epoch than any known is persisted; the same epoch again is not."""
+    s = mk(Role.STANDBY, epoch=2, seen_epoch=2, peer=peer(Role.ACTIVE))
+    s, out = step(s, hb(Role.ACTIVE, epoch=5), T0)
+    assert out == [PersistEpoch(5)]
+    _, out = step(s, hb(Role.ACTIVE, epoch=5), T0 + 0.2)
+    assert out == []
 
 
 def test_vip_answered_sets_condition_and_recheck() -> None:
