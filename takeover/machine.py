@@ -205,7 +205,11 @@ class InhibitorsReleased:
 
 @dataclass(frozen=True)
 class OperatorStandby:
-    """`takeover standby`: hand over (if active) and stay standby until the peer took over."""
+    """`takeover standby`: hand over (if active) and stay standby until the peer took over.
+
+    Until then the node neither wins elections nor takes over a lost peer; `promote` or the
+    peer becoming active clears the hold.
+    """
 
     force: bool = False
 
@@ -620,6 +624,9 @@ def _on_standby(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         return s, []
     if not s.peer_lost(now):
         return s, []
+    if s.hold_standby:
+        # The operator said standby: even a lost peer does not bring us back (promote does).
+        return replace(s, condition="operator standby: peer lost, not taking over"), []
     if s.recheck_at is None:
         # STANDBY -> ARBITRATING: no valid heartbeat on any link for deadtime.
         return _arbitrate(s, now, "peer lost")

@@ -222,6 +222,14 @@ EDGES: list[tuple[str, State, Event, float, Role, list[type]]] = [
         [],
     ),
     (
+        "standby_stays_on_peer_loss_while_operator_standby_holds",
+        mk(Role.STANDBY, hold_standby=True, peer=peer(Role.STANDBY, ago=0.7)),
+        Tick(),
+        0.0,
+        Role.STANDBY,
+        [],
+    ),
+    (
         "standby_operator_promote_against_active_peer_sets_flag_only",
         mk(Role.STANDBY, peer=peer(Role.ACTIVE)),
         OperatorPromote(),
