@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -85,6 +85,17 @@ _SYSCTL_SWITCH: Final = [
 ]
 WORK_ROOT: Final = Path("/tmp")
 STOP_GRACE: Final = 3.0
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Poll predicate until it is true (return True) or timeout seconds pass (return False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
 
 
 class LabError(RuntimeError):
@@ -182,7 +193,9 @@ class LabProcess:
         try:
             rc = self.popen.wait(grace)
         except subprocess.TimeoutExpired:
-            log.warning("lab.process.kill node=%s pid=%d argv0=%s", self.node, self.pid, self.argv[0])
+            log.warning(
+                "lab.process.kill node=%s pid=%d argv0=%s", self.node, self.pid, self.argv[0]
+            )
             self.signal(signal.SIGKILL)
             rc = self.popen.wait()
         self._log_file.close()
@@ -288,9 +301,9 @@ class Lab:
         with _LIVE_LOCK:
             _LIVE[id(self)] = self
         self._up = True
-        if threading.current_thread() is threading.main_thread():
-            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-                signal.signal(signal.SIGTERM, _on_sigterm)
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             self._build()
         except BaseException as e:
@@ -339,9 +352,7 @@ class Lab:
             )  # fmt: skip
             self._ip(SWITCH, "link", "set", port, "master", self.bridge, "up")
             self._ip(node, "addr", "add", f"{IPV4[node]}/{LAN4_PREFIX}", "dev", LAN_IFACE)
-            self._ip(
-                node, "addr", "add", f"{IPV6[node]}/{LAN6_PREFIX}", "dev", LAN_IFACE, "nodad"
-            )
+            self._ip(node, "addr", "add", f"{IPV6[node]}/{LAN6_PREFIX}", "dev", LAN_IFACE, "nodad")
             self._ip(node, "link", "set", LAN_IFACE, "up")
         self._ip("a", "link", "add", HB_IFACE, "type", "veth", "peer", "name", HB_IFACE,
                  "netns", self.ns("b"))  # fmt: skip
@@ -349,7 +360,9 @@ class Lab:
             self._ip(node, "addr", "add", f"{HB4[node]}/{HB4_PREFIX}", "dev", HB_IFACE)
             self._ip(node, "link", "set", HB_IFACE, "up")
         for node in NODES:
-            info = json.loads(self._host(["ip", "-n", self.ns(node), "-j", "link", "show", LAN_IFACE]))
+            info = json.loads(
+                self._host(["ip", "-n", self.ns(node), "-j", "link", "show", LAN_IFACE])
+            )
             self.nodes[node] = Node(
                 name=node,
                 ns=self.ns(node),
@@ -369,7 +382,9 @@ class Lab:
         for ns in self.namespaces():
             self._kill_ns(ns)
         for ns in self.namespaces():
-            p = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True)
+            p = subprocess.run(
+                ["ip", "netns", "del", ns], check=False, capture_output=True, text=True
+            )
             if p.returncode != 0:
                 log.error("lab.teardown.netns_del_failed ns=%s stderr=%s", ns, p.stderr.strip())
         self._remove_made_dirs()

@@ -7,6 +7,7 @@ into a `ProbeResult`. Times are CLOCK_MONOTONIC seconds, the same clock as the t
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterable
@@ -106,7 +107,7 @@ class ProbeResult:
 def _spans(res: ProbeResult) -> list[tuple[float, float]]:
     """Consecutive time points (first send, each reply, last send) as spans."""
     points = [res.started, *(r.t for r in res.replies), res.stopped]
-    return list(zip(points, points[1:], strict=False))
+    return list(itertools.pairwise(points))
 
 
 def _union_length(intervals: Iterable[tuple[float, float]]) -> float:
@@ -128,7 +129,7 @@ def analyse(
     replies = sorted(replies, key=lambda r: r.t)
     points = [started, *(r.t for r in replies), stopped]
     outage, span = 0.0, (started, started)
-    for a, b in zip(points, points[1:], strict=False):
+    for a, b in itertools.pairwise(points):
         if b - a > outage:
             outage, span = b - a, (a, b)
     # Dual ownership: a reply from X and one from Y != X within DUAL_WINDOW. A clean handover
@@ -225,6 +226,21 @@ class VipProbe:
         self._proc.stop()
         self._proc = None
         raise RuntimeError(f"probe agent did not start for vip={vip}: {log.strip()}")
+
+    def snapshot(self) -> ProbeResult:
+        """What the client saw so far, while the probe keeps running."""
+        if self._log is None:
+            raise RuntimeError("probe never started")
+        return read_log(self._log)
+
+    def wait_for(self, mac: str, count: int = 1, *, timeout: float = 5.0) -> bool:
+        """Wait until mac has sent count replies (in total); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.snapshot().replies_per_mac.get(mac, 0) >= count:
+                return True
+            time.sleep(0.02)
+        return False
 
     def stop(self) -> ProbeResult:
         """Stop probing and return what the client saw."""
