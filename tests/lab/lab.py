@@ -227,6 +227,29 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 atexit.register(_teardown_live)
 
 
+def sweep_stale() -> list[str]:
+    """Tear down labs whose owning process died without teardown (SIGKILL, OOM); return prefixes.
+
+    Only labs whose work dir names an owner PID that no longer runs are touched, so labs of
+    other test runs on the same machine are safe.
+    """
+    swept: list[str] = []
+    for meta in WORK_ROOT.glob("hapair-lab-*/lab.json"):
+        try:
+            info = json.loads(meta.read_text())
+            prefix, owner = str(info["prefix"]), int(info["owner_pid"])
+        except (OSError, ValueError, KeyError):
+            continue
+        if info.get("kept") or _alive(owner):
+            continue
+        stale = Lab(prefix=prefix)
+        stale._up = True  # adopt it: teardown works from the namespace names alone
+        stale.teardown()
+        swept.append(prefix)
+        log.warning("lab.sweep prefix=%s owner_pid=%d", prefix, owner)
+    return swept
+
+
 class Lab:
     """The two-node lab. Use as `with Lab() as lab:` or call `up()` and `teardown()`."""
 
@@ -297,6 +320,7 @@ class Lab:
             return self
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, nftables, raw sockets)")
+        sweep_stale()
         t0 = time.monotonic()
         with _LIVE_LOCK:
             _LIVE[id(self)] = self
@@ -390,6 +414,9 @@ class Lab:
         self._remove_made_dirs()
         if not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        elif self.workdir.is_dir():
+            meta = {"prefix": self.prefix, "owner_pid": os.getpid(), "kept": True}
+            (self.workdir / "lab.json").write_text(json.dumps(meta) + "\n")
         with _LIVE_LOCK:
             _LIVE.pop(id(self), None)
         self._up = False
@@ -540,6 +567,13 @@ class Lab:
         for d in reversed(missing):
             d.mkdir()
             self._made_dirs.append(d)
+
+    def node_dir(self, node: str, *parts: str) -> Path:
+        """A directory for node under the work dir (created), e.g. its run_dir or state_dir."""
+        self.ns(node)
+        d = self.workdir.joinpath(node, *parts)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
 
     def ping(self, src: str, dst: str, *, count: int = 1, timeout: float = 1.0) -> bool:
         """True if dst (address) answers an ICMP echo from node src within timeout."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -331,6 +332,28 @@ def test_exception_in_with_body_still_tears_down() -> None:
         _ = 1 / 0
     assert holder[0].namespaces() == []
     assert not _alive(proc.pid)
+
+
+@netns
+def test_sweep_removes_a_lab_whose_owner_died() -> None:
+    """A lab left by a killed owner (its PID gone) is removed by the next lab's start-up."""
+    script = (
+        "import os, sys; sys.path.insert(0, sys.argv[1]);"
+        "from tests.lab.lab import Lab; lab = Lab().up();"
+        "p = lab.spawn('a', ['sleep', '300']); print(lab.prefix, p.pid, flush=True);"
+        "os.kill(os.getpid(), 9)"
+    )
+    repo = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", script, repo], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    prefix, pid = out.stdout.split()
+    assert any(n.startswith(f"{prefix}-") for n in _netns_names())
+    with Lab():
+        assert not [n for n in _netns_names() if n.startswith(f"{prefix}-")]
+        assert wait_until(lambda: not _alive(int(pid)), timeout=5)
+        assert not Path(f"/tmp/hapair-lab-{prefix}").exists()
 
 
 class _FailingLab(Lab):
