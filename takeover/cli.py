@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 
-from takeover.cliutil import add_command, add_common_args, config_exit, report_check
-from takeover.config import Cluster, Node, load_cluster, resolve_node
+from takeover.cliutil import add_command, add_common_args, config_exit, load_local, report_check
+from takeover.config import Cluster, Node
 from takeover.configparse import ConfigError
 from takeover.exits import Exit
 
@@ -29,13 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip checks of files the configuration names (key file, password files)",
     )
     return parser
-
-
-def load_local(args: argparse.Namespace) -> tuple[Cluster, Node]:
-    """Load the cluster file and resolve this node from --node/--run-dir/--state-dir."""
-    cluster = load_cluster(args.config)
-    node = resolve_node(cluster, args.node, run_dir=args.run_dir, state_dir=args.state_dir)
-    return cluster, node
 
 
 def file_problems(cluster: Cluster, node: Node) -> list[str]:

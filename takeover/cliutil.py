@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+from takeover.config import Cluster, Node, load_cluster, resolve_node
 from takeover.configparse import ConfigError, ConfigMissing
 from takeover.exits import Exit
 
@@ -70,6 +71,13 @@ def add_command(
     sub = subparsers.add_parser(name, parents=[parent], help=help_text, description=help_text)
     sub.set_defaults(func=func)
     return sub
+
+
+def load_local(args: argparse.Namespace) -> tuple[Cluster, Node]:
+    """Load the cluster file and resolve this node from --node/--run-dir/--state-dir."""
+    cluster = load_cluster(args.config)
+    node = resolve_node(cluster, args.node, run_dir=args.run_dir, state_dir=args.state_dir)
+    return cluster, node
 
 
 def config_exit(err: ConfigError) -> int:
