@@ -26,6 +26,7 @@ from takeover.configparse import (
     IPInterface,
     Problems,
     Table,
+    describe,
     format_seconds,
     parse_address,
     read_toml,
@@ -449,7 +450,7 @@ def _heartbeat(root: Table) -> HeartbeatConfig:
             t.problem(f"links[{i}]", f'"{link}" is listed twice')
     port = t.integer("port", 7405, lo=1, hi=65535)
     interval = t.duration("interval", 0.2, minimum=0.02)
-    deadtime = t.duration("deadtime", 3 * interval, positive=True)
+    deadtime = t.duration("deadtime", round(3 * interval, 9), positive=True)
     if not t.bad("interval", "deadtime") and deadtime <= interval:
         t.problem(
             "deadtime",
@@ -669,7 +670,7 @@ def _vip_address(t: Table) -> IPInterface | None:
         t.problem(
             "address",
             f"must be an address with a prefix length, e.g. "
-            f'"192.0.2.100/24" or "2001:db8::100/64", got {value!r}',
+            f'"192.0.2.100/24" or "2001:db8::100/64", got {describe(value)}',
         )
         return None
     try:

@@ -60,16 +60,19 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"must be {DURATION_HINT}, got {describe(value)}")
     if not isinstance(value, str):
         raise ValueError(
-            f'must be {DURATION_HINT}, got the bare number {value}: write a unit, e.g. "{value}s"'
+            f"must be {DURATION_HINT}, got the bare number {value}: "
+            f'write the unit, e.g. "{value}ms" or "{value}s"'
         )
     match = _DURATION_RE.match(value)
     if match is None:
         if re.fullmatch(r"\s*\d+(?:\.\d+)?\s*", value):
             raise ValueError(
-                f'must be {DURATION_HINT}, got "{value}": write a unit, e.g. "{value.strip()}s"'
+                f'must be {DURATION_HINT}, got "{value}": write the unit, '
+                f'e.g. "{value.strip()}ms" or "{value.strip()}s"'
             )
         raise ValueError(f'must be {DURATION_HINT}, got "{value}"')
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    # Rounded so that "200ms" is exactly 0.2, as a reader of the file would expect.
+    return round(float(match.group(1)) * _UNITS[match.group(2)], 9)
 
 
 def format_seconds(seconds: float) -> str:
