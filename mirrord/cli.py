@@ -6,7 +6,14 @@ import argparse
 import sys
 
 from mirrord.policy import load_policies
-from takeover.cliutil import add_command, add_common_args, config_exit, load_local, report_check
+from takeover.cliutil import (
+    add_check_command,
+    config_exit,
+    file_problem,
+    load_local,
+    new_parser,
+    report_check,
+)
 from takeover.configparse import ConfigError
 from takeover.exits import Exit
 
@@ -15,19 +22,12 @@ PROG = "mirrord"
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Mirror each configured directory from the active node."
-    )
-    add_common_args(parser)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    check = add_command(
-        sub, "check", cmd_check, "validate the cluster file and mirror policies; exit 0 or 2"
-    )
-    check.add_argument("--json", action="store_true", help="print one JSON document")
-    check.add_argument(
-        "--no-fs",
-        action="store_true",
-        help="skip checks of the file system (mirrored directories exist, ssh key readable)",
+    parser, sub = new_parser(PROG, "Mirror each configured directory from the active node.")
+    add_check_command(
+        sub,
+        cmd_check,
+        "validate the cluster file and mirror policies; exit 0 or 2",
+        "skip checks of the file system (mirrored directories exist, ssh key readable)",
     )
     return parser
 
@@ -43,9 +43,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         policies = load_policies(cluster, check_fs=not args.no_fs)
     except ConfigError as err:
         policies, problems = [], err.problems
-    if cluster.mirror is not None and not args.no_fs and not cluster.mirror.ssh_key.is_file():
-        key = cluster.mirror.ssh_key
-        problems.append(f"{cluster.label}: mirror.ssh_key: {key}: no such file")
+    if cluster.mirror is not None and not args.no_fs:
+        key = file_problem(cluster.label, "mirror.ssh_key", cluster.mirror.ssh_key)
+        problems += [key] if key else []
     if problems or cluster.mirror is None:
         return report_check(PROG, args, "", problems, Exit.CONFIG)
     peer = cluster.peer_of(node.name)

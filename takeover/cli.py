@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from takeover.cliutil import add_command, add_common_args, config_exit, load_local, report_check
+from takeover.cliutil import (
+    add_check_command,
+    config_exit,
+    file_problem,
+    load_local,
+    new_parser,
+    report_check,
+)
 from takeover.config import Cluster, Node
 from takeover.configparse import ConfigError
 from takeover.exits import Exit
@@ -16,17 +22,12 @@ PROG = "takeover"
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Decide which node of the pair is active and move the service."
-    )
-    add_common_args(parser)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    check = add_command(sub, "check", cmd_check, "validate the cluster file and exit 0 or 2")
-    check.add_argument("--json", action="store_true", help="print one JSON document")
-    check.add_argument(
-        "--no-fs",
-        action="store_true",
-        help="skip checks of files the configuration names (key file, password files)",
+    parser, sub = new_parser(PROG, "Decide which node of the pair is active and move the service.")
+    add_check_command(
+        sub,
+        cmd_check,
+        "validate the cluster file and exit 0 or 2",
+        "skip checks of files the configuration names (key file, password files)",
     )
     return parser
 
@@ -38,13 +39,8 @@ def file_problems(cluster: Cluster, node: Node) -> list[str]:
     if peer.fencing is not None:
         index = cluster.nodes.index(peer)
         wanted.append((f"node[{index}].fencing.password_file", peer.fencing.password_file))
-    problems = []
-    for key, path in wanted:
-        if not path.is_file():
-            problems.append(f"{cluster.label}: {key}: {path}: no such file")
-        elif not os.access(path, os.R_OK):
-            problems.append(f"{cluster.label}: {key}: {path}: not readable")
-    return problems
+    found = (file_problem(cluster.label, key, path) for key, path in wanted)
+    return [p for p in found if p is not None]
 
 
 def cmd_check(args: argparse.Namespace) -> int:

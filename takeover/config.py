@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -50,6 +51,8 @@ __all__ = [
     "load_cluster",
     "resolve_node",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RUN_DIR: Final = "/run/hapair"
 DEFAULT_STATE_DIR: Final = "/var/lib/hapair"
@@ -305,6 +308,7 @@ def load_cluster(path: str | os.PathLike[str]) -> Cluster:
     problems = Problems(label)
     cluster = _parse(Table(data, "", problems), source)
     problems.raise_if_any()
+    log.debug("config.loaded file=%s cluster=%s", source, cluster.name)
     return cluster
 
 
@@ -388,7 +392,7 @@ def _parse(root: Table, source: Path) -> Cluster:
     section = root.table("cluster")
     if section is None:
         problems.add("cluster", "required table [cluster] is missing")
-        section = Table({}, "cluster", problems)
+        section = _absent("cluster")
     name = section.string("name", pattern=NAME_RE, what=NAME_WHAT)
     run_dir = section.path("run_dir", DEFAULT_RUN_DIR)
     state_dir = section.path("state_dir", DEFAULT_STATE_DIR)
@@ -429,6 +433,12 @@ def _parse(root: Table, source: Path) -> Cluster:
     )
 
 
+def _absent(name: str) -> Table:
+    # Stands in for a missing required table: its own "required key" complaints are dropped,
+    # the one about the table itself says it all.
+    return Table({}, name, Problems(""))
+
+
 def _finish_with(hook: Table) -> float:
     # A hook's timeout, read last so finish() sees both keys.
     timeout = hook.duration("timeout", 10.0, positive=True)
@@ -441,7 +451,7 @@ def _heartbeat(root: Table) -> HeartbeatConfig:
     t = root.table("heartbeat")
     if t is None:
         problems.add("heartbeat", "required table [heartbeat] is missing")
-        t = Table({}, "heartbeat", problems)
+        t = _absent("heartbeat")
     links = t.strings("links", nonempty=True)
     for i, link in enumerate(links):
         if re.fullmatch(LINK_RE, link) is None:
@@ -532,6 +542,8 @@ def _node_heartbeat(node: Table, links: tuple[str, ...]) -> Mapping[str, IPAddre
         address = t.address(link)
         if address is not None:
             addresses[link] = address
+    if node.problems.bad("heartbeat.links", "heartbeat"):
+        return MappingProxyType(addresses)
     for extra in t.data:
         if extra not in links:
             t.problem(extra, f"link is not in heartbeat.links ({', '.join(links) or 'none'})")
