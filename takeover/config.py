@@ -21,11 +21,13 @@ from types import MappingProxyType
 from typing import Final
 
 from takeover.configparse import (
+    REQUIRED,
     ConfigError,
     ConfigMissing,
     IPAddress,
     IPInterface,
     Problems,
+    Required,
     Table,
     describe,
     format_seconds,
@@ -503,12 +505,9 @@ def _nodes(
             t.problem("name", f'"{name}" is already the name of another node')
         priority = t.integer("priority", 100, lo=0, hi=255)
         interface = t.string("interface", pattern=IFNAME_RE, what=IFNAME_WHAT)
-        mirror_address: str | None = None
-        if needs_mirror:
-            mirror_address = t.string("mirror_address", pattern=r"[^\s/]+", what="a host")
-        else:
-            mirror_address = t.string("mirror_address", "", pattern=r"[^\s/]+", what="a host")
-            mirror_address = mirror_address or None
+        # Required only when there is something to mirror.
+        required: str | Required = REQUIRED if needs_mirror else ""
+        mirror_address = t.string("mirror_address", required, pattern=r"[^\s/]+", what="a host")
         node_run = t.path("run_dir", str(run_dir))
         node_state = t.path("state_dir", str(state_dir))
         heartbeat = _node_heartbeat(t, links)
@@ -521,7 +520,7 @@ def _nodes(
                 interface=interface,
                 heartbeat=heartbeat,
                 priority=priority,
-                mirror_address=mirror_address,
+                mirror_address=mirror_address or None,
                 run_dir=node_run,
                 state_dir=node_state,
                 fencing=fencing,
