@@ -96,23 +96,34 @@ class Fencer(Protocol):
 
 
 class Links(Protocol):
-    """The heartbeat transport: one UDP socket per link."""
+    """The heartbeat transport (takeover.heartbeat.HeartbeatLinks): one socket per link.
 
-    def names(self) -> Sequence[str]:
-        """Return the link names, in configured order."""
+    Built by a `LinksFactory` from the daemon's Receiver and heartbeat callback, so the
+    sockets are bound at start-up and every datagram is authenticated before it reaches us.
+    """
+
+    def start(self) -> None:
+        """Start reading every link from the running loop."""
         ...
 
-    async def open(self, deliver: Callable[[str, bytes], None]) -> None:
-        """Open every link; call `deliver(link, datagram)` for each datagram received."""
+    def send(self, make: Callable[[], bytes]) -> int:
+        """Send one datagram per link, each from a fresh `make()`; return how many went."""
         ...
 
-    def send(self, link: str, data: bytes) -> None:
-        """Send one datagram to the peer on `link` (errors are the link's to log, not raise)."""
+    def drain(self) -> int:
+        """Read and hand over every datagram queued right now; return how many."""
+        ...
+
+    def stats(self) -> dict[str, dict[str, object]]:
+        """Per link: last_seen_age, received, sent, send_errors, dropped."""
         ...
 
     def close(self) -> None:
         """Close every link."""
         ...
+
+
+LinksFactory = Callable[[Receiver, Callable[[str, Heartbeat], None]], Links]
 
 
 class Notifier(Protocol):
@@ -216,16 +227,10 @@ class DaemonConfig:
 
 
 @dataclass
-class _LinkStat:
-    last_seen: float | None = None
-    received: int = 0
-
-
-@dataclass
 class Effects:
     """The effect objects the daemon drives."""
 
-    links: Links
+    links: LinksFactory
     resources: Resources
     prober: TargetProber
     guard: GuardProber
@@ -257,7 +262,7 @@ class Daemon:
         self.receiver = Receiver(cfg.key, (p.node, p.peer), own=p.node, digest=cfg.digest)
         self.sent = 0
         self.reach = Reachability(effects.prober.targets, cfg.dampen)
-        self.links = {name: _LinkStat() for name in effects.links.names()}
+        self.links = effects.links(self.receiver, self._on_heartbeat)
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         self.queue: asyncio.Queue[m.Event] = asyncio.Queue()
         self.hooks = HookRunner(cfg.hooks, node=p.node, peer=p.peer)
@@ -280,7 +285,7 @@ class Daemon:
 
     async def start(self) -> None:
         """Open links and the control socket, start hooks, checks and background probes."""
-        await self.fx.links.open(self._deliver)
+        self.links.start()
         await self.control.start()
         self.hooks.start()
         self.health.start()
@@ -310,7 +315,7 @@ class Daemon:
         await self.health.close()
         await self.hooks.close()
         await self.control.close()
-        self.fx.links.close()
+        self.links.close()
         remove_status(status_path(self.cfg.run_dir))
         self.fx.notifier.notify("STOPPING=1")
         log.info("daemon.stop role=%s", self.state.role.value)
@@ -380,6 +385,8 @@ class Daemon:
                 # may be ours. The machine waits a grace before trusting its timers.
                 log.warning("loop.stalled lag=%.3f", lag)
                 self.handle(m.LoopStalled(lag))
+                drained = self.links.drain()
+                log.info("loop.drained heartbeats=%s", drained)
         self._last_iter = now
         if first is not None:
             self.handle(first)
@@ -567,25 +574,18 @@ class Daemon:
 
     # -- heartbeats ------------------------------------------------------------------------
 
-    def _deliver(self, link: str, data: bytes) -> None:
-        """Link callback: authenticate one datagram and queue the heartbeat it carries."""
-        result = self.receiver.receive(data)
-        if not isinstance(result, Heartbeat):
-            log.debug("heartbeat.dropped link=%s reason=%s", link, result.value)
-            return
-        stat = self.links.setdefault(link, _LinkStat())
-        stat.last_seen = self.clock()
-        stat.received += 1
+    def _on_heartbeat(self, link: str, hb: Heartbeat) -> None:
+        """Link callback: queue an authenticated, fresh heartbeat for the machine."""
         self._emit(
             m.HeartbeatSeen(
-                role=result.role,
-                epoch=result.epoch,
-                priority=result.priority,
-                score=result.score,
-                boot_id=result.boot_id.hex(),
-                healthy=result.healthy,
-                promote=result.promote,
-                hold_standby=result.hold_standby,
+                role=hb.role,
+                epoch=hb.epoch,
+                priority=hb.priority,
+                score=hb.score,
+                boot_id=hb.boot_id.hex(),
+                healthy=hb.healthy,
+                promote=hb.promote,
+                hold_standby=hb.hold_standby,
             )
         )
 
@@ -607,11 +607,12 @@ class Daemon:
         )
 
     def _send_heartbeats(self) -> None:
-        for link in self.links:
-            # One sequence number per datagram: the copy on the second link is no replay.
-            self.seq += 1
-            self.fx.links.send(link, encode(self.heartbeat(), self.cfg.key))
-            self.sent += 1
+        self.sent += self.links.send(self._next_datagram)
+
+    def _next_datagram(self) -> bytes:
+        # One sequence number per datagram: the copy on the second link is no replay.
+        self.seq += 1
+        return encode(self.heartbeat(), self.cfg.key)
 
     # -- status and control ----------------------------------------------------------------
 
@@ -629,14 +630,10 @@ class Daemon:
                 alive=s.peer_alive(now),
                 last_heard_age=round(now - s.peer.heard_at, 3),
             )
-        links = {
-            name: {
-                "up": st.last_seen is not None and now - st.last_seen <= p.deadtime,
-                "last_seen_age": None if st.last_seen is None else round(now - st.last_seen, 3),
-                "received": st.received,
-            }
-            for name, st in self.links.items()
-        }
+        links: dict[str, dict[str, object]] = {}
+        for name, st in self.links.stats().items():
+            age = st.get("last_seen_age")
+            links[name] = {**st, "up": isinstance(age, float | int) and age <= p.deadtime}
         counters = self.receiver.counters()
         counters["sent"] = self.sent
         return {

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from takeover.arbitration import Outcome
+from takeover.wire import Heartbeat, Receiver
 
 
 @dataclass
@@ -54,46 +55,115 @@ class FakeNetwork:
         """Return whether `link` currently delivers."""
         return not self.all_cut and link not in self.cut
 
+    def links(
+        self,
+        node: str,
+        peer: str,
+        names: Sequence[str],
+        clock: Callable[[], float] | None = None,
+    ) -> Callable[[Receiver, Callable[[str, Heartbeat], None]], FakeLinks]:
+        """Return a links factory (as the daemon takes) for `node` on this network."""
+
+        def factory(
+            receiver: Receiver, on_heartbeat: Callable[[str, Heartbeat], None]
+        ) -> FakeLinks:
+            return FakeLinks(
+                self, node, peer, names, receiver=receiver, on_heartbeat=on_heartbeat, clock=clock
+            )
+
+        return factory
+
+
+@dataclass
+class _FakeLinkStats:
+    last_seen: float | None = None
+    received: int = 0
+    sent: int = 0
+    dropped: int = 0
+
 
 class FakeLinks:
     """Heartbeat links of one node on a FakeNetwork; `sent` records (link, bytes)."""
 
-    def __init__(self, network: FakeNetwork, node: str, peer: str, links: Sequence[str]) -> None:
-        """Join `network` as `node`, sending to `peer` on `links`."""
+    def __init__(
+        self,
+        network: FakeNetwork,
+        node: str,
+        peer: str,
+        names: Sequence[str],
+        *,
+        receiver: Receiver,
+        on_heartbeat: Callable[[str, Heartbeat], None],
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        """Join `network` as `node`, sending to `peer` on `names`."""
         self.network = network
         self.node = node
         self.peer = peer
-        self._names = tuple(links)
+        self.names = tuple(names)
+        self.receiver = receiver
+        self.on_heartbeat = on_heartbeat
+        self.clock = clock
         self.sent: list[tuple[str, bytes]] = []
-        self.deliver: Callable[[str, bytes], None] | None = None
+        self.stats_by_link = {n: _FakeLinkStats() for n in self.names}
+        self.pending: list[tuple[str, bytes]] = []
+        self.started = False
+        # False: the node is "crashed": it neither sends nor receives.
         self.alive = True
         network.nodes[node] = self
 
-    def names(self) -> Sequence[str]:
-        """Return the link names."""
-        return self._names
+    def start(self) -> None:
+        """Start receiving."""
+        self.started = True
 
-    async def open(self, deliver: Callable[[str, bytes], None]) -> None:
-        """Start delivering received datagrams to `deliver`."""
-        self.deliver = deliver
-
-    def send(self, link: str, data: bytes) -> None:
-        """Record and deliver (asynchronously, like a socket) if the link and peer are up."""
-        self.sent.append((link, data))
-        other = self.network.nodes.get(self.peer)
-        if not (self.alive and other and other.alive and self.network.carries(link)):
-            return
-        if other.deliver is not None:
-            asyncio.get_running_loop().call_soon(other.deliver, link, data)
+    def send(self, make: Callable[[], bytes]) -> int:
+        """Send one datagram per link; deliver it (on the next loop turn) where the link is up."""
+        ok = 0
+        for name in self.names:
+            data = make()
+            self.sent.append((name, data))
+            self.stats_by_link[name].sent += 1
+            ok += 1
+            other = self.network.nodes.get(self.peer)
+            if self.alive and other and other.alive and self.network.carries(name):
+                asyncio.get_running_loop().call_soon(other.inject, name, data)
+        return ok
 
     def inject(self, link: str, data: bytes) -> None:
-        """Deliver a datagram as if it arrived on `link` (forged or replayed packets)."""
-        assert self.deliver is not None
-        self.deliver(link, data)
+        """Handle a datagram as if it arrived on `link` (also for forged or replayed ones)."""
+        if not self.started or not self.alive:
+            return
+        result = self.receiver.receive(data)
+        stats = self.stats_by_link.setdefault(link, _FakeLinkStats())
+        if not isinstance(result, Heartbeat):
+            stats.dropped += 1
+            return
+        stats.received += 1
+        stats.last_seen = self.clock() if self.clock else None
+        self.on_heartbeat(link, result)
+
+    def drain(self) -> int:
+        """Nothing queues in memory: delivery is immediate."""
+        return 0
+
+    def stats(self) -> dict[str, dict[str, object]]:
+        """Per link counters; last_seen_age needs `clock`."""
+        out: dict[str, dict[str, object]] = {}
+        for name, s in self.stats_by_link.items():
+            age = None
+            if s.last_seen is not None and self.clock is not None:
+                age = round(self.clock() - s.last_seen, 3)
+            out[name] = {
+                "last_seen_age": age,
+                "received": s.received,
+                "sent": s.sent,
+                "dropped": s.dropped,
+            }
+        return out
 
     def close(self) -> None:
-        """Stop delivering."""
-        self.deliver = None
+        """Stop receiving."""
+        self.started = False
 
 
 @dataclass

@@ -18,7 +18,6 @@ from takeover.status import read_status, status_path
 from takeover.testing import (
     FakeClock,
     FakeGuard,
-    FakeLinks,
     FakeNetwork,
     FakeProber,
     FakeResources,
@@ -60,13 +59,14 @@ class Rig:
             run_dir=tmp / "run",
             state_dir=tmp / "state",
         )
-        self.links = FakeLinks(self.network, "alpha", "beta", LINKS)
         self.resources = FakeResources()
         self.prober = FakeProber()
         self.guard = FakeGuard()
         self.notifier = RecordingNotifier()
-        fx = Effects(self.links, self.resources, self.prober, self.guard, None, self.notifier)
+        factory = self.network.links("alpha", "beta", LINKS, clock=self.clock)
+        fx = Effects(factory, self.resources, self.prober, self.guard, None, self.notifier)
         self.daemon = Daemon(self.cfg, fx, clock=self.clock, wall=lambda: 1.7e9 + self.clock())
+        self.links = self.network.nodes["alpha"]
         self.peer_seq = 1
 
     def peer_heartbeat(self, role: Role, epoch: int = 0, key: bytes = KEY) -> bytes:
@@ -314,7 +314,7 @@ def test_pair_elects_then_fails_over_when_active_dies(tmp_path: Path) -> None:
             state_dir=tmp_path / node / "state",
             status_interval=0.2,
         )
-        links = FakeLinks(network, node, peer, LINKS)
+        links = network.links(node, peer, LINKS)
         fx = Effects(links, res, FakeProber(), FakeGuard(), None, RecordingNotifier())
         return Daemon(cfg, fx), res
 
