@@ -156,23 +156,8 @@ class Addresses:
         if await self._has_address(index, vip):
             log.debug("vip.already_held vip=%s device=%s", vip.address, vip.device)
         else:
-            kwargs: dict[str, Any] = {}
-            if vip.address.version == 6:
-                kwargs["flags"] = IFA_F_NODAD
-            try:
-                await self._ipr.addr(
-                    "add",
-                    index=index,
-                    address=str(vip.address.ip),
-                    prefixlen=vip.address.network.prefixlen,
-                    **kwargs,
-                )
-            except NetlinkError as e:
-                if e.code != errno.EEXIST:
-                    raise AddressError(f"add {vip}: {e.args[-1]}") from None
-            else:
-                changed = True
-                log.info("vip.added vip=%s device=%s", vip.address, vip.device)
+            flags = IFA_F_NODAD if vip.address.version == 6 else 0
+            changed |= await self._change_address("add", vip, index, errno.EEXIST, flags=flags)
         if vip.mac:
             changed |= await self._ensure_source_route(vip, index)
         return changed
@@ -184,19 +169,7 @@ class Addresses:
             changed |= await self._drop_source_rules(vip)
         index = await self._lookup(vip.device)
         if index is not None:
-            try:
-                await self._ipr.addr(
-                    "del",
-                    index=index,
-                    address=str(vip.address.ip),
-                    prefixlen=vip.address.network.prefixlen,
-                )
-            except NetlinkError as e:
-                if e.code != errno.EADDRNOTAVAIL:
-                    raise AddressError(f"remove {vip}: {e.args[-1]}") from None
-            else:
-                changed = True
-                log.info("vip.removed vip=%s device=%s", vip.address, vip.device)
+            changed |= await self._change_address("del", vip, index, errno.EADDRNOTAVAIL)
         if vip.mac and index is not None and not await self._global_addresses(index):
             try:
                 await self._ipr.link("del", index=index)
@@ -207,6 +180,30 @@ class Addresses:
                 changed = True
                 log.info("macvlan.removed name=%s mac=%s", vip.device, vip.mac)
         return changed
+
+    async def _change_address(
+        self, op: str, vip: VipPlacement, index: int, harmless: int, **extra: Any
+    ) -> bool:
+        """Add or delete the address; `harmless` is the errno meaning "already so"."""
+        try:
+            await self._ipr.addr(
+                op,
+                index=index,
+                address=str(vip.address.ip),
+                prefixlen=vip.address.network.prefixlen,
+                **extra,
+            )
+        except NetlinkError as e:
+            if e.code == harmless:
+                return False
+            raise AddressError(f"{op} {vip}: {e.args[-1]}") from None
+        log.info(
+            "vip.%s vip=%s device=%s",
+            "added" if op == "add" else "removed",
+            vip.address,
+            vip.device,
+        )
+        return True
 
     async def held_vips(self, vips: Iterable[VipPlacement]) -> list[VipPlacement]:
         """Return those of `vips` this node's interfaces hold now (start-up reconciliation)."""
