@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from takeover import frames
+from takeover.entry import run_json
 
 log = logging.getLogger(__name__)
 
@@ -164,24 +165,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL)
     parser.add_argument("vips", nargs="+", type=ipaddress.ip_address)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
+
+    async def run() -> dict[str, int]:
         announcer = Announcer(args.interface)
-    except AnnounceError as e:
-        print(f"takeover: error: {e}", file=sys.stderr)
-        return 1
+        try:
+            counts = await asyncio.gather(
+                *(announcer.announce(v, args.mac, args.count, args.interval) for v in args.vips)
+            )
+        finally:
+            announcer.close()
+        return {"frames": sum(counts), "errors": announcer.errors}
 
-    async def run() -> int:
-        counts = await asyncio.gather(
-            *(announcer.announce(v, args.mac, args.count, args.interval) for v in args.vips)
-        )
-        return sum(counts)
-
-    try:
-        sent = asyncio.run(run())
-    finally:
-        announcer.close()
-    return 0 if sent else 1
+    return run_json(run, (AnnounceError,))
 
 
 if __name__ == "__main__":

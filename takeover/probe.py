@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
-import json
 import logging
 import os
 import socket
@@ -31,6 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from takeover import frames
+from takeover.entry import run_json
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     guard.add_argument("--timeout", type=float, default=0.3)
     guard.add_argument("vip", type=ipaddress.ip_address)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     async def run() -> object:
         if args.cmd == "ping":
@@ -282,12 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             vip_guard.close()
 
-    try:
-        print(json.dumps(asyncio.run(run())))
-    except ProbeError as e:
-        print(f"takeover: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_json(run, (ProbeError,))
 
 
 if __name__ == "__main__":
