@@ -25,11 +25,13 @@ this node must answer at once, and DAD would fail anyway while the peer still ho
 
 from __future__ import annotations
 
+import argparse
 import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -38,6 +40,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
+from takeover.entry import run_json
 from takeover.frames import FrameError, mac_bytes, mac_str
 
 log = logging.getLogger(__name__)
@@ -153,23 +156,26 @@ class Addresses:
             _set_sysctls(PARENT_SYSCTLS, vip.interface)
             changed = await self._ensure_macvlan(vip)
         index = await self._ifindex(vip.device, vip)
+        if vip.mac:
+            # Route before address: the first echo the VIP answers must already leave through
+            # the macvlan, or the client sees the parent's MAC answer once.
+            changed |= await self._ensure_source_route(vip, index)
         if await self._has_address(index, vip):
             log.debug("vip.already_held vip=%s device=%s", vip.address, vip.device)
         else:
             flags = IFA_F_NODAD if vip.address.version == 6 else 0
             changed |= await self._change_address("add", vip, index, errno.EEXIST, flags=flags)
-        if vip.mac:
-            changed |= await self._ensure_source_route(vip, index)
         return changed
 
     async def remove_vip(self, vip: VipPlacement) -> bool:
         """Make this node hold `vip` no more (and drop its macvlan); return True if it changed."""
         changed = False
-        if vip.mac:
-            changed |= await self._drop_source_rules(vip)
         index = await self._lookup(vip.device)
         if index is not None:
             changed |= await self._change_address("del", vip, index, errno.EADDRNOTAVAIL)
+        if vip.mac:
+            # Rule after address, the mirror of add_vip: no reply may leave by the parent.
+            changed |= await self._drop_source_rules(vip)
         if vip.mac and index is not None and not await self._global_addresses(index):
             try:
                 await self._ipr.link("del", index=index)
@@ -300,7 +306,6 @@ class Addresses:
                 "replace",
                 dst=str(vip.address.network),
                 oif=index,
-                prefsrc=str(vip.address.ip),
                 table=table,
                 scope=_RT_SCOPE_LINK,
                 family=vip.family,
@@ -342,3 +347,31 @@ class Addresses:
                     raise AddressError(f"drop rule for {vip}: {e.args[-1]}") from None
             log.info("vip.source_rule_removed vip=%s table=%s", vip.address, r.get("table"))
         return bool(rules)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Add, remove or look for VIPs by hand and print the outcome as JSON (lab tests' entry)."""
+    parser = argparse.ArgumentParser(prog="python -m takeover.addresses")
+    parser.add_argument("op", choices=("add", "remove", "held"))
+    parser.add_argument("--interface", required=True)
+    parser.add_argument("--mac", default=None, help="MAC takeover through a macvlan")
+    parser.add_argument("vips", nargs="+", type=ipaddress.ip_interface)
+    args = parser.parse_args(argv)
+    vips = [VipPlacement(v, args.interface, args.mac) for v in args.vips]
+
+    async def run() -> dict[str, object]:
+        addresses = await Addresses.open()
+        try:
+            await addresses.prepare(vips)
+            if args.op == "held":
+                return {"held": [str(v.address) for v in await addresses.held_vips(vips)]}
+            change = addresses.add_vip if args.op == "add" else addresses.remove_vip
+            return {"changed": [await change(v) for v in vips]}
+        finally:
+            addresses.close()
+
+    return run_json(run, (AddressError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
