@@ -1,4 +1,4 @@
-"""takeover.addresses in a lab node: VIPs and the virtual-MAC interface, seen by `ip` and the client."""
+"""takeover.addresses in a lab node: VIPs and the virtual MAC, as `ip` and the client see them."""
 
 from __future__ import annotations
 
@@ -84,9 +84,9 @@ def test_mac_takeover_client_sees_only_the_virtual_mac(lab: Lab, vip_probe: VipP
     }
     own = effect(lab, "client", "probe", "guard", "--interface", "lan0", lab.nodes["a"].ipv4)
     assert own["answered_by"] == lab.mac("a")
-    assert effect(lab, "client", "probe", "guard", "--interface", "lan0", VIP6)[
-        "answered_by"
-    ] == VMAC
+    assert (
+        effect(lab, "client", "probe", "guard", "--interface", "lan0", VIP6)["answered_by"] == VMAC
+    )
     vip_probe.start(VIP4)
     assert vip_probe.wait_for(VMAC, 20)
     seen = vip_probe.stop()
