@@ -26,11 +26,13 @@ this node must answer at once, and DAD would fail anyway while the peer still ho
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import ipaddress
 import logging
 import socket
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
+from takeover.announce import AnnounceError, Announcer
 from takeover.entry import run_json
 from takeover.frames import FrameError, mac_bytes, mac_str
 
@@ -355,22 +358,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("op", choices=("add", "remove", "held"))
     parser.add_argument("--interface", required=True)
     parser.add_argument("--mac", default=None, help="MAC takeover through a macvlan")
+    parser.add_argument(
+        "--announce", type=int, default=0, metavar="COUNT",
+        help="after add, announce COUNT rounds 100 ms apart, as the daemon does on acquire",
+    )  # fmt: skip
     parser.add_argument("vips", nargs="+", type=ipaddress.ip_interface)
     args = parser.parse_args(argv)
     vips = [VipPlacement(v, args.interface, args.mac) for v in args.vips]
 
     async def run() -> dict[str, object]:
+        # Everything opened and prepared first, as at daemon start-up; "started" is the
+        # CLOCK_MONOTONIC time the failover path itself began.
         addresses = await Addresses.open()
+        announcer = Announcer(args.interface) if args.announce else None
         try:
             await addresses.prepare(vips)
+            if announcer:
+                announcer.prepare((v.address.ip, v.mac) for v in vips)
             if args.op == "held":
                 return {"held": [str(v.address) for v in await addresses.held_vips(vips)]}
+            started = time.monotonic()
             change = addresses.add_vip if args.op == "add" else addresses.remove_vip
-            return {"changed": [await change(v) for v in vips]}
+            changed = [await change(v) for v in vips]
+            if announcer and args.op == "add":
+                await asyncio.gather(
+                    *(announcer.announce(v.address.ip, v.mac, args.announce) for v in vips)
+                )
+            return {"changed": changed, "started": started}
         finally:
             addresses.close()
+            if announcer:
+                announcer.close()
 
-    return run_json(run, (AddressError,))
+    return run_json(run, (AddressError, AnnounceError))
 
 
 if __name__ == "__main__":

@@ -24,31 +24,35 @@ def _rules(lab: Lab, node: str, family: str) -> list[dict[str, object]]:
 
 def test_add_vip_appears_in_ip_addr_and_answers(lab: Lab) -> None:
     """add puts both VIPs on lan0 (IPv6 nodad); the client reaches them; a second add is a no-op."""
-    assert effect(lab, "a", "addresses", "add", "--interface", "lan0", V4, V6) == {
-        "changed": [True, True]
-    }
+    assert effect(lab, "a", "addresses", "add", "--interface", "lan0", V4, V6)["changed"] == [
+        True,
+        True,
+    ]
     held = addresses_on(lab, "a")
     assert V4 in held and V6 in held
     assert held[V6].get("nodad") is True
     assert lab.ping("client", VIP4) and lab.ping("client", VIP6)
-    assert effect(lab, "a", "addresses", "add", "--interface", "lan0", V4, V6) == {
-        "changed": [False, False]
-    }
+    assert effect(lab, "a", "addresses", "add", "--interface", "lan0", V4, V6)["changed"] == [
+        False,
+        False,
+    ]
 
 
 def test_remove_vip_is_idempotent(lab: Lab) -> None:
     """remove takes both VIPs off lan0, the client loses them; removing again changes nothing."""
     effect(lab, "a", "addresses", "add", "--interface", "lan0", V4, V6)
-    assert effect(lab, "a", "addresses", "remove", "--interface", "lan0", V4, V6) == {
-        "changed": [True, True]
-    }
+    assert effect(lab, "a", "addresses", "remove", "--interface", "lan0", V4, V6)["changed"] == [
+        True,
+        True,
+    ]
     held = addresses_on(lab, "a")
     assert V4 not in held and V6 not in held
     assert f"{lab.nodes['a'].ipv4}/24" in held
     assert not lab.ping("client", VIP4, timeout=0.3)
-    assert effect(lab, "a", "addresses", "remove", "--interface", "lan0", V4, V6) == {
-        "changed": [False, False]
-    }
+    assert effect(lab, "a", "addresses", "remove", "--interface", "lan0", V4, V6)["changed"] == [
+        False,
+        False,
+    ]
 
 
 def test_held_vips_finds_a_leftover_address(lab: Lab) -> None:
@@ -73,7 +77,7 @@ def test_missing_interface_is_a_clear_error(lab: Lab) -> None:
 def test_mac_takeover_client_sees_only_the_virtual_mac(lab: Lab, vip_probe: VipProbe) -> None:
     """With a virtual MAC, ARP and echo replies for the VIP come from that MAC and no other."""
     args = ["--interface", "lan0", "--mac", VMAC, V4, V6]
-    assert effect(lab, "a", "addresses", "add", *args) == {"changed": [True, True]}
+    assert effect(lab, "a", "addresses", "add", *args)["changed"] == [True, True]
     dev = macvlan_name(VMAC)
     assert V4 in addresses_on(lab, "a", dev) and V6 in addresses_on(lab, "a", dev)
     assert V4 not in addresses_on(lab, "a")
@@ -99,11 +103,11 @@ def test_mac_takeover_release_removes_macvlan_and_rules(lab: Lab) -> None:
     args = ["--interface", "lan0", "--mac", VMAC, V4, V6]
     effect(lab, "a", "addresses", "add", *args)
     assert len(_rules(lab, "a", "-4")) == 1 and len(_rules(lab, "a", "-6")) == 1
-    assert effect(lab, "a", "addresses", "remove", *args) == {"changed": [True, True]}
+    assert effect(lab, "a", "addresses", "remove", *args)["changed"] == [True, True]
     links = lab.run("a", ["ip", "-j", "link", "show"]).stdout
     assert macvlan_name(VMAC) not in {link["ifname"] for link in json.loads(links)}
     assert _rules(lab, "a", "-4") == [] and _rules(lab, "a", "-6") == []
-    assert effect(lab, "a", "addresses", "remove", *args) == {"changed": [False, False]}
+    assert effect(lab, "a", "addresses", "remove", *args)["changed"] == [False, False]
 
 
 def test_virtual_mac_moves_to_the_other_node(lab: Lab, vip_probe: VipProbe) -> None:

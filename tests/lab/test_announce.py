@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from tests.lab.effects import addresses_on, effect, neigh_mac
+from tests.lab.effects import VMAC, addresses_on, effect, neigh_mac
 from tests.lab.lab import VIP4, VIP6, Lab
 from tests.lab.probe import VipProbe
 
@@ -96,3 +96,28 @@ def test_periodic_refresh_repairs_a_wrong_entry(lab: Lab) -> None:
     # 0.3 s at 0.05 s: about 5 rounds of 2 frames; at least 2 rounds even on a loaded machine.
     assert sent >= 4
     assert neigh_mac(lab, "client", VIP4) == lab.mac("b")
+
+
+@pytest.mark.parametrize("mac", [None, VMAC], ids=["node-mac", "virtual-mac"])
+def test_acquire_and_announce_reaches_the_client_at_once(
+    lab: Lab, vip_probe: VipProbe, mac: str | None
+) -> None:
+    """add_vip + announce on b (all opened beforehand): the client's next replies come from b."""
+    extra = ["--mac", mac] if mac else []
+    args = ["--interface", "lan0", *extra, f"{VIP4}/24"]
+    effect(lab, "a", "addresses", "add", *args)
+    vip_probe.start(VIP4)
+    old = mac or lab.mac("a")
+    new = mac or lab.mac("b")
+    assert vip_probe.wait_for(old, 5)
+    effect(lab, "a", "addresses", "remove", *args)
+    out = effect(lab, "b", "addresses", "add", "--announce", "5", *args)
+    assert vip_probe.wait_for(new, vip_probe.snapshot().replies_per_mac.get(new, 0) + 5)
+    seen = vip_probe.stop()
+    after = [r.t for r in seen.replies if r.t > out["started"] and r.mac == new]
+    log.info(
+        "announce.measured acquire mac=%s add_vip_to_first_reply_ms=%.1f",
+        mac or "node", (after[0] - out["started"]) * 1000,
+    )  # fmt: skip
+    assert after[0] - out["started"] < 2.0
+    assert all(r.mac == new for r in seen.replies if r.t > out["started"])
