@@ -222,7 +222,8 @@ class ControlServer:
             conn.subscribed = True
             conn.inhibitor = inhibitor
             status = self.handler.status()
-            return {"ok": True, "role": status.get("role"), "epoch": status.get("epoch")}
+            local = status.get("local") or {}
+            return {"ok": True, "role": local.get("role"), "epoch": status.get("epoch")}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
 

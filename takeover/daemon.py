@@ -636,23 +636,26 @@ class Daemon:
             links[name] = {**st, "up": isinstance(age, float | int) and age <= p.deadtime}
         counters = self.receiver.counters()
         counters["sent"] = self.sent
+        local = {
+            "name": p.node,
+            "role": s.role.value,
+            "since": wall - (now - s.since),
+            "reason": s.reason,
+            "condition": s.condition,
+            "priority": p.priority,
+            "score": s.score,
+            "healthy": s.healthy,
+            "promote": s.promote,
+            "hold_standby": s.hold_standby,
+        }
         return {
             "version": 1,
             "written": wall,
             "pid": os.getpid(),
             "status_interval": self.cfg.status_interval,
             "cluster": self.cfg.cluster,
-            "node": p.node,
-            "priority": p.priority,
-            "role": s.role.value,
-            "since": wall - (now - s.since),
-            "reason": s.reason,
-            "condition": s.condition,
             "epoch": s.epoch,
-            "healthy": s.healthy,
-            "score": s.score,
-            "promote": s.promote,
-            "hold_standby": s.hold_standby,
+            "local": local,
             "peer": peer,
             "links": links,
             "targets": self.reach.states(now),

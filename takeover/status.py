@@ -105,19 +105,20 @@ def render(doc: dict[str, Any], wall_now: float) -> str:
     verdict = classify(doc, wall_now)
     lines: list[str] = []
     age = wall_now - float(doc.get("written", wall_now))
+    local = doc.get("local") or {}
     lines.append(
-        f"Cluster: {doc.get('cluster', '?')}   node {doc.get('node', '?')}   "
+        f"Cluster: {doc.get('cluster', '?')}   node {local.get('name', '?')}   "
         f"epoch {doc.get('epoch', '?')}   status written {_age(age)}"
     )
     if verdict is StatusExit.UNKNOWN:
         lines.append("WARNING: status is stale: the daemon may be hung")
     lines.append("")
     lines.append("Nodes:")
-    me_cond = doc.get("condition") or ""
-    health = "healthy" if doc.get("healthy", True) else "UNHEALTHY"
+    me_cond = local.get("condition") or ""
+    health = "healthy" if local.get("healthy", True) else "UNHEALTHY"
     lines.append(
-        f"  * {doc.get('node', '?'):<12} {doc.get('role', '?'):<12} (this node) "
-        f"prio {doc.get('priority', '?')}  score {doc.get('score', '?')}  {health}"
+        f"  * {local.get('name', '?'):<12} {local.get('role', '?'):<12} (this node) "
+        f"prio {local.get('priority', '?')}  score {local.get('score', '?')}  {health}"
         + (f"  [{me_cond}]" if me_cond else "")
     )
     peer = doc.get("peer") or {}

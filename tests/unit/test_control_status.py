@@ -26,7 +26,7 @@ class FakeHandler:
         self.refuse = ""
 
     def status(self) -> dict[str, Any]:
-        return {"role": "ACTIVE", "epoch": 3}
+        return {"local": {"role": "ACTIVE"}, "epoch": 3}
 
     def command(self, cmd: str, args: dict[str, Any]) -> str | None:
         self.commands.append((cmd, args))
@@ -68,7 +68,7 @@ def test_socket_is_root_only_and_answers_status(tmp_path: Path) -> None:
     async def body(server: control.ControlServer, path: Path) -> None:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         reply = await asyncio.to_thread(control.call, path, {"cmd": "status"})
-        assert reply["status"] == {"role": "ACTIVE", "epoch": 3}
+        assert reply["status"] == {"local": {"role": "ACTIVE"}, "epoch": 3}
 
     serve(tmp_path, body)
 
@@ -197,13 +197,15 @@ DOC: dict[str, Any] = {
     "status_interval": 1.0,
     "pid": os.getpid(),
     "cluster": "mail",
-    "node": "alpha",
-    "priority": 100,
-    "role": "ACTIVE",
     "epoch": 7,
-    "healthy": True,
-    "score": 0,
-    "condition": "",
+    "local": {
+        "name": "alpha",
+        "priority": 100,
+        "role": "ACTIVE",
+        "healthy": True,
+        "score": 0,
+        "condition": "",
+    },
     "peer": {
         "name": "beta",
         "role": "STANDBY",

@@ -116,7 +116,7 @@ def test_alone_after_initdead_takes_over_and_persists_epoch(tmp_path: Path) -> N
         assert load_epoch(rig.cfg.state_dir) == 1
         assert "READY=1" in rig.notifier.messages
         doc = read_status(status_path(rig.cfg.run_dir))
-        assert doc is not None and doc["role"] == "ACTIVE" and doc["epoch"] == 1
+        assert doc is not None and doc["local"]["role"] == "ACTIVE" and doc["epoch"] == 1
         assert [t["new"] for t in doc["transitions"]] == ["ARBITRATING", "ACTIVE"]
 
     run(tmp_path, body)
@@ -176,7 +176,7 @@ def test_vip_answered_keeps_node_standby(tmp_path: Path) -> None:
         await rig.advance(1.2)
         assert rig.daemon.state.role is Role.STANDBY
         assert "acquire" not in rig.resources.calls
-        assert rig.daemon.status()["condition"] == "heartbeat lost, peer still serving"
+        assert rig.daemon.status()["local"]["condition"] == "heartbeat lost, peer still serving"
 
     run(tmp_path, body)
 
@@ -220,7 +220,7 @@ def test_control_status_standby_refusal_and_promote(tmp_path: Path) -> None:
         path = control.socket_path(rig.cfg.run_dir)
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         reply = await asyncio.to_thread(control.call, path, {"cmd": "status"})
-        assert reply["status"]["role"] == "ACTIVE"
+        assert reply["status"]["local"]["role"] == "ACTIVE"
         with pytest.raises(control.ControlError, match="cannot take over"):
             await asyncio.to_thread(control.call, path, {"cmd": "standby"})
         assert (await asyncio.to_thread(control.call, path, {"cmd": "promote"}))["ok"]
