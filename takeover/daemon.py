@@ -72,7 +72,10 @@ class Resources(Protocol):
 class TargetProber(Protocol):
     """ICMP probes of the ping list."""
 
-    targets: Sequence[str]
+    @property
+    def targets(self) -> Sequence[str]:
+        """Return the ping list."""
+        ...
 
     async def probe(self) -> dict[str, list[Outcome]]:
         """Probe every target (a few tries, bounded) and return the outcomes per target."""

@@ -1,0 +1,211 @@
+"""Build a running daemon from the cluster file: real effects behind the daemon's protocols.
+
+Everything slow or privileged happens here, once, at start-up: the key file is read and
+checked, heartbeat sockets bound, raw sockets for pings, the VIP guard and announcements
+opened, frames prepared, the netlink socket opened. A failure names what could not be set up,
+and nothing is left half-open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from takeover.addresses import Addresses, VipPlacement
+from takeover.announce import Announcer
+from takeover.arbitration import Outcome
+from takeover.config import Cluster, Node, config_digest
+from takeover.daemon import Daemon, DaemonConfig, Effects, Links
+from takeover.health import CheckSpec
+from takeover.heartbeat import HeartbeatLinks, LinkSpec, load_key
+from takeover.hooks import Hook
+from takeover.machine import MachineParams
+from takeover.probe import PingProber, VipGuard
+from takeover.resources import ResourceList, VipResource
+from takeover.wire import Heartbeat, Receiver
+
+log = logging.getLogger(__name__)
+
+# Tries per target in one round of pings (a reply to any counts).
+PING_TRIES = 3
+# Tries of the VIP guard's ARP probe / NS per VIP.
+GUARD_TRIES = 2
+
+
+def machine_params(cluster: Cluster, node: Node) -> MachineParams:
+    """Map the cluster file onto the machine's parameters for `node`."""
+    hb, arb = cluster.heartbeat, cluster.arbitration
+    peer = cluster.peer_of(node.name)
+    fencing = peer.fencing
+    return MachineParams(
+        node=node.name,
+        peer=peer.name,
+        priority=node.priority,
+        interval=hb.interval,
+        deadtime=hb.deadtime,
+        initdead=hb.initdead,
+        auto_failback=cluster.auto_failback,
+        failback_delay=cluster.failback_delay,
+        max_unreachable=arb.max_unreachable,
+        switchover_margin=arb.switchover_margin,
+        # Per-target dampening already smooths the score; holding one deadtime more keeps a
+        # single heartbeat carrying a passing value from moving the service.
+        switchover_hold=hb.deadtime,
+        # A configured but unavailable fencer still counts as fencing: it fails, and the
+        # on_failure policy decides, which is the safe reading of the operator's intent.
+        fencing=fencing is not None,
+        fencing_policy=fencing.on_failure if fencing is not None else "refuse",
+        guard=bool(cluster.vips),
+        recheck=max(arb.probe_interval, hb.deadtime),
+        arbitrate_timeout=max(5.0, 4 * (arb.probe_timeout + hb.deadtime)),
+    )
+
+
+def placements(cluster: Cluster, node: Node) -> list[VipPlacement]:
+    """Return the VIPs as this node places them."""
+    return [
+        VipPlacement(address=v.address, interface=v.interface_for(node), mac=v.mac)
+        for v in cluster.vips
+    ]
+
+
+class PingAdapter:
+    """PingProber behind the daemon's TargetProber protocol."""
+
+    def __init__(self, prober: PingProber, window: float) -> None:
+        """Probe with `PING_TRIES` tries within `window` seconds per round."""
+        self.prober = prober
+        self.window = window
+        self.targets = [str(t) for t in prober.targets]
+
+    async def probe(self) -> dict[str, list[Outcome]]:
+        """Return one outcome per target (the prober already folds its tries)."""
+        got = await self.prober.probe(tries=PING_TRIES, window=self.window)
+        return {str(t): [Outcome.REPLY if ok else Outcome.TIMEOUT] for t, ok in got.items()}
+
+
+class GuardAdapter:
+    """One VipGuard per VIP, probed in parallel: the first MAC found answers for all."""
+
+    def __init__(self, guards: Sequence[tuple[VipPlacement, VipGuard]], timeout: float) -> None:
+        """Probe each (placement, guard) pair within `timeout`."""
+        self.guards = tuple(guards)
+        self.timeout = timeout
+
+    async def probe(self) -> str | None:
+        """Return the MAC of another host answering for any VIP, or None."""
+        found = await asyncio.gather(
+            *(g.probe(p.address.ip, self.timeout, GUARD_TRIES) for p, g in self.guards)
+        )
+        return next((mac for mac in found if mac is not None), None)
+
+
+def daemon_config(cluster: Cluster, node: Node, key: bytes) -> DaemonConfig:
+    """Return the daemon's own configuration for `node`."""
+    arb = cluster.arbitration
+    return DaemonConfig(
+        params=machine_params(cluster, node),
+        cluster=cluster.name,
+        key=key,
+        digest=config_digest(cluster),
+        run_dir=node.run_dir,
+        state_dir=node.state_dir,
+        probe_interval=arb.probe_interval,
+        dampen=arb.dampen,
+        status_interval=max(1.0, cluster.heartbeat.interval),
+        hooks=tuple(Hook(h.command, h.timeout) for h in cluster.hooks),
+        checks=tuple(
+            CheckSpec(
+                name=c.name,
+                type=c.type,
+                target=c.target,
+                command=c.command,
+                interval=c.interval,
+                timeout=c.timeout,
+                fall=c.fall,
+                rise=c.rise,
+            )
+            for c in cluster.checks
+        ),
+    )
+
+
+async def run(cluster: Cluster, node: Node) -> int:
+    """Open every effect for `node`, run the daemon until it stops, close everything."""
+    key = load_key(cluster.heartbeat.key_file)
+    peer = cluster.peer_of(node.name)
+    hb = cluster.heartbeat
+    specs = [
+        LinkSpec(
+            name=link,
+            local=ipaddress.ip_address(node.heartbeat[link]),
+            peer=ipaddress.ip_address(peer.heartbeat[link]),
+        )
+        for link in hb.links
+    ]
+    closers: list[Callable[[], Any]] = []
+    try:
+        addresses = await Addresses.open()
+        closers.append(addresses.close)
+        vips = placements(cluster, node)
+        await addresses.prepare(vips)
+        announcers: dict[str, Announcer] = {}
+        for vip in vips:
+            if vip.interface not in announcers:
+                announcers[vip.interface] = Announcer(vip.interface)
+                closers.append(announcers[vip.interface].close)
+            announcers[vip.interface].prepare([(vip.address.ip, vip.mac)])
+        ann = cluster.announce
+        items = [
+            VipResource(
+                v,
+                addresses,
+                announcers[v.interface],
+                count=ann.garp_count,
+                interval=ann.garp_interval,
+                refresh=ann.refresh,
+            )
+            for v in vips
+        ]
+        # Start-up reconciliation: know what a killed predecessor left behind. The machine
+        # releases it unless this node is to be active.
+        held = {str(v.address) for v in await addresses.held_vips(vips)}
+        for item in items:
+            item.held = str(item.placement.address) in held
+        if held:
+            log.info("reconcile.found_held vips=%s", ",".join(sorted(held)))
+        prober = PingProber(cluster.arbitration.targets)
+        closers.append(prober.close)
+        guards = []
+        for vip in vips:
+            guard = VipGuard(vip.interface)
+            closers.append(guard.close)
+            guards.append((vip, guard))
+        if peer.fencing is not None:
+            log.warning(
+                "fencing.unavailable peer=%s note=no_fencing_agent_wired_policy_%s_applies",
+                peer.name,
+                peer.fencing.on_failure,
+            )
+
+        def links(receiver: Receiver, on_heartbeat: Callable[[str, Heartbeat], None]) -> Links:
+            hl = HeartbeatLinks(specs, hb.port, receiver, on_heartbeat)
+            closers.append(hl.close)
+            return hl
+
+        effects = Effects(
+            links=links,
+            resources=ResourceList(items),
+            prober=PingAdapter(prober, cluster.arbitration.probe_timeout),
+            guard=GuardAdapter(guards, cluster.arbitration.probe_timeout),
+        )
+        daemon = Daemon(daemon_config(cluster, node, key), effects)
+        return await daemon.run()
+    finally:
+        for close in reversed(closers):
+            with contextlib.suppress(Exception):
+                close()
