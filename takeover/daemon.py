@@ -257,7 +257,10 @@ class Daemon:
         self.clock = clock
         self.wall = wall
         p = cfg.params
-        self.state = m.initial_state(p, clock(), epoch=load_epoch(cfg.state_dir))
+        # What a killed predecessor left behind (reconciliation): a node holding nothing says
+        # so in its heartbeats, and the peer need not wait for its release.
+        held = any(item.get("held") for item in effects.resources.describe())
+        self.state = m.initial_state(p, clock(), epoch=load_epoch(cfg.state_dir), clean=not held)
         self.boot_id = uuid.uuid4().bytes
         # Sequence numbers start from the wall clock in microseconds: strictly increasing
         # across restarts as long as the clock is sane, which a receiver may rely on later.
@@ -423,6 +426,9 @@ class Daemon:
         self.state, actions = m.step(old, ev, self.clock())
         for action in actions:
             self.execute(action)
+        if isinstance(ev, _HOLDINGS_CHANGED):
+            # Who holds the VIPs changed without a transition: status must say so now.
+            self._write_status()
         return actions
 
     def execute(self, a: m.Action) -> None:
@@ -589,6 +595,7 @@ class Daemon:
                 healthy=hb.healthy,
                 promote=hb.promote,
                 hold_standby=hb.hold_standby,
+                holding=hb.holding,
             )
         )
 
@@ -607,6 +614,7 @@ class Daemon:
             healthy=s.healthy,
             promote=s.promote,
             hold_standby=s.hold_standby,
+            holding=not s.clean,
         )
 
     def _send_heartbeats(self) -> None:
@@ -711,6 +719,9 @@ class Daemon:
         if self._watchdog is not None and now - self._last_watchdog >= self._watchdog:
             self.fx.notifier.notify("WATCHDOG=1")
             self._last_watchdog = now
+
+
+_HOLDINGS_CHANGED = (m.AcquireDone, m.AcquireFailed, m.ReleaseDone, m.ReleaseFailed)
 
 
 def _with_hold(s: m.State) -> m.State:

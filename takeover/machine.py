@@ -119,6 +119,8 @@ class PeerView:
     hold_standby: bool
     boot_id: str
     heard_at: float
+    # The peer may still hold resources: never acquire over it.
+    holding: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,6 +144,8 @@ class HeartbeatSeen:
     healthy: bool = True
     promote: bool = False
     hold_standby: bool = False
+    # The peer may still hold resources (active, releasing, or stale after a restart).
+    holding: bool = False
 
 
 @dataclass(frozen=True)
@@ -427,8 +431,13 @@ class State:
         return self.peer is not None or now - self.started >= self.params.initdead
 
 
-def initial_state(params: MachineParams, now: float, epoch: int = 0, healthy: bool = True) -> State:
-    """Return the STARTING state of a freshly started daemon (epoch as persisted)."""
+def initial_state(
+    params: MachineParams, now: float, epoch: int = 0, healthy: bool = True, clean: bool = False
+) -> State:
+    """Return the STARTING state of a freshly started daemon.
+
+    `epoch` is the persisted one; `clean` says start-up reconciliation found nothing held.
+    """
     return State(
         params=params,
         role=Role.STARTING,
@@ -437,6 +446,7 @@ def initial_state(params: MachineParams, now: float, epoch: int = 0, healthy: bo
         started=now,
         epoch=epoch,
         healthy=healthy,
+        clean=clean,
     )
 
 
@@ -516,6 +526,7 @@ def _absorb(s: State, ev: Event, now: float) -> State:
             hold_standby=ev.hold_standby,
             boot_id=ev.boot_id,
             heard_at=now,
+            holding=ev.holding,
         )
         s = replace(s, peer=peer, seen_epoch=max(s.seen_epoch, ev.epoch))
         # Our planned switchover is complete once the peer is active: back to a normal standby.
@@ -581,10 +592,15 @@ def _on_starting(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         return s, []
     if s.peer_alive(now):
         assert s.peer is not None
-        if s.peer.role in PASSIVE and prefer(me_candidate(s), peer_candidate(s), _margin(s)):
+        won = s.peer.role in PASSIVE and prefer(me_candidate(s), peer_candidate(s), _margin(s))
+        unable = s.peer.role in {Role.ISOLATED, Role.FAULT}
+        if (won or unable) and s.peer.holding:
+            # The peer still holds something (stale after its restart): let it release first.
+            return replace(s, condition="waiting for the peer to release"), []
+        if won:
             # STARTING -> ACTIVE: both idle at start-up and this node wins the election.
             return _take_over(s, now, "start-up election won")
-        if s.peer.role in {Role.ISOLATED, Role.FAULT}:
+        if unable:
             # STARTING -> ACTIVE: the peer is up but cannot serve.
             return _take_over(s, now, f"peer is {s.peer.role.value}")
         # STARTING -> STANDBY: the peer serves, is busy, or won the election.
@@ -615,6 +631,9 @@ def _on_standby(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         s = replace(s, recheck_at=None, probing_since=None, fresh_down=None, guard_answered=None)
         if s.condition in _BACKOFF_CONDITIONS:
             s = replace(s, condition="")
+        if peer.holding:
+            # Whatever the peer is, it may hold a VIP: acquiring now would give it two owners.
+            return s, []
         if peer.role in PASSIVE and prefer(me_candidate(s), peer_candidate(s), _margin(s)):
             # STANDBY -> ACTIVE: both idle and this node wins the election.
             return _take_over(s, now, "operator promote" if s.promote else "elected")

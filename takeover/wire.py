@@ -6,7 +6,7 @@ Layout, network byte order (50-byte header, the sender's name, then the tag):
 
     0  magic     4s  b"HAPR"
     4  version   B   1
-    5  flags     B   bit 0 healthy, bit 1 promote, bit 2 hold standby
+    5  flags     B   bit 0 healthy, bit 1 promote, bit 2 hold standby, bit 3 holding
     6  role      B   index into ROLE_CODES
     7  priority  B   0..255
     8  score     B   targets the sender sees down (saturates at 255)
@@ -62,6 +62,8 @@ ROLE_CODES: tuple[Role, ...] = (
 _FLAG_HEALTHY = 0x01
 _FLAG_PROMOTE = 0x02
 _FLAG_HOLD_STANDBY = 0x04
+# The sender may still hold resources (active, releasing, or stale ones found at start-up).
+_FLAG_HOLDING = 0x08
 
 
 class DropReason(enum.Enum):
@@ -98,6 +100,7 @@ class Heartbeat:
     healthy: bool = True
     promote: bool = False
     hold_standby: bool = False
+    holding: bool = False
 
 
 def config_digest(text: bytes) -> bytes:
@@ -116,6 +119,7 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
         (_FLAG_HEALTHY if hb.healthy else 0)
         | (_FLAG_PROMOTE if hb.promote else 0)
         | (_FLAG_HOLD_STANDBY if hb.hold_standby else 0)
+        | (_FLAG_HOLDING if hb.holding else 0)
     )
     head = _HEADER.pack(
         MAGIC,
@@ -183,6 +187,7 @@ def decode(
         healthy=bool(flags & _FLAG_HEALTHY),
         promote=bool(flags & _FLAG_PROMOTE),
         hold_standby=bool(flags & _FLAG_HOLD_STANDBY),
+        holding=bool(flags & _FLAG_HOLDING),
     )
 
 

@@ -47,7 +47,9 @@ def params(node: str, peer: str, priority: int, interval: float = 0.2) -> Machin
 class Rig:
     """One daemon on fakes, driven by hand with a fake clock."""
 
-    def __init__(self, tmp: Path, network: FakeNetwork | None = None, **over: object) -> None:
+    def __init__(
+        self, tmp: Path, network: FakeNetwork | None = None, stale: bool = False, **over: object
+    ) -> None:
         self.clock = FakeClock()
         self.network = network or FakeNetwork()
         p = params("alpha", "beta", 100)
@@ -59,7 +61,8 @@ class Rig:
             run_dir=tmp / "run",
             state_dir=tmp / "state",
         )
-        self.resources = FakeResources()
+        # stale: a killed predecessor left the VIP on the interface.
+        self.resources = FakeResources(held=stale)
         self.prober = FakeProber()
         self.guard = FakeGuard()
         self.notifier = RecordingNotifier()
@@ -90,9 +93,11 @@ class Rig:
             await self.settle()
 
 
-def run(tmp: Path, body: Callable[[Rig], Awaitable[None]], **over: object) -> Rig:
+def run(
+    tmp: Path, body: Callable[[Rig], Awaitable[None]], stale: bool = False, **over: object
+) -> Rig:
     """Start a rig, run `body`, close the daemon whatever happens."""
-    rig = Rig(tmp, **over)
+    rig = Rig(tmp, stale=stale, **over)
 
     async def main() -> None:
         await rig.daemon.start()
@@ -148,7 +153,19 @@ def test_active_peer_makes_starting_node_standby_and_reconcile(tmp_path: Path) -
         assert doc["links"]["lan"]["up"] and not doc["links"]["direct"]["up"]
         assert doc["peer"]["role"] == "ACTIVE" and doc["vips"][0]["holder"] == "beta"
 
-    run(tmp_path, body)
+    run(tmp_path, body, stale=True)
+
+
+def test_heartbeat_says_holding_until_stale_vip_released(tmp_path: Path) -> None:
+    """A node that starts with a stale VIP advertises holding until its release is done."""
+
+    async def body(rig: Rig) -> None:
+        assert rig.daemon.heartbeat().holding
+        rig.links.inject("lan", rig.peer_heartbeat(Role.ACTIVE))
+        await rig.advance(0.1)
+        assert not rig.daemon.heartbeat().holding
+
+    run(tmp_path, body, stale=True)
 
 
 def test_forged_heartbeat_is_counted_and_ignored(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ HB = Heartbeat(
     healthy=False,
     promote=True,
     hold_standby=False,
+    holding=True,
 )
 
 

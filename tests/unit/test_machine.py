@@ -198,6 +198,22 @@ EDGES: list[tuple[str, State, Event, float, Role, list[type]]] = [
         [Notify, PersistEpoch, AcquireResources],
     ),
     (
+        "standby_waits_when_elected_but_peer_still_holding",
+        mk(Role.STANDBY, peer=peer(Role.STARTING, holding=True)),
+        Tick(),
+        0.0,
+        Role.STANDBY,
+        [],
+    ),
+    (
+        "starting_waits_when_election_won_but_peer_holding",
+        mk(Role.STARTING, started=T0 - 2.0, peer=peer(Role.STANDBY, holding=True)),
+        Tick(),
+        0.0,
+        Role.STARTING,
+        [],
+    ),
+    (
         "standby_stays_when_peer_releasing",
         mk(Role.STANDBY, peer=peer(Role.RELEASING)),
         Tick(),
@@ -677,6 +693,7 @@ class Node:
         """Return the heartbeat this node would send."""
         s = self.state
         return HeartbeatSeen(
+            holding=not s.clean,
             role=s.role,
             epoch=s.epoch,
             priority=s.params.priority,
@@ -934,6 +951,36 @@ def test_scenario_loop_stall_drains_before_declaring_peer_lost() -> None:
     # Without heartbeats, once the grace is over, the peer is lost after all.
     b.feed(Tick(), stalled_at + 0.7)
     assert b.role is Role.ARBITRATING
+
+
+def test_scenario_restart_with_stale_vip_never_two_holders() -> None:
+    """The killed active restarts holding a stale VIP: the winner acquires only after release."""
+    pair = Pair(PA, PB)
+    pair.run(3.0)
+    pair.alive["a"] = False
+    pair.run(2.0, guard={"b": True})  # a's kernel still answers for the VIP: b stays
+    assert pair.b.role is Role.STANDBY
+    pair.a = Node(PA, pair.now, epoch=1)  # restarted, clean=False: the VIP is still there
+    pair.alive["a"] = True
+    held = {"a": True, "b": False}
+    overlap = False
+    interval = PA.interval
+    for _ in range(40):
+        pair.now = round(pair.now + interval, 6)
+        sent = {"a": pair.a.heartbeat(), "b": pair.b.heartbeat()}
+        for name, node in (("a", pair.a), ("b", pair.b)):
+            other = "b" if name == "a" else "a"
+            for ev in (sent[other], Tick()):
+                for act in node.feed(ev, pair.now):
+                    if isinstance(act, AcquireResources):
+                        held[name] = True
+                        node.feed(AcquireDone(), pair.now)
+                    elif isinstance(act, ReleaseResources):
+                        held[name] = False
+                        node.feed(ReleaseDone(), pair.now)
+            overlap |= held["a"] and held["b"]
+    assert not overlap
+    assert (pair.a.role, pair.b.role) == (Role.ACTIVE, Role.STANDBY)
 
 
 def test_scenario_stale_vip_reconciled_when_starting_as_standby() -> None:
