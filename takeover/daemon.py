@@ -145,7 +145,6 @@ class SdNotify:
         self.address = None
         if address:
             self.address = "\0" + address[1:] if address.startswith("@") else address
-        self._sock: socket.socket | None = None
 
     @classmethod
     def from_env(cls) -> SdNotify:
@@ -157,9 +156,9 @@ class SdNotify:
         if self.address is None:
             return
         try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._sock.sendto(message.encode(), self.address)
+            # A socket per message: they are rare (READY, STATUS, WATCHDOG every few seconds).
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.sendto(message.encode(), self.address)
         except OSError as err:
             log.warning("sd_notify.failed error=%s", err)
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from takeover.addresses import Addresses, VipPlacement
 from takeover.announce import Announcer
@@ -86,6 +87,56 @@ class PingAdapter:
         """Return one outcome per target (the prober already folds its tries)."""
         got = await self.prober.probe(tries=PING_TRIES, window=self.window)
         return {str(t): [Outcome.REPLY if ok else Outcome.TIMEOUT] for t, ok in got.items()}
+
+
+class BlockingFencer(Protocol):
+    """A fencing agent whose call blocks (takeover.fencing.ipmi.IpmiFencer)."""
+
+    def power_off_and_confirm(self) -> Any:
+        """Power the peer off; return a result with `.ok` and `.detail`."""
+        ...
+
+
+class ThreadFencer:
+    """Run a blocking fencing agent in a worker thread, behind the daemon's Fencer protocol."""
+
+    def __init__(self, agent: BlockingFencer) -> None:
+        """Wrap `agent`."""
+        self.agent = agent
+
+    async def fence(self, peer: str) -> tuple[bool, str]:
+        """Power `peer` off and confirm; return (ok, detail)."""
+        result = await asyncio.to_thread(self.agent.power_off_and_confirm)
+        detail = getattr(result, "detail", None) or ("powered off" if result.ok else "failed")
+        return bool(result.ok), str(detail)
+
+
+def ipmi_fencer(cluster: Cluster, node: Node) -> ThreadFencer | None:
+    """Return a fencer for `node`'s peer, or None when none is configured or available.
+
+    The IPMI agent lives in takeover.fencing.ipmi (the fencing issue); it is looked up at run
+    time so this module also works in builds without it: then fencing fails and the peer's
+    `on_failure` policy decides.
+    """
+    cfg = cluster.peer_of(node.name).fencing
+    if cfg is None:
+        return None
+    try:
+        ipmi = importlib.import_module("takeover.fencing.ipmi")
+    except ImportError:
+        log.warning(
+            "fencing.unavailable peer=%s policy=%s", cluster.peer_of(node.name).name, cfg.on_failure
+        )
+        return None
+    agent = ipmi.IpmiFencer(
+        str(cfg.address),
+        cfg.port,
+        cfg.user,
+        cfg.password_file,
+        cfg.timeout,
+        node=cluster.peer_of(node.name).name,
+    )
+    return ThreadFencer(agent)
 
 
 class GuardAdapter:
@@ -185,12 +236,6 @@ async def run(cluster: Cluster, node: Node) -> int:
             guard = VipGuard(vip.interface)
             closers.append(guard.close)
             guards.append((vip, guard))
-        if peer.fencing is not None:
-            log.warning(
-                "fencing.unavailable peer=%s note=no_fencing_agent_wired_policy_%s_applies",
-                peer.name,
-                peer.fencing.on_failure,
-            )
 
         def links(receiver: Receiver, on_heartbeat: Callable[[str, Heartbeat], None]) -> Links:
             hl = HeartbeatLinks(specs, hb.port, receiver, on_heartbeat)
@@ -202,6 +247,7 @@ async def run(cluster: Cluster, node: Node) -> int:
             resources=ResourceList(items),
             prober=PingAdapter(prober, cluster.arbitration.probe_timeout),
             guard=GuardAdapter(guards, cluster.arbitration.probe_timeout),
+            fencer=ipmi_fencer(cluster, node),
         )
         daemon = Daemon(daemon_config(cluster, node, key), effects)
         return await daemon.run()
