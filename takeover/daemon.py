@@ -23,7 +23,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -137,6 +137,9 @@ class Notifier(Protocol):
         ...
 
 
+Watcher = Callable[[Callable[[m.Event], None]], Coroutine[Any, Any, None]]
+
+
 class SdNotify:
     """sd_notify(3) over $NOTIFY_SOCKET; a no-op when not started by systemd."""
 
@@ -238,6 +241,9 @@ class Effects:
     guard: GuardProber
     fencer: Fencer | None = None
     notifier: Notifier = field(default_factory=SdNotify.from_env)
+    # Background watchers (carrier of the service interfaces ...): each runs until cancelled
+    # and reports what it sees through the callback it is given.
+    watchers: Sequence[Watcher] = ()
 
 
 class Daemon:
@@ -296,6 +302,8 @@ class Daemon:
         self.health.start()
         loop = asyncio.get_running_loop()
         self._background.append(loop.create_task(self._probe_loop()))
+        for watch in self.fx.watchers:
+            self._background.append(loop.create_task(watch(self._emit)))
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGTERM, self.request_stop)
             loop.add_signal_handler(signal.SIGINT, self.request_stop)
@@ -607,7 +615,7 @@ class Daemon:
             sequence=self.seq,
             role=s.role,
             priority=s.params.priority,
-            score=s.score,
+            score=m.own_score(s),
             epoch=s.epoch,
             digest=self.cfg.digest,
             healthy=s.healthy,
@@ -653,7 +661,8 @@ class Daemon:
             "reason": s.reason,
             "condition": s.condition,
             "priority": p.priority,
-            "score": s.score,
+            "score": m.own_score(s),
+            "lan_up": s.lan_up,
             "healthy": s.healthy,
             "promote": s.promote,
             "hold_standby": s.hold_standby,

@@ -48,6 +48,10 @@ TRANSITIONS: Final[dict[Role, frozenset[Role]]] = {
 # Roles in which a node holds nothing and may be elected active while both nodes see each other.
 PASSIVE: Final[frozenset[Role]] = frozenset({Role.STARTING, Role.STANDBY})
 
+# The score of a node whose service interface has no carrier: it sees nothing at all (the
+# wire saturates at 255), so it loses every comparison at once, without dampening.
+LAN_DOWN_SCORE: Final = 255
+
 # Written into the STANDBY condition so `takeover status` and the lab can read it verbatim.
 PEER_STILL_SERVING: Final = "heartbeat lost, peer still serving"
 
@@ -231,6 +235,13 @@ class HealthChanged:
 
 
 @dataclass(frozen=True)
+class LinkState:
+    """Carrier of the service (VIP) interfaces: up only if every one of them has carrier."""
+
+    up: bool
+
+
+@dataclass(frozen=True)
 class LoopStalled:
     """The daemon's loop ran late by `lag` seconds: timers are stale, heartbeats may be queued."""
 
@@ -252,6 +263,7 @@ Event = (
     | OperatorStandby
     | OperatorPromote
     | HealthChanged
+    | LinkState
     | LoopStalled
 )
 
@@ -358,9 +370,11 @@ class State:
     epoch: int
     # Highest epoch seen from anyone: a new takeover numbers itself above it.
     seen_epoch: int = 0
-    # Own damped ping score.
+    # Own damped ping score (see own_score() for the one that decides).
     score: int = 0
     healthy: bool = True
+    # Every service interface has carrier.
+    lan_up: bool = True
     peer: PeerView | None = None
     # When the daemon last reported a loop stall.
     last_stall: float | None = None
@@ -431,6 +445,11 @@ class State:
         return self.peer is not None or now - self.started >= self.params.initdead
 
 
+def own_score(s: State) -> int:
+    """Return the score this node decides and advertises with: LAN_DOWN_SCORE without carrier."""
+    return s.score if s.lan_up else LAN_DOWN_SCORE
+
+
 def initial_state(
     params: MachineParams, now: float, epoch: int = 0, healthy: bool = True, clean: bool = False
 ) -> State:
@@ -484,7 +503,7 @@ def prefer(me: Candidate, other: Candidate, margin: int) -> bool:
 def me_candidate(s: State) -> Candidate:
     """Return this node's election claim."""
     p = s.params
-    return Candidate(p.node, p.priority, s.score, s.healthy, s.promote, s.hold_standby)
+    return Candidate(p.node, p.priority, own_score(s), s.healthy, s.promote, s.hold_standby)
 
 
 def peer_candidate(s: State) -> Candidate:
@@ -536,6 +555,8 @@ def _absorb(s: State, ev: Event, now: float) -> State:
         s = replace(s, score=ev.score)
     elif isinstance(ev, HealthChanged):
         s = replace(s, healthy=ev.ok)
+    elif isinstance(ev, LinkState):
+        s = replace(s, lan_up=ev.up)
     elif isinstance(ev, LoopStalled):
         s = replace(s, last_stall=now)
     elif isinstance(ev, ReleaseDone):
@@ -689,7 +710,7 @@ def _recheck(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         if now - started >= s.params.arbitrate_timeout:
             return replace(s, probing_since=None, recheck_at=now + s.params.recheck), []
         return s, []
-    down = max(s.fresh_down or 0, s.score)
+    down = max(s.fresh_down or 0, own_score(s))
     if s.guard_answered and not should_surrender(down, s.params.max_unreachable):
         # Nothing changed: the VIP still answers. Stay, and look again later.
         return replace(s, probing_since=None, recheck_at=now + s.params.recheck), []
@@ -711,9 +732,9 @@ def _on_arbitrating(s: State, ev: Event, now: float) -> tuple[State, list[Action
     elif isinstance(ev, VipGuardResult):
         s = replace(s, guard_answered=ev.answered)
     down = s.fresh_down
-    if down is not None and should_surrender(max(down, s.score), s.params.max_unreachable):
+    if down is not None and should_surrender(max(down, own_score(s)), s.params.max_unreachable):
         # ARBITRATING -> ISOLATED: we see too many targets down: we are the broken one.
-        new, actions = _go_passive(s, Role.ISOLATED, now, f"{max(down, s.score)} targets down")
+        new, actions = _go_passive(s, Role.ISOLATED, now, f"{max(down, own_score(s))} targets down")
         return replace(new, condition="surrendered: ping score too bad"), actions
     if s.guard_answered:
         # ARBITRATING -> STANDBY: another MAC answers for the VIP; only heartbeats are broken.
@@ -785,10 +806,10 @@ def _on_active(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         # The conflict is over: announce again so every client points at us.
         s = replace(s, conflict=False, condition="")
         return s, [Announce()]
-    if peer is None and s.peer_lost(now) and should_surrender(s.score, p.max_unreachable):
+    if peer is None and s.peer_lost(now) and should_surrender(own_score(s), p.max_unreachable):
         # ACTIVE -> RELEASING(to ISOLATED): peer lost and we see too many targets down.
         return _start_releasing(
-            s, now, f"{s.score} targets down, peer lost", to=Role.ISOLATED, urgent=True
+            s, now, f"{own_score(s)} targets down, peer lost", to=Role.ISOLATED, urgent=True
         )
     if peer is None or peer.role is not Role.STANDBY or peer.hold_standby:
         return replace(s, handover_since=None, failback_since=None), []
@@ -798,11 +819,15 @@ def _on_active(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
     if not s.healthy and peer.healthy:
         # ACTIVE -> RELEASING: our service fails its health checks and the standby is healthy.
         return _start_releasing(s, now, "health check failed, peer healthy")
-    if should_hand_over(s.score, peer.score, p.switchover_margin):
+    if not s.lan_up and peer.score < LAN_DOWN_SCORE:
+        # ACTIVE -> RELEASING: our service interface lost carrier; nobody reaches us. No flush
+        # can cross a dead LAN either: release at once so the standby starts now.
+        return _start_releasing(s, now, "service interface down", urgent=True)
+    if should_hand_over(own_score(s), peer.score, p.switchover_margin):
         since = s.handover_since if s.handover_since is not None else now
         if now - since >= p.switchover_hold:
             # ACTIVE -> RELEASING: the standby is better connected by the margin, for long enough.
-            return _start_releasing(s, now, f"ping score {s.score} vs peer {peer.score}")
+            return _start_releasing(s, now, f"ping score {own_score(s)} vs peer {peer.score}")
         s = replace(s, handover_since=since)
     else:
         s = replace(s, handover_since=None)
@@ -834,7 +859,7 @@ def _failback_wanted(s: State, peer: PeerView) -> bool:
     """Return whether auto-failback prefers the peer: strictly higher priority, no worse link."""
     if peer.priority <= s.params.priority or not peer.healthy:
         return False
-    return not should_hand_over(peer.score, s.score, s.params.switchover_margin)
+    return not should_hand_over(peer.score, own_score(s), s.params.switchover_margin)
 
 
 def _on_releasing(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
@@ -867,8 +892,8 @@ def _on_isolated(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
     if isinstance(ev, ReleaseFailed):
         # ISOLATED -> FAULT: a resource could not be let go.
         return replace(s.to(Role.FAULT, now, f"release failed: {ev.detail}"), clean=False), []
-    if not should_surrender(s.score, s.params.max_unreachable):
-        # ISOLATED -> STANDBY: the ping score recovered.
+    if not should_surrender(own_score(s), s.params.max_unreachable):
+        # ISOLATED -> STANDBY: the ping score recovered (and the service interface is up).
         return s.to(Role.STANDBY, now, "ping score recovered"), []
     return s, []
 
@@ -942,6 +967,7 @@ __all__ = [
     "State",
     "initial_state",
     "next_deadline",
+    "own_score",
     "prefer",
     "step",
 ]

@@ -16,6 +16,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from pyroute2 import AsyncIPRoute
+
 from takeover.addresses import Addresses, VipPlacement
 from takeover.announce import Announcer
 from takeover.arbitration import Outcome
@@ -24,7 +26,7 @@ from takeover.daemon import Daemon, DaemonConfig, Effects, Links
 from takeover.health import CheckSpec
 from takeover.heartbeat import HeartbeatLinks, LinkSpec, load_key
 from takeover.hooks import Hook
-from takeover.machine import MachineParams
+from takeover.machine import Event, LinkState, MachineParams
 from takeover.probe import PingProber, VipGuard
 from takeover.resources import ResourceList, VipResource
 from takeover.wire import Heartbeat, Receiver
@@ -139,6 +141,51 @@ def ipmi_fencer(cluster: Cluster, node: Node) -> ThreadFencer | None:
     return ThreadFencer(agent)
 
 
+class CarrierWatch:
+    """Poll the carrier of the service interfaces; report LinkState when it changes.
+
+    A node whose LAN port died cannot serve, and its ping score would only say so after the
+    dampening: carrier is certain at once, and one netlink request per interval is cheap.
+    """
+
+    def __init__(self, interfaces: Sequence[str], interval: float) -> None:
+        """Watch `interfaces` every `interval` seconds."""
+        self.interfaces = tuple(dict.fromkeys(interfaces))
+        self.interval = interval
+
+    async def __call__(self, emit: Callable[[Event], None]) -> None:
+        """Run until cancelled."""
+        ipr = AsyncIPRoute()
+        await ipr.setup_endpoint()
+        last: bool | None = None
+        try:
+            while True:
+                states = [await self._carrier(ipr, name) for name in self.interfaces]
+                up = all(states)
+                if up != last:
+                    log.info(
+                        "carrier.changed up=%s interfaces=%s",
+                        up,
+                        ",".join(
+                            f"{n}:{int(s)}" for n, s in zip(self.interfaces, states, strict=True)
+                        ),
+                    )
+                    emit(LinkState(up))
+                    last = up
+                await asyncio.sleep(self.interval)
+        finally:
+            ipr.close()
+
+    @staticmethod
+    async def _carrier(ipr: AsyncIPRoute, name: str) -> bool:
+        try:
+            links = await ipr.link("get", ifname=name)
+        except Exception:
+            # Gone (renamed, deleted): as good as no carrier.
+            return False
+        return bool(links and links[0].get("IFLA_CARRIER"))
+
+
 class GuardAdapter:
     """One VipGuard per VIP, probed in parallel: the first MAC found answers for all."""
 
@@ -248,6 +295,7 @@ async def run(cluster: Cluster, node: Node) -> int:
             prober=PingAdapter(prober, cluster.arbitration.probe_timeout),
             guard=GuardAdapter(guards, cluster.arbitration.probe_timeout),
             fencer=ipmi_fencer(cluster, node),
+            watchers=[CarrierWatch([v.interface for v in vips], hb.interval)] if vips else [],
         )
         daemon = Daemon(daemon_config(cluster, node, key), effects)
         return await daemon.run()

@@ -23,6 +23,7 @@ from takeover.machine import (
     HeartbeatSeen,
     IllegalTransition,
     InhibitorsReleased,
+    LinkState,
     LoopStalled,
     MachineParams,
     Notify,
@@ -45,6 +46,7 @@ from takeover.machine import (
     WaitInhibitors,
     initial_state,
     next_deadline,
+    own_score,
     prefer,
     step,
 )
@@ -465,6 +467,22 @@ EDGES: list[tuple[str, State, Event, float, Role, list[type]]] = [
         [Notify, ReleaseResources],
     ),
     (
+        "active_to_releasing_at_once_when_service_interface_down",
+        mk(Role.ACTIVE, peer=peer(Role.STANDBY)),
+        LinkState(up=False),
+        0.0,
+        Role.RELEASING,
+        [Notify, ReleaseResources],
+    ),
+    (
+        "active_to_releasing_when_lan_down_and_peer_lost",
+        mk(Role.ACTIVE, peer=peer(Role.STANDBY, ago=2.0)),
+        LinkState(up=False),
+        0.0,
+        Role.RELEASING,
+        [Notify, ReleaseResources],
+    ),
+    (
         "active_stays_when_peer_lost_and_score_good",
         mk(Role.ACTIVE, peer=peer(Role.STANDBY, ago=2.0)),
         Tick(),
@@ -534,6 +552,14 @@ EDGES: list[tuple[str, State, Event, float, Role, list[type]]] = [
         "isolated_stays_while_score_bad",
         mk(Role.ISOLATED, score=2, peer=peer(Role.ACTIVE)),
         hb(Role.ACTIVE),
+        0.0,
+        Role.ISOLATED,
+        [],
+    ),
+    (
+        "isolated_stays_while_service_interface_down",
+        mk(Role.ISOLATED, score=2, lan_up=False),
+        ProbeResult(score=0),
         0.0,
         Role.ISOLATED,
         [],
@@ -697,7 +723,7 @@ class Node:
             role=s.role,
             epoch=s.epoch,
             priority=s.params.priority,
-            score=s.score,
+            score=own_score(s),
             boot_id=s.params.node,
             healthy=s.healthy,
             promote=s.promote,
@@ -922,6 +948,21 @@ def test_scenario_failback_after_delay() -> None:
     assert (pair.a.role, pair.b.role) == (Role.STANDBY, Role.ACTIVE)
     pair.run(3.0)
     assert (pair.a.role, pair.b.role) == (Role.ACTIVE, Role.STANDBY)
+
+
+def test_scenario_lan_down_on_active_hands_over_without_waiting() -> None:
+    """Carrier loss on the active's LAN moves the service over the direct link at once."""
+    pair = Pair(PA, PB)
+    pair.run(3.0)
+    complete(pair.a, pair.a.feed(LinkState(up=False), pair.now), pair.now)
+    assert pair.a.role is Role.STANDBY
+    assert not any(isinstance(x, WaitInhibitors) for x in pair.a.actions)
+    pair.run(0.4)
+    assert (pair.a.role, pair.b.role) == (Role.STANDBY, Role.ACTIVE)
+    # The LAN comes back: nothing moves back (no failback by default).
+    pair.a.feed(LinkState(up=True), pair.now)
+    pair.run(2.0)
+    assert (pair.a.role, pair.b.role) == (Role.STANDBY, Role.ACTIVE)
 
 
 def test_scenario_health_demotion() -> None:
