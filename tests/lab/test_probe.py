@@ -43,21 +43,34 @@ def test_ping_without_a_route_counts_unreachable(lab: Lab) -> None:
     assert result == {"198.51.100.77": False, IPV4["t1"]: True}
 
 
+def _guard(lab: Lab, node: str, *vips: str) -> dict[str, str | None]:
+    result: dict[str, str | None] = effect(
+        lab, node, "probe", "guard", "--interface", "lan0", *vips
+    )
+    return result
+
+
 @pytest.mark.parametrize(("vip", "prefix"), [(VIP4, 24), (VIP6, 64)], ids=["ipv4", "ipv6"])
 def test_guard_finds_the_vip_held_by_the_other_node(lab: Lab, vip: str, prefix: int) -> None:
     """When b holds the VIP, a's guard reports b's MAC; when nobody does, it reports none."""
-    assert effect(lab, "a", "probe", "guard", "--interface", "lan0", vip) == {
-        "vip": vip,
-        "answered_by": None,
-    }
+    assert _guard(lab, "a", vip) == {vip: None}
     lab.run("b", ["ip", "addr", "add", f"{vip}/{prefix}", "dev", "lan0", "nodad"])
-    assert effect(lab, "a", "probe", "guard", "--interface", "lan0", vip) == {
-        "vip": vip,
-        "answered_by": lab.mac("b"),
-    }
+    assert _guard(lab, "a", vip) == {vip: lab.mac("b")}
 
 
 def test_guard_counts_a_holder_on_the_shared_virtual_mac(lab: Lab) -> None:
     """A peer holding the VIP on the virtual MAC this node would use is still found."""
     effect(lab, "b", "addresses", "add", "--interface", "lan0", "--mac", VMAC, f"{VIP4}/24")
-    assert effect(lab, "a", "probe", "guard", "--interface", "lan0", VIP4)["answered_by"] == VMAC
+    assert _guard(lab, "a", VIP4) == {VIP4: VMAC}
+
+
+def test_guard_probes_several_vips_in_one_window(lab: Lab) -> None:
+    """One guard call over an IPv4 and two IPv6 VIPs reports each holder separately."""
+    other6 = "2001:db8::101"
+    lab.run("b", ["ip", "addr", "add", f"{VIP4}/24", "dev", "lan0"])
+    lab.run("client", ["ip", "addr", "add", f"{other6}/64", "dev", "lan0", "nodad"])
+    assert _guard(lab, "a", VIP4, VIP6, other6) == {
+        VIP4: lab.mac("b"),
+        VIP6: None,
+        other6: lab.mac("client"),
+    }
