@@ -30,12 +30,15 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from takeover import frames
+from takeover.arbitration import Outcome, classify_errno
 from takeover.entry import run_json
 
 log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-UNREACHABLE_ERRNOS: Final = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH})
+UNREACHABLE_ERRNOS: Final = frozenset(
+    {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN}
+)
 _SOL_RAW: Final = 255
 _ICMP_FILTER: Final = 1
 _ICMPV6_FILTER: Final = 1
@@ -141,14 +144,24 @@ class PingProber:
 
     async def probe(self, tries: int = 3, window: float = 0.3) -> dict[IPAddress, bool]:
         """Ping every target `tries` times within `window` seconds; return who answered."""
-        reachable = dict.fromkeys(self.targets, False)
+        outcomes = await self.probe_outcomes(tries, window)
+        return {t: o is Outcome.REPLY for t, o in outcomes.items()}
+
+    async def probe_outcomes(self, tries: int = 3, window: float = 0.3) -> dict[IPAddress, Outcome]:
+        """Like `probe`, with why a target did not answer (`takeover.arbitration.Outcome`).
+
+        REPLY if any try was answered; else UNREACHABLE if the kernel refused the last send
+        for lack of a route or link, ERROR if it refused for a local reason (that says nothing
+        about the target), TIMEOUT otherwise.
+        """
+        outcome = dict.fromkeys(self.targets, Outcome.TIMEOUT)
         # Sequence number -> target, for this call only: a late reply to an earlier call
         # carries an old sequence number and is ignored.
         pending: dict[int, IPAddress] = {}
 
         def send(_attempt: int) -> None:
             for target in self.targets:
-                if reachable[target]:
+                if outcome[target] is Outcome.REPLY:
                     continue
                 self._seq = (self._seq + 1) & 0xFFFF
                 pending[self._seq] = target
@@ -156,8 +169,11 @@ class PingProber:
                 try:
                     self._socks[target.version].sendto(msg, (str(target), 0))
                 except OSError as e:
+                    outcome[target] = classify_errno(e.errno or 0)
                     level = logging.DEBUG if e.errno in UNREACHABLE_ERRNOS else logging.WARNING
                     log.log(level, "probe.ping_send_failed target=%s error=%s", target, e.strerror)
+                else:
+                    outcome[target] = Outcome.TIMEOUT
 
         def on_readable(sock: socket.socket) -> bool:
             v6 = sock.family == socket.AF_INET6
@@ -168,14 +184,14 @@ class PingProber:
                 target = pending.get(reply.seq)
                 assert isinstance(addr, tuple)
                 if target is not None and ipaddress.ip_address(addr[0].split("%")[0]) == target:
-                    reachable[target] = True
-            return all(reachable.values())
+                    outcome[target] = Outcome.REPLY
+            return all(o is Outcome.REPLY for o in outcome.values())
 
         if self.targets:
             async with self._lock:
                 await _exchange(list(self._socks.values()), send, on_readable, tries, window)
-        log.debug("probe.ping result=%s", {str(k): v for k, v in reachable.items()})
-        return reachable
+        log.debug("probe.ping result=%s", {str(k): v.value for k, v in outcome.items()})
+        return outcome
 
 
 class VipGuard:
@@ -286,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ping = sub.add_parser("ping")
     ping.add_argument("--tries", type=int, default=3)
     ping.add_argument("--window", type=float, default=0.3)
+    ping.add_argument("--outcomes", action="store_true", help="print why, not just whether")
     ping.add_argument("targets", nargs="+", type=ipaddress.ip_address)
     guard = sub.add_parser("guard")
     guard.add_argument("--interface", required=True)
@@ -297,10 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "ping":
             prober = PingProber(args.targets)
             try:
-                result = await prober.probe(args.tries, args.window)
+                result = await prober.probe_outcomes(args.tries, args.window)
             finally:
                 prober.close()
-            return {str(k): v for k, v in result.items()}
+            if args.outcomes:
+                return {str(k): v.value for k, v in result.items()}
+            return {str(k): v is Outcome.REPLY for k, v in result.items()}
         vip_guard = VipGuard(args.interface)
         try:
             found = await vip_guard.probe_all(args.vips, args.timeout)

@@ -38,9 +38,19 @@ def test_ping_with_the_lan_down_sees_everything_down(lab: Lab) -> None:
 
 
 def test_ping_without_a_route_counts_unreachable(lab: Lab) -> None:
-    """A target with no route (ENETUNREACH on send) is unreachable, not an error."""
+    """A target with no route (ENETUNREACH on send) is unreachable, not a timeout or error."""
     result = _ping(lab, "client", "198.51.100.77", IPV4["t1"])
     assert result == {"198.51.100.77": False, IPV4["t1"]: True}
+    why = effect(
+        lab, "client", "probe", "ping", "--outcomes", "198.51.100.77", IPV4["t1"], IPV4["t2"]
+    )
+    assert why == {"198.51.100.77": "unreachable", IPV4["t1"]: "reply", IPV4["t2"]: "reply"}
+
+
+def test_ping_of_a_silent_target_times_out(lab: Lab) -> None:
+    """A target on the LAN that drops echoes is a timeout, not unreachable."""
+    lab.block("t3", proto="icmp")
+    assert effect(lab, "a", "probe", "ping", "--outcomes", IPV4["t3"]) == {IPV4["t3"]: "timeout"}
 
 
 def _guard(lab: Lab, node: str, *vips: str) -> dict[str, str | None]:
