@@ -89,6 +89,9 @@ def test_mac_takeover_client_sees_only_the_virtual_mac(lab: Lab, vip_probe: VipP
     assert vip_probe.wait_for(VMAC, 20)
     seen = vip_probe.stop()
     assert set(seen.replies_per_mac) == {VMAC}
+    # The client's ARP census: every who-has round answered by the virtual MAC alone.
+    assert seen.arp_rounds
+    assert all(macs == {VMAC} for macs in seen.arp_rounds.values()), seen.arp_rounds
     assert neigh_mac(lab, "client", VIP4) == VMAC
 
 
