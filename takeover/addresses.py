@@ -110,6 +110,10 @@ def macvlan_name(mac: str) -> str:
 def write_sysctl(key: str, value: str) -> bool:
     """Set /proc/sys/net/<key> in this network namespace if it differs; return True if changed."""
     path = SYSCTL_ROOT / key
+    if key.startswith("ipv6/") and not (SYSCTL_ROOT / "ipv6").exists():
+        # IPv6 disabled on this host (ipv6.disable=1): nothing to tune, no IPv6 VIP can exist.
+        log.debug("sysctl.skipped key=net/%s reason=no_ipv6", key)
+        return False
     try:
         old = path.read_text().strip()
         if old == value:

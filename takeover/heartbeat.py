@@ -239,9 +239,10 @@ class HeartbeatLinks:
                 return handled
             except OSError as e:
                 # ICMP port unreachable from an earlier send: the peer's daemon is not there.
+                # The error is cleared by reading it; queued data wakes the loop again.
                 link.stats.send_errors += 1
                 log.debug("heartbeat.socket_error link=%s error=%s", name, e.strerror)
-                continue
+                return handled
             handled += 1
             self._handle(name, link, data)
 

@@ -11,7 +11,7 @@ probe costs a few `send` calls and a wait bounded by its window, and never block
   must not take a VIP that somebody still serves.
 
 Run `python -m takeover.probe ping 192.0.2.1 ...` or `python -m takeover.probe guard --interface
-lan0 192.0.2.100` to try them by hand (the lab tests do this inside a node).
+lan0 192.0.2.100 ...` to try them by hand (the lab tests do this inside a node).
 """
 
 from __future__ import annotations
@@ -30,16 +30,20 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from takeover import frames
+from takeover.arbitration import Outcome, classify_errno
 from takeover.entry import run_json
 
 log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-UNREACHABLE_ERRNOS: Final = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH})
+UNREACHABLE_ERRNOS: Final = frozenset(
+    {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN}
+)
 _SOL_RAW: Final = 255
 _ICMP_FILTER: Final = 1
 _ICMPV6_FILTER: Final = 1
 _PACKET_OUTGOING: Final = 4
+_ETH_P_ALL: Final = 0x0003
 _PAYLOAD: Final = b"hapair-probe"
 
 
@@ -114,6 +118,8 @@ class PingProber:
         self.ident = ident if ident is not None else os.getpid() ^ int.from_bytes(os.urandom(2))
         self.ident &= 0xFFFF
         self._seq = 0
+        # One probe at a time: a second reader on the same socket would replace the first.
+        self._lock = asyncio.Lock()
         self._socks: dict[int, socket.socket] = {}
         try:
             if any(t.version == 4 for t in self.targets):
@@ -138,14 +144,24 @@ class PingProber:
 
     async def probe(self, tries: int = 3, window: float = 0.3) -> dict[IPAddress, bool]:
         """Ping every target `tries` times within `window` seconds; return who answered."""
-        reachable = dict.fromkeys(self.targets, False)
+        outcomes = await self.probe_outcomes(tries, window)
+        return {t: o is Outcome.REPLY for t, o in outcomes.items()}
+
+    async def probe_outcomes(self, tries: int = 3, window: float = 0.3) -> dict[IPAddress, Outcome]:
+        """Like `probe`, with why a target did not answer (`takeover.arbitration.Outcome`).
+
+        REPLY if any try was answered; else UNREACHABLE if the kernel refused the last send
+        for lack of a route or link, ERROR if it refused for a local reason (that says nothing
+        about the target), TIMEOUT otherwise.
+        """
+        outcome = dict.fromkeys(self.targets, Outcome.TIMEOUT)
         # Sequence number -> target, for this call only: a late reply to an earlier call
         # carries an old sequence number and is ignored.
         pending: dict[int, IPAddress] = {}
 
         def send(_attempt: int) -> None:
             for target in self.targets:
-                if reachable[target]:
+                if outcome[target] is Outcome.REPLY:
                     continue
                 self._seq = (self._seq + 1) & 0xFFFF
                 pending[self._seq] = target
@@ -153,8 +169,11 @@ class PingProber:
                 try:
                     self._socks[target.version].sendto(msg, (str(target), 0))
                 except OSError as e:
+                    outcome[target] = classify_errno(e.errno or 0)
                     level = logging.DEBUG if e.errno in UNREACHABLE_ERRNOS else logging.WARNING
                     log.log(level, "probe.ping_send_failed target=%s error=%s", target, e.strerror)
+                else:
+                    outcome[target] = Outcome.TIMEOUT
 
         def on_readable(sock: socket.socket) -> bool:
             v6 = sock.family == socket.AF_INET6
@@ -165,13 +184,14 @@ class PingProber:
                 target = pending.get(reply.seq)
                 assert isinstance(addr, tuple)
                 if target is not None and ipaddress.ip_address(addr[0].split("%")[0]) == target:
-                    reachable[target] = True
-            return all(reachable.values())
+                    outcome[target] = Outcome.REPLY
+            return all(o is Outcome.REPLY for o in outcome.values())
 
         if self.targets:
-            await _exchange(list(self._socks.values()), send, on_readable, tries, window)
-        log.debug("probe.ping result=%s", {str(k): v for k, v in reachable.items()})
-        return reachable
+            async with self._lock:
+                await _exchange(list(self._socks.values()), send, on_readable, tries, window)
+        log.debug("probe.ping result=%s", {str(k): v.value for k, v in outcome.items()})
+        return outcome
 
 
 class VipGuard:
@@ -187,53 +207,78 @@ class VipGuard:
             self._sock.close()
             raise ProbeError(f"vip guard on {interface}: {e.strerror}") from None
         self.mac = frames.mac_bytes(self._sock.getsockname()[4])
+        self._lock = asyncio.Lock()
 
     def close(self) -> None:
         """Close the socket."""
         self._sock.close()
 
     async def probe(self, vip: IPAddress | str, timeout: float = 0.3, tries: int = 2) -> str | None:
-        """Return the MAC of a host answering for `vip` within `timeout`, or None.
+        """Return the MAC of a host answering for `vip` within `timeout`, or None."""
+        address = ipaddress.ip_interface(vip).ip if isinstance(vip, str) else vip
+        return (await self.probe_all([address], timeout, tries))[address]
+
+    async def probe_all(
+        self, vips: Sequence[IPAddress], timeout: float = 0.3, tries: int = 2
+    ) -> dict[IPAddress, str | None]:
+        """Probe every VIP in one window of `timeout`; map each to the MAC that answered.
 
         Our own outgoing frames are ignored, not our MACs: a peer holding the VIP on the
-        shared virtual MAC answers with that same MAC and must still count.
+        shared virtual MAC answers with that same MAC and must still count. Calls are
+        serialised: the socket has one receive binding at a time.
         """
-        address = ipaddress.ip_interface(vip).ip if isinstance(vip, str) else vip
-        v4 = address.version == 4
-        ethertype = frames.ETH_P_ARP if v4 else frames.ETH_P_IPV6
-        if isinstance(address, ipaddress.IPv4Address):
-            probe = frames.arp_probe(self.mac, address)
-        else:
-            probe = frames.dad_solicitation(self.mac, address)
-        answer: list[bytes] = []
+        probes = [
+            frames.arp_probe(self.mac, a)
+            if isinstance(a, ipaddress.IPv4Address)
+            else frames.dad_solicitation(self.mac, a)
+            for a in vips
+        ]
+        answers: dict[IPAddress, bytes] = {}
 
         def send(_attempt: int) -> None:
-            try:
-                self._sock.send(probe)
-            except OSError as e:
-                log.warning("guard.send_failed interface=%s error=%s", self.interface, e.strerror)
+            for vip, frame in zip(vips, probes, strict=True):
+                if vip in answers:
+                    continue
+                try:
+                    self._sock.send(frame)
+                except OSError as e:
+                    log.warning(
+                        "guard.send_failed interface=%s vip=%s error=%s",
+                        self.interface, vip, e.strerror,
+                    )  # fmt: skip
 
         def on_readable(sock: socket.socket) -> bool:
             for data, addr in _drain(sock):
                 assert isinstance(addr, tuple)
                 if addr[2] == _PACKET_OUTGOING:
                     continue
-                mac = self._answer_mac(data, address)
-                if mac is not None:
-                    answer.append(mac)
-            return bool(answer)
+                for vip in vips:
+                    mac = self._answer_mac(data, vip)
+                    if mac is not None and vip not in answers:
+                        answers[vip] = mac
+            return len(answers) == len(vips)
 
-        # Receive only this protocol, only while probing: no queue builds up in between.
+        versions = {a.version for a in vips}
+        # Receive only what answers look like, only while probing: nothing queues in between.
         # Python converts the protocol of an AF_PACKET address to network order itself.
-        self._sock.bind((self.interface, ethertype))
-        try:
-            await _exchange([self._sock], send, on_readable, tries, timeout)
-        finally:
-            self._sock.bind((self.interface, 0))
-            for _ in _drain(self._sock):
-                pass
-        found = frames.mac_str(answer[0]) if answer else None
-        log.info("guard.probe interface=%s vip=%s answered_by=%s", self.interface, address, found)
+        if versions == {4}:
+            ethertype = frames.ETH_P_ARP
+        elif versions == {6}:
+            ethertype = frames.ETH_P_IPV6
+        else:
+            ethertype = _ETH_P_ALL
+        async with self._lock:
+            self._sock.bind((self.interface, ethertype))
+            try:
+                if vips:
+                    await _exchange([self._sock], send, on_readable, tries, timeout)
+            finally:
+                self._sock.bind((self.interface, 0))
+                for _ in _drain(self._sock):
+                    pass
+        found = {vip: frames.mac_str(answers[vip]) if vip in answers else None for vip in vips}
+        for vip, mac in found.items():
+            log.info("guard.probe interface=%s vip=%s answered_by=%s", self.interface, vip, mac)
         return found
 
     @staticmethod
@@ -257,27 +302,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     ping = sub.add_parser("ping")
     ping.add_argument("--tries", type=int, default=3)
     ping.add_argument("--window", type=float, default=0.3)
+    ping.add_argument("--outcomes", action="store_true", help="print why, not just whether")
     ping.add_argument("targets", nargs="+", type=ipaddress.ip_address)
     guard = sub.add_parser("guard")
     guard.add_argument("--interface", required=True)
     guard.add_argument("--timeout", type=float, default=0.3)
-    guard.add_argument("vip", type=ipaddress.ip_address)
+    guard.add_argument("vips", nargs="+", type=ipaddress.ip_address)
     args = parser.parse_args(argv)
 
     async def run() -> object:
         if args.cmd == "ping":
             prober = PingProber(args.targets)
             try:
-                result = await prober.probe(args.tries, args.window)
+                result = await prober.probe_outcomes(args.tries, args.window)
             finally:
                 prober.close()
-            return {str(k): v for k, v in result.items()}
+            if args.outcomes:
+                return {str(k): v.value for k, v in result.items()}
+            return {str(k): v is Outcome.REPLY for k, v in result.items()}
         vip_guard = VipGuard(args.interface)
         try:
-            return {
-                "vip": str(args.vip),
-                "answered_by": await vip_guard.probe(args.vip, args.timeout),
-            }
+            found = await vip_guard.probe_all(args.vips, args.timeout)
+            return {str(k): v for k, v in found.items()}
         finally:
             vip_guard.close()
 

@@ -82,19 +82,16 @@ def test_mac_takeover_client_sees_only_the_virtual_mac(lab: Lab, vip_probe: VipP
     assert V4 in addresses_on(lab, "a", dev) and V6 in addresses_on(lab, "a", dev)
     assert V4 not in addresses_on(lab, "a")
     # ARP: one answer, from the virtual MAC; the node's own address still answers as lan0.
-    assert effect(lab, "client", "probe", "guard", "--interface", "lan0", VIP4) == {
-        "vip": VIP4,
-        "answered_by": VMAC,
-    }
-    own = effect(lab, "client", "probe", "guard", "--interface", "lan0", lab.nodes["a"].ipv4)
-    assert own["answered_by"] == lab.mac("a")
-    assert (
-        effect(lab, "client", "probe", "guard", "--interface", "lan0", VIP6)["answered_by"] == VMAC
-    )
+    own = lab.nodes["a"].ipv4
+    guard = effect(lab, "client", "probe", "guard", "--interface", "lan0", VIP4, VIP6, own)
+    assert guard == {VIP4: VMAC, VIP6: VMAC, own: lab.mac("a")}
     vip_probe.start(VIP4)
     assert vip_probe.wait_for(VMAC, 20)
     seen = vip_probe.stop()
     assert set(seen.replies_per_mac) == {VMAC}
+    # The client's ARP census: every who-has round answered by the virtual MAC alone.
+    assert seen.arp_rounds
+    assert all(macs == {VMAC} for macs in seen.arp_rounds.values()), seen.arp_rounds
     assert neigh_mac(lab, "client", VIP4) == VMAC
 
 

@@ -38,26 +38,49 @@ def test_ping_with_the_lan_down_sees_everything_down(lab: Lab) -> None:
 
 
 def test_ping_without_a_route_counts_unreachable(lab: Lab) -> None:
-    """A target with no route (ENETUNREACH on send) is unreachable, not an error."""
+    """A target with no route (ENETUNREACH on send) is unreachable, not a timeout or error."""
     result = _ping(lab, "client", "198.51.100.77", IPV4["t1"])
     assert result == {"198.51.100.77": False, IPV4["t1"]: True}
+    why = effect(
+        lab, "client", "probe", "ping", "--outcomes", "198.51.100.77", IPV4["t1"], IPV4["t2"]
+    )
+    assert why == {"198.51.100.77": "unreachable", IPV4["t1"]: "reply", IPV4["t2"]: "reply"}
+
+
+def test_ping_of_a_silent_target_times_out(lab: Lab) -> None:
+    """A target on the LAN that drops echoes is a timeout, not unreachable."""
+    lab.block("t3", proto="icmp")
+    assert effect(lab, "a", "probe", "ping", "--outcomes", IPV4["t3"]) == {IPV4["t3"]: "timeout"}
+
+
+def _guard(lab: Lab, node: str, *vips: str) -> dict[str, str | None]:
+    result: dict[str, str | None] = effect(
+        lab, node, "probe", "guard", "--interface", "lan0", *vips
+    )
+    return result
 
 
 @pytest.mark.parametrize(("vip", "prefix"), [(VIP4, 24), (VIP6, 64)], ids=["ipv4", "ipv6"])
 def test_guard_finds_the_vip_held_by_the_other_node(lab: Lab, vip: str, prefix: int) -> None:
     """When b holds the VIP, a's guard reports b's MAC; when nobody does, it reports none."""
-    assert effect(lab, "a", "probe", "guard", "--interface", "lan0", vip) == {
-        "vip": vip,
-        "answered_by": None,
-    }
+    assert _guard(lab, "a", vip) == {vip: None}
     lab.run("b", ["ip", "addr", "add", f"{vip}/{prefix}", "dev", "lan0", "nodad"])
-    assert effect(lab, "a", "probe", "guard", "--interface", "lan0", vip) == {
-        "vip": vip,
-        "answered_by": lab.mac("b"),
-    }
+    assert _guard(lab, "a", vip) == {vip: lab.mac("b")}
 
 
 def test_guard_counts_a_holder_on_the_shared_virtual_mac(lab: Lab) -> None:
     """A peer holding the VIP on the virtual MAC this node would use is still found."""
     effect(lab, "b", "addresses", "add", "--interface", "lan0", "--mac", VMAC, f"{VIP4}/24")
-    assert effect(lab, "a", "probe", "guard", "--interface", "lan0", VIP4)["answered_by"] == VMAC
+    assert _guard(lab, "a", VIP4) == {VIP4: VMAC}
+
+
+def test_guard_probes_several_vips_in_one_window(lab: Lab) -> None:
+    """One guard call over an IPv4 and two IPv6 VIPs reports each holder separately."""
+    other6 = "2001:db8::101"
+    lab.run("b", ["ip", "addr", "add", f"{VIP4}/24", "dev", "lan0"])
+    lab.run("client", ["ip", "addr", "add", f"{other6}/64", "dev", "lan0", "nodad"])
+    assert _guard(lab, "a", VIP4, VIP6, other6) == {
+        VIP4: lab.mac("b"),
+        VIP6: None,
+        other6: lab.mac("client"),
+    }
