@@ -102,6 +102,8 @@ class MachineParams:
     fault_hold: float = 10.0
     # Seconds after a loop stall during which the peer is not declared lost; None = deadtime.
     stall_grace: float | None = None
+    # Seconds before deadtime at which a silent peer's arbitration probes start; 0 = off.
+    prearbitrate: float = 0.0
 
     def grace(self) -> float:
         """Return the stall grace in seconds."""
@@ -649,7 +651,7 @@ def _on_standby(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
     if s.peer_alive(now):
         assert s.peer is not None
         peer = s.peer
-        s = replace(s, recheck_at=None, probing_since=None, fresh_down=None, guard_answered=None)
+        s = replace(s, recheck_at=None)
         if s.condition in _BACKOFF_CONDITIONS:
             s = replace(s, condition="")
         if peer.holding:
@@ -661,16 +663,50 @@ def _on_standby(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         if peer.role in {Role.ISOLATED, Role.FAULT} and not s.hold_standby:
             # STANDBY -> ACTIVE: the peer is up but holds nothing and cannot serve.
             return _take_over(s, now, f"peer is {peer.role.value}")
-        return s, []
+        return _pre_probe(s, ev, now)
     if not s.peer_lost(now):
         return s, []
     if s.hold_standby:
         # The operator said standby: even a lost peer does not bring us back (promote does).
         return replace(s, condition="operator standby: peer lost, not taking over"), []
     if s.recheck_at is None:
+        if s.probing_since is not None:
+            # STANDBY -> ARBITRATING: the peer is lost, and the probes started while it was
+            # already silent are in (or in flight): decide on them, do not probe again.
+            new = s.to(Role.ARBITRATING, now, "peer lost")
+            new = replace(new, fresh_down=s.fresh_down, guard_answered=s.guard_answered)
+            return _on_arbitrating(new, Tick(), now)
         # STANDBY -> ARBITRATING: no valid heartbeat on any link for deadtime.
         return _arbitrate(s, now, "peer lost")
     return _recheck(s, ev, now)
+
+
+def _pre_probe(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
+    """Start the arbitration probes a little before deadtime while the peer is silent.
+
+    The VIP guard has to wait out its window when nobody answers; started `prearbitrate`
+    seconds early, its verdict is ready when the peer is declared lost. A probe taken while
+    the peer was already silent says no less than one taken a moment later; a heartbeat
+    arriving meanwhile discards it.
+    """
+    assert s.peer is not None
+    heard_at = s.peer.heard_at
+    lead = s.params.prearbitrate
+    if s.probing_since is not None and s.probing_since < heard_at:
+        # A heartbeat arrived after these probes started: they are moot.
+        s = replace(s, probing_since=None, fresh_down=None, guard_answered=None)
+    if s.probing_since is not None:
+        if isinstance(ev, TargetsProbed):
+            s = replace(s, fresh_down=ev.down)
+        elif isinstance(ev, VipGuardResult):
+            s = replace(s, guard_answered=ev.answered)
+        return s, []
+    if lead <= 0 or s.hold_standby or now - heard_at < s.params.deadtime - lead:
+        return s, []
+    actions: list[Action] = [ProbeTargets()]
+    if s.params.guard:
+        actions.append(ProbeVipGuard())
+    return replace(s, probing_since=now, fresh_down=None, guard_answered=None), actions
 
 
 _FENCE_REFUSED: Final = "fencing failed; not taking over"
@@ -936,6 +972,8 @@ def next_deadline(s: State) -> float | None:
     if s.peer is not None:
         # Just past deadtime: the peer is alive up to and including heard_at + deadtime.
         times.append(s.peer.heard_at + p.deadtime + p.interval / 10)
+        if p.prearbitrate > 0 and s.role is Role.STANDBY and s.probing_since is None:
+            times.append(s.peer.heard_at + p.deadtime - p.prearbitrate)
     if s.last_stall is not None:
         times.append(s.last_stall + p.grace())
     if s.recheck_at is not None:

@@ -64,8 +64,19 @@ def machine_params(cluster: Cluster, node: Node) -> MachineParams:
         fencing_policy=fencing.on_failure if fencing is not None else "refuse",
         guard=bool(cluster.vips),
         recheck=max(arb.probe_interval, hb.deadtime),
+        # Start the guard early enough that its window has passed when the peer is lost.
+        prearbitrate=min(guard_window(cluster) + hb.interval / 2, hb.deadtime * 2 / 3),
         arbitrate_timeout=max(5.0, 4 * (arb.probe_timeout + hb.deadtime)),
     )
+
+
+def guard_window(cluster: Cluster) -> float:
+    """Return how long the VIP guard listens for an answer.
+
+    A holder on the same LAN answers an ARP probe within milliseconds; the window is the
+    probe timeout, but at most half a deadtime so it fits before the peer counts as lost.
+    """
+    return min(cluster.arbitration.probe_timeout, cluster.heartbeat.deadtime / 2)
 
 
 def placements(cluster: Cluster, node: Node) -> list[VipPlacement]:
@@ -293,7 +304,7 @@ async def run(cluster: Cluster, node: Node) -> int:
             links=links,
             resources=ResourceList(items),
             prober=PingAdapter(prober, cluster.arbitration.probe_timeout),
-            guard=GuardAdapter(guards, cluster.arbitration.probe_timeout),
+            guard=GuardAdapter(guards, guard_window(cluster)),
             fencer=ipmi_fencer(cluster, node),
             watchers=[CarrierWatch([v.interface for v in vips], hb.interval)] if vips else [],
         )

@@ -64,6 +64,7 @@ P = MachineParams(
     fault_hold=10.0,
 )
 FENCED = replace(P, fencing=True)
+EARLY = replace(P, prearbitrate=0.3)
 FENCED_GUARD = replace(P, fencing=True, fencing_policy="vip-guard")
 
 
@@ -174,6 +175,37 @@ EDGES: list[tuple[str, State, Event, float, Role, list[type]]] = [
         0.0,
         Role.ARBITRATING,
         [Notify, ProbeTargets, ProbeVipGuard],
+    ),
+    (
+        "standby_starts_probes_before_deadtime_when_prearbitrating",
+        mk(Role.STANDBY, EARLY, peer=peer(Role.ACTIVE, ago=0.35)),
+        Tick(),
+        0.0,
+        Role.STANDBY,
+        [ProbeTargets, ProbeVipGuard],
+    ),
+    (
+        "standby_to_active_at_deadtime_on_early_probe_results",
+        mk(
+            Role.STANDBY,
+            EARLY,
+            peer=peer(Role.ACTIVE, ago=0.65),
+            probing_since=T0 - 0.3,
+            fresh_down=0,
+            guard_answered=False,
+        ),
+        Tick(),
+        0.0,
+        Role.ACTIVE,
+        [Notify, PersistEpoch, AcquireResources],
+    ),
+    (
+        "standby_to_arbitrating_at_deadtime_while_early_probes_in_flight",
+        mk(Role.STANDBY, EARLY, peer=peer(Role.ACTIVE, ago=0.65), probing_since=T0 - 0.3),
+        Tick(),
+        0.0,
+        Role.ARBITRATING,
+        [Notify],
     ),
     (
         "standby_stays_when_peer_active",
@@ -963,6 +995,35 @@ def test_scenario_lan_down_on_active_hands_over_without_waiting() -> None:
     pair.a.feed(LinkState(up=True), pair.now)
     pair.run(2.0)
     assert (pair.a.role, pair.b.role) == (Role.STANDBY, Role.ACTIVE)
+
+
+def test_scenario_prearbitration_takes_over_at_deadtime() -> None:
+    """With prearbitrate the guard runs before deadtime and the takeover follows at deadtime."""
+    pa, pb = replace(PA, prearbitrate=0.3), replace(PB, prearbitrate=0.3)
+    pair = Pair(pa, pb)
+    pair.run(3.0)
+    lost_at = pair.now
+    pair.alive["a"] = False
+    pair.run(0.8)
+    assert pair.b.role is Role.ACTIVE
+    taken = [a for a in pair.b.actions if isinstance(a, AcquireResources)]
+    assert len(taken) == 1
+    # Exactly one guard probe: the early one served the decision.
+    assert sum(isinstance(a, ProbeVipGuard) for a in pair.b.actions) == 1
+    assert pair.b.state.since - lost_at <= P.deadtime + P.interval + 1e-6
+
+
+def test_early_probe_discarded_when_heartbeat_returns() -> None:
+    """A heartbeat arriving after the early probes started makes their results moot."""
+    s = mk(Role.STANDBY, EARLY, peer=peer(Role.ACTIVE, ago=0.35))
+    s, out = step(s, Tick(), T0)
+    assert s.probing_since == T0 and ProbeVipGuard() in out
+    s, _ = step(s, hb(Role.ACTIVE), T0 + 0.05)
+    s, _ = step(s, VipGuardResult(answered=False), T0 + 0.1)
+    assert s.probing_since is None and s.guard_answered is None
+    # Silent again for deadtime - prearbitrate after that heartbeat: a new early round starts.
+    s, out = step(s, Tick(), T0 + 0.05 + P.deadtime - 0.3 + 0.01)
+    assert s.role is Role.STANDBY and ProbeVipGuard() in out
 
 
 def test_scenario_health_demotion() -> None:

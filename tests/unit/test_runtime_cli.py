@@ -92,6 +92,8 @@ def test_daemon_config_maps_cluster_file(tmp_path: Path) -> None:
     assert (p.auto_failback, p.failback_delay) == (True, 30.0)
     assert (p.max_unreachable, p.switchover_margin) == (1, 2)
     assert p.fencing and p.fencing_policy == "vip-guard" and p.guard
+    # Guard window min(0.3, 0.4 / 2) = 0.2, plus half an interval, under 2/3 of deadtime.
+    assert p.prearbitrate == pytest.approx(0.25)
     assert cfg.dampen == 2.0 and cfg.hooks[0].timeout == 3.0
     assert len(cfg.digest) == 32
     a_params = daemon_config(cluster, cluster.node("a"), b"k" * 32).params
