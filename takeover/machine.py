@@ -716,9 +716,18 @@ _BACKOFF_CONDITIONS: Final = frozenset({PEER_STILL_SERVING, _FENCE_REFUSED, _TIM
 
 
 def _back_off(s: State, now: float, reason: str, condition: str) -> tuple[State, list[Action]]:
-    """Enter STANDBY without taking over; re-check quietly every `recheck` seconds."""
+    """Enter STANDBY without taking over; re-check quietly, soon at first (see _recheck_delay)."""
     new, actions = _go_passive(s, Role.STANDBY, now, reason)
-    return replace(new, condition=condition, recheck_at=now + s.params.recheck), actions
+    return replace(new, condition=condition, recheck_at=now + s.params.interval), actions
+
+
+def _recheck_delay(s: State, now: float) -> float:
+    """Return the pause before the next quiet re-check: one interval, growing to `recheck`.
+
+    A crashed host's kernel can answer ARP for its VIP a moment longer than its daemon lives,
+    so the first looks come fast; a partition that lasts gets probed ever more rarely.
+    """
+    return min(s.params.recheck, max(s.params.interval, (now - s.since) / 2))
 
 
 def _recheck(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
@@ -744,12 +753,12 @@ def _recheck(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
     complete = s.fresh_down is not None and (s.guard_answered is not None or not s.params.guard)
     if not complete:
         if now - started >= s.params.arbitrate_timeout:
-            return replace(s, probing_since=None, recheck_at=now + s.params.recheck), []
+            return replace(s, probing_since=None, recheck_at=now + _recheck_delay(s, now)), []
         return s, []
     down = max(s.fresh_down or 0, own_score(s))
     if s.guard_answered and not should_surrender(down, s.params.max_unreachable):
         # Nothing changed: the VIP still answers. Stay, and look again later.
-        return replace(s, probing_since=None, recheck_at=now + s.params.recheck), []
+        return replace(s, probing_since=None, recheck_at=now + _recheck_delay(s, now)), []
     # STANDBY -> ARBITRATING: this round calls for a decision; make it with these results.
     new = s.to(Role.ARBITRATING, now, "peer lost, re-check")
     new = replace(new, fresh_down=s.fresh_down, guard_answered=s.guard_answered)

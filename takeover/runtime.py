@@ -63,6 +63,7 @@ def machine_params(cluster: Cluster, node: Node) -> MachineParams:
         fencing=fencing is not None,
         fencing_policy=fencing.on_failure if fencing is not None else "refuse",
         guard=bool(cluster.vips),
+        # Longest pause between looks while the peer is silent but its VIP still answers.
         recheck=max(arb.probe_interval, hb.deadtime),
         # Start the guard early enough that its window has passed when the peer is lost.
         prearbitrate=min(guard_window(cluster) + hb.interval / 2, hb.deadtime * 2 / 3),

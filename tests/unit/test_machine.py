@@ -684,6 +684,26 @@ def test_takeover_increments_epoch_above_everything_seen() -> None:
     assert out.index(PersistEpoch(8)) < [type(a) for a in out].index(AcquireResources)
 
 
+def test_recheck_pauses_grow_from_interval_to_recheck() -> None:
+    """Quiet re-checks start one interval apart and back off to `recheck` while the VIP answers."""
+    s = mk(Role.ARBITRATING, peer=peer(Role.ACTIVE, ago=2.0), fresh_down=0)
+    now = T0
+    s, _ = step(s, VipGuardResult(answered=True, mac="02:00:00:00:00:02"), now)
+    pauses = []
+    for _ in range(12):
+        assert s.recheck_at is not None
+        pauses.append(round(s.recheck_at - now, 6))
+        now = s.recheck_at
+        s, out = step(s, Tick(), now)
+        assert ProbeVipGuard() in out
+        s, _ = step(s, TargetsProbed(down=0), now)
+        s, _ = step(s, VipGuardResult(answered=True, mac="02:00:00:00:00:02"), now)
+        assert s.role is Role.STANDBY
+    assert pauses[0] == P.interval
+    assert pauses == sorted(pauses)
+    assert pauses[-1] == P.recheck
+
+
 def test_higher_peer_epoch_is_persisted_once() -> None:
     """A heartbeat with a higher epoch than any known is persisted; the same epoch again is not."""
     s = mk(Role.STANDBY, epoch=2, seen_epoch=2, peer=peer(Role.ACTIVE))
@@ -698,7 +718,7 @@ def test_vip_answered_sets_condition_and_recheck() -> None:
     s = mk(Role.ARBITRATING, peer=peer(Role.ACTIVE, ago=2.0), fresh_down=0)
     new, _ = step(s, VipGuardResult(answered=True, mac="02:00:00:00:00:02"), T0)
     assert new.condition == PEER_STILL_SERVING
-    assert new.recheck_at == T0 + P.recheck
+    assert new.recheck_at == T0 + P.interval
 
 
 def test_prefer_is_antisymmetric() -> None:
