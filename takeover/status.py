@@ -116,6 +116,8 @@ def render(doc: dict[str, Any], wall_now: float) -> str:
     lines.append("Nodes:")
     me_cond = local.get("condition") or ""
     health = "healthy" if local.get("healthy", True) else "UNHEALTHY"
+    if local.get("lan_up") is False:
+        health += "  LAN DOWN"
     lines.append(
         f"  * {local.get('name', '?'):<12} {local.get('role', '?'):<12} (this node) "
         f"prio {local.get('priority', '?')}  score {local.get('score', '?')}  {health}"

@@ -278,5 +278,7 @@ def test_render_shows_nodes_links_targets_vips_and_transitions() -> None:
         "epoch 7",
     ):
         assert needle in text, needle
-    assert "stale" not in text
+    assert "stale" not in text and "LAN DOWN" not in text
+    down = {**DOC, "local": {**DOC["local"], "lan_up": False}}
+    assert "LAN DOWN" in render(down, 1000.5)
     assert "stale" in render(DOC, 1100.0)
