@@ -288,6 +288,7 @@ class Daemon:
         self._background: list[asyncio.Task[None]] = []
         self._next_send = 0.0
         self._next_status = 0.0
+        self._written_key: tuple[object, ...] = ()
         self._last_iter: float | None = None
         self._watchdog = watchdog_period()
         self._last_watchdog = -math.inf
@@ -410,7 +411,7 @@ class Daemon:
         if now >= self._next_send:
             self._send_heartbeats()
             self._next_send = now + self.cfg.params.interval
-        if now >= self._next_status:
+        if now >= self._next_status or self._status_key() != self._written_key:
             self._write_status()
         if self.reload_requested:
             self.reload_requested = False
@@ -449,9 +450,9 @@ class Daemon:
         elif isinstance(a, m.Announce):
             self._spawn(self._announce())
         elif isinstance(a, m.ProbeTargets):
-            self._spawn(self._fresh_probe())
+            self._spawn(self._fresh_probe(a.round))
         elif isinstance(a, m.ProbeVipGuard):
-            self._spawn(self._guard())
+            self._spawn(self._guard(a.round))
         elif isinstance(a, m.Fence):
             self._spawn(self._fence(a.peer))
         elif isinstance(a, m.WaitInhibitors):
@@ -520,32 +521,32 @@ class Daemon:
         except Exception as err:
             log.error("announce.failed error=%s", err)
 
-    async def _fresh_probe(self) -> None:
+    async def _fresh_probe(self, round_: int) -> None:
         try:
             async with self._probe_lock:
                 results = await self.fx.prober.probe()
         except Exception as err:
             # Nothing known: count every target as down rather than take over blind.
             log.error("probe.failed error=%s", err)
-            self._emit(m.TargetsProbed(down=len(self.fx.prober.targets)))
+            self._emit(m.TargetsProbed(down=len(self.fx.prober.targets), round=round_))
             return
         now = self.clock()
         for target, outcomes in results.items():
             self.reach.record(target, _summary(outcomes), now)
         down = fresh_down(results)
         log.info("probe.fresh down=%s of=%s", down, len(results))
-        self._emit(m.TargetsProbed(down=down))
+        self._emit(m.TargetsProbed(down=down, round=round_))
 
-    async def _guard(self) -> None:
+    async def _guard(self, round_: int) -> None:
         try:
             mac = await self.fx.guard.probe()
         except Exception as err:
             # A guard that cannot look must not let us take over a VIP someone may hold.
             log.error("guard.failed error=%s", err)
-            self._emit(m.VipGuardResult(answered=True, mac="unknown (guard failed)"))
+            self._emit(m.VipGuardResult(True, "unknown (guard failed)", round_))
             return
         log.info("guard.result answered=%s mac=%s", mac is not None, mac or "-")
-        self._emit(m.VipGuardResult(answered=mac is not None, mac=mac or ""))
+        self._emit(m.VipGuardResult(mac is not None, mac or "", round_))
 
     async def _fence(self, peer: str) -> None:
         if self.fx.fencer is None:
@@ -703,7 +704,15 @@ class Daemon:
             out.append(entry)
         return out
 
+    def _status_key(self) -> tuple[object, ...]:
+        """Return what, when it changes, makes the status file worth rewriting at once."""
+        s, peer = self.state, self.state.peer
+        alive = s.peer_alive(self.clock())
+        peer_key = (peer.role, peer.epoch, peer.holding, alive) if peer is not None else None
+        return (s.role, s.condition, s.healthy, s.lan_up, s.hold_standby, s.promote, peer_key)
+
     def _write_status(self) -> None:
+        self._written_key = self._status_key()
         try:
             write_status(status_path(self.cfg.run_dir), self.status())
         except OSError as err:

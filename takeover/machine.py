@@ -166,6 +166,8 @@ class TargetsProbed:
     """A fresh probe round asked for by ARBITRATING finished: targets seen down right now."""
 
     down: int
+    # The round it answers (ProbeTargets.round); None is taken as the current one.
+    round: int | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,8 @@ class VipGuardResult:
 
     answered: bool
     mac: str = ""
+    # The round it answers (ProbeVipGuard.round); None is taken as the current one.
+    round: int | None = None
 
 
 @dataclass(frozen=True)
@@ -304,12 +308,16 @@ class Announce:
 
 @dataclass(frozen=True)
 class ProbeTargets:
-    """Run one fresh probe round of the ping list now; report TargetsProbed."""
+    """Run one fresh probe round of the ping list now; report TargetsProbed with `round`."""
+
+    round: int = 0
 
 
 @dataclass(frozen=True)
 class ProbeVipGuard:
-    """Probe the LAN for every VIP; report VipGuardResult."""
+    """Probe the LAN for every VIP; report VipGuardResult with `round`."""
+
+    round: int = 0
 
 
 @dataclass(frozen=True)
@@ -400,6 +408,8 @@ class State:
     released: bool = False
     # FENCING: the fence failed and policy vip-guard awaits a fresh VIP probe.
     fence_failed: bool = False
+    # Number of the latest probe round; results carry it back.
+    probe_round: int = 0
     # STANDBY with the peer lost: when to probe again, and since when a quiet round runs.
     recheck_at: float | None = None
     probing_since: float | None = None
@@ -591,11 +601,26 @@ def _start_releasing(
 
 def _arbitrate(s: State, now: float, reason: str) -> tuple[State, list[Action]]:
     """Enter ARBITRATING: a fresh probe round, and the VIP guard in parallel."""
-    new = s.to(Role.ARBITRATING, now, reason)
-    actions: list[Action] = [ProbeTargets()]
-    if s.params.guard:
-        actions.append(ProbeVipGuard())
-    return new, actions
+    return _probe_round(s.to(Role.ARBITRATING, now, reason))
+
+
+def _probe_round(s: State, guard: bool = True) -> tuple[State, list[Action]]:
+    """Start a new numbered probe round (targets, and the VIP guard if enabled)."""
+    n = s.probe_round + 1
+    s = replace(s, probe_round=n, fresh_down=None, guard_answered=None)
+    actions: list[Action] = [ProbeTargets(n)]
+    if s.params.guard and guard:
+        actions.append(ProbeVipGuard(n))
+    return s, actions
+
+
+def _take_result(s: State, ev: Event) -> State:
+    """Fold a probe result of the current round; results of abandoned rounds are ignored."""
+    if isinstance(ev, TargetsProbed) and ev.round in (None, s.probe_round):
+        return replace(s, fresh_down=ev.down)
+    if isinstance(ev, VipGuardResult) and ev.round in (None, s.probe_round):
+        return replace(s, guard_answered=ev.answered)
+    return s
 
 
 def _refuse(s: State, ev: Event) -> tuple[State, list[Action]]:
@@ -648,22 +673,23 @@ def _on_standby(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         # STANDBY -> FAULT: a stale resource could not be removed; we might still hold it.
         new = replace(s.to(Role.FAULT, now, f"release failed: {ev.detail}"), clean=False)
         return new, [ReleaseResources("fault")]
+    if s.probing_since is not None:
+        s = _take_result(s, ev)
     if s.peer_alive(now):
         assert s.peer is not None
         peer = s.peer
         s = replace(s, recheck_at=None)
         if s.condition in _BACKOFF_CONDITIONS:
             s = replace(s, condition="")
-        if peer.holding:
-            # Whatever the peer is, it may hold a VIP: acquiring now would give it two owners.
-            return s, []
-        if peer.role in PASSIVE and prefer(me_candidate(s), peer_candidate(s), _margin(s)):
-            # STANDBY -> ACTIVE: both idle and this node wins the election.
-            return _take_over(s, now, "operator promote" if s.promote else "elected")
-        if peer.role in {Role.ISOLATED, Role.FAULT} and not s.hold_standby:
-            # STANDBY -> ACTIVE: the peer is up but holds nothing and cannot serve.
-            return _take_over(s, now, f"peer is {peer.role.value}")
-        return _pre_probe(s, ev, now)
+        # Whatever the peer is, while it may hold a VIP acquiring would make two owners.
+        if not peer.holding:
+            if peer.role in PASSIVE and prefer(me_candidate(s), peer_candidate(s), _margin(s)):
+                # STANDBY -> ACTIVE: both idle and this node wins the election.
+                return _take_over(s, now, "operator promote" if s.promote else "elected")
+            if peer.role in {Role.ISOLATED, Role.FAULT} and not s.hold_standby:
+                # STANDBY -> ACTIVE: the peer is up but holds nothing and cannot serve.
+                return _take_over(s, now, f"peer is {peer.role.value}")
+        return _pre_probe(s, now)
     if not s.peer_lost(now):
         return s, []
     if s.hold_standby:
@@ -681,13 +707,13 @@ def _on_standby(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
     return _recheck(s, ev, now)
 
 
-def _pre_probe(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
+def _pre_probe(s: State, now: float) -> tuple[State, list[Action]]:
     """Start the arbitration probes a little before deadtime while the peer is silent.
 
     The VIP guard has to wait out its window when nobody answers; started `prearbitrate`
     seconds early, its verdict is ready when the peer is declared lost. A probe taken while
     the peer was already silent says no less than one taken a moment later; a heartbeat
-    arriving meanwhile discards it.
+    arriving meanwhile discards it (its results, numbered, are then ignored).
     """
     assert s.peer is not None
     heard_at = s.peer.heard_at
@@ -696,17 +722,11 @@ def _pre_probe(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         # A heartbeat arrived after these probes started: they are moot.
         s = replace(s, probing_since=None, fresh_down=None, guard_answered=None)
     if s.probing_since is not None:
-        if isinstance(ev, TargetsProbed):
-            s = replace(s, fresh_down=ev.down)
-        elif isinstance(ev, VipGuardResult):
-            s = replace(s, guard_answered=ev.answered)
         return s, []
     if lead <= 0 or s.hold_standby or now - heard_at < s.params.deadtime - lead:
         return s, []
-    actions: list[Action] = [ProbeTargets()]
-    if s.params.guard:
-        actions.append(ProbeVipGuard())
-    return replace(s, probing_since=now, fresh_down=None, guard_answered=None), actions
+    s, actions = _probe_round(s)
+    return replace(s, probing_since=now), actions
 
 
 _FENCE_REFUSED: Final = "fencing failed; not taking over"
@@ -742,14 +762,8 @@ def _recheck(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
     if started is None:
         if now < s.recheck_at:
             return s, []
-        actions: list[Action] = [ProbeTargets()]
-        if s.params.guard:
-            actions.append(ProbeVipGuard())
-        return replace(s, probing_since=now, fresh_down=None, guard_answered=None), actions
-    if isinstance(ev, TargetsProbed):
-        s = replace(s, fresh_down=ev.down)
-    elif isinstance(ev, VipGuardResult):
-        s = replace(s, guard_answered=ev.answered)
+        s, actions = _probe_round(s)
+        return replace(s, probing_since=now), actions
     complete = s.fresh_down is not None and (s.guard_answered is not None or not s.params.guard)
     if not complete:
         if now - started >= s.params.arbitrate_timeout:
@@ -772,10 +786,7 @@ def _on_arbitrating(s: State, ev: Event, now: float) -> tuple[State, list[Action
     if s.peer_alive(now):
         # ARBITRATING -> STANDBY: the peer spoke again; the loss was transient.
         return _go_passive(s, Role.STANDBY, now, "peer heard again")
-    if isinstance(ev, TargetsProbed):
-        s = replace(s, fresh_down=ev.down)
-    elif isinstance(ev, VipGuardResult):
-        s = replace(s, guard_answered=ev.answered)
+    s = _take_result(s, ev)
     down = s.fresh_down
     if down is not None and should_surrender(max(down, own_score(s)), s.params.max_unreachable):
         # ARBITRATING -> ISOLATED: we see too many targets down: we are the broken one.
@@ -808,10 +819,11 @@ def _on_fencing(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         if s.params.fencing_policy == "vip-guard" and s.params.guard:
             # Policy vip-guard: fencing failed; decide on a fresh VIP probe instead.
             failed = replace(s, fence_failed=True, condition=f"fencing failed: {ev.detail}")
-            return failed, [ProbeVipGuard()]
+            n = s.probe_round + 1
+            return replace(failed, probe_round=n, guard_answered=None), [ProbeVipGuard(n)]
         # FENCING -> STANDBY: policy refuse; never take over a peer that may still run.
         return _back_off(s, now, f"fencing failed: {ev.detail}", _FENCE_REFUSED)
-    if isinstance(ev, VipGuardResult) and s.fence_failed:
+    if isinstance(ev, VipGuardResult) and s.fence_failed and ev.round in (None, s.probe_round):
         if ev.answered:
             # FENCING -> STANDBY: fencing failed and the VIP still answers: the peer serves.
             return _back_off(s, now, PEER_STILL_SERVING, PEER_STILL_SERVING)
