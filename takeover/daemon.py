@@ -289,6 +289,7 @@ class Daemon:
         self._next_send = 0.0
         self._next_status = 0.0
         self._written_key: tuple[object, ...] = ()
+        self._sent_key: tuple[object, ...] = ()
         self._last_iter: float | None = None
         self._watchdog = watchdog_period()
         self._last_watchdog = -math.inf
@@ -408,7 +409,9 @@ class Daemon:
             self.handle(self.queue.get_nowait())
         self.handle(m.Tick())
         now = self.clock()
-        if now >= self._next_send:
+        if now >= self._next_send or self._advert_key() != self._sent_key:
+            # Also at once when what we advertise changed: the peer must not wait an interval
+            # to learn that we let go (its takeover waits for exactly that).
             self._send_heartbeats()
             self._next_send = now + self.cfg.params.interval
         if now >= self._next_status or self._status_key() != self._written_key:
@@ -625,7 +628,12 @@ class Daemon:
             holding=not s.clean,
         )
 
+    def _advert_key(self) -> tuple[object, ...]:
+        s = self.state
+        return (s.role, s.clean, s.epoch, m.own_score(s), s.healthy, s.promote, s.hold_standby)
+
     def _send_heartbeats(self) -> None:
+        self._sent_key = self._advert_key()
         self.sent += self.links.send(self._next_datagram)
 
     def _next_datagram(self) -> bytes:
