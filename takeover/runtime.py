@@ -98,9 +98,13 @@ class PingAdapter:
         self.targets = [str(t) for t in prober.targets]
 
     async def probe(self) -> dict[str, list[Outcome]]:
-        """Return one outcome per target (the prober already folds its tries)."""
-        got = await self.prober.probe(tries=PING_TRIES, window=self.window)
-        return {str(t): [Outcome.REPLY if ok else Outcome.TIMEOUT] for t, ok in got.items()}
+        """Return one outcome per target (the prober already folds its tries).
+
+        ENETUNREACH and friends come back as UNREACHABLE (down), a local error as ERROR
+        (says nothing), so a permission problem cannot make this node surrender.
+        """
+        got = await self.prober.probe_outcomes(tries=PING_TRIES, window=self.window)
+        return {str(t): [outcome] for t, outcome in got.items()}
 
 
 class BlockingFencer(Protocol):

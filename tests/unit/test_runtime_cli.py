@@ -110,16 +110,16 @@ class FakePinger:
 
     targets = [ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2")]
 
-    async def probe(self, tries: int = 3, window: float = 0.3) -> dict[Any, bool]:
-        return {self.targets[0]: True, self.targets[1]: False}
+    async def probe_outcomes(self, tries: int = 3, window: float = 0.3) -> dict[Any, Outcome]:
+        return {self.targets[0]: Outcome.REPLY, self.targets[1]: Outcome.UNREACHABLE}
 
 
 def test_ping_adapter_maps_reachability_to_outcomes() -> None:
-    """A reached target is REPLY, an unreached one TIMEOUT, keyed by address string."""
+    """The prober's outcome per target passes through, keyed by address string."""
     adapter = PingAdapter(FakePinger(), 0.3)  # type: ignore[arg-type]
     assert adapter.targets == ["192.0.2.1", "192.0.2.2"]
     got = asyncio.run(adapter.probe())
-    assert got == {"192.0.2.1": [Outcome.REPLY], "192.0.2.2": [Outcome.TIMEOUT]}
+    assert got == {"192.0.2.1": [Outcome.REPLY], "192.0.2.2": [Outcome.UNREACHABLE]}
 
 
 @dataclass
