@@ -169,3 +169,62 @@ class VipResource:
             "mac": self.placement.mac,
             "held": self.held,
         }
+
+
+class BlockingResource(Protocol):
+    """A resource whose calls block (takeover.backends.libvirt.VmResource)."""
+
+    def acquire(self) -> None:
+        """Take it."""
+        ...
+
+    def release(self) -> None:
+        """Give it back."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Return its status view."""
+        ...
+
+
+class ThreadResource:
+    """A blocking resource run in a worker thread, so the loop keeps beating meanwhile.
+
+    `describe()` answers from a copy refreshed after each acquire and release: status is
+    written often, and a slow hypervisor must not stall the heartbeats.
+    """
+
+    def __init__(self, name: str, inner: BlockingResource) -> None:
+        """Wrap `inner`; read its state once now (start-up reconciliation needs it)."""
+        self.name = name
+        self.inner = inner
+        self._view = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            return dict(self.inner.describe())
+        except Exception as err:
+            return {"name": self.name, "held": False, "error": str(err)}
+
+    async def acquire(self) -> None:
+        """Acquire in a thread, then refresh the status view."""
+        try:
+            await asyncio.to_thread(self.inner.acquire)
+        finally:
+            self._view = await asyncio.to_thread(self._read)
+
+    async def release(self) -> None:
+        """Release in a thread, then refresh the status view."""
+        try:
+            await asyncio.to_thread(self.inner.release)
+        finally:
+            self._view = await asyncio.to_thread(self._read)
+
+    async def announce(self) -> None:
+        """Nothing to announce for a VM: its own guest stack does that."""
+
+    def describe(self) -> dict[str, Any]:
+        """Return the last status view; "held" is true when it runs here."""
+        view = dict(self._view)
+        view.setdefault("held", view.get("where") == "here")
+        return view

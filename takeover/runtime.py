@@ -22,13 +22,13 @@ from takeover.addresses import Addresses, VipPlacement
 from takeover.announce import Announcer
 from takeover.arbitration import Outcome
 from takeover.config import Cluster, Node, config_digest
-from takeover.daemon import Daemon, DaemonConfig, Effects, Links
+from takeover.daemon import Daemon, DaemonConfig, Effects, Links, Watcher
 from takeover.health import CheckSpec
 from takeover.heartbeat import HeartbeatLinks, LinkSpec, load_key
 from takeover.hooks import Hook
-from takeover.machine import Event, LinkState, MachineParams
+from takeover.machine import Event, LinkState, MachineParams, OperatorStandby
 from takeover.probe import PingProber, VipGuard
-from takeover.resources import ResourceList, VipResource
+from takeover.resources import ResourceList, ThreadResource, VipResource
 from takeover.wire import Heartbeat, Receiver
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,25 @@ class CarrierWatch:
         return bool(links and links[0].get("IFLA_CARRIER"))
 
 
+def vm_resources(
+    cluster: Cluster, node: Node, on_failover: Callable[[str, str], None]
+) -> list[ThreadResource]:
+    """Return a resource per `[[vm]]`, acquired after the VIPs; [] when there are none.
+
+    The libvirt backend (takeover.backends.libvirt) is looked up at run time: a cluster
+    with VMs on a build without it fails to start with an error naming the VM.
+    """
+    if not cluster.vms:
+        return []
+    backend = importlib.import_module("takeover.backends.libvirt")
+    out = []
+    for vm in cluster.vms:
+        spec = backend.VmSpec.from_config(vm, node.name)
+        res = backend.VmResource(spec, on_failover=on_failover)
+        out.append(ThreadResource(f"vm {vm.name}", res))
+    return out
+
+
 class GuardAdapter:
     """One VipGuard per VIP, probed in parallel: the first MAC found answers for all."""
 
@@ -305,17 +324,35 @@ async def run(cluster: Cluster, node: Node) -> int:
             closers.append(hl.close)
             return hl
 
+        loop = asyncio.get_running_loop()
+        failover_requests: list[Callable[[Event], None]] = []
+
+        def on_vm_failover(name: str, reason: str) -> None:
+            # From the VM monitor thread: past its restart budget the VM asks for a planned
+            # switchover, which the machine grants only if the peer can take over.
+            log.warning("vm.failover_requested name=%s reason=%s", name, reason)
+            for emit in failover_requests:
+                loop.call_soon_threadsafe(emit, OperatorStandby())
+
+        async def failover_watch(emit: Callable[[Event], None]) -> None:
+            failover_requests.append(emit)
+            await asyncio.Event().wait()
+
+        vms = vm_resources(cluster, node, on_vm_failover)
+        for vm in vms:
+            closers.append(getattr(vm.inner, "close", lambda: None))
+        watchers: list[Watcher] = [failover_watch] if vms else []
+        if vips:
+            # Carrier is polled every 50 ms at most whatever the interval: it is one netlink
+            # request, and a dead LAN port is the one failure that needs no confirmation.
+            watchers.append(CarrierWatch([v.interface for v in vips], min(hb.interval, 0.05)))
         effects = Effects(
             links=links,
-            resources=ResourceList(items),
+            resources=ResourceList([*items, *vms]),
             prober=PingAdapter(prober, cluster.arbitration.probe_timeout),
             guard=GuardAdapter(guards, guard_window(cluster)),
             fencer=ipmi_fencer(cluster, node),
-            # Carrier is polled every 50 ms at most whatever the interval: it is one netlink
-            # request, and a dead LAN port is the one failure that needs no confirmation.
-            watchers=[CarrierWatch([v.interface for v in vips], min(hb.interval, 0.05))]
-            if vips
-            else [],
+            watchers=watchers,
         )
         daemon = Daemon(daemon_config(cluster, node, key), effects)
         return await daemon.run()

@@ -20,7 +20,7 @@ from takeover.arbitration import Outcome
 from takeover.config import load_cluster
 from takeover.daemon import SdNotify
 from takeover.exits import Exit, StatusExit
-from takeover.resources import ResourceError, ResourceList, VipResource
+from takeover.resources import ResourceError, ResourceList, ThreadResource, VipResource
 from takeover.runtime import GuardAdapter, PingAdapter, ThreadFencer, daemon_config, placements
 from takeover.status import write_status
 
@@ -347,3 +347,52 @@ def test_run_with_readable_key_exits_2(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == Exit.CONFIG
     err = capsys.readouterr().err
     assert "heartbeat.key_file" in err and str(key) in err
+
+
+class BlockingVm:
+    """Stands in for VmResource: blocking calls, a describe() that says where it runs."""
+
+    def __init__(self, running: bool = False, fail: str = "") -> None:
+        self.running = running
+        self.fail = fail
+        self.calls: list[str] = []
+
+    def acquire(self) -> None:
+        self.calls.append("acquire")
+        if self.fail:
+            raise RuntimeError(self.fail)
+        self.running = True
+
+    def release(self) -> None:
+        self.calls.append("release")
+        self.running = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "mail", "where": "here" if self.running else "absent"}
+
+
+def test_thread_resource_runs_blocking_calls_and_caches_view() -> None:
+    """A blocking VM is acquired and released off the loop; describe follows each change."""
+    vm = BlockingVm(running=True)
+    res = ThreadResource("vm mail", vm)
+    assert res.describe()["held"]
+    asyncio.run(res.release())
+    assert not res.describe()["held"]
+    asyncio.run(res.acquire())
+    assert res.describe()["held"] and vm.calls == ["release", "acquire"]
+
+
+def test_thread_resource_failure_propagates_into_rollback() -> None:
+    """A VM that cannot start fails the list's acquire, which releases the VIP before it."""
+    log: list[str] = []
+    vm = BlockingVm(fail="domain XML missing")
+    vip = VipPlacement(ipaddress.ip_interface("192.0.2.100/24"), "lan0")
+    res = ResourceList(
+        [
+            VipResource(vip, FakeAddresses(log), FakeAnnouncer(log), count=1),
+            ThreadResource("vm mail", vm),
+        ]  # type: ignore[arg-type]
+    )
+    with pytest.raises(ResourceError, match="domain XML missing"):
+        asyncio.run(res.acquire())
+    assert log[-1] == "remove 192.0.2.100/24" and vm.calls == ["acquire", "release"]
