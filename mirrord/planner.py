@@ -308,7 +308,7 @@ class Planner:
         c = d.cadence
         if d.last_result is Result.ALARM:
             return c.max_interval
-        return min(c.max_interval, c.min_interval * 2 ** max(0, d.failures - 1))
+        return min(c.max_interval, c.min_interval * 2.0 ** max(0, d.failures - 1))
 
     def _oldest(self, d: _Dir) -> float | None:
         """Time of the oldest change not yet on the peer (pending or in flight)."""
