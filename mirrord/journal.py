@@ -233,6 +233,7 @@ class Journal:
         pass_id: int,
         now: float,
         result: str,
+        *,
         rc: int | None = None,
         files: int | None = None,
         nbytes: int | None = None,
