@@ -142,9 +142,7 @@ class Journal:
                 "UPDATE passes SET result = 'interrupted' WHERE directory = ? AND ended IS NULL",
                 (directory,),
             )
-        log.info(
-            "journal.open dir=%s vouched=%s reason=%s", directory, vouch.vouched, vouch.reason
-        )
+        log.info("journal.open dir=%s vouched=%s reason=%s", directory, vouch.vouched, vouch.reason)
         return vouch
 
     def need_full(self, directory: str, reason: str, now: float) -> None:
@@ -259,8 +257,7 @@ class Journal:
     def last_full_ok(self, directory: str) -> float | None:
         """Return when the last successful full pass of `directory` ended, if any."""
         row = self._db.execute(
-            "SELECT MAX(ended) FROM passes WHERE directory = ? AND kind = 'full' "
-            "AND result = 'ok'",
+            "SELECT MAX(ended) FROM passes WHERE directory = ? AND kind = 'full' AND result = 'ok'",
             (directory,),
         ).fetchone()
         return None if row[0] is None else float(row[0])
