@@ -20,6 +20,7 @@ seen by anyone: after maintenance with mirrord stopped, run `mirrord sync --full
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ HISTORY_KEEP: Final = 1000
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS dirty (
     directory  TEXT NOT NULL,
-    path       TEXT NOT NULL,
+    path       BLOB NOT NULL,   -- os.fsencode(): file names need not be UTF-8
     first_seen REAL NOT NULL,
     seq        INTEGER NOT NULL,
     PRIMARY KEY (directory, path)
@@ -178,7 +179,7 @@ class Journal:
         rows = []
         for p in paths:
             self._seq += 1
-            rows.append((directory, p, now, self._seq))
+            rows.append((directory, os.fsencode(p), now, self._seq))
         if rows:
             with self._db:
                 self._db.executemany(
@@ -197,14 +198,14 @@ class Journal:
         cur = self._db.execute(
             "SELECT path, first_seen FROM dirty WHERE directory = ?", (directory,)
         )
-        return {str(p): float(t) for p, t in cur}
+        return {os.fsdecode(p): float(t) for p, t in cur}
 
     def clear_synced(self, directory: str, paths: Iterable[str], mark: int) -> int:
         """Delete exactly the synced snapshot: `paths` not changed again after `mark`."""
         with self._db:
             cur = self._db.executemany(
                 "DELETE FROM dirty WHERE directory = ? AND path = ? AND seq <= ?",
-                [(directory, p, mark) for p in paths],
+                [(directory, os.fsencode(p), mark) for p in paths],
             )
         return cur.rowcount
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -162,3 +163,12 @@ def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("not a dir")
     with pytest.raises(JournalError, match="state"):
         Journal(blocker)
+
+
+def test_non_utf8_names_round_trip(tmp_path: Path) -> None:
+    """A file name that is not UTF-8 (surrogate-escaped) is stored and cleared exactly."""
+    name = os.fsdecode(b"caf\xe9/mail")
+    j = Journal(tmp_path)
+    j.record_changes(D, [name], 1.0)
+    assert list(j.dirty(D)) == [name]
+    assert j.clear_synced(D, [name], j.mark()) == 1
