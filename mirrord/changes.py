@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from watchdog.events import (
     DirAttribEvent,
@@ -44,7 +43,7 @@ from watchdog.events import (
 )
 from watchdog.observers.inotify import InotifyObserver
 
-from mirrord.transfer import BACKUP_DIR
+from mirrord.backups import BACKUP_DIR
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +89,13 @@ class RootGone:
 
 
 Record = RawEvent | Overflow | RootGone
+
+
+class Sink(Protocol):
+    """Where watchdog's threads put records: a queue.Queue, or the daemon's loop bridge."""
+
+    def put(self, item: Any) -> None:
+        """Accept one record; called from watchdog's threads."""
 
 
 def relative(root: str, path: str) -> str | None:
@@ -143,7 +149,7 @@ def coalesce(events: Iterable[RawEvent], walk: bool = True) -> dict[str, set[str
 class _Handler(FileSystemEventHandler):
     """Runs in watchdog's thread: only builds a record and puts it on the queue."""
 
-    def __init__(self, directory: str, sink: queue.Queue[Any]) -> None:
+    def __init__(self, directory: str, sink: Sink) -> None:
         super().__init__()
         self.directory = directory
         self.sink = sink
@@ -160,7 +166,7 @@ class _Handler(FileSystemEventHandler):
 class OverflowDetector(logging.Handler):
     """Turns watchdog's "Inotify queue overflowed" log message into an `Overflow` record."""
 
-    def __init__(self, sink: queue.Queue[Any]) -> None:
+    def __init__(self, sink: Sink) -> None:
         super().__init__(level=logging.WARNING)
         self.sink = sink
 
@@ -226,7 +232,7 @@ def read_max_user_watches(path: Path = MAX_USER_WATCHES) -> int | None:
 class Watcher:
     """One watchdog observer over all roots, feeding `sink`."""
 
-    def __init__(self, roots: Sequence[str], sink: queue.Queue[Any]) -> None:
+    def __init__(self, roots: Sequence[str], sink: Sink) -> None:
         self.roots = list(roots)
         self.sink = sink
         self._observer = InotifyObserver()

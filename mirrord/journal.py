@@ -255,10 +255,17 @@ class Journal:
         )
         return [PassRecord(*row) for row in cur]
 
-    def last_full_ok(self, directory: str) -> float | None:
-        """Return when the last successful full pass of `directory` ended, if any."""
+    def last_full(self, directory: str) -> PassRecord | None:
+        """Return the last successful full pass of `directory` (its end and tree size)."""
         row = self._db.execute(
-            "SELECT MAX(ended) FROM passes WHERE directory = ? AND kind = 'full' AND result = 'ok'",
+            "SELECT id, directory, kind, reason, started, ended, result, rc, files, bytes, "
+            "detail FROM passes WHERE directory = ? AND kind = 'full' AND result = 'ok' "
+            "ORDER BY id DESC LIMIT 1",
             (directory,),
         ).fetchone()
-        return None if row[0] is None else float(row[0])
+        return None if row is None else PassRecord(*row)
+
+    def last_full_ok(self, directory: str) -> float | None:
+        """Return when the last successful full pass of `directory` ended, if any."""
+        rec = self.last_full(directory)
+        return None if rec is None else rec.ended

@@ -25,18 +25,13 @@ import shlex
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Final
 
+from mirrord.backups import BACKUP_DIR, backup_args
 from mirrord.planner import Result
 
 log = logging.getLogger(__name__)
 
-# Receiving-side directory (inside each root) that keeps what passes overwrite or delete.
-BACKUP_DIR: Final = ".hapair-backup"
-# Timestamp formats of the backup hour directory and of the per-pass suffix (UTC).
-BACKUP_HOUR_FORMAT: Final = "%Y-%m-%dT%HZ"
-BACKUP_SUFFIX_FORMAT: Final = "~%Y%m%dT%H%M%S~"
 # How much of rsync's stderr a result keeps for the log and the journal.
 STDERR_KEEP: Final = 4000
 
@@ -170,16 +165,6 @@ class TransferOptions:
     inplace: bool = True
     # Keep overwritten/deleted files on the receiver under BACKUP_DIR.
     backup: bool = True
-
-
-def backup_args(now: float) -> list[str]:
-    """Return the --backup options for a pass starting at `now` (UTC hour dir + suffix)."""
-    t = datetime.fromtimestamp(now, UTC)
-    return [
-        "--backup",
-        f"--backup-dir={BACKUP_DIR}/{t.strftime(BACKUP_HOUR_FORMAT)}",
-        f"--suffix={t.strftime(BACKUP_SUFFIX_FORMAT)}",
-    ]
 
 
 def _common(opts: TransferOptions, now: float) -> list[str]:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from mirrord.backups import BACKUP_DIR
 from mirrord.planner import Result
 from mirrord.transfer import (
-    BACKUP_DIR,
     RSYNC_OUTCOME,
     Peer,
     Stats,
