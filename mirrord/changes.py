@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,6 +242,12 @@ class Watcher:
 
     def start(self) -> list[str]:
         """Start watching; return the roots that could not be watched."""
+        # watchdog warns (RuntimeWarning, from its inotify thread) when `mkdir -p a/b` races its
+        # recursive watch set-up. Harmless, but under `-W error` the warning would end that
+        # thread and every change after it would go unseen.
+        warnings.filterwarnings(
+            "ignore", message="Callback with id .* already exists", category=RuntimeWarning
+        )
         budget = judge_watch_budget(count_directories(self.roots), read_max_user_watches())
         (log.info if budget.ok else log.error)(budget.message)
         self._detector.attach()
