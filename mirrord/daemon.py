@@ -496,7 +496,14 @@ class Daemon:
             return PassOutcome(Result.ALARM, verdict.reason)
         dest = self._dest(d.root)
         limit_known = d.max_delete_count is not None or d.max_delete_percent is not None
-        if plan.kind is PassKind.FULL:
+        full = plan.kind is PassKind.FULL
+        if not full and d.options.hard_links:
+            # rsync -H links only names that are both in its file list: a new link to an
+            # old file would arrive as a copy. A whole-tree pass sees every name.
+            full = await asyncio.to_thread(guard.any_hard_linked, d.root, plan.paths)
+            if full:
+                log.info("pass.upgraded dir=%s kind=full reason=hard links", d.root)
+        if full:
             limit = d.delete_limit(self._tree_size.get(d.root))
             if d.options.delete and limit_known:
                 dry = await run_rsync(

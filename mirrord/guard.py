@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -112,3 +113,15 @@ def check_root(root: str, expect_mount: bool) -> Verdict:
     if not verdict.ok:
         log.warning("guard.refused root=%s reason=%s", root, verdict.reason)
     return verdict
+
+
+def any_hard_linked(root: str, paths: Iterable[str]) -> bool:
+    """Return whether a listed regular file has more than one name (rsync -H needs them all)."""
+    for p in paths:
+        try:
+            st = os.lstat(os.path.join(root, p))
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            return True
+    return False

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import re
 import shlex
+import signal
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -287,6 +289,19 @@ class TransferResult:
     stderr: str
 
 
+_LIBC: Final = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG: Final = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when mirrord dies (even by SIGKILL).
+
+    Otherwise an orphaned rsync keeps writing to the peer while the restarted daemon starts
+    its own pass of the same root (rrsync's lock then refuses one of them).
+    """
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 async def run_rsync(
     argv: Sequence[str], paths: Iterable[str] | None = None, *, keep_deleted: int = 0
 ) -> TransferResult:
@@ -297,6 +312,7 @@ async def run_rsync(
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         *argv,
+        preexec_fn=_die_with_parent,
         stdin=asyncio.subprocess.PIPE if paths is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -237,3 +237,24 @@ def test_second_daemon_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
             raise AssertionError("second daemon started")
 
     asyncio.run(with_daemon(env.daemon(), body))
+
+
+def test_new_hard_link_arrives_as_a_link(tmp_path: Path) -> None:
+    """With hard_links, a new name for an existing file is mirrored as a link, not a copy."""
+    env = Env(tmp_path)
+    (env.src / "a").write_text("shared")
+
+    async def body() -> None:
+        await converge(env)
+        os.link(env.src / "a", env.src / "b")
+        await converge(env)
+        for _ in range(100):
+            if os.lstat(env.mirror / "b").st_nlink == 2:
+                break
+            await request(env.run, {"cmd": "sync", "wait": True})
+        assert os.lstat(env.mirror / "a").st_ino == os.lstat(env.mirror / "b").st_ino
+
+    d = MirrorDir(root=str(env.src), volatility="static", cadence=FAST,
+                  options=TransferOptions(hard_links=True))  # fmt: skip
+    daemon = Daemon([d], peer=None, state_dir=env.state, run_dir=env.run, local_dest=env.dest)
+    asyncio.run(with_daemon(daemon, body))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from mirrord.guard import (
     RootFacts,
+    any_hard_linked,
     count_missing,
     inspect_root,
     judge_deletions,
@@ -91,3 +93,13 @@ def test_count_missing_counts_vanished_paths(tmp_path: Path) -> None:
     (tmp_path / "a").write_text("x")
     (tmp_path / "link").symlink_to(tmp_path / "gone")
     assert count_missing(str(tmp_path), ["a", "b", "c/d", "link"]) == 2
+
+
+def test_any_hard_linked(tmp_path: Path) -> None:
+    """Only a listed regular file with several names counts as hard-linked."""
+    (tmp_path / "a").write_text("x")
+    (tmp_path / "single").write_text("y")
+    os.link(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "d").mkdir()
+    assert any_hard_linked(str(tmp_path), ["b"])
+    assert not any_hard_linked(str(tmp_path), ["single", "d", "gone"])
