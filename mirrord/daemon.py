@@ -54,6 +54,10 @@ STATUS_INTERVAL: Final = 1.0
 REWATCH_INTERVAL: Final = 5.0
 # Deleted paths a refused full pass names in its report.
 REPORT_PATHS: Final = 5
+# max_delete counts deletions over a sliding window, not per pass: an `rm -rf` of a large tree
+# arrives over several incremental passes, each of which would look small on its own. The
+# window is this many seconds, or twice the directory's max_interval if that is longer.
+DELETE_WINDOW: Final = 60.0
 
 
 class PolicyLike(Protocol):
@@ -278,6 +282,7 @@ class Daemon:
         self._last: dict[str, _LastPass] = {d: _LastPass() for d in self.dirs}
         self._tree_size: dict[str, int | None] = dict.fromkeys(self.dirs)
         self._expect_mount: dict[str, bool] = {}
+        self._deleted: dict[str, list[tuple[float, int]]] = {d: [] for d in self.dirs}
         self._unwatched: set[str] = set()
         self._waiters: dict[str, list[_SyncWait]] = {}
         self._vouch: dict[str, str] = {}
@@ -481,6 +486,18 @@ class Daemon:
             outcome = PassOutcome(Result.RETRY, f"pass crashed: {exc!r}")
         return PassDone(plan, pass_id, mark, started, outcome)
 
+    def _recently_deleted(self, d: MirrorDir, now: float) -> int:
+        """Return the deletions this directory's passes made within the window."""
+        window = max(DELETE_WINDOW, 2 * d.cadence.max_interval)
+        recent = [(t, n) for t, n in self._deleted[d.root] if t >= now - window]
+        self._deleted[d.root] = recent
+        return sum(n for _t, n in recent)
+
+    @staticmethod
+    def _room(limit: int | None, already: int) -> int | None:
+        """Return rsync's --max-delete for a pass: what the window has left."""
+        return None if limit is None else max(0, limit - already)
+
     def _dest(self, root: str) -> str | None:
         if self.local_dest is None:
             return None
@@ -503,6 +520,7 @@ class Daemon:
             full = await asyncio.to_thread(guard.any_hard_linked, d.root, plan.paths)
             if full:
                 log.info("pass.upgraded dir=%s kind=full reason=hard links", d.root)
+        already = self._recently_deleted(d, now)
         if full:
             limit = d.delete_limit(self._tree_size.get(d.root))
             if d.options.delete and limit_known:
@@ -513,12 +531,12 @@ class Daemon:
                 if dry.outcome.result is not Result.OK:
                     return self._outcome(dry, "dry run: ")
                 limit = d.delete_limit(dry.stats.files)
-                verdict = guard.judge_deletions(d.root, dry.stats.deleted, limit)
+                verdict = guard.judge_deletions(d.root, dry.stats.deleted + already, limit)
                 if not verdict.ok:
                     sample = ", ".join(dry.stats.deleted_paths)
                     log.warning("guard.refused dir=%s reason=%s", d.root, verdict.reason)
                     return PassOutcome(Result.ALARM, f"{verdict.reason}; e.g. {sample}")
-            opts = replace(d.options, max_delete=limit)
+            opts = replace(d.options, max_delete=self._room(limit, already))
             res = await run_rsync(
                 full_argv(d.root, self.peer, opts, now, audit=plan.audit, dest=dest)
             )
@@ -526,11 +544,11 @@ class Daemon:
         limit = d.delete_limit(self._tree_size.get(d.root))
         if d.options.delete and limit is not None:
             missing = await asyncio.to_thread(guard.count_missing, d.root, plan.paths)
-            verdict = guard.judge_deletions(d.root, missing, limit)
+            verdict = guard.judge_deletions(d.root, missing + already, limit)
             if not verdict.ok:
                 log.warning("guard.refused dir=%s reason=%s", d.root, verdict.reason)
                 return PassOutcome(Result.ALARM, verdict.reason)
-        opts = replace(d.options, max_delete=limit)
+        opts = replace(d.options, max_delete=self._room(limit, already))
         res = await run_rsync(
             incremental_argv(d.root, self.peer, opts, now, dest=dest), sorted(plan.paths)
         )
@@ -561,6 +579,8 @@ class Daemon:
             done.pass_id, now, out.result.value,
             rc=out.rc, files=out.files, nbytes=out.bytes_sent, detail=out.detail,
         )  # fmt: skip
+        if out.deleted:
+            self._deleted[root].append((now, out.deleted))
         if out.result is Result.OK:
             self.journal.clear_synced(root, plan.paths, done.mark)
             if plan.kind is PassKind.FULL:

@@ -6,10 +6,12 @@ to mount looks exactly like that. The guard looks before each pass:
 - the source root must exist and be a directory;
 - a root that is a mount point must not be empty, and a root expected to be a mount point
   (the policy says so, or it was one when mirrord started) must still be one;
-- a pass must not delete more than `max_delete` entries (a count, or a percentage of the tree):
-  full passes are measured with an rsync `--dry-run` first, incremental passes count the listed
-  paths that vanished; rsync's own `--max-delete` is the backstop for what neither sees (a
-  vanished directory removes its whole subtree on the peer).
+- passes must not delete more than `max_delete` entries (a count, or a percentage of the tree)
+  within a sliding window (the daemon adds what recent passes deleted, so an `rm -rf` spread
+  over several passes is still one mass deletion): full passes are measured with an rsync
+  `--dry-run` first, incremental passes count the listed paths that vanished; rsync's own
+  `--max-delete` is the backstop for what neither sees (a vanished directory removes its whole
+  subtree on the peer).
 
 `judge_root` and `judge_deletions` decide from plain facts and are unit-tested; `inspect_root`
 and `count_missing` gather the facts.

@@ -258,3 +258,25 @@ def test_new_hard_link_arrives_as_a_link(tmp_path: Path) -> None:
                   options=TransferOptions(hard_links=True))  # fmt: skip
     daemon = Daemon([d], peer=None, state_dir=env.state, run_dir=env.run, local_dest=env.dest)
     asyncio.run(with_daemon(daemon, body))
+
+
+def test_deletions_spread_over_passes_still_count(tmp_path: Path) -> None:
+    """Deletions sent one pass at a time are refused once the window's total passes max_delete."""
+    env = Env(tmp_path)
+    for i in range(10):
+        (env.src / f"f{i}").write_text(str(i))
+
+    async def body() -> None:
+        await converge(env)
+        for i in range(5):
+            (env.src / f"f{i}").unlink()
+            for _ in range(200):
+                (d,) = (await request(env.run, {"cmd": "status"}))["directories"]
+                if d["alarm"] or not (env.mirror / f"f{i}").exists():
+                    break
+                await asyncio.sleep(0.02)
+        assert "max_delete 3" in d["alarm"]
+        left = sorted(p.name for p in env.mirror.glob("f*"))
+        assert left == [f"f{i}" for i in range(3, 10)]
+
+    asyncio.run(with_daemon(env.daemon(max_delete_count=3), body))
