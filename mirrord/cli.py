@@ -115,6 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(levelname)s %(name)s %(message)s",
     )
+    # APScheduler logs every job run at INFO (a status write each second): keep its warnings.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
     try:
         cluster, node, policies = _load(args)
     except ConfigError as err:

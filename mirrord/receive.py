@@ -56,6 +56,11 @@ def receive(roots: Sequence[str], retention: float, rrsync: str = RRSYNC) -> int
     except (ReceiveError, ValueError) as exc:
         print(f"mirrord: error: {exc}", file=sys.stderr)
         return 1
+    if not os.path.isdir(root):
+        # Never create it: on a standby whose disk failed to mount, that would fill the
+        # wrong file system. The operator creates each root on both nodes.
+        print(f"mirrord: error: receive: {root} does not exist on this node", file=sys.stderr)
+        return 1
     if retention > 0:
         prune_backups(root, retention, time.time())
     # -wo: write only; -absolute: the client names the root by its absolute path.
