@@ -157,7 +157,7 @@ class MirrorPair:
 
     def mirrord_alive(self) -> bool:
         """Whether the mirrord process runs."""
-        return self.mirrord is not None and self.mirrord.alive
+        return self.mirrord is not None and self.mirrord.alive()
 
     def stop(self) -> int:
         """Stop mirrord with SIGTERM (a clean shutdown)."""
