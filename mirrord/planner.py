@@ -9,12 +9,13 @@ started/finished, operator requests) and asks `due(now)` which passes to start a
 Rules, in the order they matter:
 - a directory never runs two passes at once;
 - a directory with nothing dirty (and no full pass or audit due) costs nothing;
-- passes of one directory start at least `interval` apart, and however late the daemon asks,
-  one plan comes out (missed runs coalesce);
+- passes of one directory start at least the rate spacing apart, and after each pass the
+  directory idles for cost * (1 - max_duty) / max_duty, so syncing takes at most `max_duty` of
+  the wall time; however late the daemon asks, one plan comes out (missed runs coalesce);
 - changes that arrive while a pass runs stay dirty for the next pass: only the snapshot taken
   when the pass started is cleared when it succeeds, and it goes back on retry or alarm;
 - the interval adapts between `min_interval` and `max_interval`: busier directories sync more
-  often, but never so often that the share of wall time spent syncing exceeds `max_duty`.
+  often; a change after a quiet spell is sent at once (its idle time is already paid).
 """
 
 from __future__ import annotations
@@ -22,15 +23,12 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 log = logging.getLogger(__name__)
 
-# How many recent pass durations feed the duty estimate.
-COST_HISTORY: Final = 8
 # Weight of the newest change-rate sample in the moving average.
 RATE_ALPHA: Final = 0.3
 # Consecutive failed passes after which a retrying directory also reports an alarm.
@@ -135,7 +133,6 @@ class _Dir:
     full_since: float | None = None
     # The full-pass need that the running pass is resolving, restored if it fails.
     in_flight_full: tuple[str, float] | None = None
-    costs: deque[float] = field(default_factory=lambda: deque(maxlen=COST_HISTORY))
     rate: float = 0.0
     rate_count: int = 0
     rate_since: float = 0.0
@@ -250,7 +247,6 @@ class Planner:
         duration = max(0.0, now - d.started_at)
         d.running = d.started_at = None
         d.last_finish, d.last_result, d.last_duration = now, result, duration
-        d.costs.append(duration)
         if result is Result.OK:
             # Only the snapshot is done; whatever changed meanwhile is already back in `dirty`.
             d.in_flight = {}
@@ -287,21 +283,35 @@ class Planner:
     # -- decisions -----------------------------------------------------------------------
 
     @staticmethod
-    def _adapt(d: _Dir) -> float:
-        """Return the next interval from the change rate and the pass cost.
+    def _by_rate(d: _Dir) -> float:
+        """Return the spacing of pass starts that the change rate asks for.
 
-        Expected changes per nominal interval n = rate * interval; the interval shrinks as
+        Expected changes per nominal interval n = rate * interval; the spacing shrinks as
         interval / sqrt(n), so a directory 100x busier syncs 10x more often: every pass has a
-        fixed floor (ssh round trips, rsync start), and larger batches amortise it. The duty
-        floor (mean recent cost / max_duty) then keeps syncing under its share of wall time.
+        fixed floor (ssh session, rsync start), and larger batches amortise it.
         """
         c = d.cadence
         n = d.rate * c.interval
         by_rate = c.interval / math.sqrt(n) if n > 1 else c.interval
-        costs = list(d.costs)
-        cost = max(sum(costs) / len(costs), costs[-1]) if costs else 0.0
-        by_duty = cost / c.max_duty
-        return min(c.max_interval, max(c.min_interval, by_rate, by_duty))
+        return min(c.max_interval, max(c.min_interval, by_rate))
+
+    @staticmethod
+    def _duty_gap(d: _Dir) -> float:
+        """Return the idle time owed after the last pass: cost * (1 - duty) / duty.
+
+        Back-to-back passes then spend exactly max_duty of the wall time syncing, while a
+        change after a quiet spell (the idle time already paid) is sent at once. The gap never
+        exceeds max_interval: the RPO bound wins over the duty goal.
+        """
+        c = d.cadence
+        cost = d.last_duration or 0.0
+        return min(c.max_interval, cost * (1 - c.max_duty) / c.max_duty)
+
+    def _adapt(self, d: _Dir) -> float:
+        """Return the interval `status` reports: the larger of the rate and duty spacings."""
+        c = d.cadence
+        by_duty = (d.last_duration or 0.0) / c.max_duty
+        return min(c.max_interval, max(self._by_rate(d), by_duty))
 
     def _backoff(self, d: _Dir) -> float:
         """Seconds to wait after the latest failure before trying again."""
@@ -336,7 +346,11 @@ class Planner:
         if d.full_since is not None:
             pending.append(d.full_since)
         if pending:
-            spaced = d.last_start + d.interval if d.last_start is not None else -math.inf
+            spaced = -math.inf
+            if d.last_start is not None:
+                spaced = d.last_start + self._by_rate(d)
+            if d.last_finish is not None:
+                spaced = max(spaced, d.last_finish + self._duty_gap(d))
             candidates.append(max(spaced, min(pending) + d.cadence.settle))
         verify = self._verify_at(d)
         if verify is not None:

@@ -13,7 +13,6 @@ rrsync validates every rsync option and path; we only choose which root it is co
 
 from __future__ import annotations
 
-import logging
 import os
 import shlex
 import sys
@@ -21,11 +20,13 @@ import time
 from collections.abc import Sequence
 from typing import Final
 
-from mirrord.backups import prune_backups
-
-log = logging.getLogger(__name__)
+# Imports are kept to the minimum: this runs for every pass, before rrsync, on the receiver
+# (no logging: stderr reaches the sending rsync, whose log shows it).
 
 RRSYNC: Final = "/usr/bin/rrsync"
+# Prune a root's backup area at most this often (seconds), not on every pass.
+PRUNE_EVERY: Final = 3600.0
+PRUNE_STAMP: Final = ".pruned"
 
 
 class ReceiveError(Exception):
@@ -62,10 +63,27 @@ def receive(roots: Sequence[str], retention: float, rrsync: str = RRSYNC) -> int
         print(f"mirrord: error: receive: {root} does not exist on this node", file=sys.stderr)
         return 1
     if retention > 0:
-        prune_backups(root, retention, time.time())
+        maybe_prune(root, retention, time.time())
     # -wo: write only; -absolute: the client names the root by its absolute path.
     os.execv(rrsync, [rrsync, "-wo", "-absolute", root])
     return 1  # not reached
+
+
+def maybe_prune(root: str, retention: float, now: float) -> bool:
+    """Prune the backup area if the last pruning is older than PRUNE_EVERY; return whether."""
+    from mirrord.backups import BACKUP_DIR, prune_backups  # noqa: PLC0415  rarely needed
+
+    stamp = os.path.join(root, BACKUP_DIR, PRUNE_STAMP)
+    try:
+        if now - os.stat(stamp).st_mtime < PRUNE_EVERY:
+            return False
+    except FileNotFoundError:
+        pass
+    prune_backups(root, retention, now)
+    if os.path.isdir(os.path.dirname(stamp)):
+        with open(stamp, "w"):
+            pass
+    return True
 
 
 def authorized_keys_line(
@@ -79,15 +97,34 @@ def authorized_keys_line(
     return f'restrict,command="{forced}" {public_key.strip()}'
 
 
+def parse_args(argv: Sequence[str]) -> tuple[list[str], float]:
+    """Parse `--root R` (repeatable) and `--retention SECONDS` (argparse costs a start-up)."""
+    roots: list[str] = []
+    retention = 7 * 86400.0
+    it = iter(argv)
+    for arg in it:
+        value = next(it, None)
+        if value is None or arg not in ("--root", "--retention"):
+            raise ReceiveError(
+                f"receive: usage: --root DIR [--root DIR] [--retention S], got {arg}"
+            )
+        if arg == "--root":
+            roots.append(value.rstrip("/") or "/")
+        else:
+            retention = float(value)
+    if not roots:
+        raise ReceiveError("receive: at least one --root is required")
+    return roots, retention
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python3 -m mirrord.receive --root R [--root R2] [--retention SECONDS]`."""
-    import argparse  # noqa: PLC0415  only this entry point needs it
-
-    parser = argparse.ArgumentParser(prog="mirrord-receive", description=__doc__)
-    parser.add_argument("--root", action="append", required=True, help="a mirrored root")
-    parser.add_argument("--retention", type=float, default=7 * 86400.0)
-    args = parser.parse_args(argv)
-    return receive([r.rstrip("/") or "/" for r in args.root], args.retention)
+    try:
+        roots, retention = parse_args(sys.argv[1:] if argv is None else argv)
+    except (ReceiveError, ValueError) as exc:
+        print(f"mirrord: error: {exc}", file=sys.stderr)
+        return 2
+    return receive(roots, retention)
 
 
 if __name__ == "__main__":

@@ -357,3 +357,22 @@ def test_unknown_directory_raises() -> None:
     """Events for a directory the planner does not know raise KeyError naming it."""
     with pytest.raises(KeyError, match="/nope"):
         planner().changes("/nope", ["a"], 0.0)
+
+
+def test_duty_gap_follows_an_expensive_pass() -> None:
+    """After a 1 s pass at max_duty 0.1 a new change waits 9 s of idle time, no more."""
+    p = planner()
+    p.changes(D, ["a"], 0.0)
+    run_pass(p, 0.0, 1.0)
+    p.changes(D, ["b"], 1.5)
+    assert p.due(9.9) == []
+    assert p.next_deadline() == pytest.approx(10.0)
+
+
+def test_change_after_quiet_spell_is_sent_at_once() -> None:
+    """Once the idle time owed by the last pass has passed, a change is due immediately."""
+    p = planner()
+    p.changes(D, ["a"], 0.0)
+    run_pass(p, 0.0, 1.0)
+    p.changes(D, ["b"], 20.0)
+    assert [q.paths for q in p.due(20.0)] == [frozenset({"b"})]

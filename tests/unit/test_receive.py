@@ -13,7 +13,14 @@ import pytest
 
 from mirrord.backups import BACKUP_DIR, expired_backups, prune_backups
 from mirrord.cli import format_status, read_status
-from mirrord.receive import ReceiveError, authorized_keys_line, pick_root
+from mirrord.receive import (
+    PRUNE_EVERY,
+    ReceiveError,
+    authorized_keys_line,
+    maybe_prune,
+    parse_args,
+    pick_root,
+)
 from takeover.exits import StatusExit
 
 ROOTS = ["/var/mail", "/srv/www"]
@@ -126,3 +133,26 @@ def test_format_status_shows_each_directory() -> None:
     row = text.splitlines()[2]
     for part in ("/var/mail", "hot", "5.0s", "3", "2.5s", "alarm/incr", "2.0s", "missing"):
         assert part in row
+
+
+def test_parse_args() -> None:
+    """Roots repeat, retention is seconds; anything else is a usage error."""
+    assert parse_args(["--root", "/a/", "--root", "/b", "--retention", "60"]) == (
+        ["/a", "/b"],
+        60.0,
+    )
+    for bad in (["--root"], ["--retention", "5"], ["--frob", "x"]):
+        with pytest.raises(ReceiveError):
+            parse_args(bad)
+
+
+def test_maybe_prune_runs_at_most_hourly(tmp_path: Path) -> None:
+    """Pruning happens on the first pass and then only after PRUNE_EVERY seconds."""
+    area = tmp_path / BACKUP_DIR
+    (area / "2026-11-18T09Z").mkdir(parents=True)
+    now = 1_795_000_000.0
+    assert maybe_prune(str(tmp_path), 3600.0, now)
+    assert not (area / "2026-11-18T09Z").exists()
+    stamp_time = (area / ".pruned").stat().st_mtime
+    assert not maybe_prune(str(tmp_path), 3600.0, stamp_time + 10)
+    assert maybe_prune(str(tmp_path), 3600.0, stamp_time + PRUNE_EVERY + 1)
