@@ -22,7 +22,8 @@ unit: deps
 	$(PYTEST) tests/unit
 
 # Everything: unit, lab and end-to-end. Root-only tests fail (never skip) without root.
-test: need-root deps
+test: need-root
+	@scripts/bootstrap.sh base vm
 	$(PYTEST) tests
 
 demo: need-root deps
