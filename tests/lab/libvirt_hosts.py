@@ -1,0 +1,299 @@
+"""Two real libvirtd "hosts" for VM tests, each in its own network and mount namespace.
+
+Each host runs `libvirtd --listen` inside a network namespace (the pair is joined by a veth:
+a = 192.0.2.11, b = 192.0.2.12 on lan0) and a private mount namespace in which:
+- /var is an overlay whose upper layer is the host's private directory (so /var/lib/libvirt,
+  /var/log/libvirt exist without touching the machine's /var),
+- /var/cache/libvirt is one directory shared by both hosts (QEMU's capability probe, ~8 s, is
+  paid once),
+- /run is a scratch tmpfs with the host's private directory bound at /run/libvirt (the test
+  process reaches each libvirtd through that directory's unix socket),
+- /etc/libvirt holds a generated libvirtd.conf (tcp, no auth, distinct host_uuid) and qemu.conf
+  (root, no security driver, no namespaces/cgroups, file stdio handler, migration_host),
+- /etc/passwd and /etc/group are copies that add libvirt-qemu (the qemu driver looks it up).
+
+Migration goes libvirtd to libvirtd over tcp inside the namespaces. Everything is started and
+ended by PID; the namespaces carry a per-run prefix and are removed; temp files are deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+import libvirt
+
+log = logging.getLogger(__name__)
+
+HOSTS = {"a": "192.0.2.11", "b": "192.0.2.12"}
+
+GUEST_XML = """\
+<domain type='qemu'>
+  <name>{name}</name>
+  <uuid>{uuid}</uuid>
+  <memory unit='MiB'>{memory}</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <video><model type='none'/></video>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+def guest_xml(name: str, memory_mib: int = 16) -> str:
+    """XML of a tiny BIOS-only TCG guest: no disk, no kernel, `memory_mib` MiB."""
+    return GUEST_XML.format(name=name, uuid=uuid.uuid4(), memory=memory_mib)
+
+
+def _run(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+class LibvirtHost:
+    """One libvirtd in its own namespaces."""
+
+    def __init__(self, name: str, netns: str, address: str, root: Path, cache: Path) -> None:
+        self.name = name
+        self.netns = netns
+        self.address = address
+        self.root = root
+        self.cache = cache
+        self.host_uuid = str(uuid.uuid4())
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        """URI the test process (outside the namespaces) uses: the unix socket."""
+        return f"qemu+unix:///system?socket={self.root}/run/libvirt-sock"
+
+    @property
+    def tcp_uri(self) -> str:
+        """URI the other host's libvirtd uses to reach this one (migration destination)."""
+        return f"qemu+tcp://{self.address}/system"
+
+    def _write_config(self) -> None:
+        r = self.root
+        for d in ("etc", "run", "var", "varwork"):
+            (r / d).mkdir(parents=True, exist_ok=True)
+        (r / "etc" / "libvirtd.conf").write_text(
+            "listen_tls = 0\n"
+            "listen_tcp = 1\n"
+            f'listen_addr = "{self.address}"\n'
+            'auth_tcp = "none"\n'
+            'auth_unix_rw = "none"\n'
+            f'host_uuid = "{self.host_uuid}"\n'
+            'log_outputs = "3:stderr"\n'
+        )
+        (r / "etc" / "qemu.conf").write_text(
+            'user = "root"\n'
+            'group = "root"\n'
+            'security_driver = "none"\n'
+            "namespaces = [ ]\n"
+            "cgroup_controllers = [ ]\n"
+            # Without virtlogd (not running here) QEMU's output goes straight to a file.
+            'stdio_handler = "file"\n'
+            f'migration_host = "{self.address}"\n'
+        )
+        passwd = Path("/etc/passwd").read_text()
+        group = Path("/etc/group").read_text()
+        if "\nlibvirt-qemu:" not in "\n" + passwd:
+            passwd += "libvirt-qemu:x:64055:64055:Libvirt Qemu:/var/lib/libvirt:/usr/sbin/nologin\n"
+        if "\nlibvirt-qemu:" not in "\n" + group:
+            group += "libvirt-qemu:x:64055:\n"
+        (r / "passwd").write_text(passwd)
+        (r / "group").write_text(group)
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start libvirtd and wait until it answers on its socket."""
+        self._write_config()
+        r = self.root
+        setup = " && ".join(
+            [
+                f"mount -t overlay overlay -o lowerdir=/var,upperdir={r}/var,workdir={r}/varwork"
+                " /var",
+                "mkdir -p /var/lib/libvirt /var/log/libvirt /var/cache/libvirt",
+                f"mount --bind {self.cache} /var/cache/libvirt",
+                "mount -t tmpfs -o mode=755 tmpfs /run",
+                "mkdir /run/libvirt",
+                f"mount --bind {r}/run /run/libvirt",
+                f"mount --bind {r}/etc /etc/libvirt",
+                f"mount --bind {r}/passwd /etc/passwd",
+                f"mount --bind {r}/group /etc/group",
+                f"exec libvirtd --listen -p {r}/libvirtd.pid -f /etc/libvirt/libvirtd.conf",
+            ]
+        )
+        out = (r / "libvirtd.log").open("wb")
+        # ip netns exec and unshare (without --fork) exec in place: the PID is libvirtd's.
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--propagation", "private",
+             "sh", "-c", setup],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        out.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"libvirtd {self.name} exited: {self.log_tail()}")
+            if (r / "run" / "libvirt-sock").exists():
+                try:
+                    libvirt.open(self.uri).close()
+                    break
+                except libvirt.libvirtError:
+                    pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"libvirtd {self.name} not answering: {self.log_tail()}")
+            time.sleep(0.05)
+        log.info("libvirtd.started host=%s pid=%d netns=%s", self.name, self.proc.pid, self.netns)
+
+    def log_tail(self, lines: int = 5) -> str:
+        """The last lines libvirtd wrote."""
+        path = self.root / "libvirtd.log"
+        return " | ".join(path.read_text().splitlines()[-lines:]) if path.exists() else ""
+
+    def qemu_pid(self, domain: str) -> int | None:
+        """PID of the QEMU process running `domain` on this host, if any."""
+        path = self.root / "run" / "qemu" / f"{domain}.pid"
+        try:
+            pid = int(path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if Path(f"/proc/{pid}").exists() else None
+
+    def domains(self) -> dict[str, str]:
+        """Every domain this host knows: name -> "running" / "defined"."""
+        conn = libvirt.open(self.uri)
+        try:
+            return {
+                d.name(): ("running" if d.isActive() else "defined") for d in conn.listAllDomains()
+            }
+        finally:
+            conn.close()
+
+    def clear(self) -> None:
+        """Destroy and undefine every domain on this host."""
+        conn = libvirt.open(self.uri)
+        try:
+            for d in conn.listAllDomains():
+                with contextlib.suppress(libvirt.libvirtError):
+                    if d.isActive():
+                        d.destroy()
+                with contextlib.suppress(libvirt.libvirtError):
+                    if d.isPersistent():
+                        d.undefine()
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        """Clear domains, end libvirtd by PID, and kill any QEMU it left (by PID)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(libvirt.libvirtError, OSError):
+            if self.proc.poll() is None:
+                self.clear()
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        qemu_dir = self.root / "run" / "qemu"
+        for pidfile in qemu_dir.glob("*.pid") if qemu_dir.exists() else []:
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+
+
+class LibvirtPair:
+    """Hosts "a" and "b", in namespaces "<prefix>-a" and "<prefix>-b"; a context manager."""
+
+    def __init__(self) -> None:
+        self.prefix = f"hv{uuid.uuid4().hex[:6]}"
+        self.dir = Path(tempfile.mkdtemp(prefix="hapair-libvirt-"))
+        self.cache = self.dir / "cache"
+        self.shared = self.dir / "shared"
+        self.hosts: dict[str, LibvirtHost] = {}
+        self._netns: list[str] = []
+
+    def __getitem__(self, name: str) -> LibvirtHost:
+        return self.hosts[name]
+
+    def start(self) -> LibvirtPair:
+        """Create the namespaces and start both libvirtd (a first: it pays the QEMU probe)."""
+        try:
+            self.cache.mkdir()
+            self.shared.mkdir()
+            for name in HOSTS:
+                ns = f"{self.prefix}-{name}"
+                _run("ip", "netns", "add", ns)
+                self._netns.append(ns)
+            a, b = (f"{self.prefix}-{n}" for n in HOSTS)
+            _run("ip", "-n", a, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0",
+                 "netns", b)  # fmt: skip
+            for name, address in HOSTS.items():
+                ns = f"{self.prefix}-{name}"
+                _run("ip", "-n", ns, "link", "set", "lo", "up")
+                _run("ip", "-n", ns, "link", "set", "lan0", "up")
+                _run("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "lan0")
+            for name, address in HOSTS.items():
+                host = LibvirtHost(
+                    name, f"{self.prefix}-{name}", address, self.dir / name, self.cache
+                )
+                self.hosts[name] = host
+                host.start()
+                # Pay the QEMU capability probe now, once, into the shared cache.
+                conn = libvirt.open(host.uri)
+                try:
+                    conn.getDomainCapabilities(None, "x86_64", None, "qemu")
+                finally:
+                    conn.close()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def write_guest(self, name: str, memory_mib: int = 16) -> Path:
+        """Write a tiny guest's XML to the pair's "shared storage" and return its path."""
+        path = self.shared / f"{name}.xml"
+        path.write_text(guest_xml(name, memory_mib))
+        return path
+
+    def stop(self) -> None:
+        """End both libvirtd and their QEMUs, remove the namespaces and every file."""
+        for host in self.hosts.values():
+            try:
+                host.stop()
+            except Exception as exc:
+                log.warning("libvirtd.stop_failed host=%s error=%s", host.name, exc)
+        for ns in self._netns:
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+        self._netns.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> LibvirtPair:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
