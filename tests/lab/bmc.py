@@ -20,7 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
+
+from tests.lab.managed import Managed
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def _udp_bound(port: int) -> bool:
     return False
 
 
-class SimBmc:
+class SimBmc(Managed):
     """One ipmi_sim BMC on loopback; a context manager that always cleans up."""
 
     def __init__(
@@ -182,17 +183,6 @@ class SimBmc:
                 proc.kill()
                 proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> SimBmc:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- what happened ------------------------------------------------------------------
     def power(self) -> str:

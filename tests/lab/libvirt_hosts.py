@@ -28,9 +28,10 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
 
 import libvirt
+
+from tests.lab.managed import Managed
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ class LibvirtHost:
                 os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
 
 
-class LibvirtPair:
+class LibvirtPair(Managed):
     """Hosts "a" and "b", in namespaces "<prefix>-a" and "<prefix>-b"; a context manager."""
 
     def __init__(self) -> None:
@@ -286,14 +287,3 @@ class LibvirtPair:
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
         self._netns.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> LibvirtPair:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
