@@ -9,12 +9,27 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {
-    "socket", "subprocess", "time", "asyncio", "select", "pyroute2", "scapy", "pyghmi",
-    "libvirt", "watchdog", "apscheduler", "sqlite3", "threading",
+    "socket",
+    "subprocess",
+    "time",
+    "asyncio",
+    "select",
+    "pyroute2",
+    "scapy",
+    "pyghmi",
+    "libvirt",
+    "watchdog",
+    "apscheduler",
+    "sqlite3",
+    "threading",
 }
 # Modules DESIGN.md names as pure; any other module whose docstring says "Pure:" joins them.
-REQUIRED_PURE = ["takeover/machine.py", "takeover/arbitration.py", "takeover/wire.py",
-                 "mirrord/planner.py"]
+REQUIRED_PURE = [
+    "takeover/machine.py",
+    "takeover/arbitration.py",
+    "takeover/wire.py",
+    "mirrord/planner.py",
+]
 
 
 def _docstring_says_pure(path: Path) -> bool:
@@ -23,8 +38,12 @@ def _docstring_says_pure(path: Path) -> bool:
 
 
 def pure_modules() -> list[Path]:
-    found = {p for pkg in ("takeover", "mirrord") for p in (ROOT / pkg).rglob("*.py")
-             if _docstring_says_pure(p)}
+    found = {
+        p
+        for pkg in ("takeover", "mirrord")
+        for p in (ROOT / pkg).rglob("*.py")
+        if _docstring_says_pure(p)
+    }
     found |= {ROOT / r for r in REQUIRED_PURE if (ROOT / r).exists()}
     return sorted(found)
 

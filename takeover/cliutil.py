@@ -1,0 +1,145 @@
+"""Command-line plumbing shared by `takeover` and `mirrord`: common options, subcommand
+registration, and printing configuration problems the same way in both tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+from takeover.config import Cluster, Node, load_cluster, resolve_node
+from takeover.configparse import ConfigError, ConfigMissing
+from takeover.exits import Exit
+
+DEFAULT_CONFIG: Final = Path("/etc/hapair/cluster.toml")
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
+    """Add -c/--config, --node, --run-dir and --state-dir to a parser.
+
+    With `suppress`, the options leave the namespace alone when not given: subcommand parsers
+    use that so `takeover check -c FILE` and `takeover -c FILE check` both work.
+    """
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        default=default(DEFAULT_CONFIG),
+        help=f"cluster file (default: {DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "--node",
+        metavar="NAME",
+        default=default(None),
+        help="this node's name in the cluster file (default: the host name)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        metavar="DIR",
+        default=default(None),
+        help="override the node's run_dir (status files, control sockets)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        default=default(None),
+        help="override the node's state_dir (journals)",
+    )
+
+
+Subcommands = argparse._SubParsersAction  # the object add_subparsers() returns
+
+
+def new_parser(
+    prog: str, description: str
+) -> tuple[argparse.ArgumentParser, Subcommands[argparse.ArgumentParser]]:
+    """Return a tool's parser with the common options, and the action to add subcommands to."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_common_args(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    return parser, sub
+
+
+def add_command(
+    subparsers: Subcommands[argparse.ArgumentParser],
+    name: str,
+    func: Command,
+    help_text: str,
+) -> argparse.ArgumentParser:
+    """Register a subcommand that runs `func(args)`, accepting the common options too."""
+    parent = argparse.ArgumentParser(add_help=False)
+    add_common_args(parent, suppress=True)
+    sub = subparsers.add_parser(name, parents=[parent], help=help_text, description=help_text)
+    sub.set_defaults(func=func)
+    return sub
+
+
+def add_check_command(
+    subparsers: Subcommands[argparse.ArgumentParser],
+    func: Command,
+    help_text: str,
+    no_fs_help: str,
+) -> argparse.ArgumentParser:
+    """Register the `check` subcommand with its --json and --no-fs options."""
+    check = add_command(subparsers, "check", func, help_text)
+    check.add_argument("--json", action="store_true", help="print one JSON document")
+    check.add_argument("--no-fs", action="store_true", help=no_fs_help)
+    return check
+
+
+def file_problem(label: str, key: str, path: Path) -> str | None:
+    """Return the problem with a file the configuration names, or None when it is readable."""
+    if not path.is_file():
+        return f"{label}: {key}: {path}: no such file"
+    if not os.access(path, os.R_OK):
+        return f"{label}: {key}: {path}: not readable"
+    return None
+
+
+def load_local(args: argparse.Namespace) -> tuple[Cluster, Node]:
+    """Load the cluster file and resolve this node from --node/--run-dir/--state-dir."""
+    cluster = load_cluster(args.config)
+    node = resolve_node(cluster, args.node, run_dir=args.run_dir, state_dir=args.state_dir)
+    return cluster, node
+
+
+def config_exit(err: ConfigError) -> int:
+    """Return the exit status for a configuration problem (6: no file at all, else 2)."""
+    return int(Exit.NOT_CONFIGURED if isinstance(err, ConfigMissing) else Exit.CONFIG)
+
+
+def print_problems(prog: str, problems: list[str]) -> None:
+    """Print each problem as `prog: error: ...` on stderr."""
+    for line in problems:
+        print(f"{prog}: error: {line}", file=sys.stderr)
+
+
+def print_json(document: object) -> None:
+    """Print exactly one JSON document on stdout."""
+    print(json.dumps(document, indent=2, sort_keys=True))
+
+
+def report_check(
+    prog: str, args: argparse.Namespace, summary: str, problems: list[str], code: int
+) -> int:
+    """Print the outcome of a `check` subcommand (text or --json) and return `code`."""
+    if getattr(args, "json", False):
+        print_json({"ok": code == 0, "summary": summary, "problems": problems})
+    elif code == 0:
+        print(summary)
+    else:
+        print_problems(prog, problems)
+    return code

@@ -1,0 +1,811 @@
+"""The cluster file: frozen typed model, loading and validation.
+
+One TOML file, shared verbatim by both nodes, describes the pair. `load_cluster()` reads it with
+the standard library's tomllib, rejects unknown keys and collects every problem into one
+`ConfigError` whose lines read `cluster.toml: heartbeat.deadtime: must exceed interval (0.2 s),
+got 0.1 s`. Nothing is returned half-validated: either the whole file is good or nothing is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, is_dataclass, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Final
+
+from takeover.configparse import (
+    REQUIRED,
+    ConfigError,
+    ConfigMissing,
+    IPAddress,
+    IPInterface,
+    Problems,
+    Required,
+    Table,
+    describe,
+    format_seconds,
+    parse_address,
+    read_toml,
+)
+
+__all__ = [
+    "Announce",
+    "Arbitration",
+    "CheckConfig",
+    "Cluster",
+    "ConfigError",
+    "ConfigMissing",
+    "FencingConfig",
+    "HeartbeatConfig",
+    "HookConfig",
+    "MirrorConfig",
+    "Node",
+    "Vip",
+    "VmConfig",
+    "config_digest",
+    "load_cluster",
+    "resolve_node",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RUN_DIR: Final = "/run/hapair"
+DEFAULT_STATE_DIR: Final = "/var/lib/hapair"
+DEFAULT_LIBVIRT_URI: Final = "qemu:///system"
+
+# Cluster, node, VM and check names travel in heartbeats, file names and log lines.
+NAME_RE: Final = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+NAME_WHAT: Final = "1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"
+# Linux interface names: at most IFNAMSIZ-1 = 15 bytes, no '/', ':' or whitespace.
+IFNAME_RE: Final = r"(?!\.{1,2}$)[^/:\s]{1,15}"
+IFNAME_WHAT: Final = "a Linux interface name (1-15 characters, no '/', ':' or spaces)"
+LINK_RE: Final = r"[A-Za-z0-9_-]{1,32}"
+MAC_RE: Final = r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}"
+
+
+@dataclass(frozen=True)
+class FencingConfig:
+    """How to power one node off through its BMC (used by the node's peer)."""
+
+    # Fencing agent; only IPMI over LAN exists.
+    type: str
+    # BMC address (IPv4 or IPv6) reached from the peer.
+    address: IPAddress
+    # User with the right to change the chassis power state.
+    user: str
+    # File holding the BMC password (absolute; read at fencing time, never logged).
+    password_file: Path
+    # RMCP+ UDP port of the BMC.
+    port: int = 623
+    # Budget for the whole fencing operation, retries included (seconds).
+    timeout: float = 10.0
+    # When fencing fails: "refuse" to take over, or take over only if the "vip-guard"
+    # finds every VIP unanswered on the LAN.
+    on_failure: str = "refuse"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One of the two nodes of the pair."""
+
+    # Unique node name; the default identity is the host name.
+    name: str
+    # LAN interface: where VIPs live unless a VIP names another one.
+    interface: str
+    # Link name -> this node's address on that link (one per heartbeat link).
+    heartbeat: Mapping[str, IPAddress]
+    # Start-up tie-break and failback preference, 0..255; higher wins, then the lower name.
+    priority: int = 100
+    # Where the peer's mirrord reaches this node over ssh (address or host name); None when
+    # the cluster has no [mirror] table.
+    mirror_address: str | None = None
+    # Status files and control sockets: the node's override, else the cluster's run_dir.
+    run_dir: Path = Path(DEFAULT_RUN_DIR)
+    # Journals: the node's override, else the cluster's state_dir.
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    # How to power THIS node off (used by its peer); None = the peer cannot fence it.
+    fencing: FencingConfig | None = None
+
+
+@dataclass(frozen=True)
+class HeartbeatConfig:
+    """Heartbeat timing and transport, the same on both nodes."""
+
+    # Link names, in order of preference; every node gives an address on each.
+    links: tuple[str, ...]
+    # Shared HMAC-SHA256 key (absolute path; the daemon checks its size and mode).
+    key_file: Path
+    # UDP port on every link.
+    port: int = 7405
+    # Seconds between two heartbeats on each link (at least 20 ms).
+    interval: float = 0.2
+    # Seconds without a valid heartbeat on any link before the peer counts as lost
+    # (default 3 x interval; must exceed interval).
+    deadtime: float = 0.6
+    # Seconds to listen after start before acting (default max(2 s, 2 x deadtime)).
+    initdead: float = 2.0
+
+
+@dataclass(frozen=True)
+class Arbitration:
+    """The ping list that decides which node is broken when the heartbeat is lost."""
+
+    # Devices to probe (IPv4 or IPv6), typically routers and switches.
+    targets: tuple[IPAddress, ...] = ()
+    # A lost-peer node seeing more than this many targets down surrenders.
+    max_unreachable: int = 0
+    # Seconds between two probes of the same target.
+    probe_interval: float = 1.0
+    # Seconds to wait for one probe's answer (at most probe_interval).
+    probe_timeout: float = 0.3
+    # Seconds a target's new state must hold before the score changes.
+    dampen: float = 3.0
+    # A connected pair hands over when the active sees this many more targets down.
+    switchover_margin: int = 1
+
+
+@dataclass(frozen=True)
+class Announce:
+    """Gratuitous ARP / unsolicited neighbour advertisement after acquiring a VIP."""
+
+    # Announcements sent per VIP after acquiring it.
+    garp_count: int = 5
+    # Seconds between two announcements of one burst.
+    garp_interval: float = 0.1
+    # Seconds between periodic re-announcements of held VIPs; 0 = off.
+    refresh: float = 0.0
+
+
+@dataclass(frozen=True)
+class Vip:
+    """A service address that follows the active node."""
+
+    # Address with its prefix length (192.0.2.100/24, 2001:db8::100/64).
+    address: IPInterface
+    # Interface to add it to; None = the holding node's `interface`.
+    interface: str | None = None
+    # Locally administered unicast MAC for MAC takeover via a macvlan (lower case), or None.
+    mac: str | None = None
+
+    def interface_for(self, node: Node) -> str:
+        """Return the interface this VIP lives on when `node` holds it."""
+        return self.interface or node.interface
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    """A libvirt domain that runs on the active node."""
+
+    # Domain name, unique in the cluster.
+    name: str
+    # Domain XML on shared storage (absolute), defined on the node before starting.
+    xml: Path
+    # Node name -> libvirt URI; nodes not listed use qemu:///system.
+    uri: Mapping[str, str]
+    # Seconds to wait for the domain to run after start.
+    start_timeout: float = 60.0
+    # Seconds of graceful shutdown before the domain is destroyed.
+    stop_timeout: float = 120.0
+    # Live-migrate on planned switchover (falls back to stop/start).
+    migrate: bool = False
+    # Restarts in place within restart_window before the pair fails over.
+    max_restarts: int = 3
+    # Seconds over which max_restarts is counted.
+    restart_window: float = 600.0
+
+    def uri_for(self, node_name: str) -> str:
+        """Return the libvirt URI to use on one node."""
+        return self.uri.get(node_name, DEFAULT_LIBVIRT_URI)
+
+
+@dataclass(frozen=True)
+class HookConfig:
+    """A notify command run on every transition (old/new state in its environment)."""
+
+    # argv of the command; no shell is involved.
+    command: tuple[str, ...]
+    # Seconds before the command is killed.
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """A health check of the local service."""
+
+    # Check name, unique, shown in status.
+    name: str
+    # "tcp" (connect to target) or "command" (exit status 0 = healthy).
+    type: str
+    # tcp: (host, port) to connect to; None for command checks.
+    target: tuple[str, int] | None = None
+    # command: argv to run; () for tcp checks.
+    command: tuple[str, ...] = ()
+    # Seconds between two runs.
+    interval: float = 5.0
+    # Seconds one run may take (at most interval).
+    timeout: float = 2.0
+    # Consecutive failures before the service counts as unhealthy.
+    fall: int = 3
+    # Consecutive successes before it counts as healthy again.
+    rise: int = 2
+
+
+@dataclass(frozen=True)
+class MirrorConfig:
+    """How mirrord finds its policies and reaches the peer."""
+
+    # Globs of policy files, relative to the cluster file's directory.
+    policies: tuple[str, ...] = ("mirror.d/*.toml",)
+    # Account on the peer that receives the mirror (restricted by rrsync).
+    ssh_user: str = "hapair"
+    # Port of the peer's sshd.
+    ssh_port: int = 22
+    # Private key for that account (absolute).
+    ssh_key: Path = Path("/etc/hapair/mirror_key")
+    # Seconds the receiving side keeps what a pass overwrote or deleted.
+    backup_retention: float = 7 * 86400.0
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The whole cluster file, validated."""
+
+    # The file this was read from (absolute); policies are found relative to it.
+    source: Path
+    # Cluster name; heartbeats of another cluster are dropped.
+    name: str
+    # Exactly two nodes, in file order.
+    nodes: tuple[Node, ...]
+    heartbeat: HeartbeatConfig
+    arbitration: Arbitration
+    announce: Announce
+    # Service addresses, acquired in this order and released in reverse.
+    vips: tuple[Vip, ...] = ()
+    # Virtual machines, started after the VIPs, in this order.
+    vms: tuple[VmConfig, ...] = ()
+    # Notify commands, run one after another on every transition.
+    hooks: tuple[HookConfig, ...] = ()
+    # Health checks of the local service.
+    checks: tuple[CheckConfig, ...] = ()
+    # mirrord's settings; None when the file has no [mirror] table.
+    mirror: MirrorConfig | None = None
+    # A recovered node takes the service back from its peer (after failback_delay).
+    auto_failback: bool = False
+    # Seconds a recovered higher-priority node waits before failing back.
+    failback_delay: float = 60.0
+    # Default run and state directories (nodes may override them).
+    run_dir: Path = Path(DEFAULT_RUN_DIR)
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+
+    @property
+    def label(self) -> str:
+        """The file name problems are reported under."""
+        return self.source.name
+
+    def node(self, name: str) -> Node:
+        """Return the node called `name` (KeyError if there is none)."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def peer_of(self, name: str) -> Node:
+        """Return the other node of the pair (KeyError if `name` is not a node)."""
+        self.node(name)
+        return next(n for n in self.nodes if n.name != name)
+
+
+def load_cluster(path: str | os.PathLike[str]) -> Cluster:
+    """Read, parse and validate a cluster file; raise ConfigError listing every problem."""
+    source = Path(path).absolute()
+    label = source.name
+    data = read_toml(source, label)
+    problems = Problems(label)
+    cluster = _parse(Table(data, "", problems), source)
+    problems.raise_if_any()
+    log.debug("config.loaded file=%s cluster=%s", source, cluster.name)
+    return cluster
+
+
+def resolve_node(
+    cluster: Cluster,
+    name: str | None = None,
+    *,
+    run_dir: Path | None = None,
+    state_dir: Path | None = None,
+) -> Node:
+    """Return this node: `name`, or the host name when None; directories overridden if given.
+
+    A fully qualified host name also matches a node named after its first label.
+    """
+    wanted = [name] if name is not None else _host_names()
+    for candidate in wanted:
+        try:
+            node = cluster.node(candidate)
+        except KeyError:
+            continue
+        return replace(
+            node,
+            run_dir=Path(run_dir).absolute() if run_dir is not None else node.run_dir,
+            state_dir=Path(state_dir).absolute() if state_dir is not None else node.state_dir,
+        )
+    names = ", ".join(n.name for n in cluster.nodes)
+    if name is None:
+        message = (
+            f'this host\'s name "{wanted[0]}" is not a node of cluster "{cluster.name}" '
+            f"({names}); pass --node NAME"
+        )
+    else:
+        message = f'"{name}" is not a node of cluster "{cluster.name}" ({names})'
+    raise ConfigError([f"{cluster.label}: node: {message}"])
+
+
+def _host_names() -> list[str]:
+    # os.uname().nodename is what socket.gethostname() returns on Linux, without importing
+    # socket into a module that pure code may import for its types.
+    host = os.uname().nodename
+    short = host.split(".", 1)[0]
+    return [host] if short == host else [host, short]
+
+
+def config_digest(cluster: Cluster) -> bytes:
+    """Return a SHA-256 digest of the configuration's meaning (not of its spelling).
+
+    Key order, comments, defaults written out or left implicit, node order and where the
+    file lives do not change it; any value that changes behaviour does. Heartbeats carry it
+    so two nodes can notice they run different configurations.
+    """
+    document = _canonical(replace(cluster, nodes=tuple(sorted(cluster.nodes, key=_by_name))))
+    assert isinstance(document, dict)
+    document.pop("source", None)
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def _by_name(node: Node) -> str:
+    return node.name
+
+
+def _canonical(value: object) -> object:
+    # JSON-able form of the model: dataclasses -> dicts, addresses and paths -> strings.
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _canonical(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def _parse(root: Table, source: Path) -> Cluster:
+    problems = root.problems
+    section = root.table("cluster")
+    if section is None:
+        problems.add("cluster", "required table [cluster] is missing")
+        section = _absent("cluster")
+    name = section.string("name", pattern=NAME_RE, what=NAME_WHAT)
+    run_dir = section.path("run_dir", DEFAULT_RUN_DIR)
+    state_dir = section.path("state_dir", DEFAULT_STATE_DIR)
+    auto_failback = section.boolean("auto_failback", False)
+    failback_delay = section.duration("failback_delay", 60.0)
+    section.finish()
+
+    heartbeat = _heartbeat(root)
+    mirror_table = root.table("mirror")
+    mirror = _mirror(mirror_table) if mirror_table is not None else None
+    nodes = _nodes(root, heartbeat.links, run_dir, state_dir, needs_mirror=mirror is not None)
+    arbitration = _arbitration(root)
+    announce = _announce(root)
+    vips = _vips(root, nodes)
+    vms = _vms(root, nodes)
+    hooks = tuple(
+        HookConfig(command=t.strings("command", nonempty=True), timeout=_finish_with(t))
+        for t in root.tables("hook")
+    )
+    checks = _checks(root)
+    root.finish()
+    return Cluster(
+        source=source,
+        name=name,
+        nodes=nodes,
+        heartbeat=heartbeat,
+        arbitration=arbitration,
+        announce=announce,
+        vips=vips,
+        vms=vms,
+        hooks=hooks,
+        checks=checks,
+        mirror=mirror,
+        auto_failback=auto_failback,
+        failback_delay=failback_delay,
+        run_dir=run_dir,
+        state_dir=state_dir,
+    )
+
+
+def _absent(name: str) -> Table:
+    # Stands in for a missing required table: its own "required key" complaints are dropped,
+    # the one about the table itself says it all.
+    return Table({}, name, Problems(""))
+
+
+def _finish_with(hook: Table) -> float:
+    # A hook's timeout, read last so finish() sees both keys.
+    timeout = hook.duration("timeout", 10.0, positive=True)
+    hook.finish()
+    return timeout
+
+
+def _heartbeat(root: Table) -> HeartbeatConfig:
+    problems = root.problems
+    t = root.table("heartbeat")
+    if t is None:
+        problems.add("heartbeat", "required table [heartbeat] is missing")
+        t = _absent("heartbeat")
+    links = t.strings("links", nonempty=True)
+    for i, link in enumerate(links):
+        if re.fullmatch(LINK_RE, link) is None:
+            t.problem(f"links[{i}]", f'must be 1-32 letters, digits, "_" or "-", got "{link}"')
+        elif links.index(link) != i:
+            t.problem(f"links[{i}]", f'"{link}" is listed twice')
+    port = t.integer("port", 7405, lo=1, hi=65535)
+    interval = t.duration("interval", 0.2, minimum=0.02)
+    deadtime = t.duration("deadtime", round(3 * interval, 9), positive=True)
+    if not t.bad("interval", "deadtime") and deadtime <= interval:
+        t.problem(
+            "deadtime",
+            f"must exceed interval ({format_seconds(interval)}), got {format_seconds(deadtime)}",
+        )
+    initdead = t.duration("initdead", max(2.0, 2 * deadtime), positive=True)
+    if not t.bad("deadtime", "initdead") and initdead < deadtime:
+        t.problem(
+            "initdead",
+            f"must be at least deadtime ({format_seconds(deadtime)}), "
+            f"got {format_seconds(initdead)}",
+        )
+    key_file = t.path("key_file")
+    t.finish()
+    return HeartbeatConfig(
+        links=links,
+        key_file=key_file,
+        port=port,
+        interval=interval,
+        deadtime=deadtime,
+        initdead=initdead,
+    )
+
+
+def _nodes(
+    root: Table,
+    links: tuple[str, ...],
+    run_dir: Path,
+    state_dir: Path,
+    *,
+    needs_mirror: bool,
+) -> tuple[Node, ...]:
+    tables = root.tables("node")
+    if len(tables) != 2 and not root.bad("node"):
+        root.problem("node", f"exactly two [[node]] tables are required, got {len(tables)}")
+    nodes: list[Node] = []
+    for t in tables:
+        name = t.string("name", pattern=NAME_RE, what=NAME_WHAT)
+        if name and any(n.name == name for n in nodes):
+            t.problem("name", f'"{name}" is already the name of another node')
+        priority = t.integer("priority", 100, lo=0, hi=255)
+        interface = t.string("interface", pattern=IFNAME_RE, what=IFNAME_WHAT)
+        # Required only when there is something to mirror.
+        required: str | Required = REQUIRED if needs_mirror else ""
+        mirror_address = t.string("mirror_address", required, pattern=r"[^\s/]+", what="a host")
+        node_run = t.path("run_dir", str(run_dir))
+        node_state = t.path("state_dir", str(state_dir))
+        heartbeat = _node_heartbeat(t, links)
+        fencing_table = t.table("fencing")
+        fencing = _fencing(fencing_table) if fencing_table is not None else None
+        t.finish()
+        nodes.append(
+            Node(
+                name=name,
+                interface=interface,
+                heartbeat=heartbeat,
+                priority=priority,
+                mirror_address=mirror_address or None,
+                run_dir=node_run,
+                state_dir=node_state,
+                fencing=fencing,
+            )
+        )
+    _cross_check_nodes(root, nodes, links)
+    return tuple(nodes)
+
+
+def _node_heartbeat(node: Table, links: tuple[str, ...]) -> Mapping[str, IPAddress]:
+    t = node.table("heartbeat")
+    if t is None:
+        if not node.bad("heartbeat"):
+            node.problem("heartbeat", "required table (link name -> address) is missing")
+        return MappingProxyType({})
+    addresses: dict[str, IPAddress] = {}
+    for link in links:
+        address = t.address(link)
+        if address is not None:
+            addresses[link] = address
+    if node.problems.bad("heartbeat.links", "heartbeat"):
+        return MappingProxyType(addresses)
+    for extra in t.data:
+        if extra not in links:
+            t.problem(extra, f"link is not in heartbeat.links ({', '.join(links) or 'none'})")
+    return MappingProxyType(addresses)
+
+
+def _cross_check_nodes(root: Table, nodes: list[Node], links: tuple[str, ...]) -> None:
+    # Two nodes on one link must be two different addresses of one family.
+    if len(nodes) != 2:
+        return
+    a, b = nodes
+    for link in links:
+        x, y = a.heartbeat.get(link), b.heartbeat.get(link)
+        if x is None or y is None:
+            continue
+        if x == y:
+            root.problem(f"node[1].heartbeat.{link}", f"same address as node[0] ({x})")
+        elif x.version != y.version:
+            root.problem(
+                f"node[1].heartbeat.{link}",
+                f"IPv{y.version} address but node[0] uses IPv{x.version} on this link",
+            )
+    if a.mirror_address and a.mirror_address == b.mirror_address:
+        root.problem("node[1].mirror_address", f"same address as node[0] ({a.mirror_address})")
+
+
+def _fencing(t: Table) -> FencingConfig:
+    kind = t.string("type", choices=["ipmi"])
+    address = t.address("address")
+    config = FencingConfig(
+        type=kind,
+        address=address or ipaddress.IPv4Address(0),
+        user=t.string("user"),
+        password_file=t.path("password_file"),
+        port=t.integer("port", 623, lo=1, hi=65535),
+        timeout=t.duration("timeout", 10.0, positive=True),
+        on_failure=t.string("on_failure", "refuse", choices=["refuse", "vip-guard"]),
+    )
+    t.finish()
+    return config
+
+
+def _arbitration(root: Table) -> Arbitration:
+    t = root.table("arbitration")
+    if t is None:
+        return Arbitration()
+    targets: list[IPAddress] = []
+    raw = t.raw("targets")
+    if raw is not None and not isinstance(raw, list):
+        t.problem("targets", "must be an array of IPv4 or IPv6 addresses")
+    for i, value in enumerate(raw if isinstance(raw, list) else []):
+        address = parse_address(value)
+        if isinstance(address, str):
+            t.problem(f"targets[{i}]", address)
+        elif address in targets:
+            t.problem(f"targets[{i}]", f"{address} is listed twice")
+        else:
+            targets.append(address)
+    max_unreachable = t.integer("max_unreachable", 0, lo=0)
+    if not t.bad("targets", "max_unreachable") and targets and max_unreachable >= len(targets):
+        t.problem(
+            "max_unreachable",
+            f"must be less than the number of targets ({len(targets)}), got {max_unreachable}: "
+            "a node could never tell it is the broken one",
+        )
+    probe_interval = t.duration("probe_interval", 1.0, minimum=0.01)
+    probe_timeout = t.duration("probe_timeout", 0.3, minimum=0.001)
+    if not t.bad("probe_interval", "probe_timeout") and probe_timeout > probe_interval:
+        t.problem(
+            "probe_timeout",
+            f"must not exceed probe_interval ({format_seconds(probe_interval)}), "
+            f"got {format_seconds(probe_timeout)}",
+        )
+    config = Arbitration(
+        targets=tuple(targets),
+        max_unreachable=max_unreachable,
+        probe_interval=probe_interval,
+        probe_timeout=probe_timeout,
+        dampen=t.duration("dampen", 3.0),
+        switchover_margin=t.integer("switchover_margin", 1, lo=1),
+    )
+    t.finish()
+    return config
+
+
+def _announce(root: Table) -> Announce:
+    t = root.table("announce")
+    if t is None:
+        return Announce()
+    config = Announce(
+        garp_count=t.integer("garp_count", 5, lo=1, hi=100),
+        garp_interval=t.duration("garp_interval", 0.1, minimum=0.001),
+        refresh=t.duration("refresh", 0.0),
+    )
+    if not t.bad("refresh") and 0 < config.refresh < 1.0:
+        t.problem("refresh", f"must be 0 (off) or at least 1 s, got {config.refresh:g} s")
+    t.finish()
+    return config
+
+
+def _vips(root: Table, nodes: list[Node] | tuple[Node, ...]) -> tuple[Vip, ...]:
+    vips: list[Vip] = []
+    taken = {a: n.name for n in nodes for a in n.heartbeat.values()}
+    for t in root.tables("vip"):
+        interface = t.string("interface", "", pattern=IFNAME_RE, what=IFNAME_WHAT) or None
+        mac = t.string("mac", "", pattern=MAC_RE, what="a MAC address like 02:00:5e:10:00:01")
+        if mac and not t.bad("mac"):
+            first = int(mac[:2], 16)
+            if first & 1:
+                t.problem("mac", f"must be a unicast MAC (first octet even), got {mac}")
+            elif not first & 2:
+                t.problem(
+                    "mac",
+                    f"must be locally administered (second bit of the first octet set, "
+                    f"e.g. 02:...), got {mac}",
+                )
+        address = _vip_address(t)
+        t.finish()
+        if address is None:
+            continue
+        for other in vips:
+            if other.address.ip == address.ip:
+                t.problem("address", f"{address.ip} is already a VIP")
+        if address.ip in taken:
+            t.problem("address", f"{address.ip} is node {taken[address.ip]}'s heartbeat address")
+        vips.append(Vip(address=address, interface=interface, mac=mac.lower() or None))
+    return tuple(vips)
+
+
+def _vip_address(t: Table) -> IPInterface | None:
+    value = t.raw("address")
+    if value is None:
+        t.problem("address", "required key is missing")
+        return None
+    if not isinstance(value, str) or "/" not in value:
+        t.problem(
+            "address",
+            f"must be an address with a prefix length, e.g. "
+            f'"192.0.2.100/24" or "2001:db8::100/64", got {describe(value)}',
+        )
+        return None
+    try:
+        interface = ipaddress.ip_interface(value)
+    except ValueError:
+        t.problem("address", f'must be an IPv4 or IPv6 address with a prefix, got "{value}"')
+        return None
+    ip, net = interface.ip, interface.network
+    if net.prefixlen == 0:
+        t.problem("address", f"prefix length 0 is not a subnet, got {value}")
+    elif ip.is_multicast or ip.is_unspecified or ip.is_loopback:
+        t.problem("address", f"must be a unicast, non-loopback address, got {value}")
+    elif (
+        ip.version == 4
+        and net.prefixlen <= 30
+        and ip in (net.network_address, net.broadcast_address)
+    ):
+        t.problem("address", f"is the network or broadcast address of {net}, got {value}")
+    else:
+        return interface
+    return None
+
+
+def _vms(root: Table, nodes: list[Node] | tuple[Node, ...]) -> tuple[VmConfig, ...]:
+    vms: list[VmConfig] = []
+    node_names = [n.name for n in nodes]
+    for t in root.tables("vm"):
+        name = t.string("name", pattern=NAME_RE, what=NAME_WHAT)
+        if name and any(v.name == name for v in vms):
+            t.problem("name", f'"{name}" is already the name of another VM')
+        uris: dict[str, str] = {}
+        uri_table = t.table("uri")
+        if uri_table is not None:
+            for node_name in uri_table.data:
+                uri = uri_table.string(node_name, pattern=r"\S+://\S*", what="a libvirt URI")
+                if node_name not in node_names:
+                    uri_table.problem(node_name, f"is not a node ({', '.join(node_names)})")
+                uris[node_name] = uri
+        vms.append(
+            VmConfig(
+                name=name,
+                xml=t.path("xml"),
+                uri=MappingProxyType(uris),
+                start_timeout=t.duration("start_timeout", 60.0, positive=True),
+                stop_timeout=t.duration("stop_timeout", 120.0, positive=True),
+                migrate=t.boolean("migrate", False),
+                max_restarts=t.integer("max_restarts", 3, lo=0),
+                restart_window=t.duration("restart_window", 600.0, positive=True),
+            )
+        )
+        t.finish()
+    return tuple(vms)
+
+
+def _checks(root: Table) -> tuple[CheckConfig, ...]:
+    checks: list[CheckConfig] = []
+    for t in root.tables("check"):
+        name = t.string("name", pattern=NAME_RE, what=NAME_WHAT)
+        if name and any(c.name == name for c in checks):
+            t.problem("name", f'"{name}" is already the name of another check')
+        kind = t.string("type", choices=["tcp", "command"])
+        target: tuple[str, int] | None = None
+        command: tuple[str, ...] = ()
+        if kind == "tcp":
+            target = _host_port(t, "target")
+            if t.has("command"):
+                t.problem("command", 'only for type = "command"')
+        elif kind == "command":
+            command = t.strings("command", nonempty=True)
+            if t.has("target"):
+                t.problem("target", 'only for type = "tcp"')
+        interval = t.duration("interval", 5.0, positive=True)
+        timeout = t.duration("timeout", 2.0, positive=True)
+        if not t.bad("interval", "timeout") and timeout > interval:
+            t.problem(
+                "timeout",
+                f"must not exceed interval ({format_seconds(interval)}), "
+                f"got {format_seconds(timeout)}",
+            )
+        checks.append(
+            CheckConfig(
+                name=name,
+                type=kind,
+                target=target,
+                command=command,
+                interval=interval,
+                timeout=timeout,
+                fall=t.integer("fall", 3, lo=1),
+                rise=t.integer("rise", 2, lo=1),
+            )
+        )
+        t.finish()
+    return tuple(checks)
+
+
+def _host_port(t: Table, name: str) -> tuple[str, int] | None:
+    # "127.0.0.1:25", "[2001:db8::1]:25" or "localhost:25".
+    value = t.string(name)
+    if not value:
+        return None
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\s\[\]]+):(\d+)", value)
+    if match is None:
+        t.problem(name, f'must be "host:port" or "[IPv6]:port", got "{value}"')
+        return None
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if match.group(1) is not None and isinstance(parse_address(host), str):
+        t.problem(name, f'"{host}" is not an IPv6 address')
+        return None
+    if not 1 <= port <= 65535:
+        t.problem(name, f"port must be between 1 and 65535, got {port}")
+        return None
+    return host, port
+
+
+def _mirror(t: Table) -> MirrorConfig:
+    config = MirrorConfig(
+        policies=t.strings("policies", ("mirror.d/*.toml",), nonempty=True),
+        ssh_user=t.string(
+            "ssh_user", "hapair", pattern=r"[a-z_][a-z0-9_-]{0,31}\$?", what="a user name"
+        ),
+        ssh_port=t.integer("ssh_port", 22, lo=1, hi=65535),
+        ssh_key=t.path("ssh_key", "/etc/hapair/mirror_key"),
+        backup_retention=t.duration("backup_retention", 7 * 86400.0),
+    )
+    t.finish()
+    return config

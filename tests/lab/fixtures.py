@@ -1,0 +1,46 @@
+"""pytest fixtures for the lab, registered for the whole suite by tests/conftest.py.
+
+Root-only tests FAIL without root, with a message saying why: in CI (root) a skipped lab test
+would count as missing, so a skip would hide that the suite did not run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.lab.lab import Lab
+from tests.lab.probe import VipProbe
+
+ROOT_MESSAGE = (
+    "this test needs root: it builds network namespaces (the lab). "
+    "Run `sudo make test`; lab tests fail rather than skip without root."
+)
+
+
+def require_root() -> None:
+    """Fail the current test unless running as root."""
+    if os.geteuid() != 0:
+        pytest.fail(ROOT_MESSAGE, pytrace=False)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail tests marked netns or e2e up front when not root."""
+    if any(item.iter_markers("netns")) or any(item.iter_markers("e2e")):
+        require_root()
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """A fresh lab for one test, torn down afterwards even when the test fails."""
+    require_root()
+    with Lab() as the_lab:
+        yield the_lab
+
+
+@pytest.fixture
+def vip_probe(lab: Lab) -> VipProbe:
+    """A VIP probe from the lab's client; the lab's teardown ends it if still running."""
+    return VipProbe(lab)
