@@ -1,7 +1,7 @@
-"""Two real libvirtd "hosts" for VM tests, each in its own network and mount namespace.
+"""Two real libvirtd "hosts" for VM tests, one in each lab node (namespaces a and b).
 
-Each host runs `libvirtd --listen` inside a network namespace (the pair is joined by a veth:
-a = 192.0.2.11, b = 192.0.2.12 on lan0) and a private mount namespace in which:
+Each host runs `libvirtd --listen` inside its lab node's network namespace (a = 192.0.2.11,
+b = 192.0.2.12 on lan0), started through `Lab.spawn`, in a private mount namespace in which:
 - /var is an overlay whose upper layer is the host's private directory (so /var/lib/libvirt,
   /var/log/libvirt exist without touching the machine's /var),
 - /var/cache/libvirt is one directory shared by both hosts (QEMU's capability probe, ~8 s, is
@@ -12,8 +12,8 @@ a = 192.0.2.11, b = 192.0.2.12 on lan0) and a private mount namespace in which:
   (root, no security driver, no namespaces/cgroups, file stdio handler, migration_host),
 - /etc/passwd and /etc/group are copies that add libvirt-qemu (the qemu driver looks it up).
 
-Migration goes libvirtd to libvirtd over tcp inside the namespaces. Everything is started and
-ended by PID; the namespaces carry a per-run prefix and are removed; temp files are deleted.
+Migration goes libvirtd to libvirtd over tcp on the lab LAN. libvirtd is ended by PID, QEMUs it
+left by the PIDs in its pid files; the lab's teardown removes the rest (namespaces, work dir).
 """
 
 from __future__ import annotations
@@ -21,21 +21,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
-import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import libvirt
 
+from tests.lab.lab import HA_NODES, IPV4, Lab, LabProcess
 from tests.lab.managed import Managed
 
 log = logging.getLogger(__name__)
-
-HOSTS = {"a": "192.0.2.11", "b": "192.0.2.12"}
 
 GUEST_XML = """\
 <domain type='qemu'>
@@ -61,21 +57,17 @@ def guest_xml(name: str, memory_mib: int = 16) -> str:
     return GUEST_XML.format(name=name, uuid=uuid.uuid4(), memory=memory_mib)
 
 
-def _run(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True)
-
-
 class LibvirtHost:
     """One libvirtd in its own namespaces."""
 
-    def __init__(self, name: str, netns: str, address: str, root: Path, cache: Path) -> None:
+    def __init__(self, lab: Lab, name: str, root: Path, cache: Path) -> None:
+        self.lab = lab
         self.name = name
-        self.netns = netns
-        self.address = address
+        self.address = IPV4[name]
         self.root = root
         self.cache = cache
         self.host_uuid = str(uuid.uuid4())
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: LabProcess | None = None
 
     @property
     def uri(self) -> str:
@@ -138,19 +130,15 @@ class LibvirtHost:
                 f"exec libvirtd --listen -p {r}/libvirtd.pid -f /etc/libvirt/libvirtd.conf",
             ]
         )
-        out = (r / "libvirtd.log").open("wb")
         # ip netns exec and unshare (without --fork) exec in place: the PID is libvirtd's.
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--propagation", "private",
-             "sh", "-c", setup],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        out.close()
+        self.proc = self.lab.spawn(
+            self.name,
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", setup],
+            log_path=r / "libvirtd.log",
+        )
         deadline = time.monotonic() + timeout
         while True:
-            if self.proc.poll() is not None:
+            if not self.proc.alive():
                 raise RuntimeError(f"libvirtd {self.name} exited: {self.log_tail()}")
             if (r / "run" / "libvirt-sock").exists():
                 try:
@@ -161,7 +149,7 @@ class LibvirtHost:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"libvirtd {self.name} not answering: {self.log_tail()}")
             time.sleep(0.05)
-        log.info("libvirtd.started host=%s pid=%d netns=%s", self.name, self.proc.pid, self.netns)
+        log.info("libvirtd.started host=%s pid=%d", self.name, self.proc.pid)
 
     def log_tail(self, lines: int = 5) -> str:
         """The last lines libvirtd wrote."""
@@ -206,57 +194,40 @@ class LibvirtHost:
         if self.proc is None:
             return
         with contextlib.suppress(libvirt.libvirtError, OSError):
-            if self.proc.poll() is None:
+            if self.proc.alive():
                 self.clear()
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        proc.stop(grace=10)
         qemu_dir = self.root / "run" / "qemu"
         for pidfile in qemu_dir.glob("*.pid") if qemu_dir.exists() else []:
+            # Only a QEMU of this host: a stale pid file may name a recycled PID.
             with contextlib.suppress(OSError, ValueError):
-                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+                pid = int(pidfile.read_text().strip())
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if b"qemu-system" in cmdline and f"guest={pidfile.stem},".encode() in cmdline:
+                    os.kill(pid, signal.SIGKILL)
 
 
 class LibvirtPair(Managed):
-    """Hosts "a" and "b", in namespaces "<prefix>-a" and "<prefix>-b"; a context manager."""
+    """libvirtd hosts "a" and "b" in the lab's nodes a and b."""
 
-    def __init__(self) -> None:
-        self.prefix = f"hv{uuid.uuid4().hex[:6]}"
-        self.dir = Path(tempfile.mkdtemp(prefix="hapair-libvirt-"))
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.dir = lab.workdir / "libvirt"
         self.cache = self.dir / "cache"
         self.shared = self.dir / "shared"
         self.hosts: dict[str, LibvirtHost] = {}
-        self._netns: list[str] = []
 
     def __getitem__(self, name: str) -> LibvirtHost:
         return self.hosts[name]
 
     def start(self) -> LibvirtPair:
-        """Create the namespaces and start both libvirtd (a first: it pays the QEMU probe)."""
+        """Start both libvirtd (a first: it pays the QEMU capability probe for both)."""
         try:
-            self.cache.mkdir()
+            self.cache.mkdir(parents=True)
             self.shared.mkdir()
-            for name in HOSTS:
-                ns = f"{self.prefix}-{name}"
-                _run("ip", "netns", "add", ns)
-                self._netns.append(ns)
-            a, b = (f"{self.prefix}-{n}" for n in HOSTS)
-            _run("ip", "-n", a, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0",
-                 "netns", b)  # fmt: skip
-            for name, address in HOSTS.items():
-                ns = f"{self.prefix}-{name}"
-                _run("ip", "-n", ns, "link", "set", "lo", "up")
-                _run("ip", "-n", ns, "link", "set", "lan0", "up")
-                _run("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "lan0")
-            for name, address in HOSTS.items():
-                host = LibvirtHost(
-                    name, f"{self.prefix}-{name}", address, self.dir / name, self.cache
-                )
+            for name in HA_NODES:
+                host = LibvirtHost(self.lab, name, self.dir / name, self.cache)
                 self.hosts[name] = host
                 host.start()
                 # Pay the QEMU capability probe now, once, into the shared cache.
@@ -277,13 +248,9 @@ class LibvirtPair(Managed):
         return path
 
     def stop(self) -> None:
-        """End both libvirtd and their QEMUs, remove the namespaces and every file."""
+        """End both libvirtd and their QEMUs (the lab removes namespaces and files)."""
         for host in self.hosts.values():
             try:
                 host.stop()
             except Exception as exc:
                 log.warning("libvirtd.stop_failed host=%s error=%s", host.name, exc)
-        for ns in self._netns:
-            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
-        self._netns.clear()
-        shutil.rmtree(self.dir, ignore_errors=True)

@@ -13,6 +13,8 @@ import libvirt
 import pytest
 
 from takeover.backends.libvirt import VmResource, VmSpec
+from tests.lab.fixtures import require_root
+from tests.lab.lab import Lab
 from tests.lab.libvirt_hosts import LibvirtPair
 
 pytestmark = pytest.mark.netns
@@ -32,8 +34,9 @@ def wait_for(pred: Callable[[], object], what: str, timeout: float = WAIT) -> No
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[LibvirtPair]:
-    """Hosts a and b, each a real libvirtd in its own namespaces, for the whole module."""
-    with LibvirtPair() as p:
+    """A lab whose nodes a and b each run a real libvirtd, shared by the module's tests."""
+    require_root()
+    with Lab() as lab, LibvirtPair(lab) as p:
         yield p
 
 
