@@ -52,6 +52,15 @@ GUEST_XML = """\
 """
 
 
+def alive(pid: int) -> bool:
+    """True if `pid` runs (a zombie does not: QEMU's reparented corpse may linger here)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
 def guest_xml(name: str, memory_mib: int = 16) -> str:
     """XML of a tiny BIOS-only TCG guest: no disk, no kernel, `memory_mib` MiB."""
     return GUEST_XML.format(name=name, uuid=uuid.uuid4(), memory=memory_mib)
@@ -151,6 +160,10 @@ class LibvirtHost:
             time.sleep(0.05)
         log.info("libvirtd.started host=%s pid=%d", self.name, self.proc.pid)
 
+    def running(self) -> bool:
+        """True while this host's libvirtd runs."""
+        return self.proc is not None and self.proc.alive()
+
     def log_tail(self, lines: int = 5) -> str:
         """The last lines libvirtd wrote."""
         path = self.root / "libvirtd.log"
@@ -163,7 +176,7 @@ class LibvirtHost:
             pid = int(path.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if Path(f"/proc/{pid}").exists() else None
+        return pid if alive(pid) else None
 
     def domains(self) -> dict[str, str]:
         """Every domain this host knows: name -> "running" / "defined"."""

@@ -13,9 +13,11 @@ import libvirt
 import pytest
 
 from takeover.backends.libvirt import VmResource, VmSpec
+from takeover.fencing.ipmi import IpmiFencer
+from tests.lab.bmc import SimBmc
 from tests.lab.fixtures import require_root
 from tests.lab.lab import Lab
-from tests.lab.libvirt_hosts import LibvirtPair
+from tests.lab.libvirt_hosts import LibvirtPair, alive
 
 pytestmark = pytest.mark.netns
 
@@ -68,11 +70,18 @@ class Vm:
         return sum(self.state(h) == "running" for h in ("a", "b"))
 
     def close(self) -> None:
-        """Close both resources and remove the guest from both hosts."""
+        """Close both resources, bring back a crashed host, remove the guest everywhere."""
         for r in self.res.values():
             r.close()
         for h in ("a", "b"):
-            self.pair[h].clear()
+            host = self.pair[h]
+            if not host.running():
+                # A test that crashed this node failed before reviving it: the next test
+                # still gets two hosts.
+                self.pair.lab.revive_node(h)
+                host.stop()
+                host.start()
+            host.clear()
 
 
 @pytest.fixture
@@ -215,3 +224,41 @@ def test_release_stops_and_undefines(vm: Vm, caplog: pytest.LogCaptureFixture) -
     assert any("reason=stop-timeout" in r.message for r in caplog.records)
     # A released VM is not restarted by the monitor.
     assert vm["a"].check() == "idle"
+
+
+def kill_node_command(lab: Lab, node: str) -> list[str]:
+    """argv that crashes a lab node like Lab.kill_node: SIGKILL all its processes, links down."""
+    ns = lab.ns(node)
+    script = (
+        f"for p in $(ip netns pids {ns}); do kill -KILL $p; done; "
+        f"ip -n {lab.ns('sw')} link set {lab.port(node)} down; "
+        f"ip -n {ns} link set hb0 down"
+    )
+    return ["sh", "-c", script]
+
+
+def test_crashed_owner_is_fenced_then_survivor_starts_and_returner_reconciles(
+    vm: Vm, pair: LibvirtPair
+) -> None:
+    """b runs the VM; a powers b off via its BMC (b's processes die), starts the VM; b comes
+    back with a stale definition and undefines it, so exactly one copy runs."""
+    lab = pair.lab
+    vm["b"].acquire()
+    qemu_b = pair["b"].qemu_pid(vm.name)
+    assert qemu_b is not None
+    with SimBmc(on_power_off=kill_node_command(lab, "b")) as bmc:
+        fencer = IpmiFencer(bmc.address, bmc.port, bmc.user, bmc.write_password_file(), 10.0)
+        fenced = fencer.power_off_and_confirm()
+    assert fenced.ok and fenced.power == "off", fenced
+    # Powered off for real: b's QEMU and libvirtd are gone before anything is acquired.
+    assert not alive(qemu_b)
+    assert lab.pids("b") == []
+    vm["a"].acquire()
+    assert vm.state("a") == "running"
+    # b returns: links up, libvirtd restarted; its persistent definition survived the crash.
+    lab.revive_node("b")
+    pair["b"].start()
+    assert vm.state("b") == "defined"
+    assert vm["b"].reconcile(owner_elsewhere=True) == ["undefine"]
+    assert vm.state("b") is None
+    assert vm.running_copies() == 1
