@@ -148,13 +148,34 @@ def test_no_worker_outlives_its_attempt(bmc: SimBmc) -> None:
     result = f.power_state()
     bmc.thaw()
     assert result.error == "unreachable"
+    assert workers() == []
+
+
+def test_prepared_worker_serves_the_next_attempt(bmc: SimBmc) -> None:
+    """prepare() starts a waiting worker that the next attempt uses; close() ends the spare."""
+    f = fencer(bmc, bmc.write_password_file())
+    f.prepare()
+    try:
+        spare = workers()
+        assert len(spare) == 1
+        result = f.power_off_and_confirm()
+        assert result.ok and result.power == "off"
+        # The prepared worker did the job and exited; a new spare waits for the next one.
+        after = workers()
+        assert len(after) == 1 and after != spare
+    finally:
+        f.close()
+    assert workers() == []
+
+
+def workers() -> list[int]:
+    """PIDs of fencing worker processes that are children of this test process."""
     me = os.getpid()
-    children = [
-        p
+    return [
+        int(p.name)
         for p in Path("/proc").iterdir()
         if p.name.isdigit() and _ppid(p) == me and "takeover.fencing.ipmi" in _cmdline(p)
     ]
-    assert children == []
 
 
 def _ppid(proc_dir: Path) -> int:
