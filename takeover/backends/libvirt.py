@@ -26,10 +26,11 @@ import logging
 import queue
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from takeover.backends.vmpolicy import CrashVerdict, RestartBudget, Undo, reconcile_steps
 
@@ -37,6 +38,9 @@ try:
     import libvirt
 except ImportError:  # pragma: no cover - exercised only where libvirt-python is missing
     libvirt = None
+
+if TYPE_CHECKING:
+    from takeover.config import VmConfig
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,20 @@ class VmSpec:
     restart_window: float = 300.0
     # Seconds between periodic state checks while monitoring.
     check_interval: float = 2.0
+
+    @classmethod
+    def from_config(cls, vm: VmConfig, node: str) -> VmSpec:
+        """The spec of a `[[vm]]` entry as node `node` runs it."""
+        return cls(
+            name=vm.name,
+            xml=vm.xml,
+            uri=vm.uri_for(node),
+            start_timeout=vm.start_timeout,
+            stop_timeout=vm.stop_timeout,
+            migrate=vm.migrate,
+            max_restarts=vm.max_restarts,
+            restart_window=vm.restart_window,
+        )
 
 
 @dataclass(frozen=True)
@@ -190,8 +208,10 @@ class VmResource:
                 raise VmError(
                     f"vm {self.spec.name}: cannot connect to {self.spec.uri}: {exc}"
                 ) from exc
-            # Keepalive lets a dead libvirtd show up as a dead connection within ~15 s.
-            conn.setKeepAlive(5, 3)
+            # Keepalive lets a dead libvirtd show up as a dead connection within ~15 s. Drivers
+            # without a daemon (test:///) do not support it and need none.
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.setKeepAlive(5, 3)
             self._conn = conn
             if self._monitor is not None:
                 self._register_events(conn)
@@ -243,6 +263,10 @@ class VmResource:
                     STATE_NAMES.get(self._state(dom)),
                 )
             else:
+                if dom is not None:
+                    # The shared XML is authoritative: replace whatever definition is here
+                    # (an XML without <uuid> could not redefine it in place).
+                    self._undefine(dom)
                 dom = self._define()
                 self._start(dom)
             self._wait_running(dom, started)
@@ -260,12 +284,17 @@ class VmResource:
             raise VmError(
                 f"vm {self.spec.name}: cannot read {self.spec.xml}: {exc.strerror}"
             ) from exc
+        # Checked before libvirt sees it, so a wrong file defines nothing on this node.
+        try:
+            name = ET.fromstring(xml).findtext("name")
+        except ET.ParseError as exc:
+            raise VmError(f"vm {self.spec.name}: {self.spec.xml}: not valid XML: {exc}") from exc
+        if name != self.spec.name:
+            raise VmError(f"vm {self.spec.name}: {self.spec.xml} defines domain {name!r}")
         try:
             dom = self._connection().defineXML(xml)
         except libvirt.libvirtError as exc:
             raise VmError(f"vm {self.spec.name}: define from {self.spec.xml}: {exc}") from exc
-        if dom.name() != self.spec.name:
-            raise VmError(f"vm {self.spec.name}: {self.spec.xml} defines domain {dom.name()!r}")
         log.info("vm.defined name=%s uri=%s xml=%s", self.spec.name, self.spec.uri, self.spec.xml)
         return dom
 
@@ -342,7 +371,13 @@ class VmResource:
             | libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
         )
         try:
-            dom.undefineFlags(flags)
+            try:
+                dom.undefineFlags(flags)
+            except libvirt.libvirtError as exc:
+                if _err_code(exc) != libvirt.VIR_ERR_INVALID_ARG:
+                    raise
+                # A driver that knows no NVRAM or managed save rejects those flags.
+                dom.undefine()
         except libvirt.libvirtError as exc:
             raise VmError(f"vm {self.spec.name}: undefine on {self.spec.uri}: {exc}") from exc
         log.info("vm.undefined name=%s uri=%s", self.spec.name, self.spec.uri)
@@ -435,8 +470,10 @@ class VmResource:
                     self.spec.max_restarts,
                 )
                 try:
-                    if dom is None or not dom.isActive():
+                    # Restart in place: the definition this node runs stays as it is.
+                    if dom is None:
                         dom = self._define()
+                    if not dom.isActive():
                         self._start(dom)
                     self._wait_running(dom, self._clock())
                     return "restarted"

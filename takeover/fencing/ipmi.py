@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyghmi.exceptions import IpmiException
 from pyghmi.ipmi.command import Command
@@ -38,6 +38,9 @@ from takeover.fencing.policy import (
     classify_hard_timeout,
     classify_ipmi_message,
 )
+
+if TYPE_CHECKING:
+    from takeover.config import FencingConfig
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +179,13 @@ class IpmiFencer:
         # A started worker waiting on stdin (see prepare()); used by the next attempt.
         self._spare: subprocess.Popen[bytes] | None = None
         self._keep_spare = False
+
+    @classmethod
+    def from_config(cls, node: str, cfg: FencingConfig, **kw: Any) -> IpmiFencer:
+        """A fencer for `node` from its `[node.fencing]` table (used by the peer)."""
+        return cls(
+            str(cfg.address), cfg.port, cfg.user, cfg.password_file, cfg.timeout, node=node, **kw
+        )
 
     def prepare(self) -> None:
         """Keep a fresh worker started in advance, so an attempt skips interpreter start-up.
