@@ -12,6 +12,8 @@ Each run:
 2. b comes back (links up, libvirtd restarted) and reconciles its stale definition.
 3. the guest is live-migrated a -> b and back (p2p, PERSIST_DEST|UNDEFINE_SOURCE): `migrate_s`
    (each direction is one sample).
+4. the guest's QEMU on a is SIGKILLed; the monitor restarts it in place: `restart_s` (kill to
+   a new QEMU running, as libvirt reports it).
 
 Prints a table (median/min/max) and, last, one JSON line with the medians.
 """
@@ -21,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import statistics
 import sys
 import time
@@ -28,24 +32,13 @@ import uuid
 
 from takeover.backends.libvirt import VmResource, VmSpec
 from takeover.fencing.ipmi import IpmiFencer
-from tests.lab.bmc import SimBmc
+from tests.lab.bmc import SimBmc, power_off_node_argv
 from tests.lab.lab import Lab
 from tests.lab.libvirt_hosts import LibvirtPair
 
 log = logging.getLogger("bench.vm")
 
-METRICS = ("fence_s", "start_s", "fence_and_start_s", "migrate_s")
-
-
-def kill_node_argv(lab: Lab, node: str) -> list[str]:
-    """A command that crashes a lab node: SIGKILL all its processes, its links down."""
-    ns = lab.ns(node)
-    return [
-        "sh",
-        "-c",
-        f"for p in $(ip netns pids {ns}); do kill -KILL $p; done; "
-        f"ip -n {lab.ns('sw')} link set {lab.port(node)} down; ip -n {ns} link set hb0 down",
-    ]
+METRICS = ("fence_s", "start_s", "fence_and_start_s", "migrate_s", "restart_s")
 
 
 def one_run(lab: Lab, pair: LibvirtPair, memory: int, samples: dict[str, list[float]]) -> None:
@@ -54,7 +47,7 @@ def one_run(lab: Lab, pair: LibvirtPair, memory: int, samples: dict[str, list[fl
     xml = pair.write_guest(name, memory)
     res = {h: VmResource(VmSpec(name, xml, pair[h].uri, stop_timeout=1.0)) for h in ("a", "b")}
     try:
-        with SimBmc(on_power_off=kill_node_argv(lab, "b")) as bmc:
+        with SimBmc(on_power_off=power_off_node_argv(lab, "b")) as bmc:
             fencer = IpmiFencer(bmc.address, bmc.port, bmc.user, bmc.write_password_file(), 10.0)
             # As the daemon does at start-up: a worker is ready before the peer is lost.
             fencer.prepare()
@@ -82,12 +75,30 @@ def one_run(lab: Lab, pair: LibvirtPair, memory: int, samples: dict[str, list[fl
                 raise RuntimeError(f"live migration {src}->{dst} failed: {result.error}")
             samples["migrate_s"].append(result.elapsed)
             res[dst].acquire()  # adopts the migrated guest: the destination now holds it
+        samples["restart_s"].append(crash_and_restart(pair, res["a"], name))
     finally:
         for r in res.values():
             r.close()
         for h in ("a", "b"):
             if pair[h].running():
                 pair[h].clear()
+
+
+def crash_and_restart(pair: LibvirtPair, vm: VmResource, name: str) -> float:
+    """SIGKILL the guest's QEMU on a; seconds until the monitor has a new one running."""
+    vm.start_monitor()
+    pid = pair["a"].qemu_pid(name)
+    if pid is None:
+        raise RuntimeError("no QEMU on a to kill")
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    while True:
+        new = pair["a"].qemu_pid(name)
+        if new not in (None, pid) and vm.describe()["state"] == "running":
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > 60:
+            raise RuntimeError("guest not restarted within 60 s")
+        time.sleep(0.02)
 
 
 def summarize(samples: dict[str, list[float]], runs: int, memory: int) -> dict[str, object]:
@@ -112,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"run {i + 1}/{a.runs}: fence {samples['fence_s'][-1]:.3f}s "
                 f"start {samples['start_s'][-1]:.3f}s "
-                f"migrate {samples['migrate_s'][-2]:.3f}s/{samples['migrate_s'][-1]:.3f}s",
+                f"migrate {samples['migrate_s'][-2]:.3f}s/{samples['migrate_s'][-1]:.3f}s "
+                f"restart {samples['restart_s'][-1]:.3f}s",
                 file=sys.stderr,
             )
     print()

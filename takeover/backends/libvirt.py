@@ -68,6 +68,7 @@ EVENT_NAMES: dict[int, str] = {
     8: "crashed",
 }
 RUNNING = 1
+PAUSED = 3
 # How often waits re-read the domain state, seconds.
 POLL = 0.1
 # libvirt error code for "no domain with matching name".
@@ -254,28 +255,42 @@ class VmResource:
             self._held = True
             self._failed = None
             self._budget = self._budget.reset()
-            dom = self._lookup()
-            if dom is not None and dom.isActive():
-                log.info(
-                    "vm.adopt name=%s uri=%s state=%s",
-                    self.spec.name,
-                    self.spec.uri,
-                    STATE_NAMES.get(self._state(dom)),
-                )
-            else:
-                if dom is not None:
-                    # The shared XML is authoritative: replace whatever definition is here
-                    # (an XML without <uuid> could not redefine it in place).
-                    self._undefine(dom)
-                dom = self._define()
-                self._start(dom)
-            self._wait_running(dom, started)
+            try:
+                self._bring_up(started)
+            except (VmError, libvirt.libvirtError) as exc:
+                # Not held: the monitor must not keep restarting what the daemon saw fail.
+                self._held = False
+                if isinstance(exc, VmError):
+                    raise
+                raise VmError(f"vm {self.spec.name}: acquire on {self.spec.uri}: {exc}") from exc
         log.info(
             "vm.acquired name=%s uri=%s elapsed=%.3f",
             self.spec.name,
             self.spec.uri,
             self._clock() - started,
         )
+
+    def _bring_up(self, started: float) -> None:
+        dom = self._lookup()
+        if dom is not None and dom.isActive():
+            state = self._state(dom)
+            log.info(
+                "vm.adopt name=%s uri=%s state=%s",
+                self.spec.name,
+                self.spec.uri,
+                STATE_NAMES.get(state),
+            )
+            if state == PAUSED:
+                # Left paused by an interrupted migration or an operator: run it.
+                dom.resume()
+        else:
+            if dom is not None:
+                # The shared XML is authoritative: replace whatever definition is here
+                # (an XML without <uuid> could not redefine it in place).
+                self._undefine(dom)
+            dom = self._define()
+            self._start(dom)
+        self._wait_running(dom, started)
 
     def _define(self) -> Any:
         try:

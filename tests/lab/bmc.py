@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.lab.lab import Lab
 from tests.lab.managed import Managed
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,23 @@ elif args[:2] == ["set", "power"] and len(args) > 2:
         env = dict(os.environ, HAPAIR_BMC_PID=bmc_pid)
         subprocess.run(cmd, env=env, timeout=30, check=False)
 """
+
+
+def power_off_node_argv(lab: Lab, node: str) -> list[str]:
+    """A power-off action that crashes a lab node as Lab.kill_node does, and waits for it.
+
+    Every process in the node is SIGKILLed, its switch port and heartbeat link go down, and the
+    command returns only once no process is left in the node (a BMC reports "off" after that).
+    """
+    ns = lab.ns(node)
+    script = (
+        f"for p in $(ip netns pids {ns}); do kill -KILL $p; done; "
+        f"ip -n {lab.ns('sw')} link set {lab.port(node)} down; "
+        f"ip -n {ns} link set hb0 down; "
+        f'i=0; while [ -n "$(ip netns pids {ns})" ] && [ $i -lt 200 ]; do '
+        "sleep 0.02; i=$((i+1)); done"
+    )
+    return ["sh", "-c", script]
 
 
 def free_udp_port() -> int:

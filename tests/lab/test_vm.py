@@ -14,7 +14,7 @@ import pytest
 
 from takeover.backends.libvirt import VmResource, VmSpec
 from takeover.fencing.ipmi import IpmiFencer
-from tests.lab.bmc import SimBmc
+from tests.lab.bmc import SimBmc, power_off_node_argv
 from tests.lab.fixtures import require_root
 from tests.lab.lab import Lab
 from tests.lab.libvirt_hosts import LibvirtPair, alive
@@ -226,17 +226,6 @@ def test_release_stops_and_undefines(vm: Vm, caplog: pytest.LogCaptureFixture) -
     assert vm["a"].check() == "idle"
 
 
-def kill_node_command(lab: Lab, node: str) -> list[str]:
-    """argv that crashes a lab node like Lab.kill_node: SIGKILL all its processes, links down."""
-    ns = lab.ns(node)
-    script = (
-        f"for p in $(ip netns pids {ns}); do kill -KILL $p; done; "
-        f"ip -n {lab.ns('sw')} link set {lab.port(node)} down; "
-        f"ip -n {ns} link set hb0 down"
-    )
-    return ["sh", "-c", script]
-
-
 def test_crashed_owner_is_fenced_then_survivor_starts_and_returner_reconciles(
     vm: Vm, pair: LibvirtPair
 ) -> None:
@@ -246,7 +235,7 @@ def test_crashed_owner_is_fenced_then_survivor_starts_and_returner_reconciles(
     vm["b"].acquire()
     qemu_b = pair["b"].qemu_pid(vm.name)
     assert qemu_b is not None
-    with SimBmc(on_power_off=kill_node_command(lab, "b")) as bmc:
+    with SimBmc(on_power_off=power_off_node_argv(lab, "b")) as bmc:
         fencer = IpmiFencer(bmc.address, bmc.port, bmc.user, bmc.write_password_file(), 10.0)
         fenced = fencer.power_off_and_confirm()
     assert fenced.ok and fenced.power == "off", fenced

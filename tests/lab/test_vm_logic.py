@@ -85,6 +85,19 @@ def test_acquire_with_unreadable_xml_names_the_file(tmp_path: Path) -> None:
     r = resource(tmp_path / "missing.xml", FakeClock())
     with pytest.raises(VmError, match=r"missing\.xml"):
         r.acquire()
+    # A failed acquire is not held: the monitor will not keep trying to start it.
+    assert r.check() == "idle"
+    r.close()
+
+
+def test_acquire_resumes_a_paused_copy(xml: Path, conn: libvirt.virConnect) -> None:
+    """A copy found paused (say, by an interrupted migration) is adopted and resumed."""
+    r = resource(xml, FakeClock())
+    r.acquire()
+    conn.lookupByName(xml.stem).suspend()
+    r.acquire()
+    assert conn.lookupByName(xml.stem).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    r.release()
     r.close()
 
 
