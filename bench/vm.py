@@ -1,0 +1,144 @@
+"""`make bench-vm`: fence time, VM start time on takeover, live-migration time.
+
+    python -m bench.vm [--runs N] [--memory MIB]
+
+One lab with a real libvirtd in nodes a and b (tests.lab.libvirt_hosts) and an OpenIPMI
+ipmi_sim BMC for b whose power-off crashes lab node b (every process SIGKILLed, links down).
+Each run:
+
+1. b runs a tiny BIOS-only TCG guest; a fences b through the BMC (power off, confirmed off):
+   `fence_s`; then a starts the guest (define from the shared XML, start, running): `start_s`;
+   the two back to back are `fence_and_start_s` (the takeover path of a crashed VM host).
+2. b comes back (links up, libvirtd restarted) and reconciles its stale definition.
+3. the guest is live-migrated a -> b and back (p2p, PERSIST_DEST|UNDEFINE_SOURCE): `migrate_s`
+   (each direction is one sample).
+4. the guest's QEMU on a is SIGKILLed; the monitor restarts it in place: `restart_s` (kill to
+   a new QEMU running, as libvirt reports it).
+
+Prints a table (median/min/max) and, last, one JSON line with the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import statistics
+import sys
+import time
+import uuid
+
+from takeover.backends.libvirt import VmResource, VmSpec
+from takeover.fencing.ipmi import IpmiFencer
+from tests.lab.bmc import SimBmc, power_off_node_argv
+from tests.lab.lab import Lab
+from tests.lab.libvirt_hosts import LibvirtPair
+
+log = logging.getLogger("bench.vm")
+
+METRICS = ("fence_s", "start_s", "fence_and_start_s", "migrate_s", "restart_s")
+
+
+def one_run(lab: Lab, pair: LibvirtPair, memory: int, samples: dict[str, list[float]]) -> None:
+    """Fence + start, reconcile, two migrations; append each measurement to `samples`."""
+    name = f"bench-{uuid.uuid4().hex[:6]}"
+    xml = pair.write_guest(name, memory)
+    res = {h: VmResource(VmSpec(name, xml, pair[h].uri, stop_timeout=1.0)) for h in ("a", "b")}
+    try:
+        with SimBmc(on_power_off=power_off_node_argv(lab, "b")) as bmc:
+            fencer = IpmiFencer(bmc.address, bmc.port, bmc.user, bmc.write_password_file(), 10.0)
+            # As the daemon does at start-up: a worker is ready before the peer is lost.
+            fencer.prepare()
+            try:
+                res["b"].acquire()
+                t0 = time.monotonic()
+                fenced = fencer.power_off_and_confirm()
+                t1 = time.monotonic()
+            finally:
+                fencer.close()
+        if not fenced.ok:
+            raise RuntimeError(f"fencing failed: {fenced.error}: {fenced.detail}")
+        t2 = time.monotonic()
+        res["a"].acquire()
+        t3 = time.monotonic()
+        samples["fence_s"].append(t1 - t0)
+        samples["start_s"].append(t3 - t2)
+        samples["fence_and_start_s"].append((t1 - t0) + (t3 - t2))
+        lab.revive_node("b")
+        pair["b"].start()
+        res["b"].reconcile(owner_elsewhere=True)
+        for src, dst in (("a", "b"), ("b", "a")):
+            result = res[src].migrate(pair[dst].tcp_uri)
+            if result.method != "live":
+                raise RuntimeError(f"live migration {src}->{dst} failed: {result.error}")
+            samples["migrate_s"].append(result.elapsed)
+            res[dst].acquire()  # adopts the migrated guest: the destination now holds it
+        samples["restart_s"].append(crash_and_restart(pair, res["a"], name))
+    finally:
+        for r in res.values():
+            r.close()
+        for h in ("a", "b"):
+            if pair[h].running():
+                pair[h].clear()
+
+
+def crash_and_restart(pair: LibvirtPair, vm: VmResource, name: str) -> float:
+    """SIGKILL the guest's QEMU on a; seconds until the monitor has a new one running."""
+    vm.start_monitor()
+    pid = pair["a"].qemu_pid(name)
+    if pid is None:
+        raise RuntimeError("no QEMU on a to kill")
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    while True:
+        new = pair["a"].qemu_pid(name)
+        if new not in (None, pid) and vm.describe()["state"] == "running":
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > 60:
+            raise RuntimeError("guest not restarted within 60 s")
+        time.sleep(0.02)
+
+
+def summarize(samples: dict[str, list[float]], runs: int, memory: int) -> dict[str, object]:
+    """The JSON summary: medians of every metric."""
+    out: dict[str, object] = {"bench": "vm", "runs": runs, "guest_mib": memory}
+    for m in METRICS:
+        out[m] = round(statistics.median(samples[m]), 3) if samples[m] else None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the table and the JSON line."""
+    ap = argparse.ArgumentParser(prog="python -m bench.vm", description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=5, help="runs (default 5)")
+    ap.add_argument("--memory", type=int, default=16, help="guest memory in MiB (default 16)")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s")
+    samples: dict[str, list[float]] = {m: [] for m in METRICS}
+    with Lab() as lab, LibvirtPair(lab) as pair:
+        for i in range(a.runs):
+            one_run(lab, pair, a.memory, samples)
+            print(
+                f"run {i + 1}/{a.runs}: fence {samples['fence_s'][-1]:.3f}s "
+                f"start {samples['start_s'][-1]:.3f}s "
+                f"migrate {samples['migrate_s'][-2]:.3f}s/{samples['migrate_s'][-1]:.3f}s "
+                f"restart {samples['restart_s'][-1]:.3f}s",
+                file=sys.stderr,
+            )
+    print()
+    print(f"VM benchmark: {a.runs} runs, {a.memory} MiB BIOS-only TCG guest, ipmi_sim BMC")
+    print()
+    print("| metric | median | min | max | n |")
+    print("|---|---|---|---|---|")
+    for m in METRICS:
+        v = samples[m]
+        print(f"| {m} | {statistics.median(v):.3f} | {min(v):.3f} | {max(v):.3f} | {len(v)} |")
+    print()
+    print(json.dumps(summarize(samples, a.runs, a.memory)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
