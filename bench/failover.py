@@ -146,6 +146,12 @@ def one_run(tool: str, interval: float, fault: str) -> Sample:
         if not probe.wait_for(mac_a, 50, timeout=30):
             res = probe.stop()
             return Sample(tool, interval, fault, 0, 0, False, f"a never served: {res.summary()}")
+        # Measure the fault only: a fresh probe, a steady second of a serving, then the fault.
+        probe.stop()
+        probe.start(VIP4)
+        if not probe.wait_for(mac_a, 20, timeout=10):
+            res = probe.stop()
+            return Sample(tool, interval, fault, 0, 0, False, f"a stopped serving: {res.summary()}")
         time.sleep(1.0)
         if fault == "crash":
             lab.kill_node("a")

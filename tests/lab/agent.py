@@ -96,12 +96,17 @@ def _arp_request(mac: bytes, ip: bytes, vip: bytes) -> bytes:
     return b"\xff" * 6 + mac + struct.pack("!H", ETH_P_ARP) + arp
 
 
-def _arp_reply_sender(frame: bytes, vip: bytes) -> str | None:
-    """Return the sender MAC if frame is an ARP reply for vip, else None."""
+def _arp_reply_sender(frame: bytes, vip: bytes, own_ip: bytes) -> str | None:
+    """Return the sender MAC if frame answers our who-has for vip, else None.
+
+    Only replies addressed to us count: a gratuitous ARP in reply form (target IP = VIP) is an
+    announcement, not an answer, and counting it would see two owners in the round in which
+    the VIP moves.
+    """
     if len(frame) < 42 or struct.unpack("!H", frame[12:14])[0] != ETH_P_ARP:
         return None
     arp = frame[14:]
-    if struct.unpack("!H", arp[6:8])[0] != 2 or arp[14:18] != vip:
+    if struct.unpack("!H", arp[6:8])[0] != 2 or arp[14:18] != vip or arp[24:28] != own_ip:
         return None
     return arp[8:14].hex(":")
 
@@ -145,12 +150,14 @@ def probe(vip_text: str, out_path: str, interval: float, iface: str, arp_every: 
     arp_frame = b""
     arp_round = 0
     arp_deadline = float("inf")
+    own_ip = b""
     if arp_every > 0 and not v6:
         arp_sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
         arp_sock.bind((iface, 0))
         with open(f"/sys/class/net/{iface}/address") as f:
             own_mac = bytes.fromhex(f.read().strip().replace(":", ""))
-        arp_frame = _arp_request(own_mac, _own_ipv4(iface), vip.packed)
+        own_ip = _own_ipv4(iface)
+        arp_frame = _arp_request(own_mac, own_ip, vip.packed)
         arp_deadline = time.monotonic()
     socks = [rx] if arp_sock is None else [rx, arp_sock]
 
@@ -192,7 +199,7 @@ def probe(vip_text: str, out_path: str, interval: float, iface: str, arp_every: 
                 continue
             if arp_sock is not None and arp_sock in ready:
                 frame = arp_sock.recv(65535)
-                owner = _arp_reply_sender(frame, vip.packed)
+                owner = _arp_reply_sender(frame, vip.packed, own_ip)
                 if owner is not None:
                     rec = {"arp": arp_round, "t": time.monotonic(), "mac": owner}
                     out.write(json.dumps(rec) + "\n")
