@@ -461,8 +461,14 @@ class Daemon:
         elif isinstance(a, m.WaitInhibitors):
             self._spawn(self._wait_inhibitors())
         elif isinstance(a, m.PersistEpoch):
-            store_epoch(self.cfg.state_dir, a.epoch)
-            log.info("epoch.stored epoch=%s", a.epoch)
+            try:
+                store_epoch(self.cfg.state_dir, a.epoch)
+            except OSError as err:
+                # Serving matters more than the record: the epoch in memory is right, only a
+                # restart before the next successful write could reuse an older one.
+                log.error("epoch.store_failed epoch=%s error=%s", a.epoch, err)
+            else:
+                log.info("epoch.stored epoch=%s", a.epoch)
         elif isinstance(a, m.Refused):
             log.info("command.refused command=%s reason=%s", a.command, a.reason)
 

@@ -292,6 +292,18 @@ def test_stop_while_active_releases_first(tmp_path: Path) -> None:
     run(tmp_path, body)
 
 
+def test_unwritable_state_dir_does_not_stop_a_takeover(tmp_path: Path) -> None:
+    """When the epoch cannot be stored, the daemon still takes over and logs the failure."""
+
+    async def body(rig: Rig) -> None:
+        # After start-up, the state directory's place is taken by a file: writes fail.
+        rig.cfg.state_dir.write_text("a file where the state directory should be")
+        await rig.advance(1.2)
+        assert rig.daemon.state.role is Role.ACTIVE and rig.daemon.state.epoch == 1
+
+    run(tmp_path, body)
+
+
 def test_epoch_file_round_trip_and_corruption(tmp_path: Path) -> None:
     """The epoch survives a store/load round trip; a corrupt file is an error, not zero."""
     assert load_epoch(tmp_path) == 0
