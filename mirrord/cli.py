@@ -26,6 +26,7 @@ from takeover.cliutil import (
     print_json,
     print_problems,
     report_check,
+    setup_daemon_logging,
 )
 from takeover.config import Cluster, Node
 from takeover.configparse import ConfigError
@@ -110,11 +111,7 @@ def _load(args: argparse.Namespace) -> tuple[Cluster, Node, list[Policy]]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM."""
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(levelname)s %(name)s %(message)s",
-    )
+    setup_daemon_logging(args.log_level)
     # APScheduler logs every job run at INFO (a status write each second): keep its warnings.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
     try:

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import errno
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from takeover.cliutil import (
     new_parser,
     print_problems,
     report_check,
+    setup_daemon_logging,
 )
 from takeover.config import DEFAULT_RUN_DIR, Cluster, Node
 from takeover.configparse import ConfigError
@@ -82,9 +82,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM; exit 2/6 on configuration problems, 1 on set-up failures."""
-    logging.basicConfig(
-        level=args.log_level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
-    )
+    setup_daemon_logging(args.log_level)
     try:
         cluster, node = load_local(args)
     except ConfigError as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -143,3 +144,17 @@ def report_check(
     else:
         print_problems(prog, problems)
     return code
+
+
+def setup_daemon_logging(level: str | int) -> None:
+    """Log to stderr: bare under systemd (journald stamps each line), else with a clock."""
+    fmt = "%(levelname)s %(name)s %(message)s"
+    if "JOURNAL_STREAM" not in os.environ:
+        # In a terminal or the lab, millisecond times are what makes a failover readable.
+        fmt = "%(asctime)s.%(msecs)03d " + fmt
+    logging.basicConfig(
+        level=level.upper() if isinstance(level, str) else level,
+        stream=sys.stderr,
+        format=fmt,
+        datefmt="%H:%M:%S",
+    )

@@ -696,9 +696,11 @@ def _on_standby(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         # The operator said standby: even a lost peer does not bring us back (promote does).
         return replace(s, condition="operator standby: peer lost, not taking over"), []
     if s.recheck_at is None:
-        if s.probing_since is not None:
+        if s.probing_since is not None and not s.guard_answered:
             # STANDBY -> ARBITRATING: the peer is lost, and the probes started while it was
-            # already silent are in (or in flight): decide on them, do not probe again.
+            # already silent are in (or in flight): decide on them, do not probe again. A
+            # pre-probe that saw the VIP answered is not used: the peer may have died right
+            # after answering it, and backing off on it would cost a whole re-check.
             new = s.to(Role.ARBITRATING, now, "peer lost")
             new = replace(new, fresh_down=s.fresh_down, guard_answered=s.guard_answered)
             return _on_arbitrating(new, Tick(), now)

@@ -65,8 +65,12 @@ def machine_params(cluster: Cluster, node: Node) -> MachineParams:
         guard=bool(cluster.vips),
         # Longest pause between looks while the peer is silent but its VIP still answers.
         recheck=max(arb.probe_interval, hb.deadtime),
-        # Start the guard early enough that its window has passed when the peer is lost.
-        prearbitrate=min(guard_window(cluster) + hb.interval / 2, hb.deadtime * 2 / 3),
+        # Start the guard early enough that its window has passed when the peer is lost, but
+        # only once a heartbeat is missed by half an interval: a merely late one must not send
+        # ARP probes and pings every interval.
+        prearbitrate=max(
+            0.0, min(guard_window(cluster) + hb.interval / 2, hb.deadtime - 1.5 * hb.interval)
+        ),
         arbitrate_timeout=max(5.0, 4 * (arb.probe_timeout + hb.deadtime)),
     )
 

@@ -1073,6 +1073,23 @@ def test_early_probe_discarded_when_heartbeat_returns() -> None:
     assert s.role is Role.STANDBY and any(isinstance(a, ProbeVipGuard) for a in out)
 
 
+def test_standby_to_arbitrating_with_a_fresh_guard_when_the_early_probe_saw_the_vip() -> None:
+    """An early guard answer is stale once the peer is lost: a fresh round, not a back-off."""
+    s = mk(Role.STANDBY, EARLY, peer=peer(Role.ACTIVE, ago=0.35))
+    s, _ = step(s, Tick(), T0)
+    early_round = s.probe_round
+    # The peer still answered the early ARP probe, then died before its next heartbeat.
+    s, _ = step(s, VipGuardResult(answered=True, round=early_round), T0 + 0.01)
+    s, out = step(s, Tick(), T0 + P.deadtime)
+    assert s.role is Role.ARBITRATING
+    assert s.probe_round == early_round + 1
+    assert any(isinstance(a, ProbeVipGuard) for a in out)
+    # The fresh round finds nobody: the takeover goes ahead without a re-check pause.
+    s, _ = step(s, TargetsProbed(down=0, round=s.probe_round), T0 + P.deadtime + 0.01)
+    s, out = step(s, VipGuardResult(answered=False, round=s.probe_round), T0 + P.deadtime + 0.02)
+    assert s.role is Role.ACTIVE and any(isinstance(a, AcquireResources) for a in out)
+
+
 def test_scenario_health_demotion() -> None:
     """A failing active hands over to a healthy standby."""
     pair = Pair(PA, PB)
