@@ -158,6 +158,8 @@ def test_prepared_worker_serves_the_next_attempt(bmc: SimBmc) -> None:
     try:
         spare = workers()
         assert len(spare) == 1
+        # The password travels on stdin, never on the command line that `ps` shows.
+        assert bmc.password not in _cmdline(Path(f"/proc/{spare[0]}"))
         result = f.power_off_and_confirm()
         assert result.ok and result.power == "off"
         # The prepared worker did the job and exited; a new spare waits for the next one.
