@@ -1,35 +1,285 @@
-"""Command line of `mirrord` (subcommands grow with the issues that bring them)."""
+"""Command line of `mirrord`: run, status, sync, check, authorize, receive."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
-from mirrord.policy import load_policies
+from mirrord.daemon import Daemon, DaemonError, mirror_dir
+from mirrord.journal import JournalError
+from mirrord.policy import Policy, load_policies
+from mirrord.receive import authorized_keys_line, receive
+from mirrord.transfer import Peer
 from takeover.cliutil import (
-    add_check_command,
+    add_command,
+    add_common_args,
     config_exit,
-    file_problem,
     load_local,
-    new_parser,
+    print_json,
+    print_problems,
     report_check,
 )
+from takeover.config import Cluster, Node
 from takeover.configparse import ConfigError
-from takeover.exits import Exit
+from takeover.exits import Exit, StatusExit
 
 PROG = "mirrord"
+# Names shared with the daemon (kept here so `status` and `sync` need not import it).
+STATUS_NAME = "mirrord.json"
+SOCKET_NAME = "mirrord.sock"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every subcommand."""
-    parser, sub = new_parser(PROG, "Mirror each configured directory from the active node.")
-    add_check_command(
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Mirror each configured directory from the active node."
+    )
+    add_common_args(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = add_command(sub, "run", cmd_run, "run the daemon in the foreground (systemd)")
+    run.add_argument(
+        "--ssh-option",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="extra ssh -o option for the peer, e.g. UserKnownHostsFile=/etc/hapair/known_hosts",
+    )
+    run.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+
+    status = add_command(sub, "status", cmd_status, "show each directory's mirroring state")
+    status.add_argument("--json", action="store_true", help="print one JSON document")
+
+    sync = add_command(sub, "sync", cmd_sync, "pass now (one directory or all) and wait")
+    sync.add_argument("directory", nargs="?", help="a mirrored directory (default: all)")
+    sync.add_argument("--full", action="store_true", help="a full pass, not only dirty paths")
+    sync.add_argument("--no-wait", action="store_true", help="queue the request and return")
+    sync.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds to wait (default 3600)"
+    )
+    sync.add_argument("--json", action="store_true", help="print one JSON document")
+
+    check = add_command(
+        sub, "check", cmd_check, "validate the cluster file and mirror policies; exit 0 or 2"
+    )
+    check.add_argument("--json", action="store_true", help="print one JSON document")
+    check.add_argument(
+        "--no-fs",
+        action="store_true",
+        help="skip checks of the file system (mirrored directories exist, ssh key readable)",
+    )
+
+    auth = add_command(
         sub,
-        cmd_check,
-        "validate the cluster file and mirror policies; exit 0 or 2",
-        "skip checks of the file system (mirrored directories exist, ssh key readable)",
+        "authorize",
+        cmd_authorize,
+        "print the authorized_keys line that lets the peer's key write only the mirrored roots",
+    )
+    auth.add_argument(
+        "public_key", type=Path, help="the peer's mirror public key (e.g. mirror_key.pub)"
+    )
+    auth.add_argument(
+        "--mirrord",
+        default=None,
+        help="receive command as sshd should run it (default: this python -m mirrord.receive)",
+    )
+
+    recv = add_command(
+        sub, "receive", cmd_receive, "forced ssh command of the mirror account (see authorize)"
+    )
+    recv.add_argument("--root", action="append", required=True, help="a mirrored root")
+    recv.add_argument(
+        "--retention", type=float, default=7 * 86400.0, help="seconds backups are kept"
     )
     return parser
+
+
+def _load(args: argparse.Namespace) -> tuple[Cluster, Node, list[Policy]]:
+    cluster, node = load_local(args)
+    policies = load_policies(cluster, check_fs=False)
+    return cluster, node, policies
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM."""
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s %(message)s",
+    )
+    # APScheduler logs every job run at INFO (a status write each second): keep its warnings.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
+    try:
+        cluster, node, policies = _load(args)
+    except ConfigError as err:
+        print_problems(PROG, err.problems)
+        return config_exit(err)
+    assert cluster.mirror is not None  # load_policies refuses a cluster without [mirror]
+    peer_node = cluster.peer_of(node.name)
+    if peer_node.mirror_address is None:
+        print_problems(PROG, [f"{cluster.label}: node.mirror_address: not set for the peer"])
+        return int(Exit.CONFIG)
+    options: list[str] = []
+    for opt in args.ssh_option:
+        options += ["-o", opt]
+    peer = Peer(
+        user=cluster.mirror.ssh_user,
+        address=peer_node.mirror_address,
+        port=cluster.mirror.ssh_port,
+        key=str(cluster.mirror.ssh_key),
+        control_path=str(node.run_dir / "mirrord-ssh-%C"),
+        ssh_options=tuple(options),
+    )
+    daemon = Daemon(
+        [mirror_dir(p) for p in policies],
+        peer=peer,
+        state_dir=node.state_dir,
+        run_dir=node.run_dir,
+        node=node.name,
+    )
+    try:
+        asyncio.run(daemon.run())
+    except (DaemonError, JournalError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return int(Exit.FAILURE)
+    return int(Exit.OK)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_status(run_dir: Path, now: float) -> tuple[int, dict[str, Any] | None, str]:
+    """Return (exit status, document, why) for the daemon whose run dir is `run_dir`."""
+    path = run_dir / STATUS_NAME
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return int(StatusExit.NOT_RUNNING), None, f"{path}: no status file: mirrord not running"
+    except (OSError, ValueError) as exc:
+        return int(StatusExit.UNKNOWN), None, f"{path}: unreadable: {exc}"
+    if doc.get("stopped") or not _pid_alive(int(doc.get("pid", 0))):
+        return int(StatusExit.NOT_RUNNING), doc, "mirrord is not running (last status shown)"
+    age = now - float(doc.get("updated", 0))
+    if age > 3 * float(doc.get("status_interval", 1.0)):
+        return int(StatusExit.UNKNOWN), doc, f"status is {age:.0f}s old: mirrord may be hung"
+    return int(StatusExit.ACTIVE_OR_STANDBY), doc, "running"
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 10:
+        return f"{value:.1f}s"
+    if value < 3600:
+        return f"{value:.0f}s"
+    return f"{value / 3600:.1f}h"
+
+
+def format_status(doc: dict[str, Any], now: float) -> str:
+    """Render the status document as a table."""
+    lines = [
+        f"node {doc.get('node') or '-'} -> {doc.get('peer') or '-'}",
+        f"{'DIRECTORY':<28} {'CLASS':<7} {'INTERVAL':>8} {'DIRTY':>6} {'RPO':>7} "
+        f"{'LAST':<11} {'TOOK':>6} {'NEXT':>6}  NOTE",
+    ]
+    for d in doc.get("directories", []):
+        last = d.get("last", {})
+        result = last.get("result") or "-"
+        if last.get("kind"):
+            result = f"{result}/{last['kind'][:4]}"
+        due = d.get("next_due")
+        nxt = "run" if d.get("running") else ("-" if due is None else _secs(max(0.0, due - now)))
+        note = d.get("alarm") or d.get("full_needed") or ""
+        if d.get("full_needed") and not d.get("alarm"):
+            note = f"full pass: {note}"
+        if not d.get("watched", True):
+            note = (note + "; " if note else "") + "not watched"
+        lines.append(
+            f"{d['directory']:<28} {d.get('class', '-'):<7} {_secs(d.get('interval')):>8} "
+            f"{d.get('dirty', 0):>6} {_secs(d.get('rpo')):>7} {result:<11} "
+            f"{_secs(d.get('last_duration')):>6} {nxt:>6}  {note}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print each directory's state from the daemon's status file."""
+    try:
+        _cluster, node = load_local(args)
+    except ConfigError as err:
+        print_problems(PROG, err.problems)
+        return int(StatusExit.UNKNOWN)
+    now = time.time()
+    code, doc, why = read_status(node.run_dir, now)
+    if args.json:
+        print_json({"state": why, "exit": code, "status": doc})
+        return code
+    if doc is not None:
+        print(format_status(doc, now))
+    if code != 0:
+        print(f"{PROG}: {why}", file=sys.stderr)
+    return code
+
+
+def control_request(run_dir: Path, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Send one request to the daemon's control socket and return its reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(run_dir / SOCKET_NAME))
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    reply: dict[str, Any] = json.loads(data)
+    return reply
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Ask the daemon for a pass now and (by default) wait for its result."""
+    try:
+        _cluster, node = load_local(args)
+    except ConfigError as err:
+        print_problems(PROG, err.problems)
+        return config_exit(err)
+    directory = os.path.abspath(args.directory).rstrip("/") if args.directory else None
+    request = {"cmd": "sync", "directory": directory, "full": args.full, "wait": not args.no_wait}
+    try:
+        reply = control_request(node.run_dir, request, args.timeout)
+    except (OSError, ValueError) as exc:
+        print(f"{PROG}: error: cannot reach mirrord at {node.run_dir / SOCKET_NAME}: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return int(Exit.FAILURE)
+    if args.json:
+        print_json(reply)
+    if "error" in reply:
+        print(f"{PROG}: error: {reply['error']}", file=sys.stderr)
+        return int(Exit.FAILURE)
+    results: dict[str, Any] = reply.get("results", {})
+    bad = [d for d, r in results.items() if r.get("result") not in ("ok", "in sync")]
+    if not args.json:
+        for d, r in sorted(results.items()):
+            print(f"{d}: {r.get('result')} {r.get('kind', '')} {r.get('detail', '')}".rstrip())
+        if not results:
+            print("queued")
+    return int(Exit.FAILURE if bad else Exit.OK)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -43,9 +293,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         policies = load_policies(cluster, check_fs=not args.no_fs)
     except ConfigError as err:
         policies, problems = [], err.problems
-    if cluster.mirror is not None and not args.no_fs:
-        key = file_problem(cluster.label, "mirror.ssh_key", cluster.mirror.ssh_key)
-        problems += [key] if key else []
+    if cluster.mirror is not None and not args.no_fs and not cluster.mirror.ssh_key.is_file():
+        key = cluster.mirror.ssh_key
+        problems.append(f"{cluster.label}: mirror.ssh_key: {key}: no such file")
     if problems or cluster.mirror is None:
         return report_check(PROG, args, "", problems, Exit.CONFIG)
     peer = cluster.peer_of(node.name)
@@ -56,6 +306,35 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"when active"
     )
     return report_check(PROG, args, summary, [], Exit.OK)
+
+
+def cmd_authorize(args: argparse.Namespace) -> int:
+    """Print the restricted authorized_keys line for the peer's mirror key."""
+    try:
+        cluster, _node, policies = _load(args)
+    except ConfigError as err:
+        print_problems(PROG, err.problems)
+        return config_exit(err)
+    try:
+        key = args.public_key.read_text().strip()
+    except OSError as exc:
+        print(f"{PROG}: error: {args.public_key}: {exc}", file=sys.stderr)
+        return int(Exit.FAILURE)
+    if not key or len(key.split()) < 2:
+        print(f"{PROG}: error: {args.public_key}: not an ssh public key", file=sys.stderr)
+        return int(Exit.FAILURE)
+    assert cluster.mirror is not None
+    # The light entry point: it runs once per pass, before rrsync (`mirrord receive` would
+    # import the whole daemon first).
+    command = args.mirrord.split() if args.mirrord else [sys.executable, "-m", "mirrord.receive"]
+    roots = [str(p.path) for p in policies]
+    print(authorized_keys_line(key, roots, cluster.mirror.backup_retention, command))
+    return int(Exit.OK)
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    """Be the forced command of the mirror account (never returns on success)."""
+    return receive([r.rstrip("/") or "/" for r in args.root], args.retention)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,21 +1,31 @@
-"""Command line of `takeover` (subcommands grow with the issues that bring them)."""
+"""Command line of `takeover`: run, status, standby, promote, check."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import errno
+import json
+import logging
 import sys
+import time
+from pathlib import Path
 
+from takeover import control
 from takeover.cliutil import (
     add_check_command,
+    add_command,
     config_exit,
     file_problem,
     load_local,
     new_parser,
+    print_problems,
     report_check,
 )
-from takeover.config import Cluster, Node
+from takeover.config import DEFAULT_RUN_DIR, Cluster, Node
 from takeover.configparse import ConfigError
-from takeover.exits import Exit
+from takeover.exits import Exit, StatusExit
+from takeover.status import classify, read_status, render, status_path
 
 PROG = "takeover"
 
@@ -29,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
         "validate the cluster file and exit 0 or 2",
         "skip checks of files the configuration names (key file, password files)",
     )
+    run = add_command(sub, "run", cmd_run, "run the daemon in the foreground (systemd's ExecStart)")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    status = add_command(sub, "status", cmd_status, "show both nodes, links, targets and VIPs")
+    status.add_argument("--json", action="store_true", help="print one JSON document")
+    standby = add_command(sub, "standby", cmd_standby, "hand the service to the peer (planned)")
+    standby.add_argument(
+        "--force", action="store_true", help="release even when the peer cannot take over"
+    )
+    add_command(sub, "promote", cmd_promote, "make this node active (the peer hands over)")
     return parser
 
 
@@ -59,6 +78,92 @@ def cmd_check(args: argparse.Namespace) -> int:
     if problems:
         return report_check(PROG, args, "", problems, Exit.CONFIG)
     return report_check(PROG, args, summary, problems, Exit.OK)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM; exit 2/6 on configuration problems, 1 on set-up failures."""
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
+    )
+    try:
+        cluster, node = load_local(args)
+    except ConfigError as err:
+        print_problems(PROG, err.problems)
+        return config_exit(err)
+    # Imported here: the effect modules pull in pyroute2, which `status` does not need.
+    from takeover import runtime  # noqa: PLC0415
+    from takeover.heartbeat import KeyFileError  # noqa: PLC0415
+
+    try:
+        return asyncio.run(runtime.run(cluster, node))
+    except KeyFileError as err:
+        print_problems(PROG, [f"{cluster.label}: heartbeat.key_file: {err}"])
+        return int(Exit.CONFIG)
+    except PermissionError as err:
+        print_problems(PROG, [str(err)])
+        return int(Exit.NO_PERMISSION)
+    except Exception as err:
+        # Set-up failures (an interface missing, a socket refused) name what failed.
+        if "Operation not permitted" in str(err):
+            print_problems(PROG, [f"{err} (needs CAP_NET_ADMIN and CAP_NET_RAW)"])
+            return int(Exit.NO_PERMISSION)
+        print_problems(PROG, [str(err) or type(err).__name__])
+        return int(Exit.FAILURE)
+
+
+def _run_dir(args: argparse.Namespace) -> Path:
+    """Return this node's run dir: --run-dir, else the cluster file's, else the default."""
+    if args.run_dir is not None:
+        return Path(args.run_dir)
+    try:
+        _, node = load_local(args)
+    except ConfigError:
+        return Path(DEFAULT_RUN_DIR)
+    return node.run_dir
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the node's status; exit 0 (running), 3 (not running) or 4 (unknown/stale)."""
+    path = status_path(_run_dir(args))
+    try:
+        doc = read_status(path)
+    except (OSError, ValueError) as err:
+        print_problems(PROG, [f"{path}: {err}"])
+        return int(StatusExit.UNKNOWN)
+    now = time.time()
+    verdict = classify(doc, now)
+    if args.json:
+        out = dict(doc or {})
+        out["verdict"] = verdict.name.lower()
+        print(json.dumps(out, indent=2, sort_keys=True))
+    elif doc is None:
+        print(f"takeover is not running (no {path})")
+    else:
+        sys.stdout.write(render(doc, now))
+    return int(verdict)
+
+
+def _command(args: argparse.Namespace, request: dict[str, object]) -> int:
+    path = control.socket_path(_run_dir(args))
+    try:
+        control.call(path, request)
+    except control.ControlError as err:
+        print_problems(PROG, [str(err)])
+        cause = err.__cause__
+        if isinstance(cause, PermissionError) or getattr(cause, "errno", None) == errno.EACCES:
+            return int(Exit.NO_PERMISSION)
+        return int(Exit.FAILURE)
+    return int(Exit.OK)
+
+
+def cmd_standby(args: argparse.Namespace) -> int:
+    """Ask the daemon to hand the service to the peer."""
+    return _command(args, {"cmd": "standby", "force": bool(args.force)})
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Ask the daemon to make this node active."""
+    return _command(args, {"cmd": "promote"})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,276 @@
+"""Watch the mirrored roots with watchdog (inotify) and turn events into dirty paths.
+
+Threads: watchdog's threads only `queue.put()` small records (`RawEvent`, `Overflow`,
+`RootGone`); the daemon's consumer turns them into relative paths with `paths_of` and feeds the
+planner and the journal.
+
+- The event filter subscribes to creations, modifications, attribute changes, deletions, moves and
+  close-after-write only: no open or close-nowrite events, so mirrord's own rsync reading the
+  tree makes no noise.
+- A rename records both paths (the old one is deleted on the peer by --delete-missing-args).
+  A directory that appears (created, or moved in) is walked: with --files-from rsync sends a
+  listed directory without its contents.
+- Inotify overflow: the kernel dropped events, and watchdog only logs it. A logging handler on
+  watchdog's inotify loggers turns that message into an `Overflow` record, and the daemon
+  schedules a full pass of every root (all watches share one inotify queue).
+- Watch budget: one inotify watch per directory; the directory count is checked against
+  /proc/sys/fs/inotify/max_user_watches at start and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from watchdog.events import (
+    DirAttribEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.inotify import InotifyObserver
+
+from mirrord.backups import BACKUP_DIR
+
+log = logging.getLogger(__name__)
+
+# The events that can change what the mirror must hold; open/close-nowrite are left out.
+EVENT_FILTER: Final[list[type[FileSystemEvent]]] = [
+    FileCreatedEvent, FileModifiedEvent, FileAttribEvent, FileDeletedEvent, FileMovedEvent,
+    FileClosedEvent, DirCreatedEvent, DirModifiedEvent, DirAttribEvent, DirDeletedEvent,
+    DirMovedEvent,
+]  # fmt: skip
+# watchdog's loggers that report a kernel queue overflow, and the text they use.
+OVERFLOW_LOGGERS: Final = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
+OVERFLOW_TEXT: Final = "Inotify queue overflowed"
+MAX_USER_WATCHES: Final = Path("/proc/sys/fs/inotify/max_user_watches")
+# Warn when the roots need more than this share of the per-user watch limit.
+WATCH_WARN_SHARE: Final = 0.8
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    """One watchdog event, as put on the queue by watchdog's thread."""
+
+    directory: str
+    # watchdog's event_type: created, modified, attrib, deleted, moved, closed.
+    kind: str
+    src: str
+    # The destination of a move ("" otherwise).
+    dest: str
+    is_dir: bool
+
+
+@dataclass(frozen=True)
+class Overflow:
+    """The kernel dropped events; None means every watched root is affected."""
+
+    directory: str | None
+
+
+@dataclass(frozen=True)
+class RootGone:
+    """A watched root itself was deleted or moved away; its watch has ended."""
+
+    directory: str
+
+
+Record = RawEvent | Overflow | RootGone
+
+
+class Sink(Protocol):
+    """Where watchdog's threads put records: a queue.Queue, or the daemon's loop bridge."""
+
+    def put(self, item: Any) -> None:
+        """Accept one record; called from watchdog's threads."""
+
+
+def relative(root: str, path: str) -> str | None:
+    """Return `path` relative to `root`, or None if outside it or in the backup area."""
+    if path == root:
+        return "."
+    prefix = root.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        return None
+    rel = path[len(prefix) :]
+    if rel == BACKUP_DIR or rel.startswith(BACKUP_DIR + "/"):
+        return None
+    return rel
+
+
+def _walk(root: str, rel: str) -> list[str]:
+    """Return `rel` and everything below it (relative), for a directory that appeared."""
+    out = [rel]
+    top = os.path.join(root, rel)
+    for dirpath, dirnames, filenames in os.walk(top):
+        base = os.path.relpath(dirpath, root)
+        out += [os.path.join(base, n) for n in (*dirnames, *filenames)]
+    return out
+
+
+def paths_of(ev: RawEvent, walk: bool = True) -> list[str]:
+    """Return the relative paths an event makes dirty (consumer side; may walk new dirs)."""
+    out: list[str] = []
+    src = relative(ev.directory, ev.src) if ev.src else None
+    if src is not None:
+        out.append(src)
+    if ev.kind == "moved" and ev.dest:
+        dest = relative(ev.directory, ev.dest)
+        if dest is not None:
+            out += _walk(ev.directory, dest) if ev.is_dir and walk else [dest]
+    elif ev.kind == "created" and ev.is_dir and walk and src is not None:
+        out = _walk(ev.directory, src)
+    return out
+
+
+def coalesce(events: Iterable[RawEvent], walk: bool = True) -> dict[str, set[str]]:
+    """Group events into per-directory sets of dirty relative paths."""
+    dirty: dict[str, set[str]] = {}
+    for ev in events:
+        paths = paths_of(ev, walk)
+        if paths:
+            dirty.setdefault(ev.directory, set()).update(paths)
+    return dirty
+
+
+class _Handler(FileSystemEventHandler):
+    """Runs in watchdog's thread: only builds a record and puts it on the queue."""
+
+    def __init__(self, directory: str, sink: Sink) -> None:
+        super().__init__()
+        self.directory = directory
+        self.sink = sink
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        src = os.fsdecode(event.src_path)
+        dest = os.fsdecode(event.dest_path)
+        if event.event_type == "deleted" and src == self.directory:
+            self.sink.put(RootGone(self.directory))
+            return
+        self.sink.put(RawEvent(self.directory, event.event_type, src, dest, event.is_directory))
+
+
+class OverflowDetector(logging.Handler):
+    """Turns watchdog's "Inotify queue overflowed" log message into an `Overflow` record."""
+
+    def __init__(self, sink: Sink) -> None:
+        super().__init__(level=logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if OVERFLOW_TEXT in str(record.msg):
+            self.sink.put(Overflow(None))
+
+    def attach(self) -> None:
+        """Listen on watchdog's inotify loggers (making sure warnings reach us)."""
+        for name in OVERFLOW_LOGGERS:
+            lg = logging.getLogger(name)
+            if not lg.isEnabledFor(logging.WARNING):
+                lg.setLevel(logging.WARNING)
+            lg.addHandler(self)
+
+    def detach(self) -> None:
+        """Stop listening."""
+        for name in OVERFLOW_LOGGERS:
+            logging.getLogger(name).removeHandler(self)
+
+
+@dataclass(frozen=True)
+class WatchBudget:
+    """The inotify watches the roots need, against the per-user limit."""
+
+    directories: int
+    limit: int | None
+    ok: bool
+    message: str
+
+
+def judge_watch_budget(directories: int, limit: int | None) -> WatchBudget:
+    """Decide whether `directories` watches fit under `limit` with room to spare."""
+    if limit is None:
+        return WatchBudget(directories, None, True, "watch.budget limit=unknown")
+    msg = f"watch.budget dirs={directories} max_user_watches={limit}"
+    if directories >= limit:
+        hint = " exceeded: raise fs.inotify.max_user_watches; unwatched roots get full passes"
+        return WatchBudget(directories, limit, False, msg + hint)
+    if directories >= limit * WATCH_WARN_SHARE:
+        return WatchBudget(directories, limit, True, msg + " nearly exhausted")
+    return WatchBudget(directories, limit, True, msg)
+
+
+def count_directories(roots: Sequence[str]) -> int:
+    """Count the directories below `roots` (one inotify watch each)."""
+    n = 0
+    for root in roots:
+        for _dirpath, dirnames, _files in os.walk(root):
+            n += 1
+            dirnames[:] = [d for d in dirnames if d != BACKUP_DIR]
+    return n
+
+
+def read_max_user_watches(path: Path = MAX_USER_WATCHES) -> int | None:
+    """Return the per-user inotify watch limit, or None if it cannot be read."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+class Watcher:
+    """One watchdog observer over all roots, feeding `sink`."""
+
+    def __init__(self, roots: Sequence[str], sink: Sink) -> None:
+        self.roots = list(roots)
+        self.sink = sink
+        self._observer = InotifyObserver()
+        self._detector = OverflowDetector(sink)
+        self._watches: dict[str, Any] = {}
+
+    def start(self) -> list[str]:
+        """Start watching; return the roots that could not be watched."""
+        # watchdog warns (RuntimeWarning, from its inotify thread) when `mkdir -p a/b` races its
+        # recursive watch set-up. Harmless, but under `-W error` the warning would end that
+        # thread and every change after it would go unseen.
+        warnings.filterwarnings(
+            "ignore", message="Callback with id .* already exists", category=RuntimeWarning
+        )
+        budget = judge_watch_budget(count_directories(self.roots), read_max_user_watches())
+        (log.info if budget.ok else log.error)(budget.message)
+        self._detector.attach()
+        self._observer.start()
+        return [r for r in self.roots if not self.watch(r)]
+
+    def watch(self, root: str) -> bool:
+        """(Re)schedule the watch of one root; return whether it is watched."""
+        old = self._watches.pop(root, None)
+        if old is not None:
+            self._observer.unschedule(old)
+        try:
+            self._watches[root] = self._observer.schedule(
+                _Handler(root, self.sink), root, recursive=True, event_filter=EVENT_FILTER
+            )
+        except OSError as exc:
+            log.error("watch.failed root=%s error=%s", root, exc)
+            return False
+        log.info("watch.started root=%s", root)
+        return True
+
+    def stop(self) -> None:
+        """Stop the observer and detach the overflow detector."""
+        self._detector.detach()
+        self._observer.stop()
+        self._observer.join(timeout=5)

@@ -1,0 +1,717 @@
+"""mirrord's daemon: the watcher, planner, journal, guard and transfer wired on one asyncio loop.
+
+Threads: watchdog's (inotify) and APScheduler's timers only put records on the loop's queue
+(`LoopSink.put`). One consumer coroutine applies every record: changes go to the journal (first,
+so they survive a crash) and to the planner; then it asks the planner which passes are due,
+starts each as a task (one rsync per directory at a time), and sets APScheduler's wake-up job to
+the planner's next deadline. A finished pass comes back as a record too, so the planner and the
+journal are only ever touched by the consumer.
+
+Files: the journal in the state dir; `mirrord.json` (status, rewritten atomically every second
+and after each pass) and `mirrord.sock` (control: sync requests, status) in the run dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from mirrord import guard, sdnotify
+from mirrord.changes import Overflow, RawEvent, RootGone, Watcher, coalesce
+from mirrord.journal import Journal
+from mirrord.planner import Cadence, PassKind, PassPlan, Planner, Result
+from mirrord.transfer import (
+    Peer,
+    TransferOptions,
+    TransferResult,
+    full_argv,
+    incremental_argv,
+    run_rsync,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_NAME: Final = "mirrord.json"
+SOCKET_NAME: Final = "mirrord.sock"
+LOCK_NAME: Final = "mirrord.lock"
+# Seconds between status file rewrites (`mirrord status` calls a file 3x older stale).
+STATUS_INTERVAL: Final = 1.0
+# Seconds between attempts to watch roots that are not watched (vanished, or no watch left).
+REWATCH_INTERVAL: Final = 5.0
+# Deleted paths a refused full pass names in its report.
+REPORT_PATHS: Final = 5
+# max_delete counts deletions over a sliding window, not per pass: an `rm -rf` of a large tree
+# arrives over several incremental passes, each of which would look small on its own. The
+# window is this many seconds, or twice the directory's max_interval if that is longer.
+DELETE_WINDOW: Final = 60.0
+
+
+class PolicyLike(Protocol):
+    """The fields of mirrord.policy.Policy the daemon uses."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def volatility(self) -> str: ...
+    @property
+    def interval(self) -> float: ...
+    @property
+    def min_interval(self) -> float: ...
+    @property
+    def max_interval(self) -> float: ...
+    @property
+    def exclude(self) -> tuple[str, ...]: ...
+    @property
+    def delete(self) -> bool: ...
+    @property
+    def max_delete_count(self) -> int | None: ...
+    @property
+    def max_delete_percent(self) -> float | None: ...
+    @property
+    def bwlimit(self) -> int: ...
+    @property
+    def verify_every(self) -> float: ...
+    @property
+    def verify_checksum(self) -> bool: ...
+    @property
+    def hard_links(self) -> bool: ...
+    @property
+    def acls(self) -> bool: ...
+    @property
+    def xattrs(self) -> bool: ...
+    @property
+    def sparse(self) -> bool: ...
+    @property
+    def max_duty(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class MirrorDir:
+    """One mirrored directory as the daemon needs it."""
+
+    # Absolute path, the same on both nodes.
+    root: str
+    # Volatility class, for status.
+    volatility: str
+    cadence: Cadence
+    # rsync options; max_delete is filled in per pass from the two limits below.
+    options: TransferOptions
+    # Guard: at most this many deletions per pass...
+    max_delete_count: int | None = None
+    # ...or this percentage of the tree.
+    max_delete_percent: float | None = None
+
+    def delete_limit(self, tree_size: int | None) -> int | None:
+        """Return the deletion limit for a tree of `tree_size` entries (None: no limit)."""
+        if self.max_delete_count is not None:
+            return self.max_delete_count
+        if self.max_delete_percent is not None:
+            return guard.resolve_max_delete(f"{self.max_delete_percent}%", tree_size)
+        return None
+
+
+def mirror_dir(policy: PolicyLike) -> MirrorDir:
+    """Build a MirrorDir from a mirror policy."""
+    return MirrorDir(
+        root=str(policy.path),
+        volatility=policy.volatility,
+        cadence=Cadence(
+            interval=policy.interval,
+            min_interval=policy.min_interval,
+            max_interval=policy.max_interval,
+            max_duty=policy.max_duty,
+            verify_every=policy.verify_every,
+        ),
+        options=TransferOptions(
+            excludes=policy.exclude,
+            delete=policy.delete,
+            bwlimit=policy.bwlimit,
+            hard_links=policy.hard_links,
+            acls=policy.acls,
+            xattrs=policy.xattrs,
+            sparse=policy.sparse,
+            verify_checksum=policy.verify_checksum,
+        ),
+        max_delete_count=policy.max_delete_count,
+        max_delete_percent=policy.max_delete_percent,
+    )
+
+
+# -- records on the consumer's queue -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tick:
+    """A timer fired: re-evaluate what is due."""
+
+
+@dataclass(frozen=True)
+class Rewatch:
+    """Try to watch the roots that are not watched."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Shut down cleanly."""
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    """`mirrord sync`: pass now (None: every directory); `reply` gets the results."""
+
+    directory: str | None
+    full: bool
+    reply: asyncio.Future[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class PassOutcome:
+    """How a pass (guard + rsync) ended."""
+
+    result: Result
+    detail: str
+    rc: int | None = None
+    changed: int = 0
+    deleted: int = 0
+    bytes_sent: int = 0
+    # Entries in the source tree (known from full passes).
+    files: int | None = None
+
+
+@dataclass(frozen=True)
+class PassDone:
+    """A pass task ended."""
+
+    plan: PassPlan
+    pass_id: int
+    mark: int
+    started: float
+    outcome: PassOutcome
+
+
+class LoopSink:
+    """Lets other threads put records on the loop's queue (the only thing they may do)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, q: asyncio.Queue[Any]) -> None:
+        self._loop = loop
+        self._q = q
+
+    def put(self, item: Any) -> None:
+        """Queue `item` from any thread."""
+        self._loop.call_soon_threadsafe(self._q.put_nowait, item)
+
+
+@dataclass
+class _LastPass:
+    kind: str = ""
+    result: str = ""
+    rc: int | None = None
+    detail: str = ""
+    changed: int = 0
+    deleted: int = 0
+    bytes_sent: int = 0
+
+
+@dataclass
+class _SyncWait:
+    """One `mirrord sync --wait`: answered when every requested directory has reported."""
+
+    future: asyncio.Future[dict[str, Any]]
+    pending: set[str]
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def write_json_atomic(path: Path, document: object) -> None:
+    """Write `document` to `path` through a temp file and a rename (readers never see half)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(document, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class DaemonError(Exception):
+    """The daemon cannot start (another instance runs, or a directory is unusable)."""
+
+
+class Daemon:
+    """One mirrord process: pushes every directory to the peer (or to a local destination)."""
+
+    def __init__(
+        self,
+        dirs: Sequence[MirrorDir],
+        *,
+        peer: Peer | None,
+        state_dir: Path,
+        run_dir: Path,
+        node: str = "",
+        local_dest: Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if peer is None and local_dest is None:
+            raise DaemonError("mirrord: need a peer or a local destination")
+        self.dirs = {d.root: d for d in dirs}
+        self.peer = peer
+        self.state_dir = state_dir
+        self.run_dir = run_dir
+        self.node = node
+        self.local_dest = local_dest
+        self.clock = clock
+        self.planner = Planner()
+        self.journal: Journal | None = None
+        self._q: asyncio.Queue[Any] = asyncio.Queue()
+        self._tasks: dict[str, tuple[asyncio.Task[PassDone], int]] = {}
+        self._last: dict[str, _LastPass] = {d: _LastPass() for d in self.dirs}
+        self._tree_size: dict[str, int | None] = dict.fromkeys(self.dirs)
+        self._expect_mount: dict[str, bool] = {}
+        self._deleted: dict[str, list[tuple[float, int]]] = {d: [] for d in self.dirs}
+        self._unwatched: set[str] = set()
+        self._waiters: dict[str, list[_SyncWait]] = {}
+        self._vouch: dict[str, str] = {}
+        self._stopping = False
+        self._started = 0.0
+        self._lock_fd: int | None = None
+        self._watcher: Watcher | None = None
+        self._scheduler: AsyncIOScheduler | None = None
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def _lock(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DaemonError(
+                f"mirrord: another mirrord holds {self.state_dir / LOCK_NAME}"
+            ) from None
+        self._lock_fd = fd
+
+    def _open_journal(self, now: float) -> Journal:
+        journal = Journal(self.state_dir)
+        for root, d in self.dirs.items():
+            vouch = journal.open_directory(root, now)
+            last_full = journal.last_full(root)
+            self._tree_size[root] = last_full.files if last_full else None
+            self.planner.add_directory(
+                root, d.cadence, now, last_full_ok=last_full.ended if last_full else None
+            )
+            self.planner.restore(root, journal.dirty(root))
+            self._vouch[root] = vouch.reason
+            if not vouch.vouched:
+                reason = f"startup: {vouch.reason}"
+                self.planner.need_full(root, reason, now)
+                # Persisted, so a clean stop before the full pass does not vouch next time.
+                journal.need_full(root, reason, now)
+            self._expect_mount[root] = os.path.ismount(root)
+        return journal
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT (or `stop()`), then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        self._lock()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        now = self.clock()
+        self._started = now
+        self.journal = self._open_journal(now)
+        sink = LoopSink(loop, self._q)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.info("reload.ignored hint=restart"))
+        self._watcher = Watcher(list(self.dirs), sink)
+        self._unwatched = set(await asyncio.to_thread(self._watcher.start))
+        for root in self._unwatched:
+            self.planner.need_full(root, "unwatched", now)
+        server = await asyncio.start_unix_server(self._serve, path=self.run_dir / SOCKET_NAME)
+        os.chmod(self.run_dir / SOCKET_NAME, 0o600)
+        self._scheduler = self._start_scheduler(loop, sink)
+        self._write_status()
+        sdnotify.notify("READY=1\nSTATUS=mirroring")
+        log.info("daemon.ready dirs=%d peer=%s", len(self.dirs), self.peer and self.peer.address)
+        try:
+            await self._consume()
+        finally:
+            await self._shutdown(server)
+
+    def _start_scheduler(self, loop: asyncio.AbstractEventLoop, sink: LoopSink) -> AsyncIOScheduler:
+        sched = AsyncIOScheduler(event_loop=loop, timezone=UTC)
+
+        # Coroutines run on the loop itself: a WATCHDOG=1 sent from here proves it turns.
+        async def status_job() -> None:
+            self._write_status()
+
+        async def rewatch_job() -> None:
+            sink.put(Rewatch())
+
+        async def watchdog_job() -> None:
+            sdnotify.notify("WATCHDOG=1")
+
+        sched.add_job(status_job, "interval", seconds=STATUS_INTERVAL, id="status")
+        sched.add_job(rewatch_job, "interval", seconds=REWATCH_INTERVAL, id="rewatch")
+        every = sdnotify.watchdog_interval()
+        if every:
+            sched.add_job(watchdog_job, "interval", seconds=every, id="watchdog")
+        sched.start()
+        return sched
+
+    def stop(self) -> None:
+        """Ask the daemon to shut down (signal handlers call this)."""
+        log.info("daemon.stopping")
+        self._stopping = True
+        self._q.put_nowait(Stop())
+
+    # -- the consumer ---------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        while not self._stopping:
+            batch = [await self._q.get()]
+            while not self._q.empty():
+                batch.append(self._q.get_nowait())
+            self._apply(batch)
+            if self._stopping:
+                break
+            self._start_due()
+            self._set_wake()
+
+    def _apply(self, batch: list[Any]) -> None:
+        """Apply records: changes reach the journal before anything else happens."""
+        assert self.journal is not None
+        now = self.clock()
+        events = [r for r in batch if isinstance(r, RawEvent)]
+        for root, paths in coalesce(events).items():
+            self.journal.record_changes(root, paths, now)
+            self.planner.changes(root, paths, now)
+        for rec in batch:
+            if isinstance(rec, Overflow):
+                # One inotify queue serves every watch: all roots lost events.
+                for root in self.dirs:
+                    self._need_full(root, "overflow", now)
+            elif isinstance(rec, RootGone):
+                self._unwatched.add(rec.directory)
+                self._need_full(rec.directory, "root vanished", now)
+            elif isinstance(rec, Rewatch):
+                self._rewatch(now)
+            elif isinstance(rec, SyncRequest):
+                self._request(rec, now)
+            elif isinstance(rec, PassDone):
+                self._finish(rec, now)
+
+    def _need_full(self, root: str, reason: str, now: float) -> None:
+        assert self.journal is not None
+        self.planner.need_full(root, reason, now)
+        self.journal.need_full(root, reason, now)
+
+    def _rewatch(self, now: float) -> None:
+        assert self._watcher is not None
+        for root in sorted(self._unwatched):
+            if os.path.isdir(root) and self._watcher.watch(root):
+                self._unwatched.discard(root)
+                self._need_full(root, "watch restored", now)
+            elif not self.planner.is_running(root):
+                # No inotify here: poll with full passes, spaced by the planner.
+                self.planner.need_full(root, "unwatched", now)
+
+    def _request(self, req: SyncRequest, now: float) -> None:
+        roots = [req.directory] if req.directory else list(self.dirs)
+        for root in roots:
+            self.planner.request(root, now, full=req.full)
+        if req.reply is not None:
+            wait = _SyncWait(req.reply, set(roots))
+            for root in roots:
+                self._waiters.setdefault(root, []).append(wait)
+            # Directories with nothing to send are answered once `_start_due` has run.
+            asyncio.get_running_loop().call_soon(self._answer_idle, roots)
+
+    def _answer_idle(self, roots: list[str]) -> None:
+        for root in roots:
+            if root not in self._tasks:
+                self._resolve(root, {"result": "in sync", "detail": "nothing to send"})
+
+    def _resolve(self, root: str, entry: dict[str, Any]) -> None:
+        for wait in self._waiters.pop(root, []):
+            wait.pending.discard(root)
+            wait.results[root] = entry
+            if not wait.pending and not wait.future.done():
+                wait.future.set_result(wait.results)
+
+    def _start_due(self) -> None:
+        assert self.journal is not None
+        now = self.clock()
+        for plan in self.planner.due(now):
+            d = self.dirs[plan.directory]
+            self.planner.pass_started(plan, now)
+            mark = self.journal.mark()
+            pass_id = self.journal.pass_started(d.root, plan.kind.value, plan.reason, now)
+            log.info(
+                "pass.start dir=%s kind=%s reason=%s paths=%d",
+                d.root, plan.kind.value, plan.reason, len(plan.paths),
+            )  # fmt: skip
+            task = asyncio.ensure_future(self._pass(d, plan, pass_id, mark, now))
+            task.add_done_callback(self._pass_ended)
+            self._tasks[d.root] = (task, pass_id)
+
+    def _pass_ended(self, task: asyncio.Task[PassDone]) -> None:
+        if not task.cancelled():
+            self._q.put_nowait(task.result())
+
+    async def _pass(
+        self, d: MirrorDir, plan: PassPlan, pass_id: int, mark: int, started: float
+    ) -> PassDone:
+        try:
+            outcome = await self._execute(d, plan, started)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # rsync could not start, or a bug: the snapshot must go back, never get lost.
+            log.exception("pass.crashed dir=%s", d.root)
+            outcome = PassOutcome(Result.RETRY, f"pass crashed: {exc!r}")
+        return PassDone(plan, pass_id, mark, started, outcome)
+
+    def _recently_deleted(self, d: MirrorDir, now: float) -> int:
+        """Return the deletions this directory's passes made within the window."""
+        window = max(DELETE_WINDOW, 2 * d.cadence.max_interval)
+        recent = [(t, n) for t, n in self._deleted[d.root] if t >= now - window]
+        self._deleted[d.root] = recent
+        return sum(n for _t, n in recent)
+
+    @staticmethod
+    def _room(limit: int | None, already: int) -> int | None:
+        """Return rsync's --max-delete for a pass: what the window has left."""
+        return None if limit is None else max(0, limit - already)
+
+    def _dest(self, root: str) -> str | None:
+        if self.local_dest is None:
+            return None
+        dest = self.local_dest / root.lstrip("/")
+        dest.mkdir(parents=True, exist_ok=True)
+        return str(dest)
+
+    async def _execute(self, d: MirrorDir, plan: PassPlan, now: float) -> PassOutcome:
+        facts = await asyncio.to_thread(guard.inspect_root, d.root)
+        verdict = guard.judge_root(d.root, facts, self._expect_mount.get(d.root, False))
+        if not verdict.ok:
+            log.warning("guard.refused dir=%s reason=%s", d.root, verdict.reason)
+            return PassOutcome(Result.ALARM, verdict.reason)
+        dest = self._dest(d.root)
+        limit_known = d.max_delete_count is not None or d.max_delete_percent is not None
+        full = plan.kind is PassKind.FULL
+        if not full and d.options.hard_links:
+            # rsync -H links only names that are both in its file list: a new link to an
+            # old file would arrive as a copy. A whole-tree pass sees every name.
+            full = await asyncio.to_thread(guard.any_hard_linked, d.root, plan.paths)
+            if full:
+                log.info("pass.upgraded dir=%s kind=full reason=hard links", d.root)
+        already = self._recently_deleted(d, now)
+        if full:
+            limit = d.delete_limit(self._tree_size.get(d.root))
+            if d.options.delete and limit_known:
+                dry = await run_rsync(
+                    full_argv(d.root, self.peer, d.options, now, dry_run=True, dest=dest),
+                    keep_deleted=REPORT_PATHS,
+                )
+                if dry.outcome.result is not Result.OK:
+                    return self._outcome(dry, "dry run: ")
+                limit = d.delete_limit(dry.stats.files)
+                verdict = guard.judge_deletions(d.root, dry.stats.deleted + already, limit)
+                if not verdict.ok:
+                    sample = ", ".join(dry.stats.deleted_paths)
+                    log.warning("guard.refused dir=%s reason=%s", d.root, verdict.reason)
+                    return PassOutcome(Result.ALARM, f"{verdict.reason}; e.g. {sample}")
+            opts = replace(d.options, max_delete=self._room(limit, already))
+            res = await run_rsync(
+                full_argv(d.root, self.peer, opts, now, audit=plan.audit, dest=dest)
+            )
+            return self._outcome(res)
+        limit = d.delete_limit(self._tree_size.get(d.root))
+        if d.options.delete and limit is not None:
+            missing = await asyncio.to_thread(guard.count_missing, d.root, plan.paths)
+            verdict = guard.judge_deletions(d.root, missing + already, limit)
+            if not verdict.ok:
+                log.warning("guard.refused dir=%s reason=%s", d.root, verdict.reason)
+                return PassOutcome(Result.ALARM, verdict.reason)
+        opts = replace(d.options, max_delete=self._room(limit, already))
+        res = await run_rsync(
+            incremental_argv(d.root, self.peer, opts, now, dest=dest), sorted(plan.paths)
+        )
+        return self._outcome(res)
+
+    @staticmethod
+    def _outcome(res: TransferResult, prefix: str = "") -> PassOutcome:
+        detail = res.outcome.reason
+        if res.rc != 0 and res.stderr:
+            detail += ": " + res.stderr.splitlines()[-1]
+        return PassOutcome(
+            result=res.outcome.result,
+            detail=prefix + detail,
+            rc=res.rc,
+            changed=res.stats.changed,
+            deleted=res.stats.deleted,
+            bytes_sent=res.stats.bytes_sent,
+            files=res.stats.files or None,
+        )
+
+    def _finish(self, done: PassDone, now: float) -> None:
+        assert self.journal is not None
+        plan, out = done.plan, done.outcome
+        root = plan.directory
+        self._tasks.pop(root, None)
+        self.planner.pass_finished(root, out.result, now, detail=out.detail)
+        self.journal.pass_finished(
+            done.pass_id, now, out.result.value,
+            rc=out.rc, files=out.files, nbytes=out.bytes_sent, detail=out.detail,
+        )  # fmt: skip
+        if out.deleted:
+            self._deleted[root].append((now, out.deleted))
+        if out.result is Result.OK:
+            self.journal.clear_synced(root, plan.paths, done.mark)
+            if plan.kind is PassKind.FULL:
+                self.journal.full_done(root, done.started, now)
+                self._tree_size[root] = out.files
+        self._last[root] = _LastPass(
+            kind=plan.kind.value, result=out.result.value, rc=out.rc, detail=out.detail,
+            changed=out.changed, deleted=out.deleted, bytes_sent=out.bytes_sent,
+        )  # fmt: skip
+        log.info(
+            "pass.end dir=%s kind=%s result=%s rc=%s changed=%d deleted=%d duration=%.3f "
+            "detail=%s",
+            root, plan.kind.value, out.result.value, out.rc, out.changed, out.deleted,
+            now - done.started, out.detail,
+        )  # fmt: skip
+        self._resolve(root, {"result": out.result.value, "kind": plan.kind.value,
+                             "rc": out.rc, "detail": out.detail})  # fmt: skip
+        self._write_status()
+
+    def _set_wake(self) -> None:
+        if self._scheduler is None:
+            return
+        deadline = self.planner.next_deadline()
+        if deadline is None:
+            if self._scheduler.get_job("wake"):
+                self._scheduler.remove_job("wake")
+            return
+
+        async def wake() -> None:
+            self._q.put_nowait(Tick())
+
+        at = datetime.fromtimestamp(max(deadline, self.clock()), UTC)
+        self._scheduler.add_job(
+            wake, "date", run_date=at, id="wake", replace_existing=True,
+            misfire_grace_time=None, coalesce=True,
+        )  # fmt: skip
+
+    # -- status and control ---------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Return the status document (`mirrord status --json` prints it)."""
+        now = self.clock()
+        dirs = []
+        for root, d in self.dirs.items():
+            st = asdict(self.planner.status(root, now))
+            st.update(
+                {
+                    "class": d.volatility,
+                    "watched": root not in self._unwatched,
+                    "startup": self._vouch.get(root, ""),
+                    "last": asdict(self._last[root]),
+                }
+            )
+            dirs.append(st)
+        return {
+            "pid": os.getpid(),
+            "node": self.node,
+            "peer": None if self.peer is None else self.peer.target("").rstrip(":/"),
+            "started": self._started,
+            "updated": now,
+            "status_interval": STATUS_INTERVAL,
+            "stopped": self._stopping,
+            "directories": dirs,
+        }
+
+    def _write_status(self) -> None:
+        try:
+            write_json_atomic(self.run_dir / STATUS_NAME, self.status())
+        except OSError as exc:
+            log.warning("status.write_failed error=%s", exc)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            req = json.loads(line or b"{}")
+            cmd = req.get("cmd")
+            if cmd == "status":
+                reply: dict[str, Any] = self.status()
+            elif cmd == "sync":
+                directory = req.get("directory")
+                if directory is not None and directory.rstrip("/") not in self.dirs:
+                    reply = {"error": f"not a mirrored directory: {directory}"}
+                else:
+                    fut: asyncio.Future[dict[str, Any]] | None = None
+                    if req.get("wait"):
+                        fut = asyncio.get_running_loop().create_future()
+                    self._q.put_nowait(
+                        SyncRequest(directory and directory.rstrip("/"), bool(req.get("full")), fut)
+                    )
+                    reply = {"results": await fut} if fut is not None else {"queued": True}
+            else:
+                reply = {"error": f"unknown command: {cmd!r}"}
+        except (ValueError, AttributeError) as exc:
+            reply = {"error": f"bad request: {exc}"}
+        with contextlib.suppress(ConnectionError):
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+            writer.close()
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def _shutdown(self, server: asyncio.Server) -> None:
+        self._stopping = True
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        server.close()
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.stop)
+        now = self.clock()
+        for root, (task, pass_id) in list(self._tasks.items()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            assert self.journal is not None
+            self.journal.pass_finished(pass_id, now, "interrupted", detail="mirrord stopped")
+            log.info("pass.interrupted dir=%s", root)
+        self._tasks.clear()
+        # Whatever the watcher queued before it stopped still goes into the journal.
+        leftovers = []
+        while not self._q.empty():
+            leftovers.append(self._q.get_nowait())
+        self._apply([r for r in leftovers if isinstance(r, RawEvent | Overflow | RootGone)])
+        for root in list(self._waiters):
+            self._resolve(root, {"result": "stopped"})
+        assert self.journal is not None
+        self.journal.close_clean(list(self.dirs), self.clock())
+        self.journal.close()
+        self._write_status()
+        with contextlib.suppress(OSError):
+            os.unlink(self.run_dir / SOCKET_NAME)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+        sdnotify.notify("STOPPING=1")
+        log.info("daemon.stopped")

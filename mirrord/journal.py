@@ -1,0 +1,271 @@
+"""Durable mirror state in sqlite: the dirty set, the pass history, and the vouch marker.
+
+One database file in the state directory (`mirrord.journal`), in WAL mode, written only by the
+daemon's consumer. A change is committed before the pass that covers it can start, so a mirrord
+killed at any moment restarts with every change it had accepted still dirty.
+
+Every recorded change gets a sequence number. A pass takes a `mark` (the highest sequence so far)
+together with its snapshot; when the pass succeeds, exactly the snapshot's rows with a sequence
+at or below the mark are deleted. A path changed again while the pass ran has a newer sequence
+and stays dirty.
+
+The vouch marker says whether the journal can speak for a directory at start-up: it cannot when
+the directory is new to it, when the last run did not shut down cleanly (events between inotify
+and the journal were lost with the process), or when a full pass was owed (an overflow) and never
+completed. Such a directory gets one full pass. Changes made while mirrord is stopped are not
+seen by anyone: after maintenance with mirrord stopped, run `mirrord sync --full`; the
+`verify_every` audit catches them otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+log = logging.getLogger(__name__)
+
+JOURNAL_NAME: Final = "mirrord.journal"
+# Pass records kept per directory; older ones are pruned as new ones are added.
+HISTORY_KEEP: Final = 1000
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS dirty (
+    directory  TEXT NOT NULL,
+    path       BLOB NOT NULL,   -- os.fsencode(): file names need not be UTF-8
+    first_seen REAL NOT NULL,
+    seq        INTEGER NOT NULL,
+    PRIMARY KEY (directory, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dirs (
+    directory   TEXT PRIMARY KEY,
+    state       TEXT NOT NULL,   -- 'running' while a daemon owns it, 'clean' after shutdown
+    full_reason TEXT,            -- a full pass is owed, and why
+    full_since  REAL,
+    updated     REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS passes (
+    id        INTEGER PRIMARY KEY,
+    directory TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    reason    TEXT NOT NULL,
+    started   REAL NOT NULL,
+    ended     REAL,
+    result    TEXT,
+    rc        INTEGER,
+    files     INTEGER,
+    bytes     INTEGER,
+    detail    TEXT
+);
+CREATE INDEX IF NOT EXISTS passes_dir ON passes (directory, id);
+"""
+
+
+class JournalError(Exception):
+    """The journal file cannot be opened or used."""
+
+
+@dataclass(frozen=True)
+class Vouch:
+    """Whether the journal can speak for a directory at start-up."""
+
+    vouched: bool
+    # Why not (or "clean shutdown"), for the log and `mirrord status`.
+    reason: str
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """One row of the pass history."""
+
+    id: int
+    directory: str
+    kind: str
+    reason: str
+    started: float
+    ended: float | None
+    result: str | None
+    rc: int | None
+    files: int | None
+    bytes: int | None
+    detail: str | None
+
+
+class Journal:
+    """The sqlite journal; one instance per daemon, used from one thread."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / JOURNAL_NAME
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a crash of the process (what we guard against);
+            # only a power loss may drop the last transactions.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"{self.path}: cannot open journal: {exc}") from exc
+        row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM dirty").fetchone()
+        self._seq: int = int(row[0])
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    # -- vouch marker --------------------------------------------------------------------
+
+    def open_directory(self, directory: str, now: float) -> Vouch:
+        """Read the marker left by the last run and claim the directory for this one."""
+        row = self._db.execute(
+            "SELECT state, full_reason FROM dirs WHERE directory = ?", (directory,)
+        ).fetchone()
+        if row is None:
+            vouch = Vouch(False, "journal is new for this directory")
+        elif row[1] is not None:
+            vouch = Vouch(False, f"full pass owed since last run: {row[1]}")
+        elif row[0] != "clean":
+            vouch = Vouch(False, "last run did not shut down cleanly")
+        else:
+            vouch = Vouch(True, "clean shutdown")
+        with self._db:
+            self._db.execute(
+                "INSERT INTO dirs (directory, state, updated) VALUES (?, 'running', ?) "
+                "ON CONFLICT (directory) DO UPDATE SET state = 'running', updated = ?",
+                (directory, now, now),
+            )
+            # Passes a crash interrupted stay in the history as such.
+            self._db.execute(
+                "UPDATE passes SET result = 'interrupted' WHERE directory = ? AND ended IS NULL",
+                (directory,),
+            )
+        log.info("journal.open dir=%s vouched=%s reason=%s", directory, vouch.vouched, vouch.reason)
+        return vouch
+
+    def need_full(self, directory: str, reason: str, now: float) -> None:
+        """Persist that a full pass is owed (it survives a restart until one succeeds)."""
+        with self._db:
+            self._db.execute(
+                "UPDATE dirs SET full_reason = COALESCE(full_reason, ?), "
+                "full_since = COALESCE(full_since, ?), updated = ? WHERE directory = ?",
+                (reason, now, now, directory),
+            )
+
+    def full_done(self, directory: str, started: float, now: float) -> None:
+        """Clear the owed full pass, unless a new need arose after the pass started."""
+        with self._db:
+            self._db.execute(
+                "UPDATE dirs SET full_reason = NULL, full_since = NULL, updated = ? "
+                "WHERE directory = ? AND (full_since IS NULL OR full_since <= ?)",
+                (now, directory, started),
+            )
+
+    def close_clean(self, directories: Iterable[str], now: float) -> None:
+        """Record a clean shutdown: every accepted change is in the journal."""
+        with self._db:
+            self._db.executemany(
+                "UPDATE dirs SET state = 'clean', updated = ? WHERE directory = ?",
+                [(now, d) for d in directories],
+            )
+
+    # -- dirty set -----------------------------------------------------------------------
+
+    def record_changes(self, directory: str, paths: Iterable[str], now: float) -> int:
+        """Insert changed paths (keeping each one's first-change time); return the new mark."""
+        rows = []
+        for p in paths:
+            self._seq += 1
+            rows.append((directory, os.fsencode(p), now, self._seq))
+        if rows:
+            with self._db:
+                self._db.executemany(
+                    "INSERT INTO dirty (directory, path, first_seen, seq) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (directory, path) DO UPDATE SET seq = excluded.seq",
+                    rows,
+                )
+        return self._seq
+
+    def mark(self) -> int:
+        """Return the current sequence mark; take it together with a pass's snapshot."""
+        return self._seq
+
+    def dirty(self, directory: str) -> dict[str, float]:
+        """Return the journaled dirty paths of `directory` with their first-change times."""
+        cur = self._db.execute(
+            "SELECT path, first_seen FROM dirty WHERE directory = ?", (directory,)
+        )
+        return {os.fsdecode(p): float(t) for p, t in cur}
+
+    def clear_synced(self, directory: str, paths: Iterable[str], mark: int) -> int:
+        """Delete exactly the synced snapshot: `paths` not changed again after `mark`."""
+        with self._db:
+            cur = self._db.executemany(
+                "DELETE FROM dirty WHERE directory = ? AND path = ? AND seq <= ?",
+                [(directory, os.fsencode(p), mark) for p in paths],
+            )
+        return cur.rowcount
+
+    # -- pass history --------------------------------------------------------------------
+
+    def pass_started(self, directory: str, kind: str, reason: str, now: float) -> int:
+        """Record the start of a pass; return its id."""
+        with self._db:
+            cur = self._db.execute(
+                "INSERT INTO passes (directory, kind, reason, started) VALUES (?, ?, ?, ?)",
+                (directory, kind, reason, now),
+            )
+            self._db.execute(
+                "DELETE FROM passes WHERE directory = ? AND id <= ("
+                "SELECT id FROM passes WHERE directory = ? ORDER BY id DESC "
+                "LIMIT 1 OFFSET ?)",
+                (directory, directory, HISTORY_KEEP),
+            )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def pass_finished(
+        self,
+        pass_id: int,
+        now: float,
+        result: str,
+        *,
+        rc: int | None = None,
+        files: int | None = None,
+        nbytes: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Record how a pass ended."""
+        with self._db:
+            self._db.execute(
+                "UPDATE passes SET ended = ?, result = ?, rc = ?, files = ?, bytes = ?, "
+                "detail = ? WHERE id = ?",
+                (now, result, rc, files, nbytes, detail, pass_id),
+            )
+
+    def history(self, directory: str, limit: int = 20) -> list[PassRecord]:
+        """Return the latest passes of `directory`, newest first."""
+        cur = self._db.execute(
+            "SELECT id, directory, kind, reason, started, ended, result, rc, files, bytes, "
+            "detail FROM passes WHERE directory = ? ORDER BY id DESC LIMIT ?",
+            (directory, limit),
+        )
+        return [PassRecord(*row) for row in cur]
+
+    def last_full(self, directory: str) -> PassRecord | None:
+        """Return the last successful full pass of `directory` (its end and tree size)."""
+        row = self._db.execute(
+            "SELECT id, directory, kind, reason, started, ended, result, rc, files, bytes, "
+            "detail FROM passes WHERE directory = ? AND kind = 'full' AND result = 'ok' "
+            "ORDER BY id DESC LIMIT 1",
+            (directory,),
+        ).fetchone()
+        return None if row is None else PassRecord(*row)
+
+    def last_full_ok(self, directory: str) -> float | None:
+        """Return when the last successful full pass of `directory` ended, if any."""
+        rec = self.last_full(directory)
+        return None if rec is None else rec.ended

@@ -1,0 +1,131 @@
+"""The receiving side: a forced ssh command that lets the peer's mirrord write only the roots.
+
+`mirrord authorize` prints the authorized_keys line for the mirroring account:
+
+    restrict,command="python3 -m mirrord.receive --retention 604800 --root /var/mail ..." KEY
+
+sshd then runs it for every connection with that key, whatever the client asked.
+It reads the rsync server command from $SSH_ORIGINAL_COMMAND, checks that the destination is
+exactly one of the mirrored roots, prunes that root's backup area (what passes overwrote or
+deleted, kept for the retention), and execs Debian's rrsync write-only, confined to that root.
+rrsync validates every rsync option and path; we only choose which root it is confined to.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from typing import Final
+
+# Imports are kept to the minimum: this runs for every pass, before rrsync, on the receiver
+# (no logging: stderr reaches the sending rsync, whose log shows it).
+
+RRSYNC: Final = "/usr/bin/rrsync"
+# Prune a root's backup area at most this often (seconds), not on every pass.
+PRUNE_EVERY: Final = 3600.0
+PRUNE_STAMP: Final = ".pruned"
+
+
+class ReceiveError(Exception):
+    """The connection asked for something the key does not allow."""
+
+
+def pick_root(command: str, roots: Sequence[str]) -> str:
+    """Return the root the rsync server command writes to, or raise ReceiveError."""
+    argv = shlex.split(command)
+    if argv[:2] != ["rsync", "--server"]:
+        raise ReceiveError("receive: only an rsync server command is allowed")
+    if "--sender" in argv:
+        raise ReceiveError("receive: the mirror account may only write, not read")
+    dest = os.path.normpath(argv[-1]) if argv[-1] else ""
+    for root in roots:
+        if dest == os.path.normpath(root):
+            return root
+    raise ReceiveError(f"receive: {argv[-1]!r} is not a mirrored root")
+
+
+def receive(roots: Sequence[str], retention: float, rrsync: str = RRSYNC) -> int:
+    """Run as the forced command: check, prune, then exec rrsync (returns only on refusal)."""
+    command = os.environ.get("SSH_ORIGINAL_COMMAND", "")
+    if command == "true":
+        return 0  # `ssh peer true`: a connectivity check
+    try:
+        root = pick_root(command, roots)
+    except (ReceiveError, ValueError) as exc:
+        print(f"mirrord: error: {exc}", file=sys.stderr)
+        return 1
+    if not os.path.isdir(root):
+        # Never create it: on a standby whose disk failed to mount, that would fill the
+        # wrong file system. The operator creates each root on both nodes.
+        print(f"mirrord: error: receive: {root} does not exist on this node", file=sys.stderr)
+        return 1
+    if retention > 0:
+        maybe_prune(root, retention, time.time())
+    # -wo: write only; -absolute: the client names the root by its absolute path.
+    os.execv(rrsync, [rrsync, "-wo", "-absolute", root])
+    return 1  # not reached
+
+
+def maybe_prune(root: str, retention: float, now: float) -> bool:
+    """Prune the backup area if the last pruning is older than PRUNE_EVERY; return whether."""
+    from mirrord.backups import BACKUP_DIR, prune_backups  # noqa: PLC0415  rarely needed
+
+    stamp = os.path.join(root, BACKUP_DIR, PRUNE_STAMP)
+    try:
+        if now - os.stat(stamp).st_mtime < PRUNE_EVERY:
+            return False
+    except FileNotFoundError:
+        pass
+    prune_backups(root, retention, now)
+    if os.path.isdir(os.path.dirname(stamp)):
+        with open(stamp, "w"):
+            pass
+    return True
+
+
+def authorized_keys_line(
+    public_key: str, roots: Sequence[str], retention: float, command: Sequence[str]
+) -> str:
+    """Return the authorized_keys line restricting `public_key` to receiving the roots."""
+    argv = [*command, "--retention", str(int(retention))]
+    for root in roots:
+        argv += ["--root", root]
+    forced = shlex.join(argv).replace('"', '\\"')
+    return f'restrict,command="{forced}" {public_key.strip()}'
+
+
+def parse_args(argv: Sequence[str]) -> tuple[list[str], float]:
+    """Parse `--root R` (repeatable) and `--retention SECONDS` (argparse costs a start-up)."""
+    roots: list[str] = []
+    retention = 7 * 86400.0
+    it = iter(argv)
+    for arg in it:
+        value = next(it, None)
+        if value is None or arg not in ("--root", "--retention"):
+            raise ReceiveError(
+                f"receive: usage: --root DIR [--root DIR] [--retention S], got {arg}"
+            )
+        if arg == "--root":
+            roots.append(value.rstrip("/") or "/")
+        else:
+            retention = float(value)
+    if not roots:
+        raise ReceiveError("receive: at least one --root is required")
+    return roots, retention
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python3 -m mirrord.receive --root R [--root R2] [--retention SECONDS]`."""
+    try:
+        roots, retention = parse_args(sys.argv[1:] if argv is None else argv)
+    except (ReceiveError, ValueError) as exc:
+        print(f"mirrord: error: {exc}", file=sys.stderr)
+        return 2
+    return receive(roots, retention)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

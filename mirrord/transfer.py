@@ -1,0 +1,371 @@
+"""rsync passes: command lines, running them, exit-code classes, and their counts.
+
+An incremental pass sends exactly the snapshot of dirty paths:
+
+    rsync -a --files-from=- --from0 --relative --delete-missing-args --force ...
+
+(`-a` does not recurse with --files-from, so a listed directory carries only itself; the change
+tracker lists the contents of directories that appear. A listed path that vanished is deleted on
+the peer thanks to --delete-missing-args, and --force lets that remove a non-empty directory.)
+A full pass is `rsync -a --delete` over the whole root, with `--checksum` for audits.
+
+On the receiving side, whatever a pass overwrites or deletes is kept under
+`<root>/.hapair-backup/<UTC hour>/` with a per-pass suffix: the backup dir is relative (so rrsync
+accepts it), excluded from every pass (an excluded path is never deleted by --delete), and pruned
+by the receiving side (`mirrord receive`) after the backup retention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import re
+import shlex
+import signal
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from mirrord.backups import BACKUP_DIR, backup_args
+from mirrord.planner import Result
+
+log = logging.getLogger(__name__)
+
+# How much of rsync's stderr a result keeps for the log and the journal.
+STDERR_KEEP: Final = 4000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an rsync exit code means for the pass."""
+
+    result: Result
+    reason: str
+
+
+# After lsyncd's rsyncExitCodes: each row says why it is classed the way it is.
+RSYNC_OUTCOME: Final[dict[int, Outcome]] = {
+    0: Outcome(Result.OK, "success"),
+    1: Outcome(
+        Result.ALARM,
+        "syntax or usage error: our command line or the peer's rrsync refused an option",
+    ),
+    2: Outcome(Result.ALARM, "protocol incompatibility: the peer's rsync must be upgraded"),
+    3: Outcome(
+        Result.ALARM, "errors selecting input/output files: the root is missing on one side"
+    ),
+    4: Outcome(
+        Result.ALARM, "action not supported: e.g. -A/-X on a file system without ACLs/xattrs"
+    ),
+    5: Outcome(
+        Result.RETRY, "error starting the client-server protocol: the peer side did not come up"
+    ),
+    6: Outcome(Result.ALARM, "daemon unable to append to log file"),
+    10: Outcome(Result.RETRY, "socket I/O error: the connection dropped; resend the snapshot"),
+    11: Outcome(
+        Result.RETRY, "file I/O error (e.g. peer disk full); resend, escalate if it persists"
+    ),
+    12: Outcome(
+        Result.RETRY, "protocol data stream error: usually the connection dropped mid-pass"
+    ),
+    13: Outcome(Result.ALARM, "errors with program diagnostics"),
+    14: Outcome(Result.RETRY, "IPC error"),
+    20: Outcome(Result.RETRY, "rsync was interrupted (SIGINT/SIGUSR1): we were stopping"),
+    21: Outcome(Result.RETRY, "waitpid() error"),
+    22: Outcome(Result.RETRY, "could not allocate memory buffers"),
+    # We cannot tell which listed file failed, so the whole snapshot goes back; the planner's
+    # consecutive-failure count turns a file that always fails (unreadable) into an alarm.
+    23: Outcome(Result.RETRY, "partial transfer due to error: the snapshot is resent"),
+    # A file vanished between rsync's file list and its transfer: the watcher saw it vanish,
+    # so it is dirty again and the next pass propagates the deletion (--delete-missing-args).
+    24: Outcome(Result.OK, "some source files vanished during the pass: already dirty again"),
+    25: Outcome(Result.ALARM, "--max-delete stopped deletions: an operator must look"),
+    30: Outcome(Result.RETRY, "timeout in data send/receive"),
+    35: Outcome(Result.RETRY, "timeout waiting for the daemon connection"),
+    # ssh itself failed: peer down, network cut, or (persistently) authentication.
+    255: Outcome(Result.RETRY, "ssh failed: peer unreachable or connection refused"),
+}
+
+
+def classify(rc: int) -> Outcome:
+    """Return the outcome of rsync exit code `rc` (killed or unknown codes included)."""
+    if rc in RSYNC_OUTCOME:
+        return RSYNC_OUTCOME[rc]
+    if rc < 0:
+        return Outcome(Result.RETRY, f"rsync killed by signal {-rc}")
+    return Outcome(Result.ALARM, f"unknown rsync exit code {rc}")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where and how to reach the receiving node."""
+
+    # Account on the peer (its authorized_keys restricts it to the roots).
+    user: str
+    # The peer's mirror_address.
+    address: str
+    port: int = 22
+    # Private key file; None uses ssh's defaults.
+    key: str | None = None
+    # ssh ControlPath of the one persistent connection per peer.
+    control_path: str | None = None
+    # How long the master connection outlives its last pass.
+    control_persist: str = "10m"
+    # Extra ssh options (e.g. "-o", "UserKnownHostsFile=...").
+    ssh_options: tuple[str, ...] = ()
+    # Seconds of I/O silence after which rsync gives up (rc 30).
+    io_timeout: int = 60
+
+    def ssh_argv(self) -> list[str]:
+        """Return the ssh command rsync runs (`-e`)."""
+        argv = [
+            "ssh", "-p", str(self.port),
+            "-o", "BatchMode=yes",
+            "-o", "ConnectTimeout=10",
+            "-o", "ServerAliveInterval=5",
+            "-o", "ServerAliveCountMax=3",
+        ]  # fmt: skip
+        if self.key:
+            argv += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
+        if self.control_path:
+            argv += [
+                "-o", "ControlMaster=auto",
+                "-o", f"ControlPath={self.control_path}",
+                "-o", f"ControlPersist={self.control_persist}",
+            ]  # fmt: skip
+        return argv + list(self.ssh_options)
+
+    def target(self, root: str) -> str:
+        """Return the rsync destination for `root` (the same absolute path on the peer)."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.user}@{host}:{root.rstrip('/')}/"
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    """rsync options of one directory (built from its mirror policy)."""
+
+    # rsync exclude patterns from the policy.
+    excludes: tuple[str, ...] = ()
+    # Propagate deletions (--delete / --delete-missing-args).
+    delete: bool = True
+    # Backstop for the guard: rsync stops deleting after this many (exit 25). None: no limit.
+    max_delete: int | None = None
+    # KiB/s; 0 means no limit.
+    bwlimit: int = 0
+    hard_links: bool = False
+    acls: bool = False
+    xattrs: bool = False
+    sparse: bool = False
+    # Audit passes compare content by checksum, not size and mtime.
+    verify_checksum: bool = False
+    # Update large files in place on incremental passes (1 GiB with 1 MiB changed: 1.1 s vs
+    # 3.5 s); the --backup copy is made before the update, so nothing is lost if a pass dies.
+    inplace: bool = True
+    # Keep overwritten/deleted files on the receiver under BACKUP_DIR.
+    backup: bool = True
+
+
+def _common(opts: TransferOptions, now: float) -> list[str]:
+    argv = ["-a", "--numeric-ids", "--itemize-changes", "--stats"]
+    if opts.hard_links:
+        argv.append("-H")
+    if opts.acls:
+        argv.append("-A")
+    if opts.xattrs:
+        argv.append("-X")
+    if opts.sparse:
+        argv.append("-S")
+    # Anchored, so only the root's own backup area is skipped (and protected from --delete).
+    argv.append(f"--exclude=/{BACKUP_DIR}/")
+    argv += [f"--exclude={p}" for p in opts.excludes]
+    if opts.bwlimit > 0:
+        argv.append(f"--bwlimit={opts.bwlimit}")
+    if opts.max_delete is not None:
+        argv.append(f"--max-delete={opts.max_delete}")
+    if opts.backup:
+        argv += backup_args(now)
+    return argv
+
+
+def incremental_argv(
+    root: str, peer: Peer | None, opts: TransferOptions, now: float, dest: str | None = None
+) -> list[str]:
+    """Return the rsync argv of a pass over the paths fed on stdin (NUL-separated)."""
+    # -I: the watcher says these paths changed, so never trust rsync's size+mtime quick check
+    # (a same-size rewrite within the mtime granularity would otherwise be skipped).
+    argv = ["rsync", *_common(opts, now), "-I", "--files-from=-", "--from0", "--relative"]
+    if opts.delete:
+        argv += ["--delete-missing-args", "--force"]
+    else:
+        # A vanished path is neither an error nor a deletion.
+        argv.append("--ignore-missing-args")
+    if opts.inplace:
+        argv.append("--inplace")
+    return argv + _ends(root, peer, dest)
+
+
+def full_argv(
+    root: str,
+    peer: Peer | None,
+    opts: TransferOptions,
+    now: float,
+    *,
+    audit: bool = False,
+    dry_run: bool = False,
+    dest: str | None = None,
+) -> list[str]:
+    """Return the rsync argv of a whole-tree pass (an audit may add --checksum)."""
+    argv = ["rsync", *_common(opts, now)]
+    if opts.delete:
+        argv.append("--delete")
+    if audit and opts.verify_checksum:
+        argv.append("--checksum")
+    if dry_run:
+        argv.append("--dry-run")
+    return argv + _ends(root, peer, dest)
+
+
+def _ends(root: str, peer: Peer | None, dest: str | None) -> list[str]:
+    """Return `-e ssh ... SRC DEST` (or a local DEST, used by tests and the bench)."""
+    src = root.rstrip("/") + "/"
+    if peer is None:
+        if dest is None:
+            raise ValueError("transfer: need a peer or a local destination")
+        return [src, dest.rstrip("/") + "/"]
+    return [f"--timeout={peer.io_timeout}", "-e", shlex.join(peer.ssh_argv()), src,
+            peer.target(root)]  # fmt: skip
+
+
+@dataclass
+class Stats:
+    """Counts from --itemize-changes and --stats."""
+
+    # Entries created or updated (itemized lines other than deletions; -i lists only changes).
+    changed: int = 0
+    # Entries deleted on the receiver ("*deleting" lines; a dry run counts them too).
+    deleted: int = 0
+    # Bytes rsync sent over the wire ("Total bytes sent").
+    bytes_sent: int = 0
+    # Entries in the file list ("Number of files").
+    files: int = 0
+    # The first deleted paths (as many as the caller asked), for the guard's report.
+    deleted_paths: list[str] = field(default_factory=list)
+
+
+_STAT_RE: Final = re.compile(r"^(Number of files|Total bytes sent): ([\d,]+)")
+# An itemized line: the 11-character YXcstpoguax code, a space, the name.
+_ITEM_RE: Final = re.compile(r"^[<>ch.][fdLDS][.+?a-zA-Z ]{9} ")
+_DELETING: Final = "*deleting "
+
+
+def parse_line(line: str, stats: Stats, keep_deleted: int = 0) -> None:
+    """Fold one line of rsync's stdout into `stats`."""
+    if m := _STAT_RE.match(line):
+        value = int(m.group(2).replace(",", ""))
+        if m.group(1) == "Number of files":
+            stats.files = value
+        else:
+            stats.bytes_sent = value
+    elif line.startswith(_DELETING):
+        stats.deleted += 1
+        if len(stats.deleted_paths) < keep_deleted:
+            stats.deleted_paths.append(line[len(_DELETING) :].strip())
+    elif _ITEM_RE.match(line):
+        stats.changed += 1
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """How one rsync run ended."""
+
+    rc: int
+    outcome: Outcome
+    stats: Stats
+    duration: float
+    stderr: str
+
+
+_LIBC: Final = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG: Final = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when mirrord dies (even by SIGKILL).
+
+    Otherwise an orphaned rsync keeps writing to the peer while the restarted daemon starts
+    its own pass of the same root (rrsync's lock then refuses one of them).
+    """
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+async def run_rsync(
+    argv: Sequence[str], paths: Iterable[str] | None = None, *, keep_deleted: int = 0
+) -> TransferResult:
+    """Run rsync, feed `paths` NUL-separated on stdin, and classify the result.
+
+    Cancelling the task terminates rsync (the daemon does that on shutdown).
+    """
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        preexec_fn=_die_with_parent,
+        stdin=asyncio.subprocess.PIPE if paths is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stats = Stats()
+
+    async def feed() -> None:
+        assert proc.stdin is not None
+        try:
+            for p in paths or ():
+                proc.stdin.write(p.encode("utf-8", "surrogateescape") + b"\0")
+                await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # rsync exited early; its exit code says why
+        finally:
+            proc.stdin.close()
+
+    async def read_out() -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            parse_line(raw.decode("utf-8", "replace").rstrip("\n"), stats, keep_deleted)
+
+    async def read_err() -> bytes:
+        assert proc.stderr is not None
+        data = await proc.stderr.read()
+        return data[-STDERR_KEEP:]
+
+    try:
+        jobs: list[asyncio.Future[object]] = [
+            asyncio.ensure_future(read_out()), asyncio.ensure_future(read_err())
+        ]  # fmt: skip
+        if paths is not None:
+            jobs.append(asyncio.ensure_future(feed()))
+        done = await asyncio.gather(*jobs)
+        rc = await proc.wait()
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        await proc.wait()
+        raise
+    err = done[1]
+    assert isinstance(err, bytes)
+    outcome = classify(rc)
+    result = TransferResult(
+        rc=rc,
+        outcome=outcome,
+        stats=stats,
+        duration=time.monotonic() - started,
+        stderr=err.decode("utf-8", "replace").strip(),
+    )
+    log.info(
+        "transfer.done rc=%d result=%s changed=%d deleted=%d bytes=%d duration=%.3f",
+        rc, outcome.result.value, stats.changed, stats.deleted, stats.bytes_sent,
+        result.duration,
+    )  # fmt: skip
+    return result

@@ -1,0 +1,260 @@
+"""A mirrord pair on the lab: sshd with a restricted key in node b, mirrord in node a.
+
+Each node sees its own /srv (a bind mount in a private mount namespace), so "/srv/mail" on a
+and on b are different host directories (`pair.src(name)`, `pair.dst(name)`). The receiving
+key is installed with `mirrord authorize` (rrsync confined to the mirrored roots), exactly as
+the README tells an operator to do. Also used by bench/mirror.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mirrord.backups import BACKUP_DIR
+from mirrord.cli import control_request
+from tests.lab.lab import IPV4, Lab, LabProcess, wait_until
+
+SSHD = "/usr/sbin/sshd"
+
+
+def toml_value(v: object) -> str:
+    """Render a TOML scalar or list."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return str(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+class MirrorPair:
+    """sshd on b, configuration and keys on a; start/stop mirrord on a."""
+
+    def __init__(self, lab: Lab, policies: Sequence[Mapping[str, object]]) -> None:
+        self.lab = lab
+        self.policies = list(policies)
+        self.a_srv = lab.node_dir("a", "srv")
+        self.b_srv = lab.node_dir("b", "srv")
+        self.a_run = lab.node_dir("a", "run")
+        self.a_state = lab.node_dir("a", "state")
+        self.etc = lab.node_dir("a", "etc")
+        self.b_etc = lab.node_dir("b", "etc")
+        self.mirrord: LabProcess | None = None
+        self.extra_binds: dict[str, Path] = {}
+        for p in self.policies:
+            name = str(p["path"]).removeprefix("/srv/")
+            # Each root exists on both nodes, as the operator's set-up makes it.
+            (self.a_srv / name).mkdir(parents=True, exist_ok=True)
+            (self.b_srv / name).mkdir(parents=True, exist_ok=True)
+        self._keys()
+        self._config()
+        self._sshd()
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def _keys(self) -> None:
+        self.key = self.etc / "mirror_key"
+        self.host_key = self.b_etc / "ssh_host_ed25519_key"
+        for path in (self.key, self.host_key):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hapair-lab",
+                            "-f", str(path)], check=True)  # fmt: skip
+        host_pub = (self.b_etc / "ssh_host_ed25519_key.pub").read_text().split()
+        self.known_hosts = self.etc / "known_hosts"
+        self.known_hosts.write_text(f"{IPV4['b']} {host_pub[0]} {host_pub[1]}\n")
+
+    def _config(self) -> None:
+        authkey = self.etc / "authkey"
+        authkey.write_bytes(os.urandom(32))
+        authkey.chmod(0o600)
+        nodes = []
+        for n, hb in (("a", "198.51.100.1"), ("b", "198.51.100.2")):
+            nodes.append(
+                f'[[node]]\nname = "{n}"\ninterface = "lan0"\nmirror_address = "{IPV4[n]}"\n'
+                f'run_dir = "{self.lab.node_dir(n, "run")}"\n'
+                f'state_dir = "{self.lab.node_dir(n, "state")}"\n'
+                f'[node.heartbeat]\nhb = "{hb}"\nlan = "{IPV4[n]}"\n'
+            )
+        self.cluster = self.etc / "cluster.toml"
+        self.cluster.write_text(
+            '[cluster]\nname = "lab"\n\n' + "\n".join(nodes)
+            + f'\n[heartbeat]\nlinks = ["hb", "lan"]\nkey_file = "{authkey}"\n\n'
+            + '[mirror]\npolicies = ["mirror.d/*.toml"]\nssh_user = "root"\n'
+            + f'ssh_key = "{self.key}"\nbackup_retention = "1d"\n'
+        )  # fmt: skip
+        (self.etc / "mirror.d").mkdir(exist_ok=True)
+        body = []
+        for p in self.policies:
+            body.append("[[directory]]\n" + "".join(
+                f"{k} = {toml_value(v)}\n" for k, v in p.items()))  # fmt: skip
+        (self.etc / "mirror.d" / "lab.toml").write_text("\n".join(body))
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run `mirrord -c cluster --node a ARGS` from the host (status, sync, authorize)."""
+        argv = [sys.executable, "-m", "mirrord", "-c", str(self.cluster), "--node", "a", *args]
+        return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=600)
+
+    def _sshd(self) -> None:
+        line = self.cli("authorize", f"{self.key}.pub").stdout
+        self.authorized_keys = self.b_etc / "authorized_keys"
+        self.authorized_keys.write_text(line)
+        config = self.b_etc / "sshd_config"
+        config.write_text(
+            f"ListenAddress {IPV4['b']}\nPort 22\nHostKey {self.host_key}\n"
+            f"PidFile {self.b_etc / 'sshd.pid'}\nAuthorizedKeysFile {self.authorized_keys}\n"
+            "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPrintMotd no\n"
+            "MaxSessions 64\nMaxStartups 64\nLogLevel VERBOSE\n"
+        )
+        privsep = self.lab.node_dir("b", "privsep")
+        privsep.chmod(0o755)
+        # The mirror account's shell start-up runs for every pass: keep it minimal, as README
+        # asks of operators (this host's /root/.bashrc initialises pyenv, ~0.3 s per session).
+        argv = [SSHD, "-D", "-e", "-f", str(config)]
+        if Path("/root/.bashrc").is_file():
+            empty = self.b_etc / "empty.bashrc"
+            empty.write_text("")
+            argv = ["sh", "-c", 'mount --bind "$0" /root/.bashrc && exec "$@"', str(empty),
+                    *argv]  # fmt: skip
+        self.sshd = self.lab.spawn("b", argv, binds={"/srv": self.b_srv, "/run/sshd": privsep})
+        ok = wait_until(lambda: self._ssh_true().returncode == 0, timeout=15, interval=0.1)
+        if not ok:
+            raise RuntimeError(f"sshd in b did not come up: {self.sshd.output()}")
+
+    def ssh_options(self) -> list[str]:
+        """ssh -o options mirrord gets in the lab (host key pinned)."""
+        return [f"UserKnownHostsFile={self.known_hosts}", "StrictHostKeyChecking=yes"]
+
+    def _ssh_true(self) -> subprocess.CompletedProcess[str]:
+        argv = ["ssh", "-i", str(self.key), "-o", "BatchMode=yes", "-o", "ConnectTimeout=2"]
+        for o in self.ssh_options():
+            argv += ["-o", o]
+        return self.lab.run("a", [*argv, f"root@{IPV4['b']}", "true"], check=False)
+
+    # -- mirrord --------------------------------------------------------------------------
+
+    def start(self, wrapper: str | None = None, env: Mapping[str, str] | None = None) -> LabProcess:
+        """Start mirrord in a (optionally through a shell `wrapper` that ends in exec "$@")."""
+        argv = [sys.executable, "-m", "mirrord", "-c", str(self.cluster), "--node", "a", "run"]
+        for o in self.ssh_options():
+            argv += ["--ssh-option", o]
+        if wrapper:
+            argv = ["sh", "-c", wrapper, "sh", *argv]
+        with_status = self.a_run / "mirrord.json"
+        with_status.unlink(missing_ok=True)
+        self.mirrord = self.lab.spawn(
+            "a", argv, binds={"/srv": self.a_srv, **self.extra_binds}, env=env
+        )
+        up = wait_until(lambda: self.status_doc() is not None or not self.mirrord_alive(),
+                        timeout=30, interval=0.05)  # fmt: skip
+        if not up or not self.mirrord_alive():
+            raise RuntimeError(f"mirrord did not start: {self.mirrord.output()}")
+        return self.mirrord
+
+    def mirrord_alive(self) -> bool:
+        """Whether the mirrord process runs."""
+        return self.mirrord is not None and self.mirrord.alive()
+
+    def stop(self) -> int:
+        """Stop mirrord with SIGTERM (a clean shutdown)."""
+        assert self.mirrord is not None
+        return self.mirrord.stop(grace=30)
+
+    def status_doc(self) -> dict[str, Any] | None:
+        """The daemon's status file, or None."""
+        try:
+            doc: dict[str, Any] = json.loads((self.a_run / "mirrord.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return doc
+
+    def dir_status(self, name: str) -> dict[str, Any]:
+        """Live status of /srv/NAME from the control socket."""
+        doc = control_request(self.a_run, {"cmd": "status"}, 30)
+        for d in doc["directories"]:
+            if d["directory"] == f"/srv/{name}":
+                return dict(d)
+        raise KeyError(name)
+
+    def sync(self, name: str | None = None, full: bool = False) -> dict[str, Any]:
+        """Request a pass and wait for its result."""
+        req = {"cmd": "sync", "directory": f"/srv/{name}" if name else None, "full": full,
+               "wait": True}  # fmt: skip
+        reply: dict[str, Any] = control_request(self.a_run, req, 600)
+        return reply
+
+    # -- trees ----------------------------------------------------------------------------
+
+    def src(self, name: str) -> Path:
+        """/srv/NAME as node a sees it (host path)."""
+        return self.a_srv / name
+
+    def dst(self, name: str) -> Path:
+        """/srv/NAME as node b sees it (host path)."""
+        return self.b_srv / name
+
+    def converge(self, name: str, timeout: float = 120.0, src: Path | None = None) -> bool:
+        """Request passes until /srv/NAME on b matches a (metadata included)."""
+        source = src or self.src(name)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if snapshot(source) == snapshot(self.dst(name)):
+                return True
+            self.sync(name)
+            if snapshot(source) == snapshot(self.dst(name)):
+                return True
+            time.sleep(0.1)
+        return False
+
+
+def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
+    """Every entry below root (backup area excluded) with type, mode, owner, size, mtime, link
+    target and hard-link group (the sorted names sharing its inode)."""
+    entries: dict[str, os.stat_result] = {}
+    if not root.is_dir():
+        return {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == str(root):
+            dirnames[:] = [d for d in dirnames if d != BACKUP_DIR]
+        for name in (*dirnames, *filenames):
+            p = os.path.join(dirpath, name)
+            entries[os.path.relpath(p, root)] = os.lstat(p)
+    groups: dict[int, list[str]] = {}
+    for rel, st in entries.items():
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            groups.setdefault(st.st_ino, []).append(rel)
+    out: dict[str, tuple[object, ...]] = {}
+    for rel, st in entries.items():
+        link = os.readlink(root / rel) if stat.S_ISLNK(st.st_mode) else ""
+        # Directory mtimes are left out: the receiver's own backup area touches them.
+        mtime = 0 if stat.S_ISDIR(st.st_mode) else st.st_mtime_ns
+        size = 0 if stat.S_ISDIR(st.st_mode) else st.st_size
+        group = tuple(sorted(groups.get(st.st_ino, []))) if stat.S_ISREG(st.st_mode) else ()
+        out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                    size, mtime, link, group)  # fmt: skip
+    return out
+
+
+def diff_r(a: Path, b: Path) -> subprocess.CompletedProcess[str]:
+    """`diff -r --no-dereference` of two trees, ignoring the backup area."""
+    return subprocess.run(["diff", "-r", "--no-dereference", "-x", BACKUP_DIR, str(a), str(b)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+
+
+def nsenter_mount(pid: int, *argv: str) -> None:
+    """Run argv in process pid's mount namespace (to mount/unmount under mirrord)."""
+    subprocess.run(["nsenter", f"--mount=/proc/{pid}/ns/mnt", *argv], check=True)
+
+
+def quoted(argv: Sequence[str]) -> str:
+    """Shell-quote argv (for wrappers)."""
+    return shlex.join(argv)

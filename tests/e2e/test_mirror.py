@@ -1,0 +1,218 @@
+"""mirrord between the lab's two nodes: real inotify, rsync over ssh into an rrsync-restricted
+account in node b, faults injected. Trees are compared independently (diff -r + lstat)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from mirrord.journal import Journal
+from tests.e2e.mirrorlab import MirrorPair, diff_r, nsenter_mount, snapshot
+from tests.lab.lab import IPV4, Lab, wait_until
+
+pytestmark = [pytest.mark.netns, pytest.mark.e2e]
+
+FAST = {"interval": "500ms", "min_interval": "200ms", "max_interval": "3s"}
+
+
+def write(root: Path, rel: str, data: bytes | str = "x") -> Path:
+    """Create root/rel (parents too) with data."""
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    p.write_bytes(data)
+    return p
+
+
+def assert_identical(a: Path, b: Path) -> None:
+    """Both trees hold the same entries, content and metadata."""
+    d = diff_r(a, b)
+    assert d.returncode == 0, d.stdout + d.stderr
+    sa, sb = snapshot(a), snapshot(b)
+    assert sa.keys() == sb.keys()
+    different = {k: (sa[k], sb[k]) for k in sa if sa[k] != sb[k]}
+    assert not different
+
+
+def test_churn_leaves_identical_trees(lab: Lab) -> None:
+    """Creates, edits, renames, deletes, chmod, symlinks, hard links and a large file's small
+    change all reach the peer, and the trees end identical."""
+    pair = MirrorPair(lab, [{"path": "/srv/mail", "hard_links": True, **FAST}])
+    src = pair.src("mail")
+    for i in range(40):
+        write(src, f"cur/{i:03d}", f"message {i}\n" * (i + 1))
+    write(src, "big.img", os.urandom(16 << 20))
+    os.symlink("cur/001", src / "latest")
+    os.link(src / "cur/002", src / "cur/002.hard")
+    pair.start()
+    assert pair.converge("mail")
+
+    # Churn.
+    for i in range(40, 70):
+        write(src, f"new/{i:03d}", f"new {i}\n")
+    for i in range(0, 10):
+        write(src, f"cur/{i:03d}", f"edited {i}\n")
+    for i in range(10, 15):
+        (src / f"cur/{i:03d}").rename(src / f"cur/{i:03d}.renamed")
+    (src / "new").rename(src / "moved")
+    for i in range(15, 20):
+        (src / f"cur/{i:03d}").unlink()
+    write(src, "trash/a/b/c", "deep")
+    subprocess.run(["rm", "-rf", str(src / "trash")], check=True)
+    for i in range(20, 25):
+        os.chmod(src / f"cur/{i:03d}", 0o600)
+    os.symlink("nowhere", src / "dangling")
+    os.symlink("../moved", src / "cur/link-to-moved")
+    os.link(src / "cur/030", src / "moved/030.hard")
+    with open(src / "big.img", "r+b") as f:
+        f.seek(8 << 20)
+        f.write(os.urandom(4096))
+    write(src, "deep/x/y/z/file", "deep file")
+    (src / "cur/031").write_text("")
+    os.utime(src / "cur/032", (1_600_000_000, 1_600_000_000))
+
+    assert pair.converge("mail")
+    assert_identical(src, pair.dst("mail"))
+    # What the passes overwrote or deleted is kept on the receiver.
+    kept = list((pair.dst("mail") / ".hapair-backup").rglob("015~*"))
+    assert kept, "deleted file cur/015 was not kept in the backup area"
+    code = pair.cli("status").returncode
+    assert code == 0
+
+
+def test_sigkill_mid_pass_then_restart_loses_nothing(lab: Lab) -> None:
+    """mirrord killed with SIGKILL while a pass runs keeps its dirty set in the journal and,
+    restarted, delivers every change."""
+    pair = MirrorPair(lab, [{"path": "/srv/big", "bwlimit": 2000, **FAST}])
+    src = pair.src("big")
+    write(src, "seed", "s")
+    pair.start()
+    assert pair.converge("big")
+    write(src, "blob", os.urandom(12 << 20))  # 12 MiB at 2000 KiB/s: a 6 s pass
+    for i in range(10):
+        write(src, f"small/{i}", f"{i}")
+    assert wait_until(lambda: pair.dir_status("big")["running"], timeout=20)
+    proc = pair.mirrord
+    assert proc is not None
+    proc.signal(signal.SIGKILL)
+    proc.wait(10)
+    # The changes are still owed, durably; the interrupted pass is recorded as such.
+    j = Journal(pair.a_state)
+    dirty = j.dirty("/srv/big")
+    assert {"blob", "small/0", "small/9"} <= set(dirty)
+    # rsync died with mirrord (no orphan keeps writing to the peer).
+    assert wait_until(lambda: not any(comm(p) == "rsync" for p in lab.pids("a")), timeout=10)
+    write(src, "after-kill", "written while mirrord was down")
+    pair.start()
+    assert pair.converge("big")
+    assert_identical(src, pair.dst("big"))
+    assert "interrupted" in [r.result for r in Journal(pair.a_state).history("/srv/big")]
+
+
+def comm(pid: int) -> str:
+    """The command name of pid ('' if gone)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+QUEUE = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+def test_inotify_overflow_still_converges(lab: Lab) -> None:
+    """A burst that overflows the inotify queue triggers a full pass, and the mirror converges."""
+    pair = MirrorPair(lab, [{"path": "/srv/mail", **FAST}])
+    src = pair.src("mail")
+    write(src, "seed", "s")
+    old = QUEUE.read_text()
+    try:
+        # The limit is global but read when an inotify instance is created: only mirrord's
+        # instance, created in this window, gets the tiny queue.
+        QUEUE.write_text("32\n")
+        pair.start()
+    finally:
+        QUEUE.write_text(old)
+    assert pair.converge("mail")
+    for i in range(3000):
+        write(src, f"burst/{i // 100}/{i}", str(i))
+    assert pair.converge("mail")
+    assert_identical(src, pair.dst("mail"))
+    reasons = [(r.kind, r.reason) for r in Journal(pair.a_state).history("/srv/mail", 100)]
+    assert ("full", "overflow") in reasons
+
+
+def test_guard_refuses_unmounted_and_empty_mount(lab: Lab) -> None:
+    """A root that was a mount point and is unmounted, or remounted empty, is refused and
+    the mirror keeps its files."""
+    pair = MirrorPair(lab, [{"path": "/srv/data", **FAST}])
+    pair.start(wrapper='mount -t tmpfs -o size=16m hapair-test /srv/data && exec "$@"')
+    assert pair.mirrord is not None
+    pid = pair.mirrord.pid
+    inside = Path(f"/proc/{pid}/root/srv/data")
+    for i in range(20):
+        write(inside, f"f{i}", str(i))
+    assert pair.converge("data", src=inside)
+
+    nsenter_mount(pid, "umount", "/srv/data")
+    reply = pair.sync("data", full=True)
+    (result,) = reply["results"].values()
+    assert result["result"] == "alarm"
+    assert "should be a mount point" in result["detail"]
+    assert len(list(pair.dst("data").glob("f*"))) == 20
+
+    nsenter_mount(pid, "mount", "-t", "tmpfs", "hapair-empty", "/srv/data")
+    reply = pair.sync("data", full=True)
+    (result,) = reply["results"].values()
+    assert result["result"] == "alarm"
+    assert "empty mount point" in result["detail"]
+    assert len(list(pair.dst("data").glob("f*"))) == 20
+    assert "mount point" in pair.dir_status("data")["alarm"]
+
+
+def test_guard_refuses_mass_deletion(lab: Lab) -> None:
+    """Deleting more than max_delete entries is refused; the peer keeps the files."""
+    pair = MirrorPair(lab, [{"path": "/srv/mail", "max_delete": 20, **FAST}])
+    src = pair.src("mail")
+    for i in range(100):
+        write(src, f"cur/{i}", str(i))
+    pair.start()
+    assert pair.converge("mail")
+    subprocess.run(["rm", "-rf", str(src / "cur")], check=True)
+    assert wait_until(lambda: bool(pair.dir_status("mail")["alarm"]), timeout=30)
+    assert "max_delete 20" in pair.dir_status("mail")["alarm"]
+    # rsync's --max-delete backstop may have let a few through; never the whole tree.
+    assert len(list((pair.dst("mail") / "cur").iterdir())) >= 80
+    status = pair.cli("status", check=False)
+    assert "max_delete" in status.stdout
+
+
+def test_peer_unreachable_then_back_sends_backlog_once(lab: Lab) -> None:
+    """While the peer is cut off passes fail and retry; once it is back the backlog arrives in
+    one pass, and nothing is sent twice."""
+    pair = MirrorPair(lab, [{"path": "/srv/mail", **FAST}])
+    src = pair.src("mail")
+    write(src, "seed", "s")
+    pair.start()
+    assert pair.converge("mail")
+    cut = lab.block("b", proto="tcp", port=22, src=IPV4["a"])
+    for i in range(50):
+        write(src, f"backlog/{i}", str(i))
+    assert wait_until(lambda: pair.dir_status("mail")["failures"] >= 1, timeout=90)
+    assert not (pair.dst("mail") / "backlog").exists()
+    st = pair.dir_status("mail")
+    assert st["dirty"] >= 50 and st["rpo"] > 0
+    lab.unblock(cut)
+    assert pair.converge("mail", timeout=120)
+    assert_identical(src, pair.dst("mail"))
+    history = Journal(pair.a_state).history("/srv/mail", 100)
+    ok_after = [r for r in reversed(history) if r.result == "ok"]
+    backlog_passes = [r for r in ok_after if (r.files or 0) >= 50]
+    assert len(backlog_passes) == 1, [(r.kind, r.result, r.files) for r in history]
+    assert time.time() - backlog_passes[0].started < 600

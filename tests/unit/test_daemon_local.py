@@ -1,0 +1,282 @@
+"""The daemon end to end on one machine: real inotify and rsync to a local destination."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from mirrord.daemon import SOCKET_NAME, STATUS_NAME, Daemon, MirrorDir
+from mirrord.journal import Journal
+from mirrord.planner import Cadence
+from mirrord.transfer import TransferOptions
+
+FAST = Cadence(interval=0.2, min_interval=0.1, max_interval=1.0)
+
+
+class Env:
+    """Paths of one local mirror setup: source root, destination, state and run dirs."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.src = tmp / "src"
+        self.dest = tmp / "dest"
+        self.state = tmp / "state"
+        self.run = tmp / "run"
+        self.src.mkdir()
+
+    @property
+    def mirror(self) -> Path:
+        """Where the daemon mirrors src to."""
+        return self.dest / str(self.src).lstrip("/")
+
+    def daemon(self, **kw: Any) -> Daemon:
+        """Return a daemon mirroring src locally."""
+        d = MirrorDir(root=str(self.src), volatility="hot", cadence=kw.pop("cadence", FAST),
+                      options=TransferOptions(), **kw)  # fmt: skip
+        return Daemon([d], peer=None, state_dir=self.state, run_dir=self.run, local_dest=self.dest)
+
+
+async def request(run: Path, req: dict[str, Any]) -> dict[str, Any]:
+    """Send one control request and return the reply."""
+    reader, writer = await asyncio.open_unix_connection(str(run / SOCKET_NAME))
+    writer.write(json.dumps(req).encode() + b"\n")
+    await writer.drain()
+    line = await asyncio.wait_for(reader.readline(), 60)
+    writer.close()
+    reply: dict[str, Any] = json.loads(line)
+    return reply
+
+
+async def with_daemon(daemon: Daemon, body: Callable[[], Awaitable[None]]) -> None:
+    """Run `daemon` around `body`, then stop it cleanly."""
+    task = asyncio.ensure_future(daemon.run())
+    sock = daemon.run_dir / SOCKET_NAME
+    for _ in range(500):
+        if sock.exists() or task.done():
+            break
+        await asyncio.sleep(0.01)
+    try:
+        await body()
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 30)
+
+
+def tree(root: Path) -> dict[str, tuple[int, str]]:
+    """Map each path below root (without the backup area) to (mode, content or link)."""
+    out: dict[str, tuple[int, str]] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if rel.startswith(".hapair-backup"):
+            continue
+        st = os.lstat(p)
+        if p.is_symlink():
+            out[rel] = (st.st_mode, os.readlink(p))
+        elif p.is_file():
+            out[rel] = (st.st_mode, p.read_text())
+        else:
+            out[rel] = (st.st_mode, "")
+    return out
+
+
+async def converge(env: Env) -> None:
+    """Request passes until the mirror equals the source (events arrive asynchronously)."""
+    for _ in range(100):
+        await request(env.run, {"cmd": "sync", "wait": True})
+        if tree(env.mirror) == tree(env.src):
+            return
+        await asyncio.sleep(0.05)
+    assert tree(env.mirror) == tree(env.src)
+
+
+async def until_dirty(env: Env, n: int) -> None:
+    """Wait until the daemon has seen at least n dirty paths (a pass may start meanwhile)."""
+    for _ in range(200):
+        status = await request(env.run, {"cmd": "status"})
+        (d,) = status["directories"]
+        if d["dirty"] >= n:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"daemon saw only {d['dirty']} of {n} changes")
+
+
+async def until_clean(env: Env) -> None:
+    """Wait until the daemon reports nothing dirty and an RPO of zero, without requests."""
+    for _ in range(200):
+        status = await request(env.run, {"cmd": "status"})
+        (d,) = status["directories"]
+        if d["dirty"] == 0 and d["rpo"] == 0.0 and not d["running"]:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"daemon never got clean: {d}")
+
+
+def test_startup_full_pass_then_incremental_changes(tmp_path: Path) -> None:
+    """A new journal starts with a full pass; later edits, renames and deletes follow."""
+    env = Env(tmp_path)
+    (env.src / "old").write_text("x")
+    (env.src / "d").mkdir()
+    (env.src / "d/keep").write_text("k")
+
+    async def body() -> None:
+        await converge(env)
+        (env.src / "old").rename(env.src / "new")
+        (env.src / "d/keep").write_text("changed")
+        os.chmod(env.src / "d/keep", 0o600)
+        os.symlink("new", env.src / "link")
+        (env.src / "e/f").mkdir(parents=True)
+        (env.src / "e/f/g").write_text("g")
+        await converge(env)
+        # Late events (close-write, parent dir) are sent by the daemon's own timer.
+        await until_clean(env)
+        status = json.loads((env.run / STATUS_NAME).read_text())
+        assert [d["directory"] for d in status["directories"]] == [str(env.src)]
+
+    asyncio.run(with_daemon(env.daemon(), body))
+    j = Journal(env.state)
+    kinds = [r.kind for r in reversed(j.history(str(env.src)))]
+    assert kinds[0] == "full"
+    assert "incremental" in kinds
+
+
+def test_clean_restart_is_vouched_and_skips_the_full_pass(tmp_path: Path) -> None:
+    """After a clean stop the next start trusts the journal: no full pass at start-up."""
+    env = Env(tmp_path)
+    (env.src / "a").write_text("1")
+
+    async def first() -> None:
+        await converge(env)
+
+    asyncio.run(with_daemon(env.daemon(), first))
+    passes_before = len(Journal(env.state).history(str(env.src)))
+
+    async def second() -> None:
+        (env.src / "b").write_text("2")
+        await converge(env)
+        assert (env.mirror / "b").read_text() == "2"
+
+    asyncio.run(with_daemon(env.daemon(), second))
+    recs = Journal(env.state).history(str(env.src))
+    new = recs[: len(recs) - passes_before]
+    assert new and all(r.kind == "incremental" for r in new)
+    assert (env.mirror / "b").read_text() == "2"
+
+
+def test_guard_refuses_mass_deletion(tmp_path: Path) -> None:
+    """Deleting more entries than max_delete is refused and the mirror keeps them."""
+    env = Env(tmp_path)
+    for i in range(10):
+        (env.src / f"f{i}").write_text(str(i))
+
+    async def body() -> None:
+        await converge(env)
+        for i in range(10):
+            (env.src / f"f{i}").unlink()
+        await until_dirty(env, 10)
+        reply = await request(env.run, {"cmd": "sync", "wait": True})
+        (result,) = reply["results"].values()
+        assert result["result"] == "alarm"
+        assert "max_delete 3" in result["detail"]
+        full = await request(env.run, {"cmd": "sync", "wait": True, "full": True})
+        (result,) = full["results"].values()
+        assert result["result"] == "alarm" and result["kind"] == "full"
+        assert len(list(env.mirror.glob("f*"))) == 10
+        status = await request(env.run, {"cmd": "status"})
+        assert "max_delete" in status["directories"][0]["alarm"]
+
+    # A settle time keeps the first deletion from starting a pass before the others arrive.
+    slow = Cadence(interval=0.2, min_interval=0.1, max_interval=1.0, settle=5.0)
+    asyncio.run(with_daemon(env.daemon(max_delete_count=3, cadence=slow), body))
+
+
+def test_guard_refuses_missing_root(tmp_path: Path) -> None:
+    """A source root that vanished is refused with an alarm; the mirror stays intact."""
+    env = Env(tmp_path)
+    (env.src / "a").write_text("1")
+
+    async def body() -> None:
+        await converge(env)
+        (env.src / "a").unlink()
+        env.src.rmdir()
+        reply = await request(env.run, {"cmd": "sync", "wait": True, "full": True})
+        (result,) = reply["results"].values()
+        assert result["result"] == "alarm"
+        assert "missing" in result["detail"]
+        assert (env.mirror / "a").exists()
+
+    asyncio.run(with_daemon(env.daemon(), body))
+
+
+def test_unknown_directory_request_is_an_error(tmp_path: Path) -> None:
+    """A sync request for a directory that is not mirrored gets an error reply."""
+    env = Env(tmp_path)
+
+    async def body() -> None:
+        reply = await request(env.run, {"cmd": "sync", "directory": "/nope", "wait": True})
+        assert "not a mirrored directory" in reply["error"]
+        bad = await request(env.run, {"cmd": "frobnicate"})
+        assert "unknown command" in bad["error"]
+
+    asyncio.run(with_daemon(env.daemon(), body))
+
+
+def test_second_daemon_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
+    """Two daemons never share a journal: the second fails to start."""
+    env = Env(tmp_path)
+
+    async def body() -> None:
+        other = env.daemon()
+        try:
+            await other.run()
+        except Exception as exc:
+            assert "another mirrord" in str(exc)
+        else:
+            raise AssertionError("second daemon started")
+
+    asyncio.run(with_daemon(env.daemon(), body))
+
+
+def test_new_hard_link_arrives_as_a_link(tmp_path: Path) -> None:
+    """With hard_links, a new name for an existing file is mirrored as a link, not a copy."""
+    env = Env(tmp_path)
+    (env.src / "a").write_text("shared")
+
+    async def body() -> None:
+        await converge(env)
+        os.link(env.src / "a", env.src / "b")
+        await converge(env)
+        for _ in range(100):
+            if os.lstat(env.mirror / "b").st_nlink == 2:
+                break
+            await request(env.run, {"cmd": "sync", "wait": True})
+        assert os.lstat(env.mirror / "a").st_ino == os.lstat(env.mirror / "b").st_ino
+
+    d = MirrorDir(root=str(env.src), volatility="static", cadence=FAST,
+                  options=TransferOptions(hard_links=True))  # fmt: skip
+    daemon = Daemon([d], peer=None, state_dir=env.state, run_dir=env.run, local_dest=env.dest)
+    asyncio.run(with_daemon(daemon, body))
+
+
+def test_deletions_spread_over_passes_still_count(tmp_path: Path) -> None:
+    """Deletions sent one pass at a time are refused once the window's total passes max_delete."""
+    env = Env(tmp_path)
+    for i in range(10):
+        (env.src / f"f{i}").write_text(str(i))
+
+    async def body() -> None:
+        await converge(env)
+        for i in range(5):
+            (env.src / f"f{i}").unlink()
+            for _ in range(200):
+                (d,) = (await request(env.run, {"cmd": "status"}))["directories"]
+                if d["alarm"] or not (env.mirror / f"f{i}").exists():
+                    break
+                await asyncio.sleep(0.02)
+        assert "max_delete 3" in d["alarm"]
+        left = sorted(p.name for p in env.mirror.glob("f*"))
+        assert left == [f"f{i}" for i in range(3, 10)]
+
+    asyncio.run(with_daemon(env.daemon(max_delete_count=3), body))

@@ -1,0 +1,174 @@
+"""The sqlite journal: durable dirty set, exact snapshot clearing, history, vouch marker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mirrord.journal import HISTORY_KEEP, Journal, JournalError
+
+D = "/srv/mail"
+
+
+def test_new_directory_is_not_vouched(tmp_path: Path) -> None:
+    """A directory the journal has never seen cannot be vouched for."""
+    j = Journal(tmp_path)
+    v = j.open_directory(D, 1.0)
+    assert not v.vouched
+    assert "new" in v.reason
+
+
+def test_clean_shutdown_vouches(tmp_path: Path) -> None:
+    """After a clean shutdown the next run trusts the journal."""
+    j = Journal(tmp_path)
+    j.open_directory(D, 1.0)
+    j.close_clean([D], 2.0)
+    j.close()
+    assert Journal(tmp_path).open_directory(D, 3.0).vouched
+
+
+def test_unclean_stop_is_not_vouched(tmp_path: Path) -> None:
+    """A run that never recorded a clean shutdown leaves the directory unvouched."""
+    j = Journal(tmp_path)
+    j.open_directory(D, 1.0)
+    j.close()
+    v = Journal(tmp_path).open_directory(D, 3.0)
+    assert not v.vouched
+    assert "cleanly" in v.reason
+
+
+def test_owed_full_pass_survives_restart(tmp_path: Path) -> None:
+    """An overflow recorded before a clean stop still denies the vouch until a full pass."""
+    j = Journal(tmp_path)
+    j.open_directory(D, 1.0)
+    j.need_full(D, "overflow", 1.5)
+    j.close_clean([D], 2.0)
+    j.close()
+    j2 = Journal(tmp_path)
+    v = j2.open_directory(D, 3.0)
+    assert not v.vouched and "overflow" in v.reason
+    j2.full_done(D, started=3.0, now=4.0)
+    j2.close_clean([D], 5.0)
+    j2.close()
+    assert Journal(tmp_path).open_directory(D, 6.0).vouched
+
+
+def test_full_done_keeps_a_need_that_arose_during_the_pass(tmp_path: Path) -> None:
+    """A full pass that started before an overflow does not clear that overflow's need."""
+    j = Journal(tmp_path)
+    j.open_directory(D, 0.0)
+    j.need_full(D, "overflow", 5.0)
+    j.full_done(D, started=4.0, now=6.0)
+    j.close_clean([D], 7.0)
+    assert not Journal(tmp_path).open_directory(D, 8.0).vouched
+
+
+def test_dirty_set_keeps_first_change_time(tmp_path: Path) -> None:
+    """Re-recording a path keeps its first-change time (the RPO anchor)."""
+    j = Journal(tmp_path)
+    j.record_changes(D, ["a", "b"], 1.0)
+    j.record_changes(D, ["a"], 5.0)
+    assert j.dirty(D) == {"a": 1.0, "b": 1.0}
+    assert j.dirty("/other") == {}
+
+
+def test_clear_synced_deletes_exactly_the_snapshot(tmp_path: Path) -> None:
+    """Success clears the snapshot; a path re-changed after the mark and a new path stay."""
+    j = Journal(tmp_path)
+    j.record_changes(D, ["a", "b", "c"], 1.0)
+    snapshot = set(j.dirty(D))
+    mark = j.mark()
+    j.record_changes(D, ["b", "d"], 2.0)
+    deleted = j.clear_synced(D, snapshot, mark)
+    assert deleted == 2
+    assert set(j.dirty(D)) == {"b", "d"}
+
+
+def test_sequence_survives_reopen(tmp_path: Path) -> None:
+    """After a reopen new changes get higher sequence numbers than journaled ones."""
+    j = Journal(tmp_path)
+    j.record_changes(D, ["a"], 1.0)
+    mark = j.mark()
+    j.close()
+    j2 = Journal(tmp_path)
+    j2.record_changes(D, ["a"], 2.0)
+    assert j2.clear_synced(D, ["a"], mark) == 0
+    assert "a" in j2.dirty(D)
+
+
+def test_dirty_set_survives_sigkill(tmp_path: Path) -> None:
+    """Changes committed by a process killed with SIGKILL are in the journal afterwards."""
+    code = textwrap.dedent(
+        f"""
+        import os, signal
+        from pathlib import Path
+        from mirrord.journal import Journal
+        j = Journal(Path({str(tmp_path)!r}))
+        j.open_directory({D!r}, 1.0)
+        j.record_changes({D!r}, ["x/1", "x/2"], 1.0)
+        pid = j.pass_started({D!r}, "incremental", "changes", 2.0)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], check=False)
+    assert proc.returncode == -9
+    j = Journal(tmp_path)
+    assert set(j.dirty(D)) == {"x/1", "x/2"}
+    assert not j.open_directory(D, 3.0).vouched
+    (rec,) = j.history(D)
+    assert rec.result == "interrupted"
+
+
+def test_history_records_and_orders_passes(tmp_path: Path) -> None:
+    """Pass records carry result, rc, counts, and come back newest first."""
+    j = Journal(tmp_path)
+    a = j.pass_started(D, "full", "startup", 1.0)
+    j.pass_finished(a, 3.0, "ok", rc=0, files=10, nbytes=1000)
+    b = j.pass_started(D, "incremental", "changes", 4.0)
+    j.pass_finished(b, 4.5, "retry", rc=255, detail="ssh: connection refused")
+    recs = j.history(D)
+    assert [r.id for r in recs] == [b, a]
+    assert recs[0].rc == 255 and recs[0].detail == "ssh: connection refused"
+    assert recs[1].files == 10 and recs[1].bytes == 1000
+    assert j.last_full_ok(D) == 3.0
+
+
+def test_history_is_pruned(tmp_path: Path) -> None:
+    """Only the newest HISTORY_KEEP pass records per directory are kept."""
+    j = Journal(tmp_path)
+    for i in range(HISTORY_KEEP + 5):
+        j.pass_started(D, "incremental", "changes", float(i))
+    assert len(j.history(D, limit=HISTORY_KEEP * 2)) == HISTORY_KEEP
+
+
+def test_last_full_ok_ignores_failures_and_incrementals(tmp_path: Path) -> None:
+    """Only successful full passes anchor the audit schedule."""
+    j = Journal(tmp_path)
+    assert j.last_full_ok(D) is None
+    a = j.pass_started(D, "full", "verify", 1.0)
+    j.pass_finished(a, 2.0, "retry")
+    b = j.pass_started(D, "incremental", "changes", 3.0)
+    j.pass_finished(b, 4.0, "ok")
+    assert j.last_full_ok(D) is None
+
+
+def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
+    """A state directory that is a file raises JournalError naming the journal path."""
+    blocker = tmp_path / "state"
+    blocker.write_text("not a dir")
+    with pytest.raises(JournalError, match="state"):
+        Journal(blocker)
+
+
+def test_non_utf8_names_round_trip(tmp_path: Path) -> None:
+    """A file name that is not UTF-8 (surrogate-escaped) is stored and cleared exactly."""
+    name = os.fsdecode(b"caf\xe9/mail")
+    j = Journal(tmp_path)
+    j.record_changes(D, [name], 1.0)
+    assert list(j.dirty(D)) == [name]
+    assert j.clear_synced(D, [name], j.mark()) == 1

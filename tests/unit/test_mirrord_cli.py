@@ -1,0 +1,86 @@
+"""`mirrord` subcommands that need no running daemon: authorize, sync/status without one."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from mirrord.cli import main
+from takeover.exits import Exit, StatusExit
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Path:
+    """A two-node cluster file with one mirror policy (directories need not exist)."""
+    (tmp_path / "mirror.d").mkdir()
+    (tmp_path / "mirror.d" / "mail.toml").write_text(
+        '[[directory]]\npath = "/var/mail"\nclass = "hot"\n\n'
+        '[[directory]]\npath = "/srv/www"\nclass = "static"\n'
+    )
+    nodes = ""
+    for name, hb, lan in (("a", "198.51.100.1", "192.0.2.11"), ("b", "198.51.100.2", "192.0.2.12")):
+        nodes += (
+            f'[[node]]\nname = "{name}"\ninterface = "lan0"\nmirror_address = "{lan}"\n'
+            f'run_dir = "{tmp_path / name / "run"}"\n'
+            f'[node.heartbeat]\nhb = "{hb}"\nlan = "{lan}"\n\n'
+        )
+    path = tmp_path / "cluster.toml"
+    path.write_text(
+        f'[cluster]\nname = "t"\n\n{nodes}'
+        f'[heartbeat]\nlinks = ["hb", "lan"]\nkey_file = "/etc/hapair/authkey"\n\n'
+        f'[mirror]\nbackup_retention = "2d"\n'
+    )
+    return path
+
+
+def test_authorize_prints_a_restricted_line(
+    cluster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """authorize prints one restrict,command= line naming every root and the retention."""
+    pub = tmp_path / "k.pub"
+    pub.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA mirrord@a\n")
+    code = main(["-c", str(cluster), "--node", "b", "authorize", str(pub),
+                 "--mirrord", "/usr/bin/python3 -m mirrord.receive"])  # fmt: skip
+    assert code == Exit.OK
+    line = capsys.readouterr().out.strip()
+    assert line.startswith('restrict,command="') and line.endswith("mirrord@a")
+    argv = shlex.split(line.split('"')[1])
+    assert argv == ["/usr/bin/python3", "-m", "mirrord.receive", "--retention", "172800",
+                    "--root", "/var/mail", "--root", "/srv/www"]  # fmt: skip
+
+
+def test_authorize_refuses_a_non_key(
+    cluster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file that is not an ssh public key is refused with its name in the error."""
+    pub = tmp_path / "empty.pub"
+    pub.write_text("\n")
+    assert main(["-c", str(cluster), "--node", "b", "authorize", str(pub)]) == Exit.FAILURE
+    assert "empty.pub: not an ssh public key" in capsys.readouterr().err
+
+
+def test_sync_without_daemon_fails_clearly(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """sync with no daemon running exits FAILURE naming the control socket."""
+    assert main(["-c", str(cluster), "--node", "a", "sync"]) == Exit.FAILURE
+    assert "mirrord.sock" in capsys.readouterr().err
+
+
+def test_status_without_daemon_is_not_running(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """status with no status file exits NOT_RUNNING (3) and says so."""
+    assert main(["-c", str(cluster), "--node", "a", "status"]) == StatusExit.NOT_RUNNING
+    assert "not running" in capsys.readouterr().err
+
+
+def test_run_with_missing_cluster_file_is_not_configured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run with no cluster file exits NOT_CONFIGURED (6) naming the file."""
+    code = main(["-c", str(tmp_path / "nope.toml"), "--node", "a", "run"])
+    assert code == Exit.NOT_CONFIGURED
+    assert "nope.toml" in capsys.readouterr().err

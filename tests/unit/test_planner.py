@@ -1,0 +1,378 @@
+"""The mirror planner: due passes, snapshots, adaptive interval, RPO (fake clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mirrord.planner import (
+    ALARM_AFTER_FAILURES,
+    Cadence,
+    PassKind,
+    PassPlan,
+    Planner,
+    Result,
+)
+
+D = "/srv/mail"
+HOT = Cadence(interval=2.0, min_interval=0.5, max_interval=30.0, max_duty=0.1)
+
+
+def planner(cadence: Cadence = HOT, now: float = 0.0) -> Planner:
+    """Return a planner with one directory."""
+    p = Planner()
+    p.add_directory(D, cadence, now)
+    return p
+
+
+def run_pass(p: Planner, now: float, duration: float, result: Result = Result.OK) -> PassPlan:
+    """Start the one due pass at `now` and finish it `duration` later."""
+    (plan,) = p.due(now)
+    p.pass_started(plan, now)
+    p.pass_finished(D, result, now + duration)
+    return plan
+
+
+def test_clean_directory_costs_nothing() -> None:
+    """A directory with nothing dirty yields no pass and no deadline."""
+    p = planner()
+    assert p.due(1000.0) == []
+    assert p.next_deadline() is None
+    assert p.rpo(D, 1000.0) == 0.0
+
+
+def test_first_change_after_quiet_is_due_at_once() -> None:
+    """After a quiet spell the first change is sent immediately (settle 0)."""
+    p = planner()
+    p.changes(D, ["a"], 10.0)
+    (plan,) = p.due(10.0)
+    assert plan.kind is PassKind.INCREMENTAL
+    assert plan.paths == frozenset({"a"})
+    assert plan.reason == "changes"
+
+
+def test_settle_delays_the_first_change() -> None:
+    """With a settle time, a change waits for companions before its pass."""
+    p = planner(Cadence(2.0, 0.5, 30.0, settle=1.0))
+    p.changes(D, ["a"], 10.0)
+    assert p.due(10.5) == []
+    assert p.next_deadline() == 11.0
+
+
+def test_passes_are_spaced_by_the_interval() -> None:
+    """A change right after a pass waits until interval after that pass started."""
+    p = planner()
+    p.changes(D, ["a"], 0.0)
+    run_pass(p, 0.0, 0.01)
+    p.changes(D, ["b"], 0.5)
+    assert p.due(0.5) == []
+    deadline = p.next_deadline()
+    assert deadline is not None and 0.5 < deadline <= 2.0
+    assert p.due(deadline)[0].paths == frozenset({"b"})
+
+
+def test_never_two_passes_of_one_directory() -> None:
+    """While a pass runs, new changes produce no second plan and starting one raises."""
+    p = planner()
+    p.changes(D, ["a"], 0.0)
+    (plan,) = p.due(0.0)
+    p.pass_started(plan, 0.0)
+    p.changes(D, ["b"], 1.0)
+    assert p.due(100.0) == []
+    assert p.next_deadline() is None
+    with pytest.raises(RuntimeError):
+        p.pass_started(plan, 1.0)
+
+
+def test_changes_during_a_pass_stay_dirty_after_success() -> None:
+    """Only the snapshot is cleared on success; a path changed mid-pass is sent next time."""
+    p = planner()
+    p.changes(D, ["a", "b"], 0.0)
+    (plan,) = p.due(0.0)
+    p.pass_started(plan, 0.0)
+    p.changes(D, ["b", "c"], 0.1)
+    p.pass_finished(D, Result.OK, 0.2)
+    assert p.status(D, 0.2).dirty == 2
+    (nxt,) = p.due(100.0)
+    assert nxt.paths == frozenset({"b", "c"})
+
+
+def test_retry_puts_the_snapshot_back_with_its_age() -> None:
+    """A failed pass returns its snapshot, and the RPO still counts from the first change."""
+    p = planner()
+    p.changes(D, ["a"], 0.0)
+    run_pass(p, 0.0, 1.0, Result.RETRY)
+    assert p.status(D, 1.0).dirty == 1
+    assert p.rpo(D, 5.0) == 5.0
+
+
+def test_retry_backs_off_exponentially_up_to_max_interval() -> None:
+    """Consecutive retries wait min_interval, 2x, 4x ... capped at max_interval."""
+    p = planner()
+    p.changes(D, ["a"], 0.0)
+    now = 0.0
+    waits = []
+    for _ in range(8):
+        run_pass(p, now, 0.0, Result.RETRY)
+        deadline = p.next_deadline()
+        assert deadline is not None
+        waits.append(deadline - now)
+        now = deadline
+    # The spacing (interval 2 s) dominates until min_interval * 2**k exceeds it.
+    assert waits == [2.0, 2.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+def test_many_retries_raise_an_alarm_and_success_clears_it() -> None:
+    """After enough consecutive failures the status carries an alarm until a pass succeeds."""
+    p = planner()
+    p.changes(D, ["a"], 0.0)
+    now = 0.0
+    for _ in range(ALARM_AFTER_FAILURES):
+        run_pass(p, now, 0.0, Result.RETRY)
+        now = p.next_deadline() or now
+    assert p.status(D, now).alarm is not None
+    run_pass(p, now, 0.1)
+    assert p.status(D, now + 1).alarm is None
+    assert p.status(D, now + 1).dirty == 0
+
+
+def test_alarm_keeps_changes_and_waits_max_interval() -> None:
+    """An alarm (e.g. guard refusal) keeps the snapshot and retries only at max_interval."""
+    p = planner()
+    p.changes(D, ["a"], 0.0)
+    (plan,) = p.due(0.0)
+    p.pass_started(plan, 0.0)
+    p.pass_finished(D, Result.ALARM, 0.1, detail="guard: source root is empty")
+    st = p.status(D, 0.1)
+    assert st.alarm == "guard: source root is empty"
+    assert st.dirty == 1
+    assert p.next_deadline() == pytest.approx(0.1 + HOT.max_interval)
+
+
+def test_missed_runs_coalesce_into_one_plan() -> None:
+    """However late the daemon asks, one plan per directory comes out with all paths."""
+    p = planner()
+    for i in range(50):
+        p.changes(D, [f"f{i}"], float(i))
+    plans = p.due(10_000.0)
+    assert len(plans) == 1
+    assert len(plans[0].paths) == 50
+
+
+def test_overflow_forces_a_full_pass_carrying_the_dirty_paths() -> None:
+    """After an overflow the next pass is full, and its success clears the dirty set."""
+    p = planner()
+    p.changes(D, ["a"], 0.0)
+    p.overflow(D, 1.0)
+    assert p.status(D, 1.0).full_needed == "overflow"
+    plan = run_pass(p, 1.0, 0.5)
+    assert plan.kind is PassKind.FULL
+    assert plan.reason == "overflow"
+    assert p.status(D, 2.0).dirty == 0
+    assert p.status(D, 2.0).full_needed is None
+
+
+def test_overflow_alone_makes_the_directory_due() -> None:
+    """A full-pass need with an empty dirty set still schedules a pass and counts in the RPO."""
+    p = planner()
+    p.overflow(D, 5.0)
+    assert p.rpo(D, 7.0) == 2.0
+    (plan,) = p.due(5.0)
+    assert plan.kind is PassKind.FULL
+
+
+def test_failed_full_pass_is_still_owed() -> None:
+    """A full pass that fails leaves the full-pass need in place with its reason."""
+    p = planner()
+    p.need_full(D, "startup", 0.0)
+    run_pass(p, 0.0, 1.0, Result.RETRY)
+    assert p.status(D, 1.0).full_needed == "startup"
+    assert p.rpo(D, 3.0) == 3.0
+
+
+def test_overflow_during_full_pass_needs_another() -> None:
+    """An overflow while a full pass runs is not cleared by that pass's success."""
+    p = planner()
+    p.need_full(D, "startup", 0.0)
+    (plan,) = p.due(0.0)
+    p.pass_started(plan, 0.0)
+    p.overflow(D, 0.5)
+    p.pass_finished(D, Result.OK, 1.0)
+    assert p.status(D, 1.0).full_needed == "overflow"
+
+
+def test_verify_every_schedules_an_audit_on_a_clean_directory() -> None:
+    """With verify_every, a full audit pass comes due even when nothing is dirty."""
+    p = planner(Cadence(2.0, 0.5, 30.0, verify_every=3600.0), now=0.0)
+    assert p.due(3599.0) == []
+    assert p.next_deadline() == 3600.0
+    (plan,) = p.due(3600.0)
+    assert plan.kind is PassKind.FULL and plan.audit and plan.reason == "verify"
+    p.pass_started(plan, 3600.0)
+    p.pass_finished(D, Result.OK, 3610.0)
+    assert p.next_deadline() == 7210.0
+
+
+def test_request_runs_now_despite_spacing_and_backoff() -> None:
+    """`mirrord sync` makes a dirty directory due at once, even while backing off."""
+    p = planner()
+    p.changes(D, ["a"], 0.0)
+    run_pass(p, 0.0, 0.0, Result.RETRY)
+    assert p.due(0.1) == []
+    p.request(D, 0.1)
+    (plan,) = p.due(0.1)
+    assert plan.reason == "requested"
+
+
+def test_request_full_on_clean_directory_runs_a_full_pass() -> None:
+    """`mirrord sync --full` runs a full pass even with nothing dirty."""
+    p = planner()
+    p.request(D, 1.0, full=True)
+    (plan,) = p.due(1.0)
+    assert plan.kind is PassKind.FULL
+
+
+def test_request_on_clean_directory_costs_nothing() -> None:
+    """A plain sync request with nothing dirty yields no pass and is forgotten."""
+    p = planner()
+    p.request(D, 1.0)
+    assert p.due(1.0) == []
+    assert p.next_deadline() is None
+
+
+def test_busy_directory_shortens_its_interval() -> None:
+    """A directory changing 100 times per interval syncs about 10x more often (to min)."""
+    p = planner(Cadence(interval=10.0, min_interval=0.5, max_interval=60.0))
+    now = 0.0
+    for _ in range(5):
+        p.changes(D, [f"f{i}" for i in range(100)], now)
+        now += 10.0
+        run_pass(p, now, 0.01)
+    assert p.status(D, now).interval == pytest.approx(1.0, rel=0.05)
+
+
+def test_quiet_directory_keeps_its_nominal_interval() -> None:
+    """A directory with about one change per interval keeps the nominal interval."""
+    p = planner(Cadence(interval=10.0, min_interval=0.5, max_interval=60.0))
+    now = 0.0
+    for _ in range(5):
+        p.changes(D, ["f"], now)
+        now += 10.0
+        run_pass(p, now, 0.01)
+    assert p.status(D, now).interval == 10.0
+
+
+@pytest.mark.parametrize(
+    ("cost", "expected"),
+    [
+        (0.01, 0.5),  # cheap passes: the busy rate reaches min_interval
+        (0.2, 2.0),  # 0.2 s / 0.1 duty
+        (1.0, 10.0),
+        (10.0, 60.0),  # duty would want 100 s: max_interval bounds the RPO first
+    ],
+)
+def test_pass_cost_keeps_duty_under_max_duty(cost: float, expected: float) -> None:
+    """The interval never falls below mean pass cost / max_duty, within [min, max]."""
+    p = planner(Cadence(interval=10.0, min_interval=0.5, max_interval=60.0, max_duty=0.1))
+    now = 0.0
+    for _ in range(5):
+        p.changes(D, [f"f{i}" for i in range(10_000)], now)
+        now = max(now + 1.0, p.next_deadline() or now)
+        run_pass(p, now, cost)
+        now += cost
+    assert p.status(D, now).interval == pytest.approx(expected)
+
+
+def test_duty_stays_under_max_duty_under_continuous_churn() -> None:
+    """Simulated churn with costly passes spends at most max_duty of wall time syncing."""
+    cad = Cadence(interval=1.0, min_interval=0.2, max_interval=30.0, max_duty=0.1)
+    p = planner(cad)
+    now, busy, i = 0.0, 0.0, 0
+    while now < 600.0:
+        p.changes(D, [f"f{i}"], now)
+        i += 1
+        plans = p.due(now)
+        if plans:
+            p.pass_started(plans[0], now)
+            cost = 0.5
+            p.changes(D, [f"g{i}"], now + cost / 2)
+            p.pass_finished(D, Result.OK, now + cost)
+            busy += cost
+            now += cost
+        now += 0.05
+    assert busy / now <= cad.max_duty * 1.1
+    assert p.rpo(D, now) <= cad.max_interval
+
+
+def test_restore_keeps_original_change_times() -> None:
+    """Journaled paths come back with their first-change times, so the RPO survives restart."""
+    p = planner(now=100.0)
+    p.restore(D, {"a": 10.0, "b": 50.0})
+    assert p.rpo(D, 100.0) == 90.0
+    (plan,) = p.due(100.0)
+    assert plan.paths == frozenset({"a", "b"})
+
+
+def test_rpo_tracks_the_oldest_unsynced_change() -> None:
+    """RPO is the age of the oldest change still pending or in flight, 0 once synced."""
+    p = planner()
+    p.changes(D, ["a"], 1.0)
+    p.changes(D, ["a"], 3.0)
+    p.changes(D, ["b"], 2.0)
+    assert p.rpo(D, 4.0) == 3.0
+    (plan,) = p.due(4.0)
+    p.pass_started(plan, 4.0)
+    assert p.rpo(D, 5.0) == 4.0
+    p.pass_finished(D, Result.OK, 5.0)
+    assert p.rpo(D, 6.0) == 0.0
+
+
+def test_directories_are_independent() -> None:
+    """A running pass of one directory does not block another directory's pass."""
+    p = Planner()
+    p.add_directory("/srv/a", HOT, 0.0)
+    p.add_directory("/srv/b", HOT, 0.0)
+    p.changes("/srv/a", ["x"], 0.0)
+    (plan,) = p.due(0.0)
+    p.pass_started(plan, 0.0)
+    p.changes("/srv/b", ["y"], 0.0)
+    assert [q.directory for q in p.due(0.0)] == ["/srv/b"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"interval": 1.0, "min_interval": 2.0, "max_interval": 3.0}, "min_interval"),
+        ({"interval": 5.0, "min_interval": 1.0, "max_interval": 3.0}, "max_interval"),
+        ({"interval": 1.0, "min_interval": 0.0, "max_interval": 3.0}, "min_interval"),
+        ({"interval": 1.0, "min_interval": 1.0, "max_interval": 3.0, "max_duty": 0.0}, "max_duty"),
+    ],
+)
+def test_bad_cadence_is_rejected(kwargs: dict[str, float], message: str) -> None:
+    """An inconsistent cadence raises a ValueError naming the field."""
+    with pytest.raises(ValueError, match=message):
+        Cadence(**kwargs)
+
+
+def test_unknown_directory_raises() -> None:
+    """Events for a directory the planner does not know raise KeyError naming it."""
+    with pytest.raises(KeyError, match="/nope"):
+        planner().changes("/nope", ["a"], 0.0)
+
+
+def test_duty_gap_follows_an_expensive_pass() -> None:
+    """After a 1 s pass at max_duty 0.1 a new change waits 9 s of idle time, no more."""
+    p = planner()
+    p.changes(D, ["a"], 0.0)
+    run_pass(p, 0.0, 1.0)
+    p.changes(D, ["b"], 1.5)
+    assert p.due(9.9) == []
+    assert p.next_deadline() == pytest.approx(10.0)
+
+
+def test_change_after_quiet_spell_is_sent_at_once() -> None:
+    """Once the idle time owed by the last pass has passed, a change is due immediately."""
+    p = planner()
+    p.changes(D, ["a"], 0.0)
+    run_pass(p, 0.0, 1.0)
+    p.changes(D, ["b"], 20.0)
+    assert [q.paths for q in p.due(20.0)] == [frozenset({"b"})]

@@ -1,0 +1,231 @@
+"""rsync command lines, exit-code classes, stats parsing, and real local passes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+
+from mirrord.backups import BACKUP_DIR
+from mirrord.planner import Result
+from mirrord.transfer import (
+    RSYNC_OUTCOME,
+    Peer,
+    Stats,
+    TransferOptions,
+    TransferResult,
+    classify,
+    full_argv,
+    incremental_argv,
+    parse_line,
+    run_rsync,
+)
+
+NOW = 1_795_000_000.0  # 2026-11-18T11:06:40Z
+PEER = Peer(user="hapair", address="192.0.2.12", key="/etc/hapair/mirror_key",
+            control_path="/run/hapair/ssh-%C")  # fmt: skip
+
+
+def test_incremental_argv_has_the_files_from_set() -> None:
+    """An incremental pass reads NUL paths from stdin, relative, deleting missing args."""
+    argv = incremental_argv("/srv/mail", PEER, TransferOptions(), NOW)
+    for flag in ("-a", "-I", "--files-from=-", "--from0", "--relative",
+                 "--delete-missing-args", "--force", "--inplace", "--numeric-ids"):  # fmt: skip
+        assert flag in argv
+    assert "--delete" not in argv
+    assert argv[-2:] == ["/srv/mail/", "hapair@192.0.2.12:/srv/mail/"]
+
+
+def test_incremental_without_delete_ignores_missing() -> None:
+    """With delete = false a vanished path is ignored, never deleted."""
+    argv = incremental_argv("/srv/mail", PEER, TransferOptions(delete=False), NOW)
+    assert "--ignore-missing-args" in argv
+    assert "--delete-missing-args" not in argv
+
+
+def test_full_argv_deletes_and_audits_with_checksum() -> None:
+    """A full pass uses --delete; an audit adds --checksum only if the policy asks."""
+    opts = TransferOptions(verify_checksum=True)
+    plain = full_argv("/srv/www", PEER, opts, NOW)
+    audit = full_argv("/srv/www", PEER, opts, NOW, audit=True)
+    assert "--delete" in plain and "--checksum" not in plain
+    assert "--checksum" in audit
+    assert "--files-from=-" not in plain
+    assert "--dry-run" in full_argv("/srv/www", PEER, opts, NOW, dry_run=True)
+
+
+def test_policy_options_map_to_flags() -> None:
+    """Hard links, ACLs, xattrs, sparse, excludes, bwlimit and max-delete become flags."""
+    opts = TransferOptions(hard_links=True, acls=True, xattrs=True, sparse=True,
+                           excludes=("*.tmp", "/cache/"), bwlimit=500, max_delete=100)  # fmt: skip
+    argv = full_argv("/srv/www", PEER, opts, NOW)
+    for flag in ("-H", "-A", "-X", "-S", "--exclude=*.tmp", "--exclude=/cache/",
+                 "--bwlimit=500", "--max-delete=100"):  # fmt: skip
+        assert flag in argv
+    assert "--bwlimit=0" not in full_argv("/srv/www", PEER, TransferOptions(), NOW)
+
+
+def test_backup_dir_is_relative_dated_and_excluded() -> None:
+    """Backups go to a relative dated dir with a per-pass suffix, excluded from passes."""
+    argv = full_argv("/srv/www", PEER, TransferOptions(), NOW)
+    assert "--backup" in argv
+    assert f"--backup-dir={BACKUP_DIR}/2026-11-18T11Z" in argv
+    assert "--suffix=~20261118T110640~" in argv
+    assert f"--exclude=/{BACKUP_DIR}/" in argv
+
+
+def test_ssh_uses_one_control_master_per_peer() -> None:
+    """The -e command carries the key, batch mode and the ControlMaster settings."""
+    argv = incremental_argv("/srv/mail", PEER, TransferOptions(), NOW)
+    ssh = shlex.split(argv[argv.index("-e") + 1])
+    assert ssh[0] == "ssh"
+    assert "ControlMaster=auto" in ssh and "ControlPath=/run/hapair/ssh-%C" in ssh
+    assert "BatchMode=yes" in ssh
+    assert ssh[ssh.index("-i") + 1] == "/etc/hapair/mirror_key"
+
+
+def test_ipv6_peer_is_bracketed() -> None:
+    """An IPv6 mirror address is written in brackets in the rsync target."""
+    assert Peer("u", "2001:db8::12").target("/srv/a") == "u@[2001:db8::12]:/srv/a/"
+
+
+def test_every_outcome_row_has_a_reason() -> None:
+    """Each row of the exit-code table explains itself."""
+    assert all(len(o.reason.split()) >= 1 and o.reason for o in RSYNC_OUTCOME.values())
+    assert {0, 23, 24, 25, 30, 35, 255} <= set(RSYNC_OUTCOME)
+
+
+@pytest.mark.parametrize(
+    ("rc", "result"),
+    [(0, Result.OK), (24, Result.OK), (23, Result.RETRY), (25, Result.ALARM),
+     (30, Result.RETRY), (35, Result.RETRY), (255, Result.RETRY), (10, Result.RETRY),
+     (12, Result.RETRY), (1, Result.ALARM), (2, Result.ALARM), (3, Result.ALARM),
+     (4, Result.ALARM), (-9, Result.RETRY), (99, Result.ALARM)],
+)  # fmt: skip
+def test_classify(rc: int, result: Result) -> None:
+    """Exit codes map to OK, RETRY or ALARM as the table says."""
+    assert classify(rc).result is result
+
+
+def test_parse_itemize_and_stats() -> None:
+    """Itemized changes, deletions and the --stats totals are counted."""
+    s = Stats()
+    for line in [
+        ">f+++++++++ new.txt",
+        ">f.st...... edited.txt",
+        "cd+++++++++ dir/",
+        "cL+++++++++ link -> target",
+        "*deleting   old.txt",
+        "*deleting   olddir/",
+        "Number of files: 1,234 (reg: 1,000, dir: 234)",
+        "Total bytes sent: 5,678",
+        "sent 5,678 bytes  received 35 bytes",
+    ]:
+        parse_line(line, s, keep_deleted=1)
+    assert (s.changed, s.deleted, s.files, s.bytes_sent) == (4, 2, 1234, 5678)
+    assert s.deleted_paths == ["old.txt"]
+
+
+# -- real local rsync --------------------------------------------------------------------
+
+
+def tree(root: Path, files: dict[str, str]) -> None:
+    """Create `files` (relative path -> content) under root."""
+    for rel, text in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+
+
+def run(argv: list[str], paths: list[str] | None = None) -> TransferResult:
+    """Run rsync to completion."""
+    return asyncio.run(run_rsync(argv, paths, keep_deleted=10))
+
+
+def listing(root: Path) -> set[str]:
+    """Return every path below root, relative, without the backup area."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")
+            if not str(p.relative_to(root)).startswith(BACKUP_DIR)}  # fmt: skip
+
+
+def test_incremental_pass_sends_only_listed_paths(tmp_path: Path) -> None:
+    """A files-from pass copies the listed paths and leaves unlisted changes alone."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tree(src, {"a": "1", "d/b": "2", "c": "3"})
+    dst.mkdir()
+    res = run(incremental_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)), ["d/b"])
+    assert res.outcome.result is Result.OK
+    assert listing(dst) == {"d", "d/b"}
+    assert res.stats.changed >= 1
+
+
+def test_incremental_pass_deletes_missing_and_backs_up(tmp_path: Path) -> None:
+    """A listed path that vanished is deleted on the receiver and kept in the backup area."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tree(src, {"a": "1", "d/b": "2", "d/e/f": "3"})
+    dst.mkdir()
+    run(full_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)))
+    (src / "a").unlink()
+    (src / "d/e/f").unlink()
+    (src / "d/e").rmdir()
+    (src / "d/b").write_text("22")
+    res = run(incremental_argv(str(src), None, TransferOptions(), NOW + 1, dest=str(dst)),
+              ["a", "d/e", "d/b"])  # fmt: skip
+    assert res.outcome.result is Result.OK, res.stderr
+    assert listing(dst) == {"d", "d/b"}
+    assert (dst / "d/b").read_text() == "22"
+    backups = {p.name for p in (dst / BACKUP_DIR).rglob("*") if p.is_file()}
+    assert backups == {"a~20261118T110641~", "b~20261118T110641~", "f~20261118T110641~"}
+    # a, d/e/f and d/e: the --force deletion of a directory lists its contents too.
+    assert res.stats.deleted == 3
+
+
+def test_same_size_rewrite_in_the_same_second_is_sent(tmp_path: Path) -> None:
+    """An incremental pass sends a listed file even when size and mtime look unchanged."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tree(src, {"a": "one"})
+    dst.mkdir()
+    run(full_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)))
+    st = os.stat(src / "a")
+    (src / "a").write_text("two")
+    os.utime(src / "a", ns=(st.st_atime_ns, st.st_mtime_ns))
+    run(incremental_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)), ["a"])
+    assert (dst / "a").read_text() == "two"
+
+
+def test_full_pass_keeps_the_backup_area(tmp_path: Path) -> None:
+    """A later --delete pass never deletes what earlier passes backed up."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tree(src, {"a": "1", "b": "2"})
+    dst.mkdir()
+    run(full_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)))
+    (src / "a").unlink()
+    run(full_argv(str(src), None, TransferOptions(), NOW + 1, dest=str(dst)))
+    run(full_argv(str(src), None, TransferOptions(), NOW + 2, dest=str(dst)))
+    assert listing(dst) == {"b"}
+    assert [p.name for p in (dst / BACKUP_DIR).rglob("a~*")] == ["a~20261118T110641~"]
+
+
+def test_dry_run_counts_deletions_without_deleting(tmp_path: Path) -> None:
+    """A dry-run full pass reports the deletions it would make and changes nothing."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tree(dst, {f"f{i}": "x" for i in range(7)})
+    src.mkdir()
+    res = run(full_argv(str(src), None, TransferOptions(), NOW, dry_run=True, dest=str(dst)))
+    assert res.outcome.result is Result.OK
+    assert res.stats.deleted == 7
+    assert len(listing(dst)) == 7
+
+
+def test_max_delete_backstop_is_an_alarm(tmp_path: Path) -> None:
+    """rsync's --max-delete stops a mass deletion with exit 25, classed ALARM."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tree(dst, {f"f{i}": "x" for i in range(7)})
+    tree(src, {"keep": "y"})
+    res = run(full_argv(str(src), None, TransferOptions(max_delete=2), NOW, dest=str(dst)))
+    assert res.rc == 25
+    assert res.outcome.result is Result.ALARM
+    assert len(listing(dst)) >= 5
