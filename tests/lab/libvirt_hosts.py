@@ -37,6 +37,8 @@ from tests.lab.managed import Managed
 
 log = logging.getLogger(__name__)
 
+# libvirtd's default tcp port (listen_tcp).
+LIBVIRTD_PORT = 16509
 # Subreaper around libvirtd: without it, stopping a QEMU costs ~1.5 s here (see reaper.py).
 REAPER = Path(__file__).with_name("reaper.py")
 
@@ -127,10 +129,24 @@ class LibvirtHost:
         (r / "passwd").write_text(passwd)
         (r / "group").write_text(group)
 
+    def _port_busy(self) -> bool:
+        """True while something in the node still listens on libvirtd's tcp port."""
+        out = self.lab.run(
+            self.name, ["ss", "-Hltn", f"sport = :{LIBVIRTD_PORT}"], check=False
+        ).stdout
+        return bool(out.strip())
+
     def start(self, timeout: float = 30.0) -> None:
         """Start libvirtd and wait until it answers on its socket."""
         self._write_config()
         r = self.root
+        # After a crash the killed libvirtd's threads may still be closing its listening
+        # socket for a few ms after its PID left the namespace; binding then fails.
+        deadline = time.monotonic() + timeout
+        while self._port_busy():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"libvirtd {self.name}: port {LIBVIRTD_PORT} stays busy")
+            time.sleep(0.02)
         setup = " && ".join(
             [
                 f"mount -t overlay overlay -o lowerdir=/var,upperdir={r}/var,workdir={r}/varwork"
@@ -147,16 +163,17 @@ class LibvirtHost:
                 f"libvirtd --listen -p {r}/libvirtd.pid -f /etc/libvirt/libvirtd.conf",
             ]
         )
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", setup]
         # ip netns exec and unshare (without --fork) exec in place: the recorded PID is the
         # reaper's, libvirtd its child (SIGTERM is passed on; kill_node kills both).
-        self.proc = self.lab.spawn(
-            self.name,
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", setup],
-            log_path=r / "libvirtd.log",
-        )
-        deadline = time.monotonic() + timeout
+        self.proc = self.lab.spawn(self.name, argv, log_path=r / "libvirtd.log")
         while True:
             if not self.proc.alive():
+                if "Address already in use" in self.log_tail(1) and time.monotonic() < deadline:
+                    # The port freed only now (see above): try again.
+                    time.sleep(0.1)
+                    self.proc = self.lab.spawn(self.name, argv, log_path=r / "libvirtd.log")
+                    continue
                 raise RuntimeError(f"libvirtd {self.name} exited: {self.log_tail()}")
             if (r / "run" / "libvirt-sock").exists():
                 try:
