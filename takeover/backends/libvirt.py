@@ -168,6 +168,8 @@ class VmResource:
         self,
         spec: VmSpec,
         *,
+        # Called (name, reason) from the monitor thread when restarts are exhausted; an asyncio
+        # daemon hands it on with loop.call_soon_threadsafe.
         on_failover: Callable[[str, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -219,6 +221,8 @@ class VmResource:
             return conn
 
     def _register_events(self, conn: Any) -> None:
+        if self._callback_id is not None:
+            return
         self._callback_id = conn.domainEventRegisterAny(
             None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
         )
@@ -457,8 +461,12 @@ class VmResource:
                 return
             try:
                 self.check()
-            except VmError as exc:
+            except (VmError, libvirt.libvirtError) as exc:
+                # libvirtd away or restarting: the next check reconnects and looks again.
                 log.warning("vm.check_failed name=%s error=%s", self.spec.name, exc)
+            except Exception:
+                # The watcher must outlive any surprise; say so loudly and keep watching.
+                log.exception("vm.check_crashed name=%s", self.spec.name)
 
     def check(self) -> str:
         """Compare the domain with what this node should run; restart or fail over if needed.
@@ -577,18 +585,17 @@ class VmResource:
         }
         try:
             dom = self._lookup()
-        except VmError as exc:
+            if dom is None:
+                info.update(where="absent", state="undefined", persistent=False)
+            else:
+                state = self._state(dom)
+                info.update(
+                    where="here" if state == RUNNING else "defined",
+                    state=STATE_NAMES.get(state, str(state)),
+                    persistent=bool(dom.isPersistent()),
+                )
+        except (VmError, libvirt.libvirtError) as exc:
             info.update(where="unknown", state="unknown", error=str(exc))
-            return info
-        if dom is None:
-            info.update(where="absent", state="undefined", persistent=False)
-        else:
-            state = self._state(dom)
-            info.update(
-                where="here" if state == RUNNING else "defined",
-                state=STATE_NAMES.get(state, str(state)),
-                persistent=bool(dom.isPersistent()),
-            )
         return info
 
     def close(self) -> None:

@@ -206,6 +206,16 @@ class IpmiFencer:
         if spare is not None:
             spare.communicate()
 
+    def describe(self) -> dict[str, Any]:
+        """The BMC and the last operation's result, for `takeover status`."""
+        return {
+            "node": self.node,
+            "bmc": f"{self.address}:{self.port}",
+            "user": self.user,
+            "timeout": self.timeout,
+            "last": self.last.to_dict() if self.last is not None else None,
+        }
+
     def power_off_and_confirm(self) -> FenceResult:
         """Power the node off and read the state back until the BMC says "off"."""
         return self._run("off")

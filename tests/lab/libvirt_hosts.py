@@ -12,6 +12,9 @@ b = 192.0.2.12 on lan0), started through `Lab.spawn`, in a private mount namespa
   (root, no security driver, no namespaces/cgroups, file stdio handler, migration_host),
 - /etc/passwd and /etc/group are copies that add libvirt-qemu (the qemu driver looks it up).
 
+libvirtd runs under tests/lab/reaper.py, a child subreaper that reaps the daemonized QEMUs at
+once (this machine's init takes ~1.8 s, which libvirt waits for on every stop).
+
 Migration goes libvirtd to libvirtd over tcp on the lab LAN. libvirtd is ended by PID, QEMUs it
 left by the PIDs in its pid files; the lab's teardown removes the rest (namespaces, work dir).
 """
@@ -22,6 +25,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -32,6 +36,11 @@ from tests.lab.lab import HA_NODES, IPV4, Lab, LabProcess
 from tests.lab.managed import Managed
 
 log = logging.getLogger(__name__)
+
+# libvirtd's default tcp port (listen_tcp).
+LIBVIRTD_PORT = 16509
+# Subreaper around libvirtd: without it, stopping a QEMU costs ~1.5 s here (see reaper.py).
+REAPER = Path(__file__).with_name("reaper.py")
 
 GUEST_XML = """\
 <domain type='qemu'>
@@ -120,10 +129,24 @@ class LibvirtHost:
         (r / "passwd").write_text(passwd)
         (r / "group").write_text(group)
 
+    def _port_busy(self) -> bool:
+        """True while something in the node still listens on libvirtd's tcp port."""
+        out = self.lab.run(
+            self.name, ["ss", "-Hltn", f"sport = :{LIBVIRTD_PORT}"], check=False
+        ).stdout
+        return bool(out.strip())
+
     def start(self, timeout: float = 30.0) -> None:
         """Start libvirtd and wait until it answers on its socket."""
         self._write_config()
         r = self.root
+        # After a crash the killed libvirtd's threads may still be closing its listening
+        # socket for a few ms after its PID left the namespace; binding then fails.
+        deadline = time.monotonic() + timeout
+        while self._port_busy():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"libvirtd {self.name}: port {LIBVIRTD_PORT} stays busy")
+            time.sleep(0.02)
         setup = " && ".join(
             [
                 f"mount -t overlay overlay -o lowerdir=/var,upperdir={r}/var,workdir={r}/varwork"
@@ -136,18 +159,21 @@ class LibvirtHost:
                 f"mount --bind {r}/etc /etc/libvirt",
                 f"mount --bind {r}/passwd /etc/passwd",
                 f"mount --bind {r}/group /etc/group",
-                f"exec libvirtd --listen -p {r}/libvirtd.pid -f /etc/libvirt/libvirtd.conf",
+                f"exec {sys.executable} {REAPER} "
+                f"libvirtd --listen -p {r}/libvirtd.pid -f /etc/libvirt/libvirtd.conf",
             ]
         )
-        # ip netns exec and unshare (without --fork) exec in place: the PID is libvirtd's.
-        self.proc = self.lab.spawn(
-            self.name,
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", setup],
-            log_path=r / "libvirtd.log",
-        )
-        deadline = time.monotonic() + timeout
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", setup]
+        # ip netns exec and unshare (without --fork) exec in place: the recorded PID is the
+        # reaper's, libvirtd its child (SIGTERM is passed on; kill_node kills both).
+        self.proc = self.lab.spawn(self.name, argv, log_path=r / "libvirtd.log")
         while True:
             if not self.proc.alive():
+                if "Address already in use" in self.log_tail(1) and time.monotonic() < deadline:
+                    # The port freed only now (see above): try again.
+                    time.sleep(0.1)
+                    self.proc = self.lab.spawn(self.name, argv, log_path=r / "libvirtd.log")
+                    continue
                 raise RuntimeError(f"libvirtd {self.name} exited: {self.log_tail()}")
             if (r / "run" / "libvirt-sock").exists():
                 try:

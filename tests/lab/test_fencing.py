@@ -61,6 +61,17 @@ def test_power_off_is_confirmed_and_the_action_happened(
     assert result.to_dict()["attempts"][0]["result"] == "ok"
 
 
+def test_describe_shows_the_last_result(bmc: SimBmc) -> None:
+    """describe() names the BMC and carries the last operation's attempts for status."""
+    f = fencer(bmc, bmc.write_password_file("wrong"))
+    assert f.describe()["last"] is None
+    f.power_state()
+    info = f.describe()
+    assert info["bmc"] == f"{bmc.address}:{bmc.port}"
+    assert info["last"]["error"] == "wrong-password"
+    assert info["last"]["attempts"][0]["try"] == 1
+
+
 def test_power_off_of_a_node_already_off_sends_nothing(bmc: SimBmc) -> None:
     """A node that is already off is confirmed off without a power command."""
     bmc.set_power(on=False)
@@ -158,6 +169,8 @@ def test_prepared_worker_serves_the_next_attempt(bmc: SimBmc) -> None:
     try:
         spare = workers()
         assert len(spare) == 1
+        # The password travels on stdin, never on the command line that `ps` shows.
+        assert bmc.password not in _cmdline(Path(f"/proc/{spare[0]}"))
         result = f.power_off_and_confirm()
         assert result.ok and result.power == "off"
         # The prepared worker did the job and exited; a new spare waits for the next one.

@@ -247,7 +247,10 @@ def test_crashed_owner_is_fenced_then_survivor_starts_and_returner_reconciles(
     # b returns: links up, libvirtd restarted; its persistent definition survived the crash.
     lab.revive_node("b")
     pair["b"].start()
-    assert vm.state("b") == "defined"
-    assert vm["b"].reconcile(owner_elsewhere=True) == ["undefine"]
+    # libvirtd reconnects to its old QEMUs in the background: for a moment the dead copy may
+    # still show as running. Either way it is a stale copy, and reconcile clears it.
+    assert vm.state("b") in ("defined", "running")
+    steps = vm["b"].reconcile(owner_elsewhere=True)
+    assert steps in (["undefine"], ["destroy", "undefine"])
     assert vm.state("b") is None
     assert vm.running_copies() == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,3 +221,20 @@ def test_spec_from_config_uses_the_node_uri(tmp_path: Path) -> None:
     beta = VmSpec.from_config(cfg, "beta")
     assert beta.uri == "qemu:///system"
     assert (beta.start_timeout, beta.max_restarts) == (5.0, 1)
+
+
+def test_monitor_restarts_on_the_lifecycle_event(xml: Path, conn: libvirt.virConnect) -> None:
+    """With the periodic check an hour away, the stop event alone gets the domain restarted."""
+    r = resource(xml, FakeClock(), check_interval=3600.0)
+    r.acquire()
+    r.start_monitor()
+    try:
+        conn.lookupByName(xml.stem).destroy()
+        deadline = time.monotonic() + 30
+        while r.describe()["restarts"] < 1 or not conn.lookupByName(xml.stem).isActive():
+            assert time.monotonic() < deadline, "no restart after the stop event"
+            time.sleep(0.02)
+        assert r.describe()["last_event"] is not None
+    finally:
+        r.release()
+        r.close()
