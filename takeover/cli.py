@@ -1,4 +1,4 @@
-"""Command line of `takeover`: run, status, standby, promote, check."""
+"""Command line of `takeover`: run, status, standby, promote, fence, check."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from takeover.cliutil import (
 from takeover.config import DEFAULT_RUN_DIR, Cluster, Node
 from takeover.configparse import ConfigError
 from takeover.exits import Exit, StatusExit
+from takeover.fencecli import add_fence_command, check_fencing, run_fence
 from takeover.status import classify, read_status, render, status_path
 
 PROG = "takeover"
@@ -33,11 +34,17 @@ PROG = "takeover"
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every subcommand."""
     parser, sub = new_parser(PROG, "Decide which node of the pair is active and move the service.")
-    add_check_command(
+    check = add_check_command(
         sub,
         cmd_check,
         "validate the cluster file and exit 0 or 2",
         "skip checks of files the configuration names (key file, password files)",
+    )
+    check.add_argument(
+        "--fencing",
+        action="store_true",
+        help="also log into every BMC and read its power state (changes nothing); exit 1 "
+        "if one does not answer",
     )
     run = add_command(sub, "run", cmd_run, "run the daemon in the foreground (systemd's ExecStart)")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -48,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="release even when the peer cannot take over"
     )
     add_command(sub, "promote", cmd_promote, "make this node active (the peer hands over)")
+    add_fence_command(sub, cmd_fence)
     return parser
 
 
@@ -77,7 +85,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     if problems:
         return report_check(PROG, args, "", problems, Exit.CONFIG)
+    if args.fencing:
+        return check_fencing(cluster, args.json)
     return report_check(PROG, args, summary, problems, Exit.OK)
+
+
+def cmd_fence(args: argparse.Namespace) -> int:
+    """Power a node off through its BMC; exit 0 (confirmed off) or 1 (failed, refused)."""
+    return run_fence(args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final
@@ -195,6 +195,9 @@ class VmConfig:
     stop_timeout: float = 120.0
     # Live-migrate on planned switchover (falls back to stop/start).
     migrate: bool = False
+    # Node name -> URI by which the PEER's libvirtd reaches that node's libvirtd (the live
+    # migration destination, e.g. "qemu+tcp://192.0.2.12/system"); required with migrate.
+    migrate_uri: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # Restarts in place within restart_window before the pair fails over.
     max_restarts: int = 3
     # Seconds over which max_restarts is counted.
@@ -203,6 +206,10 @@ class VmConfig:
     def uri_for(self, node_name: str) -> str:
         """Return the libvirt URI to use on one node."""
         return self.uri.get(node_name, DEFAULT_LIBVIRT_URI)
+
+    def migrate_uri_for(self, node_name: str) -> str | None:
+        """Return where the peer migrates this VM to reach `node_name`, or None (no migration)."""
+        return self.migrate_uri.get(node_name) if self.migrate else None
 
 
 @dataclass(frozen=True)
@@ -705,6 +712,26 @@ def _vip_address(t: Table) -> IPInterface | None:
     return None
 
 
+def _node_uris(
+    t: Table, key: str, node_names: list[str], pattern: str, what: str
+) -> dict[str, str]:
+    """Read a table node name -> libvirt URI; every key must be a node."""
+    uris: dict[str, str] = {}
+    table = t.table(key)
+    if table is None:
+        return uris
+    for node_name in table.data:
+        uri = table.string(node_name, pattern=pattern, what=what)
+        if node_name not in node_names:
+            table.problem(node_name, f"is not a node ({', '.join(node_names)})")
+        uris[node_name] = uri
+    return uris
+
+
+# A migration destination names the host the source's libvirtd connects to (p2p migration).
+REMOTE_URI_RE = r"[a-z0-9+]+://[^/\s]+/\S*"
+
+
 def _vms(root: Table, nodes: list[Node] | tuple[Node, ...]) -> tuple[VmConfig, ...]:
     vms: list[VmConfig] = []
     node_names = [n.name for n in nodes]
@@ -712,14 +739,22 @@ def _vms(root: Table, nodes: list[Node] | tuple[Node, ...]) -> tuple[VmConfig, .
         name = t.string("name", pattern=NAME_RE, what=NAME_WHAT)
         if name and any(v.name == name for v in vms):
             t.problem("name", f'"{name}" is already the name of another VM')
-        uris: dict[str, str] = {}
-        uri_table = t.table("uri")
-        if uri_table is not None:
-            for node_name in uri_table.data:
-                uri = uri_table.string(node_name, pattern=r"\S+://\S*", what="a libvirt URI")
-                if node_name not in node_names:
-                    uri_table.problem(node_name, f"is not a node ({', '.join(node_names)})")
-                uris[node_name] = uri
+        uris = _node_uris(t, "uri", node_names, r"\S+://\S*", "a libvirt URI")
+        migrate = t.boolean("migrate", False)
+        migrate_uris = _node_uris(
+            t,
+            "migrate_uri",
+            node_names,
+            REMOTE_URI_RE,
+            'a libvirt URI with a host, e.g. "qemu+tcp://192.0.2.12/system"',
+        )
+        missing = [n for n in node_names if n not in migrate_uris]
+        if migrate and missing and not t.bad("migrate", "migrate_uri"):
+            t.problem(
+                "migrate_uri",
+                "migrate = true needs the URI the peer's libvirtd reaches each node by; "
+                f"missing: {', '.join(missing)}",
+            )
         vms.append(
             VmConfig(
                 name=name,
@@ -727,7 +762,8 @@ def _vms(root: Table, nodes: list[Node] | tuple[Node, ...]) -> tuple[VmConfig, .
                 uri=MappingProxyType(uris),
                 start_timeout=t.duration("start_timeout", 60.0, positive=True),
                 stop_timeout=t.duration("stop_timeout", 120.0, positive=True),
-                migrate=t.boolean("migrate", False),
+                migrate=migrate,
+                migrate_uri=MappingProxyType(migrate_uris),
                 max_restarts=t.integer("max_restarts", 3, lo=0),
                 restart_window=t.duration("restart_window", 600.0, positive=True),
             )

@@ -56,8 +56,12 @@ class Resources(Protocol):
         """Acquire everything in order; raise (after rolling back) on failure."""
         ...
 
-    async def release(self) -> None:
-        """Release everything in reverse order; idempotent; raise if something stays held."""
+    async def release(self, handover: bool = False) -> None:
+        """Release everything in reverse order; idempotent; raise if something stays held.
+
+        `handover`: a planned switchover to a live standby peer; resources that can move
+        themselves (live migration) do so instead of stopping.
+        """
         ...
 
     async def announce(self) -> None:
@@ -65,7 +69,8 @@ class Resources(Protocol):
         ...
 
     def describe(self) -> list[dict[str, Any]]:
-        """Return one dict per VIP/VM for status: address/name, interface, held."""
+        """Return one dict per VIP/VM for status: address/name, interface, held; VMs have
+        kind "vm"."""
         ...
 
 
@@ -95,6 +100,10 @@ class Fencer(Protocol):
 
     async def fence(self, peer: str) -> tuple[bool, str]:
         """Power `peer` off and confirm; return (ok, detail)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Return the fencing device and its recent results (with attempts) for status."""
         ...
 
 
@@ -449,7 +458,7 @@ class Daemon:
         elif isinstance(a, m.AcquireResources):
             self._spawn(self._acquire(a.reason))
         elif isinstance(a, m.ReleaseResources):
-            self._spawn(self._release(a.reason))
+            self._spawn(self._release(a.reason, self._planned_handover()))
         elif isinstance(a, m.Announce):
             self._spawn(self._announce())
         elif isinstance(a, m.ProbeTargets):
@@ -513,15 +522,32 @@ class Daemon:
         log.info("resources.acquired reason=%s", reason)
         self._emit(m.AcquireDone())
 
-    async def _release(self, reason: str) -> None:
+    def _planned_handover(self) -> bool:
+        """Return whether the release now starting hands the service to a live standby peer.
+
+        Only then may a VM live-migrate: the peer's libvirtd is up and the peer is about to
+        acquire (adopting the migrated copy). Urgent releases, faults and surrenders stop.
+        """
+        s = self.state
+        peer = s.peer
+        return (
+            s.role is m.Role.RELEASING
+            and not s.urgent
+            and s.release_to is m.Role.STANDBY
+            and peer is not None
+            and peer.role is m.Role.STANDBY
+            and s.peer_alive(self.clock())
+        )
+
+    async def _release(self, reason: str, handover: bool = False) -> None:
         async with self._resource_lock:
             try:
-                await self.fx.resources.release()
+                await self.fx.resources.release(handover=handover)
             except Exception as err:
                 log.error("resources.release_failed reason=%s error=%s", reason, err)
                 self._emit(m.ReleaseFailed(str(err) or type(err).__name__))
                 return
-        log.info("resources.released reason=%s", reason)
+        log.info("resources.released reason=%s handover=%s", reason, handover)
         self._emit(m.ReleaseDone())
 
     async def _announce(self) -> None:
@@ -669,6 +695,7 @@ class Daemon:
             links[name] = {**st, "up": isinstance(age, float | int) and age <= p.deadtime}
         counters = self.receiver.counters()
         counters["sent"] = self.sent
+        resources = self._vips()
         local = {
             "name": p.node,
             "role": s.role.value,
@@ -693,7 +720,9 @@ class Daemon:
             "peer": peer,
             "links": links,
             "targets": self.reach.states(now),
-            "vips": self._vips(),
+            "vips": [e for e in resources if e.get("kind") != "vm"],
+            "vms": [e for e in resources if e.get("kind") == "vm"],
+            "fencing": self._fencing(),
             "checks": self.health.states(),
             "inhibitors": self.control.inhibitors.names(),
             "heartbeat": counters,
@@ -717,6 +746,16 @@ class Daemon:
             entry["holder"] = holder
             out.append(entry)
         return out
+
+    def _fencing(self) -> dict[str, Any] | None:
+        """Return the fencing device's status view, or None when the peer has none."""
+        describe = getattr(self.fx.fencer, "describe", None)
+        if describe is None:
+            return None
+        try:
+            return dict(describe())
+        except Exception as err:
+            return {"error": str(err) or type(err).__name__}
 
     def _status_key(self) -> tuple[object, ...]:
         """Return what, when it changes, makes the status file worth rewriting at once."""

@@ -73,12 +73,17 @@ class ResourceList:
                 raise ResourceError(f"{item.name}: {err}") from err
             taken.append(item)
 
-    async def release(self) -> None:
-        """Release each in reverse; try them all; raise ResourceError naming the failures."""
+    async def release(self, handover: bool = False) -> None:
+        """Release each in reverse; try them all; raise ResourceError naming the failures.
+
+        With `handover` (a planned switchover to a live peer), resources that can move
+        themselves (a VM that live-migrates) are handed over instead of stopped.
+        """
         failures = []
         for item in reversed(self.items):
             try:
-                await item.release()
+                hand_over = getattr(item, "hand_over", None) if handover else None
+                await (hand_over() if hand_over is not None else item.release())
             except Exception as err:
                 log.error("resource.release_failed name=%s error=%s", item.name, err)
                 failures.append(f"{item.name}: {err}")
@@ -228,3 +233,67 @@ class ThreadResource:
         view = dict(self._view)
         view.setdefault("held", view.get("where") == "here")
         return view
+
+
+class MonitoredResource(BlockingResource, Protocol):
+    """A blocking resource that watches itself while held and can move to the peer itself."""
+
+    def start_monitor(self) -> None:
+        """Start watching (restart in place, or ask for a failover)."""
+        ...
+
+    def stop_monitor(self) -> None:
+        """Stop watching."""
+        ...
+
+    def hand_over(self) -> object:
+        """Release for a planned switchover (live-migrate when allowed)."""
+        ...
+
+    def reconcile(self, owner_elsewhere: bool) -> list[str]:
+        """Clear a copy this node must not run; return the steps taken."""
+        ...
+
+
+class VmItem(ThreadResource):
+    """A VM in the resource list: monitored while held, live-migrated on a planned handover."""
+
+    inner: MonitoredResource
+
+    def __init__(self, name: str, inner: MonitoredResource) -> None:
+        """Wrap `inner` (takeover.backends.libvirt.VmResource)."""
+        super().__init__(name, inner)
+        self.inner = inner
+
+    async def reconcile(self, owner_elsewhere: bool) -> list[str]:
+        """Clear a stale copy (see VmResource.reconcile) and refresh the status view."""
+        try:
+            return await asyncio.to_thread(self.inner.reconcile, owner_elsewhere)
+        finally:
+            await self.refresh()
+
+    async def acquire(self) -> None:
+        """Acquire, then watch the domain (restart in place or ask for a failover)."""
+        await super().acquire()
+        await asyncio.to_thread(self.inner.start_monitor)
+
+    async def release(self) -> None:
+        """Stop watching first (a shutdown is no crash), then shut down and undefine."""
+        await asyncio.to_thread(self.inner.stop_monitor)
+        await super().release()
+
+    async def hand_over(self) -> None:
+        """Stop watching, then live-migrate to the peer (or stop when that is not possible)."""
+        await asyncio.to_thread(self.inner.stop_monitor)
+        try:
+            await asyncio.to_thread(self.inner.hand_over)
+        finally:
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Re-read the status view (restarts in place happen between acquire and release)."""
+        self._view = await asyncio.to_thread(self._read)
+
+    def describe(self) -> dict[str, Any]:
+        """Return the last status view, marked as a VM."""
+        return {**super().describe(), "kind": "vm"}

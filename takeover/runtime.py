@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import ipaddress
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -28,7 +29,7 @@ from takeover.heartbeat import HeartbeatLinks, LinkSpec, load_key
 from takeover.hooks import Hook
 from takeover.machine import Event, LinkState, MachineParams, OperatorStandby
 from takeover.probe import PingProber, VipGuard
-from takeover.resources import ResourceList, ThreadResource, VipResource
+from takeover.resources import ResourceList, VipResource, VmItem
 from takeover.wire import Heartbeat, Receiver
 
 log = logging.getLogger(__name__)
@@ -111,26 +112,58 @@ class PingAdapter:
         return {str(t): [outcome] for t, outcome in got.items()}
 
 
+# How many fencing operations status keeps (each with its attempts).
+FENCE_HISTORY = 5
+# Seconds between re-reads of the VMs' state for status (restarts happen in between).
+VM_REFRESH = 2.0
+
+
 class BlockingFencer(Protocol):
     """A fencing agent whose call blocks (takeover.fencing.ipmi.IpmiFencer)."""
 
     def power_off_and_confirm(self) -> Any:
-        """Power the peer off; return a result with `.ok` and `.detail`."""
+        """Power the peer off; return a result with `.ok` and `.detail` (and `.to_dict()`)."""
         ...
 
 
 class ThreadFencer:
-    """Run a blocking fencing agent in a worker thread, behind the daemon's Fencer protocol."""
+    """Run a blocking fencing agent in a worker thread, behind the daemon's Fencer protocol.
+
+    Keeps the last few results with their attempts for `takeover status`.
+    """
 
     def __init__(self, agent: BlockingFencer) -> None:
         """Wrap `agent`."""
         self.agent = agent
+        self.history: deque[dict[str, Any]] = deque(maxlen=FENCE_HISTORY)
+
+    def prepare(self) -> None:
+        """Let the agent get ready ahead of time (a spare IPMI worker), if it can."""
+        prepare = getattr(self.agent, "prepare", None)
+        if prepare is not None:
+            prepare()
+
+    def close(self) -> None:
+        """End whatever the agent keeps ready."""
+        close = getattr(self.agent, "close", None)
+        if close is not None:
+            close()
 
     async def fence(self, peer: str) -> tuple[bool, str]:
         """Power `peer` off and confirm; return (ok, detail)."""
         result = await asyncio.to_thread(self.agent.power_off_and_confirm)
+        to_dict = getattr(result, "to_dict", None)
+        self.history.append(to_dict() if to_dict is not None else {"ok": bool(result.ok)})
         detail = getattr(result, "detail", None) or ("powered off" if result.ok else "failed")
         return bool(result.ok), str(detail)
+
+    def describe(self) -> dict[str, Any]:
+        """Return the device (when the agent says) and the recent results, newest last."""
+        describe = getattr(self.agent, "describe", None)
+        info: dict[str, Any] = dict(describe()) if describe is not None else {}
+        info.pop("last", None)
+        info["results"] = list(self.history)
+        return info
 
 
 def ipmi_fencer(cluster: Cluster, node: Node) -> ThreadFencer | None:
@@ -208,7 +241,7 @@ class CarrierWatch:
 
 def vm_resources(
     cluster: Cluster, node: Node, on_failover: Callable[[str, str], None]
-) -> list[ThreadResource]:
+) -> list[VmItem]:
     """Return a resource per `[[vm]]`, acquired after the VIPs; [] when there are none.
 
     The libvirt backend (takeover.backends.libvirt) is looked up at run time: a cluster
@@ -217,12 +250,42 @@ def vm_resources(
     if not cluster.vms:
         return []
     backend = importlib.import_module("takeover.backends.libvirt")
+    peer = cluster.peer_of(node.name).name
     out = []
     for vm in cluster.vms:
-        spec = backend.VmSpec.from_config(vm, node.name)
+        spec = backend.VmSpec.from_config(vm, node.name, peer)
         res = backend.VmResource(spec, on_failover=on_failover)
-        out.append(ThreadResource(f"vm {vm.name}", res))
+        out.append(VmItem(f"vm {vm.name}", res))
     return out
+
+
+async def reconcile_vms(vms: Sequence[VmItem]) -> None:
+    """Clear every VM copy this node still has, before anything else runs.
+
+    At start-up this node cannot know yet who owns a VM, and a copy running here that no
+    daemon watched (left by a crash, started by autostart) may be the second one while the
+    peer serves: both writing one disk. Two copies are worse than a restart, so every copy
+    goes (destroy, undefine); if this node is elected, acquire starts the VM again.
+    """
+    for vm in vms:
+        steps = await vm.reconcile(owner_elsewhere=True)
+        if steps:
+            log.info("reconcile.vm name=%s steps=%s", vm.name, ",".join(steps))
+
+
+def vm_refresh(vms: Sequence[VmItem], period: float = VM_REFRESH) -> Watcher:
+    """Return a watcher re-reading the VMs' state for status every `period` seconds."""
+
+    async def watch(_emit: Callable[[Event], None]) -> None:
+        while True:
+            await asyncio.sleep(period)
+            for vm in vms:
+                try:
+                    await vm.refresh()
+                except Exception as err:
+                    log.warning("vm.refresh_failed name=%s error=%s", vm.name, err)
+
+    return watch
 
 
 class GuardAdapter:
@@ -286,6 +349,25 @@ async def run(cluster: Cluster, node: Node) -> int:
     ]
     closers: list[Callable[[], Any]] = []
     try:
+        loop = asyncio.get_running_loop()
+        failover_requests: list[Callable[[Event], None]] = []
+
+        def on_vm_failover(name: str, reason: str) -> None:
+            # From the VM monitor thread: past its restart budget the VM asks for a planned
+            # switchover, which the machine grants only if the peer can take over.
+            log.warning("vm.failover_requested name=%s reason=%s", name, reason)
+            for emit in failover_requests:
+                loop.call_soon_threadsafe(emit, OperatorStandby())
+
+        async def failover_watch(emit: Callable[[Event], None]) -> None:
+            failover_requests.append(emit)
+            await asyncio.Event().wait()
+
+        vms = vm_resources(cluster, node, on_vm_failover)
+        for vm in vms:
+            closers.append(getattr(vm.inner, "close", lambda: None))
+        # Before the daemon says anything: a returning node never runs a second copy.
+        await reconcile_vms(vms)
         addresses = await Addresses.open()
         closers.append(addresses.close)
         vips = placements(cluster, node)
@@ -328,34 +410,22 @@ async def run(cluster: Cluster, node: Node) -> int:
             closers.append(hl.close)
             return hl
 
-        loop = asyncio.get_running_loop()
-        failover_requests: list[Callable[[Event], None]] = []
-
-        def on_vm_failover(name: str, reason: str) -> None:
-            # From the VM monitor thread: past its restart budget the VM asks for a planned
-            # switchover, which the machine grants only if the peer can take over.
-            log.warning("vm.failover_requested name=%s reason=%s", name, reason)
-            for emit in failover_requests:
-                loop.call_soon_threadsafe(emit, OperatorStandby())
-
-        async def failover_watch(emit: Callable[[Event], None]) -> None:
-            failover_requests.append(emit)
-            await asyncio.Event().wait()
-
-        vms = vm_resources(cluster, node, on_vm_failover)
-        for vm in vms:
-            closers.append(getattr(vm.inner, "close", lambda: None))
-        watchers: list[Watcher] = [failover_watch] if vms else []
+        watchers: list[Watcher] = [failover_watch, vm_refresh(vms)] if vms else []
         if vips:
             # Carrier is polled every 50 ms at most whatever the interval: it is one netlink
             # request, and a dead LAN port is the one failure that needs no confirmation.
             watchers.append(CarrierWatch([v.interface for v in vips], min(hb.interval, 0.05)))
+        fencer = ipmi_fencer(cluster, node)
+        if fencer is not None:
+            # A worker waits ready: fencing skips the interpreter's start-up on the way.
+            fencer.prepare()
+            closers.append(fencer.close)
         effects = Effects(
             links=links,
             resources=ResourceList([*items, *vms]),
             prober=PingAdapter(prober, cluster.arbitration.probe_timeout),
             guard=GuardAdapter(guards, guard_window(cluster)),
-            fencer=ipmi_fencer(cluster, node),
+            fencer=fencer,
             watchers=watchers,
         )
         daemon = Daemon(daemon_config(cluster, node, key), effects)

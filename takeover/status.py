@@ -156,6 +156,7 @@ def render(doc: dict[str, Any], wall_now: float) -> str:
             holder = vip.get("holder") or "nobody"
             where = f"{vip.get('address', '?'):<28} on {vip.get('interface', '?'):<10}"
             lines.append(f"  {where} {holder}")
+    lines += vm_lines(doc) + fencing_lines(doc, wall_now)
     checks = doc.get("checks") or {}
     if checks:
         lines.append("")
@@ -182,3 +183,45 @@ def render(doc: dict[str, Any], wall_now: float) -> str:
             ago = _age(wall_now - float(tr.get("time", wall_now)))
             lines.append(f"  {ago:>12}  {tr.get('old')} -> {tr.get('new')}: {tr.get('reason')}")
     return "\n".join(lines) + "\n"
+
+
+def vm_lines(doc: dict[str, Any]) -> list[str]:
+    """Return the "Virtual machines" section: name, where it runs, its state here."""
+    vms = doc.get("vms") or []
+    if not vms:
+        return []
+    lines = ["", "Virtual machines:"]
+    for vm in vms:
+        runs_on = vm.get("holder") or "nobody"
+        here = f"here: {vm.get('state', '?')}"
+        extra = []
+        if vm.get("restarts"):
+            extra.append(f"restarts {vm['restarts']}/{vm.get('max_restarts', '?')}")
+        if vm.get("failed"):
+            extra.append(f"FAILED: {vm['failed']}")
+        if vm.get("error"):
+            extra.append(f"error: {vm['error']}")
+        tail = ("  " + "; ".join(extra)) if extra else ""
+        lines.append(f"  {vm.get('name', '?'):<20} runs on {runs_on:<12} {here}{tail}")
+    return lines
+
+
+def fencing_lines(doc: dict[str, Any], wall_now: float) -> list[str]:
+    """Return the "Fencing" section: the peer's BMC and each recent operation's attempts."""
+    fencing = doc.get("fencing")
+    if not fencing:
+        return []
+    lines = ["", f"Fencing: {fencing.get('node', '?')} via BMC {fencing.get('bmc', '?')}"]
+    results = fencing.get("results") or []
+    if not results:
+        lines.append("  no fencing attempted")
+    for res in results:
+        ago = _age(wall_now - float(res.get("finished_at") or wall_now))
+        outcome = (
+            f"OK, power {res.get('power')}" if res.get("ok") else f"FAILED ({res.get('error')})"
+        )
+        lines.append(f"  {ago:>12}  {res.get('action', 'off')}: {outcome} in {res.get('elapsed')}s")
+        for a in res.get("attempts") or []:
+            detail = f"{a.get('result')} ({a.get('detail')})"
+            lines.append(f"      try {a.get('try')}: {detail} {a.get('elapsed')}s")
+    return lines

@@ -171,6 +171,8 @@ class FakeResources:
     """Recording resources; `fail_acquire`/`fail_release` make the next calls raise."""
 
     calls: list[str] = field(default_factory=list)
+    # The `handover` flag of every release, in order.
+    handovers: list[bool] = field(default_factory=list)
     held: bool = False
     fail_acquire: str = ""
     fail_release: str = ""
@@ -183,9 +185,10 @@ class FakeResources:
             raise RuntimeError(self.fail_acquire)
         self.held = True
 
-    async def release(self) -> None:
+    async def release(self, handover: bool = False) -> None:
         """Record; raise if told to, else hold nothing."""
         self.calls.append("release")
+        self.handovers.append(handover)
         if self.fail_release:
             raise RuntimeError(self.fail_release)
         self.held = False

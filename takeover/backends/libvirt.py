@@ -101,11 +101,15 @@ class VmSpec:
     restart_window: float = 300.0
     # Seconds between periodic state checks while monitoring.
     check_interval: float = 2.0
+    # Where a planned switchover live-migrates the domain (the peer's libvirtd as this node's
+    # libvirtd reaches it); None: stop here and let the peer start it.
+    migrate_to: str | None = None
 
     @classmethod
-    def from_config(cls, vm: VmConfig, node: str) -> VmSpec:
-        """The spec of a `[[vm]]` entry as node `node` runs it."""
+    def from_config(cls, vm: VmConfig, node: str, peer: str | None = None) -> VmSpec:
+        """The spec of a `[[vm]]` entry as node `node` runs it (migrating to `peer`)."""
         return cls(
+            migrate_to=vm.migrate_uri_for(peer) if peer is not None else None,
             name=vm.name,
             xml=vm.xml,
             uri=vm.uri_for(node),
@@ -570,6 +574,20 @@ class VmResource:
             elapsed,
         )
         return MigrationResult("stop-start", True, elapsed, error)
+
+    def hand_over(self) -> MigrationResult | None:
+        """Release for a planned switchover: live-migrate to the peer when allowed, else stop.
+
+        The peer's acquire then adopts the migrated copy (or starts its own after a stop).
+        Returns the migration's result, or None when the domain was simply released.
+        """
+        with self._lock:
+            dom = self._lookup()
+            running = dom is not None and self._state(dom) == RUNNING
+        if not (running and self.spec.migrate and self.spec.migrate_to):
+            self.release()
+            return None
+        return self.migrate(self.spec.migrate_to)
 
     # -- status -------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
