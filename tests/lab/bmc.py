@@ -79,10 +79,10 @@ def free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _udp_bound(port: int) -> bool:
-    """True if some socket is bound to UDP `port` (read from /proc/net/udp)."""
+def _udp_bound(port: int, pid: int | str = "self") -> bool:
+    """True if some socket is bound to UDP `port` in the network namespace of `pid`."""
     want = f":{port:04X}"
-    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+    for line in Path(f"/proc/{pid}/net/udp").read_text().splitlines()[1:]:
         local = line.split()[1]
         if local.endswith(want):
             return True
@@ -100,8 +100,13 @@ class SimBmc(Managed):
         on_power_off: list[str] | None = None,
         on_power_on: list[str] | None = None,
         power_on: bool = True,
+        netns: str | None = None,
+        address: str = "127.0.0.1",
     ) -> None:
-        self.address = "127.0.0.1"
+        # netns/address: run the simulator in a lab namespace on one of its addresses, so
+        # daemons inside the lab nodes reach it over the lab LAN (loopback is per namespace).
+        self.netns = netns
+        self.address = address
         self.port = free_udp_port()
         self.user = user
         self.password = password
@@ -151,8 +156,10 @@ class SimBmc(Managed):
         """Start ipmi_sim and wait until its LAN port is bound."""
         self._write_files()
         out = (self.dir / "ipmi_sim.log").open("wb")
+        # `ip netns exec` execs in place: the PID stays the simulator's.
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.proc = subprocess.Popen(
-            [IPMI_SIM, "-c", "lan.conf", "-f", "cmds.emu", "-s", "state", "-n"],
+            [*prefix, IPMI_SIM, "-c", "lan.conf", "-f", "cmds.emu", "-s", "state", "-n"],
             cwd=self.dir,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -161,7 +168,7 @@ class SimBmc(Managed):
         out.close()
         (self.dir / "bmc.pid").write_text(str(self.proc.pid))
         deadline = time.monotonic() + timeout
-        while not _udp_bound(self.port):
+        while not _udp_bound(self.port, self.proc.pid):
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"ipmi_sim exited {self.proc.returncode}: "
