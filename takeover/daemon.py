@@ -536,6 +536,8 @@ class Daemon:
             and s.release_to is m.Role.STANDBY
             and peer is not None
             and peer.role is m.Role.STANDBY
+            # A peer held in standby (stopping, or told so) will not take the VM over.
+            and not peer.hold_standby
             and s.peer_alive(self.clock())
         )
 

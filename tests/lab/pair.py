@@ -41,6 +41,8 @@ class PairConfig:
     max_unreachable: int = 1
     # Extra TOML appended verbatim (hooks, checks, mirror section ...).
     extra: str = ""
+    # Extra TOML inside each node's [[node]] table, by node name (e.g. its [node.fencing]).
+    node_extra: dict[str, str] = field(default_factory=dict)
 
 
 def cluster_toml(lab: Lab, cfg: PairConfig, key_file: Path) -> str:
@@ -64,6 +66,7 @@ def cluster_toml(lab: Lab, cfg: PairConfig, key_file: Path) -> str:
             "[node.heartbeat]",
             f'direct = "{HB4[node]}"',
             f'lan = "{IPV4[node]}"',
+            cfg.node_extra.get(node, ""),
             "",
         ]
     targets = ", ".join(f'"{IPV4[t]}"' for t in TARGETS)

@@ -57,7 +57,7 @@ def takeover(cluster: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run `takeover -c cluster --node a ARGS` and return what it did."""
     argv = [sys.executable, "-m", "takeover", "-c", str(cluster), "--node", "a", *args]
     return subprocess.run(
-        argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        argv, check=False, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
     )
 
 

@@ -222,13 +222,16 @@ class Rig:
         self.links = self.network.nodes["alpha"]
         self.seq = 1
 
-    async def advance(self, seconds: float, peer: Role | None = None) -> None:
-        """Move the clock in 0.1 s steps; with `peer`, beta sends a heartbeat in that role."""
+    async def advance(self, seconds: float, peer: Role | None = None, hold: bool = False) -> None:
+        """Move the clock in 0.1 s steps; with `peer`, beta sends a heartbeat in that role
+        (held in standby by its operator with `hold`)."""
         end = self.clock() + seconds
         while self.clock() < end - 1e-9:
             if peer is not None:
                 self.seq += 1
-                hb = Heartbeat("beta", b"B" * 16, self.seq, peer, 50, 0, 0, self.cfg.digest)
+                hb = Heartbeat(
+                    "beta", b"B" * 16, self.seq, peer, 50, 0, 0, self.cfg.digest, hold_standby=hold
+                )
                 self.links.inject("lan", encode(hb, KEY))
             self.clock.advance(0.1)
             self.daemon.pump()
@@ -271,6 +274,20 @@ def test_release_with_the_peer_lost_is_no_handover(tmp_path: Path) -> None:
         assert rig.daemon.state.role is Role.ACTIVE
         assert rig.daemon.command("standby", {"force": True}) is None
         await rig.advance(0.2)
+        assert rig.resources.handovers == [False]
+
+    run_rig(Rig(tmp_path), body)
+
+
+def test_release_to_a_peer_held_in_standby_is_no_handover(tmp_path: Path) -> None:
+    """A peer that will not take over (held in standby, e.g. stopping) gets no migrated VM."""
+
+    async def body(rig: Rig) -> None:
+        await rig.advance(1.5, peer=Role.STANDBY)
+        assert rig.daemon.state.role is Role.ACTIVE
+        await rig.advance(0.1, peer=Role.STANDBY, hold=True)
+        assert rig.daemon.command("standby", {"force": True}) is None
+        await rig.advance(0.2, peer=Role.STANDBY, hold=True)
         assert rig.resources.handovers == [False]
 
     run_rig(Rig(tmp_path), body)
