@@ -15,6 +15,12 @@ Each run:
 4. the guest's QEMU on a is SIGKILLed; the monitor restarts it in place: `restart_s` (kill to
    a new QEMU running, as libvirt reports it).
 
+Then, as many runs with the takeover daemons on both nodes (tests.lab.vm_pair: BMCs on the lab
+LAN, a active with the guest): node a is crashed; b's daemon notices, arbitrates, fences a
+through its BMC and starts the guest. `daemon_failover_s` is crash to the guest running on b
+(libvirt's view); `daemon_fence_and_start_s` is b's own FENCING transition to its
+`vm.acquired` line (both from b's log), the daemon's share of the fence + start path.
+
 Prints a table (median/min/max) and, last, one JSON line with the medians.
 """
 
@@ -29,16 +35,28 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 
 from takeover.backends.libvirt import VmResource, VmSpec
 from takeover.fencing.ipmi import IpmiFencer
 from tests.lab.bmc import SimBmc, power_off_node_argv
 from tests.lab.lab import Lab
 from tests.lab.libvirt_hosts import LibvirtPair
+from tests.lab.vm_pair import VmLab, VmPair, start_bmcs
 
 log = logging.getLogger("bench.vm")
 
-METRICS = ("fence_s", "start_s", "fence_and_start_s", "migrate_s", "restart_s")
+METRICS = (
+    "fence_s",
+    "start_s",
+    "fence_and_start_s",
+    "migrate_s",
+    "restart_s",
+    "daemon_failover_s",
+    "daemon_fence_and_start_s",
+)
+# Generous bound for one wait in the daemon runs, seconds.
+DAEMON_WAIT = 60.0
 
 
 def one_run(lab: Lab, pair: LibvirtPair, memory: int, samples: dict[str, list[float]]) -> None:
@@ -101,6 +119,43 @@ def crash_and_restart(pair: LibvirtPair, vm: VmResource, name: str) -> float:
         time.sleep(0.02)
 
 
+def wait(pred: Callable[[], object], what: str, interval: float = 0.02) -> None:
+    """Poll `pred` until true; raise naming `what` after DAEMON_WAIT seconds."""
+    deadline = time.monotonic() + DAEMON_WAIT
+    while not pred():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def log_time(text: str, marker: str) -> float:
+    """Seconds since midnight of the first daemon log line containing `marker`."""
+    for line in text.splitlines():
+        if marker in line:
+            hh, mm, ss = line.split(" ", 1)[0].split(":")
+            return int(hh) * 3600 + int(mm) * 60 + float(ss)
+    raise RuntimeError(f"no log line with {marker!r}")
+
+
+def daemon_failover(vl: VmLab, samples: dict[str, list[float]]) -> None:
+    """Crash the active node under the daemons; time b's fence + start of the guest."""
+    vp = VmPair(vl)
+    try:
+        vp.pair.start()
+        wait(lambda: vp.vm_status("a").get("holder") == "a", "a to hold the guest", 0.1)
+        wait(lambda: vp.pair.role("b") == "STANDBY", "b standby", 0.1)
+        t0 = time.monotonic()
+        vl.lab.kill_node("a")
+        wait(lambda: vp.state("b") == "running", "the guest running on b")
+        samples["daemon_failover_s"].append(time.monotonic() - t0)
+        wait(lambda: f"vm.acquired name={vp.name}" in vp.pair.log("b"), "b's vm.acquired")
+        text = vp.pair.log("b")
+        took = log_time(text, f"vm.acquired name={vp.name}") - log_time(text, "to=FENCING")
+        samples["daemon_fence_and_start_s"].append(took % 86400)
+    finally:
+        vp.close()
+
+
 def summarize(samples: dict[str, list[float]], runs: int, memory: int) -> dict[str, object]:
     """The JSON summary: medians of every metric."""
     out: dict[str, object] = {"bench": "vm", "runs": runs, "guest_mib": memory}
@@ -118,6 +173,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s")
     samples: dict[str, list[float]] = {m: [] for m in METRICS}
     with Lab() as lab, LibvirtPair(lab) as pair:
+        bmcs = start_bmcs(lab)
+        try:
+            for i in range(a.runs):
+                daemon_failover(VmLab(lab, pair, bmcs), samples)
+                print(
+                    f"daemon run {i + 1}/{a.runs}: crash to guest on b "
+                    f"{samples['daemon_failover_s'][-1]:.3f}s, fence+start "
+                    f"{samples['daemon_fence_and_start_s'][-1]:.3f}s",
+                    file=sys.stderr,
+                )
+        finally:
+            for bmc in bmcs.values():
+                bmc.stop()
         for i in range(a.runs):
             one_run(lab, pair, a.memory, samples)
             print(
