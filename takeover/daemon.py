@@ -751,11 +751,10 @@ class Daemon:
 
     def _fencing(self) -> dict[str, Any] | None:
         """Return the fencing device's status view, or None when the peer has none."""
-        describe = getattr(self.fx.fencer, "describe", None)
-        if describe is None:
+        if self.fx.fencer is None:
             return None
         try:
-            return dict(describe())
+            return dict(self.fx.fencer.describe())
         except Exception as err:
             return {"error": str(err) or type(err).__name__}
 

@@ -242,6 +242,13 @@ class FakeFencer:
         self.calls.append(peer)
         return self.ok, self.detail
 
+    def describe(self) -> dict[str, Any]:
+        """Return one result per call, as ThreadFencer does."""
+        return {
+            "node": self.calls[-1] if self.calls else None,
+            "results": [{"ok": self.ok, "detail": self.detail} for _ in self.calls],
+        }
+
 
 @dataclass
 class RecordingNotifier:
