@@ -235,8 +235,12 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
     out: dict[str, tuple[object, ...]] = {}
     for rel, st in entries.items():
         link = os.readlink(root / rel) if stat.S_ISLNK(st.st_mode) else ""
-        # Directory mtimes are left out: the receiver's own backup area touches them.
+        # Directory mtimes are left out: the receiver's own backup area touches them. Symlink
+        # mtimes compare to the second: rsync sets a new link's time only when it differs from
+        # the link's creation time at its own granularity, so sub-second parts can stay.
         mtime = 0 if stat.S_ISDIR(st.st_mode) else st.st_mtime_ns
+        if stat.S_ISLNK(st.st_mode):
+            mtime = st.st_mtime_ns // 1_000_000_000
         size = 0 if stat.S_ISDIR(st.st_mode) else st.st_size
         group = tuple(sorted(groups.get(st.st_ino, []))) if stat.S_ISREG(st.st_mode) else ()
         out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
