@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -219,3 +221,52 @@ class PairLab:
         """What mirrord on node has logged."""
         path = self.lab.workdir / f"mirrord-{node}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+class Writer:
+    """Writes a new file into a directory every `every` seconds from a thread and records each
+    acknowledged write (its name and the wall time the write returned)."""
+
+    def __init__(self, root: Path, every: float = 0.02, prefix: str = "w") -> None:
+        self.root = root
+        self.every = every
+        self.prefix = prefix
+        self.acked: list[tuple[str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Writer:
+        """Start writing."""
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        seq = 0
+        while not self._stop.is_set():
+            seq += 1
+            name = f"{self.prefix}-{seq:06d}"
+            try:
+                with open(self.root / name, "w") as f:
+                    f.write(f"{name}\n")
+            except OSError:
+                return
+            self.acked.append((name, time.time()))
+            self._stop.wait(self.every)
+
+    def stop(self) -> list[tuple[str, float]]:
+        """Stop writing; return every acknowledged write."""
+        self._stop.set()
+        self._thread.join()
+        return list(self.acked)
+
+
+def present(root: Path, names: Sequence[str]) -> set[str]:
+    """Return which of `names` exist under root with the content the writer gave them."""
+    out = set()
+    for name in names:
+        try:
+            if (root / name).read_text() == f"{name}\n":
+                out.add(name)
+        except OSError:
+            pass
+    return out
