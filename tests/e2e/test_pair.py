@@ -74,7 +74,7 @@ def test_planned_switchover_loses_nothing(pair: PairLab) -> None:
     assert flush["ok"], flush
     # The new active pushes back with what it gathers, and the old one never pushes.
     (pair.tree("b", "data") / "after").write_text("after\n")
-    assert wait_until(lambda: (pair.tree("a", "data") / "after").exists(), 20, 0.1)
+    assert wait_until((pair.tree("a", "data") / "after").exists, 20, 0.1)
     assert not pair.pushing("a")
 
 
@@ -108,7 +108,7 @@ def test_active_crash_orphans_and_return(pair: PairLab) -> None:
     orphaned = {o["path"] for o in pair.orphans("a")}
     assert missing <= orphaned, sorted(missing - orphaned)[:5]
     # Back in the pair: b pushes to a (a full pass, its tree may have lost the orphans).
-    assert wait_until(lambda: (pair.tree("a", "data") / "while-down").exists(), 30, 0.1)
+    assert wait_until((pair.tree("a", "data") / "while-down").exists, 30, 0.1)
     assert present(pair.tree("a", "data"), list(on_b)) == on_b
     assert not pair.pushing("a")
     # No mirror in the wrong direction: nothing a set aside ever reached b.
@@ -136,5 +136,5 @@ def test_heartbeat_partition_mirrors_toward_nobody(pair: PairLab) -> None:
     finally:
         for f in faults:
             pair.lab.unblock(f)
-    assert wait_until(lambda: (pair.tree("b", "data") / "during").exists(), 20, 0.1)
+    assert wait_until((pair.tree("b", "data") / "during").exists, 20, 0.1)
     assert not (pair.tree("a", "data") / "stray").exists()
