@@ -4,7 +4,9 @@ takeover, mirrord and sshd run on both lab nodes (tests/e2e/pairlab.py); a `hot`
 (class defaults: interval 5 s, min 1 s, max 30 s) takes a steady churn of new files written
 straight into the active's tree, each acknowledged write recorded with its time.
 
-1. RPO at the moment of crash (N rounds): at a random moment of churn the active is crashed
+1. RPO at the moment of crash (N rounds): at a random moment of steady churn (after --churn
+   seconds, so the planner has measured the rate: the first pass after a quiet spell is spaced
+   by the class interval, 5 s for hot, until it has) the active is crashed
    (every process SIGKILLed, links down). RPO = age, at the crash, of the oldest acknowledged
    write not on the survivor (0 if all arrived); mirrord's own RPO read just before is shown
    too. The crashed node then returns: every write missing on the survivor must be on its
@@ -13,7 +15,7 @@ straight into the active's tree, each acknowledged write recorded with its time.
    until the peer is ACTIVE (the final flush included); lost = acknowledged before the command
    and not on the new active.
 
-Prints a table, then one JSON line (last). Options: --rounds 5 --rate 50 --churn 5 --seed 6.
+Prints a table, then one JSON line (last). Options: --rounds 5 --rate 50 --churn 10 --seed 6.
 """
 
 from __future__ import annotations
@@ -117,15 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pair")
     parser.add_argument("--rounds", type=int, default=5, help="crashes and switchovers each")
     parser.add_argument("--rate", type=float, default=50.0, help="new files per second")
-    parser.add_argument("--churn", type=float, default=5.0,
+    parser.add_argument("--churn", type=float, default=10.0,
                         help="seconds of churn before a switchover; a crash comes up to "
                         f"{CRASH_SPREAD:.0f} s later")  # fmt: skip
     parser.add_argument("--seed", type=int, default=6, help="seed of the crash moments")
+    parser.add_argument("--keep", action="store_true", help="keep the lab's work dir (logs)")
     args = parser.parse_args(argv)
     random.seed(args.seed)
     crashes: list[dict[str, Any]] = []
     switches: list[dict[str, Any]] = []
-    with Lab() as lab:
+    with Lab(keep=args.keep) as lab:
+        print(f"lab work dir {lab.workdir}", flush=True)
         pair = PairLab(lab, [HOT])
         pair.start()
         if not wait_until(lambda: pair.active() is not None, 30, 0.1):
