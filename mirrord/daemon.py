@@ -228,10 +228,15 @@ class _LastPass:
 
 @dataclass
 class _SyncWait:
-    """One `mirrord sync --wait`: answered when every requested directory has reported."""
+    """One `mirrord sync --wait`: answered when every requested directory has reported.
+
+    Only a pass that started after the request answers it: a pass already running took its
+    snapshot before the changes the operator wants sent.
+    """
 
     future: asyncio.Future[dict[str, Any]]
     pending: set[str]
+    requested: float
     results: dict[str, Any] = field(default_factory=dict)
 
 
@@ -390,6 +395,7 @@ class Daemon:
             if self._stopping:
                 break
             self._start_due()
+            self._answer_idle()
             self._set_wake()
 
     def _apply(self, batch: list[Any]) -> None:
@@ -435,23 +441,29 @@ class Daemon:
         for root in roots:
             self.planner.request(root, now, full=req.full)
         if req.reply is not None:
-            wait = _SyncWait(req.reply, set(roots))
+            wait = _SyncWait(req.reply, set(roots), now)
             for root in roots:
                 self._waiters.setdefault(root, []).append(wait)
-            # Directories with nothing to send are answered once `_start_due` has run.
-            asyncio.get_running_loop().call_soon(self._answer_idle, roots)
 
-    def _answer_idle(self, roots: list[str]) -> None:
-        for root in roots:
+    def _answer_idle(self) -> None:
+        """Answer waiters of directories with no pass running: nothing was left to send."""
+        for root in list(self._waiters):
             if root not in self._tasks:
                 self._resolve(root, {"result": "in sync", "detail": "nothing to send"})
 
-    def _resolve(self, root: str, entry: dict[str, Any]) -> None:
+    def _resolve(self, root: str, entry: dict[str, Any], started: float | None = None) -> None:
+        """Give `entry` to the waiters of `root` that a pass started at `started` answers."""
+        keep = []
         for wait in self._waiters.pop(root, []):
+            if started is not None and wait.requested > started:
+                keep.append(wait)
+                continue
             wait.pending.discard(root)
             wait.results[root] = entry
             if not wait.pending and not wait.future.done():
                 wait.future.set_result(wait.results)
+        if keep:
+            self._waiters[root] = keep
 
     def _start_due(self) -> None:
         assert self.journal is not None
@@ -596,8 +608,9 @@ class Daemon:
             root, plan.kind.value, out.result.value, out.rc, out.changed, out.deleted,
             now - done.started, out.detail,
         )  # fmt: skip
-        self._resolve(root, {"result": out.result.value, "kind": plan.kind.value,
-                             "rc": out.rc, "detail": out.detail})  # fmt: skip
+        entry = {"result": out.result.value, "kind": plan.kind.value, "rc": out.rc,
+                 "detail": out.detail}  # fmt: skip
+        self._resolve(root, entry, started=done.started)
         self._write_status()
 
     def _set_wake(self) -> None:
@@ -694,15 +707,20 @@ class Daemon:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            assert self.journal is not None
-            self.journal.pass_finished(pass_id, now, "interrupted", detail="mirrord stopped")
-            log.info("pass.interrupted dir=%s", root)
-        self._tasks.clear()
-        # Whatever the watcher queued before it stopped still goes into the journal.
+            if task.cancelled():
+                assert self.journal is not None
+                self.journal.pass_finished(pass_id, now, "interrupted", detail="mirrord stopped")
+                self._tasks.pop(root)
+                log.info("pass.interrupted dir=%s", root)
+        # Whatever the watcher queued before it stopped still goes into the journal, and a
+        # pass that ended meanwhile is recorded as it ended.
         leftovers = []
         while not self._q.empty():
             leftovers.append(self._q.get_nowait())
-        self._apply([r for r in leftovers if isinstance(r, RawEvent | Overflow | RootGone)])
+        self._apply(
+            [r for r in leftovers if isinstance(r, RawEvent | Overflow | RootGone | PassDone)]
+        )
+        self._tasks.clear()
         for root in list(self._waiters):
             self._resolve(root, {"result": "stopped"})
         assert self.journal is not None
