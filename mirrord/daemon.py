@@ -18,9 +18,11 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -50,6 +52,10 @@ SOCKET_NAME: Final = "mirrord.sock"
 LOCK_NAME: Final = "mirrord.lock"
 # Seconds between status file rewrites (`mirrord status` calls a file 3x older stale).
 STATUS_INTERVAL: Final = 1.0
+# A batch that follows the previous one within BUSY_WITHIN seconds waits BATCH_WAIT seconds
+# for more records first (a churning tree sends hundreds of events per second).
+BUSY_WITHIN: Final = 0.05
+BATCH_WAIT: Final = 0.02
 # Seconds between attempts to watch roots that are not watched (vanished, or no watch left).
 REWATCH_INTERVAL: Final = 5.0
 # Deleted paths a refused full pass names in its report.
@@ -204,15 +210,31 @@ class PassDone:
 
 
 class LoopSink:
-    """Lets other threads put records on the loop's queue (the only thing they may do)."""
+    """Lets other threads put records on the loop's queue (the only thing they may do).
+
+    Records from a burst are handed over together: a thread wakes the loop only when it adds
+    to an empty hand-over list (a wake-up per inotify event costs more than the event).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, q: asyncio.Queue[Any]) -> None:
         self._loop = loop
         self._q = q
+        self._lock = threading.Lock()
+        self._pending: list[Any] = []
 
     def put(self, item: Any) -> None:
         """Queue `item` from any thread."""
-        self._loop.call_soon_threadsafe(self._q.put_nowait, item)
+        with self._lock:
+            self._pending.append(item)
+            first = len(self._pending) == 1
+        if first:
+            self._loop.call_soon_threadsafe(self._hand_over)
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            items, self._pending = self._pending, []
+        for item in items:
+            self._q.put_nowait(item)
 
 
 @dataclass
@@ -296,6 +318,7 @@ class Daemon:
         self._lock_fd: int | None = None
         self._watcher: Watcher | None = None
         self._scheduler: AsyncIOScheduler | None = None
+        self._wake_at: float | None = None
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -387,10 +410,17 @@ class Daemon:
     # -- the consumer ---------------------------------------------------------------------
 
     async def _consume(self) -> None:
+        last = -math.inf
         while not self._stopping:
             batch = [await self._q.get()]
+            if time.monotonic() - last < BUSY_WITHIN:
+                # Under a stream of events, gather for a moment: one journal commit and one
+                # planning round per batch instead of per event. After a quiet spell the
+                # first change is applied at once.
+                await asyncio.sleep(BATCH_WAIT)
             while not self._q.empty():
                 batch.append(self._q.get_nowait())
+            last = time.monotonic()
             self._apply(batch)
             if self._stopping:
                 break
@@ -617,6 +647,9 @@ class Daemon:
         if self._scheduler is None:
             return
         deadline = self.planner.next_deadline()
+        if deadline == self._wake_at and deadline is not None and deadline > self.clock():
+            return  # APScheduler already holds this wake-up; re-adding a job costs ~0.3 ms
+        self._wake_at = deadline
         if deadline is None:
             if self._scheduler.get_job("wake"):
                 self._scheduler.remove_job("wake")
