@@ -18,9 +18,11 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -51,6 +53,10 @@ SOCKET_NAME: Final = "mirrord.sock"
 LOCK_NAME: Final = "mirrord.lock"
 # Seconds between status file rewrites (`mirrord status` calls a file 3x older stale).
 STATUS_INTERVAL: Final = 1.0
+# A batch that follows the previous one within BUSY_WITHIN seconds waits BATCH_WAIT seconds
+# for more records first (a churning tree sends hundreds of events per second).
+BUSY_WITHIN: Final = 0.05
+BATCH_WAIT: Final = 0.02
 # Seconds between attempts to watch roots that are not watched (vanished, or no watch left).
 REWATCH_INTERVAL: Final = 5.0
 # Deleted paths a refused full pass names in its report.
@@ -210,15 +216,31 @@ class PassDone:
 
 
 class LoopSink:
-    """Lets other threads put records on the loop's queue (the only thing they may do)."""
+    """Lets other threads put records on the loop's queue (the only thing they may do).
+
+    Records from a burst are handed over together: a thread wakes the loop only when it adds
+    to an empty hand-over list (a wake-up per inotify event costs more than the event).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, q: asyncio.Queue[Any]) -> None:
         self._loop = loop
         self._q = q
+        self._lock = threading.Lock()
+        self._pending: list[Any] = []
 
     def put(self, item: Any) -> None:
         """Queue `item` from any thread."""
-        self._loop.call_soon_threadsafe(self._q.put_nowait, item)
+        with self._lock:
+            self._pending.append(item)
+            first = len(self._pending) == 1
+        if first:
+            self._loop.call_soon_threadsafe(self._hand_over)
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            items, self._pending = self._pending, []
+        for item in items:
+            self._q.put_nowait(item)
 
 
 @dataclass
@@ -234,10 +256,15 @@ class _LastPass:
 
 @dataclass
 class _SyncWait:
-    """One `mirrord sync --wait`: answered when every requested directory has reported."""
+    """One `mirrord sync --wait`: answered when every requested directory has reported.
+
+    Only a pass that started after the request answers it: a pass already running took its
+    snapshot before the changes the operator wants sent.
+    """
 
     future: asyncio.Future[dict[str, Any]]
     pending: set[str]
+    requested: float
     results: dict[str, Any] = field(default_factory=dict)
 
 
@@ -320,6 +347,7 @@ class Daemon:
         self._ok_start: dict[str, float] = {}
         self._flush: dict[str, Any] | None = None
         self._follower: asyncio.Task[None] | None = None
+        self._wake_at: float | None = None
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -414,14 +442,22 @@ class Daemon:
     # -- the consumer ---------------------------------------------------------------------
 
     async def _consume(self) -> None:
+        last = -math.inf
         while not self._stopping:
             batch = [await self._q.get()]
+            if time.monotonic() - last < BUSY_WITHIN:
+                # Under a stream of events, gather for a moment: one journal commit and one
+                # planning round per batch instead of per event. After a quiet spell the
+                # first change is applied at once.
+                await asyncio.sleep(BATCH_WAIT)
             while not self._q.empty():
                 batch.append(self._q.get_nowait())
+            last = time.monotonic()
             self._apply(batch)
             if self._stopping:
                 break
             self._start_due()
+            self._answer_idle()
             self._set_wake()
 
     def _apply(self, batch: list[Any]) -> None:
@@ -489,23 +525,29 @@ class Daemon:
         for root in roots:
             self.planner.request(root, now, full=req.full)
         if req.reply is not None:
-            wait = _SyncWait(req.reply, set(roots))
+            wait = _SyncWait(req.reply, set(roots), now)
             for root in roots:
                 self._waiters.setdefault(root, []).append(wait)
-            # Directories with nothing to send are answered once `_start_due` has run.
-            asyncio.get_running_loop().call_soon(self._answer_idle, roots)
 
-    def _answer_idle(self, roots: list[str]) -> None:
-        for root in roots:
+    def _answer_idle(self) -> None:
+        """Answer waiters of directories with no pass running: nothing was left to send."""
+        for root in list(self._waiters):
             if root not in self._tasks:
                 self._resolve(root, {"result": "in sync", "detail": "nothing to send"})
 
-    def _resolve(self, root: str, entry: dict[str, Any]) -> None:
+    def _resolve(self, root: str, entry: dict[str, Any], started: float | None = None) -> None:
+        """Give `entry` to the waiters of `root` that a pass started at `started` answers."""
+        keep = []
         for wait in self._waiters.pop(root, []):
+            if started is not None and wait.requested > started:
+                keep.append(wait)
+                continue
             wait.pending.discard(root)
             wait.results[root] = entry
             if not wait.pending and not wait.future.done():
                 wait.future.set_result(wait.results)
+        if keep:
+            self._waiters[root] = keep
 
     def _start_due(self) -> None:
         assert self.journal is not None
@@ -655,8 +697,9 @@ class Daemon:
             root, plan.kind.value, out.result.value, out.rc, out.changed, out.deleted,
             now - done.started, out.detail,
         )  # fmt: skip
-        self._resolve(root, {"result": out.result.value, "kind": plan.kind.value,
-                             "rc": out.rc, "detail": out.detail})  # fmt: skip
+        entry = {"result": out.result.value, "kind": plan.kind.value, "rc": out.rc,
+                 "detail": out.detail}  # fmt: skip
+        self._resolve(root, entry, started=done.started)
         self._write_status()
 
     def _set_wake(self) -> None:
@@ -664,6 +707,9 @@ class Daemon:
             return
         # Not pushing: nothing is due until a role record arrives (no wake-ups in the past).
         deadline = self.planner.next_deadline() if self._direction.push else None
+        if deadline == self._wake_at and deadline is not None and deadline > self.clock():
+            return  # APScheduler already holds this wake-up; re-adding a job costs ~0.3 ms
+        self._wake_at = deadline
         if deadline is None:
             if self._scheduler.get_job("wake"):
                 self._scheduler.remove_job("wake")
@@ -892,15 +938,20 @@ class Daemon:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            assert self.journal is not None
-            self.journal.pass_finished(pass_id, now, "interrupted", detail="mirrord stopped")
-            log.info("pass.interrupted dir=%s", root)
-        self._tasks.clear()
-        # Whatever the watcher queued before it stopped still goes into the journal.
+            if task.cancelled():
+                assert self.journal is not None
+                self.journal.pass_finished(pass_id, now, "interrupted", detail="mirrord stopped")
+                self._tasks.pop(root)
+                log.info("pass.interrupted dir=%s", root)
+        # Whatever the watcher queued before it stopped still goes into the journal, and a
+        # pass that ended meanwhile is recorded as it ended.
         leftovers = []
         while not self._q.empty():
             leftovers.append(self._q.get_nowait())
-        self._apply([r for r in leftovers if isinstance(r, RawEvent | Overflow | RootGone)])
+        self._apply(
+            [r for r in leftovers if isinstance(r, RawEvent | Overflow | RootGone | PassDone)]
+        )
+        self._tasks.clear()
         for root in list(self._waiters):
             self._resolve(root, {"result": "stopped"})
         assert self.journal is not None

@@ -280,3 +280,28 @@ def test_deletions_spread_over_passes_still_count(tmp_path: Path) -> None:
         assert left == [f"f{i}" for i in range(3, 10)]
 
     asyncio.run(with_daemon(env.daemon(max_delete_count=3), body))
+
+
+def test_sync_wait_is_answered_by_a_pass_started_after_the_request(tmp_path: Path) -> None:
+    """A sync request made while a pass runs waits for the next pass, which has its changes."""
+    env = Env(tmp_path)
+
+    async def body() -> None:
+        await converge(env)
+        (env.src / "blob").write_bytes(os.urandom(1 << 20))  # ~1 s at 1000 KiB/s
+        for _ in range(200):
+            if (await request(env.run, {"cmd": "status"}))["directories"][0]["running"]:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("no pass started")
+        (env.src / "late").write_text("written during the pass")
+        await until_dirty(env, 1)
+        reply = await request(env.run, {"cmd": "sync", "wait": True})
+        assert next(iter(reply["results"].values()))["result"] == "ok"
+        assert (env.mirror / "late").read_text() == "written during the pass"
+
+    d = MirrorDir(root=str(env.src), volatility="hot", cadence=FAST,
+                  options=TransferOptions(bwlimit=1000))  # fmt: skip
+    daemon = Daemon([d], peer=None, state_dir=env.state, run_dir=env.run, local_dest=env.dest)
+    asyncio.run(with_daemon(daemon, body))
