@@ -232,10 +232,12 @@ def format_status(doc: dict[str, Any], now: float) -> str:
     """Render the status document as a table."""
     follow = doc.get("follow") or {}
     lines = [
-        f"node {doc.get('node') or '-'} -> {doc.get('peer') or '-'}",
-        f"follows takeover: {follow.get('why', '-')}"
-        if follow.get("following")
-        else f"{follow.get('why', 'standalone')}",
+        f"node {doc.get('node') or '-'} -> {doc.get('peer') or '-'}   "
+        + (
+            f"follows takeover: {follow.get('why', '-')}"
+            if follow.get("following")
+            else str(follow.get("why", "standalone"))
+        ),
         f"{'DIRECTORY':<28} {'CLASS':<7} {'INTERVAL':>8} {'DIRTY':>6} {'RPO':>7} "
         f"{'LAST':<11} {'TOOK':>6} {'NEXT':>6}  NOTE",
     ]
