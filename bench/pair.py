@@ -80,6 +80,9 @@ def crash_round(pair: PairLab, active: str, rate: float, churn: float, n: int) -
     pair.revive(active)
     if not wait_until(lambda: pair.takeover.role(active) == "STANDBY", 30, 0.1):
         raise RuntimeError(f"round {n}: {active} did not come back as standby")
+    wanted = {name for name, _ in missing}
+    # takeover may report STANDBY a moment before mirrord (restarted too) has set them aside.
+    wait_until(lambda: wanted <= {o["path"] for o in pair.orphans(active)}, 30, 0.2)
     orphaned = {o["path"] for o in pair.orphans(active)}
     lost = [name for name, _ in missing if name not in orphaned]
     if not wait_until(lambda: settled(pair, standby), 60, 0.1):
