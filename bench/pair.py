@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
-import statistics
 import sys
 import time
 from typing import Any
@@ -40,7 +40,7 @@ CRASH_SPREAD = 4.0
 def pct(values: list[float], p: float) -> float:
     """The p-th percentile (nearest rank)."""
     s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))]
+    return s[min(len(s) - 1, max(0, math.ceil(p / 100 * len(s)) - 1))]
 
 
 def settled(pair: PairLab, node: str) -> bool:
@@ -176,12 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "pair",
         "rounds": args.rounds,
         "rate": args.rate,
-        "rpo_at_crash_p50_s": round(statistics.median(rpos), 3),
+        "rpo_at_crash_p50_s": round(pct(rpos, 50), 3),
         "rpo_at_crash_p99_s": round(pct(rpos, 99), 3),
         "mirrord_rpo_p99_s": round(pct(reported, 99), 3),
-        "switchover_s": round(statistics.median(took), 3),
+        "switchover_s": round(pct(took, 50), 3),
         "switchover_p99_s": round(pct(took, 99), 3),
-        "flush_s": round(statistics.median(flushes), 3),
+        "flush_s": round(pct(flushes, 50), 3),
         "lost_writes": lost,
     }))  # fmt: skip
     return 0 if lost == 0 else 1
