@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from mirrord import orphans
 from mirrord.changes import RawEvent
 from mirrord.daemon import Daemon, MirrorDir
-from mirrord.follow import PeerSeen, RoleSeen, peer_from_status
+from mirrord.follow import Follower, PeerSeen, RoleSeen, peer_from_status
 from mirrord.planner import Cadence, Result
 from mirrord.receive import source_refusal
 from mirrord.roles import Peer, direction, peer_returned
 from mirrord.transfer import TransferOptions
+from takeover import control
 from takeover.status import read_mirror, render_mirror
 
 STANDBY_PEER = Peer(alive=True, role="STANDBY")
@@ -213,3 +217,59 @@ def test_takeover_status_shows_mirroring(tmp_path: Path) -> None:
     assert "/srv/data" in text and "a -> b" in text and "RPO   1.2s" in text
     assert "last final flush: complete in 0.50s" in text
     assert read_mirror(tmp_path / "none", NOW)["state"] == "not running"
+
+
+# -- the follower against takeover's real control server ---------------------------------------
+
+
+class StatusHandler:
+    """A control handler whose node is ACTIVE."""
+
+    def status(self) -> dict[str, Any]:
+        """Return a minimal status document."""
+        return {"local": {"role": "ACTIVE"}, "epoch": 1}
+
+    def command(self, cmd: str, args: dict[str, Any]) -> str | None:
+        """Accept every command."""
+        return None
+
+
+def test_follower_flushes_under_the_inhibitor_and_sees_takeover_go(tmp_path: Path) -> None:
+    """The follower posts the role, holds takeover's release until its flush returned, and
+    posts "takeover not running" when the control server goes away."""
+
+    async def main() -> None:
+        server = control.ControlServer(control.socket_path(tmp_path), StatusHandler())
+        await server.start()
+        posted: asyncio.Queue[Any] = asyncio.Queue()
+        flushed = asyncio.Event()
+        proceed = asyncio.Event()
+
+        async def flush() -> None:
+            flushed.set()
+            await proceed.wait()
+
+        follower = Follower(tmp_path, posted.put_nowait, flush, lambda: NOW)
+        task = asyncio.ensure_future(follower.run())
+
+        async def next_role() -> RoleSeen:
+            while True:
+                rec = await asyncio.wait_for(posted.get(), 10)
+                if isinstance(rec, RoleSeen):
+                    return rec
+
+        assert (await next_role()).role == "ACTIVE"
+        server.publish(control.role_event("ACTIVE", "RELEASING", "operator standby", 1, NOW))
+        assert (await next_role()).role == "RELEASING"
+        await asyncio.wait_for(flushed.wait(), 10)
+        assert server.inhibitors.names() == ["mirrord"]  # held while the flush runs
+        proceed.set()
+        await asyncio.wait_for(server.inhibitors.wait_clear(), 10)
+        await server.close()
+        gone = await next_role()
+        assert gone.role is None and gone.reason == "takeover not running"
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
