@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--full", action="store_true", help="a full pass, not only dirty paths")
     sync.add_argument("--no-wait", action="store_true", help="queue the request and return")
     sync.add_argument(
+        "--allow-deletions",
+        action="store_true",
+        help="the deletions are intended: the next pass skips the max_delete guard",
+    )
+    sync.add_argument(
         "--timeout", type=float, default=3600.0, help="seconds to wait (default 3600)"
     )
     sync.add_argument("--json", action="store_true", help="print one JSON document")
@@ -304,7 +309,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
         print_problems(PROG, err.problems)
         return config_exit(err)
     directory = os.path.abspath(args.directory).rstrip("/") if args.directory else None
-    request = {"cmd": "sync", "directory": directory, "full": args.full, "wait": not args.no_wait}
+    request = {
+        "cmd": "sync",
+        "directory": directory,
+        "full": args.full,
+        "wait": not args.no_wait,
+        "allow_deletions": args.allow_deletions,
+    }
     try:
         reply = control_request(node.run_dir, request, args.timeout)
     except (OSError, ValueError) as exc:

@@ -188,6 +188,9 @@ class SyncRequest:
     directory: str | None
     full: bool
     reply: asyncio.Future[dict[str, Any]] | None = None
+    # The operator confirms the deletions: the next pass skips the max_delete guard (the
+    # root checks still apply).
+    allow_deletions: bool = False
 
 
 @dataclass(frozen=True)
@@ -319,6 +322,7 @@ class Daemon:
         self._tree_size: dict[str, int | None] = dict.fromkeys(self.dirs)
         self._expect_mount: dict[str, bool] = {}
         self._deleted: dict[str, list[tuple[float, int]]] = {d: [] for d in self.dirs}
+        self._allow_deletions: set[str] = set()
         self._unwatched: set[str] = set()
         self._waiters: dict[str, list[_SyncWait]] = {}
         self._vouch: dict[str, str] = {}
@@ -524,6 +528,9 @@ class Daemon:
             return
         for root in roots:
             self.planner.request(root, now, full=req.full)
+            if req.allow_deletions:
+                self._allow_deletions.add(root)
+                log.info("guard.override dir=%s reason=operator allowed deletions", root)
         if req.reply is not None:
             wait = _SyncWait(req.reply, set(roots), now)
             for root in roots:
@@ -621,6 +628,10 @@ class Daemon:
             if full:
                 log.info("pass.upgraded dir=%s kind=full reason=hard links", d.root)
         already = self._recently_deleted(d, now)
+        if d.root in self._allow_deletions:
+            self._allow_deletions.discard(d.root)
+            self._deleted[d.root] = []
+            return await self._transfer(d, plan, now, full=full, dest=dest, limit=None)
         if full:
             limit = d.delete_limit(self._tree_size.get(d.root))
             if d.options.delete and limit_known:
@@ -636,11 +647,8 @@ class Daemon:
                     sample = ", ".join(dry.stats.deleted_paths)
                     log.warning("guard.refused dir=%s reason=%s", d.root, verdict.reason)
                     return PassOutcome(Result.ALARM, f"{verdict.reason}; e.g. {sample}")
-            opts = replace(d.options, max_delete=self._room(limit, already))
-            res = await run_rsync(
-                full_argv(d.root, self.peer, opts, now, audit=plan.audit, dest=dest)
-            )
-            return self._outcome(res)
+            room = self._room(limit, already)
+            return await self._transfer(d, plan, now, full=True, dest=dest, limit=room)
         limit = d.delete_limit(self._tree_size.get(d.root))
         if d.options.delete and limit is not None:
             missing = await asyncio.to_thread(guard.count_missing, d.root, plan.paths)
@@ -648,10 +656,28 @@ class Daemon:
             if not verdict.ok:
                 log.warning("guard.refused dir=%s reason=%s", d.root, verdict.reason)
                 return PassOutcome(Result.ALARM, verdict.reason)
-        opts = replace(d.options, max_delete=self._room(limit, already))
-        res = await run_rsync(
-            incremental_argv(d.root, self.peer, opts, now, dest=dest), sorted(plan.paths)
-        )
+        room = self._room(limit, already)
+        return await self._transfer(d, plan, now, full=False, dest=dest, limit=room)
+
+    async def _transfer(
+        self,
+        d: MirrorDir,
+        plan: PassPlan,
+        now: float,
+        *,
+        full: bool,
+        dest: str | None,
+        limit: int | None,
+    ) -> PassOutcome:
+        """Run the pass's rsync with `limit` as its --max-delete backstop."""
+        opts = replace(d.options, max_delete=limit)
+        if full:
+            res = await run_rsync(
+                full_argv(d.root, self.peer, opts, now, audit=plan.audit, dest=dest)
+            )
+        else:
+            argv = incremental_argv(d.root, self.peer, opts, now, dest=dest)
+            res = await run_rsync(argv, sorted(plan.paths))
         return self._outcome(res)
 
     @staticmethod
@@ -907,7 +933,12 @@ class Daemon:
                     if req.get("wait"):
                         fut = asyncio.get_running_loop().create_future()
                     self._q.put_nowait(
-                        SyncRequest(directory and directory.rstrip("/"), bool(req.get("full")), fut)
+                        SyncRequest(
+                            directory and directory.rstrip("/"),
+                            bool(req.get("full")),
+                            fut,
+                            allow_deletions=bool(req.get("allow_deletions")),
+                        )
                     )
                     reply = {"results": await fut} if fut is not None else {"queued": True}
             else:

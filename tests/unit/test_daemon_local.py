@@ -165,8 +165,9 @@ def test_clean_restart_is_vouched_and_skips_the_full_pass(tmp_path: Path) -> Non
     assert (env.mirror / "b").read_text() == "2"
 
 
-def test_guard_refuses_mass_deletion(tmp_path: Path) -> None:
-    """Deleting more entries than max_delete is refused and the mirror keeps them."""
+def test_guard_refuses_mass_deletion_until_allowed(tmp_path: Path) -> None:
+    """Deleting more entries than max_delete is refused and the mirror keeps them, until the
+    operator allows the deletions for one pass."""
     env = Env(tmp_path)
     for i in range(10):
         (env.src / f"f{i}").write_text(str(i))
@@ -186,6 +187,13 @@ def test_guard_refuses_mass_deletion(tmp_path: Path) -> None:
         assert len(list(env.mirror.glob("f*"))) == 10
         status = await request(env.run, {"cmd": "status"})
         assert "max_delete" in status["directories"][0]["alarm"]
+        # The operator confirms: the next pass deletes, and the alarm clears.
+        ok = await request(env.run, {"cmd": "sync", "wait": True, "allow_deletions": True})
+        (result,) = ok["results"].values()
+        assert result["result"] == "ok"
+        assert list(env.mirror.glob("f*")) == []
+        status = await request(env.run, {"cmd": "status"})
+        assert status["directories"][0]["alarm"] is None
 
     # A settle time keeps the first deletion from starting a pass before the others arrive.
     slow = Cadence(interval=0.2, min_interval=0.1, max_interval=1.0, settle=5.0)
