@@ -29,7 +29,7 @@ test: need-root
 demo: need-root deps
 	$(PY) -m tests.lab.demo
 
-bench: bench-failover bench-mirror bench-vm
+bench: bench-failover bench-mirror bench-vm bench-pair
 
 bench-failover: need-root
 	@scripts/bootstrap.sh base bench
@@ -38,6 +38,10 @@ bench-failover: need-root
 bench-mirror: need-root
 	@scripts/bootstrap.sh base bench
 	$(PY) -m bench.mirror
+
+bench-pair: need-root
+	@scripts/bootstrap.sh base bench
+	$(PY) -m bench.pair
 
 bench-vm: need-root
 	@scripts/bootstrap.sh base vm

@@ -41,11 +41,14 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def make_tree(root: Path, files: int, per_dir: int = 100) -> None:
     """A maildir-like tree: files/per_dir mailboxes of `per_dir` small messages each."""
     body = ("Received: from mx.example.org\nSubject: bench\n\n" + "x" * 900 + "\n").encode()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     for d in range(files // per_dir):
-        cur = root / f"user{d:05d}" / "cur"
-        cur.mkdir(parents=True)
+        cur = f"{root}/user{d:05d}/cur"
+        os.makedirs(cur)
         for i in range(per_dir):
-            (cur / f"{1700000000 + i}.M{i}P{d}.host:2,S").write_bytes(body)
+            fd = os.open(f"{cur}/{1700000000 + i}.M{i}P{d}.host:2,S", flags, 0o644)
+            os.write(fd, body)
+            os.close(fd)
 
 
 def cpu_seconds(pid: int) -> float:

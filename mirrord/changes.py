@@ -31,7 +31,6 @@ from watchdog.events import (
     DirAttribEvent,
     DirCreatedEvent,
     DirDeletedEvent,
-    DirModifiedEvent,
     DirMovedEvent,
     FileAttribEvent,
     FileClosedEvent,
@@ -48,11 +47,13 @@ from mirrord.backups import BACKUP_DIR
 
 log = logging.getLogger(__name__)
 
-# The events that can change what the mirror must hold; open/close-nowrite are left out.
+# The events that can change what the mirror must hold. Left out: open and close-nowrite (reads,
+# rsync's own included), and DirModifiedEvent, which watchdog synthesises for the parent of every
+# create/delete/move/close-write (the entry's own event names the path; --relative sends the
+# parents along).
 EVENT_FILTER: Final[list[type[FileSystemEvent]]] = [
     FileCreatedEvent, FileModifiedEvent, FileAttribEvent, FileDeletedEvent, FileMovedEvent,
-    FileClosedEvent, DirCreatedEvent, DirModifiedEvent, DirAttribEvent, DirDeletedEvent,
-    DirMovedEvent,
+    FileClosedEvent, DirCreatedEvent, DirAttribEvent, DirDeletedEvent, DirMovedEvent,
 ]  # fmt: skip
 # watchdog's loggers that report a kernel queue overflow, and the text they use.
 OVERFLOW_LOGGERS: Final = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")

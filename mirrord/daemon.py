@@ -18,9 +18,11 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -30,8 +32,9 @@ from typing import Any, Final, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from mirrord import guard, sdnotify
+from mirrord import guard, orphans, roles, sdnotify
 from mirrord.changes import Overflow, RawEvent, RootGone, Watcher, coalesce
+from mirrord.follow import Follower, PeerSeen, RoleSeen
 from mirrord.journal import Journal
 from mirrord.planner import Cadence, PassKind, PassPlan, Planner, Result
 from mirrord.transfer import (
@@ -50,6 +53,10 @@ SOCKET_NAME: Final = "mirrord.sock"
 LOCK_NAME: Final = "mirrord.lock"
 # Seconds between status file rewrites (`mirrord status` calls a file 3x older stale).
 STATUS_INTERVAL: Final = 1.0
+# A batch that follows the previous one within BUSY_WITHIN seconds waits BATCH_WAIT seconds
+# for more records first (a churning tree sends hundreds of events per second).
+BUSY_WITHIN: Final = 0.05
+BATCH_WAIT: Final = 0.02
 # Seconds between attempts to watch roots that are not watched (vanished, or no watch left).
 REWATCH_INTERVAL: Final = 5.0
 # Deleted paths a refused full pass names in its report.
@@ -58,6 +65,11 @@ REPORT_PATHS: Final = 5
 # arrives over several incremental passes, each of which would look small on its own. The
 # window is this many seconds, or twice the directory's max_interval if that is longer.
 DELETE_WINDOW: Final = 60.0
+# Final flush: seconds for inotify to deliver the last writes, between retries of a failed
+# pass, and unsynced paths named per directory when it gives up.
+FLUSH_SETTLE: Final = 0.1
+FLUSH_RETRY: Final = 0.2
+FLUSH_REPORT: Final = 50
 
 
 class PolicyLike(Protocol):
@@ -176,6 +188,9 @@ class SyncRequest:
     directory: str | None
     full: bool
     reply: asyncio.Future[dict[str, Any]] | None = None
+    # The operator confirms the deletions: the next pass skips the max_delete guard (the
+    # root checks still apply).
+    allow_deletions: bool = False
 
 
 @dataclass(frozen=True)
@@ -204,15 +219,31 @@ class PassDone:
 
 
 class LoopSink:
-    """Lets other threads put records on the loop's queue (the only thing they may do)."""
+    """Lets other threads put records on the loop's queue (the only thing they may do).
+
+    Records from a burst are handed over together: a thread wakes the loop only when it adds
+    to an empty hand-over list (a wake-up per inotify event costs more than the event).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, q: asyncio.Queue[Any]) -> None:
         self._loop = loop
         self._q = q
+        self._lock = threading.Lock()
+        self._pending: list[Any] = []
 
     def put(self, item: Any) -> None:
         """Queue `item` from any thread."""
-        self._loop.call_soon_threadsafe(self._q.put_nowait, item)
+        with self._lock:
+            self._pending.append(item)
+            first = len(self._pending) == 1
+        if first:
+            self._loop.call_soon_threadsafe(self._hand_over)
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            items, self._pending = self._pending, []
+        for item in items:
+            self._q.put_nowait(item)
 
 
 @dataclass
@@ -228,10 +259,15 @@ class _LastPass:
 
 @dataclass
 class _SyncWait:
-    """One `mirrord sync --wait`: answered when every requested directory has reported."""
+    """One `mirrord sync --wait`: answered when every requested directory has reported.
+
+    Only a pass that started after the request answers it: a pass already running took its
+    snapshot before the changes the operator wants sent.
+    """
 
     future: asyncio.Future[dict[str, Any]]
     pending: set[str]
+    requested: float
     results: dict[str, Any] = field(default_factory=dict)
 
 
@@ -265,6 +301,9 @@ class Daemon:
         node: str = "",
         local_dest: Path | None = None,
         clock: Callable[[], float] = time.time,
+        follow: bool = False,
+        peer_name: str = "peer",
+        flush_timeout: float = 20.0,
     ) -> None:
         if peer is None and local_dest is None:
             raise DaemonError("mirrord: need a peer or a local destination")
@@ -283,6 +322,7 @@ class Daemon:
         self._tree_size: dict[str, int | None] = dict.fromkeys(self.dirs)
         self._expect_mount: dict[str, bool] = {}
         self._deleted: dict[str, list[tuple[float, int]]] = {d: [] for d in self.dirs}
+        self._allow_deletions: set[str] = set()
         self._unwatched: set[str] = set()
         self._waiters: dict[str, list[_SyncWait]] = {}
         self._vouch: dict[str, str] = {}
@@ -291,6 +331,27 @@ class Daemon:
         self._lock_fd: int | None = None
         self._watcher: Watcher | None = None
         self._scheduler: AsyncIOScheduler | None = None
+        # Following takeover (mirrord.roles): without `follow`, push always (one-way mirror).
+        self.follow = follow
+        self.peer_name = peer_name
+        self.flush_timeout = flush_timeout
+        self.role: str | None = None
+        self.role_reason = ""
+        self.peer_state: roles.Peer | None = None
+        self._direction = (
+            roles.direction(None, None, node, peer_name)
+            if follow
+            else roles.Direction(True, False, "standalone: pushing always (not following takeover)")
+        )
+        self._quarantine_due = False
+        self._marked = False
+        # Whether this run itself marked the roots (a marker it did not set is a crash's).
+        self._marked_here = False
+        self._received = 0
+        self._ok_start: dict[str, float] = {}
+        self._flush: dict[str, Any] | None = None
+        self._follower: asyncio.Task[None] | None = None
+        self._wake_at: float | None = None
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -344,6 +405,9 @@ class Daemon:
         server = await asyncio.start_unix_server(self._serve, path=self.run_dir / SOCKET_NAME)
         os.chmod(self.run_dir / SOCKET_NAME, 0o600)
         self._scheduler = self._start_scheduler(loop, sink)
+        if self.follow:
+            follower = Follower(self.run_dir, self._q.put_nowait, self.final_flush, self.clock)
+            self._follower = asyncio.ensure_future(follower.run())
         self._write_status()
         sdnotify.notify("READY=1\nSTATUS=mirroring")
         log.info("daemon.ready dirs=%d peer=%s", len(self.dirs), self.peer and self.peer.address)
@@ -382,22 +446,47 @@ class Daemon:
     # -- the consumer ---------------------------------------------------------------------
 
     async def _consume(self) -> None:
+        last = -math.inf
         while not self._stopping:
             batch = [await self._q.get()]
+            if time.monotonic() - last < BUSY_WITHIN:
+                # Under a stream of events, gather for a moment: one journal commit and one
+                # planning round per batch instead of per event. After a quiet spell the
+                # first change is applied at once.
+                await asyncio.sleep(BATCH_WAIT)
             while not self._q.empty():
                 batch.append(self._q.get_nowait())
+            last = time.monotonic()
             self._apply(batch)
             if self._stopping:
                 break
             self._start_due()
+            self._answer_idle()
             self._set_wake()
 
     def _apply(self, batch: list[Any]) -> None:
+        """Apply records in order; a role record splits the batch (what a change means, local
+        or received, depends on the role when it was seen)."""
+        segment: list[Any] = []
+        for rec in batch:
+            if isinstance(rec, RoleSeen | PeerSeen):
+                self._apply_segment(segment)
+                segment = []
+                self._follow(rec, self.clock())
+            else:
+                segment.append(rec)
+        self._apply_segment(segment)
+
+    def _apply_segment(self, batch: list[Any]) -> None:
         """Apply records: changes reach the journal before anything else happens."""
         assert self.journal is not None
         now = self.clock()
         events = [r for r in batch if isinstance(r, RawEvent)]
         for root, paths in coalesce(events).items():
+            if self._direction.receiving:
+                # The peer's rsync wrote them: never journaled, never pushed back.
+                self._received += len(paths)
+                continue
             self.journal.record_changes(root, paths, now)
             self.planner.changes(root, paths, now)
         for rec in batch:
@@ -432,30 +521,48 @@ class Daemon:
 
     def _request(self, req: SyncRequest, now: float) -> None:
         roots = [req.directory] if req.directory else list(self.dirs)
+        if not self._direction.push:
+            if req.reply is not None and not req.reply.done():
+                why = {"result": "not pushing", "detail": self._direction.why}
+                req.reply.set_result(dict.fromkeys(roots, why))
+            return
         for root in roots:
             self.planner.request(root, now, full=req.full)
+            if req.allow_deletions:
+                self._allow_deletions.add(root)
+                log.info("guard.override dir=%s reason=operator allowed deletions", root)
         if req.reply is not None:
-            wait = _SyncWait(req.reply, set(roots))
+            wait = _SyncWait(req.reply, set(roots), now)
             for root in roots:
                 self._waiters.setdefault(root, []).append(wait)
-            # Directories with nothing to send are answered once `_start_due` has run.
-            asyncio.get_running_loop().call_soon(self._answer_idle, roots)
 
-    def _answer_idle(self, roots: list[str]) -> None:
-        for root in roots:
+    def _answer_idle(self) -> None:
+        """Answer waiters of directories with no pass running: nothing was left to send."""
+        for root in list(self._waiters):
             if root not in self._tasks:
                 self._resolve(root, {"result": "in sync", "detail": "nothing to send"})
 
-    def _resolve(self, root: str, entry: dict[str, Any]) -> None:
+    def _resolve(self, root: str, entry: dict[str, Any], started: float | None = None) -> None:
+        """Give `entry` to the waiters of `root` that a pass started at `started` answers."""
+        keep = []
         for wait in self._waiters.pop(root, []):
+            if started is not None and wait.requested > started:
+                keep.append(wait)
+                continue
             wait.pending.discard(root)
             wait.results[root] = entry
             if not wait.pending and not wait.future.done():
                 wait.future.set_result(wait.results)
+        if keep:
+            self._waiters[root] = keep
 
     def _start_due(self) -> None:
         assert self.journal is not None
         now = self.clock()
+        if self._quarantine_due and not self._tasks:
+            self._quarantine(now)
+        if not self._direction.push:
+            return
         for plan in self.planner.due(now):
             d = self.dirs[plan.directory]
             self.planner.pass_started(plan, now)
@@ -521,6 +628,10 @@ class Daemon:
             if full:
                 log.info("pass.upgraded dir=%s kind=full reason=hard links", d.root)
         already = self._recently_deleted(d, now)
+        if d.root in self._allow_deletions:
+            self._allow_deletions.discard(d.root)
+            self._deleted[d.root] = []
+            return await self._transfer(d, plan, now, full=full, dest=dest, limit=None)
         if full:
             limit = d.delete_limit(self._tree_size.get(d.root))
             if d.options.delete and limit_known:
@@ -536,11 +647,8 @@ class Daemon:
                     sample = ", ".join(dry.stats.deleted_paths)
                     log.warning("guard.refused dir=%s reason=%s", d.root, verdict.reason)
                     return PassOutcome(Result.ALARM, f"{verdict.reason}; e.g. {sample}")
-            opts = replace(d.options, max_delete=self._room(limit, already))
-            res = await run_rsync(
-                full_argv(d.root, self.peer, opts, now, audit=plan.audit, dest=dest)
-            )
-            return self._outcome(res)
+            room = self._room(limit, already)
+            return await self._transfer(d, plan, now, full=True, dest=dest, limit=room)
         limit = d.delete_limit(self._tree_size.get(d.root))
         if d.options.delete and limit is not None:
             missing = await asyncio.to_thread(guard.count_missing, d.root, plan.paths)
@@ -548,10 +656,28 @@ class Daemon:
             if not verdict.ok:
                 log.warning("guard.refused dir=%s reason=%s", d.root, verdict.reason)
                 return PassOutcome(Result.ALARM, verdict.reason)
-        opts = replace(d.options, max_delete=self._room(limit, already))
-        res = await run_rsync(
-            incremental_argv(d.root, self.peer, opts, now, dest=dest), sorted(plan.paths)
-        )
+        room = self._room(limit, already)
+        return await self._transfer(d, plan, now, full=False, dest=dest, limit=room)
+
+    async def _transfer(
+        self,
+        d: MirrorDir,
+        plan: PassPlan,
+        now: float,
+        *,
+        full: bool,
+        dest: str | None,
+        limit: int | None,
+    ) -> PassOutcome:
+        """Run the pass's rsync with `limit` as its --max-delete backstop."""
+        opts = replace(d.options, max_delete=limit)
+        if full:
+            res = await run_rsync(
+                full_argv(d.root, self.peer, opts, now, audit=plan.audit, dest=dest)
+            )
+        else:
+            argv = incremental_argv(d.root, self.peer, opts, now, dest=dest)
+            res = await run_rsync(argv, sorted(plan.paths))
         return self._outcome(res)
 
     @staticmethod
@@ -582,6 +708,7 @@ class Daemon:
         if out.deleted:
             self._deleted[root].append((now, out.deleted))
         if out.result is Result.OK:
+            self._ok_start[root] = done.started
             self.journal.clear_synced(root, plan.paths, done.mark)
             if plan.kind is PassKind.FULL:
                 self.journal.full_done(root, done.started, now)
@@ -596,14 +723,19 @@ class Daemon:
             root, plan.kind.value, out.result.value, out.rc, out.changed, out.deleted,
             now - done.started, out.detail,
         )  # fmt: skip
-        self._resolve(root, {"result": out.result.value, "kind": plan.kind.value,
-                             "rc": out.rc, "detail": out.detail})  # fmt: skip
+        entry = {"result": out.result.value, "kind": plan.kind.value, "rc": out.rc,
+                 "detail": out.detail}  # fmt: skip
+        self._resolve(root, entry, started=done.started)
         self._write_status()
 
     def _set_wake(self) -> None:
         if self._scheduler is None:
             return
-        deadline = self.planner.next_deadline()
+        # Not pushing: nothing is due until a role record arrives (no wake-ups in the past).
+        deadline = self.planner.next_deadline() if self._direction.push else None
+        if deadline == self._wake_at and deadline is not None and deadline > self.clock():
+            return  # APScheduler already holds this wake-up; re-adding a job costs ~0.3 ms
+        self._wake_at = deadline
         if deadline is None:
             if self._scheduler.get_job("wake"):
                 self._scheduler.remove_job("wake")
@@ -617,6 +749,126 @@ class Daemon:
             wake, "date", run_date=at, id="wake", replace_existing=True,
             misfire_grace_time=None, coalesce=True,
         )  # fmt: skip
+
+    # -- following takeover ---------------------------------------------------------------
+
+    def _follow(self, rec: RoleSeen | PeerSeen, now: float) -> None:
+        """Apply a role or peer record: recompute the direction and act on the change."""
+        assert self.journal is not None
+        before = self._direction
+        if isinstance(rec, RoleSeen):
+            if rec.role != self.role:
+                log.info("role.seen role=%s old=%s reason=%s", rec.role, self.role, rec.reason)
+            self.role, self.role_reason = rec.role, rec.reason
+        else:
+            if self.role in roles.PUSH_ROLES and roles.peer_returned(self.peer_state, rec.peer):
+                # Its tree is unknown (it may have set orphans aside): only a full pass fixes it.
+                for root in self.dirs:
+                    self._need_full(root, f"peer {self.peer_name} returned", now)
+            self.peer_state = rec.peer
+        d = roles.direction(self.role, self.peer_state, self.node, self.peer_name)
+        if d != before:
+            log.info("role.direction push=%s receiving=%s why=%s", d.push, d.receiving, d.why)
+        if d.receiving and not before.receiving:
+            self._quarantine_due = True
+        if self.role == "ACTIVE" and not self._marked:
+            # From now on, an incoming push is refused here until the orphans are set aside.
+            for root in self.dirs:
+                orphans.set_source(root, self.node, now)
+            self._marked = self._marked_here = True
+        self._direction = d
+        self._write_status()
+
+    def _quarantine(self, now: float) -> None:
+        """Set aside what the journal holds that the peer never confirmed; then accept pushes."""
+        assert self.journal is not None
+        self._quarantine_due = False
+        self._marked = False
+        found: list[orphans.Orphan] = []
+        for root in self.dirs:
+            candidates = set(self.journal.dirty(root))
+            crashed = self._vouch.get(root) != "clean shutdown" and not self._marked_here
+            if crashed and orphans.has_source(root):
+                # The last run crashed as the source: changes between inotify and the journal
+                # died with it. Whatever changed since the last confirmed pass began is kept.
+                candidates |= self._changed_since_confirmed(root)
+            moved, failed = orphans.quarantine(root, candidates, now, f"role {self.role}")
+            found += moved
+            done = [o.path for o in moved]
+            self.journal.clear_synced(root, done, self.journal.mark())
+            self.planner.forget(root, done)
+            if failed:
+                log.error("orphans.kept_marker dir=%s unmovable=%d", root, len(failed))
+                continue
+            orphans.clear_source(root)
+        if found:
+            orphans.record(self.state_dir, found)
+            log.warning("orphans.found count=%d list=mirrord-orphans", len(found))
+
+    def _changed_since_confirmed(self, root: str) -> set[str]:
+        assert self.journal is not None
+        confirmed = [p.started for p in self.journal.history(root, 200) if p.result == "ok"]
+        since = confirmed[0] if confirmed else 0.0
+        out: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(root):
+            if dirpath == root:
+                dirnames[:] = [n for n in dirnames if n != ".hapair-backup"]
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                with contextlib.suppress(OSError):
+                    if os.lstat(path).st_mtime >= since:
+                        out.add(os.path.relpath(path, root))
+        return out
+
+    async def final_flush(self) -> dict[str, Any]:
+        """Push every directory until a pass that began after the flush did succeed (bounded by
+        flush_timeout); return (and keep, for status) the report with any unsynced paths."""
+        start = self.clock()
+        report: dict[str, Any] = {"started": start, "ended": None, "ok": False, "unsynced": {}}
+        self._flush = report
+        log.info("flush.start dirs=%d timeout=%.1f", len(self.dirs), self.flush_timeout)
+        # Writes just before the release are still on their way through inotify.
+        await asyncio.sleep(FLUSH_SETTLE)
+        mark = self.clock()
+        deadline = start + self.flush_timeout
+        pending = list(self.dirs)
+        while True:
+            pending = [r for r in self.dirs if not self._flushed(r, mark)]
+            now = self.clock()
+            if not pending or now >= deadline or not self._direction.push:
+                break
+            waits = []
+            for root in pending:
+                fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+                self._q.put_nowait(SyncRequest(root, False, fut))
+                waits.append(fut)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits), deadline - now)
+            if any(self._last[r].result not in ("", "ok") for r in pending):
+                await asyncio.sleep(FLUSH_RETRY)
+        report["ended"] = self.clock()
+        report["ok"] = not pending
+        if pending:
+            assert self.journal is not None
+            why = "timeout" if self._direction.push else self._direction.why
+            report["detail"] = why
+            for root in pending:
+                paths = sorted(self.journal.dirty(root))
+                report["unsynced"][root] = paths[:FLUSH_REPORT]
+                log.warning(
+                    "flush.incomplete dir=%s unsynced=%d why=%s paths=%s",
+                    root, len(paths), why, ",".join(paths[:FLUSH_REPORT]),
+                )  # fmt: skip
+        log.info("flush.end ok=%s took=%.3f", report["ok"], report["ended"] - start)
+        self._write_status()
+        return report
+
+    def _flushed(self, root: str, mark: float) -> bool:
+        """Whether everything seen before `mark` is on the peer."""
+        if self._ok_start.get(root, -1.0) >= mark:
+            return True
+        st = self.planner.status(root, self.clock())
+        return st.dirty == 0 and not st.running and st.full_needed is None
 
     # -- status and control ---------------------------------------------------------------
 
@@ -644,6 +896,19 @@ class Daemon:
             "status_interval": STATUS_INTERVAL,
             "stopped": self._stopping,
             "directories": dirs,
+            "follow": {
+                "following": self.follow,
+                "role": self.role,
+                "role_reason": self.role_reason,
+                "peer": self.peer_name,
+                "peer_role": None if self.peer_state is None else self.peer_state.role,
+                "peer_alive": None if self.peer_state is None else self.peer_state.alive,
+                "pushing": self._direction.push,
+                "receiving": self._direction.receiving,
+                "why": self._direction.why,
+                "received_changes": self._received,
+                "last_flush": self._flush,
+            },
         }
 
     def _write_status(self) -> None:
@@ -668,7 +933,12 @@ class Daemon:
                     if req.get("wait"):
                         fut = asyncio.get_running_loop().create_future()
                     self._q.put_nowait(
-                        SyncRequest(directory and directory.rstrip("/"), bool(req.get("full")), fut)
+                        SyncRequest(
+                            directory and directory.rstrip("/"),
+                            bool(req.get("full")),
+                            fut,
+                            allow_deletions=bool(req.get("allow_deletions")),
+                        )
                     )
                     reply = {"results": await fut} if fut is not None else {"queued": True}
             else:
@@ -690,19 +960,29 @@ class Daemon:
         if self._watcher is not None:
             await asyncio.to_thread(self._watcher.stop)
         now = self.clock()
+        if self._follower is not None:
+            # Closing the subscription drops any inhibitor it holds: takeover goes on.
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._follower
         for root, (task, pass_id) in list(self._tasks.items()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            assert self.journal is not None
-            self.journal.pass_finished(pass_id, now, "interrupted", detail="mirrord stopped")
-            log.info("pass.interrupted dir=%s", root)
-        self._tasks.clear()
-        # Whatever the watcher queued before it stopped still goes into the journal.
+            if task.cancelled():
+                assert self.journal is not None
+                self.journal.pass_finished(pass_id, now, "interrupted", detail="mirrord stopped")
+                self._tasks.pop(root)
+                log.info("pass.interrupted dir=%s", root)
+        # Whatever the watcher queued before it stopped still goes into the journal, and a
+        # pass that ended meanwhile is recorded as it ended.
         leftovers = []
         while not self._q.empty():
             leftovers.append(self._q.get_nowait())
-        self._apply([r for r in leftovers if isinstance(r, RawEvent | Overflow | RootGone)])
+        self._apply(
+            [r for r in leftovers if isinstance(r, RawEvent | Overflow | RootGone | PassDone)]
+        )
+        self._tasks.clear()
         for root in list(self._waiters):
             self._resolve(root, {"result": "stopped"})
         assert self.journal is not None

@@ -26,7 +26,14 @@ from takeover.config import DEFAULT_RUN_DIR, Cluster, Node
 from takeover.configparse import ConfigError
 from takeover.exits import Exit, StatusExit
 from takeover.fencecli import add_fence_command, check_fencing, run_fence
-from takeover.status import classify, read_status, render, status_path
+from takeover.status import (
+    classify,
+    read_mirror,
+    read_status,
+    render,
+    render_mirror,
+    status_path,
+)
 
 PROG = "takeover"
 
@@ -145,14 +152,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         return int(StatusExit.UNKNOWN)
     now = time.time()
     verdict = classify(doc, now)
+    mirror = read_mirror(path.parent, now)
     if args.json:
         out = dict(doc or {})
         out["verdict"] = verdict.name.lower()
+        out["mirror"] = mirror
         print(json.dumps(out, indent=2, sort_keys=True))
     elif doc is None:
         print(f"takeover is not running (no {path})")
+        sys.stdout.write(render_mirror(mirror, now))
     else:
-        sys.stdout.write(render(doc, now))
+        sys.stdout.write(render(doc, now) + render_mirror(mirror, now))
     return int(verdict)
 
 

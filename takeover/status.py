@@ -225,3 +225,80 @@ def fencing_lines(doc: dict[str, Any], wall_now: float) -> list[str]:
             detail = f"{a.get('result')} ({a.get('detail')})"
             lines.append(f"      try {a.get('try')}: {detail} {a.get('elapsed')}s")
     return lines
+
+
+# mirrord's status file in the same run dir. Read as JSON: takeover never imports mirrord.
+MIRROR_STATUS_NAME = "mirrord.json"
+
+
+def read_mirror(run_dir: Path, wall_now: float) -> dict[str, Any]:
+    """Return what `takeover status` shows of mirrord: its state and, per mirrored directory,
+    direction, RPO and last pass ({"state": "not running"} without a status file)."""
+    path = run_dir / MIRROR_STATUS_NAME
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"state": "not running", "directories": []}
+    except (OSError, ValueError) as err:
+        return {"state": f"unreadable: {err}", "directories": []}
+    if not isinstance(doc, dict):
+        return {"state": "unreadable: not a JSON object", "directories": []}
+    age = wall_now - float(doc.get("updated", 0) or 0)
+    if doc.get("stopped") or not pid_alive(int(doc.get("pid", 0) or 0)):
+        state = "not running (last status shown)"
+    elif age > 3 * float(doc.get("status_interval", 1.0) or 1.0):
+        state = f"status {age:.0f}s old: mirrord may be hung"
+    else:
+        state = "running"
+    follow = doc.get("follow") or {}
+    node, peer = doc.get("node") or "?", follow.get("peer") or "peer"
+    if follow.get("pushing") or not follow.get("following", True):
+        direction = f"{node} -> {peer}"
+    elif follow.get("receiving"):
+        direction = f"{peer} -> {node}"
+    else:
+        direction = "held"
+    dirs = []
+    for d in doc.get("directories") or []:
+        if not isinstance(d, dict):
+            continue
+        last = d.get("last") or {}
+        dirs.append(
+            {
+                "directory": d.get("directory"),
+                "direction": direction,
+                "rpo": d.get("rpo") if direction != f"{peer} -> {node}" else None,
+                "dirty": d.get("dirty"),
+                "last_result": last.get("result") or None,
+                "last_kind": last.get("kind") or None,
+                "last_finished": d.get("last_finished"),
+            }
+        )
+    return {"state": state, "why": follow.get("why"), "directories": dirs,
+            "last_flush": follow.get("last_flush")}  # fmt: skip
+
+
+def render_mirror(mirror: dict[str, Any], wall_now: float) -> str:
+    """Return the "Mirroring" section of `takeover status`."""
+    lines = ["", f"Mirroring: mirrord {mirror.get('state')}"]
+    if mirror.get("why"):
+        lines[-1] += f"; {mirror['why']}"
+    for d in mirror.get("directories") or []:
+        rpo = d.get("rpo")
+        rpo_s = "-" if rpo is None else f"{float(rpo):.1f}s"
+        fin = d.get("last_finished")
+        # The planner's clock is the wall clock (mirrord's default): an age, then.
+        last = "never" if fin is None else _age(wall_now - float(fin))
+        result = d.get("last_result") or "-"
+        lines.append(
+            f"  {d.get('directory', '?'):<28} {d.get('direction', '?'):<10} RPO {rpo_s:>6}  "
+            f"dirty {d.get('dirty', 0):>4}  last pass {result} {last}"
+        )
+    flush = mirror.get("last_flush")
+    if isinstance(flush, dict) and flush.get("ended"):
+        took = float(flush["ended"]) - float(flush.get("started") or flush["ended"])
+        verdict = "complete" if flush.get("ok") else f"INCOMPLETE ({flush.get('detail', '')})"
+        lines.append(f"  last final flush: {verdict} in {took:.2f}s")
+        for root, paths in (flush.get("unsynced") or {}).items():
+            lines.append(f"    unsynced in {root}: {', '.join(paths[:5])}")
+    return "\n".join(lines) + "\n"

@@ -144,7 +144,8 @@ class MirrorPair:
 
     def start(self, wrapper: str | None = None, env: Mapping[str, str] | None = None) -> LabProcess:
         """Start mirrord in a (optionally through a shell `wrapper` that ends in exec "$@")."""
-        argv = [sys.executable, "-m", "mirrord", "-c", str(self.cluster), "--node", "a", "run"]
+        argv = [sys.executable, "-m", "mirrord", "-c", str(self.cluster), "--node", "a", "run",
+                "--standalone"]  # fmt: skip
         for o in self.ssh_options():
             argv += ["--ssh-option", o]
         if wrapper:
@@ -235,8 +236,12 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
     out: dict[str, tuple[object, ...]] = {}
     for rel, st in entries.items():
         link = os.readlink(root / rel) if stat.S_ISLNK(st.st_mode) else ""
-        # Directory mtimes are left out: the receiver's own backup area touches them.
+        # Directory mtimes are left out: the receiver's own backup area touches them. Symlink
+        # mtimes compare to the second: rsync sets a new link's time only when it differs from
+        # the link's creation time at its own granularity, so sub-second parts can stay.
         mtime = 0 if stat.S_ISDIR(st.st_mode) else st.st_mtime_ns
+        if stat.S_ISLNK(st.st_mode):
+            mtime = st.st_mtime_ns // 1_000_000_000
         size = 0 if stat.S_ISDIR(st.st_mode) else st.st_size
         group = tuple(sorted(groups.get(st.st_ino, []))) if stat.S_ISREG(st.st_mode) else ()
         out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,

@@ -236,7 +236,8 @@ class VipProbe:
         if self._proc is not None:
             raise RuntimeError("probe already running")
         self._count += 1
-        self._log = self.lab.workdir / f"probe-{self.node}-{self._count}.jsonl"
+        # Named per instance too: two probes in one lab must not share (and truncate) a log.
+        self._log = self.lab.workdir / f"probe-{self.node}-{id(self):x}-{self._count}.jsonl"
         argv = [
             self.lab.python, str(AGENT), "probe", vip, str(self._log),
             "--interval", str(self.interval),

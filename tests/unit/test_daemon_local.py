@@ -165,8 +165,9 @@ def test_clean_restart_is_vouched_and_skips_the_full_pass(tmp_path: Path) -> Non
     assert (env.mirror / "b").read_text() == "2"
 
 
-def test_guard_refuses_mass_deletion(tmp_path: Path) -> None:
-    """Deleting more entries than max_delete is refused and the mirror keeps them."""
+def test_guard_refuses_mass_deletion_until_allowed(tmp_path: Path) -> None:
+    """Deleting more entries than max_delete is refused and the mirror keeps them, until the
+    operator allows the deletions for one pass."""
     env = Env(tmp_path)
     for i in range(10):
         (env.src / f"f{i}").write_text(str(i))
@@ -186,6 +187,13 @@ def test_guard_refuses_mass_deletion(tmp_path: Path) -> None:
         assert len(list(env.mirror.glob("f*"))) == 10
         status = await request(env.run, {"cmd": "status"})
         assert "max_delete" in status["directories"][0]["alarm"]
+        # The operator confirms: the next pass deletes, and the alarm clears.
+        ok = await request(env.run, {"cmd": "sync", "wait": True, "allow_deletions": True})
+        (result,) = ok["results"].values()
+        assert result["result"] == "ok"
+        assert list(env.mirror.glob("f*")) == []
+        status = await request(env.run, {"cmd": "status"})
+        assert status["directories"][0]["alarm"] is None
 
     # A settle time keeps the first deletion from starting a pass before the others arrive.
     slow = Cadence(interval=0.2, min_interval=0.1, max_interval=1.0, settle=5.0)
@@ -280,3 +288,28 @@ def test_deletions_spread_over_passes_still_count(tmp_path: Path) -> None:
         assert left == [f"f{i}" for i in range(3, 10)]
 
     asyncio.run(with_daemon(env.daemon(max_delete_count=3), body))
+
+
+def test_sync_wait_is_answered_by_a_pass_started_after_the_request(tmp_path: Path) -> None:
+    """A sync request made while a pass runs waits for the next pass, which has its changes."""
+    env = Env(tmp_path)
+
+    async def body() -> None:
+        await converge(env)
+        (env.src / "blob").write_bytes(os.urandom(1 << 20))  # ~1 s at 1000 KiB/s
+        for _ in range(200):
+            if (await request(env.run, {"cmd": "status"}))["directories"][0]["running"]:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("no pass started")
+        (env.src / "late").write_text("written during the pass")
+        await until_dirty(env, 1)
+        reply = await request(env.run, {"cmd": "sync", "wait": True})
+        assert next(iter(reply["results"].values()))["result"] == "ok"
+        assert (env.mirror / "late").read_text() == "written during the pass"
+
+    d = MirrorDir(root=str(env.src), volatility="hot", cadence=FAST,
+                  options=TransferOptions(bwlimit=1000))  # fmt: skip
+    daemon = Daemon([d], peer=None, state_dir=env.state, run_dir=env.run, local_dest=env.dest)
+    asyncio.run(with_daemon(daemon, body))
