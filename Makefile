@@ -22,13 +22,14 @@ unit: deps
 	$(PYTEST) tests/unit
 
 # Everything: unit, lab and end-to-end. Root-only tests fail (never skip) without root.
-test: need-root deps
+test: need-root
+	@scripts/bootstrap.sh base vm
 	$(PYTEST) tests
 
 demo: need-root deps
 	$(PY) -m tests.lab.demo
 
-bench: bench-failover bench-mirror
+bench: bench-failover bench-mirror bench-vm bench-pair
 
 bench-failover: need-root
 	@scripts/bootstrap.sh base bench
@@ -37,6 +38,14 @@ bench-failover: need-root
 bench-mirror: need-root
 	@scripts/bootstrap.sh base bench
 	$(PY) -m bench.mirror
+
+bench-pair: need-root
+	@scripts/bootstrap.sh base bench
+	$(PY) -m bench.pair
+
+bench-vm: need-root
+	@scripts/bootstrap.sh base vm
+	$(PY) -m bench.vm
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

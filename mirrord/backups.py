@@ -13,6 +13,9 @@ from typing import Final
 
 # Receiving-side directory (inside each root) that keeps what passes overwrite or delete.
 BACKUP_DIR: Final = ".hapair-backup"
+# File in BACKUP_DIR while this node is (or was, until it crashed) the source of the root: the
+# receiving side refuses ordinary pushes into it (see mirrord.orphans).
+SOURCE_MARKER: Final = "source"
 # Timestamp formats of the backup hour directory and of the per-pass suffix (UTC).
 BACKUP_HOUR_FORMAT: Final = "%Y-%m-%dT%HZ"
 BACKUP_SUFFIX_FORMAT: Final = "~%Y%m%dT%H%M%S~"

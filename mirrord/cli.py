@@ -7,14 +7,19 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import socket
+import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from mirrord import orphans
 from mirrord.daemon import Daemon, DaemonError, mirror_dir
 from mirrord.journal import JournalError
+from mirrord.orphans import Orphan
 from mirrord.policy import Policy, load_policies
 from mirrord.receive import authorized_keys_line, receive
 from mirrord.transfer import Peer
@@ -26,6 +31,7 @@ from takeover.cliutil import (
     print_json,
     print_problems,
     report_check,
+    setup_daemon_logging,
 )
 from takeover.config import Cluster, Node
 from takeover.configparse import ConfigError
@@ -54,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra ssh -o option for the peer, e.g. UserKnownHostsFile=/etc/hapair/known_hosts",
     )
     run.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    run.add_argument(
+        "--standalone",
+        action="store_true",
+        help="push always, without following takeover's role (a one-way mirror)",
+    )
+    run.add_argument(
+        "--flush-timeout",
+        type=float,
+        default=20.0,
+        help="seconds a planned switchover waits for the final flush (default 20)",
+    )
 
     status = add_command(sub, "status", cmd_status, "show each directory's mirroring state")
     status.add_argument("--json", action="store_true", help="print one JSON document")
@@ -81,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip checks of the file system (mirrored directories exist, ssh key readable)",
     )
+
+    orph = add_command(
+        sub, "orphans", cmd_orphans, "list changes set aside after this node stopped pushing"
+    )
+    orph.add_argument("--json", action="store_true", help="print one JSON document")
+    orph.add_argument(
+        "--restore",
+        metavar="PATH",
+        help="send one orphan (its original or recovered path) to the peer as a conflict copy",
+    )
+    orph.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
+                      help="extra ssh -o option for the peer (as for run)")  # fmt: skip
 
     auth = add_command(
         sub,
@@ -113,13 +142,27 @@ def _load(args: argparse.Namespace) -> tuple[Cluster, Node, list[Policy]]:
     return cluster, node, policies
 
 
+def _peer(cluster: Cluster, node: Node, ssh_options: list[str]) -> Peer:
+    """Return how this node reaches its peer's receiving account."""
+    assert cluster.mirror is not None
+    peer_node = cluster.peer_of(node.name)
+    assert peer_node.mirror_address is not None
+    options: list[str] = []
+    for opt in ssh_options:
+        options += ["-o", opt]
+    return Peer(
+        user=cluster.mirror.ssh_user,
+        address=peer_node.mirror_address,
+        port=cluster.mirror.ssh_port,
+        key=str(cluster.mirror.ssh_key),
+        control_path=str(node.run_dir / "mirrord-ssh-%C"),
+        ssh_options=tuple(options),
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM."""
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(levelname)s %(name)s %(message)s",
-    )
+    setup_daemon_logging(args.log_level)
     # APScheduler logs every job run at INFO (a status write each second): keep its warnings.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
     try:
@@ -132,23 +175,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if peer_node.mirror_address is None:
         print_problems(PROG, [f"{cluster.label}: node.mirror_address: not set for the peer"])
         return int(Exit.CONFIG)
-    options: list[str] = []
-    for opt in args.ssh_option:
-        options += ["-o", opt]
-    peer = Peer(
-        user=cluster.mirror.ssh_user,
-        address=peer_node.mirror_address,
-        port=cluster.mirror.ssh_port,
-        key=str(cluster.mirror.ssh_key),
-        control_path=str(node.run_dir / "mirrord-ssh-%C"),
-        ssh_options=tuple(options),
-    )
     daemon = Daemon(
         [mirror_dir(p) for p in policies],
-        peer=peer,
+        peer=_peer(cluster, node, args.ssh_option),
         state_dir=node.state_dir,
         run_dir=node.run_dir,
         node=node.name,
+        follow=not args.standalone,
+        peer_name=peer_node.name,
+        flush_timeout=args.flush_timeout,
     )
     try:
         asyncio.run(daemon.run())
@@ -197,8 +232,14 @@ def _secs(value: float | None) -> str:
 
 def format_status(doc: dict[str, Any], now: float) -> str:
     """Render the status document as a table."""
+    follow = doc.get("follow") or {}
     lines = [
-        f"node {doc.get('node') or '-'} -> {doc.get('peer') or '-'}",
+        f"node {doc.get('node') or '-'} -> {doc.get('peer') or '-'}   "
+        + (
+            f"follows takeover: {follow.get('why', '-')}"
+            if follow.get("following")
+            else str(follow.get("why", "standalone"))
+        ),
         f"{'DIRECTORY':<28} {'CLASS':<7} {'INTERVAL':>8} {'DIRTY':>6} {'RPO':>7} "
         f"{'LAST':<11} {'TOOK':>6} {'NEXT':>6}  NOTE",
     ]
@@ -291,6 +332,59 @@ def cmd_sync(args: argparse.Namespace) -> int:
         if not results:
             print("queued")
     return int(Exit.FAILURE if bad else Exit.OK)
+
+
+def format_orphans(entries: list[Orphan]) -> str:
+    """Render orphans as a table: original path, size, mtime, where it is now."""
+    lines = [f"{'PATH':<40} {'SIZE':>10} {'MTIME (UTC)':<20} RECOVERED"]
+    for o in entries:
+        size = "deleted" if o.size is None else str(o.size)
+        when = "-" if o.mtime is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(o.mtime))
+        lines.append(f"{o.original:<40} {size:>10} {when:<20} {o.recovered or '-'}")
+    return "\n".join(lines)
+
+
+def cmd_orphans(args: argparse.Namespace) -> int:
+    """List the orphans set aside on this node, or send one back to the peer."""
+    try:
+        cluster, node, _policies = _load(args)
+    except ConfigError as err:
+        print_problems(PROG, err.problems)
+        return config_exit(err)
+    try:
+        entries = orphans.load(node.state_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"{PROG}: error: {node.state_dir / orphans.MANIFEST_NAME}: {exc}", file=sys.stderr)
+        return int(Exit.FAILURE)
+    if args.restore is None:
+        if args.json:
+            print_json({"orphans": [asdict(o) | {"original": o.original} for o in entries]})
+        elif entries:
+            print(format_orphans(entries))
+        else:
+            print("no orphans")
+        return int(Exit.OK)
+    orphan = orphans.find(entries, os.path.abspath(args.restore))
+    if orphan is None or orphan.recovered is None:
+        print(f"{PROG}: error: {args.restore}: not a recovered orphan (see `mirrord orphans`)",
+              file=sys.stderr)  # fmt: skip
+        return int(Exit.FAILURE)
+    if not os.path.lexists(orphan.recovered):
+        print(f"{PROG}: error: {orphan.recovered}: no longer there", file=sys.stderr)
+        return int(Exit.FAILURE)
+    peer = _peer(cluster, node, args.ssh_option)
+    staging, rel = orphans.stage_restore(orphan, node.name)
+    # --ignore-existing: the copy never replaces anything on the peer (receive lets only
+    # such a transfer into a root whose node is the source).
+    argv = ["rsync", "-a", "--relative", "--ignore-existing", "-e", shlex.join(peer.ssh_argv()),
+            f"{staging}/./{rel}", peer.target(orphan.root)]  # fmt: skip
+    p = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=600)
+    if p.returncode != 0:
+        print(f"{PROG}: error: restore failed (rsync rc {p.returncode}): {p.stderr.strip()}",
+              file=sys.stderr)  # fmt: skip
+        return int(Exit.FAILURE)
+    print(f"restored {orphan.original} to {peer.address}:{os.path.join(orphan.root, rel)}")
+    return int(Exit.OK)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

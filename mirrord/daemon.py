@@ -32,8 +32,9 @@ from typing import Any, Final, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from mirrord import guard, sdnotify
+from mirrord import guard, orphans, roles, sdnotify
 from mirrord.changes import Overflow, RawEvent, RootGone, Watcher, coalesce
+from mirrord.follow import Follower, PeerSeen, RoleSeen
 from mirrord.journal import Journal
 from mirrord.planner import Cadence, PassKind, PassPlan, Planner, Result
 from mirrord.transfer import (
@@ -64,6 +65,11 @@ REPORT_PATHS: Final = 5
 # arrives over several incremental passes, each of which would look small on its own. The
 # window is this many seconds, or twice the directory's max_interval if that is longer.
 DELETE_WINDOW: Final = 60.0
+# Final flush: seconds for inotify to deliver the last writes, between retries of a failed
+# pass, and unsynced paths named per directory when it gives up.
+FLUSH_SETTLE: Final = 0.1
+FLUSH_RETRY: Final = 0.2
+FLUSH_REPORT: Final = 50
 
 
 class PolicyLike(Protocol):
@@ -295,6 +301,9 @@ class Daemon:
         node: str = "",
         local_dest: Path | None = None,
         clock: Callable[[], float] = time.time,
+        follow: bool = False,
+        peer_name: str = "peer",
+        flush_timeout: float = 20.0,
     ) -> None:
         if peer is None and local_dest is None:
             raise DaemonError("mirrord: need a peer or a local destination")
@@ -322,6 +331,26 @@ class Daemon:
         self._lock_fd: int | None = None
         self._watcher: Watcher | None = None
         self._scheduler: AsyncIOScheduler | None = None
+        # Following takeover (mirrord.roles): without `follow`, push always (one-way mirror).
+        self.follow = follow
+        self.peer_name = peer_name
+        self.flush_timeout = flush_timeout
+        self.role: str | None = None
+        self.role_reason = ""
+        self.peer_state: roles.Peer | None = None
+        self._direction = (
+            roles.direction(None, None, node, peer_name)
+            if follow
+            else roles.Direction(True, False, "standalone: pushing always (not following takeover)")
+        )
+        self._quarantine_due = False
+        self._marked = False
+        # Whether this run itself marked the roots (a marker it did not set is a crash's).
+        self._marked_here = False
+        self._received = 0
+        self._ok_start: dict[str, float] = {}
+        self._flush: dict[str, Any] | None = None
+        self._follower: asyncio.Task[None] | None = None
         self._wake_at: float | None = None
 
     # -- start-up -------------------------------------------------------------------------
@@ -376,6 +405,9 @@ class Daemon:
         server = await asyncio.start_unix_server(self._serve, path=self.run_dir / SOCKET_NAME)
         os.chmod(self.run_dir / SOCKET_NAME, 0o600)
         self._scheduler = self._start_scheduler(loop, sink)
+        if self.follow:
+            follower = Follower(self.run_dir, self._q.put_nowait, self.final_flush, self.clock)
+            self._follower = asyncio.ensure_future(follower.run())
         self._write_status()
         sdnotify.notify("READY=1\nSTATUS=mirroring")
         log.info("daemon.ready dirs=%d peer=%s", len(self.dirs), self.peer and self.peer.address)
@@ -433,11 +465,28 @@ class Daemon:
             self._set_wake()
 
     def _apply(self, batch: list[Any]) -> None:
+        """Apply records in order; a role record splits the batch (what a change means, local
+        or received, depends on the role when it was seen)."""
+        segment: list[Any] = []
+        for rec in batch:
+            if isinstance(rec, RoleSeen | PeerSeen):
+                self._apply_segment(segment)
+                segment = []
+                self._follow(rec, self.clock())
+            else:
+                segment.append(rec)
+        self._apply_segment(segment)
+
+    def _apply_segment(self, batch: list[Any]) -> None:
         """Apply records: changes reach the journal before anything else happens."""
         assert self.journal is not None
         now = self.clock()
         events = [r for r in batch if isinstance(r, RawEvent)]
         for root, paths in coalesce(events).items():
+            if self._direction.receiving:
+                # The peer's rsync wrote them: never journaled, never pushed back.
+                self._received += len(paths)
+                continue
             self.journal.record_changes(root, paths, now)
             self.planner.changes(root, paths, now)
         for rec in batch:
@@ -472,6 +521,11 @@ class Daemon:
 
     def _request(self, req: SyncRequest, now: float) -> None:
         roots = [req.directory] if req.directory else list(self.dirs)
+        if not self._direction.push:
+            if req.reply is not None and not req.reply.done():
+                why = {"result": "not pushing", "detail": self._direction.why}
+                req.reply.set_result(dict.fromkeys(roots, why))
+            return
         for root in roots:
             self.planner.request(root, now, full=req.full)
             if req.allow_deletions:
@@ -505,6 +559,10 @@ class Daemon:
     def _start_due(self) -> None:
         assert self.journal is not None
         now = self.clock()
+        if self._quarantine_due and not self._tasks:
+            self._quarantine(now)
+        if not self._direction.push:
+            return
         for plan in self.planner.due(now):
             d = self.dirs[plan.directory]
             self.planner.pass_started(plan, now)
@@ -650,6 +708,7 @@ class Daemon:
         if out.deleted:
             self._deleted[root].append((now, out.deleted))
         if out.result is Result.OK:
+            self._ok_start[root] = done.started
             self.journal.clear_synced(root, plan.paths, done.mark)
             if plan.kind is PassKind.FULL:
                 self.journal.full_done(root, done.started, now)
@@ -672,7 +731,8 @@ class Daemon:
     def _set_wake(self) -> None:
         if self._scheduler is None:
             return
-        deadline = self.planner.next_deadline()
+        # Not pushing: nothing is due until a role record arrives (no wake-ups in the past).
+        deadline = self.planner.next_deadline() if self._direction.push else None
         if deadline == self._wake_at and deadline is not None and deadline > self.clock():
             return  # APScheduler already holds this wake-up; re-adding a job costs ~0.3 ms
         self._wake_at = deadline
@@ -689,6 +749,126 @@ class Daemon:
             wake, "date", run_date=at, id="wake", replace_existing=True,
             misfire_grace_time=None, coalesce=True,
         )  # fmt: skip
+
+    # -- following takeover ---------------------------------------------------------------
+
+    def _follow(self, rec: RoleSeen | PeerSeen, now: float) -> None:
+        """Apply a role or peer record: recompute the direction and act on the change."""
+        assert self.journal is not None
+        before = self._direction
+        if isinstance(rec, RoleSeen):
+            if rec.role != self.role:
+                log.info("role.seen role=%s old=%s reason=%s", rec.role, self.role, rec.reason)
+            self.role, self.role_reason = rec.role, rec.reason
+        else:
+            if self.role in roles.PUSH_ROLES and roles.peer_returned(self.peer_state, rec.peer):
+                # Its tree is unknown (it may have set orphans aside): only a full pass fixes it.
+                for root in self.dirs:
+                    self._need_full(root, f"peer {self.peer_name} returned", now)
+            self.peer_state = rec.peer
+        d = roles.direction(self.role, self.peer_state, self.node, self.peer_name)
+        if d != before:
+            log.info("role.direction push=%s receiving=%s why=%s", d.push, d.receiving, d.why)
+        if d.receiving and not before.receiving:
+            self._quarantine_due = True
+        if self.role == "ACTIVE" and not self._marked:
+            # From now on, an incoming push is refused here until the orphans are set aside.
+            for root in self.dirs:
+                orphans.set_source(root, self.node, now)
+            self._marked = self._marked_here = True
+        self._direction = d
+        self._write_status()
+
+    def _quarantine(self, now: float) -> None:
+        """Set aside what the journal holds that the peer never confirmed; then accept pushes."""
+        assert self.journal is not None
+        self._quarantine_due = False
+        self._marked = False
+        found: list[orphans.Orphan] = []
+        for root in self.dirs:
+            candidates = set(self.journal.dirty(root))
+            crashed = self._vouch.get(root) != "clean shutdown" and not self._marked_here
+            if crashed and orphans.has_source(root):
+                # The last run crashed as the source: changes between inotify and the journal
+                # died with it. Whatever changed since the last confirmed pass began is kept.
+                candidates |= self._changed_since_confirmed(root)
+            moved, failed = orphans.quarantine(root, candidates, now, f"role {self.role}")
+            found += moved
+            done = [o.path for o in moved]
+            self.journal.clear_synced(root, done, self.journal.mark())
+            self.planner.forget(root, done)
+            if failed:
+                log.error("orphans.kept_marker dir=%s unmovable=%d", root, len(failed))
+                continue
+            orphans.clear_source(root)
+        if found:
+            orphans.record(self.state_dir, found)
+            log.warning("orphans.found count=%d list=mirrord-orphans", len(found))
+
+    def _changed_since_confirmed(self, root: str) -> set[str]:
+        assert self.journal is not None
+        confirmed = [p.started for p in self.journal.history(root, 200) if p.result == "ok"]
+        since = confirmed[0] if confirmed else 0.0
+        out: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(root):
+            if dirpath == root:
+                dirnames[:] = [n for n in dirnames if n != ".hapair-backup"]
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                with contextlib.suppress(OSError):
+                    if os.lstat(path).st_mtime >= since:
+                        out.add(os.path.relpath(path, root))
+        return out
+
+    async def final_flush(self) -> dict[str, Any]:
+        """Push every directory until a pass that began after the flush did succeed (bounded by
+        flush_timeout); return (and keep, for status) the report with any unsynced paths."""
+        start = self.clock()
+        report: dict[str, Any] = {"started": start, "ended": None, "ok": False, "unsynced": {}}
+        self._flush = report
+        log.info("flush.start dirs=%d timeout=%.1f", len(self.dirs), self.flush_timeout)
+        # Writes just before the release are still on their way through inotify.
+        await asyncio.sleep(FLUSH_SETTLE)
+        mark = self.clock()
+        deadline = start + self.flush_timeout
+        pending = list(self.dirs)
+        while True:
+            pending = [r for r in self.dirs if not self._flushed(r, mark)]
+            now = self.clock()
+            if not pending or now >= deadline or not self._direction.push:
+                break
+            waits = []
+            for root in pending:
+                fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+                self._q.put_nowait(SyncRequest(root, False, fut))
+                waits.append(fut)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits), deadline - now)
+            if any(self._last[r].result not in ("", "ok") for r in pending):
+                await asyncio.sleep(FLUSH_RETRY)
+        report["ended"] = self.clock()
+        report["ok"] = not pending
+        if pending:
+            assert self.journal is not None
+            why = "timeout" if self._direction.push else self._direction.why
+            report["detail"] = why
+            for root in pending:
+                paths = sorted(self.journal.dirty(root))
+                report["unsynced"][root] = paths[:FLUSH_REPORT]
+                log.warning(
+                    "flush.incomplete dir=%s unsynced=%d why=%s paths=%s",
+                    root, len(paths), why, ",".join(paths[:FLUSH_REPORT]),
+                )  # fmt: skip
+        log.info("flush.end ok=%s took=%.3f", report["ok"], report["ended"] - start)
+        self._write_status()
+        return report
+
+    def _flushed(self, root: str, mark: float) -> bool:
+        """Whether everything seen before `mark` is on the peer."""
+        if self._ok_start.get(root, -1.0) >= mark:
+            return True
+        st = self.planner.status(root, self.clock())
+        return st.dirty == 0 and not st.running and st.full_needed is None
 
     # -- status and control ---------------------------------------------------------------
 
@@ -716,6 +896,19 @@ class Daemon:
             "status_interval": STATUS_INTERVAL,
             "stopped": self._stopping,
             "directories": dirs,
+            "follow": {
+                "following": self.follow,
+                "role": self.role,
+                "role_reason": self.role_reason,
+                "peer": self.peer_name,
+                "peer_role": None if self.peer_state is None else self.peer_state.role,
+                "peer_alive": None if self.peer_state is None else self.peer_state.alive,
+                "pushing": self._direction.push,
+                "receiving": self._direction.receiving,
+                "why": self._direction.why,
+                "received_changes": self._received,
+                "last_flush": self._flush,
+            },
         }
 
     def _write_status(self) -> None:
@@ -767,6 +960,11 @@ class Daemon:
         if self._watcher is not None:
             await asyncio.to_thread(self._watcher.stop)
         now = self.clock()
+        if self._follower is not None:
+            # Closing the subscription drops any inhibitor it holds: takeover goes on.
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._follower
         for root, (task, pass_id) in list(self._tasks.items()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -195,6 +195,12 @@ class Planner:
         for p, t in dirty.items():
             d.dirty[p] = min(t, d.dirty.get(p, t))
 
+    def forget(self, directory: str, paths: Iterable[str]) -> None:
+        """Drop dirty paths that will never be sent (orphans set aside on becoming passive)."""
+        d = self._get(directory)
+        for p in paths:
+            d.dirty.pop(p, None)
+
     def need_full(self, directory: str, reason: str, now: float) -> None:
         """Mark that only a full pass can make the mirror right (overflow, start-up, ...)."""
         d = self._get(directory)

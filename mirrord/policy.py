@@ -19,6 +19,7 @@ a policy with neither is "warm".
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from takeover.configparse import (
     format_seconds,
     read_toml,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CLASS_DEFAULTS", "ConfigError", "Policy", "load_policies", "load_policy_file"]
 
@@ -122,6 +125,7 @@ def load_policies(cluster: Cluster, *, check_fs: bool = True) -> list[Policy]:
         policies.extend(_read_file(path, _label(path, base), problems, check_fs=check_fs))
     _check_overlaps(policies, problems)
     problems.raise_if_any()
+    log.debug("policies.loaded files=%d directories=%d", len(files), len(policies))
     return policies
 
 

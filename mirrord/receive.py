@@ -62,6 +62,10 @@ def receive(roots: Sequence[str], retention: float, rrsync: str = RRSYNC) -> int
         # wrong file system. The operator creates each root on both nodes.
         print(f"mirrord: error: receive: {root} does not exist on this node", file=sys.stderr)
         return 1
+    refusal = source_refusal(root, command)
+    if refusal:
+        print(f"mirrord: error: receive: {refusal}", file=sys.stderr)
+        return 1
     if retention > 0:
         maybe_prune(root, retention, time.time())
     # -wo: write only; -absolute: the client names the root by its absolute path.
@@ -76,6 +80,26 @@ def receive(roots: Sequence[str], retention: float, rrsync: str = RRSYNC) -> int
         return 0
     os.execv(rrsync, argv)
     return 1  # not reached
+
+
+def source_refusal(root: str, command: str) -> str | None:
+    """Return why a push into `root` is refused while this node is marked as its source.
+
+    The marker (mirrord.orphans) is set while this node pushes, and stays after a crash until
+    its mirrord has set its orphans aside. Only a transfer that can replace or delete nothing
+    (--ignore-existing, no --delete*: an orphan's conflict copy) is let through meanwhile.
+    """
+    marker = os.path.join(root, ".hapair-backup", "source")
+    if not os.path.exists(marker):
+        return None
+    argv = shlex.split(command)
+    harmless = "--ignore-existing" in argv and not any(a.startswith("--delete") for a in argv)
+    if harmless:
+        return None
+    return (
+        f"{root}: this node is (or was, until it stopped) the source of this root; it accepts "
+        "pushes once its mirrord has set its unsynced changes aside"
+    )
 
 
 def _is_python_script(path: str) -> bool:

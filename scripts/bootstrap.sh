@@ -43,10 +43,12 @@ stamp="$VENV/.installed"
 if [[ ! -x "$VENV/bin/python" ]]; then
   "$PYTHON" -m venv "$VENV"
 fi
-if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
+# libvirt-python builds only where libvirt-dev is installed (apt group vm): the stamp records
+# which extras the venv has, so a venv made by `make demo` gains them when `make test` needs them.
+extras=""
+if pkg-config --exists libvirt 2>/dev/null; then extras="[libvirt]"; fi
+if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" || "$(cat "$stamp")" != "extras=$extras" ]]; then
   "$VENV/bin/python" -m pip install -q --upgrade 'pip>=25.1'
-  extras=""
-  if pkg-config --exists libvirt 2>/dev/null; then extras="[libvirt]"; fi
   "$VENV/bin/python" -m pip install -q -e ".${extras}" --group dev
-  touch "$stamp"
+  echo "extras=$extras" > "$stamp"
 fi

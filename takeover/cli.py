@@ -1,33 +1,68 @@
-"""Command line of `takeover` (subcommands grow with the issues that bring them)."""
+"""Command line of `takeover`: run, status, standby, promote, fence, check."""
 
 from __future__ import annotations
 
 import argparse
-import os
+import asyncio
+import errno
+import json
 import sys
+import time
+from pathlib import Path
 
-from takeover.cliutil import add_command, add_common_args, config_exit, load_local, report_check
-from takeover.config import Cluster, Node
+from takeover import control
+from takeover.cliutil import (
+    add_check_command,
+    add_command,
+    config_exit,
+    file_problem,
+    load_local,
+    new_parser,
+    print_problems,
+    report_check,
+    setup_daemon_logging,
+)
+from takeover.config import DEFAULT_RUN_DIR, Cluster, Node
 from takeover.configparse import ConfigError
-from takeover.exits import Exit
+from takeover.exits import Exit, StatusExit
+from takeover.fencecli import add_fence_command, check_fencing, run_fence
+from takeover.status import (
+    classify,
+    read_mirror,
+    read_status,
+    render,
+    render_mirror,
+    status_path,
+)
 
 PROG = "takeover"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Decide which node of the pair is active and move the service."
+    parser, sub = new_parser(PROG, "Decide which node of the pair is active and move the service.")
+    check = add_check_command(
+        sub,
+        cmd_check,
+        "validate the cluster file and exit 0 or 2",
+        "skip checks of files the configuration names (key file, password files)",
     )
-    add_common_args(parser)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    check = add_command(sub, "check", cmd_check, "validate the cluster file and exit 0 or 2")
-    check.add_argument("--json", action="store_true", help="print one JSON document")
     check.add_argument(
-        "--no-fs",
+        "--fencing",
         action="store_true",
-        help="skip checks of files the configuration names (key file, password files)",
+        help="also log into every BMC and read its power state (changes nothing); exit 1 "
+        "if one does not answer",
     )
+    run = add_command(sub, "run", cmd_run, "run the daemon in the foreground (systemd's ExecStart)")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    status = add_command(sub, "status", cmd_status, "show both nodes, links, targets and VIPs")
+    status.add_argument("--json", action="store_true", help="print one JSON document")
+    standby = add_command(sub, "standby", cmd_standby, "hand the service to the peer (planned)")
+    standby.add_argument(
+        "--force", action="store_true", help="release even when the peer cannot take over"
+    )
+    add_command(sub, "promote", cmd_promote, "make this node active (the peer hands over)")
+    add_fence_command(sub, cmd_fence)
     return parser
 
 
@@ -38,13 +73,8 @@ def file_problems(cluster: Cluster, node: Node) -> list[str]:
     if peer.fencing is not None:
         index = cluster.nodes.index(peer)
         wanted.append((f"node[{index}].fencing.password_file", peer.fencing.password_file))
-    problems = []
-    for key, path in wanted:
-        if not path.is_file():
-            problems.append(f"{cluster.label}: {key}: {path}: no such file")
-        elif not os.access(path, os.R_OK):
-            problems.append(f"{cluster.label}: {key}: {path}: not readable")
-    return problems
+    found = (file_problem(cluster.label, key, path) for key, path in wanted)
+    return [p for p in found if p is not None]
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -62,7 +92,101 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     if problems:
         return report_check(PROG, args, "", problems, Exit.CONFIG)
+    if args.fencing:
+        return check_fencing(cluster, args.json)
     return report_check(PROG, args, summary, problems, Exit.OK)
+
+
+def cmd_fence(args: argparse.Namespace) -> int:
+    """Power a node off through its BMC; exit 0 (confirmed off) or 1 (failed, refused)."""
+    return run_fence(args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM; exit 2/6 on configuration problems, 1 on set-up failures."""
+    setup_daemon_logging(args.log_level)
+    try:
+        cluster, node = load_local(args)
+    except ConfigError as err:
+        print_problems(PROG, err.problems)
+        return config_exit(err)
+    # Imported here: the effect modules pull in pyroute2, which `status` does not need.
+    from takeover import runtime  # noqa: PLC0415
+    from takeover.heartbeat import KeyFileError  # noqa: PLC0415
+
+    try:
+        return asyncio.run(runtime.run(cluster, node))
+    except KeyFileError as err:
+        print_problems(PROG, [f"{cluster.label}: heartbeat.key_file: {err}"])
+        return int(Exit.CONFIG)
+    except PermissionError as err:
+        print_problems(PROG, [str(err)])
+        return int(Exit.NO_PERMISSION)
+    except Exception as err:
+        # Set-up failures (an interface missing, a socket refused) name what failed.
+        if "Operation not permitted" in str(err):
+            print_problems(PROG, [f"{err} (needs CAP_NET_ADMIN and CAP_NET_RAW)"])
+            return int(Exit.NO_PERMISSION)
+        print_problems(PROG, [str(err) or type(err).__name__])
+        return int(Exit.FAILURE)
+
+
+def _run_dir(args: argparse.Namespace) -> Path:
+    """Return this node's run dir: --run-dir, else the cluster file's, else the default."""
+    if args.run_dir is not None:
+        return Path(args.run_dir)
+    try:
+        _, node = load_local(args)
+    except ConfigError:
+        return Path(DEFAULT_RUN_DIR)
+    return node.run_dir
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the node's status; exit 0 (running), 3 (not running) or 4 (unknown/stale)."""
+    path = status_path(_run_dir(args))
+    try:
+        doc = read_status(path)
+    except (OSError, ValueError) as err:
+        print_problems(PROG, [f"{path}: {err}"])
+        return int(StatusExit.UNKNOWN)
+    now = time.time()
+    verdict = classify(doc, now)
+    mirror = read_mirror(path.parent, now)
+    if args.json:
+        out = dict(doc or {})
+        out["verdict"] = verdict.name.lower()
+        out["mirror"] = mirror
+        print(json.dumps(out, indent=2, sort_keys=True))
+    elif doc is None:
+        print(f"takeover is not running (no {path})")
+        sys.stdout.write(render_mirror(mirror, now))
+    else:
+        sys.stdout.write(render(doc, now) + render_mirror(mirror, now))
+    return int(verdict)
+
+
+def _command(args: argparse.Namespace, request: dict[str, object]) -> int:
+    path = control.socket_path(_run_dir(args))
+    try:
+        control.call(path, request)
+    except control.ControlError as err:
+        print_problems(PROG, [str(err)])
+        cause = err.__cause__
+        if isinstance(cause, PermissionError) or getattr(cause, "errno", None) == errno.EACCES:
+            return int(Exit.NO_PERMISSION)
+        return int(Exit.FAILURE)
+    return int(Exit.OK)
+
+
+def cmd_standby(args: argparse.Namespace) -> int:
+    """Ask the daemon to hand the service to the peer."""
+    return _command(args, {"cmd": "standby", "force": bool(args.force)})
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Ask the daemon to make this node active."""
+    return _command(args, {"cmd": "promote"})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -59,8 +61,21 @@ def add_common_args(parser: argparse.ArgumentParser, *, suppress: bool = False) 
     )
 
 
+Subcommands = argparse._SubParsersAction  # the object add_subparsers() returns
+
+
+def new_parser(
+    prog: str, description: str
+) -> tuple[argparse.ArgumentParser, Subcommands[argparse.ArgumentParser]]:
+    """Return a tool's parser with the common options, and the action to add subcommands to."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_common_args(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    return parser, sub
+
+
 def add_command(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    subparsers: Subcommands[argparse.ArgumentParser],
     name: str,
     func: Command,
     help_text: str,
@@ -71,6 +86,28 @@ def add_command(
     sub = subparsers.add_parser(name, parents=[parent], help=help_text, description=help_text)
     sub.set_defaults(func=func)
     return sub
+
+
+def add_check_command(
+    subparsers: Subcommands[argparse.ArgumentParser],
+    func: Command,
+    help_text: str,
+    no_fs_help: str,
+) -> argparse.ArgumentParser:
+    """Register the `check` subcommand with its --json and --no-fs options."""
+    check = add_command(subparsers, "check", func, help_text)
+    check.add_argument("--json", action="store_true", help="print one JSON document")
+    check.add_argument("--no-fs", action="store_true", help=no_fs_help)
+    return check
+
+
+def file_problem(label: str, key: str, path: Path) -> str | None:
+    """Return the problem with a file the configuration names, or None when it is readable."""
+    if not path.is_file():
+        return f"{label}: {key}: {path}: no such file"
+    if not os.access(path, os.R_OK):
+        return f"{label}: {key}: {path}: not readable"
+    return None
 
 
 def load_local(args: argparse.Namespace) -> tuple[Cluster, Node]:
@@ -107,3 +144,17 @@ def report_check(
     else:
         print_problems(prog, problems)
     return code
+
+
+def setup_daemon_logging(level: str | int) -> None:
+    """Log to stderr: bare under systemd (journald stamps each line), else with a clock."""
+    fmt = "%(levelname)s %(name)s %(message)s"
+    if "JOURNAL_STREAM" not in os.environ:
+        # In a terminal or the lab, millisecond times are what makes a failover readable.
+        fmt = "%(asctime)s.%(msecs)03d " + fmt
+    logging.basicConfig(
+        level=level.upper() if isinstance(level, str) else level,
+        stream=sys.stderr,
+        format=fmt,
+        datefmt="%H:%M:%S",
+    )

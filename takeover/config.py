@@ -11,20 +11,23 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
 from takeover.configparse import (
+    REQUIRED,
     ConfigError,
     ConfigMissing,
     IPAddress,
     IPInterface,
     Problems,
+    Required,
     Table,
     describe,
     format_seconds,
@@ -50,6 +53,8 @@ __all__ = [
     "load_cluster",
     "resolve_node",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RUN_DIR: Final = "/run/hapair"
 DEFAULT_STATE_DIR: Final = "/var/lib/hapair"
@@ -190,6 +195,9 @@ class VmConfig:
     stop_timeout: float = 120.0
     # Live-migrate on planned switchover (falls back to stop/start).
     migrate: bool = False
+    # Node name -> URI by which the PEER's libvirtd reaches that node's libvirtd (the live
+    # migration destination, e.g. "qemu+tcp://192.0.2.12/system"); required with migrate.
+    migrate_uri: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # Restarts in place within restart_window before the pair fails over.
     max_restarts: int = 3
     # Seconds over which max_restarts is counted.
@@ -198,6 +206,10 @@ class VmConfig:
     def uri_for(self, node_name: str) -> str:
         """Return the libvirt URI to use on one node."""
         return self.uri.get(node_name, DEFAULT_LIBVIRT_URI)
+
+    def migrate_uri_for(self, node_name: str) -> str | None:
+        """Return where the peer migrates this VM to reach `node_name`, or None (no migration)."""
+        return self.migrate_uri.get(node_name) if self.migrate else None
 
 
 @dataclass(frozen=True)
@@ -305,6 +317,7 @@ def load_cluster(path: str | os.PathLike[str]) -> Cluster:
     problems = Problems(label)
     cluster = _parse(Table(data, "", problems), source)
     problems.raise_if_any()
+    log.debug("config.loaded file=%s cluster=%s", source, cluster.name)
     return cluster
 
 
@@ -388,7 +401,7 @@ def _parse(root: Table, source: Path) -> Cluster:
     section = root.table("cluster")
     if section is None:
         problems.add("cluster", "required table [cluster] is missing")
-        section = Table({}, "cluster", problems)
+        section = _absent("cluster")
     name = section.string("name", pattern=NAME_RE, what=NAME_WHAT)
     run_dir = section.path("run_dir", DEFAULT_RUN_DIR)
     state_dir = section.path("state_dir", DEFAULT_STATE_DIR)
@@ -429,6 +442,12 @@ def _parse(root: Table, source: Path) -> Cluster:
     )
 
 
+def _absent(name: str) -> Table:
+    # Stands in for a missing required table: its own "required key" complaints are dropped,
+    # the one about the table itself says it all.
+    return Table({}, name, Problems(""))
+
+
 def _finish_with(hook: Table) -> float:
     # A hook's timeout, read last so finish() sees both keys.
     timeout = hook.duration("timeout", 10.0, positive=True)
@@ -441,7 +460,7 @@ def _heartbeat(root: Table) -> HeartbeatConfig:
     t = root.table("heartbeat")
     if t is None:
         problems.add("heartbeat", "required table [heartbeat] is missing")
-        t = Table({}, "heartbeat", problems)
+        t = _absent("heartbeat")
     links = t.strings("links", nonempty=True)
     for i, link in enumerate(links):
         if re.fullmatch(LINK_RE, link) is None:
@@ -493,12 +512,9 @@ def _nodes(
             t.problem("name", f'"{name}" is already the name of another node')
         priority = t.integer("priority", 100, lo=0, hi=255)
         interface = t.string("interface", pattern=IFNAME_RE, what=IFNAME_WHAT)
-        mirror_address: str | None = None
-        if needs_mirror:
-            mirror_address = t.string("mirror_address", pattern=r"[^\s/]+", what="a host")
-        else:
-            mirror_address = t.string("mirror_address", "", pattern=r"[^\s/]+", what="a host")
-            mirror_address = mirror_address or None
+        # Required only when there is something to mirror.
+        required: str | Required = REQUIRED if needs_mirror else ""
+        mirror_address = t.string("mirror_address", required, pattern=r"[^\s/]+", what="a host")
         node_run = t.path("run_dir", str(run_dir))
         node_state = t.path("state_dir", str(state_dir))
         heartbeat = _node_heartbeat(t, links)
@@ -511,7 +527,7 @@ def _nodes(
                 interface=interface,
                 heartbeat=heartbeat,
                 priority=priority,
-                mirror_address=mirror_address,
+                mirror_address=mirror_address or None,
                 run_dir=node_run,
                 state_dir=node_state,
                 fencing=fencing,
@@ -532,6 +548,8 @@ def _node_heartbeat(node: Table, links: tuple[str, ...]) -> Mapping[str, IPAddre
         address = t.address(link)
         if address is not None:
             addresses[link] = address
+    if node.problems.bad("heartbeat.links", "heartbeat"):
+        return MappingProxyType(addresses)
     for extra in t.data:
         if extra not in links:
             t.problem(extra, f"link is not in heartbeat.links ({', '.join(links) or 'none'})")
@@ -694,6 +712,26 @@ def _vip_address(t: Table) -> IPInterface | None:
     return None
 
 
+def _node_uris(
+    t: Table, key: str, node_names: list[str], pattern: str, what: str
+) -> dict[str, str]:
+    """Read a table node name -> libvirt URI; every key must be a node."""
+    uris: dict[str, str] = {}
+    table = t.table(key)
+    if table is None:
+        return uris
+    for node_name in table.data:
+        uri = table.string(node_name, pattern=pattern, what=what)
+        if node_name not in node_names:
+            table.problem(node_name, f"is not a node ({', '.join(node_names)})")
+        uris[node_name] = uri
+    return uris
+
+
+# A migration destination names the host the source's libvirtd connects to (p2p migration).
+REMOTE_URI_RE = r"[a-z0-9+]+://[^/\s]+/\S*"
+
+
 def _vms(root: Table, nodes: list[Node] | tuple[Node, ...]) -> tuple[VmConfig, ...]:
     vms: list[VmConfig] = []
     node_names = [n.name for n in nodes]
@@ -701,14 +739,22 @@ def _vms(root: Table, nodes: list[Node] | tuple[Node, ...]) -> tuple[VmConfig, .
         name = t.string("name", pattern=NAME_RE, what=NAME_WHAT)
         if name and any(v.name == name for v in vms):
             t.problem("name", f'"{name}" is already the name of another VM')
-        uris: dict[str, str] = {}
-        uri_table = t.table("uri")
-        if uri_table is not None:
-            for node_name in uri_table.data:
-                uri = uri_table.string(node_name, pattern=r"\S+://\S*", what="a libvirt URI")
-                if node_name not in node_names:
-                    uri_table.problem(node_name, f"is not a node ({', '.join(node_names)})")
-                uris[node_name] = uri
+        uris = _node_uris(t, "uri", node_names, r"\S+://\S*", "a libvirt URI")
+        migrate = t.boolean("migrate", False)
+        migrate_uris = _node_uris(
+            t,
+            "migrate_uri",
+            node_names,
+            REMOTE_URI_RE,
+            'a libvirt URI with a host, e.g. "qemu+tcp://192.0.2.12/system"',
+        )
+        missing = [n for n in node_names if n not in migrate_uris]
+        if migrate and missing and not t.bad("migrate", "migrate_uri"):
+            t.problem(
+                "migrate_uri",
+                "migrate = true needs the URI the peer's libvirtd reaches each node by; "
+                f"missing: {', '.join(missing)}",
+            )
         vms.append(
             VmConfig(
                 name=name,
@@ -716,7 +762,8 @@ def _vms(root: Table, nodes: list[Node] | tuple[Node, ...]) -> tuple[VmConfig, .
                 uri=MappingProxyType(uris),
                 start_timeout=t.duration("start_timeout", 60.0, positive=True),
                 stop_timeout=t.duration("stop_timeout", 120.0, positive=True),
-                migrate=t.boolean("migrate", False),
+                migrate=migrate,
+                migrate_uri=MappingProxyType(migrate_uris),
                 max_restarts=t.integer("max_restarts", 3, lo=0),
                 restart_window=t.duration("restart_window", 600.0, positive=True),
             )

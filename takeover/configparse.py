@@ -97,14 +97,14 @@ def describe(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
-class _Required:
+class Required:
     """Marks a getter's default as 'the key must be present'."""
 
     def __repr__(self) -> str:
         return "REQUIRED"
 
 
-REQUIRED: Final = _Required()
+REQUIRED: Final = Required()
 
 
 @dataclass
@@ -217,7 +217,7 @@ class Table:
     def string(
         self,
         name: str,
-        default: str | _Required = REQUIRED,
+        default: str | Required = REQUIRED,
         *,
         choices: Iterable[str] | None = None,
         pattern: str | None = None,
@@ -226,8 +226,8 @@ class Table:
         """Return a string key, optionally one of `choices` or matching `pattern`."""
         present, value = self._fetch(name, default)
         if not present:
-            return "" if isinstance(default, _Required) else default
-        fallback = "" if isinstance(default, _Required) else default
+            return "" if isinstance(default, Required) else default
+        fallback = "" if isinstance(default, Required) else default
         if not isinstance(value, str):
             self.problem(name, f"must be a string, got {describe(value)}")
             return fallback
@@ -248,14 +248,14 @@ class Table:
     def integer(
         self,
         name: str,
-        default: int | _Required = REQUIRED,
+        default: int | Required = REQUIRED,
         *,
         lo: int | None = None,
         hi: int | None = None,
     ) -> int:
         """Return an integer key within [lo, hi] (either bound optional)."""
         present, value = self._fetch(name, default)
-        fallback = 0 if isinstance(default, _Required) else default
+        fallback = 0 if isinstance(default, Required) else default
         if not present:
             return fallback
         if isinstance(value, bool) or not isinstance(value, int):
@@ -269,14 +269,14 @@ class Table:
     def number(
         self,
         name: str,
-        default: float | _Required = REQUIRED,
+        default: float | Required = REQUIRED,
         *,
         above: float | None = None,
         hi: float | None = None,
     ) -> float:
         """Return a number (integer or float) key with `above < value <= hi`."""
         present, value = self._fetch(name, default)
-        fallback = 0.0 if isinstance(default, _Required) else default
+        fallback = 0.0 if isinstance(default, Required) else default
         if not present:
             return fallback
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -306,14 +306,14 @@ class Table:
     def duration(
         self,
         name: str,
-        default: float | _Required = REQUIRED,
+        default: float | Required = REQUIRED,
         *,
         minimum: float | None = None,
         positive: bool = False,
     ) -> float:
         """Return a duration key in seconds ("200ms", "5s", "1h", "7d")."""
         present, value = self._fetch(name, default)
-        fallback = 0.0 if isinstance(default, _Required) else default
+        fallback = 0.0 if isinstance(default, Required) else default
         if not present:
             return fallback
         try:
@@ -332,13 +332,13 @@ class Table:
     def strings(
         self,
         name: str,
-        default: tuple[str, ...] | _Required = REQUIRED,
+        default: tuple[str, ...] | Required = REQUIRED,
         *,
         nonempty: bool = False,
     ) -> tuple[str, ...]:
         """Return an array of non-empty strings (`nonempty`: at least one element)."""
         present, value = self._fetch(name, default)
-        fallback: tuple[str, ...] = () if isinstance(default, _Required) else default
+        fallback: tuple[str, ...] = () if isinstance(default, Required) else default
         if not present:
             return fallback
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -349,7 +349,7 @@ class Table:
             return fallback
         return tuple(str(v) for v in value)
 
-    def path(self, name: str, default: str | _Required = REQUIRED) -> Path:
+    def path(self, name: str, default: str | Required = REQUIRED) -> Path:
         """Return an absolute, normalized file system path key."""
         present, value = self._fetch(name, default)
         if not present:

@@ -144,7 +144,8 @@ class MirrorPair:
 
     def start(self, wrapper: str | None = None, env: Mapping[str, str] | None = None) -> LabProcess:
         """Start mirrord in a (optionally through a shell `wrapper` that ends in exec "$@")."""
-        argv = [sys.executable, "-m", "mirrord", "-c", str(self.cluster), "--node", "a", "run"]
+        argv = [sys.executable, "-m", "mirrord", "-c", str(self.cluster), "--node", "a", "run",
+                "--standalone"]  # fmt: skip
         for o in self.ssh_options():
             argv += ["--ssh-option", o]
         if wrapper:

@@ -5,6 +5,10 @@
         AF_PACKET socket as a JSON line {"t": monotonic, "mac": source MAC, "seq": n} in OUT.
         The first line {"event": "ready", ...} appears once the sockets are open; SIGTERM ends
         the run with {"event": "stop", "t": ..., "sent": n}.
+        For an IPv4 VIP it also broadcasts an ARP request for VIP every --arp-every seconds
+        (0 = off) and records every ARP reply for VIP as {"arp": round, "t": .., "mac": ..}: two
+        MACs answering one round means two nodes hold the address at once, whichever one the
+        client's own neighbour entry happens to point at.
     agent.py garp IFACE ADDRESS [--count 1]
         Announce ADDRESS from IFACE's MAC: the ARP request form (sender IP = target IP,
         broadcast), which a Linux neighbour in its locktime still accepts.
@@ -86,7 +90,37 @@ def _parse_reply(frame: bytes, v6: bool, vip: bytes, ident: int) -> int | None:
     return seq if rid == ident else None
 
 
-def probe(vip_text: str, out_path: str, interval: float, iface: str) -> int:
+def _arp_request(mac: bytes, ip: bytes, vip: bytes) -> bytes:
+    """Build a broadcast ARP who-has vip from (mac, ip)."""
+    arp = struct.pack("!HHBBH", 1, ETH_P_IP, 6, 4, 1) + mac + ip + b"\0" * 6 + vip
+    return b"\xff" * 6 + mac + struct.pack("!H", ETH_P_ARP) + arp
+
+
+def _arp_reply_sender(frame: bytes, vip: bytes, own_ip: bytes) -> str | None:
+    """Return the sender MAC if frame answers our who-has for vip, else None.
+
+    Only replies addressed to us count: a gratuitous ARP in reply form (target IP = VIP) is an
+    announcement, not an answer, and counting it would see two owners in the round in which
+    the VIP moves.
+    """
+    if len(frame) < 42 or struct.unpack("!H", frame[12:14])[0] != ETH_P_ARP:
+        return None
+    arp = frame[14:]
+    if struct.unpack("!H", arp[6:8])[0] != 2 or arp[14:18] != vip or arp[24:28] != own_ip:
+        return None
+    return arp[8:14].hex(":")
+
+
+def _own_ipv4(iface: str) -> bytes:
+    """Return the first IPv4 address of iface (SIOCGIFADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        import fcntl  # noqa: PLC0415  Linux-only, used here only
+
+        req = struct.pack("256s", iface.encode())
+        return fcntl.ioctl(s.fileno(), 0x8915, req)[20:24]
+
+
+def probe(vip_text: str, out_path: str, interval: float, iface: str, arp_every: float) -> int:
     """Ping vip every interval until SIGTERM, writing one JSON line per reply to out_path."""
     vip = ipaddress.ip_address(vip_text)
     v6 = vip.version == 6
@@ -112,12 +146,35 @@ def probe(vip_text: str, out_path: str, interval: float, iface: str) -> int:
     )
     rx.bind((iface, 0))
     dest = (vip_text, 0, 0, 0) if v6 else (vip_text, 0)
+    arp_sock: socket.socket | None = None
+    arp_frame = b""
+    arp_round = 0
+    arp_deadline = float("inf")
+    own_ip = b""
+    if arp_every > 0 and not v6:
+        arp_sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+        arp_sock.bind((iface, 0))
+        with open(f"/sys/class/net/{iface}/address") as f:
+            own_mac = bytes.fromhex(f.read().strip().replace(":", ""))
+        own_ip = _own_ipv4(iface)
+        arp_frame = _arp_request(own_mac, own_ip, vip.packed)
+        arp_deadline = time.monotonic()
+    socks = [rx] if arp_sock is None else [rx, arp_sock]
 
     sent = 0
     with open(out_path, "w", buffering=1) as out:
         start = time.monotonic()
         out.write(
-            json.dumps({"event": "ready", "t": start, "vip": vip_text, "interval": interval}) + "\n"
+            json.dumps(
+                {
+                    "event": "ready",
+                    "t": start,
+                    "vip": vip_text,
+                    "interval": interval,
+                    "arp_every": arp_every if arp_sock is not None else 0.0,
+                }
+            )
+            + "\n"
         )
         deadline = start
         while not stop:
@@ -130,11 +187,23 @@ def probe(vip_text: str, out_path: str, interval: float, iface: str) -> int:
                 deadline += interval
                 if deadline < now:
                     deadline = now + interval  # fell behind (CPU contention): do not burst
+            if arp_sock is not None and now >= arp_deadline:
+                arp_round += 1
+                with contextlib.suppress(OSError):
+                    arp_sock.send(arp_frame)
+                arp_deadline = max(arp_deadline + arp_every, now)
+            wake = min(deadline, arp_deadline)
             try:
-                ready, _, _ = select.select([rx], [], [], max(0.0, deadline - time.monotonic()))
+                ready, _, _ = select.select(socks, [], [], max(0.0, wake - time.monotonic()))
             except InterruptedError:
                 continue
-            if not ready:
+            if arp_sock is not None and arp_sock in ready:
+                frame = arp_sock.recv(65535)
+                owner = _arp_reply_sender(frame, vip.packed, own_ip)
+                if owner is not None:
+                    rec = {"arp": arp_round, "t": time.monotonic(), "mac": owner}
+                    out.write(json.dumps(rec) + "\n")
+            if rx not in ready:
                 continue
             frame, addr = rx.recvfrom(65535)
             t = time.monotonic()
@@ -175,13 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
     p.add_argument("--interval", type=float, default=0.01)
     p.add_argument("--iface", default="lan0")
+    p.add_argument("--arp-every", type=float, default=0.05)
     g = sub.add_parser("garp")
     g.add_argument("iface")
     g.add_argument("address")
     g.add_argument("--count", type=int, default=1)
     args = parser.parse_args(argv)
     if args.cmd == "probe":
-        return probe(args.vip, args.out, args.interval, args.iface)
+        return probe(args.vip, args.out, args.interval, args.iface, args.arp_every)
     return garp(args.iface, args.address, args.count)
 
 

@@ -18,6 +18,8 @@ _PROTOS = {
     "udp": "meta l4proto udp",
     "tcp": "meta l4proto tcp",
     "icmp": "meta l4proto { icmp, ipv6-icmp }",
+    # VRRP (IP protocol 112): keepalived's adverts, for the comparison benchmark.
+    "vrrp": "meta l4proto 112",
 }
 
 

@@ -63,6 +63,20 @@ class ProbeResult:
     # Total time during which two or more MACs answered within DUAL_WINDOW of each other.
     dual_time: float
     runs: list[Run] = field(default_factory=list)
+    # ARP census (IPv4): for each who-has round, the MACs that answered for the VIP.
+    arp_rounds: dict[int, set[str]] = field(default_factory=dict)
+    # Seconds between census rounds.
+    arp_every: float = 0.0
+
+    @property
+    def owner_rounds(self) -> int:
+        """How many census rounds saw two or more MACs claim the VIP."""
+        return sum(len(macs) > 1 for macs in self.arp_rounds.values())
+
+    @property
+    def dual_owner_time(self) -> float:
+        """Time during which two nodes held the VIP at once, as the ARP census saw it."""
+        return self.owner_rounds * self.arp_every
 
     @property
     def replies_per_mac(self) -> dict[str, int]:
@@ -100,7 +114,7 @@ class ProbeResult:
         return (
             f"probe vip={self.vip} sent={self.sent} replies={len(self.replies)} {per_mac} "
             f"outage={self.outage * 1000:.0f}ms dual={self.dual_time * 1000:.0f}ms "
-            f"mac_changes={self.mac_changes}"
+            f"mac_changes={self.mac_changes} two_owners={self.dual_owner_time * 1000:.0f}ms"
         )
 
 
@@ -123,7 +137,14 @@ def _union_length(intervals: Iterable[tuple[float, float]]) -> float:
 
 
 def analyse(
-    vip: str, started: float, stopped: float, sent: int, replies: list[Reply]
+    vip: str,
+    started: float,
+    stopped: float,
+    sent: int,
+    replies: list[Reply],
+    *,
+    arp_rounds: dict[int, set[str]] | None = None,
+    arp_every: float = 0.0,
 ) -> ProbeResult:
     """Compute outage, dual ownership and runs from the raw replies."""
     replies = sorted(replies, key=lambda r: r.t)
@@ -169,13 +190,16 @@ def analyse(
         outage_span=span,
         dual_time=_union_length(overlaps),
         runs=runs,
+        arp_rounds=arp_rounds or {},
+        arp_every=arp_every,
     )
 
 
 def read_log(path: Path) -> ProbeResult:
     """Parse an agent probe log into a ProbeResult (a run cut short has no stop line)."""
-    vip, started, stopped, sent = "", 0.0, 0.0, 0
+    vip, started, stopped, sent, arp_every = "", 0.0, 0.0, 0, 0.0
     replies: list[Reply] = []
+    arp_rounds: dict[int, set[str]] = {}
     for line in path.read_text().splitlines():
         try:
             rec: dict[str, Any] = json.loads(line)
@@ -184,13 +208,16 @@ def read_log(path: Path) -> ProbeResult:
         event = rec.get("event")
         if event == "ready":
             vip, started = str(rec["vip"]), float(rec["t"])
+            arp_every = float(rec.get("arp_every", 0.0))
         elif event == "stop":
             stopped, sent = float(rec["t"]), int(rec["sent"])
+        elif "arp" in rec:
+            arp_rounds.setdefault(int(rec["arp"]), set()).add(str(rec["mac"]))
         else:
             replies.append(Reply(float(rec["t"]), str(rec["mac"]), int(rec["seq"])))
     if not stopped:
         stopped = max([started, *(r.t for r in replies)])
-    return analyse(vip, started, stopped, sent, replies)
+    return analyse(vip, started, stopped, sent, replies, arp_rounds=arp_rounds, arp_every=arp_every)
 
 
 class VipProbe:
@@ -209,7 +236,8 @@ class VipProbe:
         if self._proc is not None:
             raise RuntimeError("probe already running")
         self._count += 1
-        self._log = self.lab.workdir / f"probe-{self.node}-{self._count}.jsonl"
+        # Named per instance too: two probes in one lab must not share (and truncate) a log.
+        self._log = self.lab.workdir / f"probe-{self.node}-{id(self):x}-{self._count}.jsonl"
         argv = [
             self.lab.python, str(AGENT), "probe", vip, str(self._log),
             "--interval", str(self.interval),

@@ -244,6 +244,24 @@ def test_probe_ipv6_vip_answered_by_owner(lab: Lab, vip_probe: VipProbe) -> None
     assert res.outage < 1.0  # generous: nothing moved
 
 
+@pytest.mark.netns
+def test_arp_census_sees_two_owners_only_while_both_hold_the_vip(
+    lab: Lab, vip_probe: VipProbe
+) -> None:
+    """The probe's ARP census counts rounds answered by two MACs, and none with one owner."""
+    lab.run("a", ["ip", "addr", "add", f"{VIP4}/24", "dev", "lan0"])
+    vip_probe.start(VIP4)
+    assert vip_probe.wait_for(lab.mac("a"), 20)
+    single = vip_probe.snapshot()
+    assert single.arp_rounds, "the census sent no ARP request or saw no reply"
+    assert single.owner_rounds == 0
+    lab.run("b", ["ip", "addr", "add", f"{VIP4}/24", "dev", "lan0"])
+    assert wait_until(lambda: vip_probe.snapshot().owner_rounds >= 3, 5.0)
+    res = vip_probe.stop()
+    assert {lab.mac("a"), lab.mac("b")} in [m for m in res.arp_rounds.values() if len(m) > 1]
+    assert res.dual_owner_time >= 3 * res.arp_every
+
+
 def test_analyse_clean_handover_is_not_dual() -> None:
     """A then B with a gap: one MAC change, no dual ownership, the gap is the outage."""
     replies = [Reply(0.01 * i, "aa", i) for i in range(1, 11)]

@@ -1,0 +1,208 @@
+"""Orphans: changes a node journaled that never reached the peer, set aside, listed, restored.
+
+A node that stops being the source (it crashed as the active and came back, or a planned
+switchover's final flush missed late writes) may hold, in its journal, paths the peer never
+received. Before the peer's pushes may overwrite or delete them, each such file is *moved* into
+a dated recovery area inside its own root, `<root>/.hapair-backup/recovery-<UTC stamp>/<path>`
+(same file system, so a rename; excluded from every pass, and not an hour directory, so the
+backup pruning never removes it). Nothing is deleted. A path that no longer exists (deleted
+locally, deletion never sent) is listed with no size.
+
+Every orphan is also recorded in `<state_dir>/orphans.json`, which `mirrord orphans` lists;
+`mirrord orphans --restore PATH` sends one back to the active as a conflict copy
+(`NAME.orphan-<node>-<stamp>` beside the original) with `--ignore-existing`, so it can never
+replace anything there.
+
+The source marker: a node that pushes keeps `<root>/.hapair-backup/source` in each root, and
+the receiving side (`mirrord receive`) refuses ordinary pushes into a root that has it. A node
+that crashed as the active keeps the marker, so the new active's pushes are refused until the
+returning node's mirrord has set its orphans aside and removed it: the order is on disk, not a
+race. Two nodes that both believe they are active refuse each other: no mirroring either way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from mirrord.backups import BACKUP_DIR, SOURCE_MARKER
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME: Final = "orphans.json"
+RECOVERY_PREFIX: Final = "recovery-"
+STAMP_FORMAT: Final = "%Y%m%dT%H%M%SZ"
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """One path set aside."""
+
+    # Mirrored root it belongs to.
+    root: str
+    # Path relative to the root.
+    path: str
+    # Where the file now is (None: the path did not exist, a deletion never sent).
+    recovered: str | None
+    # Size in bytes and modification time of what was set aside (None for a deletion).
+    size: int | None
+    mtime: float | None
+    # When it was set aside, and why.
+    when: float
+    reason: str
+
+    @property
+    def original(self) -> str:
+        """Return the absolute path the file had."""
+        return os.path.join(self.root, self.path)
+
+
+def marker_path(root: str) -> Path:
+    """Return the source marker of `root`."""
+    return Path(root) / BACKUP_DIR / SOURCE_MARKER
+
+
+def set_source(root: str, node: str, now: float) -> bool:
+    """Mark `root` as pushed from this node (receive refuses pushes into it); return success."""
+    path = marker_path(root)
+    try:
+        if not Path(root).is_dir():
+            return False
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{SOURCE_MARKER}.tmp")
+        tmp.write_text(json.dumps({"node": node, "since": now}) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("source.mark_failed dir=%s error=%s", root, exc)
+        return False
+    return True
+
+
+def clear_source(root: str) -> None:
+    """Remove the source marker of `root` (the peer's pushes are accepted again)."""
+    try:
+        marker_path(root).unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("source.unmark_failed dir=%s error=%s", root, exc)
+
+
+def has_source(root: str) -> bool:
+    """Return whether `root` carries the source marker."""
+    return marker_path(root).exists()
+
+
+def quarantine(
+    root: str, paths: Iterable[str], now: float, reason: str
+) -> tuple[list[Orphan], list[str]]:
+    """Move each of `paths` (relative to `root`) into a new recovery area; return what was set
+    aside and the paths that could not be (those stay in place and in the journal)."""
+    stamp = datetime.fromtimestamp(now, UTC).strftime(STAMP_FORMAT)
+    area = Path(root) / BACKUP_DIR / f"{RECOVERY_PREFIX}{stamp}"
+    moved: list[Orphan] = []
+    failed: list[str] = []
+    # Deepest first: a directory's children move before it is looked at.
+    for rel in sorted(set(paths), key=lambda p: (-p.count("/"), p)):
+        src = Path(root) / rel
+        try:
+            st = src.lstat()
+        except FileNotFoundError:
+            moved.append(Orphan(root, rel, None, None, None, now, reason))
+            continue
+        except OSError as exc:
+            log.warning("orphans.stat_failed dir=%s path=%s error=%s", root, rel, exc)
+            failed.append(rel)
+            continue
+        if src.is_dir() and not src.is_symlink():
+            # A directory is only a container: its files are listed themselves when dirty.
+            continue
+        dest = area / rel
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(src, dest)
+        except OSError as exc:
+            log.warning("orphans.move_failed dir=%s path=%s error=%s", root, rel, exc)
+            failed.append(rel)
+            continue
+        moved.append(Orphan(root, rel, str(dest), st.st_size, st.st_mtime, now, reason))
+        log.warning("orphans.set_aside dir=%s path=%s to=%s size=%d", root, rel, dest, st.st_size)
+    return moved, failed
+
+
+def record(state_dir: Path, orphans: Iterable[Orphan]) -> None:
+    """Append `orphans` to the manifest (rewritten atomically)."""
+    new = [asdict(o) for o in orphans]
+    if not new:
+        return
+    path = state_dir / MANIFEST_NAME
+    entries = [asdict(o) for o in load(state_dir)] + new
+    tmp = path.with_name(f".{MANIFEST_NAME}.tmp")
+    tmp.write_text(json.dumps(entries, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def load(state_dir: Path) -> list[Orphan]:
+    """Return every orphan in the manifest (none if there is no manifest)."""
+    try:
+        raw = json.loads((state_dir / MANIFEST_NAME).read_text())
+    except FileNotFoundError:
+        return []
+    if not isinstance(raw, list):
+        raise ValueError(f"{state_dir / MANIFEST_NAME}: not a list")
+    return [_orphan(e) for e in raw]
+
+
+def _orphan(e: Mapping[str, Any]) -> Orphan:
+    return Orphan(
+        root=str(e["root"]),
+        path=str(e["path"]),
+        recovered=None if e.get("recovered") is None else str(e["recovered"]),
+        size=None if e.get("size") is None else int(e["size"]),
+        mtime=None if e.get("mtime") is None else float(e["mtime"]),
+        when=float(e["when"]),
+        reason=str(e.get("reason", "")),
+    )
+
+
+def find(orphans: Iterable[Orphan], path: str) -> Orphan | None:
+    """Return the newest orphan whose original or recovered path is `path`."""
+    norm = os.path.normpath(path)
+    best: Orphan | None = None
+    for o in orphans:
+        if o.recovered is None:
+            continue
+        named = norm in (os.path.normpath(o.original), os.path.normpath(o.recovered))
+        if named and (best is None or o.when >= best.when):
+            best = o
+    return best
+
+
+def conflict_name(rel: str, node: str, when: float) -> str:
+    """Return the conflict copy's relative path: beside the original, never the same name."""
+    stamp = datetime.fromtimestamp(when, UTC).strftime(STAMP_FORMAT)
+    return f"{rel}.orphan-{node}-{stamp}"
+
+
+def stage_restore(orphan: Orphan, node: str) -> tuple[Path, str]:
+    """Hard-link (or copy) the recovered file under a staging dir by its conflict name; return
+    (staging dir, conflict relative path) for `rsync --relative staging/./REL`."""
+    assert orphan.recovered is not None
+    area = Path(orphan.recovered[: -len(orphan.path)].rstrip("/"))
+    staging = area.parent / f".restore-{area.name}"
+    rel = conflict_name(orphan.path, node, orphan.when)
+    dest = staging / rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not dest.exists():
+        try:
+            os.link(orphan.recovered, dest, follow_symlinks=False)
+        except OSError:
+            shutil.copy2(orphan.recovered, dest, follow_symlinks=False)
+    return staging, rel

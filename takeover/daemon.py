@@ -1,0 +1,809 @@
+"""The takeover daemon: an asyncio loop that feeds facts to the machine and runs its actions.
+
+The loop decides nothing (STYLE.md "Decide, then do"). It waits for the next event or the
+next deadline (heartbeat send, `next_deadline()`, status refresh), steps the machine, and
+hands each action to an executor. Effects (addresses, announcements, probes, fencing,
+heartbeat sockets) come in as constructor arguments following the protocols below, so the
+same daemon runs against the real effects in the lab and against recording fakes in unit
+tests (takeover/testing.py).
+
+Slow effects run as tasks and report back as events; acquire and release are serialised by
+one lock, so a release asked for during an acquire starts after it and undoes all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from takeover import machine as m
+from takeover.arbitration import Outcome, Reachability, fresh_down
+from takeover.control import ControlServer, role_event, socket_path
+from takeover.health import CheckSpec, HealthMonitor
+from takeover.hooks import Hook, HookRunner
+from takeover.status import remove_status, status_path, write_status
+from takeover.wire import Heartbeat, Receiver, encode
+
+log = logging.getLogger(__name__)
+
+EPOCH_NAME = "takeover.epoch"
+# A loop iteration later than interval + this share of deadtime counts as a stall.
+STALL_FRACTION = 0.5
+# How many transitions status keeps.
+HISTORY = 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Effect protocols
+
+
+class Resources(Protocol):
+    """The ordered resource list: addresses (with announcements), then VMs."""
+
+    async def acquire(self) -> None:
+        """Acquire everything in order; raise (after rolling back) on failure."""
+        ...
+
+    async def release(self, handover: bool = False) -> None:
+        """Release everything in reverse order; idempotent; raise if something stays held.
+
+        `handover`: a planned switchover to a live standby peer; resources that can move
+        themselves (live migration) do so instead of stopping.
+        """
+        ...
+
+    async def announce(self) -> None:
+        """Announce every held VIP again."""
+        ...
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Return one dict per VIP/VM for status: address/name, interface, held; VMs have
+        kind "vm"."""
+        ...
+
+
+class TargetProber(Protocol):
+    """ICMP probes of the ping list."""
+
+    @property
+    def targets(self) -> Sequence[str]:
+        """Return the ping list."""
+        ...
+
+    async def probe(self) -> dict[str, list[Outcome]]:
+        """Probe every target (a few tries, bounded) and return the outcomes per target."""
+        ...
+
+
+class GuardProber(Protocol):
+    """The VIP guard: is some other MAC answering for a VIP?"""
+
+    async def probe(self) -> str | None:
+        """Return the MAC of another host answering for any VIP, or None."""
+        ...
+
+
+class Fencer(Protocol):
+    """Powers the peer off."""
+
+    async def fence(self, peer: str) -> tuple[bool, str]:
+        """Power `peer` off and confirm; return (ok, detail)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Return the fencing device and its recent results (with attempts) for status."""
+        ...
+
+
+class Links(Protocol):
+    """The heartbeat transport (takeover.heartbeat.HeartbeatLinks): one socket per link.
+
+    Built by a `LinksFactory` from the daemon's Receiver and heartbeat callback, so the
+    sockets are bound at start-up and every datagram is authenticated before it reaches us.
+    """
+
+    def start(self) -> None:
+        """Start reading every link from the running loop."""
+        ...
+
+    def send(self, make: Callable[[], bytes]) -> int:
+        """Send one datagram per link, each from a fresh `make()`; return how many went."""
+        ...
+
+    def drain(self) -> int:
+        """Read and hand over every datagram queued right now; return how many."""
+        ...
+
+    def stats(self) -> dict[str, dict[str, object]]:
+        """Per link: last_seen_age, received, sent, send_errors, dropped."""
+        ...
+
+    def close(self) -> None:
+        """Close every link."""
+        ...
+
+
+LinksFactory = Callable[[Receiver, Callable[[str, Heartbeat], None]], Links]
+
+
+class Notifier(Protocol):
+    """sd_notify sink."""
+
+    def notify(self, message: str) -> None:
+        """Send one notification (e.g. "READY=1")."""
+        ...
+
+
+Watcher = Callable[[Callable[[m.Event], None]], Coroutine[Any, Any, None]]
+
+
+class SdNotify:
+    """sd_notify(3) over $NOTIFY_SOCKET; a no-op when not started by systemd."""
+
+    def __init__(self, address: str | None) -> None:
+        """Notify `address` (a path, or "@name" for the abstract namespace), or nobody."""
+        self.address = None
+        if address:
+            self.address = "\0" + address[1:] if address.startswith("@") else address
+
+    @classmethod
+    def from_env(cls) -> SdNotify:
+        """Return a notifier for $NOTIFY_SOCKET."""
+        return cls(os.environ.get("NOTIFY_SOCKET"))
+
+    def notify(self, message: str) -> None:
+        """Send `message`; failures are logged, never raised (systemd may be gone)."""
+        if self.address is None:
+            return
+        try:
+            # A socket per message: they are rare (READY, STATUS, WATCHDOG every few seconds).
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.sendto(message.encode(), self.address)
+        except OSError as err:
+            log.warning("sd_notify.failed error=%s", err)
+
+
+def watchdog_period() -> float | None:
+    """Return how often to send WATCHDOG=1 (half of $WATCHDOG_USEC), or None if unset."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    if not usec or not usec.isdigit() or int(usec) == 0:
+        return None
+    return int(usec) / 2e6
+
+
+# ---------------------------------------------------------------------------------------------
+# Epoch persistence
+
+
+def load_epoch(state_dir: Path) -> int:
+    """Return the persisted epoch (0 when none); raise ValueError if the file is corrupt."""
+    path = state_dir / EPOCH_NAME
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return 0
+    if not text.isdigit():
+        raise ValueError(f"{path}: not a non-negative integer: {text[:20]!r}")
+    return int(text)
+
+
+def store_epoch(state_dir: Path, epoch: int) -> None:
+    """Persist `epoch` atomically and durably (it decides double-active conflicts)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / EPOCH_NAME
+    tmp = path.with_name(f".{EPOCH_NAME}.{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(f"{epoch}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The daemon
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """What the daemon needs besides the machine parameters; cli.py maps the cluster file."""
+
+    params: m.MachineParams
+    # Cluster name, shown in status.
+    cluster: str
+    # Shared HMAC key.
+    key: bytes
+    # Truncated digest of the cluster file, carried in heartbeats.
+    digest: bytes
+    # Status file and control socket.
+    run_dir: Path
+    # Persisted epoch.
+    state_dir: Path
+    # Seconds between two rounds of background pings.
+    probe_interval: float = 1.0
+    # Seconds a target's state must hold before the score changes.
+    dampen: float = 3.0
+    # Seconds between status file rewrites (besides every transition).
+    status_interval: float = 1.0
+    hooks: tuple[Hook, ...] = ()
+    checks: tuple[CheckSpec, ...] = ()
+
+
+@dataclass
+class Effects:
+    """The effect objects the daemon drives."""
+
+    links: LinksFactory
+    resources: Resources
+    prober: TargetProber
+    guard: GuardProber
+    fencer: Fencer | None = None
+    notifier: Notifier = field(default_factory=SdNotify.from_env)
+    # Background watchers (carrier of the service interfaces ...): each runs until cancelled
+    # and reports what it sees through the callback it is given.
+    watchers: Sequence[Watcher] = ()
+
+
+class Daemon:
+    """One node's takeover daemon."""
+
+    def __init__(
+        self,
+        cfg: DaemonConfig,
+        effects: Effects,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        """Wire `cfg` and `effects`; nothing is opened until `run()` or `start()`."""
+        self.cfg = cfg
+        self.fx = effects
+        self.clock = clock
+        self.wall = wall
+        p = cfg.params
+        # What a killed predecessor left behind (reconciliation): a node holding nothing says
+        # so in its heartbeats, and the peer need not wait for its release.
+        held = any(item.get("held") for item in effects.resources.describe())
+        self.state = m.initial_state(p, clock(), epoch=load_epoch(cfg.state_dir), clean=not held)
+        self.boot_id = uuid.uuid4().bytes
+        # Sequence numbers start from the wall clock in microseconds: strictly increasing
+        # across restarts as long as the clock is sane, which a receiver may rely on later.
+        self.seq = int(wall() * 1e6)
+        self.receiver = Receiver(cfg.key, (p.node, p.peer), own=p.node, digest=cfg.digest)
+        self.sent = 0
+        self.reach = Reachability(effects.prober.targets, cfg.dampen)
+        self.links = effects.links(self.receiver, self._on_heartbeat)
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        self.queue: asyncio.Queue[m.Event] = asyncio.Queue()
+        self.hooks = HookRunner(cfg.hooks, node=p.node, peer=p.peer)
+        self.health = HealthMonitor(cfg.checks, self._health_changed)
+        self.control = ControlServer(socket_path(cfg.run_dir), self)
+        self.stop_requested = False
+        self.reload_requested = False
+        self.ready = False
+        self._resource_lock = asyncio.Lock()
+        self._probe_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self._next_send = 0.0
+        self._next_status = 0.0
+        self._written_key: tuple[object, ...] = ()
+        self._sent_key: tuple[object, ...] = ()
+        self._last_iter: float | None = None
+        self._watchdog = watchdog_period()
+        self._last_watchdog = -math.inf
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open links and the control socket, start hooks, checks and background probes."""
+        self.links.start()
+        await self.control.start()
+        self.hooks.start()
+        self.health.start()
+        loop = asyncio.get_running_loop()
+        self._background.append(loop.create_task(self._probe_loop()))
+        for watch in self.fx.watchers:
+            self._background.append(loop.create_task(watch(self._emit)))
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        log.info(
+            "daemon.start node=%s peer=%s epoch=%s boot=%s",
+            self.cfg.params.node,
+            self.cfg.params.peer,
+            self.state.epoch,
+            self.boot_id.hex(),
+        )
+        self._write_status()
+
+    async def close(self) -> None:
+        """Stop everything started, in reverse; remove the status file and socket."""
+        for t in self._background:
+            t.cancel()
+        for t in list(self._tasks) + self._background:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self.health.close()
+        await self.hooks.close()
+        await self.control.close()
+        self.links.close()
+        remove_status(status_path(self.cfg.run_dir))
+        self.fx.notifier.notify("STOPPING=1")
+        log.info("daemon.stop role=%s", self.state.role.value)
+
+    def request_stop(self) -> None:
+        """Signal handler: ask the loop to hand over and exit."""
+        self.stop_requested = True
+        self.queue.put_nowait(m.Tick())
+
+    def request_reload(self) -> None:
+        """Signal handler: ask the loop to reload (only logged: restart to apply changes)."""
+        self.reload_requested = True
+        self.queue.put_nowait(m.Tick())
+
+    async def run(self) -> int:
+        """Run until stopped; return the exit status."""
+        await self.start()
+        try:
+            await self._loop()
+        finally:
+            await self.close()
+        return 0
+
+    async def _loop(self) -> None:
+        p = self.cfg.params
+        stop_deadline: float | None = None
+        while True:
+            if self.stop_requested:
+                if stop_deadline is None:
+                    stop_deadline = self.clock() + p.inhibit_timeout + 5.0
+                    self._begin_stop()
+                if self._may_exit() or self.clock() >= stop_deadline:
+                    self._send_heartbeats()
+                    return
+            await self.iterate()
+
+    def _begin_stop(self) -> None:
+        log.info("daemon.stopping role=%s", self.state.role.value)
+        if self.state.role is m.Role.ACTIVE:
+            # A stop is a planned switchover: give the service away, flush, then exit.
+            self.handle(m.OperatorStandby(force=True))
+        else:
+            # Keep the peer from electing us while we go away.
+            self.state = _with_hold(self.state)
+
+    def _may_exit(self) -> bool:
+        return self.state.role not in {m.Role.ACTIVE, m.Role.RELEASING}
+
+    async def iterate(self) -> None:
+        """Wait for one event or the next deadline, then step and act (one loop iteration)."""
+        deadline = self.next_wake()
+        timeout = max(0.0, deadline - self.clock())
+        ev: m.Event | None
+        try:
+            ev = await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            ev = None
+        self.pump(ev)
+
+    def pump(self, first: m.Event | None = None) -> None:
+        """Process `first` and every queued event, then tick, send and refresh as due."""
+        now = self.clock()
+        if self._last_iter is not None:
+            lag = now - self._last_iter - self.cfg.params.interval
+            if lag > STALL_FRACTION * self.cfg.params.deadtime:
+                # Our own loop was late (SIGSTOP, swap, a blocked call): the peer's silence
+                # may be ours. The machine waits a grace before trusting its timers.
+                log.warning("loop.stalled lag=%.3f", lag)
+                self.handle(m.LoopStalled(lag))
+                drained = self.links.drain()
+                log.info("loop.drained heartbeats=%s", drained)
+        self._last_iter = now
+        if first is not None:
+            self.handle(first)
+        while not self.queue.empty():
+            self.handle(self.queue.get_nowait())
+        self.handle(m.Tick())
+        now = self.clock()
+        if now >= self._next_send or self._advert_key() != self._sent_key:
+            # Also at once when what we advertise changed: the peer must not wait an interval
+            # to learn that we let go (its takeover waits for exactly that).
+            self._send_heartbeats()
+            self._next_send = now + self.cfg.params.interval
+        if now >= self._next_status or self._status_key() != self._written_key:
+            self._write_status()
+        if self.reload_requested:
+            self.reload_requested = False
+            log.info("daemon.reload note=configuration_changes_need_a_restart")
+        self._kick_watchdog(now)
+
+    def next_wake(self) -> float:
+        """Return the next time the loop must run even without events."""
+        times = [self._next_send, self._next_status]
+        d = m.next_deadline(self.state)
+        if d is not None:
+            times.append(d)
+        return min(times)
+
+    # -- the machine -----------------------------------------------------------------------
+
+    def handle(self, ev: m.Event) -> list[m.Action]:
+        """Step the machine with `ev` and execute the actions; return them."""
+        old = self.state
+        self.state, actions = m.step(old, ev, self.clock())
+        for action in actions:
+            self.execute(action)
+        if isinstance(ev, _HOLDINGS_CHANGED):
+            # Who holds the VIPs changed without a transition: status must say so now.
+            self._write_status()
+        return actions
+
+    def execute(self, a: m.Action) -> None:
+        """Carry out one action (slow ones as tasks that report back as events)."""
+        if isinstance(a, m.Notify):
+            self._on_transition(a)
+        elif isinstance(a, m.AcquireResources):
+            self._spawn(self._acquire(a.reason))
+        elif isinstance(a, m.ReleaseResources):
+            self._spawn(self._release(a.reason, self._planned_handover()))
+        elif isinstance(a, m.Announce):
+            self._spawn(self._announce())
+        elif isinstance(a, m.ProbeTargets):
+            self._spawn(self._fresh_probe(a.round))
+        elif isinstance(a, m.ProbeVipGuard):
+            self._spawn(self._guard(a.round))
+        elif isinstance(a, m.Fence):
+            self._spawn(self._fence(a.peer))
+        elif isinstance(a, m.WaitInhibitors):
+            self._spawn(self._wait_inhibitors())
+        elif isinstance(a, m.PersistEpoch):
+            try:
+                store_epoch(self.cfg.state_dir, a.epoch)
+            except OSError as err:
+                # Serving matters more than the record: the epoch in memory is right, only a
+                # restart before the next successful write could reuse an older one.
+                log.error("epoch.store_failed epoch=%s error=%s", a.epoch, err)
+            else:
+                log.info("epoch.stored epoch=%s", a.epoch)
+        elif isinstance(a, m.Refused):
+            log.info("command.refused command=%s reason=%s", a.command, a.reason)
+
+    def _on_transition(self, a: m.Notify) -> None:
+        s = self.state
+        log.info(
+            "transition from=%s to=%s reason=%s epoch=%s",
+            a.old.value,
+            a.new.value,
+            a.reason,
+            s.epoch,
+        )
+        wall = self.wall()
+        self.history.append(
+            {"time": wall, "old": a.old.value, "new": a.new.value, "reason": a.reason}
+        )
+        self.hooks.submit(a.old.value, a.new.value, a.reason, s.epoch)
+        self.control.publish(role_event(a.old.value, a.new.value, a.reason, s.epoch, wall))
+        self._write_status()
+        self.fx.notifier.notify(f"STATUS={a.new.value}: {a.reason}")
+        if not self.ready and a.old is m.Role.STARTING:
+            # The first decision is made: systemd may now start what depends on us.
+            self.ready = True
+            self.fx.notifier.notify("READY=1")
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _emit(self, ev: m.Event) -> None:
+        self.queue.put_nowait(ev)
+
+    async def _acquire(self, reason: str) -> None:
+        async with self._resource_lock:
+            try:
+                await self.fx.resources.acquire()
+            except Exception as err:
+                log.error("resources.acquire_failed reason=%s error=%s", reason, err)
+                self._emit(m.AcquireFailed(str(err) or type(err).__name__))
+                return
+        log.info("resources.acquired reason=%s", reason)
+        self._emit(m.AcquireDone())
+
+    def _planned_handover(self) -> bool:
+        """Return whether the release now starting hands the service to a live standby peer.
+
+        Only then may a VM live-migrate: the peer's libvirtd is up and the peer is about to
+        acquire (adopting the migrated copy). Urgent releases, faults and surrenders stop.
+        """
+        s = self.state
+        peer = s.peer
+        return (
+            s.role is m.Role.RELEASING
+            and not s.urgent
+            and s.release_to is m.Role.STANDBY
+            and peer is not None
+            and peer.role is m.Role.STANDBY
+            # A peer held in standby (stopping, or told so) will not take the VM over.
+            and not peer.hold_standby
+            and s.peer_alive(self.clock())
+        )
+
+    async def _release(self, reason: str, handover: bool = False) -> None:
+        async with self._resource_lock:
+            try:
+                await self.fx.resources.release(handover=handover)
+            except Exception as err:
+                log.error("resources.release_failed reason=%s error=%s", reason, err)
+                self._emit(m.ReleaseFailed(str(err) or type(err).__name__))
+                return
+        log.info("resources.released reason=%s handover=%s", reason, handover)
+        self._emit(m.ReleaseDone())
+
+    async def _announce(self) -> None:
+        try:
+            await self.fx.resources.announce()
+        except Exception as err:
+            log.error("announce.failed error=%s", err)
+
+    async def _fresh_probe(self, round_: int) -> None:
+        try:
+            async with self._probe_lock:
+                results = await self.fx.prober.probe()
+        except Exception as err:
+            # Nothing known: count every target as down rather than take over blind.
+            log.error("probe.failed error=%s", err)
+            self._emit(m.TargetsProbed(down=len(self.fx.prober.targets), round=round_))
+            return
+        now = self.clock()
+        for target, outcomes in results.items():
+            self.reach.record(target, _summary(outcomes), now)
+        down = fresh_down(results)
+        log.info("probe.fresh down=%s of=%s", down, len(results))
+        self._emit(m.TargetsProbed(down=down, round=round_))
+
+    async def _guard(self, round_: int) -> None:
+        try:
+            mac = await self.fx.guard.probe()
+        except Exception as err:
+            # A guard that cannot look must not let us take over a VIP someone may hold.
+            log.error("guard.failed error=%s", err)
+            self._emit(m.VipGuardResult(True, "unknown (guard failed)", round_))
+            return
+        log.info("guard.result answered=%s mac=%s", mac is not None, mac or "-")
+        self._emit(m.VipGuardResult(mac is not None, mac or "", round_))
+
+    async def _fence(self, peer: str) -> None:
+        if self.fx.fencer is None:
+            self._emit(m.FenceResult(ok=False, detail="no fencing device"))
+            return
+        try:
+            ok, detail = await self.fx.fencer.fence(peer)
+        except Exception as err:
+            ok, detail = False, str(err) or type(err).__name__
+        log.info("fence.result peer=%s ok=%s detail=%s", peer, ok, detail)
+        self._emit(m.FenceResult(ok=ok, detail=detail))
+
+    async def _wait_inhibitors(self) -> None:
+        held = self.control.inhibitors.names()
+        if held:
+            log.info("inhibitors.waiting names=%s", ",".join(held))
+        await self.control.inhibitors.wait_clear()
+        self._emit(m.InhibitorsReleased())
+
+    async def _probe_loop(self) -> None:
+        """Probe the ping list every probe_interval; report score changes."""
+        last = self.state.score
+        while True:
+            try:
+                async with self._probe_lock:
+                    results = await self.fx.prober.probe()
+            except Exception as err:
+                log.error("probe.failed error=%s", err)
+                results = {}
+            now = self.clock()
+            for target, outcomes in results.items():
+                self.reach.record(target, _summary(outcomes), now)
+            score = self.reach.score(now)
+            if score != last:
+                log.info("probe.score score=%s down=%s", score, self.reach.down_targets(now))
+                last = score
+                self._emit(m.ProbeResult(score))
+            await asyncio.sleep(self.cfg.probe_interval)
+
+    def _health_changed(self, healthy: bool) -> None:
+        self._emit(m.HealthChanged(healthy))
+
+    # -- heartbeats ------------------------------------------------------------------------
+
+    def _on_heartbeat(self, link: str, hb: Heartbeat) -> None:
+        """Link callback: queue an authenticated, fresh heartbeat for the machine."""
+        self._emit(
+            m.HeartbeatSeen(
+                role=hb.role,
+                epoch=hb.epoch,
+                priority=hb.priority,
+                score=hb.score,
+                boot_id=hb.boot_id.hex(),
+                healthy=hb.healthy,
+                promote=hb.promote,
+                hold_standby=hb.hold_standby,
+                holding=hb.holding,
+            )
+        )
+
+    def heartbeat(self) -> Heartbeat:
+        """Return the heartbeat this node sends now (sequence not yet advanced)."""
+        s = self.state
+        return Heartbeat(
+            node=s.params.node,
+            boot_id=self.boot_id,
+            sequence=self.seq,
+            role=s.role,
+            priority=s.params.priority,
+            score=m.own_score(s),
+            epoch=s.epoch,
+            digest=self.cfg.digest,
+            healthy=s.healthy,
+            promote=s.promote,
+            hold_standby=s.hold_standby,
+            holding=not s.clean,
+        )
+
+    def _advert_key(self) -> tuple[object, ...]:
+        s = self.state
+        return (s.role, s.clean, s.epoch, m.own_score(s), s.healthy, s.promote, s.hold_standby)
+
+    def _send_heartbeats(self) -> None:
+        self._sent_key = self._advert_key()
+        self.sent += self.links.send(self._next_datagram)
+
+    def _next_datagram(self) -> bytes:
+        # One sequence number per datagram: the copy on the second link is no replay.
+        self.seq += 1
+        return encode(self.heartbeat(), self.cfg.key)
+
+    # -- status and control ----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Return the status document (also served by the control socket)."""
+        s, p, now, wall = self.state, self.cfg.params, self.clock(), self.wall()
+        peer: dict[str, Any] = {"name": p.peer}
+        if s.peer is not None:
+            peer.update(
+                role=s.peer.role.value,
+                epoch=s.peer.epoch,
+                priority=s.peer.priority,
+                score=s.peer.score,
+                healthy=s.peer.healthy,
+                alive=s.peer_alive(now),
+                last_heard_age=round(now - s.peer.heard_at, 3),
+            )
+        links: dict[str, dict[str, object]] = {}
+        for name, st in self.links.stats().items():
+            age = st.get("last_seen_age")
+            links[name] = {**st, "up": isinstance(age, float | int) and age <= p.deadtime}
+        counters = self.receiver.counters()
+        counters["sent"] = self.sent
+        resources = self._vips()
+        local = {
+            "name": p.node,
+            "role": s.role.value,
+            "since": wall - (now - s.since),
+            "reason": s.reason,
+            "condition": s.condition,
+            "priority": p.priority,
+            "score": m.own_score(s),
+            "lan_up": s.lan_up,
+            "healthy": s.healthy,
+            "promote": s.promote,
+            "hold_standby": s.hold_standby,
+        }
+        return {
+            "version": 1,
+            "written": wall,
+            "pid": os.getpid(),
+            "status_interval": self.cfg.status_interval,
+            "cluster": self.cfg.cluster,
+            "epoch": s.epoch,
+            "local": local,
+            "peer": peer,
+            "links": links,
+            "targets": self.reach.states(now),
+            "vips": [e for e in resources if e.get("kind") != "vm"],
+            "vms": [e for e in resources if e.get("kind") == "vm"],
+            "fencing": self._fencing(),
+            "checks": self.health.states(),
+            "inhibitors": self.control.inhibitors.names(),
+            "heartbeat": counters,
+            "transitions": list(self.history),
+        }
+
+    def _vips(self) -> list[dict[str, Any]]:
+        out = []
+        for item in self.fx.resources.describe():
+            entry = dict(item)
+            holder = self.cfg.params.node if item.get("held") else None
+            peer = self.state.peer
+            now = self.clock()
+            if (
+                holder is None
+                and peer
+                and peer.role is m.Role.ACTIVE
+                and self.state.peer_alive(now)
+            ):
+                holder = self.cfg.params.peer
+            entry["holder"] = holder
+            out.append(entry)
+        return out
+
+    def _fencing(self) -> dict[str, Any] | None:
+        """Return the fencing device's status view, or None when the peer has none."""
+        if self.fx.fencer is None:
+            return None
+        try:
+            return dict(self.fx.fencer.describe())
+        except Exception as err:
+            return {"error": str(err) or type(err).__name__}
+
+    def _status_key(self) -> tuple[object, ...]:
+        """Return what, when it changes, makes the status file worth rewriting at once."""
+        s, peer = self.state, self.state.peer
+        alive = s.peer_alive(self.clock())
+        peer_key = (peer.role, peer.epoch, peer.holding, alive) if peer is not None else None
+        return (s.role, s.condition, s.healthy, s.lan_up, s.hold_standby, s.promote, peer_key)
+
+    def _write_status(self) -> None:
+        self._written_key = self._status_key()
+        try:
+            write_status(status_path(self.cfg.run_dir), self.status())
+        except OSError as err:
+            log.error("status.write_failed error=%s", err)
+        self._next_status = self.clock() + self.cfg.status_interval
+
+    def command(self, cmd: str, args: dict[str, Any]) -> str | None:
+        """Control handler: run standby/promote through the machine; return a refusal or None."""
+        ev: m.Event = (
+            m.OperatorStandby(force=bool(args.get("force", False)))
+            if cmd == "standby"
+            else m.OperatorPromote()
+        )
+        for a in self.handle(ev):
+            if isinstance(a, m.Refused):
+                return a.reason
+        self._write_status()
+        return None
+
+    def _kick_watchdog(self, now: float) -> None:
+        if self._watchdog is not None and now - self._last_watchdog >= self._watchdog:
+            self.fx.notifier.notify("WATCHDOG=1")
+            self._last_watchdog = now
+
+
+_HOLDINGS_CHANGED = (m.AcquireDone, m.AcquireFailed, m.ReleaseDone, m.ReleaseFailed)
+
+
+def _with_hold(s: m.State) -> m.State:
+    return replace(s, hold_standby=True, promote=False)
+
+
+def _summary(outcomes: Sequence[Outcome]) -> Outcome:
+    """Return one outcome for several tries: a reply wins, then a down verdict, then error."""
+    if Outcome.REPLY in outcomes:
+        return Outcome.REPLY
+    for o in outcomes:
+        if o is not Outcome.ERROR:
+            return o
+    return Outcome.ERROR

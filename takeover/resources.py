@@ -1,0 +1,299 @@
+"""The ordered resource list: acquire in order, release in reverse.
+
+A resource is anything the active node holds: a VIP (address, optional virtual MAC, and its
+announcements), later a VM. `ResourceList.acquire()` takes them in configured order and, if
+one fails, gives back what it took before raising: the machine's FAULT holds nothing.
+`release()` goes in reverse and tries every resource even after a failure, so one stuck VIP
+does not keep the others on a node that is giving up.
+
+Announcements must not slow the failover: the first round goes out as soon as the address is
+up, the remaining `garp_count - 1` rounds follow in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from takeover.addresses import Addresses, VipPlacement
+from takeover.announce import Announcer
+
+log = logging.getLogger(__name__)
+
+
+class Resource(Protocol):
+    """One thing the active node holds."""
+
+    name: str
+
+    async def acquire(self) -> None:
+        """Take it (idempotent)."""
+        ...
+
+    async def release(self) -> None:
+        """Give it back (idempotent)."""
+        ...
+
+    async def announce(self) -> None:
+        """Tell the network again where it lives (no-op for resources that need not)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Return a JSON-ready view for status: at least "held"."""
+        ...
+
+
+class ResourceError(Exception):
+    """Acquiring or releasing failed; the message names each resource that did."""
+
+
+class ResourceList:
+    """Resources acquired in order and released in reverse."""
+
+    def __init__(self, items: Sequence[Resource]) -> None:
+        """Hold `items` in acquisition order."""
+        self.items = tuple(items)
+
+    async def acquire(self) -> None:
+        """Acquire each in order; on a failure release those taken, then raise ResourceError."""
+        taken: list[Resource] = []
+        for item in self.items:
+            try:
+                await item.acquire()
+            except Exception as err:
+                log.error("resource.acquire_failed name=%s error=%s", item.name, err)
+                for done in reversed(taken):
+                    with contextlib.suppress(Exception):
+                        await done.release()
+                with contextlib.suppress(Exception):
+                    await item.release()
+                raise ResourceError(f"{item.name}: {err}") from err
+            taken.append(item)
+
+    async def release(self, handover: bool = False) -> None:
+        """Release each in reverse; try them all; raise ResourceError naming the failures.
+
+        With `handover` (a planned switchover to a live peer), resources that can move
+        themselves (a VM that live-migrates) are handed over instead of stopped.
+        """
+        failures = []
+        for item in reversed(self.items):
+            try:
+                hand_over = getattr(item, "hand_over", None) if handover else None
+                await (hand_over() if hand_over is not None else item.release())
+            except Exception as err:
+                log.error("resource.release_failed name=%s error=%s", item.name, err)
+                failures.append(f"{item.name}: {err}")
+        if failures:
+            raise ResourceError("; ".join(failures))
+
+    async def announce(self) -> None:
+        """Announce every resource again."""
+        for item in self.items:
+            await item.announce()
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Return one status entry per resource."""
+        return [item.describe() for item in self.items]
+
+
+class VipResource:
+    """One VIP: the address (and virtual MAC) via netlink, then GARP / unsolicited NA."""
+
+    def __init__(
+        self,
+        placement: VipPlacement,
+        addresses: Addresses,
+        announcer: Announcer,
+        *,
+        count: int = 5,
+        interval: float = 0.1,
+        refresh: float = 0.0,
+    ) -> None:
+        """Place `placement` with `addresses`, announce through `announcer` (its interface)."""
+        self.placement = placement
+        self.name = f"vip {placement.address}"
+        self.addresses = addresses
+        self.announcer = announcer
+        self.count = count
+        self.interval = interval
+        self.refresh = refresh
+        self.held = False
+        self._burst: asyncio.Task[None] | None = None
+        self._refresh: asyncio.Task[None] | None = None
+
+    async def acquire(self) -> None:
+        """Add the address, send the first announcement round now and the rest in background."""
+        await self.addresses.add_vip(self.placement)
+        self.held = True
+        self._announce_now()
+        if self.refresh > 0 and self._refresh is None:
+            self._refresh = asyncio.ensure_future(self._refresh_loop())
+
+    async def release(self) -> None:
+        """Stop announcing, then remove the address (and the virtual MAC's interface)."""
+        for task in (self._burst, self._refresh):
+            if task is not None:
+                task.cancel()
+        self._burst = self._refresh = None
+        await self.addresses.remove_vip(self.placement)
+        self.held = False
+
+    async def announce(self) -> None:
+        """Start a fresh burst (after a conflict was resolved in our favour)."""
+        if self.held:
+            self._announce_now()
+
+    def _announce_now(self) -> None:
+        vip, mac = self.placement.address.ip, self.placement.mac
+        self.announcer.send_round(vip, mac)
+        if self._burst is not None:
+            self._burst.cancel()
+        if self.count > 1:
+            self._burst = asyncio.ensure_future(self._rest_of_burst())
+
+    async def _rest_of_burst(self) -> None:
+        vip, mac = self.placement.address.ip, self.placement.mac
+        await asyncio.sleep(self.interval)
+        await self.announcer.announce(vip, mac, count=self.count - 1, interval=self.interval)
+
+    async def _refresh_loop(self) -> None:
+        vip, mac = self.placement.address.ip, self.placement.mac
+        while True:
+            await asyncio.sleep(self.refresh)
+            self.announcer.send_round(vip, mac)
+
+    def describe(self) -> dict[str, Any]:
+        """Return address, interface, mac and whether this node holds it."""
+        return {
+            "address": str(self.placement.address),
+            "interface": self.placement.device,
+            "mac": self.placement.mac,
+            "held": self.held,
+        }
+
+
+class BlockingResource(Protocol):
+    """A resource whose calls block (takeover.backends.libvirt.VmResource)."""
+
+    def acquire(self) -> None:
+        """Take it."""
+        ...
+
+    def release(self) -> None:
+        """Give it back."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Return its status view."""
+        ...
+
+
+class ThreadResource:
+    """A blocking resource run in a worker thread, so the loop keeps beating meanwhile.
+
+    `describe()` answers from a copy refreshed after each acquire and release: status is
+    written often, and a slow hypervisor must not stall the heartbeats.
+    """
+
+    def __init__(self, name: str, inner: BlockingResource) -> None:
+        """Wrap `inner`; read its state once now (start-up reconciliation needs it)."""
+        self.name = name
+        self.inner = inner
+        self._view = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            return dict(self.inner.describe())
+        except Exception as err:
+            return {"name": self.name, "held": False, "error": str(err)}
+
+    async def acquire(self) -> None:
+        """Acquire in a thread, then refresh the status view."""
+        try:
+            await asyncio.to_thread(self.inner.acquire)
+        finally:
+            self._view = await asyncio.to_thread(self._read)
+
+    async def release(self) -> None:
+        """Release in a thread, then refresh the status view."""
+        try:
+            await asyncio.to_thread(self.inner.release)
+        finally:
+            self._view = await asyncio.to_thread(self._read)
+
+    async def announce(self) -> None:
+        """Nothing to announce for a VM: its own guest stack does that."""
+
+    def describe(self) -> dict[str, Any]:
+        """Return the last status view; "held" is true when it runs here."""
+        view = dict(self._view)
+        view.setdefault("held", view.get("where") == "here")
+        return view
+
+
+class MonitoredResource(BlockingResource, Protocol):
+    """A blocking resource that watches itself while held and can move to the peer itself."""
+
+    def start_monitor(self) -> None:
+        """Start watching (restart in place, or ask for a failover)."""
+        ...
+
+    def stop_monitor(self) -> None:
+        """Stop watching."""
+        ...
+
+    def hand_over(self) -> object:
+        """Release for a planned switchover (live-migrate when allowed)."""
+        ...
+
+    def reconcile(self, owner_elsewhere: bool) -> list[str]:
+        """Clear a copy this node must not run; return the steps taken."""
+        ...
+
+
+class VmItem(ThreadResource):
+    """A VM in the resource list: monitored while held, live-migrated on a planned handover."""
+
+    inner: MonitoredResource
+
+    def __init__(self, name: str, inner: MonitoredResource) -> None:
+        """Wrap `inner` (takeover.backends.libvirt.VmResource)."""
+        super().__init__(name, inner)
+        self.inner = inner
+
+    async def reconcile(self, owner_elsewhere: bool) -> list[str]:
+        """Clear a stale copy (see VmResource.reconcile) and refresh the status view."""
+        try:
+            return await asyncio.to_thread(self.inner.reconcile, owner_elsewhere)
+        finally:
+            await self.refresh()
+
+    async def acquire(self) -> None:
+        """Acquire, then watch the domain (restart in place or ask for a failover)."""
+        await super().acquire()
+        await asyncio.to_thread(self.inner.start_monitor)
+
+    async def release(self) -> None:
+        """Stop watching first (a shutdown is no crash), then shut down and undefine."""
+        await asyncio.to_thread(self.inner.stop_monitor)
+        await super().release()
+
+    async def hand_over(self) -> None:
+        """Stop watching, then live-migrate to the peer (or stop when that is not possible)."""
+        await asyncio.to_thread(self.inner.stop_monitor)
+        try:
+            await asyncio.to_thread(self.inner.hand_over)
+        finally:
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Re-read the status view (restarts in place happen between acquire and release)."""
+        self._view = await asyncio.to_thread(self._read)
+
+    def describe(self) -> dict[str, Any]:
+        """Return the last status view, marked as a VM."""
+        return {**super().describe(), "kind": "vm"}

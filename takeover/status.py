@@ -1,0 +1,304 @@
+"""The status file: written atomically by the daemon, read and rendered by `takeover status`.
+
+The daemon rewrites `<run_dir>/takeover.json` on every transition and every interval: a
+temporary file in the same directory, then rename(2), so a reader sees the old document or
+the new one, never half of one (keepalived's vrrp_json.c does the same). A document older
+than 3 x its `status_interval` means the daemon is hung: `takeover status` says UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from takeover.exits import StatusExit
+
+log = logging.getLogger(__name__)
+
+STATUS_NAME = "takeover.json"
+# Readers consider a document this many status intervals old as stale.
+STALE_FACTOR = 3
+
+
+def status_path(run_dir: Path) -> Path:
+    """Return the status file's path in a run directory."""
+    return run_dir / STATUS_NAME
+
+
+def write_status(path: Path, doc: dict[str, Any]) -> None:
+    """Replace `path` with `doc` as JSON atomically (temp file in the same dir, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".takeover.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+            f.write("\n")
+        # Status is not secret (no keys, no passwords); operators read it without root.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    """Return the status document, or None when there is none (daemon not running)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return doc
+
+
+def remove_status(path: Path) -> None:
+    """Remove the status file (clean daemon exit)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def pid_alive(pid: int) -> bool:
+    """Return whether a process with this pid exists (signal 0 probes without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def classify(doc: dict[str, Any] | None, wall_now: float) -> StatusExit:
+    """Return the exit status `takeover status` reports for a document read at `wall_now`."""
+    if doc is None:
+        return StatusExit.NOT_RUNNING
+    age = wall_now - float(doc.get("written", 0.0))
+    interval = float(doc.get("status_interval", 1.0))
+    if age > STALE_FACTOR * interval:
+        pid = doc.get("pid")
+        if isinstance(pid, int) and not pid_alive(pid):
+            return StatusExit.NOT_RUNNING
+        return StatusExit.UNKNOWN
+    return StatusExit.ACTIVE_OR_STANDBY
+
+
+def _age(value: float | None) -> str:
+    if value is None:
+        return "never"
+    if value < 1.0:
+        return f"{value * 1000:.0f}ms ago"
+    if value < 120:
+        return f"{value:.1f}s ago"
+    return f"{value / 60:.0f}min ago"
+
+
+def render(doc: dict[str, Any], wall_now: float) -> str:
+    """Return the crm_mon-like human view of a status document."""
+    verdict = classify(doc, wall_now)
+    lines: list[str] = []
+    age = wall_now - float(doc.get("written", wall_now))
+    local = doc.get("local") or {}
+    lines.append(
+        f"Cluster: {doc.get('cluster', '?')}   node {local.get('name', '?')}   "
+        f"epoch {doc.get('epoch', '?')}   status written {_age(age)}"
+    )
+    if verdict is StatusExit.UNKNOWN:
+        lines.append("WARNING: status is stale: the daemon may be hung")
+    lines.append("")
+    lines.append("Nodes:")
+    me_cond = local.get("condition") or ""
+    health = "healthy" if local.get("healthy", True) else "UNHEALTHY"
+    if local.get("lan_up") is False:
+        health += "  LAN DOWN"
+    lines.append(
+        f"  * {local.get('name', '?'):<12} {local.get('role', '?'):<12} (this node) "
+        f"prio {local.get('priority', '?')}  score {local.get('score', '?')}  {health}"
+        + (f"  [{me_cond}]" if me_cond else "")
+    )
+    peer = doc.get("peer") or {}
+    if peer.get("role"):
+        alive = peer.get("alive")
+        peer_role = peer["role"] if alive else f"{peer['role']}?"
+        state = "" if alive else "  LOST"
+        lines.append(
+            f"  * {peer.get('name', '?'):<12} {peer_role:<12} (peer)      "
+            f"prio {peer.get('priority', '?')}  score {peer.get('score', '?')}  "
+            f"heard {_age(peer.get('last_heard_age'))}{state}"
+        )
+    else:
+        lines.append(f"  * {peer.get('name', '?'):<12} {'UNKNOWN':<12} (peer)      never heard")
+    links = doc.get("links") or {}
+    if links:
+        lines.append("")
+        lines.append("Heartbeat links:")
+        for name, link in links.items():
+            up = "up" if link.get("up") else "DOWN"
+            lines.append(f"  {name:<12} {up:<5} last heard {_age(link.get('last_seen_age'))}")
+    targets = doc.get("targets") or {}
+    if targets:
+        lines.append("")
+        lines.append("Ping targets:")
+        for name, state in targets.items():
+            lines.append(f"  {name:<40} {state}")
+    vips = doc.get("vips") or []
+    if vips:
+        lines.append("")
+        lines.append("Virtual IPs:")
+        for vip in vips:
+            holder = vip.get("holder") or "nobody"
+            where = f"{vip.get('address', '?'):<28} on {vip.get('interface', '?'):<10}"
+            lines.append(f"  {where} {holder}")
+    lines += vm_lines(doc) + fencing_lines(doc, wall_now)
+    checks = doc.get("checks") or {}
+    if checks:
+        lines.append("")
+        lines.append("Health checks:")
+        for name, check in checks.items():
+            lines.append(f"  {name:<20} {'ok' if check.get('ok') else 'FAILING'}")
+    inhibitors = doc.get("inhibitors") or []
+    if inhibitors:
+        lines.append("")
+        lines.append("Release inhibitors: " + ", ".join(inhibitors))
+    counters = doc.get("heartbeat") or {}
+    dropped = {k: v for k, v in counters.items() if k not in ("accepted", "sent") and v}
+    if counters:
+        lines.append("")
+        lines.append(
+            f"Heartbeats: {counters.get('accepted', 0)} accepted, {counters.get('sent', 0)} sent"
+            + ("; dropped " + ", ".join(f"{k}={v}" for k, v in dropped.items()) if dropped else "")
+        )
+    transitions = doc.get("transitions") or []
+    if transitions:
+        lines.append("")
+        lines.append("Last transitions:")
+        for tr in transitions[-10:]:
+            ago = _age(wall_now - float(tr.get("time", wall_now)))
+            lines.append(f"  {ago:>12}  {tr.get('old')} -> {tr.get('new')}: {tr.get('reason')}")
+    return "\n".join(lines) + "\n"
+
+
+def vm_lines(doc: dict[str, Any]) -> list[str]:
+    """Return the "Virtual machines" section: name, where it runs, its state here."""
+    vms = doc.get("vms") or []
+    if not vms:
+        return []
+    lines = ["", "Virtual machines:"]
+    for vm in vms:
+        runs_on = vm.get("holder") or "nobody"
+        here = f"here: {vm.get('state', '?')}"
+        extra = []
+        if vm.get("restarts"):
+            extra.append(f"restarts {vm['restarts']}/{vm.get('max_restarts', '?')}")
+        if vm.get("failed"):
+            extra.append(f"FAILED: {vm['failed']}")
+        if vm.get("error"):
+            extra.append(f"error: {vm['error']}")
+        tail = ("  " + "; ".join(extra)) if extra else ""
+        lines.append(f"  {vm.get('name', '?'):<20} runs on {runs_on:<12} {here}{tail}")
+    return lines
+
+
+def fencing_lines(doc: dict[str, Any], wall_now: float) -> list[str]:
+    """Return the "Fencing" section: the peer's BMC and each recent operation's attempts."""
+    fencing = doc.get("fencing")
+    if not fencing:
+        return []
+    lines = ["", f"Fencing: {fencing.get('node', '?')} via BMC {fencing.get('bmc', '?')}"]
+    results = fencing.get("results") or []
+    if not results:
+        lines.append("  no fencing attempted")
+    for res in results:
+        ago = _age(wall_now - float(res.get("finished_at") or wall_now))
+        outcome = (
+            f"OK, power {res.get('power')}" if res.get("ok") else f"FAILED ({res.get('error')})"
+        )
+        lines.append(f"  {ago:>12}  {res.get('action', 'off')}: {outcome} in {res.get('elapsed')}s")
+        for a in res.get("attempts") or []:
+            detail = f"{a.get('result')} ({a.get('detail')})"
+            lines.append(f"      try {a.get('try')}: {detail} {a.get('elapsed')}s")
+    return lines
+
+
+# mirrord's status file in the same run dir. Read as JSON: takeover never imports mirrord.
+MIRROR_STATUS_NAME = "mirrord.json"
+
+
+def read_mirror(run_dir: Path, wall_now: float) -> dict[str, Any]:
+    """Return what `takeover status` shows of mirrord: its state and, per mirrored directory,
+    direction, RPO and last pass ({"state": "not running"} without a status file)."""
+    path = run_dir / MIRROR_STATUS_NAME
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"state": "not running", "directories": []}
+    except (OSError, ValueError) as err:
+        return {"state": f"unreadable: {err}", "directories": []}
+    if not isinstance(doc, dict):
+        return {"state": "unreadable: not a JSON object", "directories": []}
+    age = wall_now - float(doc.get("updated", 0) or 0)
+    if doc.get("stopped") or not pid_alive(int(doc.get("pid", 0) or 0)):
+        state = "not running (last status shown)"
+    elif age > 3 * float(doc.get("status_interval", 1.0) or 1.0):
+        state = f"status {age:.0f}s old: mirrord may be hung"
+    else:
+        state = "running"
+    follow = doc.get("follow") or {}
+    node, peer = doc.get("node") or "?", follow.get("peer") or "peer"
+    if follow.get("pushing") or not follow.get("following", True):
+        direction = f"{node} -> {peer}"
+    elif follow.get("receiving"):
+        direction = f"{peer} -> {node}"
+    else:
+        direction = "held"
+    dirs = []
+    for d in doc.get("directories") or []:
+        if not isinstance(d, dict):
+            continue
+        last = d.get("last") or {}
+        dirs.append(
+            {
+                "directory": d.get("directory"),
+                "direction": direction,
+                "rpo": d.get("rpo") if direction != f"{peer} -> {node}" else None,
+                "dirty": d.get("dirty"),
+                "last_result": last.get("result") or None,
+                "last_kind": last.get("kind") or None,
+                "last_finished": d.get("last_finished"),
+            }
+        )
+    return {"state": state, "why": follow.get("why"), "directories": dirs,
+            "last_flush": follow.get("last_flush")}  # fmt: skip
+
+
+def render_mirror(mirror: dict[str, Any], wall_now: float) -> str:
+    """Return the "Mirroring" section of `takeover status`."""
+    lines = ["", f"Mirroring: mirrord {mirror.get('state')}"]
+    if mirror.get("why"):
+        lines[-1] += f"; {mirror['why']}"
+    for d in mirror.get("directories") or []:
+        rpo = d.get("rpo")
+        rpo_s = "-" if rpo is None else f"{float(rpo):.1f}s"
+        fin = d.get("last_finished")
+        # The planner's clock is the wall clock (mirrord's default): an age, then.
+        last = "never" if fin is None else _age(wall_now - float(fin))
+        result = d.get("last_result") or "-"
+        lines.append(
+            f"  {d.get('directory', '?'):<28} {d.get('direction', '?'):<10} RPO {rpo_s:>6}  "
+            f"dirty {d.get('dirty', 0):>4}  last pass {result} {last}"
+        )
+    flush = mirror.get("last_flush")
+    if isinstance(flush, dict) and flush.get("ended"):
+        took = float(flush["ended"]) - float(flush.get("started") or flush["ended"])
+        verdict = "complete" if flush.get("ok") else f"INCOMPLETE ({flush.get('detail', '')})"
+        lines.append(f"  last final flush: {verdict} in {took:.2f}s")
+        for root, paths in (flush.get("unsynced") or {}).items():
+            lines.append(f"    unsynced in {root}: {', '.join(paths[:5])}")
+    return "\n".join(lines) + "\n"

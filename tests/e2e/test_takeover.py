@@ -1,0 +1,221 @@
+"""takeover end to end: both daemons in the lab, faults injected, the client's view asserted.
+
+Each test starts the pair (a preferred), lets the client ping the VIP every 10 ms, injects a
+fault, and asserts who holds the VIP, that no two MACs ever answered for it, and that the
+client-seen outage stays within a generous bound (the bench measures it precisely).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from takeover.machine import PEER_STILL_SERVING
+from tests.lab.lab import IPV4, VIP4, Lab, wait_until
+from tests.lab.pair import HB_PORT, HapairPair, PairConfig
+from tests.lab.probe import ProbeResult, VipProbe
+
+pytestmark = pytest.mark.e2e
+
+# Generous: deadtime is 0.3 s in the lab pair; a failover well under this is the norm.
+OUTAGE_BOUND = 3.0
+
+
+@pytest.fixture
+def pair(lab: Lab) -> Iterator[HapairPair]:
+    """Both daemons running, a active and b standby, before the test starts."""
+    p = HapairPair(lab, PairConfig())
+    p.start()
+    assert p.wait_role("a", "ACTIVE", 30), p.log("a")
+    assert p.wait_role("b", "STANDBY", 30), p.log("b")
+    yield p
+
+
+def serving(lab: Lab, probe: VipProbe, node: str) -> None:
+    """Start the client probe and wait until `node` answers steadily for the VIP."""
+    probe.start(VIP4)
+    assert probe.wait_for(lab.mac(node), 30, timeout=15)
+
+
+def single_owner(res: ProbeResult) -> bool:
+    """Return whether no two MACs ever answered for the VIP at once."""
+    return max(res.dual_time, res.dual_owner_time) == 0
+
+
+def status(pair: HapairPair, node: str) -> dict[str, object]:
+    """Return `takeover status --json` of node."""
+    return pair.status(node)
+
+
+def test_start_together_elects_exactly_one(pair: HapairPair, lab: Lab) -> None:
+    """Both nodes started together: the higher priority holds the VIP, the other nothing."""
+    assert pair.holds("a") and not pair.holds("b")
+    doc = status(pair, "b")
+    peer = doc["peer"]
+    assert isinstance(peer, dict) and peer["role"] == "ACTIVE"
+    links = doc["links"]
+    assert isinstance(links, dict) and all(v["up"] for v in links.values())
+
+
+def test_active_crash_standby_takes_over(pair: HapairPair, lab: Lab, vip_probe: VipProbe) -> None:
+    """Killing the active node moves the VIP to the standby with a bounded outage."""
+    serving(lab, vip_probe, "a")
+    lab.kill_node("a")
+    assert vip_probe.wait_for(lab.mac("b"), 30, timeout=15)
+    res = vip_probe.stop()
+    assert res.outage < OUTAGE_BOUND, f"{res.summary()}\n{pair.log('b')[-4000:]}"
+    assert single_owner(res), res.summary()
+    assert pair.holds("b") and pair.role("b") == "ACTIVE"
+
+
+def test_sigstop_of_active_then_thaw(pair: HapairPair, lab: Lab, vip_probe: VipProbe) -> None:
+    """A frozen active daemon still serves through its kernel: nobody else takes the VIP."""
+    serving(lab, vip_probe, "a")
+    pair.procs["a"].signal(signal.SIGSTOP)
+    time.sleep(3.0)
+    cond = status(pair, "b")["local"]
+    assert isinstance(cond, dict) and cond["role"] == "STANDBY"
+    assert cond["condition"] == PEER_STILL_SERVING
+    pair.procs["a"].signal(signal.SIGCONT)
+    assert wait_until(lambda: pair.role("a") == "ACTIVE", 10, 0.2)
+    time.sleep(1.0)
+    res = vip_probe.stop()
+    assert single_owner(res), res.summary()
+    assert res.outage < OUTAGE_BOUND and set(res.replies_per_mac) == {lab.mac("a")}
+    assert pair.holds("a") and not pair.holds("b")
+
+
+def test_lan_down_on_active(pair: HapairPair, lab: Lab, vip_probe: VipProbe) -> None:
+    """The active's LAN port goes down: the standby takes over via the direct link's word."""
+    serving(lab, vip_probe, "a")
+    lab.set_link("lan-a", False)
+    assert vip_probe.wait_for(lab.mac("b"), 30, timeout=15)
+    res = vip_probe.stop()
+    assert res.outage < OUTAGE_BOUND, res.summary()
+    assert single_owner(res), res.summary()
+    assert not pair.holds("a") and pair.holds("b")
+
+
+def test_lan_down_on_standby_moves_nothing(pair: HapairPair, lab: Lab, vip_probe: VipProbe) -> None:
+    """The standby losing its LAN changes nothing for the client."""
+    serving(lab, vip_probe, "a")
+    lab.set_link("lan-b", False)
+    time.sleep(3.0)
+    lab.set_link("lan-b", True)
+    time.sleep(1.0)
+    res = vip_probe.stop()
+    assert set(res.replies_per_mac) == {lab.mac("a")} and res.outage < 0.5, res.summary()
+    assert pair.role("a") == "ACTIVE" and pair.role("b") == "STANDBY"
+
+
+def test_direct_link_cut_keeps_pair(pair: HapairPair, lab: Lab, vip_probe: VipProbe) -> None:
+    """With the direct link cut, heartbeats over the LAN keep the pair together."""
+    serving(lab, vip_probe, "a")
+    lab.set_link("hb", False)
+    time.sleep(2.0)
+    doc = status(pair, "b")
+    links = doc["links"]
+    assert isinstance(links, dict) and links["lan"]["up"] and not links["direct"]["up"]
+    lab.set_link("hb", True)
+    res = vip_probe.stop()
+    assert set(res.replies_per_mac) == {lab.mac("a")} and res.outage < 0.5, res.summary()
+    assert pair.role("b") == "STANDBY"
+
+
+def test_all_heartbeats_dropped_vip_guard(pair: HapairPair, lab: Lab, vip_probe: VipProbe) -> None:
+    """Every heartbeat path silently dropped while both reach the LAN: still one owner."""
+    serving(lab, vip_probe, "a")
+    faults = [lab.block(n, proto="udp", port=HB_PORT) for n in ("a", "b")]
+
+    def backed_off() -> bool:
+        local = status(pair, "b").get("local")
+        return isinstance(local, dict) and local.get("condition") == PEER_STILL_SERVING
+
+    assert wait_until(backed_off, 10, 0.2), pair.log("b")[-3000:]
+    time.sleep(2.0)
+    for f in faults:
+        lab.unblock(f)
+    time.sleep(1.5)
+    res = vip_probe.stop()
+    assert single_owner(res), res.summary()
+    assert set(res.replies_per_mac) == {lab.mac("a")} and res.outage < 0.5, res.summary()
+    assert pair.role("a") == "ACTIVE" and pair.role("b") == "STANDBY"
+
+
+def test_heartbeat_loss_does_not_flap(pair: HapairPair, lab: Lab, vip_probe: VipProbe) -> None:
+    """30% loss on every heartbeat link for several seconds moves nothing."""
+    serving(lab, vip_probe, "a")
+    faults = [lab.loss(n, 30, port=HB_PORT) for n in ("a", "b")]
+    time.sleep(6.0)
+    for f in faults:
+        lab.unblock(f)
+    res = vip_probe.stop()
+    assert res.mac_changes == 0 and single_owner(res), res.summary()
+    for node in ("a", "b"):
+        transitions = status(pair, node)["transitions"]
+        assert isinstance(transitions, list) and len(transitions) == 1, transitions
+
+
+CAPTURE = """
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+s.bind(("lan0", 0))
+s.settimeout(5)
+while True:
+    frame = s.recv(4096)
+    ip = frame[14:]
+    ihl = (ip[0] & 15) * 4
+    if ip[9] == 17 and ip[12:16] == socket.inet_aton(sys.argv[1]):
+        udp = ip[ihl:]
+        if int.from_bytes(udp[2:4], "big") == int(sys.argv[2]):
+            print(udp[8:].hex())
+            break
+"""
+
+SEND = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for hexdata in sys.argv[3:]:
+    s.sendto(bytes.fromhex(hexdata), (sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def test_forged_and_replayed_heartbeats_are_counted(pair: HapairPair, lab: Lab) -> None:
+    """Garbage, forged and replayed datagrams from the client are dropped and counted."""
+    captured = lab.run("b", [lab.python, "-c", CAPTURE, IPV4["a"], str(HB_PORT)]).stdout.strip()
+    assert captured, "no heartbeat from a captured on b's LAN"
+    forged = bytearray(bytes.fromhex(captured))
+    forged[-1] ^= 0xFF
+    before = status(pair, "b")["heartbeat"]
+    assert isinstance(before, dict)
+    datagrams = ["00" * 10, "48415052" + "00" * 100, forged.hex(), captured, captured]
+    lab.run("client", [lab.python, "-c", SEND, IPV4["b"], str(HB_PORT), *datagrams])
+    time.sleep(0.5)
+    after = status(pair, "b")["heartbeat"]
+    assert isinstance(after, dict)
+    grew = {k for k in after if isinstance(after[k], int) and after[k] > before.get(k, 0)}
+    assert {"truncated", "bad_mac", "replay"} <= grew, json.dumps([before, after])
+    assert after["replay"] - before["replay"] >= 2
+    assert pair.role("a") == "ACTIVE" and pair.role("b") == "STANDBY"
+
+
+def test_sigkill_restart_reconciles_stale_vip(
+    pair: HapairPair, lab: Lab, vip_probe: VipProbe
+) -> None:
+    """A daemon killed with SIGKILL leaves its VIP; after its restart exactly one node holds it."""
+    serving(lab, vip_probe, "a")
+    pair.procs["a"].signal(signal.SIGKILL)
+    pair.procs["a"].wait(10)
+    time.sleep(1.5)
+    assert pair.holds("a") and not pair.holds("b")
+    pair.start("a")
+    assert wait_until(lambda: pair.role("a") in ("ACTIVE", "STANDBY"), 15, 0.2)
+    time.sleep(2.0)
+    res = vip_probe.stop()
+    assert single_owner(res), res.summary()
+    assert pair.holds("a") != pair.holds("b")
+    assert {pair.role("a"), pair.role("b")} == {"ACTIVE", "STANDBY"}

@@ -1,0 +1,377 @@
+"""The daemon wiring: machine actions reach the effects, events come back, status and control."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from takeover import control
+from takeover.daemon import Daemon, DaemonConfig, Effects, load_epoch, store_epoch
+from takeover.machine import MachineParams, Role
+from takeover.status import read_status, status_path
+from takeover.testing import (
+    FakeClock,
+    FakeGuard,
+    FakeNetwork,
+    FakeProber,
+    FakeResources,
+    RecordingNotifier,
+)
+from takeover.wire import Heartbeat, config_digest, encode
+
+KEY = b"0123456789abcdef0123456789abcdef"
+DIGEST = config_digest(b"cluster")
+LINKS = ("direct", "lan")
+
+
+def params(node: str, peer: str, priority: int, interval: float = 0.2) -> MachineParams:
+    """Return machine parameters for one side of a test pair."""
+    return MachineParams(
+        node=node,
+        peer=peer,
+        priority=priority,
+        interval=interval,
+        deadtime=3 * interval,
+        initdead=4 * interval,
+        recheck=5 * interval,
+        inhibit_timeout=2.0,
+    )
+
+
+class Rig:
+    """One daemon on fakes, driven by hand with a fake clock."""
+
+    def __init__(
+        self, tmp: Path, network: FakeNetwork | None = None, stale: bool = False, **over: object
+    ) -> None:
+        self.clock = FakeClock()
+        self.network = network or FakeNetwork()
+        p = params("alpha", "beta", 100)
+        self.cfg = DaemonConfig(
+            params=replace(p, **over),  # type: ignore[arg-type]
+            cluster="mail",
+            key=KEY,
+            digest=DIGEST,
+            run_dir=tmp / "run",
+            state_dir=tmp / "state",
+        )
+        # stale: a killed predecessor left the VIP on the interface.
+        self.resources = FakeResources(held=stale)
+        self.prober = FakeProber()
+        self.guard = FakeGuard()
+        self.notifier = RecordingNotifier()
+        factory = self.network.links("alpha", "beta", LINKS, clock=self.clock)
+        fx = Effects(factory, self.resources, self.prober, self.guard, None, self.notifier)
+        self.daemon = Daemon(self.cfg, fx, clock=self.clock, wall=lambda: 1.7e9 + self.clock())
+        self.links = self.network.nodes["alpha"]
+        self.peer_seq = 1
+
+    def peer_heartbeat(self, role: Role, epoch: int = 0, key: bytes = KEY) -> bytes:
+        """Return a signed heartbeat from beta."""
+        self.peer_seq += 1
+        hb = Heartbeat("beta", b"B" * 16, self.peer_seq, role, 50, 0, epoch, DIGEST)
+        return encode(hb, key)
+
+    async def settle(self) -> None:
+        """Let spawned effect tasks finish and feed their results back."""
+        for _ in range(10):
+            await asyncio.sleep(0)
+            self.daemon.pump()
+
+    async def advance(self, seconds: float, step: float = 0.1) -> None:
+        """Move the fake clock in steps, pumping the daemon at each."""
+        end = self.clock() + seconds
+        while self.clock() < end - 1e-9:
+            self.clock.advance(step)
+            self.daemon.pump()
+            await self.settle()
+
+
+def run(
+    tmp: Path, body: Callable[[Rig], Awaitable[None]], stale: bool = False, **over: object
+) -> Rig:
+    """Start a rig, run `body`, close the daemon whatever happens."""
+    rig = Rig(tmp, stale=stale, **over)
+
+    async def main() -> None:
+        await rig.daemon.start()
+        try:
+            await body(rig)
+        finally:
+            await rig.daemon.close()
+
+    asyncio.run(main())
+    return rig
+
+
+def test_alone_after_initdead_takes_over_and_persists_epoch(tmp_path: Path) -> None:
+    """With no peer heard, the daemon arbitrates, acquires, persists epoch 1 and says READY."""
+
+    async def body(rig: Rig) -> None:
+        await rig.advance(1.2)
+        assert rig.daemon.state.role is Role.ACTIVE
+        assert rig.resources.calls == ["acquire"]
+        assert rig.guard.calls == 1
+        assert load_epoch(rig.cfg.state_dir) == 1
+        assert "READY=1" in rig.notifier.messages
+        doc = read_status(status_path(rig.cfg.run_dir))
+        assert doc is not None and doc["local"]["role"] == "ACTIVE" and doc["epoch"] == 1
+        assert [t["new"] for t in doc["transitions"]] == ["ARBITRATING", "ACTIVE"]
+
+    run(tmp_path, body)
+
+
+def test_heartbeats_sent_on_every_link_with_distinct_sequences(tmp_path: Path) -> None:
+    """Each round sends one datagram per link, each with its own sequence number."""
+
+    async def body(rig: Rig) -> None:
+        await rig.advance(0.5)
+        links = [link for link, _ in rig.links.sent]
+        assert set(links) == set(LINKS)
+        seqs = [int.from_bytes(d[26:34], "big") for _, d in rig.links.sent]
+        assert len(set(seqs)) == len(seqs)
+
+    run(tmp_path, body)
+
+
+def test_active_peer_makes_starting_node_standby_and_reconcile(tmp_path: Path) -> None:
+    """A heartbeat from an active peer sends the starting node to STANDBY, releasing leftovers."""
+
+    async def body(rig: Rig) -> None:
+        rig.links.inject("lan", rig.peer_heartbeat(Role.ACTIVE, epoch=4))
+        await rig.advance(0.1)
+        assert rig.daemon.state.role is Role.STANDBY
+        assert rig.resources.calls == ["release"]
+        assert load_epoch(rig.cfg.state_dir) == 4
+        doc = rig.daemon.status()
+        assert doc["links"]["lan"]["up"] and not doc["links"]["direct"]["up"]
+        assert doc["peer"]["role"] == "ACTIVE" and doc["vips"][0]["holder"] == "beta"
+
+    run(tmp_path, body, stale=True)
+
+
+def test_heartbeat_says_holding_until_stale_vip_released(tmp_path: Path) -> None:
+    """A node that starts with a stale VIP advertises holding until its release is done."""
+
+    async def body(rig: Rig) -> None:
+        assert rig.daemon.heartbeat().holding
+        rig.links.inject("lan", rig.peer_heartbeat(Role.ACTIVE))
+        await rig.advance(0.1)
+        assert not rig.daemon.heartbeat().holding
+
+    run(tmp_path, body, stale=True)
+
+
+def test_forged_heartbeat_is_counted_and_ignored(tmp_path: Path) -> None:
+    """A heartbeat signed with another key changes nothing and is counted as bad_mac."""
+
+    async def body(rig: Rig) -> None:
+        rig.links.inject("lan", rig.peer_heartbeat(Role.ACTIVE, key=b"x" * 32))
+        data = rig.peer_heartbeat(Role.ACTIVE)
+        rig.links.inject("lan", data)
+        rig.links.inject("lan", data)
+        await rig.advance(0.1)
+        counters = rig.daemon.status()["heartbeat"]
+        assert counters["bad_mac"] == 1
+        assert counters["replay"] == 1
+        assert counters["accepted"] == 1
+
+    run(tmp_path, body)
+
+
+def test_vip_answered_keeps_node_standby(tmp_path: Path) -> None:
+    """When another MAC answers for the VIP, the lone node does not take over."""
+
+    async def body(rig: Rig) -> None:
+        rig.guard.answer = "02:00:00:00:00:0b"
+        await rig.advance(1.2)
+        assert rig.daemon.state.role is Role.STANDBY
+        assert "acquire" not in rig.resources.calls
+        assert rig.daemon.status()["local"]["condition"] == "heartbeat lost, peer still serving"
+
+    run(tmp_path, body)
+
+
+def test_acquire_failure_goes_to_fault_and_releases(tmp_path: Path) -> None:
+    """A failing acquire ends in FAULT with a release to roll back."""
+
+    async def body(rig: Rig) -> None:
+        rig.resources.fail_acquire = "RTNETLINK answers: File exists"
+        await rig.advance(1.2)
+        assert rig.daemon.state.role is Role.FAULT
+        assert rig.resources.calls == ["acquire", "release"]
+        assert rig.daemon.state.clean
+
+    run(tmp_path, body)
+
+
+def test_loop_stall_reported_to_machine(tmp_path: Path) -> None:
+    """A late loop iteration is fed to the machine as a stall, which delays the lost verdict."""
+
+    async def body(rig: Rig) -> None:
+        rig.links.inject("lan", rig.peer_heartbeat(Role.ACTIVE))
+        await rig.advance(0.2)
+        assert rig.daemon.state.role is Role.STANDBY
+        rig.clock.advance(5.0)
+        rig.daemon.pump()
+        assert rig.daemon.state.last_stall == rig.clock()
+        assert rig.daemon.state.role is Role.STANDBY
+        rig.links.inject("lan", rig.peer_heartbeat(Role.ACTIVE))
+        await rig.advance(0.3)
+        assert rig.daemon.state.role is Role.STANDBY
+
+    run(tmp_path, body)
+
+
+def test_control_status_standby_refusal_and_promote(tmp_path: Path) -> None:
+    """The control socket serves status, refuses a standby without a peer, accepts promote."""
+
+    async def body(rig: Rig) -> None:
+        await rig.advance(1.2)
+        path = control.socket_path(rig.cfg.run_dir)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        reply = await asyncio.to_thread(control.call, path, {"cmd": "status"})
+        assert reply["status"]["local"]["role"] == "ACTIVE"
+        with pytest.raises(control.ControlError, match="cannot take over"):
+            await asyncio.to_thread(control.call, path, {"cmd": "standby"})
+        assert (await asyncio.to_thread(control.call, path, {"cmd": "promote"}))["ok"]
+
+    run(tmp_path, body)
+
+
+def test_subscriber_inhibitor_holds_releasing_until_released(tmp_path: Path) -> None:
+    """A subscriber with an inhibitor keeps RELEASING from finishing until it releases."""
+
+    async def body(rig: Rig) -> None:
+        await rig.advance(1.2)
+        path = control.socket_path(rig.cfg.run_dir)
+        sub = await control.Subscription.open(path, inhibitor="mirrord")
+        assert sub.first["role"] == "ACTIVE"
+        events = sub.events()
+        await asyncio.to_thread(control.call, path, {"cmd": "standby", "force": True})
+        ev = await asyncio.wait_for(events.__anext__(), 5)
+        assert (ev["old"], ev["new"]) == ("ACTIVE", "RELEASING")
+        await rig.advance(0.5)
+        assert rig.daemon.state.role is Role.RELEASING
+        assert rig.daemon.status()["inhibitors"] == ["mirrord"]
+        await sub.release("mirrord")
+        for _ in range(50):
+            await rig.advance(0.05)
+            if rig.daemon.state.role is Role.STANDBY:
+                break
+        assert rig.daemon.state.role is Role.STANDBY
+        sub.close()
+
+    run(tmp_path, body)
+
+
+def test_stop_while_active_releases_first(tmp_path: Path) -> None:
+    """A stop request on the active node releases the resources before the loop exits."""
+
+    async def body(rig: Rig) -> None:
+        await rig.advance(1.2)
+        assert rig.daemon.state.role is Role.ACTIVE
+        rig.daemon.request_stop()
+        # The loop's own iterations drive the release; the fake clock moves per iteration.
+        loop_task = asyncio.ensure_future(rig.daemon._loop())
+        for _ in range(200):
+            if loop_task.done():
+                break
+            rig.clock.advance(0.05)
+            await asyncio.sleep(0)
+        await asyncio.wait_for(loop_task, 5)
+        assert rig.resources.calls[-1] == "release"
+        assert not rig.resources.held
+
+    run(tmp_path, body)
+
+
+def test_unwritable_state_dir_does_not_stop_a_takeover(tmp_path: Path) -> None:
+    """When the epoch cannot be stored, the daemon still takes over and logs the failure."""
+
+    async def body(rig: Rig) -> None:
+        # After start-up, the state directory's place is taken by a file: writes fail.
+        rig.cfg.state_dir.write_text("a file where the state directory should be")
+        await rig.advance(1.2)
+        assert rig.daemon.state.role is Role.ACTIVE and rig.daemon.state.epoch == 1
+
+    run(tmp_path, body)
+
+
+def test_epoch_file_round_trip_and_corruption(tmp_path: Path) -> None:
+    """The epoch survives a store/load round trip; a corrupt file is an error, not zero."""
+    assert load_epoch(tmp_path) == 0
+    store_epoch(tmp_path, 42)
+    assert load_epoch(tmp_path) == 42
+    (tmp_path / "takeover.epoch").write_text("garbage")
+    with pytest.raises(ValueError, match=r"takeover\.epoch"):
+        load_epoch(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Two daemons in real time over an in-memory network (bounded waits on conditions).
+
+
+async def _until(cond: Callable[[], bool], limit: float = 10.0) -> bool:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while loop.time() < end:
+        if cond():
+            return True
+        await asyncio.sleep(0.02)
+    return cond()
+
+
+def test_pair_elects_then_fails_over_when_active_dies(tmp_path: Path) -> None:
+    """Two real loops elect the higher priority, and the standby takes over when it goes silent."""
+    network = FakeNetwork()
+
+    def make(node: str, peer: str, prio: int) -> tuple[Daemon, FakeResources]:
+        res = FakeResources()
+        cfg = DaemonConfig(
+            params=params(node, peer, prio, interval=0.05),
+            cluster="mail",
+            key=KEY,
+            digest=DIGEST,
+            run_dir=tmp_path / node / "run",
+            state_dir=tmp_path / node / "state",
+            status_interval=0.2,
+        )
+        links = network.links(node, peer, LINKS)
+        fx = Effects(links, res, FakeProber(), FakeGuard(), None, RecordingNotifier())
+        return Daemon(cfg, fx), res
+
+    async def main() -> None:
+        a, res_a = make("alpha", "beta", 100)
+        b, res_b = make("beta", "alpha", 50)
+        ta = asyncio.ensure_future(a.run())
+        tb = asyncio.ensure_future(b.run())
+        try:
+            # Settled once beta has heard alpha's takeover epoch (ties go to priority).
+            assert await _until(
+                lambda: (
+                    (a.state.role, b.state.role) == (Role.ACTIVE, Role.STANDBY)
+                    and b.state.seen_epoch == a.state.epoch
+                )
+            )
+            assert res_a.held and not res_b.held
+            network.nodes["alpha"].alive = False
+            assert await _until(lambda: b.state.role is Role.ACTIVE)
+            assert res_b.held and b.state.epoch > a.state.epoch
+            # alpha comes back to the wire: both active, the newer epoch (beta) keeps it.
+            network.nodes["alpha"].alive = True
+            assert await _until(lambda: a.state.role is Role.STANDBY)
+            assert b.state.role is Role.ACTIVE and not res_a.held
+        finally:
+            a.request_stop()
+            b.request_stop()
+            await asyncio.wait_for(asyncio.gather(ta, tb), 10)
+
+    asyncio.run(main())
+    assert not (tmp_path / "alpha" / "run" / "takeover.json").exists()

@@ -1,0 +1,275 @@
+"""Following takeover's role: the direction rules, orphans, the receive-side marker, status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from mirrord import orphans
+from mirrord.changes import RawEvent
+from mirrord.daemon import Daemon, MirrorDir
+from mirrord.follow import Follower, PeerSeen, RoleSeen, peer_from_status
+from mirrord.planner import Cadence, Result
+from mirrord.receive import source_refusal
+from mirrord.roles import Peer, direction, peer_returned
+from mirrord.transfer import TransferOptions
+from takeover import control
+from takeover.status import read_mirror, render_mirror
+
+STANDBY_PEER = Peer(alive=True, role="STANDBY")
+NOW = 1.8e9
+
+
+# -- direction rules ---------------------------------------------------------------------------
+
+
+def test_unknown_role_never_pushes_and_says_why() -> None:
+    """Without takeover the node neither pushes nor treats changes as received."""
+    d = direction(None, STANDBY_PEER, "a", "b")
+    assert (d.push, d.receiving) == (False, False)
+    assert d.why == "role unknown: takeover not running"
+
+
+def test_only_active_toward_a_heard_standby_pushes() -> None:
+    """ACTIVE (or RELEASING) pushes only to a peer takeover hears as STANDBY."""
+    assert direction("ACTIVE", STANDBY_PEER, "a", "b").push
+    assert direction("RELEASING", STANDBY_PEER, "a", "b").push
+    assert not direction("ACTIVE", Peer(alive=False, role="STANDBY"), "a", "b").push
+    assert not direction("ACTIVE", Peer(alive=True, role="STARTING"), "a", "b").push
+    assert not direction("ACTIVE", None, "a", "b").push
+    assert not direction("ACQUIRING", STANDBY_PEER, "a", "b").push
+
+
+def test_passive_roles_receive_and_never_push() -> None:
+    """STANDBY, ISOLATED, FAULT, STARTING and ARBITRATING never push and count as receiving."""
+    for role in ("STANDBY", "ISOLATED", "FAULT", "STARTING", "ARBITRATING"):
+        d = direction(role, STANDBY_PEER, "a", "b")
+        assert (d.push, d.receiving) == (False, True), role
+
+
+def test_peer_returned_only_after_it_was_lost() -> None:
+    """A peer heard again after being lost has returned; first sight and steady state have not."""
+    lost = Peer(alive=False, role="ACTIVE")
+    assert peer_returned(lost, STANDBY_PEER)
+    assert not peer_returned(None, STANDBY_PEER)
+    assert not peer_returned(STANDBY_PEER, STANDBY_PEER)
+    assert not peer_returned(lost, lost)
+
+
+def test_peer_from_status_ignores_stale_documents() -> None:
+    """A status document older than three intervals says nothing about the peer."""
+    doc = {"written": NOW, "status_interval": 1.0, "peer": {"role": "STANDBY", "alive": True}}
+    assert peer_from_status(doc, NOW + 0.5) == STANDBY_PEER
+    assert peer_from_status(doc, NOW + 10) is None
+    assert peer_from_status({"written": NOW}, NOW) == Peer(alive=False, role=None)
+    assert peer_from_status(["not", "a", "dict"], NOW) is None
+
+
+# -- orphans and the source marker ---------------------------------------------------------------
+
+
+def test_quarantine_moves_files_and_lists_deletions(tmp_path: Path) -> None:
+    """Dirty files move into a dated recovery area; a vanished path is listed with no size."""
+    root = tmp_path / "data"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "x").write_text("xx")
+    moved, failed = orphans.quarantine(str(root), ["sub/x", "gone", "sub"], NOW, "test")
+    assert failed == []
+    assert not (root / "sub" / "x").exists()
+    by_path = {o.path: o for o in moved}
+    assert set(by_path) == {"sub/x", "gone"}
+    x = by_path["sub/x"]
+    assert x.recovered is not None and Path(x.recovered).read_text() == "xx" and x.size == 2
+    assert "/.hapair-backup/recovery-" in x.recovered
+    assert by_path["gone"].recovered is None and by_path["gone"].size is None
+
+
+def test_manifest_round_trip_and_find(tmp_path: Path) -> None:
+    """Recorded orphans load back, and are found by original or recovered path."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "f").write_text("f")
+    moved, _ = orphans.quarantine(str(root), ["f"], NOW, "test")
+    orphans.record(tmp_path, moved)
+    loaded = orphans.load(tmp_path)
+    assert loaded == moved
+    assert orphans.find(loaded, str(root / "f")) == moved[0]
+    assert orphans.find(loaded, str(moved[0].recovered)) == moved[0]
+    assert orphans.find(loaded, str(root / "other")) is None
+
+
+def test_stage_restore_uses_a_conflict_name(tmp_path: Path) -> None:
+    """A restore stages the file under a name that never equals the original."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "f").write_text("orphan")
+    moved, _ = orphans.quarantine(str(root), ["f"], NOW, "test")
+    staging, rel = orphans.stage_restore(moved[0], "a")
+    assert rel.startswith("f.orphan-a-") and rel != "f"
+    assert (staging / rel).read_text() == "orphan"
+
+
+def test_source_marker_refuses_ordinary_pushes(tmp_path: Path) -> None:
+    """With the marker, receive refuses a push; a no-overwrite, no-delete one passes."""
+    root = str(tmp_path)
+    push = "rsync --server -logDtpre.iLsfxCIvu --delete-missing-args . /srv/data/"
+    restore = "rsync --server -logDtpre.iLsfxCIvu --ignore-existing . /srv/data/"
+    assert source_refusal(root, push) is None
+    assert orphans.set_source(root, "a", NOW) and orphans.has_source(root)
+    assert source_refusal(root, push) is not None
+    assert source_refusal(root, restore) is None
+    assert source_refusal(root, restore.replace("--ignore", "--delete --ignore")) is not None
+    orphans.clear_source(root)
+    assert source_refusal(root, push) is None
+
+
+# -- the daemon's role handling ------------------------------------------------------------------
+
+
+def follower(tmp: Path) -> tuple[Daemon, Path]:
+    """Return a following daemon with its journal open (no loop), and its root."""
+    root = tmp / "data"
+    root.mkdir()
+    d = MirrorDir(root=str(root), volatility="hot", cadence=Cadence(1.0, 0.5, 5.0),
+                  options=TransferOptions())  # fmt: skip
+    daemon = Daemon([d], peer=None, state_dir=tmp / "state", run_dir=tmp / "run",
+                    local_dest=tmp / "dest", follow=True, node="a", peer_name="b",
+                    clock=lambda: NOW)  # fmt: skip
+    daemon.run_dir.mkdir()
+    daemon.journal = daemon._open_journal(NOW)
+    return daemon, root
+
+
+def created(root: Path, name: str) -> RawEvent:
+    """Return the event of `name` created under root (and create it)."""
+    (root / name).write_text(name)
+    return RawEvent(str(root), "created", str(root / name), "", False)
+
+
+def test_received_changes_are_not_journaled(tmp_path: Path) -> None:
+    """Changes seen while STANDBY are the peer's writes: not journaled; after ACTIVE they are."""
+    daemon, root = follower(tmp_path)
+    assert daemon.journal is not None
+    daemon._apply([RoleSeen("STANDBY", "test"), created(root, "in")])
+    assert daemon.journal.dirty(str(root)) == {}
+    daemon._apply([RoleSeen("ACTIVE", "test"), created(root, "local")])
+    assert set(daemon.journal.dirty(str(root))) == {"local"}
+    assert orphans.has_source(str(root))
+
+
+def test_becoming_standby_sets_orphans_aside_then_accepts_pushes(tmp_path: Path) -> None:
+    """Unconfirmed changes move to recovery and the manifest on entering STANDBY; then the
+    marker is gone (pushes accepted) and the journal is empty."""
+    daemon, root = follower(tmp_path)
+    assert daemon.journal is not None
+    daemon._apply([RoleSeen("ACTIVE", "test"), PeerSeen(STANDBY_PEER), created(root, "late")])
+    assert daemon._direction.push
+    daemon._apply([RoleSeen("STANDBY", "operator standby")])
+    daemon._start_due()
+    assert not (root / "late").exists()
+    assert [o.path for o in orphans.load(daemon.state_dir)] == ["late"]
+    assert daemon.journal.dirty(str(root)) == {}
+    assert not orphans.has_source(str(root))
+    follow = daemon.status()["follow"]
+    assert follow["role"] == "STANDBY" and not follow["pushing"] and follow["receiving"]
+
+
+def test_peer_return_owes_a_full_pass(tmp_path: Path) -> None:
+    """An active whose peer comes back after being lost owes it a full pass."""
+    daemon, root = follower(tmp_path)
+    daemon._apply([RoleSeen("ACTIVE", "t"), PeerSeen(STANDBY_PEER)])
+    plan = daemon.planner.due(NOW)[0]  # the start-up full pass (the journal is new)
+    daemon.planner.pass_started(plan, NOW)
+    daemon.planner.pass_finished(str(root), Result.OK, NOW)
+
+    def owed() -> str | None:
+        return daemon.planner.status(str(root), NOW).full_needed
+
+    assert owed() is None
+    daemon._apply([PeerSeen(Peer(alive=False, role="STANDBY"))])
+    assert owed() is None
+    daemon._apply([PeerSeen(STANDBY_PEER)])
+    assert owed() == "peer b returned"
+
+
+# -- takeover status ---------------------------------------------------------------------------
+
+
+def test_takeover_status_shows_mirroring(tmp_path: Path) -> None:
+    """`takeover status` reads mirrord's status file: direction, RPO, last pass, last flush."""
+    doc = {
+        "pid": os.getpid(), "node": "a", "updated": NOW, "status_interval": 1.0,
+        "directories": [{"directory": "/srv/data", "rpo": 1.25, "dirty": 3,
+                         "last_finished": NOW - 2, "last": {"result": "ok", "kind": "incr"}}],
+        "follow": {"following": True, "pushing": True, "receiving": False, "peer": "b",
+                   "why": "role ACTIVE: pushing a -> b",
+                   "last_flush": {"started": NOW - 5, "ended": NOW - 4.5, "ok": True}},
+    }  # fmt: skip
+    (tmp_path / "mirrord.json").write_text(json.dumps(doc))
+    mirror = read_mirror(tmp_path, NOW)
+    assert mirror["state"] == "running"
+    assert mirror["directories"][0]["direction"] == "a -> b"
+    text = render_mirror(mirror, NOW)
+    assert "/srv/data" in text and "a -> b" in text and "RPO   1.2s" in text
+    assert "last final flush: complete in 0.50s" in text
+    assert read_mirror(tmp_path / "none", NOW)["state"] == "not running"
+
+
+# -- the follower against takeover's real control server ---------------------------------------
+
+
+class StatusHandler:
+    """A control handler whose node is ACTIVE."""
+
+    def status(self) -> dict[str, Any]:
+        """Return a minimal status document."""
+        return {"local": {"role": "ACTIVE"}, "epoch": 1}
+
+    def command(self, cmd: str, args: dict[str, Any]) -> str | None:
+        """Accept every command."""
+        return None
+
+
+def test_follower_flushes_under_the_inhibitor_and_sees_takeover_go(tmp_path: Path) -> None:
+    """The follower posts the role, holds takeover's release until its flush returned, and
+    posts "takeover not running" when the control server goes away."""
+
+    async def main() -> None:
+        server = control.ControlServer(control.socket_path(tmp_path), StatusHandler())
+        await server.start()
+        posted: asyncio.Queue[Any] = asyncio.Queue()
+        flushed = asyncio.Event()
+        proceed = asyncio.Event()
+
+        async def flush() -> None:
+            flushed.set()
+            await proceed.wait()
+
+        follower = Follower(tmp_path, posted.put_nowait, flush, lambda: NOW)
+        task = asyncio.ensure_future(follower.run())
+
+        async def next_role() -> RoleSeen:
+            while True:
+                rec = await asyncio.wait_for(posted.get(), 10)
+                if isinstance(rec, RoleSeen):
+                    return rec
+
+        assert (await next_role()).role == "ACTIVE"
+        server.publish(control.role_event("ACTIVE", "RELEASING", "operator standby", 1, NOW))
+        assert (await next_role()).role == "RELEASING"
+        await asyncio.wait_for(flushed.wait(), 10)
+        assert server.inhibitors.names() == ["mirrord"]  # held while the flush runs
+        proceed.set()
+        await asyncio.wait_for(server.inhibitors.wait_clear(), 10)
+        await server.close()
+        gone = await next_role()
+        assert gone.role is None and gone.reason == "takeover not running"
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())

@@ -1,0 +1,398 @@
+"""Config-to-daemon mapping, effect adapters, the resource list, sd_notify and the CLI exits."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from takeover import cli
+from takeover.addresses import VipPlacement
+from takeover.arbitration import Outcome
+from takeover.config import load_cluster
+from takeover.daemon import SdNotify
+from takeover.exits import Exit, StatusExit
+from takeover.resources import ResourceError, ResourceList, ThreadResource, VipResource
+from takeover.runtime import GuardAdapter, PingAdapter, ThreadFencer, daemon_config, placements
+from takeover.status import write_status
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = """
+[cluster]
+name = "mail"
+auto_failback = true
+failback_delay = "30s"
+
+[[node]]
+name = "a"
+priority = 150
+interface = "lan0"
+[node.heartbeat]
+hb = "198.51.100.1"
+lan = "192.0.2.11"
+[node.fencing]
+type = "ipmi"
+address = "192.0.2.201"
+user = "admin"
+password_file = "/etc/hapair/a.ipmi"
+on_failure = "vip-guard"
+
+[[node]]
+name = "b"
+interface = "lan0"
+[node.heartbeat]
+hb = "198.51.100.2"
+lan = "192.0.2.12"
+
+[heartbeat]
+links = ["hb", "lan"]
+interval = "100ms"
+deadtime = "400ms"
+initdead = "2s"
+key_file = "/etc/hapair/authkey"
+
+[arbitration]
+targets = ["192.0.2.1", "192.0.2.2"]
+max_unreachable = 1
+switchover_margin = 2
+dampen = "2s"
+
+[[vip]]
+address = "192.0.2.100/24"
+
+[[vip]]
+address = "2001:db8::100/64"
+interface = "lan1"
+mac = "02:00:5e:10:00:01"
+
+[[hook]]
+command = ["/usr/local/bin/notify", "x"]
+timeout = "3s"
+"""
+
+
+def test_daemon_config_maps_cluster_file(tmp_path: Path) -> None:
+    """Every machine parameter comes from the right key; b fences a with a's policy."""
+    path = tmp_path / "cluster.toml"
+    path.write_text(CLUSTER)
+    cluster = load_cluster(path)
+    b = cluster.node("b")
+    cfg = daemon_config(cluster, b, b"k" * 32)
+    p = cfg.params
+    assert (p.node, p.peer, p.priority) == ("b", "a", 100)
+    assert (p.interval, p.deadtime, p.initdead) == (0.1, 0.4, 2.0)
+    assert (p.auto_failback, p.failback_delay) == (True, 30.0)
+    assert (p.max_unreachable, p.switchover_margin) == (1, 2)
+    assert p.fencing and p.fencing_policy == "vip-guard" and p.guard
+    # Guard window min(0.3, 0.4 / 2) = 0.2, plus half an interval, under 2/3 of deadtime.
+    assert p.prearbitrate == pytest.approx(0.25)
+    assert cfg.dampen == 2.0 and cfg.hooks[0].timeout == 3.0
+    assert len(cfg.digest) == 32
+    a_params = daemon_config(cluster, cluster.node("a"), b"k" * 32).params
+    assert not a_params.fencing and a_params.priority == 150
+    vips = placements(cluster, b)
+    assert [(str(v.address), v.interface, v.mac) for v in vips] == [
+        ("192.0.2.100/24", "lan0", None),
+        ("2001:db8::100/64", "lan1", "02:00:5e:10:00:01"),
+    ]
+
+
+class FakePinger:
+    """Stands in for PingProber: fixed answers."""
+
+    targets = [ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2")]
+
+    async def probe_outcomes(self, tries: int = 3, window: float = 0.3) -> dict[Any, Outcome]:
+        return {self.targets[0]: Outcome.REPLY, self.targets[1]: Outcome.UNREACHABLE}
+
+
+def test_ping_adapter_maps_reachability_to_outcomes() -> None:
+    """The prober's outcome per target passes through, keyed by address string."""
+    adapter = PingAdapter(FakePinger(), 0.3)  # type: ignore[arg-type]
+    assert adapter.targets == ["192.0.2.1", "192.0.2.2"]
+    got = asyncio.run(adapter.probe())
+    assert got == {"192.0.2.1": [Outcome.REPLY], "192.0.2.2": [Outcome.UNREACHABLE]}
+
+
+@dataclass
+class FakeVipGuard:
+    """Stands in for VipGuard: answers with a set MAC."""
+
+    answer: str | None
+    asked: list[str] = field(default_factory=list)
+
+    async def probe(self, vip: Any, timeout: float = 0.3, tries: int = 2) -> str | None:
+        self.asked.append(str(vip))
+        return self.answer
+
+
+def test_guard_adapter_reports_any_answer() -> None:
+    """The guard answers with the first MAC found among all VIPs, or None if none answered."""
+    p1 = VipPlacement(ipaddress.ip_interface("192.0.2.100/24"), "lan0")
+    p2 = VipPlacement(ipaddress.ip_interface("2001:db8::100/64"), "lan0")
+    silent, loud = FakeVipGuard(None), FakeVipGuard("02:00:00:00:00:0b")
+    assert asyncio.run(GuardAdapter([(p1, silent), (p2, loud)], 0.3).probe()) == (  # type: ignore[list-item]
+        "02:00:00:00:00:0b"
+    )
+    assert asyncio.run(GuardAdapter([(p1, silent)], 0.3).probe()) is None  # type: ignore[list-item]
+    assert silent.asked == ["192.0.2.100", "192.0.2.100"] and loud.asked == ["2001:db8::100"]
+
+
+@dataclass
+class Result:
+    ok: bool
+    detail: str | None
+
+
+class BlockingAgent:
+    """Stands in for IpmiFencer: a blocking call returning a result."""
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+        self.calls = 0
+
+    def power_off_and_confirm(self) -> Result:
+        self.calls += 1
+        return self.result
+
+
+def test_thread_fencer_reports_ok_and_detail() -> None:
+    """The blocking agent runs off the loop; its ok and detail come back as a tuple."""
+    agent = BlockingAgent(Result(False, "wrong-password"))
+    assert asyncio.run(ThreadFencer(agent).fence("a")) == (False, "wrong-password")
+    assert asyncio.run(ThreadFencer(BlockingAgent(Result(True, None))).fence("a")) == (
+        True,
+        "powered off",
+    )
+    assert agent.calls == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# resources
+
+
+class FakeAddresses:
+    """Records add/remove; fails for addresses listed in `fail`."""
+
+    def __init__(self, log: list[str], fail: set[str] | None = None) -> None:
+        self.log = log
+        self.fail = fail or set()
+
+    async def add_vip(self, vip: VipPlacement) -> bool:
+        self.log.append(f"add {vip.address}")
+        if str(vip.address) in self.fail:
+            raise RuntimeError(f"cannot add {vip.address}")
+        return True
+
+    async def remove_vip(self, vip: VipPlacement) -> bool:
+        self.log.append(f"remove {vip.address}")
+        if f"-{vip.address}" in self.fail:
+            raise RuntimeError(f"cannot remove {vip.address}")
+        return True
+
+
+class FakeAnnouncer:
+    """Counts announcement rounds per VIP."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def send_round(self, vip: Any, mac: str | None = None) -> int:
+        self.log.append(f"garp {vip}")
+        return 2
+
+    async def announce(
+        self, vip: Any, mac: str | None = None, count: int = 5, interval: float = 0.1
+    ) -> int:
+        for _ in range(count):
+            self.send_round(vip, mac)
+        return 2 * count
+
+
+def resources(log: list[str], fail: set[str] | None = None, count: int = 1) -> ResourceList:
+    """Return two VIP resources on fakes."""
+    addrs, ann = FakeAddresses(log, fail), FakeAnnouncer(log)
+    vips = [
+        VipPlacement(ipaddress.ip_interface(a), "lan0")
+        for a in ("192.0.2.100/24", "192.0.2.101/24")
+    ]
+    return ResourceList(
+        [VipResource(v, addrs, ann, count=count, interval=0.0) for v in vips]  # type: ignore[arg-type]
+    )
+
+
+def test_acquire_in_order_announcing_each_at_once() -> None:
+    """VIPs are added in order, each announced right after it is added."""
+    log: list[str] = []
+    res = resources(log)
+    asyncio.run(res.acquire())
+    assert log == [
+        "add 192.0.2.100/24",
+        "garp 192.0.2.100",
+        "add 192.0.2.101/24",
+        "garp 192.0.2.101",
+    ]
+    assert [d["held"] for d in res.describe()] == [True, True]
+
+
+def test_acquire_failure_rolls_back_in_reverse() -> None:
+    """When the second VIP fails, both are removed and the error names the failing one."""
+    log: list[str] = []
+    res = resources(log, fail={"192.0.2.101/24"})
+    with pytest.raises(ResourceError, match=r"192\.0\.2\.101"):
+        asyncio.run(res.acquire())
+    assert log[-2:] == ["remove 192.0.2.100/24", "remove 192.0.2.101/24"]
+    assert [d["held"] for d in res.describe()] == [False, False]
+
+
+def test_release_tries_every_resource_in_reverse() -> None:
+    """Release goes in reverse and keeps going after a failure, which it then reports."""
+    log: list[str] = []
+    res = resources(log, fail={"-192.0.2.101/24"})
+    with pytest.raises(ResourceError, match=r"cannot remove 192\.0\.2\.101"):
+        asyncio.run(res.release())
+    assert log == ["remove 192.0.2.101/24", "remove 192.0.2.100/24"]
+
+
+def test_burst_sends_remaining_rounds_in_background() -> None:
+    """With garp_count 3 the first round is immediate and two more follow in the background."""
+    log: list[str] = []
+
+    async def main() -> None:
+        res = resources(log, count=3)
+        await res.acquire()
+        assert log.count("garp 192.0.2.100") == 1
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert log.count("garp 192.0.2.100") == 3
+        await res.release()
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------------------------------------
+# sd_notify
+
+
+def test_sd_notify_sends_datagram(tmp_path: Path) -> None:
+    """READY=1 arrives as one datagram on $NOTIFY_SOCKET; no socket means a silent no-op."""
+    path = tmp_path / "notify"
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(str(path))
+    sink.settimeout(5)
+    try:
+        SdNotify(str(path)).notify("READY=1")
+        assert sink.recv(100) == b"READY=1"
+    finally:
+        sink.close()
+    SdNotify(None).notify("READY=1")
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI exits
+
+
+def test_status_not_running_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No status file: `takeover status` says not running and exits 3."""
+    assert cli.main(["--run-dir", str(tmp_path), "status"]) == StatusExit.NOT_RUNNING
+    assert "not running" in capsys.readouterr().out
+
+
+def test_status_json_fresh_and_stale(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--json prints one document with a verdict; a stale file with a live pid exits 4."""
+    doc = {
+        "written": time.time(),
+        "status_interval": 1.0,
+        "pid": os.getpid(),
+        "local": {"name": "a", "role": "ACTIVE"},
+    }
+    write_status(tmp_path / "takeover.json", doc)
+    assert cli.main(["--run-dir", str(tmp_path), "status", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["verdict"] == "active_or_standby" and out["local"]["role"] == "ACTIVE"
+    write_status(tmp_path / "takeover.json", {**doc, "written": time.time() - 60})
+    assert cli.main(["--run-dir", str(tmp_path), "status"]) == StatusExit.UNKNOWN
+    assert "stale" in capsys.readouterr().out
+
+
+def test_standby_without_daemon_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`takeover standby` with no daemon running exits 1 and says so on stderr."""
+    assert cli.main(["--run-dir", str(tmp_path), "standby"]) == Exit.FAILURE
+    assert "is takeover running" in capsys.readouterr().err
+
+
+def test_run_without_config_exits_6(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`takeover run` with a missing cluster file exits NOT_CONFIGURED."""
+    code = cli.main(["-c", str(tmp_path / "none.toml"), "--node", "a", "run"])
+    assert code == Exit.NOT_CONFIGURED
+    assert "takeover: error:" in capsys.readouterr().err
+
+
+def test_run_with_readable_key_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A key file readable by others is refused with exit 2 naming the file and key."""
+    key = tmp_path / "authkey"
+    key.write_text("x" * 64)
+    key.chmod(0o644)
+    path = tmp_path / "cluster.toml"
+    path.write_text(CLUSTER.replace("/etc/hapair/authkey", str(key)))
+    code = cli.main(["-c", str(path), "--node", "b", "--run-dir", str(tmp_path), "run"])
+    assert code == Exit.CONFIG
+    err = capsys.readouterr().err
+    assert "heartbeat.key_file" in err and str(key) in err
+
+
+class BlockingVm:
+    """Stands in for VmResource: blocking calls, a describe() that says where it runs."""
+
+    def __init__(self, running: bool = False, fail: str = "") -> None:
+        self.running = running
+        self.fail = fail
+        self.calls: list[str] = []
+
+    def acquire(self) -> None:
+        self.calls.append("acquire")
+        if self.fail:
+            raise RuntimeError(self.fail)
+        self.running = True
+
+    def release(self) -> None:
+        self.calls.append("release")
+        self.running = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "mail", "where": "here" if self.running else "absent"}
+
+
+def test_thread_resource_runs_blocking_calls_and_caches_view() -> None:
+    """A blocking VM is acquired and released off the loop; describe follows each change."""
+    vm = BlockingVm(running=True)
+    res = ThreadResource("vm mail", vm)
+    assert res.describe()["held"]
+    asyncio.run(res.release())
+    assert not res.describe()["held"]
+    asyncio.run(res.acquire())
+    assert res.describe()["held"] and vm.calls == ["release", "acquire"]
+
+
+def test_thread_resource_failure_propagates_into_rollback() -> None:
+    """A VM that cannot start fails the list's acquire, which releases the VIP before it."""
+    log: list[str] = []
+    vm = BlockingVm(fail="domain XML missing")
+    vip = VipPlacement(ipaddress.ip_interface("192.0.2.100/24"), "lan0")
+    res = ResourceList(
+        [
+            VipResource(vip, FakeAddresses(log), FakeAnnouncer(log), count=1),
+            ThreadResource("vm mail", vm),
+        ]  # type: ignore[arg-type]
+    )
+    with pytest.raises(ResourceError, match="domain XML missing"):
+        asyncio.run(res.acquire())
+    assert log[-1] == "remove 192.0.2.100/24" and vm.calls == ["acquire", "release"]
