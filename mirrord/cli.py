@@ -36,6 +36,7 @@ from takeover.cliutil import (
 from takeover.config import Cluster, Node
 from takeover.configparse import ConfigError
 from takeover.exits import Exit, StatusExit
+from takeover.status import pid_alive
 
 PROG = "mirrord"
 # Names shared with the daemon (kept here so `status` and `sync` need not import it).
@@ -193,16 +194,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return int(Exit.OK)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read_status(run_dir: Path, now: float) -> tuple[int, dict[str, Any] | None, str]:
     """Return (exit status, document, why) for the daemon whose run dir is `run_dir`."""
     path = run_dir / STATUS_NAME
@@ -212,7 +203,7 @@ def read_status(run_dir: Path, now: float) -> tuple[int, dict[str, Any] | None, 
         return int(StatusExit.NOT_RUNNING), None, f"{path}: no status file: mirrord not running"
     except (OSError, ValueError) as exc:
         return int(StatusExit.UNKNOWN), None, f"{path}: unreadable: {exc}"
-    if doc.get("stopped") or not _pid_alive(int(doc.get("pid", 0))):
+    if doc.get("stopped") or not pid_alive(int(doc.get("pid", 0))):
         return int(StatusExit.NOT_RUNNING), doc, "mirrord is not running (last status shown)"
     age = now - float(doc.get("updated", 0))
     if age > 3 * float(doc.get("status_interval", 1.0)):
