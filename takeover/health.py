@@ -14,31 +14,14 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+
+from takeover.config import CheckConfig
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class CheckSpec:
-    """One health check."""
-
-    # Name shown in status.
-    name: str
-    # "tcp" or "command".
-    type: str
-    # tcp: (host, port).
-    target: tuple[str, int] | None = None
-    # command: argv (exit status 0 = healthy).
-    command: tuple[str, ...] = ()
-    # Seconds between runs.
-    interval: float = 5.0
-    # Seconds one run may take.
-    timeout: float = 2.0
-    # Consecutive failures before unhealthy.
-    fall: int = 3
-    # Consecutive successes before healthy again.
-    rise: int = 2
+# The cluster file's [[check]] table is the spec a check runs from.
+CheckSpec = CheckConfig
 
 
 class Counter:

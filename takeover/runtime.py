@@ -24,7 +24,6 @@ from takeover.announce import Announcer
 from takeover.arbitration import Outcome
 from takeover.config import Cluster, Node, config_digest
 from takeover.daemon import Daemon, DaemonConfig, Effects, Links, Watcher
-from takeover.health import CheckSpec
 from takeover.heartbeat import HeartbeatLinks, LinkSpec, load_key
 from takeover.hooks import Hook
 from takeover.machine import Event, LinkState, MachineParams, OperatorStandby
@@ -318,19 +317,7 @@ def daemon_config(cluster: Cluster, node: Node, key: bytes) -> DaemonConfig:
         dampen=arb.dampen,
         status_interval=max(1.0, cluster.heartbeat.interval),
         hooks=tuple(Hook(h.command, h.timeout) for h in cluster.hooks),
-        checks=tuple(
-            CheckSpec(
-                name=c.name,
-                type=c.type,
-                target=c.target,
-                command=c.command,
-                interval=c.interval,
-                timeout=c.timeout,
-                fall=c.fall,
-                rise=c.rise,
-            )
-            for c in cluster.checks
-        ),
+        checks=cluster.checks,
     )
 
 
