@@ -683,8 +683,14 @@ def _on_standby(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
             s = replace(s, condition="")
         # Whatever the peer is, while it may hold a VIP acquiring would make two owners.
         if not peer.holding:
-            if peer.role in PASSIVE and prefer(me_candidate(s), peer_candidate(s), _margin(s)):
-                # STANDBY -> ACTIVE: both idle and this node wins the election.
+            if (
+                not s.hold_standby
+                and peer.role in PASSIVE
+                and prefer(me_candidate(s), peer_candidate(s), _margin(s))
+            ):
+                # STANDBY -> ACTIVE: both idle and this node wins the election. A node held in
+                # standby (operator, or stopping) is never elected, even when the peer is held
+                # too: then nobody serves, which is what was asked.
                 return _take_over(s, now, "operator promote" if s.promote else "elected")
             if peer.role in {Role.ISOLATED, Role.FAULT} and not s.hold_standby:
                 # STANDBY -> ACTIVE: the peer is up but holds nothing and cannot serve.

@@ -1090,6 +1090,15 @@ def test_standby_to_arbitrating_with_a_fresh_guard_when_the_early_probe_saw_the_
     assert s.role is Role.ACTIVE and any(isinstance(a, AcquireResources) for a in out)
 
 
+def test_standby_held_is_not_elected_when_the_peer_is_held_too() -> None:
+    """Both nodes held in standby (both stopping): the preferred one is not re-elected."""
+    s = replace(mk(Role.STANDBY, P, peer=peer(Role.STANDBY, ago=0.05)), hold_standby=True)
+    s = replace(s, peer=replace(s.peer, hold_standby=True))
+    s, out = step(s, Tick(), T0)
+    assert s.role is Role.STANDBY
+    assert not any(isinstance(a, AcquireResources) for a in out)
+
+
 def test_scenario_health_demotion() -> None:
     """A failing active hands over to a healthy standby."""
     pair = Pair(PA, PB)
