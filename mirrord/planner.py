@@ -10,8 +10,12 @@ Rules, in the order they matter:
 - a directory never runs two passes at once;
 - a directory with nothing dirty (and no full pass or audit due) costs nothing;
 - passes of one directory start at least the rate spacing apart, and after each pass the
-  directory idles for cost * (1 - max_duty) / max_duty, so syncing takes at most `max_duty` of
-  the wall time; however late the daemon asks, one plan comes out (missed runs coalesce);
+  directory idles for cost * (1 - max_duty) / max_duty, where cost is a moving average of the
+  recent passes' durations, so syncing takes at most `max_duty` of the wall time on average;
+  one slow pass spreads its idle time over the next passes instead of owing it at once, so
+  the idle exceeds the nominal interval only while the average cost itself would break the
+  duty at that interval; however late the daemon asks, one plan comes out (missed runs
+  coalesce);
 - changes that arrive while a pass runs stay dirty for the next pass: only the snapshot taken
   when the pass started is cleared when it succeeds, and it goes back on retry or alarm;
 - the interval adapts between `min_interval` and `max_interval`: busier directories sync more
@@ -31,6 +35,10 @@ log = logging.getLogger(__name__)
 
 # Weight of the newest change-rate sample in the moving average.
 RATE_ALPHA: Final = 0.3
+# Weight of the newest pass duration in the moving average of pass cost. The weights of one
+# pass over all later averages sum to 1, so the idle time it owes is paid in full, spread over
+# the next few gaps (0.3: mostly within ten passes).
+COST_ALPHA: Final = 0.3
 # Consecutive failed passes after which a retrying directory also reports an alarm.
 ALARM_AFTER_FAILURES: Final = 5
 
@@ -141,6 +149,8 @@ class _Dir:
     last_finish: float | None = None
     last_result: Result | None = None
     last_duration: float | None = None
+    # Moving average of pass durations (COST_ALPHA); None before the first pass.
+    cost: float | None = None
     last_full_ok: float | None = None
     failures: int = 0
     alarm: str | None = None
@@ -253,6 +263,7 @@ class Planner:
         duration = max(0.0, now - d.started_at)
         d.running = d.started_at = None
         d.last_finish, d.last_result, d.last_duration = now, result, duration
+        d.cost = duration if d.cost is None else COST_ALPHA * duration + (1 - COST_ALPHA) * d.cost
         if result is Result.OK:
             # Only the snapshot is done; whatever changed meanwhile is already back in `dirty`.
             d.in_flight = {}
@@ -305,18 +316,22 @@ class Planner:
     def _duty_gap(d: _Dir) -> float:
         """Return the idle time owed after the last pass: cost * (1 - duty) / duty.
 
-        Back-to-back passes then spend exactly max_duty of the wall time syncing, while a
-        change after a quiet spell (the idle time already paid) is sent at once. The gap never
-        exceeds max_interval: the RPO bound wins over the duty goal.
+        `cost` is the moving average of pass durations, not the last one: back-to-back passes
+        then spend max_duty of the wall time syncing on average, one slow pass among cheap ones
+        does not stop the directory for nine times its length (at 0.1), and a change after a
+        quiet spell (the idle time already paid) is sent at once. The gap exceeds the nominal
+        interval only when cost / (cost + interval) > max_duty, that is when syncing at the
+        interval would break the duty on average; it never exceeds max_interval: the RPO bound
+        wins over the duty goal.
         """
         c = d.cadence
-        cost = d.last_duration or 0.0
+        cost = d.cost or 0.0
         return min(c.max_interval, cost * (1 - c.max_duty) / c.max_duty)
 
     def _adapt(self, d: _Dir) -> float:
         """Return the interval `status` reports: the larger of the rate and duty spacings."""
         c = d.cadence
-        by_duty = (d.last_duration or 0.0) / c.max_duty
+        by_duty = (d.cost or 0.0) / c.max_duty
         return min(c.max_interval, max(self._by_rate(d), by_duty))
 
     def _backoff(self, d: _Dir) -> float:
