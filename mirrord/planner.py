@@ -19,7 +19,8 @@ Rules, in the order they matter:
 - changes that arrive while a pass runs stay dirty for the next pass: only the snapshot taken
   when the pass started is cleared when it succeeds, and it goes back on retry or alarm;
 - the interval adapts between `min_interval` and `max_interval`: busier directories sync more
-  often; a change after a quiet spell is sent at once (its idle time is already paid).
+  often, and a burst counts from its first changes, not from the next pass's rate sample;
+  a change after a quiet spell is sent at once (its idle time is already paid).
 """
 
 from __future__ import annotations
@@ -312,6 +313,22 @@ class Planner:
         by_rate = c.interval / math.sqrt(n) if n > 1 else c.interval
         return min(c.max_interval, max(c.min_interval, by_rate))
 
+    def _spacing(self, d: _Dir) -> float:
+        """Return the spacing of pass starts, counting the changes since the last start too.
+
+        The average rate only moves when a pass starts, so a burst after a quiet spell would
+        wait a whole nominal interval behind the first pass. k changes seen since the last
+        start, s seconds ago, are a rate of k / s: the rate spacing interval / sqrt(rate *
+        interval) is reached once s >= interval / k, the same spacing at a steady rate, but
+        known as soon as the changes are.
+        """
+        c = d.cadence
+        by_rate = self._by_rate(d)
+        if d.rate_count > 0:
+            by_count = min(c.max_interval, max(c.min_interval, c.interval / d.rate_count))
+            return min(by_rate, by_count)
+        return by_rate
+
     @staticmethod
     def _duty_gap(d: _Dir) -> float:
         """Return the idle time owed after the last pass: cost * (1 - duty) / duty.
@@ -369,7 +386,7 @@ class Planner:
         if pending:
             spaced = -math.inf
             if d.last_start is not None:
-                spaced = d.last_start + self._by_rate(d)
+                spaced = d.last_start + self._spacing(d)
             if d.last_finish is not None:
                 spaced = max(spaced, d.last_finish + self._duty_gap(d))
             candidates.append(max(spaced, min(pending) + d.cadence.settle))

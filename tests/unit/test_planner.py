@@ -443,3 +443,23 @@ def test_status_interval_follows_the_average_cost() -> None:
     interval = p.status(D, 1000.0).interval
     assert 5.0 < interval < 50.0
     assert interval == pytest.approx((COST_ALPHA * 5.0 + (1 - COST_ALPHA) * 0.5) / 0.1)
+
+
+def test_burst_after_quiet_spell_is_not_held_a_whole_interval() -> None:
+    """A burst right after a pass of a quiet directory goes after min_interval, not interval."""
+    p = planner(HOT_CLASS)
+    p.changes(D, ["a"], 100.0)
+    run_pass(p, 100.0, 0.1)
+    for i in range(200):
+        p.changes(D, [f"c{i}"], 100.0 + i / 200)
+    assert p.next_deadline() == pytest.approx(100.0 + HOT_CLASS.min_interval)
+
+
+def test_a_few_changes_after_a_pass_keep_the_rate_spacing() -> None:
+    """k changes since the last start bring the next pass to interval / k after it, no sooner."""
+    p = planner(HOT_CLASS)
+    p.changes(D, ["a"], 100.0)
+    run_pass(p, 100.0, 0.1)
+    p.changes(D, ["b", "c"], 100.5)
+    assert p.due(102.4) == []
+    assert p.next_deadline() == pytest.approx(100.0 + HOT_CLASS.interval / 2)
