@@ -10,12 +10,17 @@ Rules, in the order they matter:
 - a directory never runs two passes at once;
 - a directory with nothing dirty (and no full pass or audit due) costs nothing;
 - passes of one directory start at least the rate spacing apart, and after each pass the
-  directory idles for cost * (1 - max_duty) / max_duty, so syncing takes at most `max_duty` of
-  the wall time; however late the daemon asks, one plan comes out (missed runs coalesce);
+  directory idles for cost * (1 - max_duty) / max_duty, where cost is a moving average of the
+  recent passes' durations, so syncing takes at most `max_duty` of the wall time on average;
+  one slow pass spreads its idle time over the next passes instead of owing it at once, so
+  the idle exceeds the nominal interval only while the average cost itself would break the
+  duty at that interval; however late the daemon asks, one plan comes out (missed runs
+  coalesce);
 - changes that arrive while a pass runs stay dirty for the next pass: only the snapshot taken
   when the pass started is cleared when it succeeds, and it goes back on retry or alarm;
 - the interval adapts between `min_interval` and `max_interval`: busier directories sync more
-  often; a change after a quiet spell is sent at once (its idle time is already paid).
+  often, and a burst counts from its first changes, not from the next pass's rate sample;
+  a change after a quiet spell is sent at once (its idle time is already paid).
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ log = logging.getLogger(__name__)
 
 # Weight of the newest change-rate sample in the moving average.
 RATE_ALPHA: Final = 0.3
+# Weight of the newest pass duration in the moving average of pass cost. The weights of one
+# pass over all later averages sum to 1, so the idle time it owes is paid in full, spread over
+# the next few gaps (0.3: mostly within ten passes).
+COST_ALPHA: Final = 0.3
 # Consecutive failed passes after which a retrying directory also reports an alarm.
 ALARM_AFTER_FAILURES: Final = 5
 
@@ -141,6 +150,8 @@ class _Dir:
     last_finish: float | None = None
     last_result: Result | None = None
     last_duration: float | None = None
+    # Moving average of pass durations (COST_ALPHA); None before the first pass.
+    cost: float | None = None
     last_full_ok: float | None = None
     failures: int = 0
     alarm: str | None = None
@@ -253,6 +264,7 @@ class Planner:
         duration = max(0.0, now - d.started_at)
         d.running = d.started_at = None
         d.last_finish, d.last_result, d.last_duration = now, result, duration
+        d.cost = duration if d.cost is None else COST_ALPHA * duration + (1 - COST_ALPHA) * d.cost
         if result is Result.OK:
             # Only the snapshot is done; whatever changed meanwhile is already back in `dirty`.
             d.in_flight = {}
@@ -301,22 +313,42 @@ class Planner:
         by_rate = c.interval / math.sqrt(n) if n > 1 else c.interval
         return min(c.max_interval, max(c.min_interval, by_rate))
 
+    def _spacing(self, d: _Dir) -> float:
+        """Return the spacing of pass starts, counting the changes since the last start too.
+
+        The average rate only moves when a pass starts, so a burst after a quiet spell would
+        wait a whole nominal interval behind the first pass. k changes seen since the last
+        start, s seconds ago, are a rate of k / s: the rate spacing interval / sqrt(rate *
+        interval) is reached once s >= interval / k, the same spacing at a steady rate, but
+        known as soon as the changes are.
+        """
+        c = d.cadence
+        by_rate = self._by_rate(d)
+        if d.rate_count > 0:
+            by_count = min(c.max_interval, max(c.min_interval, c.interval / d.rate_count))
+            return min(by_rate, by_count)
+        return by_rate
+
     @staticmethod
     def _duty_gap(d: _Dir) -> float:
         """Return the idle time owed after the last pass: cost * (1 - duty) / duty.
 
-        Back-to-back passes then spend exactly max_duty of the wall time syncing, while a
-        change after a quiet spell (the idle time already paid) is sent at once. The gap never
-        exceeds max_interval: the RPO bound wins over the duty goal.
+        `cost` is the moving average of pass durations, not the last one: back-to-back passes
+        then spend max_duty of the wall time syncing on average, one slow pass among cheap ones
+        does not stop the directory for nine times its length (at 0.1), and a change after a
+        quiet spell (the idle time already paid) is sent at once. The gap exceeds the nominal
+        interval only when cost / (cost + interval) > max_duty, that is when syncing at the
+        interval would break the duty on average; it never exceeds max_interval: the RPO bound
+        wins over the duty goal.
         """
         c = d.cadence
-        cost = d.last_duration or 0.0
+        cost = d.cost or 0.0
         return min(c.max_interval, cost * (1 - c.max_duty) / c.max_duty)
 
     def _adapt(self, d: _Dir) -> float:
         """Return the interval `status` reports: the larger of the rate and duty spacings."""
         c = d.cadence
-        by_duty = (d.last_duration or 0.0) / c.max_duty
+        by_duty = (d.cost or 0.0) / c.max_duty
         return min(c.max_interval, max(self._by_rate(d), by_duty))
 
     def _backoff(self, d: _Dir) -> float:
@@ -354,7 +386,7 @@ class Planner:
         if pending:
             spaced = -math.inf
             if d.last_start is not None:
-                spaced = d.last_start + self._by_rate(d)
+                spaced = d.last_start + self._spacing(d)
             if d.last_finish is not None:
                 spaced = max(spaced, d.last_finish + self._duty_gap(d))
             candidates.append(max(spaced, min(pending) + d.cadence.settle))

@@ -6,14 +6,14 @@ files with one or more `[[directory]]` tables. Problems in every file are collec
 
 Volatility classes give a directory its interval and the range the planner may adapt it in:
 
-    class    interval   min_interval   max_interval   meant for
-    hot      5s         1s             30s            mail spools, queues
-    warm     1m         10s            10m            home directories, uploads
-    static   1h         5m             6h             web roots, software trees
+    class    interval   min_interval   max_interval   max_duty   meant for
+    hot      5s         1s             30s            0.5        mail spools, queues
+    warm     1m         10s            10m            0.2        home directories, uploads
+    static   1h         5m             6h             0.1        web roots, software trees
 
-Explicit `interval`, `min_interval` and `max_interval` override the class's values. Without a
-class, a policy that sets `interval` gets a fixed interval (min = max = interval unless given);
-a policy with neither is "warm".
+Explicit `interval`, `min_interval`, `max_interval` and `max_duty` override the class's values.
+Without a class, a policy that sets `interval` gets a fixed interval (min = max = interval unless
+given); a policy with neither is "warm". A policy without a class takes warm's `max_duty`.
 """
 
 from __future__ import annotations
@@ -50,12 +50,16 @@ class ClassDefaults:
     min_interval: float
     # Slowest the planner may go.
     max_interval: float
+    # Largest share of wall time spent syncing. A hot directory is meant to reach the peer
+    # within seconds, so it may sync half the time; a static one rarely changes, and a pass
+    # over a large tree is costly, so it stays at a tenth.
+    max_duty: float
 
 
 CLASS_DEFAULTS: Final[dict[str, ClassDefaults]] = {
-    "hot": ClassDefaults(5.0, 1.0, 30.0),
-    "warm": ClassDefaults(60.0, 10.0, 600.0),
-    "static": ClassDefaults(3600.0, 300.0, 6 * 3600.0),
+    "hot": ClassDefaults(5.0, 1.0, 30.0, 0.5),
+    "warm": ClassDefaults(60.0, 10.0, 600.0, 0.2),
+    "static": ClassDefaults(3600.0, 300.0, 6 * 3600.0, 0.1),
 }
 DEFAULT_MAX_DELETE: Final = "50%"
 # Class of a policy that sets only interval/min_interval/max_interval.
@@ -96,7 +100,8 @@ class Policy:
     acls: bool = False
     xattrs: bool = False
     sparse: bool = False
-    # Largest share of wall time this directory may spend syncing, in (0, 1].
+    # Largest share of wall time this directory may spend syncing, in (0, 1] (default: the
+    # class's, CLASS_DEFAULTS).
     max_duty: float = 0.1
 
 
@@ -174,6 +179,7 @@ def _policy(t: Table, label: str, *, check_fs: bool) -> Policy | None:
             t.problem("path", f"{path}: not a directory")
     volatility = t.string("class", "", choices=list(CLASS_DEFAULTS))
     interval, low, high, volatility = _intervals(t, volatility)
+    duty = CLASS_DEFAULTS.get(volatility, CLASS_DEFAULTS["warm"]).max_duty
     count, percent = _max_delete(t)
     policy = Policy(
         path=path,
@@ -193,7 +199,7 @@ def _policy(t: Table, label: str, *, check_fs: bool) -> Policy | None:
         acls=t.boolean("acls", False),
         xattrs=t.boolean("xattrs", False),
         sparse=t.boolean("sparse", False),
-        max_duty=t.number("max_duty", 0.1, above=0.0, hi=1.0),
+        max_duty=t.number("max_duty", duty, above=0.0, hi=1.0),
     )
     t.finish()
     return None if t.bad("path") else policy
@@ -208,7 +214,7 @@ def _intervals(t: Table, volatility: str) -> tuple[float, float, float, str]:
     elif explicit["interval"]:
         volatility = CUSTOM
         interval = t.duration("interval", positive=True)
-        base = ClassDefaults(interval, interval, interval)
+        base = ClassDefaults(interval, interval, interval, CLASS_DEFAULTS["warm"].max_duty)
     else:
         volatility = "warm" if not any(explicit.values()) else CUSTOM
         base = CLASS_DEFAULTS["warm"]

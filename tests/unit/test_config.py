@@ -479,3 +479,29 @@ def test_mirrord_check_looks_at_the_file_system(
     key.write_text("not really a key\n")
     assert mirrord_cli.main(["-c", str(cluster), "--node", "a", "check"]) == 0
     assert "ok: 1 directories from 1 policy files" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "duty"),
+    [
+        ('class = "hot"\n', 0.5),
+        ('class = "warm"\n', 0.2),
+        ('class = "static"\n', 0.1),
+        ("", 0.2),  # no class: warm
+        ('interval = "42s"\n', 0.2),  # custom interval: warm's duty
+        ('class = "hot"\nmax_duty = 0.25\n', 0.25),  # explicit wins
+        ('class = "static"\nmax_duty = 1\n', 1.0),
+    ],
+)
+def test_max_duty_defaults_by_class(tmp_path: Path, extra: str, duty: float) -> None:
+    """Each class brings its own max_duty (hot syncs more of the time); an explicit one wins."""
+    path = tmp_path / "p.toml"
+    path.write_text('[[directory]]\npath = "/srv/x"\n' + extra)
+    (policy,) = load_policy_file(path, check_fs=False)
+    assert policy.max_duty == duty
+
+
+def test_hotter_classes_may_sync_a_larger_share_of_the_time() -> None:
+    """max_duty grows from static to warm to hot, and stays within (0, 1]."""
+    hot, warm, static = (CLASS_DEFAULTS[c].max_duty for c in ("hot", "warm", "static"))
+    assert 0 < static < warm < hot <= 1

@@ -6,6 +6,7 @@ import pytest
 
 from mirrord.planner import (
     ALARM_AFTER_FAILURES,
+    COST_ALPHA,
     Cadence,
     PassKind,
     PassPlan,
@@ -376,3 +377,89 @@ def test_change_after_quiet_spell_is_sent_at_once() -> None:
     run_pass(p, 0.0, 1.0)
     p.changes(D, ["b"], 20.0)
     assert [q.paths for q in p.due(20.0)] == [frozenset({"b"})]
+
+
+def churn(p: Planner, costs: list[float], step: float = 0.01) -> tuple[list[float], float, float]:
+    """Keep one change pending at every instant; run passes of `costs` in turn when due.
+
+    Return the idle gaps (pass end to next start), and the busy and elapsed seconds up to the
+    start of the last pass (its idle is still owed, so counting it would overstate the duty).
+    """
+    now, busy, busy_before, last_start, i = 0.0, 0.0, 0.0, 0.0, 0
+    gaps: list[float] = []
+    finished: float | None = None
+    for cost in costs:
+        while True:
+            p.changes(D, [f"f{i}"], now)
+            i += 1
+            if p.due(now):
+                break
+            now += step
+        if finished is not None:
+            gaps.append(now - finished)
+        run_pass(p, now, cost)
+        last_start, busy_before = now, busy
+        now += cost
+        busy += cost
+        finished = now
+    return gaps, busy_before, last_start
+
+
+HOT_CLASS = Cadence(interval=5.0, min_interval=1.0, max_interval=30.0, max_duty=0.5)
+
+
+def test_one_slow_pass_does_not_stop_a_busy_directory() -> None:
+    """Among 0.13 s passes, one 3 s pass makes the next idle shorter than 3 s and the interval."""
+    p = planner(HOT_CLASS)
+    gaps, _, _ = churn(p, [0.13] * 20 + [3.0] + [0.13])
+    # The last pass's own debt, at max_duty 0.5, would be 3 s of idle; the average owes ~1 s.
+    assert gaps[-1] < 1.5
+    assert gaps[-1] <= HOT_CLASS.interval
+
+
+def test_slow_pass_debt_is_paid_over_the_next_passes() -> None:
+    """The idle a slow pass owes is spread over later gaps, and the duty holds on average."""
+    cad = Cadence(interval=2.0, min_interval=0.01, max_interval=30.0, max_duty=0.1)
+    costs = ([0.1] * 9 + [2.0]) * 6
+    gaps, busy, elapsed = churn(planner(cad), costs)
+    # Paying 2 s at once would idle 18 s; spread, no gap comes near that.
+    assert max(gaps) < 10.0
+    assert busy / elapsed <= cad.max_duty * 1.1
+
+
+def test_sustained_costly_passes_still_idle_past_the_interval() -> None:
+    """When the average pass cost itself breaks the duty at the interval, the idle grows past it."""
+    cad = Cadence(interval=2.0, min_interval=0.5, max_interval=30.0, max_duty=0.1)
+    gaps, busy, elapsed = churn(planner(cad), [1.0] * 10)
+    assert all(g == pytest.approx(9.0, abs=0.02) for g in gaps)
+    assert busy / elapsed <= cad.max_duty * 1.05
+
+
+def test_status_interval_follows_the_average_cost() -> None:
+    """One slow pass moves the reported interval by its weight in the average, not all of it."""
+    cad = Cadence(interval=2.0, min_interval=0.5, max_interval=60.0, max_duty=0.1)
+    p = planner(cad)
+    churn(p, [0.5] * 10 + [5.0])
+    interval = p.status(D, 1000.0).interval
+    assert 5.0 < interval < 50.0
+    assert interval == pytest.approx((COST_ALPHA * 5.0 + (1 - COST_ALPHA) * 0.5) / 0.1)
+
+
+def test_burst_after_quiet_spell_is_not_held_a_whole_interval() -> None:
+    """A burst right after a pass of a quiet directory goes after min_interval, not interval."""
+    p = planner(HOT_CLASS)
+    p.changes(D, ["a"], 100.0)
+    run_pass(p, 100.0, 0.1)
+    for i in range(200):
+        p.changes(D, [f"c{i}"], 100.0 + i / 200)
+    assert p.next_deadline() == pytest.approx(100.0 + HOT_CLASS.min_interval)
+
+
+def test_a_few_changes_after_a_pass_keep_the_rate_spacing() -> None:
+    """k changes since the last start bring the next pass to interval / k after it, no sooner."""
+    p = planner(HOT_CLASS)
+    p.changes(D, ["a"], 100.0)
+    run_pass(p, 100.0, 0.1)
+    p.changes(D, ["b", "c"], 100.5)
+    assert p.due(102.4) == []
+    assert p.next_deadline() == pytest.approx(100.0 + HOT_CLASS.interval / 2)
