@@ -21,6 +21,15 @@ lint: deps
 unit: deps
 	$(PYTEST) tests/unit
 
+# The lab's own tests and effects (root), and the end-to-end tests (root).
+lab: need-root
+	@scripts/bootstrap.sh base vm
+	$(PYTEST) tests/lab
+
+e2e: need-root
+	@scripts/bootstrap.sh base vm
+	$(PYTEST) tests/e2e
+
 # Everything: unit, lab and end-to-end. Root-only tests fail (never skip) without root.
 test: need-root
 	@scripts/bootstrap.sh base vm
