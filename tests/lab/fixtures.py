@@ -7,6 +7,8 @@ would count as missing, so a skip would hide that the suite did not run.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -44,3 +46,13 @@ def lab() -> Iterator[Lab]:
 def vip_probe(lab: Lab) -> VipProbe:
     """A VIP probe from the lab's client; the lab's teardown ends it if still running."""
     return VipProbe(lab)
+
+
+@pytest.fixture
+def victim() -> Iterator[subprocess.Popen[bytes]]:
+    """A stand-in for a node's workload: a process a BMC's power-off must kill."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()

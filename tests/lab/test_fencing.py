@@ -6,7 +6,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,16 +18,6 @@ from tests.lab.bmc import SimBmc, free_udp_port
 
 # Generous bound for "no hang": far below pyghmi's own 27 s for a frozen session.
 NO_HANG = 15.0
-
-
-@pytest.fixture
-def victim() -> Iterator[subprocess.Popen[bytes]]:
-    """A stand-in for the peer node's workload: a process the BMC's power-off must kill."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    yield proc
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
 
 
 @pytest.fixture

@@ -17,16 +17,6 @@ MINIMAL = (Path(__file__).resolve().parents[1] / "configs" / "valid-minimal.toml
 
 
 @pytest.fixture
-def victim() -> Iterator[subprocess.Popen[bytes]]:
-    """A stand-in for node b's workload: the BMC's power-off kills it."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    yield proc
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-
-
-@pytest.fixture
 def bmcs(victim: subprocess.Popen[bytes]) -> Iterator[dict[str, SimBmc]]:
     """One BMC per node; b's power-off kills the victim."""
     with SimBmc() as a, SimBmc(on_power_off=["kill", "-KILL", str(victim.pid)]) as b:
