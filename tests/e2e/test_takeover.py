@@ -155,9 +155,15 @@ def test_heartbeat_loss_does_not_flap(pair: HapairPair, lab: Lab, vip_probe: Vip
         lab.unblock(f)
     res = vip_probe.stop()
     assert res.mac_changes == 0 and single_owner(res), res.summary()
-    for node in ("a", "b"):
-        transitions = status(pair, node)["transitions"]
-        assert isinstance(transitions, list) and len(transitions) == 1, transitions
+    # a never left ACTIVE; b may, rarely, miss three heartbeats in a row on both links (about
+    # 0.09^3 per window at 30% loss each) and arbitrate, but the VIP guard keeps it standby.
+    a_moves = status(pair, "a")["transitions"]
+    assert isinstance(a_moves, list) and len(a_moves) == 1, a_moves
+    b_moves = status(pair, "b")["transitions"]
+    assert isinstance(b_moves, list), b_moves
+    assert not [t for t in b_moves if t["new"] == "ACTIVE"], b_moves
+    assert pair.holds("a") and not pair.holds("b")
+    assert pair.role("a") == "ACTIVE" and pair.role("b") == "STANDBY"
 
 
 CAPTURE = """
