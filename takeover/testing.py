@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from takeover.arbitration import Outcome
 from takeover.wire import Heartbeat, Receiver
@@ -259,3 +259,23 @@ class RecordingNotifier:
     def notify(self, message: str) -> None:
         """Keep the message."""
         self.messages.append(message)
+
+
+class Startable(Protocol):
+    """Anything started and closed asynchronously (the daemon)."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+def drive(daemon: Startable, body: Callable[[], Awaitable[None]]) -> None:
+    """Start daemon, await body(), close the daemon whatever happens (one event loop)."""
+
+    async def main() -> None:
+        await daemon.start()
+        try:
+            await body()
+        finally:
+            await daemon.close()
+
+    asyncio.run(main())

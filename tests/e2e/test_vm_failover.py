@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 
 import libvirt
 import pytest
 
+from tests.lab import fixtures
 from tests.lab.fixtures import require_root
 from tests.lab.lab import Lab
 from tests.lab.libvirt_hosts import LibvirtPair
@@ -29,17 +29,10 @@ WAIT = 40.0
 
 
 def wait_for(
-    pred: Callable[[], object],
-    what: str,
-    timeout: float = WAIT,
-    context: Callable[[], str] = str,
+    pred: Callable[[], object], what: str, timeout: float = WAIT, context: Callable[[], str] = str
 ) -> None:
-    """Poll `pred` until it is true; fail naming `what` (and `context()`) after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}\n{context()}")
-        time.sleep(0.1)
+    """Poll `pred` until true, failing after WAIT seconds by default."""
+    fixtures.wait_for(pred, what, timeout, context)
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.lab.lab import Lab
+from tests.lab.lab import Lab, wait_until
 from tests.lab.probe import VipProbe
 
 ROOT_MESSAGE = (
@@ -56,3 +56,14 @@ def victim() -> Iterator[subprocess.Popen[bytes]]:
     if proc.poll() is None:
         proc.kill()
     proc.wait()
+
+
+def wait_for(
+    pred: Callable[[], object],
+    what: str,
+    timeout: float,
+    context: Callable[[], str] = str,
+) -> None:
+    """Poll `pred` until it is true; fail naming `what` (and `context()`) after `timeout` s."""
+    if not wait_until(lambda: bool(pred()), timeout, interval=0.1):
+        pytest.fail(f"timed out waiting for {what}\n{context()}")

@@ -27,11 +27,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import IO, Final
 
 from tests.lab import faults
 from tests.lab.faults import Fault
+from tests.lab.managed import Managed
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ def sweep_stale() -> list[str]:
     return swept
 
 
-class Lab:
+class Lab(Managed):
     """The two-node lab. Use as `with Lab() as lab:` or call `up()` and `teardown()`."""
 
     def __init__(self, *, prefix: str | None = None, keep: bool | None = None) -> None:
@@ -303,15 +304,12 @@ class Lab:
 
     # -- life cycle --------------------------------------------------------------------------
 
-    def __enter__(self) -> Lab:
+    def start(self) -> Lab:
+        """Managed's name for up()."""
         return self.up()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
+        """Managed's name for teardown()."""
         self.teardown()
 
     def up(self) -> Lab:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -14,6 +13,7 @@ import pytest
 
 from takeover.backends.libvirt import VmResource, VmSpec
 from takeover.fencing.ipmi import IpmiFencer
+from tests.lab import fixtures
 from tests.lab.bmc import SimBmc, power_off_node_argv
 from tests.lab.fixtures import require_root
 from tests.lab.lab import Lab
@@ -26,12 +26,8 @@ WAIT = 60.0
 
 
 def wait_for(pred: Callable[[], object], what: str, timeout: float = WAIT) -> None:
-    """Poll `pred` until it is true; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    """Poll `pred` until true, failing after WAIT seconds by default."""
+    fixtures.wait_for(pred, what, timeout)
 
 
 @pytest.fixture(scope="module")

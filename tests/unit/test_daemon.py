@@ -22,6 +22,7 @@ from takeover.testing import (
     FakeProber,
     FakeResources,
     RecordingNotifier,
+    drive,
 )
 from takeover.wire import Heartbeat, config_digest, encode
 
@@ -98,15 +99,7 @@ def run(
 ) -> Rig:
     """Start a rig, run `body`, close the daemon whatever happens."""
     rig = Rig(tmp, stale=stale, **over)
-
-    async def main() -> None:
-        await rig.daemon.start()
-        try:
-            await body(rig)
-        finally:
-            await rig.daemon.close()
-
-    asyncio.run(main())
+    drive(rig.daemon, lambda: body(rig))
     return rig
 
 

@@ -29,6 +29,7 @@ from takeover.testing import (
     FakeProber,
     FakeResources,
     RecordingNotifier,
+    drive,
 )
 from takeover.wire import Heartbeat, config_digest, encode
 from tests.unit.test_daemon import KEY, params
@@ -242,15 +243,7 @@ class Rig:
 
 def run_rig(rig: Rig, body: Any) -> None:
     """Start the rig's daemon, run `body(rig)`, close it whatever happens."""
-
-    async def main() -> None:
-        await rig.daemon.start()
-        try:
-            await body(rig)
-        finally:
-            await rig.daemon.close()
-
-    asyncio.run(main())
+    drive(rig.daemon, lambda: body(rig))
 
 
 def test_operator_standby_with_live_standby_peer_is_a_handover(tmp_path: Path) -> None:
