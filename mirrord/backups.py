@@ -1,6 +1,6 @@
 """The receiving side's backup area: what passes overwrite or delete, kept for a retention.
 
-Stdlib only: `mirrord.receive` runs for every pass on the receiving node and must start fast.
+The receiving node's mirrord prunes it (mirrord.daemon); passes fill it (--backup-dir).
 """
 
 from __future__ import annotations

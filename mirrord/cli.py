@@ -1,4 +1,4 @@
-"""Command line of `mirrord`: run, status, sync, check, authorize, receive."""
+"""Command line of `mirrord`: run, status, sync, check, orphans, authorize."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from mirrord.daemon import Daemon, DaemonError, mirror_dir
 from mirrord.journal import JournalError
 from mirrord.orphans import Orphan
 from mirrord.policy import Policy, load_policies
-from mirrord.receive import authorized_keys_line, receive
+from mirrord.rsyncd import CONF_NAME, authorized_keys_line, render_conf
 from mirrord.transfer import Peer
 from takeover.cliutil import (
     add_command,
@@ -122,18 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         "public_key", type=Path, help="the peer's mirror public key (e.g. mirror_key.pub)"
     )
     auth.add_argument(
-        "--mirrord",
+        "--rsyncd-conf",
+        type=Path,
         default=None,
-        help="receive command as sshd should run it (default: this python -m mirrord.receive)",
+        help=f"where to write the receiving rsync daemon's modules (default: {CONF_NAME} "
+        "beside the cluster file)",
     )
-
-    recv = add_command(
-        sub, "receive", cmd_receive, "forced ssh command of the mirror account (see authorize)"
-    )
-    recv.add_argument("--root", action="append", required=True, help="a mirrored root")
-    recv.add_argument(
-        "--retention", type=float, default=7 * 86400.0, help="seconds backups are kept"
-    )
+    auth.add_argument("--rsync", default=None, help="rsync on this node (default: the one on PATH)")
     return parser
 
 
@@ -185,6 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         follow=not args.standalone,
         peer_name=peer_node.name,
         flush_timeout=args.flush_timeout,
+        backup_retention=cluster.mirror.backup_retention,
     )
     try:
         asyncio.run(daemon.run())
@@ -365,7 +362,7 @@ def cmd_orphans(args: argparse.Namespace) -> int:
         return int(Exit.FAILURE)
     peer = _peer(cluster, node, args.ssh_option)
     staging, rel = orphans.stage_restore(orphan, node.name)
-    # --ignore-existing: the copy never replaces anything on the peer (receive lets only
+    # --ignore-existing: the copy never replaces anything on the peer (its push check lets only
     # such a transfer into a root whose node is the source).
     argv = ["rsync", "-a", "--relative", "--ignore-existing", "-e", shlex.join(peer.ssh_argv()),
             f"{staging}/./{rel}", peer.target(orphan.root)]  # fmt: skip
@@ -405,9 +402,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_authorize(args: argparse.Namespace) -> int:
-    """Print the restricted authorized_keys line for the peer's mirror key."""
+    """Write rsyncd.conf; print the restricted authorized_keys line for the peer's mirror key."""
     try:
-        cluster, _node, policies = _load(args)
+        _cluster, _node, policies = _load(args)
     except ConfigError as err:
         print_problems(PROG, err.problems)
         return config_exit(err)
@@ -419,18 +416,25 @@ def cmd_authorize(args: argparse.Namespace) -> int:
     if not key or len(key.split()) < 2:
         print(f"{PROG}: error: {args.public_key}: not an ssh public key", file=sys.stderr)
         return int(Exit.FAILURE)
-    assert cluster.mirror is not None
-    # The light entry point: it runs once per pass, before rrsync (`mirrord receive` would
-    # import the whole daemon first).
-    command = args.mirrord.split() if args.mirrord else [sys.executable, "-m", "mirrord.receive"]
+    conf = args.rsyncd_conf or args.config.parent / CONF_NAME
     roots = [str(p.path) for p in policies]
-    print(authorized_keys_line(key, roots, cluster.mirror.backup_retention, command))
+    try:
+        write_atomic(conf, render_conf(roots))
+    except OSError as exc:
+        print(f"{PROG}: error: {conf}: {exc.strerror or exc}", file=sys.stderr)
+        return int(Exit.FAILURE)
+    rsync = args.rsync or shutil.which("rsync") or "/usr/bin/rsync"
+    print(authorized_keys_line(key, conf.resolve(), rsync))
+    print(f"{PROG}: wrote {conf}: {len(roots)} modules", file=sys.stderr)
     return int(Exit.OK)
 
 
-def cmd_receive(args: argparse.Namespace) -> int:
-    """Be the forced command of the mirror account (never returns on success)."""
-    return receive([r.rstrip("/") or "/" for r in args.root], args.retention)
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` (a reader sees the old file or the new one, never a part)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o644)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from typing import Any, Final, Protocol
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from mirrord import guard, orphans, roles, sdnotify
+from mirrord.backups import prune_backups
 from mirrord.changes import Overflow, RawEvent, RootGone, Watcher, coalesce
 from mirrord.follow import Follower, PeerSeen, RoleSeen
 from mirrord.journal import Journal
@@ -70,6 +71,8 @@ DELETE_WINDOW: Final = 60.0
 FLUSH_SETTLE: Final = 0.1
 FLUSH_RETRY: Final = 0.2
 FLUSH_REPORT: Final = 50
+# Seconds between prunings of the backup areas (what the peer's passes replaced here).
+PRUNE_INTERVAL: Final = 3600.0
 
 
 class PolicyLike(Protocol):
@@ -304,10 +307,13 @@ class Daemon:
         follow: bool = False,
         peer_name: str = "peer",
         flush_timeout: float = 20.0,
+        backup_retention: float | None = None,
     ) -> None:
         if peer is None and local_dest is None:
             raise DaemonError("mirrord: need a peer or a local destination")
         self.dirs = {d.root: d for d in dirs}
+        # What the peer's passes overwrote or deleted here is kept this long (None: forever).
+        self.backup_retention = backup_retention
         self.peer = peer
         self.state_dir = state_dir
         self.run_dir = run_dir
@@ -429,13 +435,32 @@ class Daemon:
         async def watchdog_job() -> None:
             sdnotify.notify("WATCHDOG=1")
 
+        async def prune_job() -> None:
+            await asyncio.to_thread(self.prune_backups, self.clock())
+
         sched.add_job(status_job, "interval", seconds=STATUS_INTERVAL, id="status")
         sched.add_job(rewatch_job, "interval", seconds=REWATCH_INTERVAL, id="rewatch")
+        if self.backup_retention is not None:
+            # On whichever node receives: the passes' backup areas, once now and then hourly.
+            sched.add_job(prune_job, "interval", seconds=PRUNE_INTERVAL, id="prune",
+                          next_run_time=datetime.now(UTC))  # fmt: skip
         every = sdnotify.watchdog_interval()
         if every:
             sched.add_job(watchdog_job, "interval", seconds=every, id="watchdog")
         sched.start()
         return sched
+
+    def prune_backups(self, now: float) -> None:
+        """Delete each root's backup hours older than the retention (a thread runs this)."""
+        assert self.backup_retention is not None
+        for root in self.dirs:
+            try:
+                gone = prune_backups(root, self.backup_retention, now)
+            except OSError as exc:
+                log.warning("backups.prune_failed dir=%s error=%s", root, exc)
+                continue
+            if gone:
+                log.info("backups.pruned dir=%s hours=%s", root, ",".join(gone))
 
     def stop(self) -> None:
         """Ask the daemon to shut down (signal handlers call this)."""
@@ -684,7 +709,10 @@ class Daemon:
     def _outcome(res: TransferResult, prefix: str = "") -> PassOutcome:
         detail = res.outcome.reason
         if res.rc != 0 and res.stderr:
-            detail += ": " + res.stderr.splitlines()[-1]
+            lines = res.stderr.splitlines()
+            # The peer's push check says why in its own line; otherwise rsync's last word.
+            why = [line for line in lines if line.startswith("mirrord:")]
+            detail += ": " + (why[-1] if why else lines[-1])
         return PassOutcome(
             result=res.outcome.result,
             detail=prefix + detail,
@@ -890,7 +918,7 @@ class Daemon:
         return {
             "pid": os.getpid(),
             "node": self.node,
-            "peer": None if self.peer is None else self.peer.target("").rstrip(":/"),
+            "peer": None if self.peer is None else self.peer.login,
             "started": self._started,
             "updated": now,
             "status_interval": STATUS_INTERVAL,

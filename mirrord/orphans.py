@@ -14,10 +14,11 @@ Every orphan is also recorded in `<state_dir>/orphans.json`, which `mirrord orph
 replace anything there.
 
 The source marker: a node that pushes keeps `<root>/.hapair-backup/source` in each root, and
-the receiving side (`mirrord receive`) refuses ordinary pushes into a root that has it. A node
-that crashed as the active keeps the marker, so the new active's pushes are refused until the
-returning node's mirrord has set its orphans aside and removed it: the order is on disk, not a
-race. Two nodes that both believe they are active refuse each other: no mirroring either way.
+the receiving side (its rsync module's push check, mirrord/pushcheck.sh) refuses ordinary pushes
+into a root that has it. A node that crashed as the active keeps the marker, so the new active's
+pushes are refused until the returning node's mirrord has set its orphans aside and removed it:
+the order is on disk, not a race. Two nodes that both believe they are active refuse each
+other: no mirroring either way.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def marker_path(root: str) -> Path:
 
 
 def set_source(root: str, node: str, now: float) -> bool:
-    """Mark `root` as pushed from this node (receive refuses pushes into it); return success."""
+    """Mark `root` as pushed from this node (the peer's pushes are refused); return success."""
     path = marker_path(root)
     try:
         if not Path(root).is_dir():

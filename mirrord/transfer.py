@@ -10,9 +10,9 @@ the peer thanks to --delete-missing-args, and --force lets that remove a non-emp
 A full pass is `rsync -a --delete` over the whole root, with `--checksum` for audits.
 
 On the receiving side, whatever a pass overwrites or deletes is kept under
-`<root>/.hapair-backup/<UTC hour>/` with a per-pass suffix: the backup dir is relative (so rrsync
-accepts it), excluded from every pass (an excluded path is never deleted by --delete), and pruned
-by the receiving side (`mirrord receive`) after the backup retention.
+`<root>/.hapair-backup/<UTC hour>/` with a per-pass suffix: the backup dir is relative (inside
+the peer's module, mirrord.rsyncd), excluded from every pass (an excluded path is never deleted
+by --delete), and pruned by the receiving node's mirrord after the backup retention.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Final
 
 from mirrord.backups import BACKUP_DIR, backup_args
 from mirrord.planner import Result
+from mirrord.rsyncd import module_name
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ RSYNC_OUTCOME: Final[dict[int, Outcome]] = {
     0: Outcome(Result.OK, "success"),
     1: Outcome(
         Result.ALARM,
-        "syntax or usage error: our command line or the peer's rrsync refused an option",
+        "syntax or usage error: our command line, or an option the peer's rsync daemon refused",
     ),
     2: Outcome(Result.ALARM, "protocol incompatibility: the peer's rsync must be upgraded"),
     3: Outcome(
@@ -90,8 +91,22 @@ RSYNC_OUTCOME: Final[dict[int, Outcome]] = {
 }
 
 
-def classify(rc: int) -> Outcome:
-    """Return the outcome of rsync exit code `rc` (killed or unknown codes included)."""
+# rsync's words when the receiving module's pre-xfer exec (mirrord.rsyncd) refused the push.
+PEER_REFUSED: Final = "pre-xfer exec returned failure"
+REFUSED: Final = Outcome(
+    Result.RETRY,
+    "the peer refused the push (root missing there, or the peer is its source until it has "
+    "set its unsynced changes aside)",
+)
+
+
+def classify(rc: int, stderr: str = "") -> Outcome:
+    """Return the outcome of rsync exit code `rc` (killed or unknown codes included).
+
+    Exit 4 is also what a refusal by the peer's push check gives: its stderr tells them apart.
+    """
+    if rc == 4 and PEER_REFUSED in stderr:
+        return REFUSED
     if rc in RSYNC_OUTCOME:
         return RSYNC_OUTCOME[rc]
     if rc < 0:
@@ -138,10 +153,16 @@ class Peer:
             ]  # fmt: skip
         return argv + list(self.ssh_options)
 
-    def target(self, root: str) -> str:
-        """Return the rsync destination for `root` (the same absolute path on the peer)."""
+    @property
+    def login(self) -> str:
+        """Return user@host (an IPv6 address in brackets)."""
         host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{self.user}@{host}:{root.rstrip('/')}/"
+        return f"{self.user}@{host}"
+
+    def target(self, root: str) -> str:
+        """Return the rsync destination for `root`: its module on the peer's rsync daemon
+        (started by sshd for the mirror key, mirrord.rsyncd), which writes the same path."""
+        return f"{self.login}::{module_name(root)}/"
 
 
 @dataclass(frozen=True)
@@ -297,7 +318,7 @@ def _die_with_parent() -> None:
     """In the child before exec: get SIGTERM when mirrord dies (even by SIGKILL).
 
     Otherwise an orphaned rsync keeps writing to the peer while the restarted daemon starts
-    its own pass of the same root (rrsync's lock then refuses one of them).
+    its own pass of the same root (two writers in one tree).
     """
     _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -355,13 +376,10 @@ async def run_rsync(
         raise
     err = done[1]
     assert isinstance(err, bytes)
-    outcome = classify(rc)
+    stderr = err.decode("utf-8", "replace").strip()
+    outcome = classify(rc, stderr)
     result = TransferResult(
-        rc=rc,
-        outcome=outcome,
-        stats=stats,
-        duration=time.monotonic() - started,
-        stderr=err.decode("utf-8", "replace").strip(),
+        rc=rc, outcome=outcome, stats=stats, duration=time.monotonic() - started, stderr=stderr
     )
     log.info(
         "transfer.done rc=%d result=%s changed=%d deleted=%d bytes=%d duration=%.3f",

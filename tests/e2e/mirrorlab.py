@@ -2,7 +2,7 @@
 
 Each node sees its own /srv (a bind mount in a private mount namespace), so "/srv/mail" on a
 and on b are different host directories (`pair.src(name)`, `pair.dst(name)`). The receiving
-key is installed with `mirrord authorize` (rrsync confined to the mirrored roots), exactly as
+key is installed with `mirrord authorize` (a forced rsync daemon serving the roots), exactly as
 the README tells an operator to do. Also used by bench/mirror.py.
 """
 
@@ -98,13 +98,17 @@ class MirrorPair:
                 f"{k} = {toml_value(v)}\n" for k, v in p.items()))  # fmt: skip
         (self.etc / "mirror.d" / "lab.toml").write_text("\n".join(body))
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run `mirrord -c cluster --node a ARGS` from the host (status, sync, authorize)."""
-        argv = [sys.executable, "-m", "mirrord", "-c", str(self.cluster), "--node", "a", *args]
+    def cli(
+        self, *args: str, check: bool = True, node: str = "a"
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `mirrord -c cluster --node NODE ARGS` from the host (status, sync, authorize)."""
+        argv = [sys.executable, "-m", "mirrord", "-c", str(self.cluster), "--node", node, *args]
         return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=600)
 
     def _sshd(self) -> None:
-        line = self.cli("authorize", f"{self.key}.pub").stdout
+        # Authorized as on b, the receiving node (b's rsyncd.conf).
+        line = self.cli("authorize", f"{self.key}.pub", "--rsyncd-conf",
+                        str(self.b_etc / "rsyncd.conf"), node="b").stdout  # fmt: skip
         self.authorized_keys = self.b_etc / "authorized_keys"
         self.authorized_keys.write_text(line)
         config = self.b_etc / "sshd_config"
@@ -126,7 +130,7 @@ class MirrorPair:
             argv = ["sh", "-c", 'mount --bind "$0" /root/.bashrc && exec "$@"', str(empty),
                     *argv]  # fmt: skip
         self.sshd = self.lab.spawn("b", argv, binds={"/srv": self.b_srv, "/run/sshd": privsep})
-        ok = wait_until(lambda: self._ssh_true().returncode == 0, timeout=15, interval=0.1)
+        ok = wait_until(self._daemon_answers, timeout=15, interval=0.1)
         if not ok:
             raise RuntimeError(f"sshd in b did not come up: {self.sshd.output()}")
 
@@ -134,11 +138,8 @@ class MirrorPair:
         """ssh -o options mirrord gets in the lab (host key pinned)."""
         return [f"UserKnownHostsFile={self.known_hosts}", "StrictHostKeyChecking=yes"]
 
-    def _ssh_true(self) -> subprocess.CompletedProcess[str]:
-        argv = ["ssh", "-i", str(self.key), "-o", "BatchMode=yes", "-o", "ConnectTimeout=2"]
-        for o in self.ssh_options():
-            argv += ["-o", o]
-        return self.lab.run("a", [*argv, f"root@{IPV4['b']}", "true"], check=False)
+    def _daemon_answers(self) -> bool:
+        return rsync_daemon_answers(self.lab, "a", self.key, self.ssh_options(), IPV4["b"])
 
     # -- mirrord --------------------------------------------------------------------------
 
@@ -263,3 +264,15 @@ def nsenter_mount(pid: int, *argv: str) -> None:
 def quoted(argv: Sequence[str]) -> str:
     """Shell-quote argv (for wrappers)."""
     return shlex.join(argv)
+
+
+def rsync_daemon_answers(
+    lab: Lab, src: str, key: Path, ssh_options: Sequence[str], address: str
+) -> bool:
+    """Whether the mirror key, from node `src`, reaches the forced rsync daemon at `address`
+    (it greets with "@RSYNCD:" before reading anything)."""
+    argv = ["ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "ConnectTimeout=2"]
+    for o in ssh_options:
+        argv += ["-o", o]
+    p = lab.run(src, [*argv, f"root@{address}", "greet"], check=False, input="")
+    return p.stdout.startswith("@RSYNCD:")

@@ -1,4 +1,4 @@
-"""The whole pair on the lab: takeover, mirrord and sshd (rrsync-restricted) on both a and b.
+"""The whole pair on the lab: takeover, mirrord and sshd (forced rsync daemon) on both a and b.
 
 Either node may be the active, so both run sshd with the mirror key authorized through
 `mirrord authorize`, and both run mirrord following their takeover. Each node sees its own
@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.mirrorlab import SSHD, toml_value
+from tests.e2e.mirrorlab import SSHD, rsync_daemon_answers, toml_value
 from tests.lab.lab import IPV4, Lab, LabProcess, wait_until
 from tests.lab.pair import HapairPair, PairConfig
 
@@ -90,7 +90,8 @@ class PairLab:
     def start_sshd(self, node: str) -> None:
         """Start sshd in node with the mirror key restricted to the roots (mirrord authorize)."""
         etc = self.lab.node_dir(node, "etc")
-        line = self.mirrord_cli(node, "authorize", f"{self.key}.pub").stdout
+        line = self.mirrord_cli(node, "authorize", f"{self.key}.pub",
+                                "--rsyncd-conf", str(etc / "rsyncd.conf")).stdout  # fmt: skip
         authorized = etc / "authorized_keys"
         authorized.write_text(line)
         config = etc / "sshd_config"
@@ -115,14 +116,11 @@ class PairLab:
             log_path=self.lab.workdir / f"sshd-{node}.log",
         )  # fmt: skip
         other = peer_of(node)
-        if not wait_until(lambda: self._ssh_true(other, node), timeout=15, interval=0.1):
+        if not wait_until(lambda: self._daemon_answers(other, node), timeout=15, interval=0.1):
             raise RuntimeError(f"sshd in {node} did not come up: {self.sshd[node].output()}")
 
-    def _ssh_true(self, src: str, dst: str) -> bool:
-        argv = ["ssh", "-i", str(self.key), "-o", "BatchMode=yes", "-o", "ConnectTimeout=2"]
-        for o in self.ssh_options():
-            argv += ["-o", o]
-        return self.lab.run(src, [*argv, f"root@{IPV4[dst]}", "true"], check=False).returncode == 0
+    def _daemon_answers(self, src: str, dst: str) -> bool:
+        return rsync_daemon_answers(self.lab, src, self.key, self.ssh_options(), IPV4[dst])
 
     def mirrord_argv(self, node: str, *args: str) -> list[str]:
         """Return `mirrord -c cluster --node NODE ARGS` for this interpreter."""

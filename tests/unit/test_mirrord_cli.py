@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mirrord.cli import main
+from mirrord.rsyncd import conf_roots
 from takeover.exits import Exit, StatusExit
 
 
@@ -35,20 +36,22 @@ def cluster(tmp_path: Path) -> Path:
     return path
 
 
-def test_authorize_prints_a_restricted_line(
+def test_authorize_writes_the_modules_and_prints_a_restricted_line(
     cluster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """authorize prints one restrict,command= line naming every root and the retention."""
+    """authorize writes rsyncd.conf (one module per root) and prints the forced-daemon line."""
     pub = tmp_path / "k.pub"
     pub.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA mirrord@a\n")
+    conf = tmp_path / "out" / "rsyncd.conf"
+    conf.parent.mkdir()
     code = main(["-c", str(cluster), "--node", "b", "authorize", str(pub),
-                 "--mirrord", "/usr/bin/python3 -m mirrord.receive"])  # fmt: skip
+                 "--rsyncd-conf", str(conf), "--rsync", "/usr/bin/rsync"])  # fmt: skip
     assert code == Exit.OK
     line = capsys.readouterr().out.strip()
     assert line.startswith('restrict,command="') and line.endswith("mirrord@a")
     argv = shlex.split(line.split('"')[1])
-    assert argv == ["/usr/bin/python3", "-m", "mirrord.receive", "--retention", "172800",
-                    "--root", "/var/mail", "--root", "/srv/www"]  # fmt: skip
+    assert argv == ["/usr/bin/rsync", "--server", "--daemon", f"--config={conf}", "."]
+    assert sorted(conf_roots(conf.read_text()).values()) == ["/srv/www", "/var/mail"]
 
 
 def test_authorize_refuses_a_non_key(

@@ -14,7 +14,6 @@ from mirrord.changes import RawEvent
 from mirrord.daemon import Daemon, MirrorDir
 from mirrord.follow import Follower, PeerSeen, RoleSeen, peer_from_status
 from mirrord.planner import Cadence, Result
-from mirrord.receive import source_refusal
 from mirrord.roles import Peer, direction, peer_returned
 from mirrord.transfer import TransferOptions
 from takeover import control
@@ -111,20 +110,6 @@ def test_stage_restore_uses_a_conflict_name(tmp_path: Path) -> None:
     staging, rel = orphans.stage_restore(moved[0], "a")
     assert rel.startswith("f.orphan-a-") and rel != "f"
     assert (staging / rel).read_text() == "orphan"
-
-
-def test_source_marker_refuses_ordinary_pushes(tmp_path: Path) -> None:
-    """With the marker, receive refuses a push; a no-overwrite, no-delete one passes."""
-    root = str(tmp_path)
-    push = "rsync --server -logDtpre.iLsfxCIvu --delete-missing-args . /srv/data/"
-    restore = "rsync --server -logDtpre.iLsfxCIvu --ignore-existing . /srv/data/"
-    assert source_refusal(root, push) is None
-    assert orphans.set_source(root, "a", NOW) and orphans.has_source(root)
-    assert source_refusal(root, push) is not None
-    assert source_refusal(root, restore) is None
-    assert source_refusal(root, restore.replace("--ignore", "--delete --ignore")) is not None
-    orphans.clear_source(root)
-    assert source_refusal(root, push) is None
 
 
 # -- the daemon's role handling ------------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 
 from mirrord.backups import BACKUP_DIR
 from mirrord.planner import Result
+from mirrord.rsyncd import module_name
 from mirrord.transfer import (
     RSYNC_OUTCOME,
     Peer,
@@ -36,7 +37,7 @@ def test_incremental_argv_has_the_files_from_set() -> None:
                  "--delete-missing-args", "--force", "--inplace", "--numeric-ids"):  # fmt: skip
         assert flag in argv
     assert "--delete" not in argv
-    assert argv[-2:] == ["/srv/mail/", "hapair@192.0.2.12:/srv/mail/"]
+    assert argv[-2:] == ["/srv/mail/", f"hapair@192.0.2.12::{module_name('/srv/mail')}/"]
 
 
 def test_incremental_without_delete_ignores_missing() -> None:
@@ -89,7 +90,7 @@ def test_ssh_uses_one_control_master_per_peer() -> None:
 
 def test_ipv6_peer_is_bracketed() -> None:
     """An IPv6 mirror address is written in brackets in the rsync target."""
-    assert Peer("u", "2001:db8::12").target("/srv/a") == "u@[2001:db8::12]:/srv/a/"
+    assert Peer("u", "2001:db8::12").target("/srv/a").startswith("u@[2001:db8::12]::srv-a-")
 
 
 def test_every_outcome_row_has_a_reason() -> None:
@@ -229,3 +230,10 @@ def test_max_delete_backstop_is_an_alarm(tmp_path: Path) -> None:
     assert res.rc == 25
     assert res.outcome.result is Result.ALARM
     assert len(listing(dst)) >= 5
+
+
+def test_a_refusal_by_the_peers_push_check_is_retried_not_alarmed() -> None:
+    """Exit 4 from the peer's push check is a refusal to retry; any other exit 4 an alarm."""
+    refused = "pre-xfer exec returned failure (256):\nmirrord: /srv/a: this node is ...\n"
+    assert classify(4, refused).result is Result.RETRY
+    assert classify(4, "rsync: [receiver] ACLs are not supported").result is Result.ALARM

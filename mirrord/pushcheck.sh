@@ -1,0 +1,32 @@
+# rsync daemon "pre-xfer exec" of hapair's mirror modules (mirrord.rsyncd); POSIX sh.
+#
+# Runs on the receiving node before every push, as root, with rsync's RSYNC_* variables. Exit 0
+# lets the push in; otherwise what this prints on stdout is shown to the sending mirrord and the
+# push is refused (the sender's rsync exits 4 and mirrord retries).
+#
+# 1. The root must exist: it is never created here (on a standby whose disk failed to mount,
+#    that would fill the wrong file system).
+# 2. While this node is (or was, until it stopped) the source of the root, the root holds
+#    .hapair-backup/source (mirrord.orphans); only a push that can replace or delete nothing
+#    (--ignore-existing and no --delete*: an orphan's conflict copy) is let in meanwhile.
+
+root=$RSYNC_MODULE_PATH
+if [ ! -d "$root" ]; then
+    echo "mirrord: $root does not exist on this node (create it, or mount its disk)"
+    exit 1
+fi
+[ -e "$root/.hapair-backup/source" ] || exit 0
+harmless=no
+i=1
+while eval "[ -n \"\${RSYNC_ARG$i+set}\" ]"; do
+    eval "arg=\$RSYNC_ARG$i"
+    case $arg in
+        .) break ;;
+        --delete*) harmless=no; break ;;
+        --ignore-existing) harmless=yes ;;
+    esac
+    i=$((i + 1))
+done
+[ "$harmless" = yes ] && exit 0
+echo "mirrord: $root: this node is (or was, until it stopped) the source of this root; it accepts pushes once its mirrord has set its unsynced changes aside"
+exit 1

@@ -1,0 +1,90 @@
+"""The receiving side: rsync's own daemon, started by sshd for each push, one module per root.
+
+`mirrord authorize KEY` (on the receiving node) writes `rsyncd.conf` and prints the
+authorized_keys line for the sending node's key:
+
+    restrict,command="/usr/bin/rsync --server --daemon --config=/etc/hapair/rsyncd.conf ." KEY
+
+Whatever the client asks, sshd starts rsync in daemon mode on the session (rsync's "daemon over
+a remote shell"), which serves only the modules of that file: one per mirrored root, write-only,
+chrooted into the root, with numeric ids. The sender addresses a root as `user@peer::MODULE/`.
+Before each push the module's `pre-xfer exec` (pushcheck.sh, POSIX sh) refuses a root that
+is missing or that this node is the source of (mirrord.orphans).
+
+Nothing of Python runs on the receiving side per pass: what the pass costs there is sshd's
+session and rsync itself (the backup area is pruned by the receiving node's mirrord daemon).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+PUSHCHECK: Final = Path(__file__).with_name("pushcheck.sh")
+CONF_NAME: Final = "rsyncd.conf"
+# The receiving rsync gives up on a silent sender after this many seconds.
+SERVER_TIMEOUT: Final = 600
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def module_name(root: str) -> str:
+    """Return the rsync module of `root`: readable, and unique by a hash of the whole path."""
+    clean = root.rstrip("/") or "/"
+    slug = _UNSAFE.sub("_", clean.strip("/").replace("/", "-"))[:40] or "root"
+    return f"{slug}-{hashlib.sha256(clean.encode()).hexdigest()[:8]}"
+
+
+def render_conf(roots: Sequence[str], pushcheck: Path = PUSHCHECK) -> str:
+    """Return rsyncd.conf text serving each root as a write-only module."""
+    lines = [
+        "# Written by `mirrord authorize` from the mirror policies: rewrite it the same way",
+        "# after changing them. sshd starts rsync with it for the sending node's mirror key.",
+        "use chroot = yes",
+        "numeric ids = yes",
+        "munge symlinks = no",
+        "read only = no",
+        "write only = yes",
+        "list = no",
+        "uid = 0",
+        "gid = 0",
+        "reverse lookup = no",
+        f"timeout = {SERVER_TIMEOUT}",
+        "syslog tag = hapair-rsyncd",
+        f"pre-xfer exec = /bin/sh {shlex.quote(str(pushcheck))}",
+        "",
+    ]
+    for root in sorted({r.rstrip("/") or "/" for r in roots}):
+        if "\n" in root:
+            raise ValueError(f"rsyncd: root {root!r} contains a newline")
+        lines += [f"[{module_name(root)}]", f"path = {root}", f"comment = hapair mirror of {root}",
+                  ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def conf_roots(text: str) -> dict[str, str]:
+    """Return {module: path} of an rsyncd.conf text (for `mirrord check`)."""
+    out: dict[str, str] = {}
+    module = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            module = line[1:-1].strip()
+        elif module and line.partition("=")[0].strip() == "path":
+            out[module] = line.partition("=")[2].strip()
+    return out
+
+
+def forced_command(conf: Path, rsync: str = "/usr/bin/rsync") -> str:
+    """Return the command sshd runs for the mirror key."""
+    return shlex.join([rsync, "--server", "--daemon", f"--config={conf}", "."])
+
+
+def authorized_keys_line(public_key: str, conf: Path, rsync: str = "/usr/bin/rsync") -> str:
+    """Return the authorized_keys line restricting `public_key` to the mirror modules."""
+    forced = forced_command(conf, rsync).replace('"', '\\"')
+    return f'restrict,command="{forced}" {public_key.strip()}'

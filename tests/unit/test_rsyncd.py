@@ -1,0 +1,96 @@
+"""The receiving side's rsync daemon set-up: module names, rsyncd.conf, the forced command, and
+the push check (pushcheck.sh, run for real by /bin/sh with rsync's variables)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+from mirrord import orphans
+from mirrord.rsyncd import (
+    PUSHCHECK,
+    authorized_keys_line,
+    conf_roots,
+    module_name,
+    render_conf,
+)
+from mirrord.transfer import Peer
+
+NOW = 1.8e9
+
+
+def test_module_names_are_readable_distinct_and_stable() -> None:
+    """Paths that one slug would merge get distinct modules; the same path, the same module."""
+    a, b = module_name("/srv/a-b"), module_name("/srv/a/b")
+    assert a.startswith("srv-a-b-") and b.startswith("srv-a-b-") and a != b
+    assert module_name("/var/mail/") == module_name("/var/mail")
+    assert all(c.isalnum() or c in "._-" for c in module_name("/srv/we ird]/x"))
+
+
+def test_conf_serves_each_root_write_only_in_a_chroot() -> None:
+    """Every root is a module with its path; the globals make it write-only and chrooted."""
+    text = render_conf(["/var/mail", "/srv/www/"])
+    assert conf_roots(text) == {module_name("/var/mail"): "/var/mail",
+                                module_name("/srv/www"): "/srv/www"}  # fmt: skip
+    lines = {line.partition("=")[0].strip(): line.partition("=")[2].strip()
+             for line in text.splitlines() if "=" in line}  # fmt: skip
+    assert lines["write only"] == "yes" and lines["read only"] == "no"
+    assert lines["use chroot"] == "yes" and lines["munge symlinks"] == "no"
+    assert lines["list"] == "no" and lines["reverse lookup"] == "no"
+    assert lines["pre-xfer exec"] == f"/bin/sh {PUSHCHECK}"
+
+
+def test_authorized_keys_line_forces_the_daemon_on_the_conf() -> None:
+    """The key may only start rsync's daemon mode on hapair's rsyncd.conf."""
+    line = authorized_keys_line("ssh-ed25519 AAAAC3Nz alpha\n", Path("/etc/hapair/rsyncd.conf"))
+    assert line.startswith('restrict,command="') and line.endswith(" ssh-ed25519 AAAAC3Nz alpha")
+    assert shlex.split(line.split('"')[1]) == [
+        "/usr/bin/rsync", "--server", "--daemon", "--config=/etc/hapair/rsyncd.conf", "."
+    ]  # fmt: skip
+
+
+def test_peer_target_is_the_roots_module() -> None:
+    """The sender addresses a root as user@host::MODULE/ (IPv6 in brackets)."""
+    assert Peer("root", "192.0.2.2").target("/srv/a") == f"root@192.0.2.2::{module_name('/srv/a')}/"
+    assert Peer("u", "2001:db8::12").login == "u@[2001:db8::12]"
+
+
+def pushcheck(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the push check as rsync's daemon would for a push of `args` into `root`."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "RSYNC_MODULE_PATH": str(root),
+           "RSYNC_MODULE_NAME": module_name(str(root)), "RSYNC_ARG0": "rsyncd"}  # fmt: skip
+    for i, arg in enumerate([*args, ".", "mod/"], start=1):
+        env[f"RSYNC_ARG{i}"] = arg
+    return subprocess.run(["/bin/sh", str(PUSHCHECK)], env=env, capture_output=True, text=True,
+                          check=False)  # fmt: skip
+
+
+PUSH = ("--server", "-logDtpre.iLsfxCIvu", "--delete-missing-args", "--force")
+RESTORE = ("--server", "-logDtpre.iLsfxCIvu", "--ignore-existing")
+
+
+def test_push_check_lets_pushes_in_until_the_node_is_the_source(tmp_path: Path) -> None:
+    """With the source marker only a no-overwrite, no-delete push passes, and the refusal says
+    why; without it everything passes."""
+    root = tmp_path / "data"
+    root.mkdir()
+    assert pushcheck(root, *PUSH).returncode == 0
+    assert orphans.set_source(str(root), "a", NOW) and orphans.has_source(str(root))
+    refused = pushcheck(root, *PUSH)
+    assert refused.returncode == 1
+    assert refused.stdout.startswith(f"mirrord: {root}: this node is (or was")
+    assert pushcheck(root, *RESTORE).returncode == 0
+    assert pushcheck(root, "--server", "--delete-after", "--ignore-existing").returncode == 1
+    assert pushcheck(root, "--server", "--ignore-existing", "--delete").returncode == 1
+    orphans.clear_source(str(root))
+    assert pushcheck(root, *PUSH).returncode == 0
+
+
+def test_push_check_refuses_a_missing_root(tmp_path: Path) -> None:
+    """A root that does not exist on the receiver is refused, never created."""
+    missing = tmp_path / "not-mounted"
+    out = pushcheck(missing, *PUSH)
+    assert out.returncode == 1 and "does not exist on this node" in out.stdout
+    assert not missing.exists()
