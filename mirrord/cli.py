@@ -22,7 +22,7 @@ from mirrord.daemon import Daemon, DaemonError, mirror_dir
 from mirrord.journal import JournalError
 from mirrord.orphans import Orphan
 from mirrord.policy import Policy, load_policies
-from mirrord.rsyncd import CONF_NAME, authorized_keys_line, render_conf
+from mirrord.rsyncd import CONF_NAME, authorized_keys_line, conf_roots, module_name, render_conf
 from mirrord.transfer import Peer
 from takeover.cliutil import (
     add_command,
@@ -389,6 +389,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if cluster.mirror is not None and not args.no_fs and not cluster.mirror.ssh_key.is_file():
         key = cluster.mirror.ssh_key
         problems.append(f"{cluster.label}: mirror.ssh_key: {key}: no such file")
+    if not args.no_fs and not problems:
+        problems += rsyncd_conf_problems(args.config.parent / CONF_NAME, policies)
     if problems or cluster.mirror is None:
         return report_check(PROG, args, "", problems, Exit.CONFIG)
     peer = cluster.peer_of(node.name)
@@ -399,6 +401,27 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"when active"
     )
     return report_check(PROG, args, summary, [], Exit.OK)
+
+
+def rsyncd_conf_problems(conf: Path, policies: list[Policy]) -> list[str]:
+    """Return why the receiving side's rsyncd.conf (if this node has one) no longer serves
+    exactly the policies' roots: a root added since `authorize` would be refused as unknown."""
+    try:
+        served = conf_roots(conf.read_text())
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        return [f"{conf}: {exc.strerror or exc}"]
+    wanted = {module_name(str(p.path)): str(p.path) for p in policies}
+    if served == wanted:
+        return []
+    missing = sorted(set(wanted.values()) - set(served.values()))
+    extra = sorted(set(served.values()) - set(wanted.values()))
+    what = "; ".join(x for x in (
+        f"not served: {', '.join(missing)}" if missing else "",
+        f"no longer mirrored: {', '.join(extra)}" if extra else "",
+    ) if x) or "module names differ"  # fmt: skip
+    return [f"{conf}: out of date with the mirror policies ({what}): run `mirrord authorize` again"]
 
 
 def cmd_authorize(args: argparse.Namespace) -> int:

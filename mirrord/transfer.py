@@ -23,9 +23,10 @@ import ctypes
 import logging
 import re
 import shlex
+import shutil
 import signal
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -312,15 +313,26 @@ class TransferResult:
 
 _LIBC: Final = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG: Final = 1
+# util-linux (essential on Debian): sets the parent-death signal, then execs rsync.
+SETPRIV: Final = shutil.which("setpriv")
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when mirrord dies (even by SIGKILL).
-
-    Otherwise an orphaned rsync keeps writing to the peer while the restarted daemon starts
-    its own pass of the same root (two writers in one tree).
-    """
+    """In the child before exec: get SIGTERM when mirrord dies (the fallback without setpriv)."""
     _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def with_parent_death(argv: Sequence[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """Return (argv, preexec_fn) that make rsync get SIGTERM when mirrord dies, even by SIGKILL.
+
+    Otherwise an orphaned rsync keeps writing to the peer while the restarted daemon starts its
+    own pass of the same root (two writers in one tree). `setpriv --pdeathsig` costs one exec;
+    a preexec_fn would make Python fork the whole daemon instead of using vfork (measured: a
+    12 ms spawn instead of 0.6 ms, on every pass).
+    """
+    if SETPRIV:
+        return [SETPRIV, "--pdeathsig", "TERM", "--", *argv], None
+    return list(argv), _die_with_parent
 
 
 async def run_rsync(
@@ -331,9 +343,10 @@ async def run_rsync(
     Cancelling the task terminates rsync (the daemon does that on shutdown).
     """
     started = time.monotonic()
+    command, preexec = with_parent_death(argv)
     proc = await asyncio.create_subprocess_exec(
-        *argv,
-        preexec_fn=_die_with_parent,
+        *command,
+        preexec_fn=preexec,
         stdin=asyncio.subprocess.PIPE if paths is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -250,8 +250,9 @@ class MirrorConfig:
 
     # Globs of policy files, relative to the cluster file's directory.
     policies: tuple[str, ...] = ("mirror.d/*.toml",)
-    # Account on the peer that receives the mirror (restricted by rrsync).
-    ssh_user: str = "hapair"
+    # Account on the peer that receives the mirror: root, whose key may only start rsync's
+    # daemon on the mirror modules (mirrord.rsyncd: chrooted, keeps owners).
+    ssh_user: str = "root"
     # Port of the peer's sshd.
     ssh_port: int = 22
     # Private key for that account (absolute).
@@ -837,7 +838,7 @@ def _mirror(t: Table) -> MirrorConfig:
     config = MirrorConfig(
         policies=t.strings("policies", ("mirror.d/*.toml",), nonempty=True),
         ssh_user=t.string(
-            "ssh_user", "hapair", pattern=r"[a-z_][a-z0-9_-]{0,31}\$?", what="a user name"
+            "ssh_user", "root", pattern=r"[a-z_][a-z0-9_-]{0,31}\$?", what="a user name"
         ),
         ssh_port=t.integer("ssh_port", 22, lo=1, hi=65535),
         ssh_key=t.path("ssh_key", "/etc/hapair/mirror_key"),

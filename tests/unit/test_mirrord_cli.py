@@ -87,3 +87,35 @@ def test_run_with_missing_cluster_file_is_not_configured(
     code = main(["-c", str(tmp_path / "nope.toml"), "--node", "a", "run"])
     assert code == Exit.NOT_CONFIGURED
     assert "nope.toml" in capsys.readouterr().err
+
+
+def test_check_reports_an_rsyncd_conf_older_than_the_policies(
+    cluster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A root added after `authorize` is named by `check` (exit 2) until authorize runs again."""
+    for d in ("/var/mail", "/srv/www"):
+        (tmp_path / "fs" / d.strip("/")).mkdir(parents=True)
+    text = (cluster.parent / "mirror.d" / "mail.toml").read_text()
+    text = text.replace('"/var/mail"', f'"{tmp_path}/fs/var/mail"')
+    (cluster.parent / "mirror.d" / "mail.toml").write_text(
+        text.replace('"/srv/www"', f'"{tmp_path}/fs/srv/www"'))  # fmt: skip
+    key = tmp_path / "mirror_key"
+    key.write_text("k")
+    cluster.write_text(cluster.read_text() + f'ssh_key = "{key}"\n')
+    pub = tmp_path / "k.pub"
+    pub.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA mirrord@a\n")
+    argv = ["-c", str(cluster), "--node", "b"]
+    assert main([*argv, "authorize", str(pub)]) == Exit.OK
+    assert main([*argv, "check"]) == Exit.OK
+    (tmp_path / "fs" / "srv" / "new").mkdir()
+    with (cluster.parent / "mirror.d" / "mail.toml").open("a") as f:
+        f.write(f'\n[[directory]]\npath = "{tmp_path}/fs/srv/new"\n')
+    capsys.readouterr()
+    assert main([*argv, "check"]) == Exit.CONFIG
+    err = capsys.readouterr().err
+    assert (
+        f"rsyncd.conf: out of date with the mirror policies (not served: {tmp_path}/fs/srv/new)"
+        in err
+    )
+    assert main([*argv, "authorize", str(pub)]) == Exit.OK
+    assert main([*argv, "check"]) == Exit.OK

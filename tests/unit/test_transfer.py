@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from mirrord.planner import Result
 from mirrord.rsyncd import module_name
 from mirrord.transfer import (
     RSYNC_OUTCOME,
+    SETPRIV,
     Peer,
     Stats,
     TransferOptions,
@@ -23,7 +27,9 @@ from mirrord.transfer import (
     incremental_argv,
     parse_line,
     run_rsync,
+    with_parent_death,
 )
+from tests.lab.lab import wait_until
 
 NOW = 1_795_000_000.0  # 2026-11-18T11:06:40Z
 PEER = Peer(user="hapair", address="192.0.2.12", key="/etc/hapair/mirror_key",
@@ -237,3 +243,43 @@ def test_a_refusal_by_the_peers_push_check_is_retried_not_alarmed() -> None:
     refused = "pre-xfer exec returned failure (256):\nmirrord: /srv/a: this node is ...\n"
     assert classify(4, refused).result is Result.RETRY
     assert classify(4, "rsync: [receiver] ACLs are not supported").result is Result.ALARM
+
+
+def test_rsync_dies_with_a_killed_daemon(tmp_path: Path) -> None:
+    """A process run_rsync started gets SIGTERM when mirrord is SIGKILLed (no orphan keeps
+    writing to the peer beside the restarted daemon's pass)."""
+    pidfile = tmp_path / "child.pid"
+    script = (
+        "import asyncio, sys\n"
+        "from mirrord.transfer import run_rsync\n"
+        f"argv = ['sh', '-c', 'echo $$ > {pidfile}; exec sleep 60']\n"
+        "asyncio.run(run_rsync(argv))\n"
+    )
+    daemon = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        assert wait_until(lambda: pidfile.exists() and bool(pidfile.read_text().strip()), 10)
+        child = int(pidfile.read_text())
+        os.kill(daemon.pid, signal.SIGKILL)
+        daemon.wait(10)
+        assert wait_until(lambda: not alive(child), 10), "the transfer outlived mirrord"
+    finally:
+        daemon.kill()
+        daemon.wait(10)
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie reaped by init counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_the_parent_death_signal_needs_no_fork_of_the_daemon() -> None:
+    """With setpriv the spawn uses no preexec_fn (Python can vfork); without, the fallback."""
+    argv, preexec = with_parent_death(["rsync", "-a"])
+    if SETPRIV:
+        assert argv == [SETPRIV, "--pdeathsig", "TERM", "--", "rsync", "-a"] and preexec is None
+    else:
+        assert argv == ["rsync", "-a"] and preexec is not None
