@@ -1,7 +1,8 @@
 """`make bench-mirror`: mirrord against a full rsync pass and against lsyncd, on the lab.
 
-Everything runs over the same ssh set-up (sshd in node b, the rrsync-restricted key, a
-ControlMaster connection): node a pushes its /srv to node b's /srv.
+Everything runs over the same ssh set-up (sshd in node b, a ControlMaster connection): node a
+pushes its /srv to node b's /srv. mirrord's key is the one `mirrord authorize` restricts to the
+forced rsync daemon (its modules); lsyncd's key runs plain `rsync --server`.
 
 1. Pass cost: on maildir-like trees of 100k and 500k small files, mirrord's pass for a 10-file
    change (its own start-to-end, from the journal) against a no-change `rsync -a --delete` of the
@@ -142,8 +143,8 @@ class Bench:
     # -- lsyncd ---------------------------------------------------------------------------
 
     def lsyncd_key(self) -> Path:
-        """A second key for lsyncd, without the forced command (its rsync passes -s, which
-        rrsync refuses): lsyncd gets the same sshd and ControlMaster, minus the rrsync start."""
+        """A second key for lsyncd, without the forced command: default.rsync addresses a path
+        (`host:/srv/...`), not a daemon module. Same sshd, same ControlMaster set-up."""
         key = self.pair.etc / "lsyncd_key"
         if not key.exists():
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],

@@ -407,20 +407,22 @@ def rsyncd_conf_problems(conf: Path, policies: list[Policy]) -> list[str]:
     """Return why the receiving side's rsyncd.conf (if this node has one) no longer serves
     exactly the policies' roots: a root added since `authorize` would be refused as unknown."""
     try:
-        served = conf_roots(conf.read_text())
+        text = conf.read_text()
     except FileNotFoundError:
         return []
     except OSError as exc:
         return [f"{conf}: {exc.strerror or exc}"]
-    wanted = {module_name(str(p.path)): str(p.path) for p in policies}
-    if served == wanted:
+    roots = [str(p.path) for p in policies]
+    if text == render_conf(roots):
         return []
+    served = conf_roots(text)
+    wanted = {module_name(r): r for r in roots}
     missing = sorted(set(wanted.values()) - set(served.values()))
     extra = sorted(set(served.values()) - set(wanted.values()))
     what = "; ".join(x for x in (
         f"not served: {', '.join(missing)}" if missing else "",
         f"no longer mirrored: {', '.join(extra)}" if extra else "",
-    ) if x) or "module names differ"  # fmt: skip
+    ) if x) or "other settings, e.g. the push check of another installation"  # fmt: skip
     return [f"{conf}: out of date with the mirror policies ({what}): run `mirrord authorize` again"]
 
 

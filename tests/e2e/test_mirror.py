@@ -1,5 +1,6 @@
-"""mirrord between the lab's two nodes: real inotify, rsync over ssh into an rrsync-restricted
-account in node b, faults injected. Trees are compared independently (diff -r + lstat)."""
+"""mirrord between the lab's two nodes: real inotify, rsync over ssh into node b, whose key
+only starts rsync's daemon on the mirror modules; faults injected. Trees are compared
+independently (diff -r + lstat)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mirrord.journal import Journal
+from mirrord.rsyncd import module_name
 from tests.e2e.mirrorlab import MirrorPair, diff_r, nsenter_mount, snapshot
 from tests.lab.lab import IPV4, Lab, wait_until
 
@@ -216,3 +218,38 @@ def test_peer_unreachable_then_back_sends_backlog_once(lab: Lab) -> None:
     backlog_passes = [r for r in ok_after if (r.files or 0) >= 50]
     assert len(backlog_passes) == 1, [(r.kind, r.result, r.files) for r in history]
     assert time.time() - backlog_passes[0].started < 600
+
+
+def test_the_mirror_key_only_writes_into_the_modules(lab: Lab) -> None:
+    """With the key `mirrord authorize` restricts, a client gets rsync's daemon and nothing
+    else: no shell, no reading back, no unknown module, and no way out of a root through a
+    symlink it planted there."""
+    pair = MirrorPair(lab, [{"path": "/srv/data", **FAST}])
+    outside = lab.node_dir("b", "outside")
+    ssh = ["ssh", "-i", str(pair.key), "-o", "BatchMode=yes"]
+    for o in pair.ssh_options():
+        ssh += ["-o", o]
+    login = f"root@{IPV4['b']}"
+    module = module_name("/srv/data")
+
+    def rsync(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = ["rsync", "-a", "-e", " ".join(ssh), *args]
+        return lab.run("a", ["sh", "-c", 'mount --bind "$0" /srv && exec "$@"', str(pair.a_srv),
+                             *argv], check=False, timeout=60)  # fmt: skip
+
+    shell = lab.run("a", [*ssh, login, f"touch {outside}/shell"], check=False, input="")
+    assert shell.stdout.startswith("@RSYNCD:") and not (outside / "shell").exists()
+    write(pair.dst("data"), "secret", "kept on b")
+    pull = rsync(f"{login}::{module}/", str(lab.node_dir("a", "pulled")))
+    assert pull.returncode != 0 and not (lab.node_dir("a", "pulled") / "secret").exists()
+    write(pair.src("data"), "f", "x")
+    unknown = rsync("/srv/data/", f"{login}::nosuch/")
+    assert unknown.returncode != 0 and "Unknown module" in unknown.stderr
+    # A symlink to a directory outside the root, planted by one push, then used by another.
+    (pair.src("data") / "out").symlink_to(outside)
+    assert rsync("/srv/data/", f"{login}::{module}/").returncode == 0
+    assert os.readlink(pair.dst("data") / "out") == str(outside)
+    write(pair.src("data"), "via/escape", "x")
+    escape = rsync("--relative", "/srv/data/./via/escape", f"{login}::{module}/out/")
+    assert escape.returncode != 0, escape  # chrooted: the link leads nowhere, nothing is made
+    assert not (outside / "via").exists() and not (outside / "escape").exists(), escape
