@@ -1,4 +1,4 @@
-"""Command line of `mirrord`: run, status, sync, check, orphans, authorize."""
+"""Command line of `mirrord`: run, status, sync, check, orphans, authorize, receive."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from mirrord.daemon import Daemon, DaemonError, mirror_dir
 from mirrord.journal import JournalError
 from mirrord.orphans import Orphan
 from mirrord.policy import Policy, load_policies
+from mirrord.receive import authorized_keys_line as rrsync_keys_line
+from mirrord.receive import receive
 from mirrord.rsyncd import CONF_NAME, authorized_keys_line, conf_roots, module_name, render_conf
 from mirrord.transfer import Peer
 from takeover.cliutil import (
@@ -130,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         "beside the cluster file)",
     )
     auth.add_argument("--rsync", default=None, help="rsync on this node (default: the one on PATH)")
+
+    recv = add_command(
+        sub, "receive", cmd_receive, "forced ssh command of the mirror key (receiver = rrsync)"
+    )
+    recv.add_argument("--root", action="append", required=True, help="a mirrored root")
+    recv.add_argument(
+        "--retention", type=float, default=7 * 86400.0, help="seconds backups are kept"
+    )
     return parser
 
 
@@ -154,6 +164,7 @@ def _peer(cluster: Cluster, node: Node, ssh_options: list[str]) -> Peer:
         key=str(cluster.mirror.ssh_key),
         control_path=str(node.run_dir / "mirrord-ssh-%C"),
         ssh_options=tuple(options),
+        daemon=cluster.mirror.receiver == "rsyncd",
     )
 
 
@@ -389,7 +400,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if cluster.mirror is not None and not args.no_fs and not cluster.mirror.ssh_key.is_file():
         key = cluster.mirror.ssh_key
         problems.append(f"{cluster.label}: mirror.ssh_key: {key}: no such file")
-    if not args.no_fs and not problems:
+    if (not args.no_fs and not problems and cluster.mirror is not None
+            and cluster.mirror.receiver == "rsyncd"):  # fmt: skip
         problems += rsyncd_conf_problems(args.config.parent / CONF_NAME, policies)
     if problems or cluster.mirror is None:
         return report_check(PROG, args, "", problems, Exit.CONFIG)
@@ -429,7 +441,7 @@ def rsyncd_conf_problems(conf: Path, policies: list[Policy]) -> list[str]:
 def cmd_authorize(args: argparse.Namespace) -> int:
     """Write rsyncd.conf; print the restricted authorized_keys line for the peer's mirror key."""
     try:
-        _cluster, _node, policies = _load(args)
+        cluster, _node, policies = _load(args)
     except ConfigError as err:
         print_problems(PROG, err.problems)
         return config_exit(err)
@@ -441,8 +453,15 @@ def cmd_authorize(args: argparse.Namespace) -> int:
     if not key or len(key.split()) < 2:
         print(f"{PROG}: error: {args.public_key}: not an ssh public key", file=sys.stderr)
         return int(Exit.FAILURE)
-    conf = args.rsyncd_conf or args.config.parent / CONF_NAME
+    assert cluster.mirror is not None
     roots = [str(p.path) for p in policies]
+    if cluster.mirror.receiver == "rrsync":
+        # The light entry point: it runs once per pass, before rrsync (`mirrord receive` would
+        # import the whole daemon first).
+        command = [sys.executable, "-m", "mirrord.receive"]
+        print(rrsync_keys_line(key, roots, cluster.mirror.backup_retention, command))
+        return int(Exit.OK)
+    conf = args.rsyncd_conf or args.config.parent / CONF_NAME
     try:
         write_atomic(conf, render_conf(roots))
     except OSError as exc:
@@ -452,6 +471,11 @@ def cmd_authorize(args: argparse.Namespace) -> int:
     print(authorized_keys_line(key, conf.resolve(), rsync))
     print(f"{PROG}: wrote {conf}: {len(roots)} modules", file=sys.stderr)
     return int(Exit.OK)
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    """Be the forced command of the mirror key (receiver = "rrsync"; never returns on success)."""
+    return receive([r.rstrip("/") or "/" for r in args.root], args.retention)
 
 
 def write_atomic(path: Path, text: str) -> None:

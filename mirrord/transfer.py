@@ -134,6 +134,9 @@ class Peer:
     ssh_options: tuple[str, ...] = ()
     # Seconds of I/O silence after which rsync gives up (rc 30).
     io_timeout: int = 60
+    # The peer's mirror key starts rsync's daemon (address a root by its module); False: it
+    # runs mirrord.receive + rrsync (address a root by its path).
+    daemon: bool = True
 
     def ssh_argv(self) -> list[str]:
         """Return the ssh command rsync runs (`-e`)."""
@@ -162,8 +165,11 @@ class Peer:
 
     def target(self, root: str) -> str:
         """Return the rsync destination for `root`: its module on the peer's rsync daemon
-        (started by sshd for the mirror key, mirrord.rsyncd), which writes the same path."""
-        return f"{self.login}::{module_name(root)}/"
+        (started by sshd for the mirror key, mirrord.rsyncd), which writes the same path; or,
+        with the rrsync receiver, the path itself."""
+        if self.daemon:
+            return f"{self.login}::{module_name(root)}/"
+        return f"{self.login}:{root.rstrip('/')}/"
 
 
 @dataclass(frozen=True)

@@ -253,6 +253,9 @@ class MirrorConfig:
     # Account on the peer that receives the mirror: root, whose key may only start rsync's
     # daemon on the mirror modules (mirrord.rsyncd: chrooted, keeps owners).
     ssh_user: str = "root"
+    # What the mirror key runs on the peer: "rsyncd" (rsync's daemon, one module per root) or
+    # "rrsync" (mirrord.receive + Debian's rrsync per pass: slower, works for a non-root user).
+    receiver: str = "rsyncd"
     # Port of the peer's sshd.
     ssh_port: int = 22
     # Private key for that account (absolute).
@@ -840,6 +843,7 @@ def _mirror(t: Table) -> MirrorConfig:
         ssh_user=t.string(
             "ssh_user", "root", pattern=r"[a-z_][a-z0-9_-]{0,31}\$?", what="a user name"
         ),
+        receiver=t.string("receiver", "rsyncd", choices=["rsyncd", "rrsync"]),
         ssh_port=t.integer("ssh_port", 22, lo=1, hi=65535),
         ssh_key=t.path("ssh_key", "/etc/hapair/mirror_key"),
         backup_retention=t.duration("backup_retention", 7 * 86400.0),

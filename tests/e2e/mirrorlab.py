@@ -40,8 +40,12 @@ def toml_value(v: object) -> str:
 class MirrorPair:
     """sshd on b, configuration and keys on a; start/stop mirrord on a."""
 
-    def __init__(self, lab: Lab, policies: Sequence[Mapping[str, object]]) -> None:
+    def __init__(
+        self, lab: Lab, policies: Sequence[Mapping[str, object]], receiver: str = "rsyncd"
+    ) -> None:
+        """`receiver`: what the mirror key runs on b ([mirror] receiver)."""
         self.lab = lab
+        self.receiver = receiver
         self.policies = list(policies)
         self.a_srv = lab.node_dir("a", "srv")
         self.b_srv = lab.node_dir("b", "srv")
@@ -89,6 +93,7 @@ class MirrorPair:
             '[cluster]\nname = "lab"\n\n' + "\n".join(nodes)
             + f'\n[heartbeat]\nlinks = ["hb", "lan"]\nkey_file = "{authkey}"\n\n'
             + '[mirror]\npolicies = ["mirror.d/*.toml"]\nssh_user = "root"\n'
+            + f'receiver = "{self.receiver}"\n'
             + f'ssh_key = "{self.key}"\nbackup_retention = "1d"\n'
         )  # fmt: skip
         (self.etc / "mirror.d").mkdir(exist_ok=True)
@@ -139,7 +144,13 @@ class MirrorPair:
         return [f"UserKnownHostsFile={self.known_hosts}", "StrictHostKeyChecking=yes"]
 
     def _daemon_answers(self) -> bool:
-        return rsync_daemon_answers(self.lab, "a", self.key, self.ssh_options(), IPV4["b"])
+        if self.receiver == "rsyncd":
+            return rsync_daemon_answers(self.lab, "a", self.key, self.ssh_options(), IPV4["b"])
+        # mirrord.receive answers `true` with exit 0 (a connectivity check).
+        argv = ["ssh", "-i", str(self.key), "-o", "BatchMode=yes", "-o", "ConnectTimeout=2"]
+        for o in self.ssh_options():
+            argv += ["-o", o]
+        return self.lab.run("a", [*argv, f"root@{IPV4['b']}", "true"], check=False).returncode == 0
 
     # -- mirrord --------------------------------------------------------------------------
 

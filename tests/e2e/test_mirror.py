@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mirrord import orphans
 from mirrord.journal import Journal
 from mirrord.rsyncd import module_name
 from tests.e2e.mirrorlab import MirrorPair, diff_r, nsenter_mount, snapshot
@@ -253,3 +254,27 @@ def test_the_mirror_key_only_writes_into_the_modules(lab: Lab) -> None:
     escape = rsync("--relative", "/srv/data/./via/escape", f"{login}::{module}/out/")
     assert escape.returncode != 0, escape  # chrooted: the link leads nowhere, nothing is made
     assert not (outside / "via").exists() and not (outside / "escape").exists(), escape
+
+
+@pytest.mark.parametrize("receiver", ["rsyncd", "rrsync"])
+def test_a_peer_that_is_the_source_refuses_pushes_until_released(lab: Lab, receiver: str) -> None:
+    """With either receiver, passes converge (symlinks kept as they are); while b's root holds
+    the source marker (b was the active and has not set its orphans aside) the pushes are
+    refused, retried and reported with the peer's reason; once it is gone they go through."""
+    pair = MirrorPair(lab, [{"path": "/srv/data", **FAST}], receiver=receiver)
+    src, dst = pair.src("data"), pair.dst("data")
+    write(src, "a/b", "1")
+    (src / "ln").symlink_to("a/b")
+    pair.start()
+    assert pair.converge("data")
+    assert_identical(src, dst)
+    assert orphans.set_source(str(dst), "b", time.time())
+    write(src, "later", "2")
+    assert wait_until(lambda: pair.dir_status("data")["failures"] >= 2, timeout=60)
+    last = pair.dir_status("data")["last"]
+    assert last["result"] == "retry", last
+    assert "this node is (or was, until it stopped) the source of this root" in last["detail"]
+    assert not (dst / "later").exists()
+    orphans.clear_source(str(dst))
+    assert pair.converge("data", timeout=60)
+    assert_identical(src, dst)

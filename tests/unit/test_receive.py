@@ -1,0 +1,158 @@
+"""The receiving side: root selection, backup retention, the authorized_keys line, status."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mirrord.backups import BACKUP_DIR, expired_backups, prune_backups
+from mirrord.cli import format_status, read_status
+from mirrord.receive import (
+    PRUNE_EVERY,
+    ReceiveError,
+    authorized_keys_line,
+    maybe_prune,
+    parse_args,
+    pick_root,
+)
+from takeover.exits import StatusExit
+
+ROOTS = ["/var/mail", "/srv/www"]
+PUSH = "rsync --server -logDtpre.iLsfxCIvu --delete-missing-args --force . "
+
+
+@pytest.mark.parametrize(
+    ("command", "root"),
+    [(PUSH + "/var/mail/", "/var/mail"), (PUSH + "/srv/www", "/srv/www")],
+)
+def test_pick_root_accepts_a_mirrored_root(command: str, root: str) -> None:
+    """A push to exactly one of the roots is confined to that root."""
+    assert pick_root(command, ROOTS) == root
+
+
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        (PUSH + "/etc/", "not a mirrored root"),
+        (PUSH + "/var/mail/../../etc", "not a mirrored root"),
+        (PUSH + "/var", "not a mirrored root"),
+        ("rsync --server --sender -logDtpre.iLsfxCIvu . /var/mail/", "only write"),
+        ("sh -c id", "only an rsync server"),
+    ],
+)
+def test_pick_root_refuses(command: str, words: str) -> None:
+    """Other paths, reads and other commands are refused with a reason."""
+    with pytest.raises(ReceiveError, match=words):
+        pick_root(command, ROOTS)
+
+
+def test_receive_refuses_outside_paths_end_to_end(tmp_path: Path) -> None:
+    """The forced command exits 1 with a message for a path outside the roots."""
+    env = {**os.environ, "SSH_ORIGINAL_COMMAND": PUSH + "/etc/"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mirrord.receive", "--root", str(tmp_path)],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "not a mirrored root" in proc.stderr
+
+
+def test_expired_backups_by_whole_hour() -> None:
+    """An hour directory expires once its whole hour is older than the retention."""
+    now = 1_795_000_000.0  # 2026-11-18T11:06:40Z
+    names = ["2026-11-18T09Z", "2026-11-18T10Z", "2026-11-18T11Z", "notes", "2026-13-01T00Z"]
+    assert expired_backups(names, 3600.0, now) == ["2026-11-18T09Z"]
+    assert expired_backups(names, 0.0, now) == ["2026-11-18T09Z", "2026-11-18T10Z"]
+
+
+def test_prune_backups_removes_only_expired_hours(tmp_path: Path) -> None:
+    """Pruning deletes expired hour dirs and leaves recent and foreign ones."""
+    area = tmp_path / BACKUP_DIR
+    for name in ("2026-11-18T09Z", "2026-11-18T11Z", "keep-me"):
+        (area / name / "sub").mkdir(parents=True)
+    assert prune_backups(str(tmp_path), 3600.0, 1_795_000_000.0) == ["2026-11-18T09Z"]
+    assert sorted(p.name for p in area.iterdir()) == ["2026-11-18T11Z", "keep-me"]
+    assert prune_backups(str(tmp_path / "none"), 1.0, 0.0) == []
+
+
+def test_authorized_keys_line_forces_the_receive_command() -> None:
+    """The line restricts the key and forces receive with every root and the retention."""
+    line = authorized_keys_line(
+        "ssh-ed25519 AAAAC3Nz alpha", ROOTS, 604800.0, ["/usr/bin/python3", "-m", "mirrord.receive"]
+    )
+    assert line.startswith('restrict,command="')
+    assert line.endswith(" ssh-ed25519 AAAAC3Nz alpha")
+    forced = line.split('"')[1]
+    assert shlex.split(forced) == [
+        "/usr/bin/python3", "-m", "mirrord.receive", "--retention", "604800",
+        "--root", "/var/mail", "--root", "/srv/www",
+    ]  # fmt: skip
+
+
+def status_doc(pid: int, updated: float, **extra: object) -> dict[str, object]:
+    """Return a minimal status document."""
+    return {"pid": pid, "updated": updated, "status_interval": 1.0, "stopped": False,
+            "node": "alpha", "peer": "hapair@192.0.2.12", "directories": [], **extra}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("doc", "age", "code"),
+    [
+        (None, 0.0, StatusExit.NOT_RUNNING),
+        (status_doc(os.getpid(), 0.0), 0.5, StatusExit.ACTIVE_OR_STANDBY),
+        (status_doc(os.getpid(), 0.0), 10.0, StatusExit.UNKNOWN),
+        (status_doc(os.getpid(), 0.0, stopped=True), 0.5, StatusExit.NOT_RUNNING),
+        (status_doc(2**22 + 12345, 0.0), 0.5, StatusExit.NOT_RUNNING),
+    ],
+)
+def test_read_status_exit_codes(
+    tmp_path: Path, doc: dict[str, object] | None, age: float, code: int
+) -> None:
+    """Missing, fresh, stale, stopped and dead-pid status files map to LSB status codes."""
+    if doc is not None:
+        (tmp_path / "mirrord.json").write_text(json.dumps(doc))
+    got, _doc, why = read_status(tmp_path, age)
+    assert got == code, why
+
+
+def test_format_status_shows_each_directory() -> None:
+    """The table shows class, interval, dirty count, RPO, last result and the alarm."""
+    doc = status_doc(1, 0.0, directories=[{
+        "directory": "/var/mail", "class": "hot", "interval": 5.0, "dirty": 3, "rpo": 2.5,
+        "running": False, "full_needed": None, "last_duration": 0.04, "next_due": 102.0,
+        "alarm": "guard: source root /var/mail is missing", "watched": True,
+        "last": {"kind": "incremental", "result": "alarm"},
+    }])  # fmt: skip
+    text = format_status(doc, 100.0)
+    row = text.splitlines()[2]
+    for part in ("/var/mail", "hot", "5.0s", "3", "2.5s", "alarm/incr", "2.0s", "missing"):
+        assert part in row
+
+
+def test_parse_args() -> None:
+    """Roots repeat, retention is seconds; anything else is a usage error."""
+    assert parse_args(["--root", "/a/", "--root", "/b", "--retention", "60"]) == (
+        ["/a", "/b"],
+        60.0,
+    )
+    for bad in (["--root"], ["--retention", "5"], ["--frob", "x"]):
+        with pytest.raises(ReceiveError):
+            parse_args(bad)
+
+
+def test_maybe_prune_runs_at_most_hourly(tmp_path: Path) -> None:
+    """Pruning happens on the first pass and then only after PRUNE_EVERY seconds."""
+    area = tmp_path / BACKUP_DIR
+    (area / "2026-11-18T09Z").mkdir(parents=True)
+    now = 1_795_000_000.0
+    assert maybe_prune(str(tmp_path), 3600.0, now)
+    assert not (area / "2026-11-18T09Z").exists()
+    stamp_time = (area / ".pruned").stat().st_mtime
+    assert not maybe_prune(str(tmp_path), 3600.0, stamp_time + 10)
+    assert maybe_prune(str(tmp_path), 3600.0, stamp_time + PRUNE_EVERY + 1)
