@@ -38,6 +38,7 @@ from mirrord.changes import Overflow, RawEvent, RootGone, Watcher, coalesce
 from mirrord.follow import Follower, PeerSeen, RoleSeen
 from mirrord.journal import Journal
 from mirrord.planner import Cadence, PassKind, PassPlan, Planner, Result
+from mirrord.scan import changed_since
 from mirrord.transfer import (
     Peer,
     TransferOptions,
@@ -71,6 +72,9 @@ DELETE_WINDOW: Final = 60.0
 FLUSH_SETTLE: Final = 0.1
 FLUSH_RETRY: Final = 0.2
 FLUSH_REPORT: Final = 50
+# A change this many seconds before the recorded stop counts as made while stopped: file
+# systems store times as coarse as 1 s (ext3) or 2 s (FAT), truncated.
+CATCH_UP_MARGIN: Final = 2.0
 # Seconds between prunings of the backup areas (what the peer's passes replaced here).
 PRUNE_INTERVAL: Final = 3600.0
 
@@ -194,6 +198,16 @@ class SyncRequest:
     # The operator confirms the deletions: the next pass skips the max_delete guard (the
     # root checks still apply).
     allow_deletions: bool = False
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """What changed in `root` while mirrord was stopped (mirrord.scan), found by a walk."""
+
+    root: str
+    paths: frozenset[str]
+    # A directory changed: deletions are possible, only a full pass is sure to carry them.
+    full_because: str | None = None
 
 
 @dataclass(frozen=True)
@@ -349,6 +363,8 @@ class Daemon:
             if follow
             else roles.Direction(True, False, "standalone: pushing always (not following takeover)")
         )
+        # Roots vouched for by a clean stop -> its time: walked once this node pushes again.
+        self._catch_up: dict[str, float] = {}
         self._quarantine_due = False
         self._marked = False
         # Whether this run itself marked the roots (a marker it did not set is a crash's).
@@ -384,6 +400,8 @@ class Daemon:
             )
             self.planner.restore(root, journal.dirty(root))
             self._vouch[root] = vouch.reason
+            if vouch.vouched and vouch.stopped_at is not None:
+                self._catch_up[root] = vouch.stopped_at
             if not vouch.vouched:
                 reason = f"startup: {vouch.reason}"
                 self.planner.need_full(root, reason, now)
@@ -411,6 +429,8 @@ class Daemon:
         server = await asyncio.start_unix_server(self._serve, path=self.run_dir / SOCKET_NAME)
         os.chmod(self.run_dir / SOCKET_NAME, 0o600)
         self._scheduler = self._start_scheduler(loop, sink)
+        if self._direction.push:
+            self._start_catch_up()  # standalone: the watcher runs, so the walk misses nothing
         if self.follow:
             follower = Follower(self.run_dir, self._q.put_nowait, self.final_flush, self.clock)
             self._follower = asyncio.ensure_future(follower.run())
@@ -528,6 +548,8 @@ class Daemon:
                 self._request(rec, now)
             elif isinstance(rec, PassDone):
                 self._finish(rec, now)
+            elif isinstance(rec, CatchUp):
+                self._caught_up(rec, now)
 
     def _need_full(self, root: str, reason: str, now: float) -> None:
         assert self.journal is not None
@@ -799,6 +821,11 @@ class Daemon:
             log.info("role.direction push=%s receiving=%s why=%s", d.push, d.receiving, d.why)
         if d.receiving and not before.receiving:
             self._quarantine_due = True
+            # The tree is the peer's from now on: what changed here while stopped was its
+            # pushes (they reach this node whether its mirrord runs or not).
+            self._catch_up = {}
+        if d.push and not before.push:
+            self._start_catch_up()
         if self.role == "ACTIVE" and not self._marked:
             # From now on, an incoming push is refused here until the orphans are set aside.
             for root in self.dirs:
@@ -806,6 +833,45 @@ class Daemon:
             self._marked = self._marked_here = True
         self._direction = d
         self._write_status()
+
+    def _start_catch_up(self) -> None:
+        """Walk each root vouched for by a clean stop for what changed while mirrord was
+        stopped (once per run, when this node first pushes); the result comes back as a record.
+        """
+        for root, stopped in self._catch_up.items():
+            task = asyncio.ensure_future(self._walk(root, stopped))
+            task.add_done_callback(self._walked)
+        self._catch_up = {}
+
+    async def _walk(self, root: str, stopped: float) -> CatchUp:
+        since = stopped - CATCH_UP_MARGIN
+        found = await asyncio.to_thread(changed_since, root, since)
+        if found.directories:
+            why = f"changed while mirrord was stopped: directory {found.directories[0]}"
+            return CatchUp(root, frozenset(), full_because=why)
+        return CatchUp(root, frozenset(found.paths))
+
+    def _walked(self, task: asyncio.Task[CatchUp]) -> None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            log.error("catchup.failed error=%r", task.exception())
+            return
+        self._q.put_nowait(task.result())
+
+    def _caught_up(self, rec: CatchUp, now: float) -> None:
+        """Apply a walk's result: the changed files become dirty, or the root owes a full pass."""
+        assert self.journal is not None
+        if not self._direction.push:
+            log.info("catchup.dropped dir=%s reason=not pushing any more", rec.root)
+            return
+        log.info("catchup.done dir=%s changed=%d full=%s", rec.root, len(rec.paths),
+                 rec.full_because or "no")  # fmt: skip
+        if rec.full_because:
+            self._need_full(rec.root, rec.full_because, now)
+        elif rec.paths:
+            self.journal.record_changes(rec.root, rec.paths, now)
+            self.planner.changes(rec.root, rec.paths, now)
 
     def _quarantine(self, now: float) -> None:
         """Set aside what the journal holds that the peer never confirmed; then accept pushes."""
@@ -837,16 +903,7 @@ class Daemon:
         assert self.journal is not None
         confirmed = [p.started for p in self.journal.history(root, 200) if p.result == "ok"]
         since = confirmed[0] if confirmed else 0.0
-        out: set[str] = set()
-        for dirpath, dirnames, filenames in os.walk(root):
-            if dirpath == root:
-                dirnames[:] = [n for n in dirnames if n != ".hapair-backup"]
-            for name in filenames:
-                path = os.path.join(dirpath, name)
-                with contextlib.suppress(OSError):
-                    if os.lstat(path).st_mtime >= since:
-                        out.add(os.path.relpath(path, root))
-        return out
+        return changed_since(root, since, by_ctime=False).paths
 
     async def final_flush(self) -> dict[str, Any]:
         """Push every directory until a pass that began after the flush did succeed (bounded by
@@ -985,6 +1042,9 @@ class Daemon:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         server.close()
+        # Changes from here on are the next run's walk's (mirrord.scan): the journal keeps
+        # this moment as the stop.
+        unwatched_from = self.clock()
         if self._watcher is not None:
             await asyncio.to_thread(self._watcher.stop)
         now = self.clock()
@@ -1014,7 +1074,7 @@ class Daemon:
         for root in list(self._waiters):
             self._resolve(root, {"result": "stopped"})
         assert self.journal is not None
-        self.journal.close_clean(list(self.dirs), self.clock())
+        self.journal.close_clean(list(self.dirs), unwatched_from)
         self.journal.close()
         self._write_status()
         with contextlib.suppress(OSError):

@@ -12,9 +12,9 @@ and stays dirty.
 The vouch marker says whether the journal can speak for a directory at start-up: it cannot when
 the directory is new to it, when the last run did not shut down cleanly (events between inotify
 and the journal were lost with the process), or when a full pass was owed (an overflow) and never
-completed. Such a directory gets one full pass. Changes made while mirrord is stopped are not
-seen by anyone: after maintenance with mirrord stopped, run `mirrord sync --full`; the
-`verify_every` audit catches them otherwise.
+completed. Such a directory gets one full pass. After a clean stop the marker keeps the stop
+time: the daemon walks the tree for what changed while it was stopped (mirrord.scan) once it
+pushes again.
 """
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ class Vouch:
     vouched: bool
     # Why not (or "clean shutdown"), for the log and `mirrord status`.
     reason: str
+    # When the last run stopped (clean shutdown only): what changed since then, inotify missed.
+    stopped_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ class Journal:
     def open_directory(self, directory: str, now: float) -> Vouch:
         """Read the marker left by the last run and claim the directory for this one."""
         row = self._db.execute(
-            "SELECT state, full_reason FROM dirs WHERE directory = ?", (directory,)
+            "SELECT state, full_reason, updated FROM dirs WHERE directory = ?", (directory,)
         ).fetchone()
         if row is None:
             vouch = Vouch(False, "journal is new for this directory")
@@ -131,7 +133,7 @@ class Journal:
         elif row[0] != "clean":
             vouch = Vouch(False, "last run did not shut down cleanly")
         else:
-            vouch = Vouch(True, "clean shutdown")
+            vouch = Vouch(True, "clean shutdown", stopped_at=float(row[2]))
         with self._db:
             self._db.execute(
                 "INSERT INTO dirs (directory, state, updated) VALUES (?, 'running', ?) "

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mirrord import orphans
+from mirrord.daemon import CATCH_UP_MARGIN
 from mirrord.journal import Journal
 from mirrord.rsyncd import module_name
 from tests.e2e.mirrorlab import MirrorPair, diff_r, nsenter_mount, snapshot
@@ -277,4 +278,34 @@ def test_a_peer_that_is_the_source_refuses_pushes_until_released(lab: Lab, recei
     assert not (dst / "later").exists()
     orphans.clear_source(str(dst))
     assert pair.converge("data", timeout=60)
+    assert_identical(src, dst)
+
+
+def test_changes_made_while_mirrord_was_stopped_reach_the_peer(lab: Lab) -> None:
+    """After a clean stop, a file edited while mirrord was stopped is sent by the next run in
+    an incremental pass (the walk found it); a file deleted while stopped makes the next run
+    pass the root in full, which deletes it on the peer."""
+    pair = MirrorPair(lab, [{"path": "/srv/data", **FAST}])
+    src, dst = pair.src("data"), pair.dst("data")
+    write(src, "keep", "1")
+    write(src, "sub/gone", "2")
+    write(src, "sub/edit", "3")
+    pair.start()
+    assert pair.converge("data")
+    time.sleep(CATCH_UP_MARGIN + 0.5)  # the set-up is older than the stop by more than the margin
+    assert pair.stop() == 0
+    restart = time.time()
+    write(src, "sub/edit", "edited while stopped")
+    pair.start()
+    assert wait_until(lambda: (dst / "sub/edit").read_text() == "edited while stopped", 60)
+    runs = [r for r in Journal(pair.a_state).history("/srv/data", 20) if r.started >= restart]
+    assert runs and all(r.kind == "incremental" for r in runs), runs
+    assert pair.stop() == 0
+    restart = time.time()
+    (src / "sub" / "gone").unlink()
+    pair.start()
+    assert wait_until(lambda: not (dst / "sub" / "gone").exists(), 60)
+    runs = [r for r in Journal(pair.a_state).history("/srv/data", 20) if r.started >= restart]
+    assert any(r.kind == "full" and "changed while mirrord was stopped" in r.reason
+               for r in runs), runs  # fmt: skip
     assert_identical(src, dst)

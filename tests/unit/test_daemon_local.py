@@ -9,6 +9,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from mirrord import daemon as daemon_module
 from mirrord.daemon import SOCKET_NAME, STATUS_NAME, Daemon, MirrorDir
 from mirrord.journal import Journal
 from mirrord.planner import Cadence
@@ -142,8 +145,12 @@ def test_startup_full_pass_then_incremental_changes(tmp_path: Path) -> None:
     assert "incremental" in kinds
 
 
-def test_clean_restart_is_vouched_and_skips_the_full_pass(tmp_path: Path) -> None:
-    """After a clean stop the next start trusts the journal: no full pass at start-up."""
+def test_clean_restart_is_vouched_and_skips_the_full_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a clean stop the next start trusts the journal: no full pass at start-up (the
+    walk for changes made while stopped finds none: no margin for coarse file times here)."""
+    monkeypatch.setattr(daemon_module, "CATCH_UP_MARGIN", 0.0)
     env = Env(tmp_path)
     (env.src / "a").write_text("1")
 
@@ -154,15 +161,16 @@ def test_clean_restart_is_vouched_and_skips_the_full_pass(tmp_path: Path) -> Non
     passes_before = len(Journal(env.state).history(str(env.src)))
 
     async def second() -> None:
-        (env.src / "b").write_text("2")
+        # An edit, not a new entry: a directory changed since the stop costs a full pass.
+        (env.src / "a").write_text("2")
         await converge(env)
-        assert (env.mirror / "b").read_text() == "2"
+        assert (env.mirror / "a").read_text() == "2"
 
     asyncio.run(with_daemon(env.daemon(), second))
     recs = Journal(env.state).history(str(env.src))
     new = recs[: len(recs) - passes_before]
     assert new and all(r.kind == "incremental" for r in new)
-    assert (env.mirror / "b").read_text() == "2"
+    assert (env.mirror / "a").read_text() == "2"
 
 
 def test_guard_refuses_mass_deletion_until_allowed(tmp_path: Path) -> None:
