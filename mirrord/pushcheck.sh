@@ -1,4 +1,5 @@
-# rsync daemon "pre-xfer exec" of hapair's mirror modules (mirrord.rsyncd); POSIX sh.
+# rsync daemon "pre-xfer exec" of hapair's mirror modules (mirrord.rsyncd); POSIX sh, sourced
+# by the `sh -c` rsync starts (so `exit` ends that shell with the verdict).
 #
 # Runs on the receiving node before every push, as root, with rsync's RSYNC_* variables. Exit 0
 # lets the push in; otherwise what this prints on stdout is shown to the sending mirrord and the

@@ -55,7 +55,8 @@ def render_conf(roots: Sequence[str], pushcheck: Path = PUSHCHECK) -> str:
         "reverse lookup = no",
         f"timeout = {SERVER_TIMEOUT}",
         "syslog tag = hapair-rsyncd",
-        f"pre-xfer exec = /bin/sh {shlex.quote(str(pushcheck))}",
+        # Sourced by the shell rsync starts for it (one exec less than `/bin/sh FILE`, ~1 ms).
+        f"pre-xfer exec = . {shlex.quote(str(pushcheck))}",
         "",
     ]
     for root in sorted({r.rstrip("/") or "/" for r in roots}):

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from mirrord import daemon as daemon_module
+from mirrord.backups import BACKUP_DIR
 from mirrord.daemon import SOCKET_NAME, STATUS_NAME, Daemon, MirrorDir
 from mirrord.journal import Journal
 from mirrord.planner import Cadence
@@ -321,3 +322,21 @@ def test_sync_wait_is_answered_by_a_pass_started_after_the_request(tmp_path: Pat
                   options=TransferOptions(bwlimit=1000))  # fmt: skip
     daemon = Daemon([d], peer=None, state_dir=env.state, run_dir=env.run, local_dest=env.dest)
     asyncio.run(with_daemon(daemon, body))
+
+
+def test_the_daemon_prunes_expired_backup_hours_of_every_root(tmp_path: Path) -> None:
+    """The receiving node's mirrord prunes what the peer's passes replaced: backup hours older
+    than the retention go, newer ones, recovered orphans and unknown names stay."""
+    env = Env(tmp_path)
+    area = env.src / BACKUP_DIR
+    now = 1_795_000_000.0  # 2026-11-18T11:06:40Z
+    for name in ("2026-11-10T08Z", "2026-11-18T10Z", "recovery-20261101T000000Z", "notes"):
+        (area / name).mkdir(parents=True)
+        (area / name / "f").write_text("kept?")
+    d = MirrorDir(root=str(env.src), volatility="hot", cadence=FAST, options=TransferOptions())
+    daemon = Daemon([d], peer=None, state_dir=env.state, run_dir=env.run, local_dest=env.dest,
+                    backup_retention=7 * 86400.0)  # fmt: skip
+    daemon.prune_backups(now)
+    assert sorted(p.name for p in area.iterdir()) == [
+        "2026-11-18T10Z", "notes", "recovery-20261101T000000Z"
+    ]  # fmt: skip

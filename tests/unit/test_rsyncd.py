@@ -39,7 +39,7 @@ def test_conf_serves_each_root_write_only_in_a_chroot() -> None:
     assert lines["write only"] == "yes" and lines["read only"] == "no"
     assert lines["use chroot"] == "yes" and lines["munge symlinks"] == "no"
     assert lines["list"] == "no" and lines["reverse lookup"] == "no"
-    assert lines["pre-xfer exec"] == f"/bin/sh {PUSHCHECK}"
+    assert lines["pre-xfer exec"] == f". {PUSHCHECK}"
 
 
 def test_authorized_keys_line_forces_the_daemon_on_the_conf() -> None:
@@ -63,7 +63,9 @@ def pushcheck(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
            "RSYNC_MODULE_NAME": module_name(str(root)), "RSYNC_ARG0": "rsyncd"}  # fmt: skip
     for i, arg in enumerate([*args, ".", "mod/"], start=1):
         env[f"RSYNC_ARG{i}"] = arg
-    return subprocess.run(["/bin/sh", str(PUSHCHECK)], env=env, capture_output=True, text=True,
+    # As rsync runs it: `sh -c` with the conf's command, which sources the script.
+    command = render_conf([str(root)]).split("pre-xfer exec = ", 1)[1].splitlines()[0]
+    return subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True,
                           check=False)  # fmt: skip
 
 
