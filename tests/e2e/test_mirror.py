@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -309,3 +310,28 @@ def test_changes_made_while_mirrord_was_stopped_reach_the_peer(lab: Lab) -> None
     assert any(r.kind == "full" and "changed while mirrord was stopped" in r.reason
                for r in runs), runs  # fmt: skip
     assert_identical(src, dst)
+
+
+def posix_acl(user_id: int) -> bytes:
+    """An access ACL (system.posix_acl_access, version 2) granting `user_id` read access."""
+    undefined = 0xFFFFFFFF
+    entries = [(0x01, 6, undefined), (0x02, 4, user_id), (0x04, 4, undefined),
+               (0x10, 4, undefined), (0x20, 4, undefined)]  # fmt: skip
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+def test_acls_and_xattrs_arrive_through_the_receiver(lab: Lab) -> None:
+    """With acls and xattrs in the policy, a file's access ACL and its user and trusted
+    extended attributes are the same on the peer (root in a chrooted module keeps them all)."""
+    pair = MirrorPair(lab, [{"path": "/srv/data", "acls": True, "xattrs": True, **FAST}])
+    src, dst = pair.src("data"), pair.dst("data")
+    f = write(src, "doc", "x")
+    os.setxattr(f, "user.hapair", b"user value")
+    os.setxattr(f, "trusted.hapair", b"trusted value")
+    os.setxattr(f, "system.posix_acl_access", posix_acl(1234))
+    pair.start()
+    assert pair.converge("data")
+    copy = dst / "doc"
+    assert wait_until(copy.exists, 30)
+    for name in ("user.hapair", "trusted.hapair", "system.posix_acl_access"):
+        assert os.getxattr(copy, name) == os.getxattr(f, name), name
