@@ -364,7 +364,10 @@ class Daemon:
             else roles.Direction(True, False, "standalone: pushing always (not following takeover)")
         )
         # Roots vouched for by a clean stop -> its time: walked once this node pushes again.
+        # An entry stays until the walk's result is applied (a stop before that keeps the
+        # older time for the next run), or until this node receives (the tree is the peer's).
         self._catch_up: dict[str, float] = {}
+        self._walking: set[str] = set()
         self._quarantine_due = False
         self._marked = False
         # Whether this run itself marked the roots (a marker it did not set is a crash's).
@@ -839,9 +842,11 @@ class Daemon:
         stopped (once per run, when this node first pushes); the result comes back as a record.
         """
         for root, stopped in self._catch_up.items():
+            if root in self._walking:
+                continue
+            self._walking.add(root)
             task = asyncio.ensure_future(self._walk(root, stopped))
             task.add_done_callback(self._walked)
-        self._catch_up = {}
 
     async def _walk(self, root: str, stopped: float) -> CatchUp:
         since = stopped - CATCH_UP_MARGIN
@@ -855,16 +860,23 @@ class Daemon:
         if task.cancelled():
             return
         if task.exception() is not None:
+            # The entry stays: the next push transition or run walks again.
             log.error("catchup.failed error=%r", task.exception())
+            self._walking.clear()
             return
         self._q.put_nowait(task.result())
 
     def _caught_up(self, rec: CatchUp, now: float) -> None:
         """Apply a walk's result: the changed files become dirty, or the root owes a full pass."""
         assert self.journal is not None
+        self._walking.discard(rec.root)
+        if rec.root not in self._catch_up:
+            return  # this node received meanwhile: the tree is the peer's
         if not self._direction.push:
-            log.info("catchup.dropped dir=%s reason=not pushing any more", rec.root)
+            # Kept: the next push transition walks again (nothing is journaled meanwhile).
+            log.info("catchup.deferred dir=%s reason=not pushing any more", rec.root)
             return
+        del self._catch_up[rec.root]
         log.info("catchup.done dir=%s changed=%d full=%s", rec.root, len(rec.paths),
                  rec.full_because or "no")  # fmt: skip
         if rec.full_because:
@@ -1068,13 +1080,18 @@ class Daemon:
         while not self._q.empty():
             leftovers.append(self._q.get_nowait())
         self._apply(
-            [r for r in leftovers if isinstance(r, RawEvent | Overflow | RootGone | PassDone)]
-        )
+            [r for r in leftovers
+             if isinstance(r, RawEvent | Overflow | RootGone | PassDone | CatchUp)]
+        )  # fmt: skip
         self._tasks.clear()
         for root in list(self._waiters):
             self._resolve(root, {"result": "stopped"})
         assert self.journal is not None
-        self.journal.close_clean(list(self.dirs), unwatched_from)
+        for root in self.dirs:
+            # A walk not applied yet: the next run walks from the older stop.
+            self.journal.close_clean(
+                [root], min(unwatched_from, self._catch_up.get(root, math.inf))
+            )
         self.journal.close()
         self._write_status()
         with contextlib.suppress(OSError):

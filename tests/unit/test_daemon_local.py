@@ -340,3 +340,37 @@ def test_the_daemon_prunes_expired_backup_hours_of_every_root(tmp_path: Path) ->
     assert sorted(p.name for p in area.iterdir()) == [
         "2026-11-18T10Z", "notes", "recovery-20261101T000000Z"
     ]  # fmt: skip
+
+
+def test_a_run_that_never_pushed_keeps_the_older_stop_for_the_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edit made while mirrord was stopped, then a run that never pushed (following, no
+    takeover), then a pushing run: the last run's walk starts at the first stop and sends it."""
+    monkeypatch.setattr(daemon_module, "CATCH_UP_MARGIN", 0.0)
+    env = Env(tmp_path)
+    (env.src / "a").write_text("1")
+
+    async def first() -> None:
+        await converge(env)
+
+    asyncio.run(with_daemon(env.daemon(), first))
+    (env.src / "a").write_text("edited while stopped")
+    d = MirrorDir(root=str(env.src), volatility="hot", cadence=FAST, options=TransferOptions())
+    held = Daemon([d], peer=None, state_dir=env.state, run_dir=env.run, local_dest=env.dest,
+                  follow=True, node="a", peer_name="b")  # fmt: skip
+
+    async def not_pushing() -> None:
+        await asyncio.sleep(0.3)
+
+    asyncio.run(with_daemon(held, not_pushing))
+    assert (env.mirror / "a").read_text() == "1"
+
+    async def third() -> None:
+        for _ in range(200):
+            if (env.mirror / "a").read_text() == "edited while stopped":
+                return
+            await asyncio.sleep(0.05)
+
+    asyncio.run(with_daemon(env.daemon(), third))
+    assert (env.mirror / "a").read_text() == "edited while stopped"
