@@ -146,11 +146,9 @@ def test_startup_full_pass_then_incremental_changes(tmp_path: Path) -> None:
     assert "incremental" in kinds
 
 
-def test_clean_restart_is_vouched_and_skips_the_full_pass(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """After a clean stop the next start trusts the journal: no full pass at start-up (the
-    walk for changes made while stopped finds none: no margin for coarse file times here)."""
+def mirrored_then_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
+    """A source with one file `a` mirrored by a run that then stopped cleanly (the walk for
+    changes made while stopped gets no margin for coarse file times here)."""
     monkeypatch.setattr(daemon_module, "CATCH_UP_MARGIN", 0.0)
     env = Env(tmp_path)
     (env.src / "a").write_text("1")
@@ -159,6 +157,15 @@ def test_clean_restart_is_vouched_and_skips_the_full_pass(
         await converge(env)
 
     asyncio.run(with_daemon(env.daemon(), first))
+    return env
+
+
+def test_clean_restart_is_vouched_and_skips_the_full_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a clean stop the next start trusts the journal: no full pass at start-up (the
+    walk for changes made while stopped finds none)."""
+    env = mirrored_then_stopped(tmp_path, monkeypatch)
     passes_before = len(Journal(env.state).history(str(env.src)))
 
     async def second() -> None:
@@ -347,14 +354,7 @@ def test_a_run_that_never_pushed_keeps_the_older_stop_for_the_walk(
 ) -> None:
     """An edit made while mirrord was stopped, then a run that never pushed (following, no
     takeover), then a pushing run: the last run's walk starts at the first stop and sends it."""
-    monkeypatch.setattr(daemon_module, "CATCH_UP_MARGIN", 0.0)
-    env = Env(tmp_path)
-    (env.src / "a").write_text("1")
-
-    async def first() -> None:
-        await converge(env)
-
-    asyncio.run(with_daemon(env.daemon(), first))
+    env = mirrored_then_stopped(tmp_path, monkeypatch)
     (env.src / "a").write_text("edited while stopped")
     d = MirrorDir(root=str(env.src), volatility="hot", cadence=FAST, options=TransferOptions())
     held = Daemon([d], peer=None, state_dir=env.state, run_dir=env.run, local_dest=env.dest,
