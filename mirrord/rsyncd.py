@@ -54,7 +54,9 @@ def render_conf(roots: Sequence[str], pushcheck: Path = PUSHCHECK) -> str:
         "gid = 0",
         "reverse lookup = no",
         f"timeout = {SERVER_TIMEOUT}",
-        "syslog tag = hapair-rsyncd",
+        # rsync's daemon logs four lines per connection, a pass a second on a busy `hot`
+        # directory; its errors reach the sending mirrord, which logs them with the pass.
+        "log file = /dev/null",
         # Sourced by the shell rsync starts for it (one exec less than `/bin/sh FILE`, ~1 ms).
         f"pre-xfer exec = . {shlex.quote(str(pushcheck))}",
         "",

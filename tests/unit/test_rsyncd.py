@@ -39,6 +39,7 @@ def test_conf_serves_each_root_write_only_in_a_chroot() -> None:
     assert lines["write only"] == "yes" and lines["read only"] == "no"
     assert lines["use chroot"] == "yes" and lines["munge symlinks"] == "no"
     assert lines["list"] == "no" and lines["reverse lookup"] == "no"
+    assert lines["log file"] == "/dev/null"  # four lines a pass would flood the journal
     assert lines["pre-xfer exec"] == f". {PUSHCHECK}"
 
 
