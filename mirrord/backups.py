@@ -1,6 +1,7 @@
 """The receiving side's backup area: what passes overwrite or delete, kept for a retention.
 
-The receiving node's mirrord prunes it (mirrord.daemon); passes fill it (--backup-dir).
+Passes fill it (--backup-dir); the receiving node's mirrord prunes it hourly (mirrord.daemon),
+and with the rrsync receiver mirrord.receive prunes it too, at most hourly, before a pass.
 """
 
 from __future__ import annotations
