@@ -39,6 +39,7 @@ from takeover.cliutil import (
 from takeover.config import Cluster, Node
 from takeover.configparse import ConfigError
 from takeover.exits import Exit, StatusExit
+from takeover.fsutil import write_atomic
 from takeover.status import pid_alive
 
 PROG = "mirrord"
@@ -463,7 +464,7 @@ def cmd_authorize(args: argparse.Namespace) -> int:
         return int(Exit.OK)
     conf = args.rsyncd_conf or args.config.parent / CONF_NAME
     try:
-        write_atomic(conf, render_conf(roots))
+        write_atomic(conf, render_conf(roots), mode=0o644)
     except OSError as exc:
         print(f"{PROG}: error: {conf}: {exc.strerror or exc}", file=sys.stderr)
         return int(Exit.FAILURE)
@@ -476,14 +477,6 @@ def cmd_authorize(args: argparse.Namespace) -> int:
 def cmd_receive(args: argparse.Namespace) -> int:
     """Be the forced command of the mirror key (receiver = "rrsync"; never returns on success)."""
     return receive([r.rstrip("/") or "/" for r in args.root], args.retention)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` (a reader sees the old file or the new one, never a part)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +46,7 @@ from mirrord.transfer import (
     incremental_argv,
     run_rsync,
 )
+from takeover.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -290,15 +290,7 @@ class _SyncWait:
 
 def write_json_atomic(path: Path, document: object) -> None:
     """Write `document` to `path` through a temp file and a rename (readers never see half)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(document, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(document, indent=1, sort_keys=True), mode=0o600)
 
 
 class DaemonError(Exception):

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from mirrord.backups import BACKUP_DIR, SOURCE_MARKER
+from takeover.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,7 @@ def set_source(root: str, node: str, now: float) -> bool:
         if not Path(root).is_dir():
             return False
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f".{SOURCE_MARKER}.tmp")
-        tmp.write_text(json.dumps({"node": node, "since": now}) + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({"node": node, "since": now}) + "\n")
     except OSError as exc:
         log.warning("source.mark_failed dir=%s error=%s", root, exc)
         return False
@@ -145,9 +144,7 @@ def record(state_dir: Path, orphans: Iterable[Orphan]) -> None:
         return
     path = state_dir / MANIFEST_NAME
     entries = [asdict(o) for o in load(state_dir)] + new
-    tmp = path.with_name(f".{MANIFEST_NAME}.tmp")
-    tmp.write_text(json.dumps(entries, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(entries, indent=1) + "\n")
 
 
 def load(state_dir: Path) -> list[Orphan]:

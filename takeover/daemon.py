@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from takeover import machine as m
 from takeover.arbitration import Outcome, Reachability, fresh_down
 from takeover.control import ControlServer, role_event, socket_path
+from takeover.fsutil import write_atomic
 from takeover.health import CheckSpec, HealthMonitor
 from takeover.hooks import Hook, HookRunner
 from takeover.status import remove_status, status_path, write_status
@@ -202,13 +203,7 @@ def load_epoch(state_dir: Path) -> int:
 def store_epoch(state_dir: Path, epoch: int) -> None:
     """Persist `epoch` atomically and durably (it decides double-active conflicts)."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / EPOCH_NAME
-    tmp = path.with_name(f".{EPOCH_NAME}.{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(f"{epoch}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(state_dir / EPOCH_NAME, f"{epoch}\n", durable=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,11 +12,11 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from takeover.exits import StatusExit
+from takeover.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +33,8 @@ def status_path(run_dir: Path) -> Path:
 def write_status(path: Path, doc: dict[str, Any]) -> None:
     """Replace `path` with `doc` as JSON atomically (temp file in the same dir, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".takeover.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-            f.write("\n")
-        # Status is not secret (no keys, no passwords); operators read it without root.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    # Status is not secret (no keys, no passwords); operators read it without root.
+    write_atomic(path, json.dumps(doc, indent=1, sort_keys=True) + "\n", mode=0o644)
 
 
 def read_status(path: Path) -> dict[str, Any] | None:
