@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-PUSHCHECK: Final = Path(__file__).with_name("pushcheck.sh")
+from mirrord.receive import PUSHCHECK_COMMAND, restricted_line
+
 CONF_NAME: Final = "rsyncd.conf"
 # The receiving rsync gives up on a silent sender after this many seconds.
 SERVER_TIMEOUT: Final = 600
@@ -39,7 +39,7 @@ def module_name(root: str) -> str:
     return f"{slug}-{hashlib.sha256(clean.encode()).hexdigest()[:8]}"
 
 
-def render_conf(roots: Sequence[str], pushcheck: Path = PUSHCHECK) -> str:
+def render_conf(roots: Sequence[str]) -> str:
     """Return rsyncd.conf text serving each root as a write-only module."""
     lines = [
         "# Written by `mirrord authorize` from the mirror policies: rewrite it the same way",
@@ -57,8 +57,7 @@ def render_conf(roots: Sequence[str], pushcheck: Path = PUSHCHECK) -> str:
         # rsync's daemon logs four lines per connection, a pass a second on a busy `hot`
         # directory; its errors reach the sending mirrord, which logs them with the pass.
         "log file = /dev/null",
-        # Sourced by the shell rsync starts for it (one exec less than `/bin/sh FILE`, ~1 ms).
-        f"pre-xfer exec = . {shlex.quote(str(pushcheck))}",
+        f"pre-xfer exec = {PUSHCHECK_COMMAND}",
         "",
     ]
     for root in sorted({r.rstrip("/") or "/" for r in roots}):
@@ -82,12 +81,11 @@ def conf_roots(text: str) -> dict[str, str]:
     return out
 
 
-def forced_command(conf: Path, rsync: str = "/usr/bin/rsync") -> str:
+def forced_argv(conf: Path, rsync: str = "/usr/bin/rsync") -> list[str]:
     """Return the command sshd runs for the mirror key."""
-    return shlex.join([rsync, "--server", "--daemon", f"--config={conf}", "."])
+    return [rsync, "--server", "--daemon", f"--config={conf}", "."]
 
 
 def authorized_keys_line(public_key: str, conf: Path, rsync: str = "/usr/bin/rsync") -> str:
     """Return the authorized_keys line restricting `public_key` to the mirror modules."""
-    forced = forced_command(conf, rsync).replace('"', '\\"')
-    return f'restrict,command="{forced}" {public_key.strip()}'
+    return restricted_line(public_key, forced_argv(conf, rsync))

@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 from mirrord import orphans
+from mirrord.receive import PUSHCHECK
 from mirrord.rsyncd import (
-    PUSHCHECK,
     authorized_keys_line,
     conf_roots,
     module_name,
