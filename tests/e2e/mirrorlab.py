@@ -96,12 +96,7 @@ class MirrorPair:
             + f'receiver = "{self.receiver}"\n'
             + f'ssh_key = "{self.key}"\nbackup_retention = "1d"\n'
         )  # fmt: skip
-        (self.etc / "mirror.d").mkdir(exist_ok=True)
-        body = []
-        for p in self.policies:
-            body.append("[[directory]]\n" + "".join(
-                f"{k} = {toml_value(v)}\n" for k, v in p.items()))  # fmt: skip
-        (self.etc / "mirror.d" / "lab.toml").write_text("\n".join(body))
+        write_policies(self.etc, self.policies)
 
     def cli(
         self, *args: str, check: bool = True, node: str = "a"
@@ -115,26 +110,8 @@ class MirrorPair:
         line = self.cli("authorize", f"{self.key}.pub", "--rsyncd-conf",
                         str(self.b_etc / "rsyncd.conf"), node="b").stdout  # fmt: skip
         self.authorized_keys = self.b_etc / "authorized_keys"
-        self.authorized_keys.write_text(line)
-        config = self.b_etc / "sshd_config"
-        config.write_text(
-            f"ListenAddress {IPV4['b']}\nPort 22\nHostKey {self.host_key}\n"
-            f"PidFile {self.b_etc / 'sshd.pid'}\nAuthorizedKeysFile {self.authorized_keys}\n"
-            "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPrintMotd no\n"
-            "MaxSessions 64\nMaxStartups 64\nLogLevel VERBOSE\n"
-        )
-        privsep = self.lab.node_dir("b", "privsep")
-        privsep.chmod(0o755)
-        # The mirror account's shell start-up runs for every pass: keep it minimal, as README
-        # asks of operators (this host's /root/.bashrc initialises pyenv, ~0.3 s per session).
-        argv = [SSHD, "-D", "-e", "-f", str(config)]
-        if Path("/root/.bashrc").is_file():
-            empty = self.b_etc / "empty.bashrc"
-            empty.write_text("")
-            argv = ["sh", "-c", 'mount --bind "$0" /root/.bashrc && exec "$@"', str(empty),
-                    *argv]  # fmt: skip
-        self.sshd = self.lab.spawn("b", argv, binds={"/srv": self.b_srv, "/run/sshd": privsep})
+        self.sshd = spawn_sshd(self.lab, "b", self.b_etc, host_key=self.host_key,
+                               authorized_line=line, srv=self.b_srv)  # fmt: skip
         ok = wait_until(self._daemon_answers, timeout=15, interval=0.1)
         if not ok:
             raise RuntimeError(f"sshd in b did not come up: {self.sshd.output()}")
@@ -147,10 +124,8 @@ class MirrorPair:
         if self.receiver == "rsyncd":
             return rsync_daemon_answers(self.lab, "a", self.key, self.ssh_options(), IPV4["b"])
         # mirrord.receive answers `true` with exit 0 (a connectivity check).
-        argv = ["ssh", "-i", str(self.key), "-o", "BatchMode=yes", "-o", "ConnectTimeout=2"]
-        for o in self.ssh_options():
-            argv += ["-o", o]
-        return self.lab.run("a", [*argv, f"root@{IPV4['b']}", "true"], check=False).returncode == 0
+        argv = [*lab_ssh(self.key, self.ssh_options()), f"root@{IPV4['b']}", "true"]
+        return self.lab.run("a", argv, check=False).returncode == 0
 
     # -- mirrord --------------------------------------------------------------------------
 
@@ -282,8 +257,58 @@ def rsync_daemon_answers(
 ) -> bool:
     """Whether the mirror key, from node `src`, reaches the forced rsync daemon at `address`
     (it greets with "@RSYNCD:" before reading anything)."""
+    argv = [*lab_ssh(key, ssh_options), f"root@{address}", "greet"]
+    return lab.run(src, argv, check=False, input="").stdout.startswith("@RSYNCD:")
+
+
+def lab_ssh(key: Path, ssh_options: Sequence[str]) -> list[str]:
+    """Return ssh with the mirror key and the lab's options (host keys pinned)."""
     argv = ["ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "ConnectTimeout=2"]
     for o in ssh_options:
         argv += ["-o", o]
-    p = lab.run(src, [*argv, f"root@{address}", "greet"], check=False, input="")
-    return p.stdout.startswith("@RSYNCD:")
+    return argv
+
+
+def write_policies(etc: Path, policies: Sequence[Mapping[str, object]]) -> None:
+    """Write the policies as ETC/mirror.d/lab.toml, one [[directory]] each."""
+    (etc / "mirror.d").mkdir(exist_ok=True)
+    body = []
+    for p in policies:
+        body.append("[[directory]]\n" + "".join(
+            f"{k} = {toml_value(v)}\n" for k, v in p.items()))  # fmt: skip
+    (etc / "mirror.d" / "lab.toml").write_text("\n".join(body))
+
+
+def spawn_sshd(
+    lab: Lab,
+    node: str,
+    etc: Path,
+    *,
+    host_key: Path,
+    authorized_line: str,
+    srv: Path,
+    log_path: Path | None = None,
+) -> LabProcess:
+    """Start sshd in `node` (its /srv is `srv`) that lets in only `authorized_line`'s key, as
+    the README sets up the receiving side; files go in `etc`."""
+    authorized = etc / "authorized_keys"
+    authorized.write_text(authorized_line)
+    config = etc / "sshd_config"
+    config.write_text(
+        f"ListenAddress {IPV4[node]}\nPort 22\nHostKey {host_key}\n"
+        f"PidFile {etc / 'sshd.pid'}\nAuthorizedKeysFile {authorized}\n"
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPrintMotd no\n"
+        "MaxSessions 64\nMaxStartups 64\nLogLevel VERBOSE\n"
+    )
+    privsep = lab.node_dir(node, "privsep")
+    privsep.chmod(0o755)
+    # The mirror account's shell start-up runs for every session: keep it minimal, as README
+    # asks of operators (this host's /root/.bashrc initialises pyenv, ~0.3 s per session).
+    argv = [SSHD, "-D", "-e", "-f", str(config)]
+    if Path("/root/.bashrc").is_file():
+        empty = etc / "empty.bashrc"
+        empty.write_text("")
+        argv = ["sh", "-c", 'mount --bind "$0" /root/.bashrc && exec "$@"', str(empty),
+                *argv]  # fmt: skip
+    return lab.spawn(node, argv, binds={"/srv": srv, "/run/sshd": privsep}, log_path=log_path)

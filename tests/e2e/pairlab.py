@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.mirrorlab import SSHD, rsync_daemon_answers, toml_value
+from tests.e2e.mirrorlab import rsync_daemon_answers, spawn_sshd, write_policies
 from tests.lab.lab import IPV4, Lab, LabProcess, wait_until
 from tests.lab.pair import HapairPair, PairConfig
 
@@ -56,12 +56,7 @@ class PairLab:
             '\n[mirror]\npolicies = ["mirror.d/*.toml"]\nssh_user = "root"\n'
             f'ssh_key = "{self.key}"\nbackup_retention = "1d"\n'
         )
-        (self.etc / "mirror.d").mkdir(exist_ok=True)
-        body = []
-        for p in self.policies:
-            body.append("[[directory]]\n" + "".join(
-                f"{k} = {toml_value(v)}\n" for k, v in p.items()))  # fmt: skip
-        (self.etc / "mirror.d" / "lab.toml").write_text("\n".join(body))
+        write_policies(self.etc, self.policies)
         self.takeover = HapairPair(lab, cfg)
         self.cluster = self.takeover.cluster
         self.sshd: dict[str, LabProcess] = {}
@@ -92,28 +87,9 @@ class PairLab:
         etc = self.lab.node_dir(node, "etc")
         line = self.mirrord_cli(node, "authorize", f"{self.key}.pub",
                                 "--rsyncd-conf", str(etc / "rsyncd.conf")).stdout  # fmt: skip
-        authorized = etc / "authorized_keys"
-        authorized.write_text(line)
-        config = etc / "sshd_config"
-        config.write_text(
-            f"ListenAddress {IPV4[node]}\nPort 22\nHostKey {etc / 'ssh_host_ed25519_key'}\n"
-            f"PidFile {etc / 'sshd.pid'}\nAuthorizedKeysFile {authorized}\n"
-            "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPrintMotd no\n"
-            "MaxSessions 64\nMaxStartups 64\nLogLevel VERBOSE\n"
-        )
-        privsep = self.lab.node_dir(node, "privsep")
-        privsep.chmod(0o755)
-        argv = [SSHD, "-D", "-e", "-f", str(config)]
-        if Path("/root/.bashrc").is_file():
-            # The mirror account's shell start-up runs for every pass: keep it minimal.
-            empty = etc / "empty.bashrc"
-            empty.write_text("")
-            argv = ["sh", "-c", 'mount --bind "$0" /root/.bashrc && exec "$@"', str(empty),
-                    *argv]  # fmt: skip
-        self.sshd[node] = self.lab.spawn(
-            node, argv, binds={"/srv": self.srv[node], "/run/sshd": privsep},
-            log_path=self.lab.workdir / f"sshd-{node}.log",
+        self.sshd[node] = spawn_sshd(
+            self.lab, node, etc, host_key=etc / "ssh_host_ed25519_key", authorized_line=line,
+            srv=self.srv[node], log_path=self.lab.workdir / f"sshd-{node}.log",
         )  # fmt: skip
         other = peer_of(node)
         if not wait_until(lambda: self._daemon_answers(other, node), timeout=15, interval=0.1):

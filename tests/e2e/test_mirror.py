@@ -17,7 +17,7 @@ from mirrord import orphans
 from mirrord.daemon import CATCH_UP_MARGIN
 from mirrord.journal import Journal
 from mirrord.rsyncd import module_name
-from tests.e2e.mirrorlab import MirrorPair, diff_r, nsenter_mount, snapshot
+from tests.e2e.mirrorlab import MirrorPair, diff_r, lab_ssh, nsenter_mount, snapshot
 from tests.lab.lab import IPV4, Lab, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
@@ -229,9 +229,7 @@ def test_the_mirror_key_only_writes_into_the_modules(lab: Lab) -> None:
     symlink it planted there."""
     pair = MirrorPair(lab, [{"path": "/srv/data", **FAST}])
     outside = lab.node_dir("b", "outside")
-    ssh = ["ssh", "-i", str(pair.key), "-o", "BatchMode=yes"]
-    for o in pair.ssh_options():
-        ssh += ["-o", o]
+    ssh = lab_ssh(pair.key, pair.ssh_options())
     login = f"root@{IPV4['b']}"
     module = module_name("/srv/data")
 
