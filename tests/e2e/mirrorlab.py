@@ -215,7 +215,12 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
             dirnames[:] = [d for d in dirnames if d != BACKUP_DIR]
         for name in (*dirnames, *filenames):
             p = os.path.join(dirpath, name)
-            entries[os.path.relpath(p, root)] = os.lstat(p)
+            try:
+                entries[os.path.relpath(p, root)] = os.lstat(p)
+            except FileNotFoundError:
+                # Gone while walking: a pass in flight (rsync's temp file, a replaced file).
+                # The caller compares again; an assertion compares settled trees.
+                continue
     groups: dict[int, list[str]] = {}
     for rel, st in entries.items():
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
