@@ -33,6 +33,7 @@ from takeover.arbitration import Outcome, Reachability, fresh_down
 from takeover.control import ControlServer, role_event, socket_path
 from takeover.fsutil import write_atomic
 from takeover.health import CheckSpec, HealthMonitor
+from takeover.heartbeat import SequenceFloor, load_peer_record, store_peer_record
 from takeover.hooks import Hook, HookRunner
 from takeover.status import remove_status, status_path, write_status
 from takeover.wire import Heartbeat, Receiver, encode
@@ -271,10 +272,12 @@ class Daemon:
         held = any(item.get("held") for item in effects.resources.describe())
         self.state = m.initial_state(p, clock(), epoch=load_epoch(cfg.state_dir), clean=not held)
         self.boot_id = uuid.uuid4().bytes
-        # Sequence numbers start from the wall clock in microseconds: strictly increasing
-        # across restarts as long as the clock is sane, which a receiver may rely on later.
-        self.seq = int(wall() * 1e6)
+        # Sequence numbers start from the wall clock in microseconds, never below the mark an
+        # earlier boot kept: strictly increasing across restarts, which receivers rely on.
+        self.seq_floor = SequenceFloor(cfg.state_dir, int(wall() * 1e6))
+        self.seq = self.seq_floor.first
         self.receiver = Receiver(cfg.key, (p.node, p.peer), own=p.node, digest=cfg.digest)
+        load_peer_record(cfg.state_dir, self.receiver)
         self.sent = 0
         self.reach = Reachability(effects.prober.targets, cfg.dampen)
         self.links = effects.links(self.receiver, self._on_heartbeat)
@@ -668,6 +671,7 @@ class Daemon:
     def _next_datagram(self) -> bytes:
         # One sequence number per datagram: the copy on the second link is no replay.
         self.seq += 1
+        self.seq_floor.cover(self.seq)
         return encode(self.heartbeat(), self.cfg.key)
 
     # -- status and control ----------------------------------------------------------------
@@ -766,6 +770,7 @@ class Daemon:
             write_status(status_path(self.cfg.run_dir), self.status())
         except OSError as err:
             log.error("status.write_failed error=%s", err)
+        store_peer_record(self.cfg.state_dir, self.receiver, self.cfg.params.peer)
         self._next_status = self.clock() + self.cfg.status_interval
 
     def command(self, cmd: str, args: dict[str, Any]) -> str | None:

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import socket
@@ -34,6 +35,7 @@ from typing import Final
 
 from takeover import wire
 from takeover.entry import run_json
+from takeover.fsutil import write_atomic
 from takeover.machine import Role
 from takeover.wire import DropReason, Heartbeat, Receiver
 
@@ -85,6 +87,77 @@ def load_key(path: str | os.PathLike[str]) -> bytes:
             f"need at least {MIN_KEY_BYTES}"
         )
     return key
+
+
+# In the state dir: the sequence high-water mark this node reserved, and what it knows of the
+# peer's boots (see "Boots and replays" in takeover.wire).
+SEQUENCE_NAME: Final = "heartbeat-sequence"
+PEER_RECORD_NAME: Final = "heartbeat-peer.json"
+# Sequence numbers reserved on disk at a time: a day at a hundred datagrams a second.
+SEQUENCE_RESERVE: Final = 10_000_000
+
+
+class SequenceFloor:
+    """This node's first heartbeat sequence, and the high-water mark kept on disk.
+
+    The first sequence is the wall clock in microseconds, but never below the mark an
+    earlier boot reserved: a receiver believes a new boot only with a higher sequence, so a
+    clock stepped back between two starts must not make the new boot look older. A mark that
+    cannot be written is logged; the wall clock alone then carries the promise.
+    """
+
+    def __init__(self, state_dir: Path, wall_us: int) -> None:
+        """Read the mark in `state_dir` and reserve the first block."""
+        self.path = state_dir / SEQUENCE_NAME
+        try:
+            floor = int(self.path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            floor = 0
+        self.first = max(wall_us, floor)
+        self.reserved = 0
+        self.cover(self.first)
+
+    def cover(self, seq: int) -> None:
+        """Make sure the mark on disk is above `seq` before it is sent."""
+        if seq < self.reserved:
+            return
+        mark = seq + SEQUENCE_RESERVE
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, f"{mark}\n", durable=True)
+        except OSError as e:
+            log.error("heartbeat.sequence_store_failed path=%s error=%s", self.path, e.strerror)
+        # Even when the write failed: retrying on every datagram would not help.
+        self.reserved = mark
+
+
+def load_peer_record(state_dir: Path, receiver: Receiver) -> None:
+    """Start `receiver`'s replay window from the record a previous run kept, if any."""
+    path = state_dir / PEER_RECORD_NAME
+    try:
+        doc = json.loads(path.read_text())
+        node, boot, top = str(doc["node"]), bytes.fromhex(doc["boot_id"]), int(doc["top"])
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("heartbeat.peer_record_unreadable path=%s error=%s", path, e)
+        return
+    if node in receiver.known and len(boot) == wire.BOOT_ID_SIZE:
+        receiver.window.restore(node, boot, top)
+        log.info("heartbeat.peer_record node=%s boot=%s top=%d", node, boot.hex(), top)
+
+
+def store_peer_record(state_dir: Path, receiver: Receiver, node: str) -> None:
+    """Keep `node`'s current boot id and newest sequence for the next run (not fsynced)."""
+    record = receiver.window.record(node)
+    if record is None:
+        return
+    doc = {"node": node, "boot_id": record[0].hex(), "top": record[1]}
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(state_dir / PEER_RECORD_NAME, json.dumps(doc) + "\n")
+    except OSError as e:
+        log.error("heartbeat.peer_record_store_failed error=%s", e.strerror)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,24 @@ Layout, network byte order (50-byte header, the sender's name, then the tag):
 
 Each datagram gets its own sequence number, also when one round goes out on several links,
 so a copy arriving on the second link is not mistaken for a replay of the first.
+
+Boots and replays. A sender seeds its sequence at start-up from the wall clock in
+microseconds, and never below the high-water mark it reserved on disk before its last stop
+(`takeover.heartbeat.SequenceFloor`); it sends at most a few hundred datagrams a second. So the
+first sequence of a boot is above every sequence of every earlier boot of that sender, even
+after the clock was stepped back. The receiver relies on exactly that and nothing else:
+
+- a datagram with the current boot id is fresh if its sequence is new within WINDOW of the
+  newest seen (IPsec's anti-replay bitmap);
+- a datagram with another boot id replaces the current boot only if its sequence is above
+  the newest sequence seen from the current boot. A datagram captured from an earlier boot
+  carries a lower one (it was seeded earlier) and is dropped as STALE_BOOT, however often it
+  is replayed and whatever boot id it carries: one datagram can never retire the live boot;
+- a restarted receiver starts from the record it kept of each sender (boot id and newest
+  sequence, `ReplayWindow.restore`), so a datagram captured before the restart is dropped
+  too, and the replayed role, epoch and flags never reach the state machine. Without a
+  record (first start, lost state) the first authentic datagram is taken as is, and the next
+  genuine heartbeat (a higher sequence) replaces it within one interval.
 """
 
 from __future__ import annotations
@@ -203,11 +221,23 @@ class _Window:
 
 
 class ReplayWindow:
-    """Accept each (sender, boot id, sequence) at most once, tolerating reorder within WINDOW."""
+    """Accept each (sender, boot id, sequence) at most once, tolerating reorder within WINDOW.
+
+    A new boot id is believed only with a sequence above the newest of the current boot.
+    """
 
     def __init__(self) -> None:
         """Start with no sender known."""
         self._senders: dict[str, _Window] = {}
+
+    def restore(self, node: str, boot_id: bytes, top: int) -> None:
+        """Start `node`'s window from a kept record: everything up to `top` counts as seen."""
+        self._senders[node] = _Window(boot_id, top, (1 << WINDOW) - 1)
+
+    def record(self, node: str) -> tuple[bytes, int] | None:
+        """Return `node`'s current boot id and newest sequence (what `restore` takes), or None."""
+        w = self._senders.get(node)
+        return None if w is None else (w.boot_id, w.top)
 
     def check(self, node: str, boot_id: bytes, seq: int) -> DropReason | None:
         """Return None and remember the datagram if it is fresh; else why it is not."""
@@ -216,7 +246,8 @@ class ReplayWindow:
             self._senders[node] = _Window(boot_id, seq, 1)
             return None
         if boot_id != w.boot_id:
-            if boot_id in w.retired:
+            if boot_id in w.retired or seq <= w.top:
+                # Seeded before the current boot's newest datagram: an earlier boot, replayed.
                 return DropReason.STALE_BOOT
             # The sender restarted: a new boot id starts a new sequence space.
             w.retired.append(w.boot_id)

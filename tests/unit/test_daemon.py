@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -290,6 +291,7 @@ def test_unwritable_state_dir_does_not_stop_a_takeover(tmp_path: Path) -> None:
 
     async def body(rig: Rig) -> None:
         # After start-up, the state directory's place is taken by a file: writes fail.
+        shutil.rmtree(rig.cfg.state_dir, ignore_errors=True)
         rig.cfg.state_dir.write_text("a file where the state directory should be")
         await rig.advance(1.2)
         assert rig.daemon.state.role is Role.ACTIVE and rig.daemon.state.epoch == 1
@@ -368,3 +370,48 @@ def test_pair_elects_then_fails_over_when_active_dies(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert not (tmp_path / "alpha" / "run" / "takeover.json").exists()
+
+
+def test_replay_of_previous_peer_boot_after_our_restart_never_reaches_the_machine(
+    tmp_path: Path,
+) -> None:
+    """A datagram captured from beta's previous boot, replayed after alpha's daemon restarts,
+    is dropped as stale_boot from the kept record; beta's genuine heartbeats go on counting."""
+    old_boot = encode(Heartbeat("beta", b"O" * 16, 1, Role.ACTIVE, 50, 0, 7, DIGEST), KEY)
+
+    async def first(rig: Rig) -> None:
+        rig.peer_seq = 1_000
+        for _ in range(3):
+            rig.links.inject("lan", rig.peer_heartbeat(Role.STANDBY, epoch=2))
+        await rig.advance(1.2)
+
+    async def second(rig: Rig) -> None:
+        rig.peer_seq = 1_010
+        rig.links.inject("lan", old_boot)
+        for _ in range(3):
+            rig.links.inject("lan", rig.peer_heartbeat(Role.STANDBY, epoch=2))
+        await rig.advance(0.1)
+        peer = rig.daemon.state.peer
+        assert peer is not None and peer.role is Role.STANDBY and peer.epoch == 2
+        counters = rig.daemon.status()["heartbeat"]
+        assert counters["stale_boot"] == 1 and counters["accepted"] == 3
+
+    run(tmp_path, first)
+    run(tmp_path, second)
+
+
+def test_sequence_never_goes_back_across_restarts_with_a_clock_stepped_back(
+    tmp_path: Path,
+) -> None:
+    """A daemon restarted with its wall clock an hour behind still sends higher sequences."""
+
+    def first_seq(wall: float) -> int:
+        network = FakeNetwork()
+        cfg = Rig(tmp_path, network).cfg
+        fx = Effects(network.links("alpha", "beta", LINKS), FakeResources(), FakeProber(),
+                     FakeGuard(), None, RecordingNotifier())  # fmt: skip
+        return Daemon(cfg, fx, clock=FakeClock(), wall=lambda: wall).seq
+
+    before = first_seq(1.7e9 + 3600)
+    after = first_seq(1.7e9)
+    assert after > before

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from takeover import wire
-from takeover.heartbeat import INTERNAL_ERROR, HeartbeatLinks, LinkStats
+from takeover.heartbeat import (
+    INTERNAL_ERROR,
+    PEER_RECORD_NAME,
+    SEQUENCE_NAME,
+    HeartbeatLinks,
+    LinkStats,
+    SequenceFloor,
+    load_peer_record,
+    store_peer_record,
+)
 from takeover.machine import Role
 
 KEY = b"k" * 32
@@ -84,3 +94,29 @@ def test_no_links_means_nothing_seen() -> None:
     assert links.last_seen() is None
     assert links.stats() == {}
     assert links.send(lambda: b"") == 0
+
+
+def test_peer_record_round_trip_and_corrupt_record(tmp_path: Path) -> None:
+    """The kept record restores the peer's window; an unreadable one is ignored, not fatal."""
+    rx = wire.Receiver(KEY, {"a", "b"}, "a")
+    assert isinstance(rx.receive(_beat(41)), wire.Heartbeat)
+    store_peer_record(tmp_path, rx, "b")
+    again = wire.Receiver(KEY, {"a", "b"}, "a")
+    load_peer_record(tmp_path, again)
+    assert again.window.record("b") == (b"\x01" * 16, 41)
+    assert again.receive(_beat(41)) is wire.DropReason.REPLAY
+    (tmp_path / PEER_RECORD_NAME).write_text("{not json")
+    fresh = wire.Receiver(KEY, {"a", "b"}, "a")
+    load_peer_record(tmp_path, fresh)
+    assert fresh.window.record("b") is None
+
+
+def test_sequence_floor_reserves_ahead_of_what_is_sent(tmp_path: Path) -> None:
+    """The mark on disk stays above every sequence handed out, and seeds the next start."""
+    floor = SequenceFloor(tmp_path, 1000)
+    assert floor.first == 1000
+    mark = int((tmp_path / SEQUENCE_NAME).read_text())
+    assert mark > 1000
+    floor.cover(mark)
+    assert int((tmp_path / SEQUENCE_NAME).read_text()) > mark
+    assert SequenceFloor(tmp_path, 5).first > mark

@@ -188,13 +188,113 @@ def test_window_big_jump_forgets_old_bits() -> None:
 
 
 def test_new_boot_id_resets_and_old_boot_is_stale() -> None:
-    """A restarted sender starts a new sequence space; its previous boot is rejected after."""
+    """A restarted sender (a higher seed) starts a new boot; its previous boot is stale after."""
     w = ReplayWindow()
     new_boot = bytes(16)
     assert w.check("beta", BOOT, 500) is None
-    assert w.check("beta", new_boot, 1) is None
-    assert w.check("beta", new_boot, 2) is None
+    assert w.check("beta", new_boot, 10_000) is None
+    assert w.check("beta", new_boot, 10_001) is None
     assert w.check("beta", BOOT, 501) is DropReason.STALE_BOOT
+
+
+# Sequences as senders seed them: wall-clock microseconds at start-up, then one per datagram.
+OLD_BOOT, LIVE_BOOT, OTHER_BOOT = b"\x01" * 16, b"\x02" * 16, b"\x03" * 16
+OLD_SEQ = 1_700_000_000_000_000  # a boot of an hour ago
+LIVE_SEQ = OLD_SEQ + 3_600_000_000  # the live boot, seeded an hour later
+
+# (name, datagrams as (boot, seq) in arrival order, expected outcome of each)
+BOOT_TABLE = [
+    (
+        "old_boot_replayed_after_live_one",
+        [(LIVE_BOOT, LIVE_SEQ), (OLD_BOOT, OLD_SEQ + 5), (LIVE_BOOT, LIVE_SEQ + 1)],
+        [None, DropReason.STALE_BOOT, None],
+    ),
+    (
+        "old_boot_replayed_many_times_never_takes_over",
+        [(LIVE_BOOT, LIVE_SEQ)]
+        + [(OLD_BOOT, OLD_SEQ + i) for i in range(5)]
+        + [(LIVE_BOOT, LIVE_SEQ + 1)],
+        [None] + [DropReason.STALE_BOOT] * 5 + [None],
+    ),
+    (
+        "unseen_old_boot_with_a_lower_sequence_is_stale",
+        [(LIVE_BOOT, LIVE_SEQ), (LIVE_BOOT, LIVE_SEQ + 1), (OTHER_BOOT, LIVE_SEQ + 1)],
+        [None, None, DropReason.STALE_BOOT],
+    ),
+    (
+        "restarted_sender_seeded_later_replaces_the_boot",
+        [(OLD_BOOT, OLD_SEQ), (LIVE_BOOT, LIVE_SEQ), (OLD_BOOT, OLD_SEQ + 1)],
+        [None, None, DropReason.STALE_BOOT],
+    ),
+    (
+        "first_datagram_a_replay_then_genuine_ones_win",
+        [
+            (OLD_BOOT, OLD_SEQ),
+            (LIVE_BOOT, LIVE_SEQ),
+            (LIVE_BOOT, LIVE_SEQ + 1),
+            (OLD_BOOT, OLD_SEQ),
+        ],
+        [None, None, None, DropReason.STALE_BOOT],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("datagrams", "expected"), [pytest.param(d, e, id=n) for n, d, e in BOOT_TABLE]
+)
+def test_new_boot_needs_a_higher_sequence(
+    datagrams: list[tuple[bytes, int]], expected: list[DropReason | None]
+) -> None:
+    """A boot id replaces the live one only with a sequence above the live boot's newest."""
+    w = ReplayWindow()
+    assert [w.check("beta", boot, seq) for boot, seq in datagrams] == expected
+
+
+def _beat(boot: bytes, seq: int, role: Role = Role.STANDBY, epoch: int = 9) -> bytes:
+    return encode(replace(HB, boot_id=boot, sequence=seq, role=role, epoch=epoch), KEY)
+
+
+def test_replay_from_previous_boot_after_receiver_restart_is_dropped() -> None:
+    """A capture of the peer's previous boot, replayed after our restart, is dropped and counted;
+    the genuine heartbeats that follow are all accepted."""
+    captured = _beat(OLD_BOOT, OLD_SEQ + 40, role=Role.ACTIVE, epoch=3)
+    before = Receiver(KEY, NODES, own="alpha")
+    for i in range(3):
+        assert isinstance(before.receive(_beat(LIVE_BOOT, LIVE_SEQ + i)), Heartbeat)
+    record = before.window.record("beta")
+    assert record == (LIVE_BOOT, LIVE_SEQ + 2)
+    # The receiver restarts, starting from the record the daemon kept on disk.
+    after = Receiver(KEY, NODES, own="alpha")
+    after.window.restore("beta", *record)
+    assert after.receive(captured) is DropReason.STALE_BOOT
+    for i in range(3, 10):
+        out = after.receive(_beat(LIVE_BOOT, LIVE_SEQ + i))
+        assert isinstance(out, Heartbeat) and out.role is Role.STANDBY and out.epoch == 9
+    assert after.receive(captured) is DropReason.STALE_BOOT
+    counters = after.counters()
+    assert counters["stale_boot"] == 2 and counters["accepted"] == 7
+
+
+def test_replay_from_previous_boot_after_restart_without_record_cannot_silence_peer() -> None:
+    """Without a kept record the replay lands only before the first genuine heartbeat: once the
+    live boot is heard, the replay is stale and every genuine heartbeat is accepted."""
+    captured = _beat(OLD_BOOT, OLD_SEQ + 40, role=Role.ACTIVE, epoch=3)
+    rx = Receiver(KEY, NODES, own="alpha")
+    assert isinstance(rx.receive(_beat(LIVE_BOOT, LIVE_SEQ)), Heartbeat)
+    assert rx.receive(captured) is DropReason.STALE_BOOT
+    for i in range(1, 8):
+        assert isinstance(rx.receive(_beat(LIVE_BOOT, LIVE_SEQ + i)), Heartbeat)
+    assert rx.counters()["stale_boot"] == 1
+
+
+def test_restored_window_treats_the_recorded_top_as_seen() -> None:
+    """After restore, the recorded sequence and those below it are replays; above are fresh."""
+    w = ReplayWindow()
+    w.restore("beta", LIVE_BOOT, LIVE_SEQ)
+    assert w.check("beta", LIVE_BOOT, LIVE_SEQ) is DropReason.REPLAY
+    assert w.check("beta", LIVE_BOOT, LIVE_SEQ - 3) is DropReason.REPLAY
+    assert w.check("beta", LIVE_BOOT, LIVE_SEQ + 1) is None
+    assert w.check("beta", OTHER_BOOT, LIVE_SEQ + 100) is None
 
 
 def test_windows_are_per_sender() -> None:
