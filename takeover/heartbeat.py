@@ -48,6 +48,9 @@ MAX_DATAGRAM: Final = 2048
 TOS_CS6: Final = 0xC0
 # Counter name for a datagram whose handling failed unexpectedly (a bug, not an attack).
 INTERNAL_ERROR: Final = "internal_error"
+# Datagrams read from one link per loop turn. The reader is level-triggered: what a flood
+# leaves queued is read on the next turn, after the loop has sent, ticked and served status.
+MAX_PER_TURN: Final = 64
 
 
 class KeyFileError(Exception):
@@ -289,8 +292,8 @@ class HeartbeatLinks:
         return ok
 
     def drain(self) -> int:
-        """Read and handle every datagram queued now, on all links; return how many."""
-        return sum(self._read(name) for name in self._links)
+        """Read and handle the datagrams queued now (a bounded number per link); return how many."""
+        return sum(self._read(name, 4 * MAX_PER_TURN) for name in self._links)
 
     def stats(self) -> dict[str, dict[str, object]]:
         """Per link: last-seen age, received, sent, send errors, drops per reason."""
@@ -302,12 +305,12 @@ class HeartbeatLinks:
         seen = [lk.stats.last_seen for lk in self._links.values() if lk.stats.last_seen]
         return max(seen) if seen else None
 
-    def _read(self, name: str) -> int:
+    def _read(self, name: str, limit: int = MAX_PER_TURN) -> int:
         link = self._links[name]
         handled = 0
-        while True:
+        while handled < limit:
             try:
-                data, _addr = link.sock.recvfrom(MAX_DATAGRAM)
+                data, addr = link.sock.recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 return handled
             except OSError as e:
@@ -317,7 +320,13 @@ class HeartbeatLinks:
                 log.debug("heartbeat.socket_error link=%s error=%s", name, e.strerror)
                 return handled
             handled += 1
+            if not from_address(addr[0], link.spec.peer):
+                # Cheap to refuse, dear to authenticate: a flood from elsewhere costs no HMAC.
+                link.stats.dropped[DropReason.WRONG_SOURCE.value] += 1
+                self.receiver.count(DropReason.WRONG_SOURCE)
+                continue
             self._handle(name, link, data)
+        return handled
 
     def _handle(self, name: str, link: _Link, data: bytes) -> None:
         try:
@@ -333,6 +342,16 @@ class HeartbeatLinks:
             # Never let one datagram stop the daemon; count it so the bug is visible.
             link.stats.dropped[INTERNAL_ERROR] += 1
             log.exception("heartbeat.handle_failed link=%s", name)
+
+
+def from_address(source: str, peer: IPAddress) -> bool:
+    """Return whether a datagram's source address (as recvfrom gives it) is `peer`."""
+    if source == str(peer):
+        return True
+    try:
+        return ipaddress.ip_address(source.partition("%")[0]) == peer
+    except ValueError:
+        return False
 
 
 def _parse_link(text: str) -> LinkSpec:

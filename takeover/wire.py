@@ -101,6 +101,8 @@ class DropReason(enum.Enum):
     # From a boot id the sender has since replaced: an old capture.
     STALE_BOOT = "stale_boot"
     DIGEST_MISMATCH = "digest_mismatch"
+    # Not from the peer's address on the link it arrived on: dropped unread, before any MAC.
+    WRONG_SOURCE = "wrong_source"
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,10 @@ class Receiver:
             return result
         self.dropped[result] += 1
         return result
+
+    def count(self, reason: DropReason) -> None:
+        """Count a datagram dropped before it reached `receive` (by its source address)."""
+        self.dropped[reason] += 1
 
     def counters(self) -> dict[str, int]:
         """Return accepted, mismatched and every drop reason's count (zeros included)."""

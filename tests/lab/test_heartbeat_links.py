@@ -48,7 +48,7 @@ def _result(proc: LabProcess) -> dict[str, Any]:
     return result
 
 
-def _send_from_client(lab: Lab, payloads: str) -> None:
+def _send_from_client(lab: Lab, payloads: str, ns: str = "client") -> None:
     """Send the datagrams the Python expression `payloads` yields to a's LAN address."""
     script = (
         "import os, socket\n"
@@ -58,11 +58,12 @@ def _send_from_client(lab: Lab, payloads: str) -> None:
         f"for p in {payloads}:\n"
         f"    s.sendto(p, ('{IPV4['a']}', {PORT}))\n"
     )
-    lab.run("client", [lab.python, "-c", script])
+    lab.run(ns, [lab.python, "-c", script])
 
 
 def test_heartbeats_flow_on_both_links_and_forgeries_are_counted(lab: Lab) -> None:
-    """a and b hear each other on direct and lan; a forged and a truncated datagram are dropped."""
+    """a and b hear each other on direct and lan; a forged and a truncated datagram from b's
+    address are dropped per reason, the same from the client as wrong_source."""
     key = _key(lab)
     a, b = _start(lab, key, "a", "b"), _start(lab, key, "b", "a")
     assert wait_until(lambda: _bound(lab, "a"), 5)
@@ -70,6 +71,7 @@ def test_heartbeats_flow_on_both_links_and_forgeries_are_counted(lab: Lab) -> No
         "[wire.encode(wire.Heartbeat('b', os.urandom(16), 10**9, Role.ACTIVE, 255, 0, 99,"
         " b'\\0' * 8), b'not the key' * 4), b'HAPR\\x01']"
     )
+    _send_from_client(lab, forged, ns="b")
     _send_from_client(lab, forged)
     ra, rb = _result(a), _result(b)
     for res in (ra, rb):
@@ -78,7 +80,7 @@ def test_heartbeats_flow_on_both_links_and_forgeries_are_counted(lab: Lab) -> No
             # 1.5 s at 50 ms is 30 heartbeats; half is plenty on a loaded machine.
             assert stats["received"] >= 10, res
             assert stats["send_errors"] == 0
-    assert ra["links"]["lan"]["dropped"] == {"bad_mac": 1, "truncated": 1}
+    assert ra["links"]["lan"]["dropped"] == {"bad_mac": 1, "truncated": 1, "wrong_source": 2}
     assert ra["links"]["direct"]["dropped"] == {}
     assert rb["links"]["lan"]["dropped"] == {} and rb["links"]["direct"]["dropped"] == {}
     assert set(ra["heard"]) == {"direct:b", "lan:b"}

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from pathlib import Path
+
+import pytest
 
 from takeover import wire
 from takeover.heartbeat import (
     INTERNAL_ERROR,
+    MAX_PER_TURN,
     PEER_RECORD_NAME,
     SEQUENCE_NAME,
     HeartbeatLinks,
+    LinkSpec,
     LinkStats,
     SequenceFloor,
+    from_address,
     load_peer_record,
     store_peer_record,
 )
@@ -120,3 +126,82 @@ def test_sequence_floor_reserves_ahead_of_what_is_sent(tmp_path: Path) -> None:
     floor.cover(mark)
     assert int((tmp_path / SEQUENCE_NAME).read_text()) > mark
     assert SequenceFloor(tmp_path, 5).first > mark
+
+
+class FakeSocket:
+    """A socket with queued datagrams: `recvfrom` pops them, then would block."""
+
+    def __init__(self, queued: list[tuple[bytes, tuple[str, int]]]) -> None:
+        self.queued = list(queued)
+        self.reads = 0
+
+    def recvfrom(self, size: int) -> tuple[bytes, tuple[str, int]]:
+        self.reads += 1
+        if not self.queued:
+            raise BlockingIOError
+        return self.queued.pop(0)
+
+
+LAN = LinkSpec("lan", ip_address("192.0.2.1"), ip_address("192.0.2.2"))
+
+
+@dataclass
+class FakeSocketLink:
+    """A link with a spec and a fake socket, as `_read` uses it."""
+
+    sock: FakeSocket
+    spec: LinkSpec = field(default_factory=lambda: LAN)
+    stats: LinkStats = field(default_factory=LinkStats)
+
+
+class CountingReceiver(wire.Receiver):
+    """A receiver that counts how many datagrams reached it (each costs an HMAC)."""
+
+    calls = 0
+
+    def receive(self, data: bytes) -> wire.Heartbeat | wire.DropReason:
+        self.calls += 1
+        return super().receive(data)
+
+
+def test_flood_from_another_address_is_dropped_before_any_mac() -> None:
+    """Datagrams not from the peer's address on the link are counted as wrong_source unread;
+    the peer's own heartbeat among them is accepted."""
+    rx = CountingReceiver(KEY, {"a", "b"}, "a")
+    links, heard = _links(rx, FakeClock())
+    flood = [(_beat(100 + i), ("192.0.2.99", 7405)) for i in range(10)]
+    sock = FakeSocket([*flood, (_beat(1), ("192.0.2.2", 7405))])
+    link = FakeSocketLink(sock)
+    links._links["lan"] = link  # type: ignore[assignment]
+    assert links._read("lan") == 11
+    assert rx.calls == 1
+    assert heard == ["lan:b"]
+    assert link.stats.dropped == {"wrong_source": 10}
+    assert rx.counters()["wrong_source"] == 10
+
+
+def test_reads_per_turn_are_bounded() -> None:
+    """One turn reads at most MAX_PER_TURN datagrams; the rest wait for the next turn."""
+    rx = CountingReceiver(KEY, {"a", "b"}, "a")
+    links, _ = _links(rx, FakeClock())
+    queued = [(b"HAPR", ("192.0.2.2", 7405))] * (MAX_PER_TURN + 10)
+    link = FakeSocketLink(FakeSocket(queued))
+    links._links["lan"] = link  # type: ignore[assignment]
+    assert links._read("lan") == MAX_PER_TURN
+    assert len(link.sock.queued) == 10
+    assert links._read("lan") == 10
+
+
+@pytest.mark.parametrize(
+    ("source", "peer", "same"),
+    [
+        ("192.0.2.2", "192.0.2.2", True),
+        ("192.0.2.3", "192.0.2.2", False),
+        ("2001:db8::2", "2001:db8:0::2", True),
+        ("fe80::2%hb0", "fe80::2", True),
+        ("garbage", "192.0.2.2", False),
+    ],
+)
+def test_from_address(source: str, peer: str, same: bool) -> None:
+    """A source matches the peer by address value, whatever its spelling or scope suffix."""
+    assert from_address(source, ip_address(peer)) is same
