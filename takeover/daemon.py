@@ -35,7 +35,7 @@ from takeover.fsutil import write_atomic
 from takeover.health import CheckSpec, HealthMonitor
 from takeover.heartbeat import SequenceFloor, load_peer_record, store_peer_record
 from takeover.hooks import Hook, HookRunner
-from takeover.status import remove_status, status_path, write_status
+from takeover.status import link_conditions, remove_status, status_path, write_status
 from takeover.wire import Heartbeat, Receiver, encode
 
 log = logging.getLogger(__name__)
@@ -727,6 +727,7 @@ class Daemon:
             "checks": self.health.states(),
             "inhibitors": self.control.inhibitors.names(),
             "heartbeat": counters,
+            "conditions": link_conditions(p.peer, links),
             "transitions": list(self.history),
         }
 

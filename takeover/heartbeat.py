@@ -37,7 +37,7 @@ from takeover import wire
 from takeover.entry import run_json
 from takeover.fsutil import write_atomic
 from takeover.machine import Role
-from takeover.wire import DropReason, Heartbeat, Receiver
+from takeover.wire import REJECTION_HINTS, DropReason, Heartbeat, Receiver
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ INTERNAL_ERROR: Final = "internal_error"
 # Datagrams read from one link per loop turn. The reader is level-triggered: what a flood
 # leaves queued is read on the next turn, after the loop has sent, ticked and served status.
 MAX_PER_TURN: Final = 64
+# Seconds between two warnings of one kind on one link (rejected heartbeats, config drift):
+# the first one tells, the rest would only fill the journal.
+WARN_EVERY: Final = 60.0
 
 
 class KeyFileError(Exception):
@@ -187,6 +190,13 @@ class LinkStats:
     sent: int = 0
     send_errors: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    # Per REJECTION_HINTS reason: clock time of the last such datagram from the peer's address.
+    rejected: dict[str, float] = field(default_factory=dict)
+    # The last valid heartbeat carried another configuration digest than ours.
+    digest_differs: bool = False
+    # Per warning kind: when it was last logged, and how many were not logged since.
+    warned: dict[str, float] = field(default_factory=dict)
+    unwarned: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self, now: float) -> dict[str, object]:
         """A JSON-friendly view, with the age of the last heartbeat in seconds."""
@@ -197,7 +207,19 @@ class LinkStats:
             "sent": self.sent,
             "send_errors": self.send_errors,
             "dropped": dict(self.dropped),
+            "rejected_age": {r: round(now - t, 3) for r, t in self.rejected.items()},
+            "digest_differs": self.digest_differs,
         }
+
+    def should_warn(self, kind: str, now: float) -> int | None:
+        """Return how many of `kind` went unlogged before this one if it is time to warn again,
+        else None (and count it)."""
+        last = self.warned.get(kind)
+        if last is not None and now - last < WARN_EVERY:
+            self.unwarned[kind] += 1
+            return None
+        self.warned[kind] = now
+        return self.unwarned.pop(kind, 0)
 
 
 class _Link:
@@ -242,6 +264,8 @@ class HeartbeatLinks:
         self.receiver = receiver
         self.on_heartbeat = on_heartbeat
         self.clock = clock
+        # The peer's name, for warnings about datagrams that do not authenticate as it.
+        self.peer_name = ",".join(sorted(receiver.known - {receiver.own})) or "peer"
         self._links: dict[str, _Link] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         try:
@@ -334,14 +358,47 @@ class HeartbeatLinks:
             if isinstance(result, DropReason):
                 link.stats.dropped[result.value] += 1
                 log.debug("heartbeat.dropped link=%s reason=%s", name, result.value)
+                if result in REJECTION_HINTS:
+                    self._rejected(name, link, result)
                 return
             link.stats.received += 1
             link.stats.last_seen = self.clock()
+            self._check_digest(name, link, result)
             self.on_heartbeat(name, result)
         except Exception:
             # Never let one datagram stop the daemon; count it so the bug is visible.
             link.stats.dropped[INTERNAL_ERROR] += 1
             log.exception("heartbeat.handle_failed link=%s", name)
+
+    def _rejected(self, name: str, link: _Link, reason: DropReason) -> None:
+        """A datagram from the peer's address was refused: remember it, warn now and then."""
+        now = self.clock()
+        link.stats.rejected[reason.value] = now
+        skipped = link.stats.should_warn(reason.value, now)
+        if skipped is not None:
+            log.warning(
+                "heartbeat.rejected link=%s reason=%s: heartbeats from %s rejected: %s "
+                "(%d more since the last warning)",
+                name,
+                reason.value,
+                self.peer_name,
+                REJECTION_HINTS[reason],
+                skipped,
+            )
+
+    def _check_digest(self, name: str, link: _Link, hb: Heartbeat) -> None:
+        """Note and warn (now and then) when the peer runs another configuration."""
+        differs = self.receiver.digest_differs(hb)
+        link.stats.digest_differs = differs
+        if differs and link.stats.should_warn("digest", self.clock()) is not None:
+            log.warning(
+                "heartbeat.config_drift link=%s peer=%s digest=%s ours=%s: heartbeats accepted, "
+                "but the cluster files differ: compare them on both nodes",
+                name,
+                hb.node,
+                hb.digest.hex(),
+                (self.receiver.digest or b"").hex(),
+            )
 
 
 def from_address(source: str, peer: IPAddress) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 
 from takeover.exits import StatusExit
 from takeover.fsutil import write_atomic
+from takeover.wire import REJECTION_HINTS
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,36 @@ def classify(doc: dict[str, Any] | None, wall_now: float) -> StatusExit:
     return StatusExit.ACTIVE_OR_STANDBY
 
 
+# Seconds a rejected heartbeat keeps its condition in the status (rejections repeat every
+# interval while their cause lasts).
+REJECTED_RECENT = 30.0
+
+
+def link_conditions(peer: str, links: dict[str, dict[str, Any]]) -> list[str]:
+    """Return the heartbeat conditions an operator must see: datagrams from the peer's address
+    rejected recently (a wrong key ...), and a peer running another configuration."""
+    out: list[str] = []
+    for reason, hint in REJECTION_HINTS.items():
+        ages = {
+            name: float(age)
+            for name, link in links.items()
+            if (age := (link.get("rejected_age") or {}).get(reason.value)) is not None
+            and float(age) <= REJECTED_RECENT
+        }
+        if ages:
+            out.append(
+                f"heartbeats from {peer} rejected: {hint} "
+                f"(on {', '.join(sorted(ages))}; last {_age(min(ages.values()))})"
+            )
+    drift = sorted(name for name, link in links.items() if link.get("digest_differs"))
+    if drift:
+        out.append(
+            f"configuration differs from {peer}'s (heartbeats accepted on {', '.join(drift)}, "
+            "cluster file digest differs): compare the cluster files"
+        )
+    return out
+
+
 def _age(value: float | None) -> str:
     if value is None:
         return "never"
@@ -102,6 +133,8 @@ def render(doc: dict[str, Any], wall_now: float) -> str:
     )
     if verdict is StatusExit.UNKNOWN:
         lines.append("WARNING: status is stale: the daemon may be hung")
+    for condition in doc.get("conditions") or []:
+        lines.append(f"WARNING: {condition}")
     lines.append("")
     lines.append("Nodes:")
     me_cond = local.get("condition") or ""
@@ -158,11 +191,15 @@ def render(doc: dict[str, Any], wall_now: float) -> str:
         lines.append("")
         lines.append("Release inhibitors: " + ", ".join(inhibitors))
     counters = doc.get("heartbeat") or {}
-    dropped = {k: v for k, v in counters.items() if k not in ("accepted", "sent") and v}
+    not_drops = ("accepted", "sent", "digest_mismatched")
+    dropped = {k: v for k, v in counters.items() if k not in not_drops and v}
     if counters:
         lines.append("")
+        other = counters.get("digest_mismatched", 0)
         lines.append(
-            f"Heartbeats: {counters.get('accepted', 0)} accepted, {counters.get('sent', 0)} sent"
+            f"Heartbeats: {counters.get('accepted', 0)} accepted"
+            + (f" ({other} with another configuration digest)" if other else "")
+            + f", {counters.get('sent', 0)} sent"
             + ("; dropped " + ", ".join(f"{k}={v}" for k, v in dropped.items()) if dropped else "")
         )
     transitions = doc.get("transitions") or []

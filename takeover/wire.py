@@ -49,6 +49,7 @@ import struct
 from collections import Counter, deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Final
 
 from takeover.machine import Role
 
@@ -103,6 +104,16 @@ class DropReason(enum.Enum):
     DIGEST_MISMATCH = "digest_mismatch"
     # Not from the peer's address on the link it arrived on: dropped unread, before any MAC.
     WRONG_SOURCE = "wrong_source"
+
+
+# Datagrams from the peer's address that were still refused, and what `takeover status` and
+# the log tell the operator about each: the reasons a misconfigured or replaying peer produces.
+REJECTION_HINTS: Final = {
+    DropReason.BAD_MAC: "authentication failed: different key?",
+    DropReason.BAD_VERSION: "another wire version: upgrade both nodes",
+    DropReason.UNKNOWN_NODE: "unknown node name: another cluster on this address?",
+    DropReason.STALE_BOOT: "from an older boot: replayed, or its sequence went back?",
+}
 
 
 @dataclass(frozen=True)
@@ -299,7 +310,7 @@ class Receiver:
         """Return the heartbeat if it is authentic and fresh; else count and return the reason."""
         result = decode(data, self.key, self.known, self.own)
         if isinstance(result, Heartbeat):
-            if self.digest is not None and result.digest != self.digest[:DIGEST_SIZE]:
+            if self.digest_differs(result):
                 self.mismatched += 1
                 if self.strict_digest:
                     self.dropped[DropReason.DIGEST_MISMATCH] += 1
@@ -312,6 +323,10 @@ class Receiver:
             return result
         self.dropped[result] += 1
         return result
+
+    def digest_differs(self, hb: Heartbeat) -> bool:
+        """Return whether `hb` carries another configuration digest than ours."""
+        return self.digest is not None and hb.digest != self.digest[:DIGEST_SIZE]
 
     def count(self, reason: DropReason) -> None:
         """Count a datagram dropped before it reached `receive` (by its source address)."""

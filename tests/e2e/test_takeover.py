@@ -191,7 +191,8 @@ for hexdata in sys.argv[3:]:
 
 
 def test_forged_and_replayed_heartbeats_are_counted(pair: HapairPair, lab: Lab) -> None:
-    """Garbage, forged and replayed datagrams from the client are dropped and counted."""
+    """Garbage, forged and replayed datagrams from a's address are dropped and counted per
+    reason; the same from the client are dropped unread as wrong_source."""
     captured = lab.run("b", [lab.python, "-c", CAPTURE, IPV4["a"], str(HB_PORT)]).stdout.strip()
     assert captured, "no heartbeat from a captured on b's LAN"
     forged = bytearray(bytes.fromhex(captured))
@@ -199,12 +200,14 @@ def test_forged_and_replayed_heartbeats_are_counted(pair: HapairPair, lab: Lab) 
     before = status(pair, "b")["heartbeat"]
     assert isinstance(before, dict)
     datagrams = ["00" * 10, "48415052" + "00" * 100, forged.hex(), captured, captured]
-    lab.run("client", [lab.python, "-c", SEND, IPV4["b"], str(HB_PORT), *datagrams])
+    for sender in ("a", "client"):
+        lab.run(sender, [lab.python, "-c", SEND, IPV4["b"], str(HB_PORT), *datagrams])
     time.sleep(0.5)
     after = status(pair, "b")["heartbeat"]
     assert isinstance(after, dict)
     grew = {k for k in after if isinstance(after[k], int) and after[k] > before.get(k, 0)}
     assert {"truncated", "bad_mac", "replay"} <= grew, json.dumps([before, after])
+    assert after["wrong_source"] - before.get("wrong_source", 0) == len(datagrams)
     assert after["replay"] - before["replay"] >= 2
     assert pair.role("a") == "ACTIVE" and pair.role("b") == "STANDBY"
 

@@ -15,7 +15,14 @@ import pytest
 
 from takeover import control
 from takeover.exits import StatusExit
-from takeover.status import classify, read_status, render, status_path, write_status
+from takeover.status import (
+    classify,
+    link_conditions,
+    read_status,
+    render,
+    status_path,
+    write_status,
+)
 
 
 class FakeHandler:
@@ -282,3 +289,31 @@ def test_render_shows_nodes_links_targets_vips_and_transitions() -> None:
     down = {**DOC, "local": {**DOC["local"], "lan_up": False}}
     assert "LAN DOWN" in render(down, 1000.5)
     assert "stale" in render(DOC, 1100.0)
+
+
+def test_link_conditions_name_rejections_and_config_drift() -> None:
+    """Recent rejections from the peer's address and a differing digest become conditions."""
+    links: dict[str, dict[str, Any]] = {
+        "direct": {"rejected_age": {"bad_mac": 0.2}, "digest_differs": False},
+        "lan": {"rejected_age": {"bad_mac": 0.1, "stale_boot": 300.0}, "digest_differs": True},
+    }
+    assert link_conditions("beta", links) == [
+        "heartbeats from beta rejected: authentication failed: different key? "
+        "(on direct, lan; last 100ms ago)",
+        "configuration differs from beta's (heartbeats accepted on lan, cluster file digest "
+        "differs): compare the cluster files",
+    ]
+    assert link_conditions("beta", {"lan": {"last_seen_age": 0.1}}) == []
+
+
+def test_render_warns_of_conditions_and_lists_drift_apart_from_drops() -> None:
+    """Conditions show as warnings; accepted heartbeats with another digest are not drops."""
+    doc = {
+        **DOC,
+        "conditions": ["heartbeats from beta rejected: authentication failed: different key?"],
+        "heartbeat": {"accepted": 10, "sent": 12, "digest_mismatched": 10, "bad_mac": 3},
+    }
+    text = render(doc, 1000.5)
+    assert "WARNING: heartbeats from beta rejected: authentication failed: different key?" in text
+    assert "10 accepted (10 with another configuration digest), 12 sent; dropped bad_mac=3" in text
+    assert "digest_mismatched" not in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
@@ -205,3 +206,46 @@ def test_reads_per_turn_are_bounded() -> None:
 def test_from_address(source: str, peer: str, same: bool) -> None:
     """A source matches the peer by address value, whatever its spelling or scope suffix."""
     assert from_address(source, ip_address(peer)) is same
+
+
+def test_wrong_key_from_the_peer_is_a_rate_limited_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Heartbeats from the peer's address that fail authentication are remembered per link and
+    warned about once a minute, naming the peer and the likely cause."""
+    clock = FakeClock()
+    links, heard = _links(wire.Receiver(KEY, {"a", "b"}, "a"), clock)
+    link = FakeLink()
+    with caplog.at_level(logging.WARNING, logger="takeover.heartbeat"):
+        for seq in range(1, 6):
+            links._handle("lan", link, _beat(seq, b"x" * 32))  # type: ignore[arg-type]
+            clock.now += 0.2
+        clock.now += 60.0
+        links._handle("lan", link, _beat(9, b"x" * 32))  # type: ignore[arg-type]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert "heartbeats from b rejected: authentication failed: different key?" in warnings[0]
+    assert "(4 more since the last warning)" in warnings[1]
+    assert heard == []
+    assert link.stats.as_dict(clock.now)["rejected_age"] == {"bad_mac": 0.0}
+
+
+def test_config_drift_is_noted_and_warned_while_heartbeats_are_accepted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A heartbeat with another config digest is accepted, flagged on its link and warned."""
+    clock = FakeClock()
+    rx = wire.Receiver(KEY, {"a", "b"}, "a", digest=b"\1" * 8)
+    links, heard = _links(rx, clock)
+    link = FakeLink()
+    with caplog.at_level(logging.WARNING, logger="takeover.heartbeat"):
+        links._handle("lan", link, _beat(1))  # type: ignore[arg-type]
+        links._handle("lan", link, _beat(2))  # type: ignore[arg-type]
+    assert heard == ["lan:b", "lan:b"]
+    assert link.stats.as_dict(clock.now)["digest_differs"] is True
+    assert len(caplog.records) == 1 and "cluster files differ" in caplog.records[0].getMessage()
+    same = wire.Receiver(KEY, {"a", "b"}, "a", digest=b"\0" * 8)
+    links2, _ = _links(same, clock)
+    link2 = FakeLink()
+    links2._handle("lan", link2, _beat(1))  # type: ignore[arg-type]
+    assert link2.stats.digest_differs is False
