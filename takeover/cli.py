@@ -26,6 +26,7 @@ from takeover.config import DEFAULT_RUN_DIR, Cluster, Node
 from takeover.configparse import ConfigError
 from takeover.exits import Exit, StatusExit
 from takeover.fencecli import add_fence_command, check_fencing, run_fence
+from takeover.heartbeat import KeyFileError, load_key
 from takeover.status import (
     classify,
     read_mirror,
@@ -66,15 +67,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def key_problem(cluster: Cluster, err: KeyFileError) -> str:
+    """Return how `check` and `run` both report a key file that `load_key` refused."""
+    return f"{cluster.label}: heartbeat.key_file: {err}"
+
+
 def file_problems(cluster: Cluster, node: Node) -> list[str]:
-    """Return problems with the files this node will read at run time (missing, unreadable)."""
-    wanted = [("heartbeat.key_file", cluster.heartbeat.key_file)]
+    """Return problems with the files this node will read at run time: the key file by the
+    very rules `run` applies (load_key), the peer's BMC password file missing or unreadable."""
+    problems = []
+    try:
+        load_key(cluster.heartbeat.key_file)
+    except KeyFileError as err:
+        problems.append(key_problem(cluster, err))
     peer = cluster.peer_of(node.name)
     if peer.fencing is not None:
         index = cluster.nodes.index(peer)
-        wanted.append((f"node[{index}].fencing.password_file", peer.fencing.password_file))
-    found = (file_problem(cluster.label, key, path) for key, path in wanted)
-    return [p for p in found if p is not None]
+        key = f"node[{index}].fencing.password_file"
+        found = file_problem(cluster.label, key, peer.fencing.password_file)
+        if found is not None:
+            problems.append(found)
+    return problems
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -112,12 +125,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return config_exit(err)
     # Imported here: the effect modules pull in pyroute2, which `status` does not need.
     from takeover import runtime  # noqa: PLC0415
-    from takeover.heartbeat import KeyFileError  # noqa: PLC0415
 
     try:
         return asyncio.run(runtime.run(cluster, node))
     except KeyFileError as err:
-        print_problems(PROG, [f"{cluster.label}: heartbeat.key_file: {err}"])
+        print_problems(PROG, [key_problem(cluster, err)])
         return int(Exit.CONFIG)
     except PermissionError as err:
         print_problems(PROG, [str(err)])

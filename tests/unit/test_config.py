@@ -171,9 +171,36 @@ def test_check_without_no_fs_wants_the_key_file(
     path = tmp_path / "cluster.toml"
     path.write_text(text)
     assert takeover_cli.main(["-c", str(path), "--node", "a", "check"]) == 2
-    assert f"heartbeat.key_file: {key}: no such file" in capsys.readouterr().err
-    key.write_bytes(os.urandom(32))
+    assert f"heartbeat.key_file: {key}: key file not found" in capsys.readouterr().err
+    key.write_bytes(os.urandom(32).hex().encode() + b"\n")
+    key.chmod(0o600)
     assert takeover_cli.main(["-c", str(path), "--node", "a", "check"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "problem"),
+    [
+        (b"", 0o600, "key too short: 0 bytes"),
+        (b" \n\n", 0o600, "key too short: 0 bytes"),
+        (b"abc", 0o600, "key too short: 3 bytes"),
+        (b"k" * 32, 0o644, "key file is accessible by group or others (mode 0644)"),
+        (b"k" * 32, 0o640, "key file is accessible by group or others (mode 0640)"),
+    ],
+    ids=["empty", "whitespace", "three_bytes", "mode_0644", "mode_0640"],
+)
+def test_check_refuses_every_key_that_run_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, mode: int, problem: str
+) -> None:
+    """`takeover check` (ExecStartPre) refuses a key file `run` would refuse, in the same words."""
+    key = tmp_path / "authkey"
+    key.write_bytes(content)
+    key.chmod(mode)
+    path = tmp_path / "cluster.toml"
+    path.write_text(MINIMAL.read_text().replace("/etc/hapair/authkey", str(key)))
+    assert takeover_cli.main(["-c", str(path), "--node", "a", "check"]) == 2
+    err = capsys.readouterr().err
+    assert f"takeover: error: cluster.toml: heartbeat.key_file: {key}: {problem}" in err
+    assert takeover_cli.main(["-c", str(path), "--node", "a", "check", "--no-fs"]) == 0
 
 
 # --- valid files -----------------------------------------------------------------------------
