@@ -35,7 +35,13 @@ from takeover.fsutil import write_atomic
 from takeover.health import CheckSpec, HealthMonitor
 from takeover.heartbeat import SequenceFloor, load_peer_record, store_peer_record
 from takeover.hooks import Hook, HookRunner
-from takeover.status import link_conditions, remove_status, status_path, write_status
+from takeover.status import (
+    link_conditions,
+    process_start,
+    remove_status,
+    status_path,
+    write_status,
+)
 from takeover.wire import Heartbeat, Receiver, encode
 
 log = logging.getLogger(__name__)
@@ -714,6 +720,7 @@ class Daemon:
             "version": 1,
             "written": wall,
             "pid": os.getpid(),
+            "pid_start": process_start(os.getpid()),
             "status_interval": self.cfg.status_interval,
             "cluster": self.cfg.cluster,
             "epoch": s.epoch,
@@ -746,8 +753,21 @@ class Daemon:
             ):
                 holder = self.cfg.params.peer
             entry["holder"] = holder
+            if holder is None:
+                entry["holder_seen"] = self._holder_seen(now)
             out.append(entry)
         return out
+
+    def _holder_seen(self, now: float) -> str | None:
+        """Return what is known of a holder elsewhere when nobody is known to hold for sure."""
+        s, peer, name = self.state, self.state.peer, self.cfg.params.peer
+        if s.condition == m.PEER_STILL_SERVING:
+            return f"{name}? (answers on the LAN; heartbeats lost)"
+        if peer is not None and (peer.holding or peer.role is m.Role.ACTIVE):
+            return (
+                f"{name}? (not heard for {now - peer.heard_at:.1f}s; last heard {peer.role.value})"
+            )
+        return None
 
     def _fencing(self) -> dict[str, Any] | None:
         """Return the fencing device's status view, or None when the peer has none."""

@@ -56,27 +56,48 @@ def remove_status(path: Path) -> None:
         path.unlink()
 
 
-def pid_alive(pid: int) -> bool:
-    """Return whether a process with this pid exists (signal 0 probes without sending)."""
+def process_start(pid: int) -> int | None:
+    """Return the start time of process `pid` in clock ticks since boot (/proc), or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        # Field 22; the command name (field 2) is in parentheses and may hold spaces.
+        return int(text.rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def pid_alive(pid: int, start: int | None = None) -> bool:
+    """Return whether a process with this pid exists (signal 0 probes without sending) and,
+    with `start`, is the one that started then (not a later process given the same pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    if start is None:
         return True
-    return True
+    now = process_start(pid)
+    return now is None or now == start
+
+
+def daemon_gone(doc: dict[str, Any]) -> bool:
+    """Return whether the process that wrote `doc` has exited (killed, crashed)."""
+    pid, start = doc.get("pid"), doc.get("pid_start")
+    return isinstance(pid, int) and not pid_alive(pid, start if isinstance(start, int) else None)
 
 
 def classify(doc: dict[str, Any] | None, wall_now: float) -> StatusExit:
-    """Return the exit status `takeover status` reports for a document read at `wall_now`."""
-    if doc is None:
+    """Return the exit status `takeover status` reports for a document read at `wall_now`.
+
+    A document whose writer is gone is NOT_RUNNING however fresh: a daemon killed a moment
+    ago wrote it. One older than STALE_FACTOR intervals from a live writer is UNKNOWN (hung).
+    """
+    if doc is None or daemon_gone(doc):
         return StatusExit.NOT_RUNNING
     age = wall_now - float(doc.get("written", 0.0))
     interval = float(doc.get("status_interval", 1.0))
     if age > STALE_FACTOR * interval:
-        pid = doc.get("pid")
-        if isinstance(pid, int) and not pid_alive(pid):
-            return StatusExit.NOT_RUNNING
         return StatusExit.UNKNOWN
     return StatusExit.ACTIVE_OR_STANDBY
 
@@ -133,6 +154,11 @@ def render(doc: dict[str, Any], wall_now: float) -> str:
     )
     if verdict is StatusExit.UNKNOWN:
         lines.append("WARNING: status is stale: the daemon may be hung")
+    if verdict is StatusExit.NOT_RUNNING:
+        lines.append(
+            f"NOT RUNNING: the daemon (pid {doc.get('pid', '?')}) is gone; below is the last "
+            f"state it wrote, {_age(age)}: stale"
+        )
     for condition in doc.get("conditions") or []:
         lines.append(f"WARNING: {condition}")
     lines.append("")
@@ -176,7 +202,7 @@ def render(doc: dict[str, Any], wall_now: float) -> str:
         lines.append("")
         lines.append("Virtual IPs:")
         for vip in vips:
-            holder = vip.get("holder") or "nobody"
+            holder = vip.get("holder") or vip.get("holder_seen") or "nobody"
             where = f"{vip.get('address', '?'):<28} on {vip.get('interface', '?'):<10}"
             lines.append(f"  {where} {holder}")
     lines += vm_lines(doc) + fencing_lines(doc, wall_now)
@@ -219,7 +245,7 @@ def vm_lines(doc: dict[str, Any]) -> list[str]:
         return []
     lines = ["", "Virtual machines:"]
     for vm in vms:
-        runs_on = vm.get("holder") or "nobody"
+        runs_on = vm.get("holder") or vm.get("holder_seen") or "nobody"
         here = f"here: {vm.get('state', '?')}"
         extra = []
         if vm.get("restarts"):

@@ -136,6 +136,8 @@ def test_all_heartbeats_dropped_vip_guard(pair: HapairPair, lab: Lab, vip_probe:
         return isinstance(local, dict) and local.get("condition") == PEER_STILL_SERVING
 
     assert wait_until(backed_off, 10, 0.2), pair.log("b")[-3000:]
+    vips = status(pair, "b")["vips"]
+    assert isinstance(vips, list) and vips[0]["holder_seen"].startswith("a? (answers on the LAN")
     time.sleep(2.0)
     for f in faults:
         lab.unblock(f)

@@ -18,6 +18,7 @@ from takeover.exits import StatusExit
 from takeover.status import (
     classify,
     link_conditions,
+    process_start,
     read_status,
     render,
     status_path,
@@ -257,11 +258,23 @@ def test_read_status_missing_is_none(tmp_path: Path) -> None:
         (DOC, 1001.0, StatusExit.ACTIVE_OR_STANDBY),
         (DOC, 1010.0, StatusExit.UNKNOWN),
         ({**DOC, "pid": 2**22 + 12345}, 1010.0, StatusExit.NOT_RUNNING),
+        ({**DOC, "pid": 2**22 + 12345}, 1000.5, StatusExit.NOT_RUNNING),
+        ({**DOC, "pid_start": process_start(os.getpid())}, 1000.5, StatusExit.ACTIVE_OR_STANDBY),
+        ({**DOC, "pid_start": -1}, 1000.5, StatusExit.NOT_RUNNING),
     ],
-    ids=["missing", "fresh", "stale_live_pid", "stale_dead_pid"],
+    ids=[
+        "missing",
+        "fresh",
+        "stale_live_pid",
+        "stale_dead_pid",
+        "fresh_dead_pid",
+        "fresh_same_process",
+        "fresh_pid_reused",
+    ],
 )
 def test_classify(doc: dict[str, Any] | None, now: float, expected: StatusExit) -> None:
-    """Missing -> not running; fresh -> 0; stale with a live pid -> unknown, else not running."""
+    """Missing or written by a process that is gone (even a moment ago, even if its pid was
+    reused) -> not running; fresh -> 0; stale from a live process -> unknown."""
     assert classify(doc, now) is expected
 
 
@@ -317,3 +330,11 @@ def test_render_warns_of_conditions_and_lists_drift_apart_from_drops() -> None:
     assert "WARNING: heartbeats from beta rejected: authentication failed: different key?" in text
     assert "10 accepted (10 with another configuration digest), 12 sent; dropped bad_mac=3" in text
     assert "digest_mismatched" not in text
+
+
+def test_render_of_a_dead_daemon_says_not_running_and_shows_the_last_state() -> None:
+    """A status file whose writer is gone renders as NOT RUNNING, with its last state below."""
+    text = render({**DOC, "pid": 2**22 + 12345}, 1000.5)
+    assert text.splitlines()[1].startswith("NOT RUNNING: the daemon (pid 4206649) is gone")
+    assert "stale" in text.splitlines()[1]
+    assert "ACTIVE" in text and "192.0.2.100/24" in text

@@ -14,8 +14,8 @@ import pytest
 
 from takeover import control
 from takeover.daemon import Daemon, DaemonConfig, Effects, load_epoch, store_epoch
-from takeover.machine import MachineParams, Role
-from takeover.status import read_status, status_path
+from takeover.machine import PEER_STILL_SERVING, MachineParams, Role
+from takeover.status import read_status, render, status_path
 from takeover.testing import (
     FakeClock,
     FakeGuard,
@@ -415,3 +415,41 @@ def test_sequence_never_goes_back_across_restarts_with_a_clock_stepped_back(
     before = first_seq(1.7e9 + 3600)
     after = first_seq(1.7e9)
     assert after > before
+
+
+class SlowGuard:
+    """A VIP guard whose probe answers only when the test says so."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[str | None] | None = None
+
+    async def probe(self) -> str | None:
+        """Wait for the test's answer."""
+        self.answer = asyncio.get_running_loop().create_future()
+        return await self.answer
+
+
+def test_vip_held_by_a_silent_peer_is_not_shown_as_nobody(tmp_path: Path) -> None:
+    """After the heartbeats stop, the VIP shows what is known: the peer last heard active
+    while the guard looks, then the guard's view that it still answers on the LAN."""
+
+    async def body(rig: Rig) -> None:
+        guard = SlowGuard()
+        rig.daemon.fx.guard = guard
+        rig.links.inject("lan", rig.peer_heartbeat(Role.ACTIVE, epoch=4))
+        await rig.advance(0.1)
+        rig.network.all_cut = True
+        await rig.advance(0.8)
+        assert guard.answer is not None and rig.daemon.state.role is not Role.ACTIVE
+        vip = rig.daemon.status()["vips"][0]
+        assert vip["holder"] is None
+        assert vip["holder_seen"].startswith("beta? (not heard for 0.")
+        assert vip["holder_seen"].endswith("last heard ACTIVE)")
+        guard.answer.set_result("02:00:00:00:00:0b")
+        await rig.advance(0.3)
+        assert rig.daemon.state.condition == PEER_STILL_SERVING
+        doc = rig.daemon.status()
+        assert doc["vips"][0]["holder_seen"] == "beta? (answers on the LAN; heartbeats lost)"
+        assert "beta? (answers on the LAN; heartbeats lost)" in render(doc, doc["written"])
+
+    run(tmp_path, body)

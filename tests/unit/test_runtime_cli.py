@@ -7,6 +7,8 @@ import ipaddress
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -321,6 +323,27 @@ def test_status_json_fresh_and_stale(tmp_path: Path, capsys: pytest.CaptureFixtu
     write_status(tmp_path / "takeover.json", {**doc, "written": time.time() - 60})
     assert cli.main(["--run-dir", str(tmp_path), "status"]) == StatusExit.UNKNOWN
     assert "stale" in capsys.readouterr().out
+
+
+def test_status_of_a_daemon_killed_a_moment_ago_exits_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fresh status file whose daemon is gone: exit 3, the last state shown as stale."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    doc = {
+        "written": time.time(),
+        "status_interval": 1.0,
+        "pid": dead.pid,
+        "local": {"name": "a", "role": "ACTIVE"},
+    }
+    write_status(tmp_path / "takeover.json", doc)
+    assert cli.main(["--run-dir", str(tmp_path), "status"]) == StatusExit.NOT_RUNNING
+    out = capsys.readouterr().out
+    assert f"NOT RUNNING: the daemon (pid {dead.pid}) is gone" in out and "ACTIVE" in out
+    assert cli.main(["--run-dir", str(tmp_path), "status", "--json"]) == StatusExit.NOT_RUNNING
+    got = json.loads(capsys.readouterr().out)
+    assert got["verdict"] == "not_running" and got["local"]["role"] == "ACTIVE"
 
 
 def test_standby_without_daemon_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
