@@ -33,7 +33,7 @@ from takeover.arbitration import Outcome, Reachability, fresh_down
 from takeover.control import ControlServer, role_event, socket_path
 from takeover.fsutil import write_atomic
 from takeover.health import CheckSpec, HealthMonitor
-from takeover.heartbeat import SequenceFloor, load_peer_record, store_peer_record
+from takeover.heartbeat import PeerRecord, SequenceFloor
 from takeover.hooks import Hook, HookRunner
 from takeover.status import (
     link_conditions,
@@ -283,7 +283,8 @@ class Daemon:
         self.seq_floor = SequenceFloor(cfg.state_dir, int(wall() * 1e6))
         self.seq = self.seq_floor.first
         self.receiver = Receiver(cfg.key, (p.node, p.peer), own=p.node, digest=cfg.digest)
-        load_peer_record(cfg.state_dir, self.receiver)
+        self.peer_record = PeerRecord(cfg.state_dir, p.peer)
+        self.peer_record.load(self.receiver)
         self.sent = 0
         self.reach = Reachability(effects.prober.targets, cfg.dampen)
         self.links = effects.links(self.receiver, self._on_heartbeat)
@@ -791,7 +792,7 @@ class Daemon:
             write_status(status_path(self.cfg.run_dir), self.status())
         except OSError as err:
             log.error("status.write_failed error=%s", err)
-        store_peer_record(self.cfg.state_dir, self.receiver, self.cfg.params.peer)
+        self.peer_record.store(self.receiver)
         self._next_status = self.clock() + self.cfg.status_interval
 
     def command(self, cmd: str, args: dict[str, Any]) -> str | None:

@@ -137,33 +137,46 @@ class SequenceFloor:
         self.reserved = mark
 
 
-def load_peer_record(state_dir: Path, receiver: Receiver) -> None:
-    """Start `receiver`'s replay window from the record a previous run kept, if any."""
-    path = state_dir / PEER_RECORD_NAME
-    try:
-        doc = json.loads(path.read_text())
-        node, boot, top = str(doc["node"]), bytes.fromhex(doc["boot_id"]), int(doc["top"])
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        log.warning("heartbeat.peer_record_unreadable path=%s error=%s", path, e)
-        return
-    if node in receiver.known and len(boot) == wire.BOOT_ID_SIZE:
-        receiver.window.restore(node, boot, top)
-        log.info("heartbeat.peer_record node=%s boot=%s top=%d", node, boot.hex(), top)
+class PeerRecord:
+    """What this node keeps of the peer's boots in its state dir, so that a restart of this
+    daemon does not reopen the replay window (see "Boots and replays" in takeover.wire)."""
 
+    def __init__(self, state_dir: Path, peer: str) -> None:
+        """Keep `peer`'s record in `state_dir`."""
+        self.path = state_dir / PEER_RECORD_NAME
+        self.peer = peer
+        self._failing = False
 
-def store_peer_record(state_dir: Path, receiver: Receiver, node: str) -> None:
-    """Keep `node`'s current boot id and newest sequence for the next run (not fsynced)."""
-    record = receiver.window.record(node)
-    if record is None:
-        return
-    doc = {"node": node, "boot_id": record[0].hex(), "top": record[1]}
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(state_dir / PEER_RECORD_NAME, json.dumps(doc) + "\n")
-    except OSError as e:
-        log.error("heartbeat.peer_record_store_failed error=%s", e.strerror)
+    def load(self, receiver: Receiver) -> None:
+        """Start `receiver`'s window for the peer from the kept record, if there is one."""
+        try:
+            doc = json.loads(self.path.read_text())
+            node, boot, top = str(doc["node"]), bytes.fromhex(doc["boot_id"]), int(doc["top"])
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("heartbeat.peer_record_unreadable path=%s error=%s", self.path, e)
+            return
+        if node == self.peer and len(boot) == wire.BOOT_ID_SIZE:
+            receiver.window.restore(node, boot, top)
+            log.info("heartbeat.peer_record node=%s boot=%s top=%d", node, boot.hex(), top)
+
+    def store(self, receiver: Receiver) -> None:
+        """Keep the peer's current boot id and newest sequence (not fsynced: a restart of the
+        daemon is what it is for); a failure is logged once until a write succeeds again."""
+        record = receiver.window.record(self.peer)
+        if record is None:
+            return
+        doc = {"node": self.peer, "boot_id": record[0].hex(), "top": record[1]}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, json.dumps(doc) + "\n")
+        except OSError as e:
+            if not self._failing:
+                log.error("heartbeat.peer_record_store_failed path=%s error=%s", self.path, e)
+            self._failing = True
+        else:
+            self._failing = False
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,9 @@ from takeover.heartbeat import (
     HeartbeatLinks,
     LinkSpec,
     LinkStats,
+    PeerRecord,
     SequenceFloor,
     from_address,
-    load_peer_record,
-    store_peer_record,
 )
 from takeover.machine import Role
 
@@ -103,19 +102,29 @@ def test_no_links_means_nothing_seen() -> None:
     assert links.send(lambda: b"") == 0
 
 
-def test_peer_record_round_trip_and_corrupt_record(tmp_path: Path) -> None:
-    """The kept record restores the peer's window; an unreadable one is ignored, not fatal."""
+def test_peer_record_round_trip_and_corrupt_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The kept record restores the peer's window; an unreadable one is ignored, not fatal; a
+    failing write is logged once."""
     rx = wire.Receiver(KEY, {"a", "b"}, "a")
     assert isinstance(rx.receive(_beat(41)), wire.Heartbeat)
-    store_peer_record(tmp_path, rx, "b")
+    PeerRecord(tmp_path, "b").store(rx)
     again = wire.Receiver(KEY, {"a", "b"}, "a")
-    load_peer_record(tmp_path, again)
+    PeerRecord(tmp_path, "b").load(again)
     assert again.window.record("b") == (b"\x01" * 16, 41)
     assert again.receive(_beat(41)) is wire.DropReason.REPLAY
     (tmp_path / PEER_RECORD_NAME).write_text("{not json")
     fresh = wire.Receiver(KEY, {"a", "b"}, "a")
-    load_peer_record(tmp_path, fresh)
+    PeerRecord(tmp_path, "b").load(fresh)
     assert fresh.window.record("b") is None
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    record = PeerRecord(blocked, "b")
+    with caplog.at_level(logging.ERROR, logger="takeover.heartbeat"):
+        record.store(rx)
+        record.store(rx)
+    assert [r.levelno for r in caplog.records].count(logging.ERROR) == 1
 
 
 def test_sequence_floor_reserves_ahead_of_what_is_sent(tmp_path: Path) -> None:
