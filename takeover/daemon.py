@@ -764,11 +764,11 @@ class Daemon:
         s, peer, name = self.state, self.state.peer, self.cfg.params.peer
         if s.condition == m.PEER_STILL_SERVING:
             return f"{name}? (answers on the LAN; heartbeats lost)"
-        if peer is not None and (peer.holding or peer.role is m.Role.ACTIVE):
-            return (
-                f"{name}? (not heard for {now - peer.heard_at:.1f}s; last heard {peer.role.value})"
-            )
-        return None
+        if peer is None or not (peer.holding or peer.role is m.Role.ACTIVE):
+            return None
+        if s.peer_alive(now):
+            return f"{name}? ({peer.role.value}, may still hold it)"
+        return f"{name}? (not heard for {now - peer.heard_at:.1f}s; last heard {peer.role.value})"
 
     def _fencing(self) -> dict[str, Any] | None:
         """Return the fencing device's status view, or None when the peer has none."""

@@ -453,3 +453,17 @@ def test_vip_held_by_a_silent_peer_is_not_shown_as_nobody(tmp_path: Path) -> Non
         assert "beta? (answers on the LAN; heartbeats lost)" in render(doc, doc["written"])
 
     run(tmp_path, body)
+
+
+def test_vip_of_a_releasing_peer_heard_now_says_it_may_still_hold(tmp_path: Path) -> None:
+    """A peer heard releasing and still holding is shown as such, not as "not heard"."""
+
+    async def body(rig: Rig) -> None:
+        hb = Heartbeat("beta", b"B" * 16, 5, Role.RELEASING, 50, 0, 3, DIGEST, holding=True)
+        rig.links.inject("lan", encode(hb, KEY))
+        await rig.advance(0.1)
+        vip = rig.daemon.status()["vips"][0]
+        assert vip["holder"] is None
+        assert vip["holder_seen"] == "beta? (RELEASING, may still hold it)"
+
+    run(tmp_path, body)
