@@ -31,7 +31,7 @@ from typing import Any, Final, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from mirrord import guard, orphans, roles, sdnotify
+from mirrord import guard, orphans, roles, sdnotify, stopping
 from mirrord.backups import prune_backups
 from mirrord.changes import Overflow, RawEvent, RootGone, Watcher, coalesce
 from mirrord.follow import Follower, PeerSeen, RoleSeen
@@ -369,6 +369,10 @@ class Daemon:
         self._flush: dict[str, Any] | None = None
         self._follower: asyncio.Task[None] | None = None
         self._wake_at: float | None = None
+        # The final flush of this RELEASING is over: no pass may start (mirrord.stopping).
+        self._released = False
+        # Passes being stopped (root -> why): their task ends as a RETRY, not a cancellation.
+        self._stop_why: dict[str, str] = {}
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -603,7 +607,7 @@ class Daemon:
         now = self.clock()
         if self._quarantine_due and not self._tasks:
             self._quarantine(now)
-        if not self._direction.push:
+        if not stopping.may_start(self._direction.push, self._released):
             return
         for plan in self.planner.due(now):
             d = self.dirs[plan.directory]
@@ -628,7 +632,12 @@ class Daemon:
         try:
             outcome = await self._execute(d, plan, started)
         except asyncio.CancelledError:
-            raise
+            why = self._stop_why.pop(d.root, None)
+            if why is None or self._stopping:
+                raise
+            # Stopped (mirrord.stopping), rsync reaped: the snapshot goes back, as a retry.
+            log.warning("pass.stopped dir=%s why=%s", d.root, why)
+            outcome = PassOutcome(Result.RETRY, f"stopped: {why}")
         except Exception as exc:
             # rsync could not start, or a bug: the snapshot must go back, never get lost.
             log.exception("pass.crashed dir=%s", d.root)
@@ -805,6 +814,8 @@ class Daemon:
             if rec.role != self.role:
                 log.info("role.seen role=%s old=%s reason=%s", rec.role, self.role, rec.reason)
             self.role, self.role_reason = rec.role, rec.reason
+            if rec.role != "RELEASING":
+                self._released = False
         else:
             if self.role in roles.PUSH_ROLES and roles.peer_returned(self.peer_state, rec.peer):
                 # Its tree is unknown (it may have set orphans aside): only a full pass fixes it.
@@ -827,7 +838,26 @@ class Daemon:
                 orphans.set_source(root, self.node, now)
             self._marked = self._marked_here = True
         self._direction = d
+        self._stop_passes()
         self._write_status()
+
+    def _running(self) -> list[str]:
+        return [root for root, (task, _id) in self._tasks.items() if not task.done()]
+
+    def _stop_passes(self) -> list[asyncio.Task[PassDone]]:
+        """Stop the passes mirrord.stopping says must stop; return their tasks (each ends once
+        its rsync is reaped, as a RETRY: the snapshot goes back to the dirty set)."""
+        stop = stopping.passes_to_stop(
+            self._running(), self._direction.push, self._released, self._direction.why
+        )
+        tasks = []
+        for root in stop.roots:
+            task = self._tasks[root][0]
+            self._stop_why[root] = stop.why
+            task.cancel()
+            tasks.append(task)
+            log.warning("pass.stopping dir=%s why=%s", root, stop.why)
+        return tasks
 
     def _start_catch_up(self) -> None:
         """Walk each root vouched for by a clean stop for what changed while mirrord was
@@ -935,6 +965,11 @@ class Daemon:
                 await asyncio.wait_for(asyncio.gather(*waits), deadline - now)
             if any(self._last[r].result not in ("", "ok") for r in pending):
                 await asyncio.sleep(FLUSH_RETRY)
+        # takeover hands over once the inhibitor is dropped: no pass of ours may outlive it.
+        self._released = True
+        stopped = self._stop_passes()
+        if stopped:
+            await asyncio.wait(stopped)
         report["ended"] = self.clock()
         report["ok"] = not pending
         if pending:

@@ -341,12 +341,37 @@ def with_parent_death(argv: Sequence[str]) -> tuple[list[str], Callable[[], None
     return list(argv), _die_with_parent
 
 
+# Seconds a terminated rsync gets to exit before it is killed.
+TERM_GRACE: Final = 5.0
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Terminate rsync and return once it is reaped (killed if SIGTERM is not enough within
+    TERM_GRACE): a pass being stopped is over before the daemon goes on (mirrord.stopping).
+
+    A second cancellation meanwhile (shutdown) only hastens the kill: the caller re-raises
+    its own once rsync is gone.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    waiter = asyncio.ensure_future(proc.wait())
+    killed = False
+    while not waiter.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({waiter}, timeout=TERM_GRACE)
+        if not waiter.done() and not killed:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            killed = True
+
+
 async def run_rsync(
     argv: Sequence[str], paths: Iterable[str] | None = None, *, keep_deleted: int = 0
 ) -> TransferResult:
     """Run rsync, feed `paths` NUL-separated on stdin, and classify the result.
 
-    Cancelling the task terminates rsync (the daemon does that on shutdown).
+    Cancelling the task terminates rsync and returns once it is reaped (the daemon does that on
+    shutdown and when a pass must stop, mirrord.stopping).
     """
     started = time.monotonic()
     command, preexec = with_parent_death(argv)
@@ -389,9 +414,7 @@ async def run_rsync(
         done = await asyncio.gather(*jobs)
         rc = await proc.wait()
     except asyncio.CancelledError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        await proc.wait()
+        await _reap(proc)
         raise
     err = done[1]
     assert isinstance(err, bytes)
