@@ -2,14 +2,23 @@
 
 Passes fill it (--backup-dir); the receiving node's mirrord prunes it hourly (mirrord.daemon),
 and with the rrsync receiver mirrord.receive prunes it too, at most hourly, before a pass.
+
+The area lies inside a mirrored root, which others may write into (mail spools, uploads): one
+of them could plant `.hapair-backup -> /etc` and have root create, truncate or move files
+there. So the area is this account's own directory, mode 0700, checked on every use
+(`open_area`: lstat, then an O_NOFOLLOW open), and everything in it is done relative to that
+descriptor (dir_fd), never by a path a planted symlink could redirect. A symlink or a
+directory owned by someone else is refused (`UnsafeArea`, naming it), and nothing is written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import stat
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Final
 
 # Receiving-side directory (inside each root) that keeps what passes overwrite or delete.
@@ -48,12 +57,79 @@ def expired_backups(names: Sequence[str], retention: float, now: float) -> list[
 
 def prune_backups(root: str, retention: float, now: float) -> list[str]:
     """Delete expired backup hour directories under `root`; return their names."""
-    area = Path(root) / BACKUP_DIR
     try:
-        names = [p.name for p in area.iterdir() if p.is_dir() and not p.is_symlink()]
+        area = open_area(root, create=False)
     except FileNotFoundError:
         return []
-    gone = expired_backups(names, retention, now)
-    for name in gone:
-        shutil.rmtree(area / name, ignore_errors=True)
+    try:
+        with os.scandir(area) as it:
+            names = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+        gone = expired_backups(names, retention, now)
+        for name in gone:
+            # rmtree with dir_fd walks by descriptors and never follows a symlink.
+            shutil.rmtree(name, ignore_errors=True, dir_fd=area)
+    finally:
+        os.close(area)
     return gone
+
+
+class UnsafeArea(OSError):
+    """A root's backup area is a symlink, not a directory, or not this account's own."""
+
+
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_area(root: str, *, create: bool = True) -> int:
+    """Return a descriptor of `root`'s backup area (created mode 0700 if missing and `create`).
+
+    Refuse (UnsafeArea, naming the path) a symlink or anything but a directory owned by this
+    account; an own directory with a looser mode gets 0700. FileNotFoundError if it is missing
+    and not to be created (or the root is missing).
+    """
+    path = os.path.join(root, BACKUP_DIR)
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            st = os.stat(BACKUP_DIR, dir_fd=top, follow_symlinks=False)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(BACKUP_DIR, 0o700, dir_fd=top)
+            st = os.stat(BACKUP_DIR, dir_fd=top, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode):
+            kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+            raise UnsafeArea(f"backup area {path} is {kind}: refused (move it away)")
+        try:
+            fd = os.open(BACKUP_DIR, _DIR_FLAGS, dir_fd=top)
+        except OSError as exc:  # swapped for a symlink since the lstat: ELOOP/ENOTDIR
+            raise UnsafeArea(f"backup area {path} changed under us: refused ({exc})") from None
+    finally:
+        os.close(top)
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid():
+        os.close(fd)
+        raise UnsafeArea(f"backup area {path} is owned by uid {st.st_uid}: refused (move it away)")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.fchmod(fd, 0o700)
+    return fd
+
+
+def open_dirs(fd: int, parts: Sequence[str], *, create: bool = False) -> int:
+    """Return a new descriptor of the directory `parts` below `fd`, opening each component
+    without following symlinks (and creating missing ones, mode 0700, if `create`)."""
+    cur = os.dup(fd)
+    try:
+        for part in parts:
+            if part in ("", ".", ".."):
+                raise UnsafeArea(f"bad path component {part!r}")
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o700, dir_fd=cur)
+            nxt = os.open(part, _DIR_FLAGS, dir_fd=cur)
+            os.close(cur)
+            cur = nxt
+    except BaseException:
+        os.close(cur)
+        raise
+    return cur
