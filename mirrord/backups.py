@@ -17,7 +17,7 @@ import contextlib
 import os
 import shutil
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -26,19 +26,51 @@ BACKUP_DIR: Final = ".hapair-backup"
 # File in BACKUP_DIR while this node is (or was, until it crashed) the source of the root: the
 # receiving side refuses ordinary pushes into it (see mirrord.orphans).
 SOURCE_MARKER: Final = "source"
-# Timestamp formats of the backup hour directory and of the per-pass suffix (UTC).
+# Timestamp format of the backup hour directory (UTC); each pass has its own directory below it.
 BACKUP_HOUR_FORMAT: Final = "%Y-%m-%dT%HZ"
-BACKUP_SUFFIX_FORMAT: Final = "~%Y%m%dT%H%M%S~"
+# rsync builds BACKUP_DIR/HOUR/PASS/PATH in a PATH_MAX buffer and needs a byte to spare beyond
+# it (measured with rsync 3.5.0: 4094 bytes pass; 4095 fail with ENAMETOOLONG, 4096 with
+# "backup filename too long", and either aborts the whole pass with exit 11 or 13).
+MAX_BACKUP_PATH: Final = 4094
+
+
+def backup_dir(now: float) -> str:
+    """Return the backup dir of a pass starting at `now`: `BACKUP_DIR/<UTC hour>/<MMSS.mmm>`.
+
+    One directory per pass and an empty suffix: a backup keeps the file's own name and path
+    below it, so no name that the file system accepts is lengthened beyond what it accepts
+    (a suffix made a 255-byte name unbackable: never updated, retried forever).
+    """
+    t = datetime.fromtimestamp(now, UTC)
+    return f"{BACKUP_DIR}/{t.strftime(BACKUP_HOUR_FORMAT)}/{t:%M%S}.{t.microsecond // 1000:03d}"
 
 
 def backup_args(now: float) -> list[str]:
-    """Return the --backup options for a pass starting at `now` (UTC hour dir + suffix)."""
-    t = datetime.fromtimestamp(now, UTC)
-    return [
-        "--backup",
-        f"--backup-dir={BACKUP_DIR}/{t.strftime(BACKUP_HOUR_FORMAT)}",
-        f"--suffix={t.strftime(BACKUP_SUFFIX_FORMAT)}",
-    ]
+    """Return the --backup options for a pass starting at `now`."""
+    return ["--backup", f"--backup-dir={backup_dir(now)}", "--suffix="]
+
+
+def unbackable(paths: Iterable[str], now: float) -> list[str]:
+    """Return the paths (relative to the root) whose backup path, in the backup dir of a pass
+    starting at `now`, would pass what rsync can name (sorted)."""
+    room = MAX_BACKUP_PATH - len(backup_dir(now)) - 1
+    return sorted(p for p in paths if len(p.encode("utf-8", "surrogateescape")) > room)
+
+
+def find_unbackable(root: str, now: float) -> list[str]:
+    """Walk `root` (not its backup area) for the paths `unbackable` would name."""
+    room = MAX_BACKUP_PATH - len(backup_dir(now)) - 1
+    found = []
+    for top, dirs, files in os.walk(root):
+        rel_top = os.path.relpath(top, root)
+        if rel_top == ".":
+            dirs[:] = [d for d in dirs if d != BACKUP_DIR]
+            rel_top = ""
+        for name in dirs + files:
+            rel = f"{rel_top}/{name}" if rel_top else name
+            if len(rel.encode("utf-8", "surrogateescape")) > room:
+                found.append(rel)
+    return sorted(found)
 
 
 def expired_backups(names: Sequence[str], retention: float, now: float) -> list[str]:

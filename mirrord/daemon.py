@@ -32,7 +32,7 @@ from typing import Any, Final, Protocol
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from mirrord import guard, orphans, roles, sdnotify, stopping
-from mirrord.backups import prune_backups
+from mirrord.backups import find_unbackable, prune_backups, unbackable
 from mirrord.changes import Overflow, RawEvent, RootGone, Watcher, coalesce
 from mirrord.follow import Follower, PeerSeen, RoleSeen
 from mirrord.journal import Journal
@@ -44,6 +44,7 @@ from mirrord.transfer import (
     TransferResult,
     full_argv,
     incremental_argv,
+    literal_pattern,
     run_rsync,
 )
 from takeover.fsutil import write_atomic
@@ -75,6 +76,9 @@ FLUSH_REPORT: Final = 50
 # A change this many seconds before the recorded stop counts as made while stopped: file
 # systems store times as coarse as 1 s (ext3) or 2 s (FAT), truncated.
 CATCH_UP_MARGIN: Final = 2.0
+# rsync's words for a backup path at or past PATH_MAX, and ours for the paths it stops.
+BACKUP_TOO_LONG: Final = ("backup filename too long", "File name too long")
+UNBACKABLE: Final = "path too long for its backup copy on the peer"
 # Seconds between prunings of the backup areas (what the peer's passes replaced here).
 PRUNE_INTERVAL: Final = 3600.0
 
@@ -371,6 +375,8 @@ class Daemon:
         self._wake_at: float | None = None
         # The final flush of this RELEASING is over: no pass may start (mirrord.stopping).
         self._released = False
+        # Paths that cannot be mirrored (root -> path -> why): excluded from passes, in status.
+        self._not_mirrored: dict[str, dict[str, str]] = {d: {} for d in self.dirs}
         # Passes being stopped (root -> why): their task ends as a RETRY, not a cancellation.
         self._stop_why: dict[str, str] = {}
 
@@ -720,16 +726,43 @@ class Daemon:
         dest: str | None,
         limit: int | None,
     ) -> PassOutcome:
-        """Run the pass's rsync with `limit` as its --max-delete backstop."""
+        """Run the pass's rsync with `limit` as its --max-delete backstop.
+
+        Paths whose backup path rsync cannot name are left out (and named), never sent: rsync
+        would abort the whole pass on them, again at every retry (mirrord.backups).
+        """
+        skip = self._not_mirrored[d.root]
         opts = replace(d.options, max_delete=limit)
         if full:
+            opts = replace(opts, excludes=opts.excludes + tuple(map(literal_pattern, sorted(skip))))
             res = await run_rsync(
                 full_argv(d.root, self.peer, opts, now, audit=plan.audit, dest=dest)
             )
-        else:
-            argv = incremental_argv(d.root, self.peer, opts, now, dest=dest)
-            res = await run_rsync(argv, sorted(plan.paths))
-        return self._outcome(res)
+            if opts.backup and res.rc and any(w in res.stderr for w in BACKUP_TOO_LONG):
+                found = await asyncio.to_thread(find_unbackable, d.root, now)
+                new = [p for p in found if p not in skip]
+                if new:
+                    self._skip(d.root, new)
+                    return PassOutcome(Result.RETRY, f"{UNBACKABLE}: {', '.join(new[:5])}; "
+                                       "left out from now on", rc=res.rc)  # fmt: skip
+            return self._outcome(res)
+        too_long = unbackable(plan.paths, now) if opts.backup else []
+        self._skip(d.root, too_long)
+        argv = incremental_argv(d.root, self.peer, opts, now, dest=dest)
+        res = await run_rsync(argv, sorted(set(plan.paths) - set(too_long) - set(skip)))
+        out = self._outcome(res)
+        left = sorted(set(too_long) | (set(skip) & plan.paths))
+        if left:
+            out = replace(out, detail=f"{out.detail}; not mirrored ({UNBACKABLE}): "
+                          f"{', '.join(left[:5])}")  # fmt: skip
+        return out
+
+    def _skip(self, root: str, paths: Sequence[str]) -> None:
+        """Leave `paths` of `root` out of every pass from now on, and raise the alarm."""
+        for p in paths:
+            if p not in self._not_mirrored[root]:
+                self._not_mirrored[root][p] = UNBACKABLE
+                log.error("pass.not_mirrored dir=%s path=%s why=%s", root, p, UNBACKABLE)
 
     @staticmethod
     def _outcome(res: TransferResult, prefix: str = "") -> PassOutcome:
@@ -1008,6 +1041,7 @@ class Daemon:
                     "watched": root not in self._unwatched,
                     "startup": self._vouch.get(root, ""),
                     "last": asdict(self._last[root]),
+                    "not_mirrored": sorted(self._not_mirrored[root])[:FLUSH_REPORT],
                 }
             )
             dirs.append(st)

@@ -10,9 +10,12 @@ the peer thanks to --delete-missing-args, and --force lets that remove a non-emp
 A full pass is `rsync -a --delete` over the whole root, with `--checksum` for audits.
 
 On the receiving side, whatever a pass overwrites or deletes is kept under
-`<root>/.hapair-backup/<UTC hour>/` with a per-pass suffix: the backup dir is relative (inside
-the peer's module, mirrord.rsyncd), excluded from every pass (an excluded path is never deleted
-by --delete), and pruned by the receiving node's mirrord after the backup retention.
+`<root>/.hapair-backup/<UTC hour>/<MMSS.mmm>/`, one directory per pass, under its own name (no
+suffix: mirrord.backups): the backup dir is relative (inside the peer's module,
+mirrord.rsyncd), excluded from every pass (an excluded path is never deleted by --delete), and
+pruned by the receiving node's mirrord after the backup retention. A path too deep for its
+backup path to be named is not sent (the daemon names it, `not_mirrored` in status) rather
+than failing the whole pass again and again.
 """
 
 from __future__ import annotations
@@ -217,6 +220,20 @@ def _common(opts: TransferOptions, now: float) -> list[str]:
     if opts.backup:
         argv += backup_args(now)
     return argv
+
+
+_WILDCARDS: Final = re.compile(r"([*?\[\\])")
+
+
+def literal_pattern(rel: str) -> str:
+    """Return an rsync pattern matching exactly `rel` (relative to the root), for --exclude.
+
+    rsync reads a backslash as an escape only in a pattern that has a wildcard, so a name with
+    none is left as it is.
+    """
+    if not any(c in rel for c in "*?["):
+        return f"/{rel}"
+    return "/" + _WILDCARDS.sub(r"\\\1", rel)
 
 
 def incremental_argv(
