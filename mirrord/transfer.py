@@ -7,6 +7,13 @@ An incremental pass sends exactly the snapshot of dirty paths:
 (`-a` does not recurse with --files-from, so a listed directory carries only itself; the change
 tracker lists the contents of directories that appear. A listed path that vanished is deleted on
 the peer thanks to --delete-missing-args, and --force lets that remove a non-empty directory.)
+
+No pass updates a file in place (--inplace): rsync writes each file to a temp name beside it and
+renames it over the old one once complete, so a pass killed at any point (the active crashing
+mid-pass: the failover case) leaves the peer's file old or new, never torn, and only a stray
+`.NAME.XXXXXX` temp that the next full pass deletes. With --backup on, in place saves nothing:
+rsync first copies the whole old file into the backup dir, where without it the old file is
+just renamed there (256 MiB with 1 MiB changed: 1.15 s in place, 1.06 s by temp file).
 A full pass is `rsync -a --delete` over the whole root, with `--checksum` for audits.
 
 On the receiving side, whatever a pass overwrites or deletes is kept under
@@ -193,9 +200,6 @@ class TransferOptions:
     sparse: bool = False
     # Audit passes compare content by checksum, not size and mtime.
     verify_checksum: bool = False
-    # Update large files in place on incremental passes (1 GiB with 1 MiB changed: 1.1 s vs
-    # 3.5 s); the --backup copy is made before the update, so nothing is lost if a pass dies.
-    inplace: bool = True
     # Keep overwritten/deleted files on the receiver under BACKUP_DIR.
     backup: bool = True
 
@@ -248,8 +252,6 @@ def incremental_argv(
     else:
         # A vanished path is neither an error nor a deletion.
         argv.append("--ignore-missing-args")
-    if opts.inplace:
-        argv.append("--inplace")
     return argv + _ends(root, peer, dest)
 
 

@@ -388,7 +388,7 @@ def test_long_names_mirror_and_a_path_too_deep_to_back_up_is_named_not_retried(
     (env.src / "plain").write_text("v1")
     make_at(env.src, too_deep, b"v1")
     d = MirrorDir(root=str(env.src), volatility="hot", cadence=FAST,
-                  options=TransferOptions(inplace=False))  # fmt: skip
+                  options=TransferOptions())  # fmt: skip
     daemon = Daemon([d], peer=None, state_dir=env.state, run_dir=env.run, local_dest=env.dest)
 
     async def body() -> None:

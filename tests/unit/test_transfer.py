@@ -42,7 +42,7 @@ def test_incremental_argv_has_the_files_from_set() -> None:
     """An incremental pass reads NUL paths from stdin, relative, deleting missing args."""
     argv = incremental_argv("/srv/mail", PEER, TransferOptions(), NOW)
     for flag in ("-a", "-I", "--files-from=-", "--from0", "--relative",
-                 "--delete-missing-args", "--force", "--inplace", "--numeric-ids"):  # fmt: skip
+                 "--delete-missing-args", "--force", "--numeric-ids"):  # fmt: skip
         assert flag in argv
     assert "--delete" not in argv
     assert argv[-2:] == ["/srv/mail/", f"hapair@192.0.2.12::{module_name('/srv/mail')}/"]
@@ -356,9 +356,7 @@ def test_long_names_mirror_with_their_backups_and_too_deep_ones_are_found(tmp_pa
     long_name, ok_deep, too_deep = "n" * 255, deep(4055), deep(4056).replace("d" * 200, "e" * 200)
     for rel in (long_name, ok_deep, too_deep):
         make_at_parents(src, dst, rel)
-    # Without --inplace: with it, rsync's generator opens the receiver's file by its absolute
-    # path, which the temp dir's prefix pushes past PATH_MAX (the chrooted daemon does not).
-    opts = TransferOptions(inplace=False)
+    opts = TransferOptions()
     res = run(incremental_argv(str(src), None, opts, NOW, dest=str(dst)),
               [long_name, ok_deep])  # fmt: skip
     assert res.outcome.result is Result.OK, res.stderr
@@ -376,3 +374,35 @@ def make_at_parents(src: Path, dst: Path, rel: str) -> None:
     dst.mkdir(exist_ok=True)
     make_at(src, rel, b"new")
     make_at(dst, rel, b"old", mtime=NOW - 3600)
+
+
+def test_a_pass_killed_mid_file_leaves_the_old_or_the_new_file_never_a_torn_one(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL of every rsync of an incremental pass halfway through a large file (the active
+    crashing mid-pass) leaves the peer's copy whole: the old content, or the new."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    old, new = b"o" * (4 << 20), os.urandom(4 << 20)
+    src.mkdir()
+    dst.mkdir()
+    (src / "big").write_bytes(new)
+    (dst / "big").write_bytes(old)
+    os.utime(dst / "big", (NOW, NOW))
+    argv = incremental_argv(str(src), None, TransferOptions(bwlimit=512), NOW, dest=str(dst))
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(b"big\0")
+    proc.stdin.close()
+
+    def started() -> bool:
+        """Whether new content reached the receiver (in a temp file, or in place)."""
+        if any(p.stat().st_size for p in dst.glob(".big.*")):
+            return True
+        with open(dst / "big", "rb") as f:
+            return f.read(4096) != old[:4096]
+
+    assert wait_until(started, timeout=30)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (dst / "big").read_bytes() in (old, new)
