@@ -18,6 +18,7 @@ import os
 import shutil
 import stat
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -73,26 +74,106 @@ def find_unbackable(root: str, now: float) -> list[str]:
     return sorted(found)
 
 
+def _hour_start(name: str) -> float | None:
+    """Return when backup hour directory `name` began (None: not an hour directory)."""
+    try:
+        return datetime.strptime(name, BACKUP_HOUR_FORMAT).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None  # not ours (a recovery area, the marker): leave it alone
+
+
 def expired_backups(names: Sequence[str], retention: float, now: float) -> list[str]:
     """Return the backup hour directories whose whole hour is older than `retention`."""
     out = []
     for name in names:
-        try:
-            start = datetime.strptime(name, BACKUP_HOUR_FORMAT).replace(tzinfo=UTC)
-        except ValueError:
-            continue  # not ours: leave it alone
-        end = (start + timedelta(hours=1)).timestamp()
-        if end < now - retention:
+        start = _hour_start(name)
+        if start is not None and start + timedelta(hours=1).total_seconds() < now - retention:
             out.append(name)
     return out
 
 
-def prune_backups(root: str, retention: float, now: float) -> list[str]:
-    """Delete expired backup hour directories under `root`; return their names."""
+# Units of a backup budget (takeover.config validates it: "N%" or a size such as "20GiB").
+_UNITS: Final = {"": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+def resolve_budget(spec: str, fs_size: int) -> int:
+    """Return the byte budget `spec` ("10%" of a file system of `fs_size` bytes, or a size)."""
+    spec = spec.strip()
+    if spec.endswith("%"):
+        return int(float(spec[:-1]) / 100 * fs_size)
+    number = spec.rstrip("KMGTiB").strip()
+    return int(float(number) * _UNITS[spec[len(number) :].strip()])
+
+
+def over_budget(units: Sequence[tuple[str, int]], budget: int) -> list[str]:
+    """Return the backup units ("HOUR/PASS", bytes) to delete, oldest first, until what is
+    left fits `budget` bytes. Names sort by time (UTC hour, then the pass's MMSS.mmm)."""
+    total = sum(size for _name, size in units)
+    gone = []
+    for name, size in sorted(units):
+        if total <= budget:
+            break
+        gone.append(name)
+        total -= size
+    return gone
+
+
+def _usage(fd: int) -> int:
+    """Return the bytes allocated below directory `fd` (blocks, so sparse files count true)."""
+    total = 0
+    for _top, _dirs, files, dfd in os.fwalk(".", dir_fd=fd, follow_symlinks=False):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(name, dir_fd=dfd, follow_symlinks=False).st_blocks * 512
+    return total
+
+
+def backup_units(area: int) -> list[tuple[str, int]]:
+    """Return each pass's backup directory ("HOUR/PASS") in the area and its size."""
+    units = []
+    with os.scandir(area) as hours:
+        names = [e.name for e in hours if e.is_dir(follow_symlinks=False)]
+    for hour in sorted(n for n in names if _hour_start(n) is not None):
+        hour_fd = open_dirs(area, [hour])
+        try:
+            with os.scandir(hour_fd) as passes:
+                entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in passes]
+            for name, is_dir in entries:
+                if is_dir:
+                    pass_fd = open_dirs(hour_fd, [name])
+                    try:
+                        size = _usage(pass_fd)
+                    finally:
+                        os.close(pass_fd)
+                else:
+                    size = os.stat(name, dir_fd=hour_fd, follow_symlinks=False).st_blocks * 512
+                units.append((f"{hour}/{name}", size))
+        finally:
+            os.close(hour_fd)
+    return units
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What one pruning of a root's backup area did."""
+
+    # Hour directories older than the retention, deleted.
+    expired: list[str]
+    # Pass directories ("HOUR/PASS") deleted, oldest first, to fit the budget.
+    over_budget: list[str]
+    # Bytes the backups still take (recovery areas of orphans not counted: never pruned).
+    size: int
+    # The budget in bytes (None: none).
+    budget: int | None
+
+
+def prune_backups(root: str, retention: float, now: float, budget: str | None = None) -> Pruned:
+    """Delete expired backup hours under `root`, then the oldest passes' backups beyond
+    `budget` (mirrord.backups.resolve_budget); return what was done and what is left."""
     try:
         area = open_area(root, create=False)
     except FileNotFoundError:
-        return []
+        return Pruned([], [], 0, None)
     try:
         with os.scandir(area) as it:
             names = [e.name for e in it if e.is_dir(follow_symlinks=False)]
@@ -100,9 +181,29 @@ def prune_backups(root: str, retention: float, now: float) -> list[str]:
         for name in gone:
             # rmtree with dir_fd walks by descriptors and never follows a symlink.
             shutil.rmtree(name, ignore_errors=True, dir_fd=area)
+        units = backup_units(area)
+        limit = None
+        trimmed: list[str] = []
+        if budget is not None:
+            st = os.statvfs(area)
+            limit = resolve_budget(budget, st.f_blocks * st.f_frsize)
+            trimmed = over_budget(units, limit)
+            for unit in trimmed:
+                hour, name = unit.split("/")
+                hour_fd = open_dirs(area, [hour])
+                try:
+                    mode = os.stat(name, dir_fd=hour_fd, follow_symlinks=False).st_mode
+                    if stat.S_ISDIR(mode):
+                        shutil.rmtree(name, ignore_errors=True, dir_fd=hour_fd)
+                    else:
+                        os.unlink(name, dir_fd=hour_fd)
+                finally:
+                    os.close(hour_fd)
+        left = set(trimmed)
+        size = sum(n for u, n in units if u not in left)
     finally:
         os.close(area)
-    return gone
+    return Pruned(gone, trimmed, size, limit)
 
 
 class UnsafeArea(OSError):

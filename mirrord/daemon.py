@@ -80,7 +80,8 @@ CATCH_UP_MARGIN: Final = 2.0
 BACKUP_TOO_LONG: Final = ("backup filename too long", "File name too long")
 UNBACKABLE: Final = "path too long for its backup copy on the peer"
 # Seconds between prunings of the backup areas (what the peer's passes replaced here).
-PRUNE_INTERVAL: Final = 3600.0
+# (Also what bounds the backup budget's overshoot: a growing file backed up at every pass.)
+PRUNE_INTERVAL: Final = 600.0
 
 
 class PolicyLike(Protocol):
@@ -318,12 +319,17 @@ class Daemon:
         peer_name: str = "peer",
         flush_timeout: float = 20.0,
         backup_retention: float | None = None,
+        backup_budget: str | None = None,
     ) -> None:
         if peer is None and local_dest is None:
             raise DaemonError("mirrord: need a peer or a local destination")
         self.dirs = {d.root: d for d in dirs}
         # What the peer's passes overwrote or deleted here is kept this long (None: forever).
         self.backup_retention = backup_retention
+        # ...and within this budget per root, oldest passes first (mirrord.backups).
+        self.backup_budget = backup_budget
+        # Bytes each root's backup area held at the last pruning (None: not measured yet).
+        self._backup_size: dict[str, int | None] = dict.fromkeys(self.dirs)
         self.peer = peer
         self.state_dir = state_dir
         self.run_dir = run_dir
@@ -480,12 +486,16 @@ class Daemon:
         assert self.backup_retention is not None
         for root in self.dirs:
             try:
-                gone = prune_backups(root, self.backup_retention, now)
+                done = prune_backups(root, self.backup_retention, now, self.backup_budget)
             except OSError as exc:
                 log.warning("backups.prune_failed dir=%s error=%s", root, exc)
                 continue
-            if gone:
-                log.info("backups.pruned dir=%s hours=%s", root, ",".join(gone))
+            self._backup_size[root] = done.size
+            if done.expired or done.over_budget:
+                log.info(
+                    "backups.pruned dir=%s hours=%s over_budget=%s size=%d budget=%s", root,
+                    ",".join(done.expired), ",".join(done.over_budget), done.size, done.budget,
+                )  # fmt: skip
 
     def stop(self) -> None:
         """Ask the daemon to shut down (signal handlers call this)."""
@@ -1042,6 +1052,7 @@ class Daemon:
                     "startup": self._vouch.get(root, ""),
                     "last": asdict(self._last[root]),
                     "not_mirrored": sorted(self._not_mirrored[root])[:FLUSH_REPORT],
+                    "backup_bytes": self._backup_size[root],
                 }
             )
             dirs.append(st)

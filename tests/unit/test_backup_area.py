@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from mirrord import orphans
-from mirrord.backups import BACKUP_DIR, UnsafeArea, open_area, prune_backups
+from mirrord.backups import (
+    BACKUP_DIR,
+    UnsafeArea,
+    open_area,
+    over_budget,
+    prune_backups,
+    resolve_budget,
+)
 from mirrord.receive import maybe_prune
 from takeover.fsutil import write_atomic
 
@@ -111,3 +118,53 @@ def test_write_atomic_never_truncates_through_a_link_at_its_temp_name(tmp_path: 
     write_atomic(tmp_path / "status.json", "new")
     assert victim.read_text() == "victim"
     assert (tmp_path / "status.json").read_text() == "new"
+
+
+# -- the backup budget ---------------------------------------------------------------------------
+
+UNITS = [("2026-11-18T10Z/0500.000", 40), ("2026-11-18T09Z/5900.000", 30),
+         ("2026-11-18T10Z/0100.000", 20), ("2026-11-18T11Z/0000.000", 10)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("budget", "gone"),
+    [
+        (100, []),
+        (99, ["2026-11-18T09Z/5900.000"]),
+        (70, ["2026-11-18T09Z/5900.000"]),
+        (50, ["2026-11-18T09Z/5900.000", "2026-11-18T10Z/0100.000"]),
+        (10, ["2026-11-18T09Z/5900.000", "2026-11-18T10Z/0100.000", "2026-11-18T10Z/0500.000"]),
+        (0, sorted(u for u, _n in UNITS)),
+    ],
+)
+def test_over_budget_prunes_the_oldest_passes_first(budget: int, gone: list[str]) -> None:
+    """Passes go oldest first (by hour, then time in the hour) until the rest fits."""
+    assert over_budget(UNITS, budget) == gone
+
+
+@pytest.mark.parametrize(
+    ("spec", "size"),
+    [("10%", 100_000), ("2.5%", 25_000), ("100", 100), ("20GiB", 20 << 30), ("1.5 KiB", 1536)],
+)
+def test_resolve_budget_reads_shares_and_sizes(spec: str, size: int) -> None:
+    """A share is of the file system's size; a size has binary units or is bytes."""
+    assert resolve_budget(spec, 1_000_000) == size
+
+
+def test_pruning_keeps_the_newest_backups_within_the_budget(tmp_path: Path) -> None:
+    """A budget of 150 KiB keeps the newest passes' backups (blocks counted), deletes the oldest
+    first, leaves recovery areas alone, and reports what is left."""
+    area = tmp_path / BACKUP_DIR
+    for unit in ("2026-11-18T10Z/0500.000", "2026-11-18T10Z/0100.000", "2026-11-18T11Z/0000.000",
+                 "2026-11-18T09Z/5900.000", "recovery-20261118T000000Z"):  # fmt: skip
+        (area / unit / "sub").mkdir(parents=True)
+        (area / unit / "sub" / "f").write_bytes(os.urandom(64 << 10))
+    sparse = area / "2026-11-18T11Z/0000.000/sparse"
+    with open(sparse, "wb") as f:
+        f.truncate(1 << 30)  # 1 GiB apparent, no blocks: must not count
+    done = prune_backups(str(tmp_path), 86400.0, NOW, "150KiB")
+    assert done.over_budget == ["2026-11-18T09Z/5900.000", "2026-11-18T10Z/0100.000"]
+    assert done.budget == 150 << 10 and 128 << 10 <= done.size <= 150 << 10
+    left = sorted(str(p.relative_to(area)) for p in area.glob("*/*"))
+    assert left == ["2026-11-18T10Z/0500.000", "2026-11-18T11Z/0000.000",
+                    "recovery-20261118T000000Z/sub"]  # fmt: skip

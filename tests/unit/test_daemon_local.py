@@ -344,10 +344,15 @@ def test_the_daemon_prunes_expired_backup_hours_of_every_root(tmp_path: Path) ->
     d = MirrorDir(root=str(env.src), volatility="hot", cadence=FAST, options=TransferOptions())
     daemon = Daemon([d], peer=None, state_dir=env.state, run_dir=env.run, local_dest=env.dest,
                     backup_retention=7 * 86400.0)  # fmt: skip
+    env.state.mkdir()
+    daemon.journal = daemon._open_journal(now)  # for status(), without running the daemon
+    assert daemon.status()["directories"][0]["backup_bytes"] is None  # not measured yet
     daemon.prune_backups(now)
     assert sorted(p.name for p in area.iterdir()) == [
         "2026-11-18T10Z", "notes", "recovery-20261101T000000Z"
     ]  # fmt: skip
+    # What the kept hour takes is in status (recovery areas and unknown names not counted).
+    assert 0 < daemon.status()["directories"][0]["backup_bytes"] <= 64 << 10
 
 
 def test_a_run_that_never_pushed_keeps_the_older_stop_for_the_walk(
