@@ -194,6 +194,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         peer_name=peer_node.name,
         flush_timeout=args.flush_timeout,
         backup_retention=cluster.mirror.backup_retention,
+        backup_budget=cluster.mirror.backup_budget,
     )
     try:
         asyncio.run(daemon.run())

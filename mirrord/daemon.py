@@ -31,8 +31,8 @@ from typing import Any, Final, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from mirrord import guard, orphans, roles, sdnotify
-from mirrord.backups import prune_backups
+from mirrord import guard, orphans, roles, sdnotify, stopping
+from mirrord.backups import find_unbackable, prune_backups, unbackable
 from mirrord.changes import Overflow, RawEvent, RootGone, Watcher, coalesce
 from mirrord.follow import Follower, PeerSeen, RoleSeen
 from mirrord.journal import Journal
@@ -44,6 +44,7 @@ from mirrord.transfer import (
     TransferResult,
     full_argv,
     incremental_argv,
+    literal_pattern,
     run_rsync,
 )
 from takeover.fsutil import write_atomic
@@ -75,8 +76,12 @@ FLUSH_REPORT: Final = 50
 # A change this many seconds before the recorded stop counts as made while stopped: file
 # systems store times as coarse as 1 s (ext3) or 2 s (FAT), truncated.
 CATCH_UP_MARGIN: Final = 2.0
+# rsync's words for a backup path at or past PATH_MAX, and ours for the paths it stops.
+BACKUP_TOO_LONG: Final = ("backup filename too long", "File name too long")
+UNBACKABLE: Final = "path too long for its backup copy on the peer"
 # Seconds between prunings of the backup areas (what the peer's passes replaced here).
-PRUNE_INTERVAL: Final = 3600.0
+# (Also what bounds the backup budget's overshoot: a growing file backed up at every pass.)
+PRUNE_INTERVAL: Final = 600.0
 
 
 class PolicyLike(Protocol):
@@ -314,12 +319,17 @@ class Daemon:
         peer_name: str = "peer",
         flush_timeout: float = 20.0,
         backup_retention: float | None = None,
+        backup_budget: str | None = None,
     ) -> None:
         if peer is None and local_dest is None:
             raise DaemonError("mirrord: need a peer or a local destination")
         self.dirs = {d.root: d for d in dirs}
         # What the peer's passes overwrote or deleted here is kept this long (None: forever).
         self.backup_retention = backup_retention
+        # ...and within this budget per root, oldest passes first (mirrord.backups).
+        self.backup_budget = backup_budget
+        # Bytes each root's backup area held at the last pruning (None: not measured yet).
+        self._backup_size: dict[str, int | None] = dict.fromkeys(self.dirs)
         self.peer = peer
         self.state_dir = state_dir
         self.run_dir = run_dir
@@ -369,6 +379,12 @@ class Daemon:
         self._flush: dict[str, Any] | None = None
         self._follower: asyncio.Task[None] | None = None
         self._wake_at: float | None = None
+        # The final flush of this RELEASING is over: no pass may start (mirrord.stopping).
+        self._released = False
+        # Paths that cannot be mirrored (root -> path -> why): excluded from passes, in status.
+        self._not_mirrored: dict[str, dict[str, str]] = {d: {} for d in self.dirs}
+        # Passes being stopped (root -> why): their task ends as a RETRY, not a cancellation.
+        self._stop_why: dict[str, str] = {}
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -470,12 +486,16 @@ class Daemon:
         assert self.backup_retention is not None
         for root in self.dirs:
             try:
-                gone = prune_backups(root, self.backup_retention, now)
+                done = prune_backups(root, self.backup_retention, now, self.backup_budget)
             except OSError as exc:
                 log.warning("backups.prune_failed dir=%s error=%s", root, exc)
                 continue
-            if gone:
-                log.info("backups.pruned dir=%s hours=%s", root, ",".join(gone))
+            self._backup_size[root] = done.size
+            if done.expired or done.over_budget:
+                log.info(
+                    "backups.pruned dir=%s hours=%s over_budget=%s size=%d budget=%s", root,
+                    ",".join(done.expired), ",".join(done.over_budget), done.size, done.budget,
+                )  # fmt: skip
 
     def stop(self) -> None:
         """Ask the daemon to shut down (signal handlers call this)."""
@@ -603,7 +623,7 @@ class Daemon:
         now = self.clock()
         if self._quarantine_due and not self._tasks:
             self._quarantine(now)
-        if not self._direction.push:
+        if not stopping.may_start(self._direction.push, self._released):
             return
         for plan in self.planner.due(now):
             d = self.dirs[plan.directory]
@@ -628,7 +648,12 @@ class Daemon:
         try:
             outcome = await self._execute(d, plan, started)
         except asyncio.CancelledError:
-            raise
+            why = self._stop_why.pop(d.root, None)
+            if why is None or self._stopping:
+                raise
+            # Stopped (mirrord.stopping), rsync reaped: the snapshot goes back, as a retry.
+            log.warning("pass.stopped dir=%s why=%s", d.root, why)
+            outcome = PassOutcome(Result.RETRY, f"stopped: {why}")
         except Exception as exc:
             # rsync could not start, or a bug: the snapshot must go back, never get lost.
             log.exception("pass.crashed dir=%s", d.root)
@@ -711,16 +736,43 @@ class Daemon:
         dest: str | None,
         limit: int | None,
     ) -> PassOutcome:
-        """Run the pass's rsync with `limit` as its --max-delete backstop."""
+        """Run the pass's rsync with `limit` as its --max-delete backstop.
+
+        Paths whose backup path rsync cannot name are left out (and named), never sent: rsync
+        would abort the whole pass on them, again at every retry (mirrord.backups).
+        """
+        skip = self._not_mirrored[d.root]
         opts = replace(d.options, max_delete=limit)
         if full:
+            opts = replace(opts, excludes=opts.excludes + tuple(map(literal_pattern, sorted(skip))))
             res = await run_rsync(
                 full_argv(d.root, self.peer, opts, now, audit=plan.audit, dest=dest)
             )
-        else:
-            argv = incremental_argv(d.root, self.peer, opts, now, dest=dest)
-            res = await run_rsync(argv, sorted(plan.paths))
-        return self._outcome(res)
+            if opts.backup and res.rc and any(w in res.stderr for w in BACKUP_TOO_LONG):
+                found = await asyncio.to_thread(find_unbackable, d.root, now)
+                new = [p for p in found if p not in skip]
+                if new:
+                    self._skip(d.root, new)
+                    return PassOutcome(Result.RETRY, f"{UNBACKABLE}: {', '.join(new[:5])}; "
+                                       "left out from now on", rc=res.rc)  # fmt: skip
+            return self._outcome(res)
+        too_long = unbackable(plan.paths, now) if opts.backup else []
+        self._skip(d.root, too_long)
+        argv = incremental_argv(d.root, self.peer, opts, now, dest=dest)
+        res = await run_rsync(argv, sorted(set(plan.paths) - set(too_long) - set(skip)))
+        out = self._outcome(res)
+        left = sorted(set(too_long) | (set(skip) & plan.paths))
+        if left:
+            out = replace(out, detail=f"{out.detail}; not mirrored ({UNBACKABLE}): "
+                          f"{', '.join(left[:5])}")  # fmt: skip
+        return out
+
+    def _skip(self, root: str, paths: Sequence[str]) -> None:
+        """Leave `paths` of `root` out of every pass from now on, and raise the alarm."""
+        for p in paths:
+            if p not in self._not_mirrored[root]:
+                self._not_mirrored[root][p] = UNBACKABLE
+                log.error("pass.not_mirrored dir=%s path=%s why=%s", root, p, UNBACKABLE)
 
     @staticmethod
     def _outcome(res: TransferResult, prefix: str = "") -> PassOutcome:
@@ -805,6 +857,8 @@ class Daemon:
             if rec.role != self.role:
                 log.info("role.seen role=%s old=%s reason=%s", rec.role, self.role, rec.reason)
             self.role, self.role_reason = rec.role, rec.reason
+            if rec.role != "RELEASING":
+                self._released = False
         else:
             if self.role in roles.PUSH_ROLES and roles.peer_returned(self.peer_state, rec.peer):
                 # Its tree is unknown (it may have set orphans aside): only a full pass fixes it.
@@ -827,7 +881,26 @@ class Daemon:
                 orphans.set_source(root, self.node, now)
             self._marked = self._marked_here = True
         self._direction = d
+        self._stop_passes()
         self._write_status()
+
+    def _running(self) -> list[str]:
+        return [root for root, (task, _id) in self._tasks.items() if not task.done()]
+
+    def _stop_passes(self) -> list[asyncio.Task[PassDone]]:
+        """Stop the passes mirrord.stopping says must stop; return their tasks (each ends once
+        its rsync is reaped, as a RETRY: the snapshot goes back to the dirty set)."""
+        stop = stopping.passes_to_stop(
+            self._running(), self._direction.push, self._released, self._direction.why
+        )
+        tasks = []
+        for root in stop.roots:
+            task = self._tasks[root][0]
+            self._stop_why[root] = stop.why
+            task.cancel()
+            tasks.append(task)
+            log.warning("pass.stopping dir=%s why=%s", root, stop.why)
+        return tasks
 
     def _start_catch_up(self) -> None:
         """Walk each root vouched for by a clean stop for what changed while mirrord was
@@ -935,6 +1008,11 @@ class Daemon:
                 await asyncio.wait_for(asyncio.gather(*waits), deadline - now)
             if any(self._last[r].result not in ("", "ok") for r in pending):
                 await asyncio.sleep(FLUSH_RETRY)
+        # takeover hands over once the inhibitor is dropped: no pass of ours may outlive it.
+        self._released = True
+        stopped = self._stop_passes()
+        if stopped:
+            await asyncio.wait(stopped)
         report["ended"] = self.clock()
         report["ok"] = not pending
         if pending:
@@ -973,6 +1051,8 @@ class Daemon:
                     "watched": root not in self._unwatched,
                     "startup": self._vouch.get(root, ""),
                     "last": asdict(self._last[root]),
+                    "not_mirrored": sorted(self._not_mirrored[root])[:FLUSH_REPORT],
+                    "backup_bytes": self._backup_size[root],
                 }
             )
             dirs.append(st)

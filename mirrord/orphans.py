@@ -27,13 +27,14 @@ import json
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from mirrord.backups import BACKUP_DIR, SOURCE_MARKER
+from mirrord.backups import BACKUP_DIR, SOURCE_MARKER, UnsafeArea, open_area, open_dirs
 from takeover.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
@@ -71,14 +72,25 @@ def marker_path(root: str) -> Path:
     return Path(root) / BACKUP_DIR / SOURCE_MARKER
 
 
+def _unsafe(root: str, exc: UnsafeArea) -> None:
+    """Raise the alarm for a backup area that must not be used."""
+    log.error("backups.unsafe_area dir=%s error=%s", root, exc)
+
+
 def set_source(root: str, node: str, now: float) -> bool:
     """Mark `root` as pushed from this node (the peer's pushes are refused); return success."""
-    path = marker_path(root)
     try:
         if not Path(root).is_dir():
             return False
-        path.parent.mkdir(exist_ok=True)
-        write_atomic(path, json.dumps({"node": node, "since": now}) + "\n")
+        area = open_area(root)
+        try:
+            text = json.dumps({"node": node, "since": now}) + "\n"
+            write_atomic(SOURCE_MARKER, text, dir_fd=area)
+        finally:
+            os.close(area)
+    except UnsafeArea as exc:
+        _unsafe(root, exc)
+        return False
     except OSError as exc:
         log.warning("source.mark_failed dir=%s error=%s", root, exc)
         return False
@@ -88,16 +100,36 @@ def set_source(root: str, node: str, now: float) -> bool:
 def clear_source(root: str) -> None:
     """Remove the source marker of `root` (the peer's pushes are accepted again)."""
     try:
-        marker_path(root).unlink()
+        area = open_area(root, create=False)
+        try:
+            os.unlink(SOURCE_MARKER, dir_fd=area)
+        finally:
+            os.close(area)
     except FileNotFoundError:
         pass
+    except UnsafeArea as exc:
+        _unsafe(root, exc)
     except OSError as exc:
         log.warning("source.unmark_failed dir=%s error=%s", root, exc)
 
 
 def has_source(root: str) -> bool:
-    """Return whether `root` carries the source marker."""
-    return marker_path(root).exists()
+    """Return whether `root` carries the source marker (an unusable area counts as marked:
+    the cautious side, it sets more aside)."""
+    try:
+        area = open_area(root, create=False)
+    except FileNotFoundError:
+        return False
+    except UnsafeArea as exc:
+        _unsafe(root, exc)
+        return True
+    try:
+        os.stat(SOURCE_MARKER, dir_fd=area, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(area)
+    return True
 
 
 def quarantine(
@@ -106,35 +138,80 @@ def quarantine(
     """Move each of `paths` (relative to `root`) into a new recovery area; return what was set
     aside and the paths that could not be (those stay in place and in the journal)."""
     stamp = datetime.fromtimestamp(now, UTC).strftime(STAMP_FORMAT)
-    area = Path(root) / BACKUP_DIR / f"{RECOVERY_PREFIX}{stamp}"
+    name = f"{RECOVERY_PREFIX}{stamp}"
+    area = Path(root) / BACKUP_DIR / name
+    todo = sorted(set(paths), key=lambda p: (-p.count("/"), p))
+    if not todo:
+        return [], []
+    try:
+        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        log.warning("orphans.root_failed dir=%s error=%s", root, exc)
+        return [], todo
+    try:
+        area_fd = open_area(root)
+        try:
+            recovery = open_dirs(area_fd, [name], create=True)
+        finally:
+            os.close(area_fd)
+    except OSError as exc:
+        if isinstance(exc, UnsafeArea):
+            _unsafe(root, exc)
+        else:
+            log.warning("orphans.area_failed dir=%s error=%s", root, exc)
+        os.close(top)
+        return [], todo
     moved: list[Orphan] = []
     failed: list[str] = []
-    # Deepest first: a directory's children move before it is looked at.
-    for rel in sorted(set(paths), key=lambda p: (-p.count("/"), p)):
-        src = Path(root) / rel
-        try:
-            st = src.lstat()
-        except FileNotFoundError:
-            moved.append(Orphan(root, rel, None, None, None, now, reason))
-            continue
-        except OSError as exc:
-            log.warning("orphans.stat_failed dir=%s path=%s error=%s", root, rel, exc)
-            failed.append(rel)
-            continue
-        if src.is_dir() and not src.is_symlink():
-            # A directory is only a container: its files are listed themselves when dirty.
-            continue
-        dest = area / rel
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(src, dest)
-        except OSError as exc:
-            log.warning("orphans.move_failed dir=%s path=%s error=%s", root, rel, exc)
-            failed.append(rel)
-            continue
-        moved.append(Orphan(root, rel, str(dest), st.st_size, st.st_mtime, now, reason))
-        log.warning("orphans.set_aside dir=%s path=%s to=%s size=%d", root, rel, dest, st.st_size)
+    try:
+        # Deepest first: a directory's children move before it is looked at.
+        for rel in todo:
+            orphan = _set_aside(top, recovery, rel, root=root, area=area, now=now, reason=reason)
+            if orphan is None:
+                failed.append(rel)
+            elif orphan.path:
+                moved.append(orphan)
+    finally:
+        os.close(top)
+        os.close(recovery)
     return moved, failed
+
+
+def _set_aside(
+    top: int, recovery: int, rel: str, *, root: str, area: Path, now: float, reason: str
+) -> Orphan | None:
+    """Move `rel` from the root (`top`) into the recovery area (`recovery`), walking both by
+    descriptors without following symlinks: a directory swapped for a link cannot redirect the
+    move. Return its Orphan (path "" for a directory, which is not listed), None on failure."""
+    *parents, leaf = rel.split("/")
+    try:
+        src_dir = open_dirs(top, parents)
+    except FileNotFoundError:
+        return Orphan(root, rel, None, None, None, now, reason)
+    except OSError as exc:  # a parent that is now a symlink (ELOOP/ENOTDIR) is not followed
+        log.warning("orphans.stat_failed dir=%s path=%s error=%s", root, rel, exc)
+        return None
+    try:
+        try:
+            st = os.stat(leaf, dir_fd=src_dir, follow_symlinks=False)
+        except FileNotFoundError:
+            return Orphan(root, rel, None, None, None, now, reason)
+        if stat.S_ISDIR(st.st_mode):
+            # A directory is only a container: its files are listed themselves when dirty.
+            return Orphan(root, "", None, None, None, now, reason)
+        dest_dir = open_dirs(recovery, parents, create=True)
+        try:
+            os.rename(leaf, leaf, src_dir_fd=src_dir, dst_dir_fd=dest_dir)
+        finally:
+            os.close(dest_dir)
+    except OSError as exc:
+        log.warning("orphans.move_failed dir=%s path=%s error=%s", root, rel, exc)
+        return None
+    finally:
+        os.close(src_dir)
+    dest = area / rel
+    log.warning("orphans.set_aside dir=%s path=%s to=%s size=%d", root, rel, dest, st.st_size)
+    return Orphan(root, rel, str(dest), st.st_size, st.st_mtime, now, reason)
 
 
 def record(state_dir: Path, orphans: Iterable[Orphan]) -> None:
@@ -193,14 +270,41 @@ def stage_restore(orphan: Orphan, node: str) -> tuple[Path, str]:
     """Hard-link (or copy) the recovered file under a staging dir by its conflict name; return
     (staging dir, conflict relative path) for `rsync --relative staging/./REL`."""
     assert orphan.recovered is not None
-    area = Path(orphan.recovered[: -len(orphan.path)].rstrip("/"))
-    staging = area.parent / f".restore-{area.name}"
+    recovery = Path(orphan.recovered[: -len(orphan.path)].rstrip("/"))
+    staging_name = f".restore-{recovery.name}"
     rel = conflict_name(orphan.path, node, orphan.when)
-    dest = staging / rel
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if not dest.exists():
+    *parents, leaf = orphan.path.split("/")
+    *dest_parents, dest_leaf = rel.split("/")
+    # Both ends are walked from the checked area by descriptors (no symlink is followed).
+    area = open_area(orphan.root, create=False)
+    try:
+        src = open_dirs(area, [recovery.name, *parents])
+        dest = open_dirs(area, [staging_name, *dest_parents], create=True)
+    finally:
+        os.close(area)
+    try:
         try:
-            os.link(orphan.recovered, dest, follow_symlinks=False)
-        except OSError:
-            shutil.copy2(orphan.recovered, dest, follow_symlinks=False)
-    return staging, rel
+            os.stat(dest_leaf, dir_fd=dest, follow_symlinks=False)
+        except FileNotFoundError:
+            try:
+                os.link(leaf, dest_leaf, src_dir_fd=src, dst_dir_fd=dest, follow_symlinks=False)
+            except OSError:
+                _copy_at(src, leaf, dest, dest_leaf)
+    finally:
+        os.close(src)
+        os.close(dest)
+    return recovery.parent / staging_name, rel
+
+
+def _copy_at(src_dir: int, name: str, dest_dir: int, dest_name: str) -> None:
+    """Copy regular file `name` (never through a symlink) with its mode and times."""
+    fd_in = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
+    try:
+        st = os.fstat(fd_in)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd_out = os.open(dest_name, flags, stat.S_IMODE(st.st_mode), dir_fd=dest_dir)
+        with open(fd_in, "rb", closefd=False) as fin, open(fd_out, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+            os.utime(fout.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
+    finally:
+        os.close(fd_in)

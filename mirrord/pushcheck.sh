@@ -16,7 +16,18 @@ if [ ! -d "$root" ]; then
     echo "mirrord: $root does not exist on this node (create it, or mount its disk)"
     exit 1
 fi
-[ -e "$root/.hapair-backup/source" ] || exit 0
+# 3. The backup area (where this push keeps what it replaces) must be this account's own
+#    directory, never a symlink someone who can write into the root planted (mirrord.backups);
+#    a missing one is created 0700 (mkdir never follows a symlink in its last component).
+area=$root/.hapair-backup
+if [ ! -e "$area" ] && [ ! -L "$area" ]; then
+    mkdir -m 700 "$area" 2>/dev/null
+fi
+if [ -L "$area" ] || [ ! -d "$area" ] || [ ! -O "$area" ]; then
+    echo "mirrord: $area is a symlink, not a directory, or not owned by the receiving account: push refused (move it away)"
+    exit 1
+fi
+[ -e "$area/source" ] || exit 0
 harmless=no
 i=1
 while eval "[ -n \"\${RSYNC_ARG$i+set}\" ]"; do

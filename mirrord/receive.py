@@ -73,7 +73,11 @@ def receive(roots: Sequence[str], retention: float, rrsync: str = RRSYNC) -> int
         print(refusal, file=sys.stderr)
         return 1
     if retention > 0:
-        maybe_prune(root, retention, time.time())
+        try:
+            maybe_prune(root, retention, time.time())
+        except OSError as exc:  # UnsafeArea: pushcheck.sh refused it already; say why
+            print(f"mirrord: {root}: {exc}", file=sys.stderr)
+            return 1
     # -wo: write only; -absolute: the client names the root by its absolute path.
     argv = [rrsync, "-wo", "-absolute", root]
     if _is_python_script(rrsync):
@@ -118,19 +122,32 @@ def _is_python_script(path: str) -> bool:
 
 
 def maybe_prune(root: str, retention: float, now: float) -> bool:
-    """Prune the backup area if the last pruning is older than PRUNE_EVERY; return whether."""
-    from mirrord.backups import BACKUP_DIR, prune_backups  # noqa: PLC0415  rarely needed
+    """Prune the backup area if the last pruning is older than PRUNE_EVERY; return whether.
 
-    stamp = os.path.join(root, BACKUP_DIR, PRUNE_STAMP)
+    The stamp lives in the area, reached only through its checked descriptor (mirrord.backups:
+    a planted symlink is refused, never followed).
+    """
+    from mirrord.backups import open_area, prune_backups  # noqa: PLC0415  rarely needed
+
     try:
-        if now - os.stat(stamp).st_mtime < PRUNE_EVERY:
-            return False
+        area = open_area(root, create=False)
     except FileNotFoundError:
-        pass
-    prune_backups(root, retention, now)
-    if os.path.isdir(os.path.dirname(stamp)):
-        with open(stamp, "w"):
+        return False  # no pass has kept anything yet
+    try:
+        try:
+            if (
+                now - os.stat(PRUNE_STAMP, dir_fd=area, follow_symlinks=False).st_mtime
+                < PRUNE_EVERY
+            ):
+                return False
+        except FileNotFoundError:
             pass
+        prune_backups(root, retention, now)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        os.close(os.open(PRUNE_STAMP, flags, 0o600, dir_fd=area))
+        os.utime(PRUNE_STAMP, dir_fd=area, follow_symlinks=False)
+    finally:
+        os.close(area)
     return True
 
 

@@ -262,6 +262,13 @@ class MirrorConfig:
     ssh_key: Path = Path("/etc/hapair/mirror_key")
     # Seconds the receiving side keeps what a pass overwrote or deleted.
     backup_retention: float = 7 * 86400.0
+    # ...within this much per root, oldest passes pruned first: "N%" of the root's file system,
+    # or a size ("20GiB"; units KiB, MiB, GiB, TiB; a bare number is bytes).
+    backup_budget: str = "10%"
+
+
+# A backup budget: a share of the root's file system, or a size (mirrord.backups).
+BACKUP_BUDGET: Final = r"(100|[1-9]?\d(\.\d+)?)%|\d+(\.\d+)?\s*([KMGT]iB)?"
 
 
 @dataclass(frozen=True)
@@ -847,6 +854,12 @@ def _mirror(t: Table) -> MirrorConfig:
         ssh_port=t.integer("ssh_port", 22, lo=1, hi=65535),
         ssh_key=t.path("ssh_key", "/etc/hapair/mirror_key"),
         backup_retention=t.duration("backup_retention", 7 * 86400.0),
+        backup_budget=t.string(
+            "backup_budget",
+            "10%",
+            pattern=BACKUP_BUDGET,
+            what='a share such as "10%" or a size such as "20GiB"',
+        ),
     )
     t.finish()
     return config

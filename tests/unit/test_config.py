@@ -292,6 +292,7 @@ def test_example_values_are_typed() -> None:
     assert cluster.checks[1].command[0] == "/usr/lib/nagios/plugins/check_imap"
     assert cluster.mirror is not None
     assert cluster.mirror.backup_retention == 7 * 86400
+    assert cluster.mirror.backup_budget == "10%"
 
 
 def test_peer_of_and_node_lookup() -> None:

@@ -17,6 +17,7 @@ from mirrord.daemon import SOCKET_NAME, STATUS_NAME, Daemon, MirrorDir
 from mirrord.journal import Journal
 from mirrord.planner import Cadence
 from mirrord.transfer import TransferOptions
+from tests.unit.test_transfer import deep, make_at, read_at
 
 FAST = Cadence(interval=0.2, min_interval=0.1, max_interval=1.0)
 
@@ -343,10 +344,15 @@ def test_the_daemon_prunes_expired_backup_hours_of_every_root(tmp_path: Path) ->
     d = MirrorDir(root=str(env.src), volatility="hot", cadence=FAST, options=TransferOptions())
     daemon = Daemon([d], peer=None, state_dir=env.state, run_dir=env.run, local_dest=env.dest,
                     backup_retention=7 * 86400.0)  # fmt: skip
+    env.state.mkdir()
+    daemon.journal = daemon._open_journal(now)  # for status(), without running the daemon
+    assert daemon.status()["directories"][0]["backup_bytes"] is None  # not measured yet
     daemon.prune_backups(now)
     assert sorted(p.name for p in area.iterdir()) == [
         "2026-11-18T10Z", "notes", "recovery-20261101T000000Z"
     ]  # fmt: skip
+    # What the kept hour takes is in status (recovery areas and unknown names not counted).
+    assert 0 < daemon.status()["directories"][0]["backup_bytes"] <= 64 << 10
 
 
 def test_a_run_that_never_pushed_keeps_the_older_stop_for_the_walk(
@@ -374,3 +380,44 @@ def test_a_run_that_never_pushed_keeps_the_older_stop_for_the_walk(
 
     asyncio.run(with_daemon(env.daemon(), third))
     assert (env.mirror / "a").read_text() == "edited while stopped"
+
+
+def test_long_names_mirror_and_a_path_too_deep_to_back_up_is_named_not_retried(
+    tmp_path: Path,
+) -> None:
+    """A 255-byte name is updated on the peer; a path too deep for its backup copy is left out
+    of the passes and named in status, while the rest of the directory converges."""
+    env = Env(tmp_path)
+    long_name, too_deep = "n" * 255, deep(4060)
+    (env.src / long_name).write_text("v1")
+    (env.src / "plain").write_text("v1")
+    make_at(env.src, too_deep, b"v1")
+    d = MirrorDir(root=str(env.src), volatility="hot", cadence=FAST,
+                  options=TransferOptions())  # fmt: skip
+    daemon = Daemon([d], peer=None, state_dir=env.state, run_dir=env.run, local_dest=env.dest)
+
+    async def body() -> None:
+        await request(env.run, {"cmd": "sync", "wait": True})
+        assert read_at(env.mirror, too_deep) == b"v1"  # created: no backup needed
+        # Another size: a full pass's quick check would miss a same-second, same-size rewrite.
+        for rel in (long_name, "plain"):
+            (env.src / rel).write_text("v2 longer")
+        make_at(env.src, too_deep, b"v2 longer")
+        for _ in range(20):
+            reply = await request(env.run, {"cmd": "sync", "full": True, "wait": True})
+            if reply["results"][str(env.src)]["result"] == "ok":
+                break
+        assert reply["results"][str(env.src)]["result"] == "ok"
+        assert (
+            (env.mirror / long_name).read_text()
+            == (env.mirror / "plain").read_text()
+            == ("v2 longer")
+        )
+        assert read_at(env.mirror, too_deep) == b"v1"
+        kept = [p.name for p in (env.mirror / BACKUP_DIR).rglob(long_name)]
+        assert kept == [long_name]
+        (status,) = (await request(env.run, {"cmd": "status"}))["directories"]
+        assert status["not_mirrored"] == [too_deep]
+        assert not status["alarm"]
+
+    asyncio.run(with_daemon(daemon, body))

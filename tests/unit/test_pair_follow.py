@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -256,5 +257,114 @@ def test_follower_flushes_under_the_inhibitor_and_sees_takeover_go(tmp_path: Pat
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+    asyncio.run(main())
+
+
+# -- passes stop when the node stops pushing -------------------------------------------------
+
+
+def rsync_of(root: Path) -> list[int]:
+    """Return the pids of processes whose command line names `root` (its rsync passes)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(str(root).encode() in a for a in argv):
+            pids.append(int(entry.name))
+    return pids
+
+
+async def slow_pass_under_takeover(
+    tmp: Path, flush_timeout: float
+) -> tuple[control.ControlServer, Daemon, Path, asyncio.Task[None]]:
+    """Start takeover's control server (ACTIVE, peer STANDBY) and a following daemon whose
+    start-up full pass sends a 4 MiB file at 16 KiB/s; return once that rsync runs."""
+    run = tmp / "run"
+    run.mkdir()
+    (run / "takeover.json").write_text(json.dumps(
+        {"written": time.time(), "status_interval": 3600.0,
+         "peer": {"role": "STANDBY", "alive": True}}
+    ))  # fmt: skip
+    server = control.ControlServer(control.socket_path(run), StatusHandler())
+    await server.start()
+    root = tmp / "data"
+    root.mkdir()
+    (root / "big").write_bytes(os.urandom(4 << 20))
+    d = MirrorDir(root=str(root), volatility="hot", cadence=Cadence(1.0, 0.5, 5.0),
+                  options=TransferOptions(bwlimit=16))  # fmt: skip
+    daemon = Daemon([d], peer=None, state_dir=tmp / "state", run_dir=run, local_dest=tmp / "dest",
+                    follow=True, node="a", peer_name="b", flush_timeout=flush_timeout)  # fmt: skip
+    task = asyncio.ensure_future(daemon.run())
+    for _ in range(1000):
+        if rsync_of(root) or task.done():
+            break
+        await asyncio.sleep(0.02)
+    assert rsync_of(root), "the start-up full pass never started"
+    return server, daemon, root, task
+
+
+async def stop_daemon(
+    server: control.ControlServer, daemon: Daemon, task: asyncio.Task[None]
+) -> None:
+    """Stop the daemon, then the control server."""
+    daemon.stop()
+    await asyncio.wait_for(task, 60)
+    await server.close()
+
+
+def test_release_inhibitor_dropped_only_after_the_running_pass_is_reaped(tmp_path: Path) -> None:
+    """A final flush that times out stops the running pass and reaps its rsync before takeover
+    may hand over; no pass starts afterwards while the role still says RELEASING."""
+
+    async def main() -> None:
+        server, daemon, root, task = await slow_pass_under_takeover(tmp_path, 0.5)
+        try:
+            server.publish(control.role_event("ACTIVE", "RELEASING", "operator standby", 1, NOW))
+            for _ in range(500):
+                if server.inhibitors.names():
+                    break
+                await asyncio.sleep(0.01)
+            assert server.inhibitors.names() == ["mirrord"]
+            await asyncio.wait_for(server.inhibitors.wait_clear(), 60)
+            assert rsync_of(root) == []
+            await asyncio.sleep(0.5)  # the planner retries the pass soon: it must not start
+            assert rsync_of(root) == []
+            flush = daemon.status()["follow"]["last_flush"]
+            assert not flush["ok"] and str(root) in flush["unsynced"]
+            (last,) = daemon.status()["directories"]
+            assert last["last"]["result"] == "retry"
+            assert last["last"]["detail"].startswith("stopped: final flush over")
+        finally:
+            await stop_daemon(server, daemon, task)
+
+    asyncio.run(main())
+
+
+def test_a_pass_stops_when_the_node_stops_pushing_without_a_flush(tmp_path: Path) -> None:
+    """An urgent move away from ACTIVE (no inhibitor to wait for) stops the running pass: its
+    rsync is reaped long before it could have finished, and its paths stay owed."""
+
+    async def main() -> None:
+        server, daemon, root, task = await slow_pass_under_takeover(tmp_path, 20.0)
+        try:
+            server.publish(control.role_event("ACTIVE", "FAULT", "resource failed", 1, NOW))
+            for _ in range(1000):  # the pass alone would take over four minutes
+                if not rsync_of(root):
+                    break
+                await asyncio.sleep(0.02)
+            assert rsync_of(root) == []
+            for _ in range(500):
+                (st,) = daemon.status()["directories"]
+                if st["last"]["result"]:
+                    break
+                await asyncio.sleep(0.01)
+            assert st["last"]["result"] == "retry" and st["full_needed"] is not None
+        finally:
+            await stop_daemon(server, daemon, task)
 
     asyncio.run(main())

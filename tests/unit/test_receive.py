@@ -76,9 +76,9 @@ def test_prune_backups_removes_only_expired_hours(tmp_path: Path) -> None:
     area = tmp_path / BACKUP_DIR
     for name in ("2026-11-18T09Z", "2026-11-18T11Z", "keep-me"):
         (area / name / "sub").mkdir(parents=True)
-    assert prune_backups(str(tmp_path), 3600.0, 1_795_000_000.0) == ["2026-11-18T09Z"]
+    assert prune_backups(str(tmp_path), 3600.0, 1_795_000_000.0).expired == ["2026-11-18T09Z"]
     assert sorted(p.name for p in area.iterdir()) == ["2026-11-18T11Z", "keep-me"]
-    assert prune_backups(str(tmp_path / "none"), 1.0, 0.0) == []
+    assert prune_backups(str(tmp_path / "none"), 1.0, 0.0).expired == []
 
 
 def test_authorized_keys_line_forces_the_receive_command() -> None:

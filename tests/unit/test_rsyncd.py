@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from mirrord import orphans
+from mirrord.backups import BACKUP_DIR, backup_args
 from mirrord.receive import PUSHCHECK
 from mirrord.rsyncd import (
     authorized_keys_line,
@@ -97,3 +98,57 @@ def test_push_check_refuses_a_missing_root(tmp_path: Path) -> None:
     out = pushcheck(missing, *PUSH)
     assert out.returncode == 1 and "does not exist on this node" in out.stdout
     assert not missing.exists()
+
+
+# -- a symlink planted as the backup area ---------------------------------------------------------
+
+
+def plant(root: Path, outside: Path) -> None:
+    """Make `root`'s backup area a symlink to `outside`, owned (as an attacker's) by nobody."""
+    outside.mkdir(exist_ok=True)
+    (root / ".hapair-backup").symlink_to(outside)
+    os.lchown(root / ".hapair-backup", 65534, 65534)
+
+
+def test_push_check_refuses_a_planted_backup_area_and_creates_a_missing_one(tmp_path: Path) -> None:
+    """A symlink as the backup area refuses the push, naming it; a missing area is made 0700."""
+    root = tmp_path / "data"
+    root.mkdir()
+    assert pushcheck(root, *PUSH).returncode == 0
+    assert oct((root / ".hapair-backup").stat().st_mode & 0o777) == "0o700"
+    (root / ".hapair-backup").rmdir()
+    plant(root, tmp_path / "outside")
+    out = pushcheck(root, *PUSH)
+    assert out.returncode == 1
+    assert f"mirrord: {root}/.hapair-backup is a symlink" in out.stdout
+    assert list((tmp_path / "outside").iterdir()) == []
+
+
+def daemon_push(tmp: Path, root: Path, conf_text: str) -> subprocess.CompletedProcess[str]:
+    """Push src/ (one changed file, with the backup options) into `root` through rsync's real
+    daemon over a stand-in remote shell, with `conf_text` as its rsyncd.conf."""
+    conf = tmp / "rsyncd.conf"
+    conf.write_text(conf_text)
+    shell = tmp / "shell"
+    shell.write_text(f"#!/bin/sh\nexec rsync --server --daemon --config={conf} .\n")
+    shell.chmod(0o755)
+    argv = ["rsync", "-a", "-I", *backup_args(NOW), f"--exclude=/{BACKUP_DIR}/", "-e",
+            str(shell), f"{tmp / 'src'}/", f"x::{module_name(str(root))}/"]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+def test_rsync_daemon_never_writes_backups_through_a_planted_symlink(tmp_path: Path) -> None:
+    """Through the real rsync daemon, a planted backup area is refused by the push check; and
+    even with no check at all (a swap after it) the chroot keeps backups inside the root."""
+    root, outside = tmp_path / "data", tmp_path / "outside"
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_text("new")
+    root.mkdir()
+    (root / "f").write_text("old")
+    plant(root, outside)
+    refused = daemon_push(tmp_path, root, render_conf([str(root)]))
+    assert refused.returncode != 0 and ".hapair-backup is a symlink" in refused.stderr
+    unchecked = "\n".join(line for line in render_conf([str(root)]).splitlines()
+                          if not line.startswith("pre-xfer exec"))  # fmt: skip
+    daemon_push(tmp_path, root, unchecked)
+    assert list(outside.iterdir()) == []

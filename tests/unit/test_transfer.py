@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import signal
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mirrord.backups import BACKUP_DIR
+from mirrord.backups import BACKUP_DIR, find_unbackable, unbackable
 from mirrord.planner import Result
 from mirrord.rsyncd import module_name
 from mirrord.transfer import (
@@ -25,6 +26,7 @@ from mirrord.transfer import (
     classify,
     full_argv,
     incremental_argv,
+    literal_pattern,
     parse_line,
     run_rsync,
     with_parent_death,
@@ -40,7 +42,7 @@ def test_incremental_argv_has_the_files_from_set() -> None:
     """An incremental pass reads NUL paths from stdin, relative, deleting missing args."""
     argv = incremental_argv("/srv/mail", PEER, TransferOptions(), NOW)
     for flag in ("-a", "-I", "--files-from=-", "--from0", "--relative",
-                 "--delete-missing-args", "--force", "--inplace", "--numeric-ids"):  # fmt: skip
+                 "--delete-missing-args", "--force", "--numeric-ids"):  # fmt: skip
         assert flag in argv
     assert "--delete" not in argv
     assert argv[-2:] == ["/srv/mail/", f"hapair@192.0.2.12::{module_name('/srv/mail')}/"]
@@ -76,11 +78,12 @@ def test_policy_options_map_to_flags() -> None:
 
 
 def test_backup_dir_is_relative_dated_and_excluded() -> None:
-    """Backups go to a relative dated dir with a per-pass suffix, excluded from passes."""
-    argv = full_argv("/srv/www", PEER, TransferOptions(), NOW)
+    """Backups go to a relative dir per pass below its UTC hour, with no suffix (a name is
+    never lengthened), excluded from passes."""
+    argv = full_argv("/srv/www", PEER, TransferOptions(), NOW + 0.25)
     assert "--backup" in argv
-    assert f"--backup-dir={BACKUP_DIR}/2026-11-18T11Z" in argv
-    assert "--suffix=~20261118T110640~" in argv
+    assert f"--backup-dir={BACKUP_DIR}/2026-11-18T11Z/0640.250" in argv
+    assert "--suffix=" in argv
     assert f"--exclude=/{BACKUP_DIR}/" in argv
 
 
@@ -184,8 +187,9 @@ def test_incremental_pass_deletes_missing_and_backs_up(tmp_path: Path) -> None:
     assert res.outcome.result is Result.OK, res.stderr
     assert listing(dst) == {"d", "d/b"}
     assert (dst / "d/b").read_text() == "22"
-    backups = {p.name for p in (dst / BACKUP_DIR).rglob("*") if p.is_file()}
-    assert backups == {"a~20261118T110641~", "b~20261118T110641~", "f~20261118T110641~"}
+    area = dst / BACKUP_DIR / "2026-11-18T11Z" / "0641.000"
+    backups = {str(p.relative_to(area)) for p in area.rglob("*") if p.is_file()}
+    assert backups == {"a", "d/b", "d/e/f"}
     # a, d/e/f and d/e: the --force deletion of a directory lists its contents too.
     assert res.stats.deleted == 3
 
@@ -213,7 +217,9 @@ def test_full_pass_keeps_the_backup_area(tmp_path: Path) -> None:
     run(full_argv(str(src), None, TransferOptions(), NOW + 1, dest=str(dst)))
     run(full_argv(str(src), None, TransferOptions(), NOW + 2, dest=str(dst)))
     assert listing(dst) == {"b"}
-    assert [p.name for p in (dst / BACKUP_DIR).rglob("a~*")] == ["a~20261118T110641~"]
+    assert [str(p.relative_to(dst / BACKUP_DIR)) for p in (dst / BACKUP_DIR).rglob("a")] == [
+        "2026-11-18T11Z/0641.000/a"
+    ]
 
 
 def test_dry_run_counts_deletions_without_deleting(tmp_path: Path) -> None:
@@ -283,3 +289,120 @@ def test_the_parent_death_signal_needs_no_fork_of_the_daemon() -> None:
         assert argv == [SETPRIV, "--pdeathsig", "TERM", "--", "rsync", "-a"] and preexec is None
     else:
         assert argv == ["rsync", "-a"] and preexec is not None
+
+
+# -- names and depths the file system accepts ------------------------------------------------
+
+
+def make_at(base: Path, rel: str, content: bytes, mtime: float | None = None) -> None:
+    """Create file `rel` below `base` by descriptors (its absolute path may pass PATH_MAX)."""
+    *dirs, leaf = rel.split("/")
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    for part in dirs:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(part, dir_fd=fd)
+        nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+    out = os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=fd)
+    os.write(out, content)
+    os.close(out)
+    if mtime is not None:
+        os.utime(leaf, (mtime, mtime), dir_fd=fd)
+    os.close(fd)
+
+
+def read_at(base: Path, rel: str) -> bytes:
+    """Return the content of `rel` below `base`, opened by descriptors."""
+    *dirs, leaf = rel.split("/")
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    for part in dirs:
+        nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+    f = os.open(leaf, os.O_RDONLY, dir_fd=fd)
+    os.close(fd)
+    with open(f, "rb") as fh:
+        return fh.read()
+
+
+def deep(length: int) -> str:
+    """Return a relative path of exactly `length` bytes, in 200-byte directories."""
+    dirs = "/".join(["d" * 200] * 19)
+    return f"{dirs}/{'f' * (length - len(dirs) - 1)}"
+
+
+@pytest.mark.parametrize(
+    ("length", "too_long"), [(255, False), (4055, False), (4056, True), (4094, True)]
+)
+def test_unbackable_paths_are_those_rsync_cannot_name_in_the_backup_dir(
+    length: int, too_long: bool
+) -> None:
+    """A path whose backup path would pass 4094 bytes is named; a 255-byte name is not."""
+    rel = "n" * length if length <= 255 else deep(length)
+    assert unbackable(["short", rel], NOW) == ([rel] if too_long else [])
+
+
+def test_literal_pattern_escapes_wildcards_only_when_there_are_some() -> None:
+    """rsync reads backslashes as escapes only in a pattern with a wildcard."""
+    assert literal_pattern("a/b c\\d") == "/a/b c\\d"
+    assert literal_pattern("x*y[1]\\z") == "/x\\*y\\[1]\\\\z"
+
+
+def test_long_names_mirror_with_their_backups_and_too_deep_ones_are_found(tmp_path: Path) -> None:
+    """A 255-byte name and a path 39 bytes below PATH_MAX are updated, backed up under their
+    own names; one byte deeper is what find_unbackable names (rsync would abort on it)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    long_name, ok_deep, too_deep = "n" * 255, deep(4055), deep(4056).replace("d" * 200, "e" * 200)
+    for rel in (long_name, ok_deep, too_deep):
+        make_at_parents(src, dst, rel)
+    opts = TransferOptions()
+    res = run(incremental_argv(str(src), None, opts, NOW, dest=str(dst)),
+              [long_name, ok_deep])  # fmt: skip
+    assert res.outcome.result is Result.OK, res.stderr
+    assert read_at(dst, long_name) == read_at(dst, ok_deep) == b"new"
+    area = f"{BACKUP_DIR}/2026-11-18T11Z/0640.000"
+    assert read_at(dst, f"{area}/{long_name}") == read_at(dst, f"{area}/{ok_deep}") == b"old"
+    assert find_unbackable(str(src), NOW) == [too_deep]
+    failed = run(incremental_argv(str(src), None, opts, NOW, dest=str(dst)), [too_deep])
+    assert failed.rc != 0 and "too long" in failed.stderr
+
+
+def make_at_parents(src: Path, dst: Path, rel: str) -> None:
+    """Create `rel` as new content in src and old content (older mtime) in dst."""
+    src.mkdir(exist_ok=True)
+    dst.mkdir(exist_ok=True)
+    make_at(src, rel, b"new")
+    make_at(dst, rel, b"old", mtime=NOW - 3600)
+
+
+def test_a_pass_killed_mid_file_leaves_the_old_or_the_new_file_never_a_torn_one(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL of every rsync of an incremental pass halfway through a large file (the active
+    crashing mid-pass) leaves the peer's copy whole: the old content, or the new."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    old, new = b"o" * (4 << 20), os.urandom(4 << 20)
+    src.mkdir()
+    dst.mkdir()
+    (src / "big").write_bytes(new)
+    (dst / "big").write_bytes(old)
+    os.utime(dst / "big", (NOW, NOW))
+    argv = incremental_argv(str(src), None, TransferOptions(bwlimit=512), NOW, dest=str(dst))
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(b"big\0")
+    proc.stdin.close()
+
+    def started() -> bool:
+        """Whether new content reached the receiver (in a temp file, or in place)."""
+        if any(p.stat().st_size for p in dst.glob(".big.*")):
+            return True
+        with open(dst / "big", "rb") as f:
+            return f.read(4096) != old[:4096]
+
+    assert wait_until(started, timeout=30)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (dst / "big").read_bytes() in (old, new)
