@@ -811,7 +811,7 @@ class Daemon:
                 for root in self.dirs:
                     self._need_full(root, f"peer {self.peer_name} returned", now)
             self.peer_state = rec.peer
-        d = roles.direction(self.role, self.peer_state, self.node, self.peer_name)
+        d = roles.direction(self.role, self.peer_state, self.node, self.peer_name, before.receiving)
         if d != before:
             log.info("role.direction push=%s receiving=%s why=%s", d.push, d.receiving, d.why)
         if d.receiving and not before.receiving:
