@@ -45,6 +45,7 @@ from mirrord.transfer import (
     full_argv,
     incremental_argv,
     run_rsync,
+    sendable,
 )
 from takeover.fsutil import write_atomic
 
@@ -660,6 +661,10 @@ class Daemon:
         if not verdict.ok:
             log.warning("guard.refused dir=%s reason=%s", d.root, verdict.reason)
             return PassOutcome(Result.ALARM, verdict.reason)
+        if plan.kind is not PassKind.FULL and d.options.excludes:
+            # Never list what the policy excludes: the guard counts, and rsync sends, the rest.
+            kept = await asyncio.to_thread(sendable, d.root, plan.paths, d.options.excludes)
+            plan = replace(plan, paths=frozenset(kept))
         dest = self._dest(d.root)
         limit_known = d.max_delete_count is not None or d.max_delete_percent is not None
         full = plan.kind is PassKind.FULL

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from mirrord import excludes
 from takeover.config import Cluster
 from takeover.configparse import (
     ConfigError,
@@ -188,7 +189,7 @@ def _policy(t: Table, label: str, *, check_fs: bool) -> Policy | None:
         interval=interval,
         min_interval=low,
         max_interval=high,
-        exclude=t.strings("exclude", ()),
+        exclude=_excludes(t),
         delete=t.boolean("delete", True),
         max_delete_count=count,
         max_delete_percent=percent,
@@ -203,6 +204,15 @@ def _policy(t: Table, label: str, *, check_fs: bool) -> Policy | None:
     )
     t.finish()
     return None if t.bad("path") else policy
+
+
+def _excludes(t: Table) -> tuple[str, ...]:
+    # rsync patterns in the forms mirrord.excludes applies to incremental passes as well.
+    patterns = t.strings("exclude", ())
+    for i, pattern in enumerate(patterns):
+        if (why := excludes.problem(pattern)) is not None:
+            t.problem(f"exclude[{i}]", f"{why}, got {pattern!r}")
+    return patterns
 
 
 def _intervals(t: Table, volatility: str) -> tuple[float, float, float, str]:

@@ -21,15 +21,18 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 import re
 import shlex
 import shutil
 import signal
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from mirrord import excludes
 from mirrord.backups import BACKUP_DIR, backup_args
 from mirrord.planner import Result
 from mirrord.rsyncd import module_name
@@ -234,6 +237,19 @@ def incremental_argv(
     if opts.inplace:
         argv.append("--inplace")
     return argv + _ends(root, peer, dest)
+
+
+def sendable(root: str, paths: Iterable[str], patterns: tuple[str, ...]) -> list[str]:
+    """Return the dirty paths an incremental pass may list: those no exclude pattern covers
+    (rsync sends a path listed in --files-from whatever its --exclude rules say)."""
+
+    def is_dir(rel: str) -> bool | None:
+        try:
+            return stat.S_ISDIR(os.lstat(os.path.join(root, rel)).st_mode)
+        except OSError:
+            return None
+
+    return excludes.keep(patterns, paths, is_dir)
 
 
 def full_argv(

@@ -216,6 +216,35 @@ def test_guard_refuses_mass_deletion_until_allowed(tmp_path: Path) -> None:
     asyncio.run(with_daemon(env.daemon(max_delete_count=3, cadence=slow), body))
 
 
+def test_incremental_passes_never_send_excluded_directories(tmp_path: Path) -> None:
+    """Directories the policy excludes, created after the start-up full pass, never reach the
+    mirror on the incremental passes that follow; their neighbours do."""
+    env = Env(tmp_path)
+    (env.src / "first").write_text("1")
+    d = MirrorDir(root=str(env.src), volatility="hot", cadence=FAST,
+                  options=TransferOptions(excludes=("cache/", "/local-only/")))  # fmt: skip
+    daemon = Daemon([d], peer=None, state_dir=env.state, run_dir=env.run, local_dest=env.dest)
+
+    async def body() -> None:
+        await converge(env)
+        for sub in ("cache", "a/cache", "local-only"):
+            (env.src / sub).mkdir(parents=True)
+            (env.src / sub / "f").write_text("x")
+        (env.src / "a/kept").write_text("k")
+        await until_dirty(env, 1)
+        for _ in range(100):
+            await request(env.run, {"cmd": "sync", "wait": True})
+            if (env.mirror / "a/kept").exists():
+                break
+            await asyncio.sleep(0.05)
+        await until_clean(env)
+
+    asyncio.run(with_daemon(daemon, body))
+    assert sorted(tree(env.mirror)) == ["a", "a/kept", "first"]
+    kinds = [r.kind for r in Journal(env.state).history(str(env.src))]
+    assert kinds[0] == "incremental"
+
+
 def test_guard_refuses_missing_root(tmp_path: Path) -> None:
     """A source root that vanished is refused with an alarm; the mirror stays intact."""
     env = Env(tmp_path)
