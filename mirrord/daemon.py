@@ -729,15 +729,10 @@ class Daemon:
 
     @staticmethod
     def _outcome(res: TransferResult, prefix: str = "") -> PassOutcome:
-        detail = res.outcome.reason
-        if res.rc != 0 and res.stderr:
-            lines = res.stderr.splitlines()
-            # The peer's push check says why in its own line; otherwise rsync's last word.
-            why = [line for line in lines if line.startswith("mirrord:")]
-            detail += ": " + (why[-1] if why else lines[-1])
+        # The reason names the cause and the line that shows it (mirrord.outcome).
         return PassOutcome(
             result=res.outcome.result,
-            detail=prefix + detail,
+            detail=prefix + res.outcome.reason,
             rc=res.rc,
             changed=res.stats.changed,
             deleted=res.stats.deleted,

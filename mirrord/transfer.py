@@ -34,6 +34,7 @@ from typing import Final
 
 from mirrord import excludes
 from mirrord.backups import BACKUP_DIR, backup_args
+from mirrord.outcome import Messages, Outcome, explain
 from mirrord.planner import Result
 from mirrord.rsyncd import module_name
 
@@ -43,14 +44,6 @@ log = logging.getLogger(__name__)
 STDERR_KEEP: Final = 4000
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What an rsync exit code means for the pass."""
-
-    result: Result
-    reason: str
-
-
 # After lsyncd's rsyncExitCodes: each row says why it is classed the way it is.
 RSYNC_OUTCOME: Final[dict[int, Outcome]] = {
     0: Outcome(Result.OK, "success"),
@@ -58,7 +51,8 @@ RSYNC_OUTCOME: Final[dict[int, Outcome]] = {
         Result.ALARM,
         "syntax or usage error: our command line, or an option the peer's rsync daemon refused",
     ),
-    2: Outcome(Result.ALARM, "protocol incompatibility: the peer's rsync must be upgraded"),
+    # Also what some failures on the peer end in: a cause in the messages says which.
+    2: Outcome(Result.ALARM, "protocol incompatibility: the peer's rsync may need an upgrade"),
     3: Outcome(
         Result.ALARM, "errors selecting input/output files: the root is missing on one side"
     ),
@@ -95,27 +89,17 @@ RSYNC_OUTCOME: Final[dict[int, Outcome]] = {
 }
 
 
-# rsync's words when the receiving module's pre-xfer exec (mirrord.rsyncd) refused the push.
-PEER_REFUSED: Final = "pre-xfer exec returned failure"
-REFUSED: Final = Outcome(
-    Result.RETRY,
-    "the peer refused the push (root missing there, or the peer is its source until it has "
-    "set its unsynced changes aside)",
-)
-
-
-def classify(rc: int, stderr: str = "") -> Outcome:
-    """Return the outcome of rsync exit code `rc` (killed or unknown codes included).
-
-    Exit 4 is also what a refusal by the peer's push check gives: its stderr tells them apart.
-    """
-    if rc == 4 and PEER_REFUSED in stderr:
-        return REFUSED
+def classify(rc: int, stderr: str | Messages = "") -> Outcome:
+    """Return the outcome of rsync exit code `rc` (killed or unknown codes included), with the
+    cause its messages name (mirrord.outcome): everything rsync printed, not its last line."""
     if rc in RSYNC_OUTCOME:
-        return RSYNC_OUTCOME[rc]
-    if rc < 0:
-        return Outcome(Result.RETRY, f"rsync killed by signal {-rc}")
-    return Outcome(Result.ALARM, f"unknown rsync exit code {rc}")
+        by_code = RSYNC_OUTCOME[rc]
+    elif rc < 0:
+        by_code = Outcome(Result.RETRY, f"rsync killed by signal {-rc}")
+    else:
+        by_code = Outcome(Result.ALARM, f"unknown rsync exit code {rc}")
+    messages = Messages.of(stderr) if isinstance(stderr, str) else stderr
+    return explain(rc, by_code, messages)
 
 
 @dataclass(frozen=True)
@@ -391,10 +375,16 @@ async def run_rsync(
         async for raw in proc.stdout:
             parse_line(raw.decode("utf-8", "replace").rstrip("\n"), stats, keep_deleted)
 
+    messages = Messages()
+
     async def read_err() -> bytes:
+        # Every line is read for causes (mirrord.outcome); the tail is kept for the journal.
         assert proc.stderr is not None
-        data = await proc.stderr.read()
-        return data[-STDERR_KEEP:]
+        kept = b""
+        async for raw in proc.stderr:
+            messages.feed(raw.decode("utf-8", "replace"))
+            kept = (kept + raw)[-STDERR_KEEP:]
+        return kept
 
     try:
         jobs: list[asyncio.Future[object]] = [
@@ -412,7 +402,7 @@ async def run_rsync(
     err = done[1]
     assert isinstance(err, bytes)
     stderr = err.decode("utf-8", "replace").strip()
-    outcome = classify(rc, stderr)
+    outcome = classify(rc, messages)
     result = TransferResult(
         rc=rc, outcome=outcome, stats=stats, duration=time.monotonic() - started, stderr=stderr
     )
