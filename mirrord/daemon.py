@@ -433,6 +433,8 @@ class Daemon:
         self._write_status()
         sdnotify.notify("READY=1\nSTATUS=mirroring")
         log.info("daemon.ready dirs=%d peer=%s", len(self.dirs), self.peer and self.peer.address)
+        # Consult the planner now: a start-up full pass is due at once, not on the first record.
+        self._q.put_nowait(Tick())
         try:
             await self._consume()
         finally:

@@ -146,6 +146,27 @@ def test_startup_full_pass_then_incremental_changes(tmp_path: Path) -> None:
     assert "incremental" in kinds
 
 
+def test_startup_full_pass_begins_without_any_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start-up full pass starts as soon as the daemon is ready: no event, request or
+    re-watch tick is needed to wake the planner (the re-watch is an hour away here)."""
+    monkeypatch.setattr(daemon_module, "REWATCH_INTERVAL", 3600.0)
+    env = Env(tmp_path)
+    (env.src / "a").write_text("1")
+
+    async def body() -> None:
+        # Only the file system is watched: a control request would wake the consumer.
+        for _ in range(600):
+            if (env.mirror / "a").exists():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("no start-up pass within 30 s")
+
+    asyncio.run(with_daemon(env.daemon(), body))
+    assert [r.kind for r in Journal(env.state).history(str(env.src))] == ["full"]
+
+
 def mirrored_then_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
     """A source with one file `a` mirrored by a run that then stopped cleanly (the walk for
     changes made while stopped gets no margin for coarse file times here)."""
