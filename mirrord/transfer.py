@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from mirrord import excludes
+from mirrord import deletions, excludes
 from mirrord.backups import BACKUP_DIR, backup_args
 from mirrord.outcome import Messages, Outcome, explain
 from mirrord.planner import Result
@@ -207,7 +207,13 @@ def _common(opts: TransferOptions, now: float) -> list[str]:
 
 
 def incremental_argv(
-    root: str, peer: Peer | None, opts: TransferOptions, now: float, dest: str | None = None
+    root: str,
+    peer: Peer | None,
+    opts: TransferOptions,
+    now: float,
+    dest: str | None = None,
+    *,
+    dry_run: bool = False,
 ) -> list[str]:
     """Return the rsync argv of a pass over the paths fed on stdin (NUL-separated)."""
     # -I: the watcher says these paths changed, so never trust rsync's size+mtime quick check
@@ -220,6 +226,8 @@ def incremental_argv(
         argv.append("--ignore-missing-args")
     if opts.inplace:
         argv.append("--inplace")
+    if dry_run:
+        argv.append("--dry-run")
     return argv + _ends(root, peer, dest)
 
 
@@ -282,16 +290,25 @@ class Stats:
     files: int = 0
     # The first deleted paths (as many as the caller asked), for the guard's report.
     deleted_paths: list[str] = field(default_factory=list)
+    # Entries created (itemized as all new: "+++++++++"), for the tree size between full passes.
+    created: int = 0
+    # Deletions that are part of a rename inside the root (counted in `deleted` too).
+    renamed: int = 0
 
 
 _STAT_RE: Final = re.compile(r"^(Number of files|Total bytes sent): ([\d,]+)")
 # An itemized line: the 11-character YXcstpoguax code, a space, the name.
 _ITEM_RE: Final = re.compile(r"^[<>ch.][fdLDS][.+?a-zA-Z ]{9} ")
 _DELETING: Final = "*deleting "
+# The attribute columns of an itemized entry that did not exist on the receiver.
+_NEW: Final = "+" * 9
 
 
-def parse_line(line: str, stats: Stats, keep_deleted: int = 0) -> None:
-    """Fold one line of rsync's stdout into `stats`."""
+def parse_line(
+    line: str, stats: Stats, keep_deleted: int = 0, renamed: frozenset[str] = frozenset()
+) -> None:
+    """Fold one line of rsync's stdout into `stats` (`renamed`: paths renamed away inside the
+    root, whose deletions are not the guard's business, mirrord.deletions)."""
     if m := _STAT_RE.match(line):
         value = int(m.group(2).replace(",", ""))
         if m.group(1) == "Number of files":
@@ -300,10 +317,15 @@ def parse_line(line: str, stats: Stats, keep_deleted: int = 0) -> None:
             stats.bytes_sent = value
     elif line.startswith(_DELETING):
         stats.deleted += 1
-        if len(stats.deleted_paths) < keep_deleted:
-            stats.deleted_paths.append(line[len(_DELETING) :].strip())
+        path = line[len(_DELETING) :].strip()
+        if renamed and deletions.covered(path, renamed):
+            stats.renamed += 1
+        elif len(stats.deleted_paths) < keep_deleted:
+            stats.deleted_paths.append(path)
     elif _ITEM_RE.match(line):
         stats.changed += 1
+        if line[2:11] == _NEW:
+            stats.created += 1
 
 
 @dataclass(frozen=True)
@@ -342,7 +364,11 @@ def with_parent_death(argv: Sequence[str]) -> tuple[list[str], Callable[[], None
 
 
 async def run_rsync(
-    argv: Sequence[str], paths: Iterable[str] | None = None, *, keep_deleted: int = 0
+    argv: Sequence[str],
+    paths: Iterable[str] | None = None,
+    *,
+    keep_deleted: int = 0,
+    renamed: frozenset[str] = frozenset(),
 ) -> TransferResult:
     """Run rsync, feed `paths` NUL-separated on stdin, and classify the result.
 
@@ -373,7 +399,8 @@ async def run_rsync(
     async def read_out() -> None:
         assert proc.stdout is not None
         async for raw in proc.stdout:
-            parse_line(raw.decode("utf-8", "replace").rstrip("\n"), stats, keep_deleted)
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            parse_line(line, stats, keep_deleted, renamed)
 
     messages = Messages()
 

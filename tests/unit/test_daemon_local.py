@@ -424,3 +424,83 @@ def test_a_run_that_never_pushed_keeps_the_older_stop_for_the_walk(
 
     asyncio.run(with_daemon(env.daemon(), third))
     assert (env.mirror / "a").read_text() == "edited while stopped"
+
+
+async def pass_result(env: Env, dirty: int) -> dict[str, Any]:
+    """Wait until the daemon has seen `dirty` changes, ask for a pass and return its result."""
+    await until_dirty(env, dirty)
+    reply = await request(env.run, {"cmd": "sync", "wait": True})
+    (result,) = reply["results"].values()
+    assert isinstance(result, dict)
+    return result
+
+
+def test_a_percentage_follows_a_tree_that_grew_from_empty(tmp_path: Path) -> None:
+    """A "60%" limit measured on an empty root at start-up grows with the tree the incremental
+    passes build: deleting a few of many files later is not refused."""
+    env = Env(tmp_path)
+
+    async def body() -> None:
+        await converge(env)  # the start-up full pass counts the empty root
+        for i in range(20):
+            (env.src / f"f{i}").write_text(str(i))
+        await until_dirty(env, 20)
+        await converge(env)
+        await until_clean(env)
+        for i in range(5):
+            (env.src / f"f{i}").unlink()
+        result = await pass_result(env, 5)
+        assert result["result"] == "ok", result
+        await converge(env)
+
+    slow = Cadence(interval=0.2, min_interval=0.1, max_interval=1.0, settle=5.0)
+    asyncio.run(with_daemon(env.daemon(max_delete_percent=60.0, cadence=slow), body))
+
+
+def test_renames_are_not_deletions(tmp_path: Path) -> None:
+    """Renaming more entries than max_delete (files and a directory) is mirrored without an
+    alarm, and does not use up the deletion window either."""
+    env = Env(tmp_path)
+    (env.src / "d").mkdir()
+    for i in range(6):
+        (env.src / f"f{i}").write_text(str(i))
+        (env.src / "d" / f"g{i}").write_text(str(i))
+
+    async def body() -> None:
+        await converge(env)
+        for i in range(6):
+            (env.src / f"f{i}").rename(env.src / f"h{i}")
+        (env.src / "d").rename(env.src / "e")
+        result = await pass_result(env, 7)
+        assert result["result"] == "ok", result
+        await converge(env)
+        (env.src / "h0").unlink()
+        (env.src / "h1").unlink()
+        result = await pass_result(env, 2)
+        assert result["result"] == "ok", result
+        await converge(env)
+
+    slow = Cadence(interval=0.2, min_interval=0.1, max_interval=1.0, settle=5.0)
+    asyncio.run(with_daemon(env.daemon(max_delete_count=2, cadence=slow), body))
+
+
+def test_a_directory_moved_out_counts_its_subtree_before_anything_is_deleted(
+    tmp_path: Path,
+) -> None:
+    """A directory moved out of the tree counts as every entry the peer would remove, and the
+    pass is refused whole: the mirror keeps all of it."""
+    env = Env(tmp_path)
+    (env.src / "d").mkdir()
+    for i in range(10):
+        (env.src / "d" / f"f{i}").write_text(str(i))
+
+    async def body() -> None:
+        await converge(env)
+        (env.src / "d").rename(tmp_path / "outside")
+        result = await pass_result(env, 1)
+        assert result["result"] == "alarm", result
+        assert "would delete 11 entries (max_delete 5)" in result["detail"]
+        assert len(list((env.mirror / "d").iterdir())) == 10
+
+    slow = Cadence(interval=0.2, min_interval=0.1, max_interval=1.0, settle=5.0)
+    asyncio.run(with_daemon(env.daemon(max_delete_count=5, cadence=slow), body))

@@ -30,6 +30,9 @@ REQUIRED_PURE = [
     "takeover/wire.py",
     "mirrord/planner.py",
     "mirrord/excludes.py",
+    "mirrord/outcome.py",
+    "mirrord/deletions.py",
+    "mirrord/roles.py",
 ]
 
 
