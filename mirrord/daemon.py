@@ -688,6 +688,8 @@ class Daemon:
         if plan.kind is not PassKind.FULL and d.options.excludes:
             # Never list what the policy excludes: the guard counts, and rsync sends, the rest.
             kept = await asyncio.to_thread(sendable, d.root, plan.paths, d.options.excludes)
+            if not kept:
+                return PassOutcome(Result.OK, "nothing to send: every dirty path is excluded")
             plan = replace(plan, paths=frozenset(kept))
         dest = self._dest(d.root)
         limit_known = d.max_delete_count is not None or d.max_delete_percent is not None

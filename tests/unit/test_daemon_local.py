@@ -260,10 +260,18 @@ def test_incremental_passes_never_send_excluded_directories(tmp_path: Path) -> N
             await asyncio.sleep(0.05)
         await until_clean(env)
 
+        # Changes only below excluded directories cost no rsync at all.
+        (env.src / "cache" / "g").write_text("y")
+        for _ in range(600):
+            (d,) = (await request(env.run, {"cmd": "status"}))["directories"]
+            if "every dirty path is excluded" in d["last"]["detail"]:
+                break
+            await asyncio.sleep(0.05)
+        assert d["last"]["result"] == "ok" and d["last"]["rc"] is None, d["last"]
+
     asyncio.run(with_daemon(daemon, body))
     assert sorted(tree(env.mirror)) == ["a", "a/kept", "first"]
-    kinds = [r.kind for r in Journal(env.state).history(str(env.src))]
-    assert kinds[0] == "incremental"
+    assert Journal(env.state).history(str(env.src))[0].kind == "incremental"
 
 
 def test_guard_refuses_missing_root(tmp_path: Path) -> None:
