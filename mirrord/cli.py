@@ -251,9 +251,12 @@ def format_status(doc: dict[str, Any], now: float) -> str:
             result = f"{result}/{last['kind'][:4]}"
         due = d.get("next_due")
         nxt = "run" if d.get("running") else ("-" if due is None else _secs(max(0.0, due - now)))
-        note = d.get("alarm") or d.get("full_needed") or ""
-        if d.get("full_needed") and not d.get("alarm"):
-            note = f"full pass: {note}"
+        note = d.get("alarm") or ""
+        if not note and last.get("result") == "retry":
+            # The cause the last pass failed on (mirrord.outcome), before it becomes an alarm.
+            note = f"retrying: {last.get('detail') or '-'}"
+        if not note and d.get("full_needed"):
+            note = f"full pass: {d['full_needed']}"
         if not d.get("watched", True):
             note = (note + "; " if note else "") + "not watched"
         lines.append(

@@ -31,9 +31,9 @@ from typing import Any, Final, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from mirrord import guard, orphans, roles, sdnotify, stopping
+from mirrord import deletions, guard, orphans, roles, sdnotify, stopping
 from mirrord.backups import find_unbackable, prune_backups, unbackable
-from mirrord.changes import Overflow, RawEvent, RootGone, Watcher, coalesce
+from mirrord.changes import Overflow, RawEvent, RootGone, Watcher, coalesce, relative
 from mirrord.follow import Follower, PeerSeen, RoleSeen
 from mirrord.journal import Journal
 from mirrord.planner import Cadence, PassKind, PassPlan, Planner, Result
@@ -46,6 +46,7 @@ from mirrord.transfer import (
     incremental_argv,
     literal_pattern,
     run_rsync,
+    sendable,
 )
 from takeover.fsutil import write_atomic
 
@@ -227,6 +228,9 @@ class PassOutcome:
     bytes_sent: int = 0
     # Entries in the source tree (known from full passes).
     files: int | None = None
+    # Entries created, and deletions that were the old names of renames (in `deleted` too).
+    created: int = 0
+    renamed: int = 0
 
 
 @dataclass(frozen=True)
@@ -344,6 +348,8 @@ class Daemon:
         self._tree_size: dict[str, int | None] = dict.fromkeys(self.dirs)
         self._expect_mount: dict[str, bool] = {}
         self._deleted: dict[str, list[tuple[float, int]]] = {d: [] for d in self.dirs}
+        # How paths left each tree since they were sent (renames are not deletions).
+        self._departures = {d: deletions.Departures() for d in self.dirs}
         self._allow_deletions: set[str] = set()
         self._unwatched: set[str] = set()
         self._waiters: dict[str, list[_SyncWait]] = {}
@@ -448,6 +454,8 @@ class Daemon:
         self._write_status()
         sdnotify.notify("READY=1\nSTATUS=mirroring")
         log.info("daemon.ready dirs=%d peer=%s", len(self.dirs), self.peer and self.peer.address)
+        # Consult the planner now: a start-up full pass is due at once, not on the first record.
+        self._q.put_nowait(Tick())
         try:
             await self._consume()
         finally:
@@ -542,6 +550,9 @@ class Daemon:
         assert self.journal is not None
         now = self.clock()
         events = [r for r in batch if isinstance(r, RawEvent)]
+        if not self._direction.receiving:
+            for ev in events:
+                self._note_departure(ev)
         for root, paths in coalesce(events).items():
             if self._direction.receiving:
                 # The peer's rsync wrote them: never journaled, never pushed back.
@@ -565,6 +576,19 @@ class Daemon:
                 self._finish(rec, now)
             elif isinstance(rec, CatchUp):
                 self._caught_up(rec, now)
+
+    def _note_departure(self, ev: RawEvent) -> None:
+        """Remember how a path left its tree, for the guard (mirrord.deletions)."""
+        dep = self._departures.get(ev.directory)
+        src = relative(ev.directory, ev.src) if ev.src else None
+        if dep is None or src is None:
+            return
+        if ev.kind == "moved":
+            dep.moved(src, relative(ev.directory, ev.dest) if ev.dest else None, ev.is_dir)
+        elif ev.kind == "deleted":
+            dep.deleted(src, ev.is_dir)
+        elif ev.kind == "created":
+            dep.created(src)
 
     def _need_full(self, root: str, reason: str, now: float) -> None:
         assert self.journal is not None
@@ -668,9 +692,10 @@ class Daemon:
         return sum(n for _t, n in recent)
 
     @staticmethod
-    def _room(limit: int | None, already: int) -> int | None:
-        """Return rsync's --max-delete for a pass: what the window has left."""
-        return None if limit is None else max(0, limit - already)
+    def _room(limit: int | None, already: int, renames: int = 0) -> int | None:
+        """Return rsync's --max-delete for a pass: what the window has left (rsync counts the
+        old names of renames too)."""
+        return None if limit is None else max(0, limit - already) + renames
 
     def _dest(self, root: str) -> str | None:
         if self.local_dest is None:
@@ -685,6 +710,12 @@ class Daemon:
         if not verdict.ok:
             log.warning("guard.refused dir=%s reason=%s", d.root, verdict.reason)
             return PassOutcome(Result.ALARM, verdict.reason)
+        if plan.kind is not PassKind.FULL and d.options.excludes:
+            # Never list what the policy excludes: the guard counts, and rsync sends, the rest.
+            kept = await asyncio.to_thread(sendable, d.root, plan.paths, d.options.excludes)
+            if not kept:
+                return PassOutcome(Result.OK, "nothing to send: every dirty path is excluded")
+            plan = replace(plan, paths=frozenset(kept))
         dest = self._dest(d.root)
         limit_known = d.max_delete_count is not None or d.max_delete_percent is not None
         full = plan.kind is PassKind.FULL
@@ -699,32 +730,60 @@ class Daemon:
             self._allow_deletions.discard(d.root)
             self._deleted[d.root] = []
             return await self._transfer(d, plan, now, full=full, dest=dest, limit=None)
+        renamed = self._departures[d.root].renamed_away()
         if full:
-            limit = d.delete_limit(self._tree_size.get(d.root))
+            limit, renames = None, 0
             if d.options.delete and limit_known:
                 dry = await run_rsync(
                     full_argv(d.root, self.peer, d.options, now, dry_run=True, dest=dest),
-                    keep_deleted=REPORT_PATHS,
-                )
+                    keep_deleted=REPORT_PATHS, renamed=renamed,
+                )  # fmt: skip
                 if dry.outcome.result is not Result.OK:
                     return self._outcome(dry, "dry run: ")
-                limit = d.delete_limit(dry.stats.files)
-                verdict = guard.judge_deletions(d.root, dry.stats.deleted + already, limit)
-                if not verdict.ok:
-                    sample = ", ".join(dry.stats.deleted_paths)
-                    log.warning("guard.refused dir=%s reason=%s", d.root, verdict.reason)
-                    return PassOutcome(Result.ALARM, f"{verdict.reason}; e.g. {sample}")
-            room = self._room(limit, already)
+                st = dry.stats
+                # The peer's tree now: the source's entries, less those it lacks, plus those
+                # it would delete.
+                before = deletions.tree_before(st.files - st.created + st.deleted, already)
+                limit, renames = d.delete_limit(before), st.renamed
+                refusal = self._judge(d, st.deleted - st.renamed + already, limit, dry)
+                if refusal is not None:
+                    return refusal
+            room = self._room(limit, already, renames)
             return await self._transfer(d, plan, now, full=True, dest=dest, limit=room)
-        limit = d.delete_limit(self._tree_size.get(d.root))
+        limit = d.delete_limit(deletions.tree_before(self._tree_size.get(d.root), already))
+        renames = 0
         if d.options.delete and limit is not None:
-            missing = await asyncio.to_thread(guard.count_missing, d.root, plan.paths)
-            verdict = guard.judge_deletions(d.root, missing + already, limit)
-            if not verdict.ok:
-                log.warning("guard.refused dir=%s reason=%s", d.root, verdict.reason)
-                return PassOutcome(Result.ALARM, verdict.reason)
-        room = self._room(limit, already)
+            missing = await asyncio.to_thread(guard.missing_paths, d.root, plan.paths)
+            tally = deletions.tally(missing, self._departures[d.root])
+            count, renames, dry_res = tally.deletions, tally.renamed, None
+            if tally.unsure:
+                # A directory takes its subtree from the peer: only a dry run knows how much.
+                dry_res = await run_rsync(
+                    incremental_argv(d.root, self.peer, d.options, now, dest=dest, dry_run=True),
+                    sorted(plan.paths), keep_deleted=REPORT_PATHS, renamed=renamed,
+                )  # fmt: skip
+                if dry_res.outcome.result is not Result.OK:
+                    return self._outcome(dry_res, "dry run: ")
+                count = dry_res.stats.deleted - dry_res.stats.renamed
+                renames = dry_res.stats.renamed
+            refusal = self._judge(d, count + already, limit, dry_res)
+            if refusal is not None:
+                return refusal
+        room = self._room(limit, already, renames)
         return await self._transfer(d, plan, now, full=False, dest=dest, limit=room)
+
+    @staticmethod
+    def _judge(
+        d: MirrorDir, count: int, limit: int | None, dry: TransferResult | None
+    ) -> PassOutcome | None:
+        """Return the refusal of a pass deleting `count` entries in the window, or None."""
+        verdict = guard.judge_deletions(d.root, count, limit)
+        if verdict.ok:
+            return None
+        log.warning("guard.refused dir=%s reason=%s", d.root, verdict.reason)
+        sample = ", ".join(dry.stats.deleted_paths) if dry is not None else ""
+        return PassOutcome(Result.ALARM, f"{verdict.reason}; e.g. {sample}" if sample else
+                           verdict.reason)  # fmt: skip
 
     async def _transfer(
         self,
@@ -743,10 +802,12 @@ class Daemon:
         """
         skip = self._not_mirrored[d.root]
         opts = replace(d.options, max_delete=limit)
+        renamed = self._departures[d.root].renamed_away()
         if full:
             opts = replace(opts, excludes=opts.excludes + tuple(map(literal_pattern, sorted(skip))))
             res = await run_rsync(
-                full_argv(d.root, self.peer, opts, now, audit=plan.audit, dest=dest)
+                full_argv(d.root, self.peer, opts, now, audit=plan.audit, dest=dest),
+                renamed=renamed,
             )
             if opts.backup and res.rc and any(w in res.stderr for w in BACKUP_TOO_LONG):
                 found = await asyncio.to_thread(find_unbackable, d.root, now)
@@ -759,7 +820,9 @@ class Daemon:
         too_long = unbackable(plan.paths, now) if opts.backup else []
         self._skip(d.root, too_long)
         argv = incremental_argv(d.root, self.peer, opts, now, dest=dest)
-        res = await run_rsync(argv, sorted(set(plan.paths) - set(too_long) - set(skip)))
+        res = await run_rsync(
+            argv, sorted(set(plan.paths) - set(too_long) - set(skip)), renamed=renamed
+        )
         out = self._outcome(res)
         left = sorted(set(too_long) | (set(skip) & plan.paths))
         if left:
@@ -776,20 +839,17 @@ class Daemon:
 
     @staticmethod
     def _outcome(res: TransferResult, prefix: str = "") -> PassOutcome:
-        detail = res.outcome.reason
-        if res.rc != 0 and res.stderr:
-            lines = res.stderr.splitlines()
-            # The peer's push check says why in its own line; otherwise rsync's last word.
-            why = [line for line in lines if line.startswith("mirrord:")]
-            detail += ": " + (why[-1] if why else lines[-1])
+        # The reason names the cause and the line that shows it (mirrord.outcome).
         return PassOutcome(
             result=res.outcome.result,
-            detail=prefix + detail,
+            detail=prefix + res.outcome.reason,
             rc=res.rc,
             changed=res.stats.changed,
             deleted=res.stats.deleted,
             bytes_sent=res.stats.bytes_sent,
             files=res.stats.files or None,
+            created=res.stats.created,
+            renamed=res.stats.renamed,
         )
 
     def _finish(self, done: PassDone, now: float) -> None:
@@ -802,14 +862,18 @@ class Daemon:
             done.pass_id, now, out.result.value,
             rc=out.rc, files=out.files, nbytes=out.bytes_sent, detail=out.detail,
         )  # fmt: skip
-        if out.deleted:
-            self._deleted[root].append((now, out.deleted))
+        if out.deleted > out.renamed:
+            self._deleted[root].append((now, out.deleted - out.renamed))
         if out.result is Result.OK:
             self._ok_start[root] = done.started
             self.journal.clear_synced(root, plan.paths, done.mark)
+            self._departures[root].forget(plan.paths)
             if plan.kind is PassKind.FULL:
                 self.journal.full_done(root, done.started, now)
                 self._tree_size[root] = out.files
+            else:
+                size = self._tree_size.get(root)
+                self._tree_size[root] = deletions.grown(size, out.created, out.deleted)
         self._last[root] = _LastPass(
             kind=plan.kind.value, result=out.result.value, rc=out.rc, detail=out.detail,
             changed=out.changed, deleted=out.deleted, bytes_sent=out.bytes_sent,
@@ -865,7 +929,7 @@ class Daemon:
                 for root in self.dirs:
                     self._need_full(root, f"peer {self.peer_name} returned", now)
             self.peer_state = rec.peer
-        d = roles.direction(self.role, self.peer_state, self.node, self.peer_name)
+        d = roles.direction(self.role, self.peer_state, self.node, self.peer_name, before.receiving)
         if d != before:
             log.info("role.direction push=%s receiving=%s why=%s", d.push, d.receiving, d.why)
         if d.receiving and not before.receiving:

@@ -6,12 +6,13 @@ to mount looks exactly like that. The guard looks before each pass:
 - the source root must exist and be a directory;
 - a root that is a mount point must not be empty, and a root expected to be a mount point
   (the policy says so, or it was one when mirrord started) must still be one;
-- passes must not delete more than `max_delete` entries (a count, or a percentage of the tree)
-  within a sliding window (the daemon adds what recent passes deleted, so an `rm -rf` spread
-  over several passes is still one mass deletion): full passes are measured with an rsync
-  `--dry-run` first, incremental passes count the listed paths that vanished; rsync's own
-  `--max-delete` is the backstop for what neither sees (a vanished directory removes its whole
-  subtree on the peer).
+- passes must not delete more than `max_delete` entries (a count, or a percentage of the peer's
+  tree before the deletions) within a sliding window (the daemon adds what recent passes
+  deleted, so an `rm -rf` spread over several passes is still one mass deletion). The verdict is
+  on the whole pass before anything is deleted: full passes are measured with an rsync
+  `--dry-run` first; incremental passes count the listed paths that vanished, and dry-run too
+  when one may be a directory (its whole subtree goes on the peer). A rename is not a deletion
+  (mirrord.deletions). rsync's own `--max-delete` is only the backstop.
 
 `judge_root` and `judge_deletions` decide from plain facts and are unit-tested; `inspect_root`
 and `count_missing` gather the facts.
@@ -104,9 +105,15 @@ def inspect_root(root: str) -> RootFacts:
     return RootFacts(exists=True, is_dir=True, is_mount=os.path.ismount(root), empty=empty)
 
 
+def missing_paths(root: str, paths: Iterable[str]) -> list[str]:
+    """Return the listed paths that no longer exist (each a deletion on the peer, or the old
+    name of a rename: mirrord.deletions tells them apart)."""
+    return [p for p in paths if not os.path.lexists(os.path.join(root, p))]
+
+
 def count_missing(root: str, paths: Iterable[str]) -> int:
-    """Count listed paths that no longer exist (each becomes a deletion on the peer)."""
-    return sum(1 for p in paths if not os.path.lexists(os.path.join(root, p)))
+    """Count listed paths that no longer exist."""
+    return len(missing_paths(root, paths))
 
 
 def check_root(root: str, expect_mount: bool) -> Verdict:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from mirrord import excludes
 from takeover.config import Cluster
 from takeover.configparse import (
     ConfigError,
@@ -128,7 +129,7 @@ def load_policies(cluster: Cluster, *, check_fs: bool = True) -> list[Policy]:
     policies: list[Policy] = []
     for path in files:
         policies.extend(_read_file(path, _label(path, base), problems, check_fs=check_fs))
-    _check_overlaps(policies, problems)
+    _check_overlaps(policies, problems, check_fs=check_fs)
     problems.raise_if_any()
     log.debug("policies.loaded files=%d directories=%d", len(files), len(policies))
     return policies
@@ -139,7 +140,7 @@ def load_policy_file(path: str | os.PathLike[str], *, check_fs: bool = True) -> 
     file = Path(path).absolute()
     problems = Problems(file.name)
     policies = _read_file(file, file.name, problems, check_fs=check_fs)
-    _check_overlaps(policies, problems)
+    _check_overlaps(policies, problems, check_fs=check_fs)
     problems.raise_if_any()
     return policies
 
@@ -188,7 +189,7 @@ def _policy(t: Table, label: str, *, check_fs: bool) -> Policy | None:
         interval=interval,
         min_interval=low,
         max_interval=high,
-        exclude=t.strings("exclude", ()),
+        exclude=_excludes(t),
         delete=t.boolean("delete", True),
         max_delete_count=count,
         max_delete_percent=percent,
@@ -203,6 +204,15 @@ def _policy(t: Table, label: str, *, check_fs: bool) -> Policy | None:
     )
     t.finish()
     return None if t.bad("path") else policy
+
+
+def _excludes(t: Table) -> tuple[str, ...]:
+    # rsync patterns in the forms mirrord.excludes applies to incremental passes as well.
+    patterns = t.strings("exclude", ())
+    for i, pattern in enumerate(patterns):
+        if (why := excludes.problem(pattern)) is not None:
+            t.problem(f"exclude[{i}]", f"{why}, got {pattern!r}")
+    return patterns
 
 
 def _intervals(t: Table, volatility: str) -> tuple[float, float, float, str]:
@@ -257,22 +267,31 @@ def _max_delete(t: Table) -> tuple[int | None, float | None]:
     return None, None
 
 
-def _check_overlaps(policies: list[Policy], problems: Problems) -> None:
-    # Two policies over one tree would race each other's passes and deletions.
+def _check_overlaps(policies: list[Policy], problems: Problems, *, check_fs: bool) -> None:
+    # Two policies over one tree would race each other's passes and deletions. With check_fs,
+    # the trees are compared where they really are: a root that is a symlink into another
+    # root (or reached through one) overlaps it as much as a nested path does.
+    real = {p.path: Path(os.path.realpath(p.path)) if check_fs else p.path for p in policies}
+
+    def shown(path: Path) -> str:
+        return str(path) if real[path] == path else f"{path} (really {real[path]})"
+
     for i, later in enumerate(policies):
         for earlier in policies[:i]:
-            where = f"{later.source}.path"
-            if later.path == earlier.path:
+            where = f"{later.source}.path: {shown(later.path)}"
+            a, b = real[later.path], real[earlier.path]
+            if a == b:
                 problems.lines.append(
-                    f"{where}: {later.path} is already mirrored by {earlier.source}"
+                    f"{where} is already mirrored by {earlier.source}"
+                    + ("" if later.path == earlier.path else f" as {shown(earlier.path)}")
                 )
-            elif later.path.is_relative_to(earlier.path):
+            elif a.is_relative_to(b):
                 problems.lines.append(
-                    f"{where}: {later.path} is inside {earlier.path} ({earlier.source}): "
+                    f"{where} is inside {shown(earlier.path)} ({earlier.source}): "
                     "nested directories are not allowed"
                 )
-            elif earlier.path.is_relative_to(later.path):
+            elif b.is_relative_to(a):
                 problems.lines.append(
-                    f"{where}: {later.path} contains {earlier.path} ({earlier.source}): "
+                    f"{where} contains {shown(earlier.path)} ({earlier.source}): "
                     "nested directories are not allowed"
                 )

@@ -4,12 +4,29 @@ Only the ACTIVE node pushes (and a RELEASING one, for its final flush), and only
 that takeover hears and that is STANDBY: a lost peer (crashed, partitioned, or only its
 heartbeat links cut) may be serving, so nothing is pushed at it until takeover hears it again.
 
-A node whose role says the peer may be pushing to it (STANDBY and the passive roles) treats
-every change it sees in its trees as *received*: written by the peer's rsync, so never journaled
-and never pushed back. Whatever its journal still holds on entering such a role was never
-confirmed by the peer: those are orphans, set aside before the peer's pushes are accepted.
-With takeover's role unknown (takeover not running) changes are journaled, the cautious side:
-a change nobody vouches for is kept, at worst as an orphan, never dropped.
+A node *receives* (every change it sees in its trees is the peer's rsync writing: never
+journaled, never pushed back) only once it knows the peer is the source: its own role holds
+nothing and takeover hears the peer as ACTIVE or RELEASING. Whatever its journal still holds on
+starting to receive was never confirmed by the peer: those are orphans, set aside (moved to the
+recovery area) before the peer's pushes are accepted. Unknown is not receiving: a role that
+says nothing about who the source is (takeover restarting: no role, then STARTING; the peer
+unheard or itself passive) keeps what the node was doing. An active whose takeover restarts
+keeps journaling its live writes; a standby whose takeover restarts keeps taking the pushes.
+
+    this node's role                  peer heard ACTIVE/RELEASING   otherwise (peer passive,
+                                                                    unheard, or unknown)
+    ACTIVE, RELEASING                 hold (both think they push)   push if the peer is heard
+                                                                    STANDBY, else hold; never
+                                                                    receiving
+    STANDBY, STARTING, ARBITRATING,   receiving                     as before
+    FENCING, ISOLATED, FAULT
+    none (takeover not running),      as before                     as before
+    or a role this mirrord does
+    not know
+
+"As before" is the previous direction's `receiving` (a node starts not receiving, so changes
+are journaled: the cautious side, a change nobody vouches for is kept, at worst as an orphan).
+Receiving ends only when the node itself becomes the source (ACTIVE or RELEASING).
 """
 
 from __future__ import annotations
@@ -19,10 +36,14 @@ from typing import Final
 
 # Roles whose node pushes its trees to the peer.
 PUSH_ROLES: Final = frozenset({"ACTIVE", "RELEASING"})
-# Roles whose node may be receiving the peer's pushes (its changes are the peer's writes).
-RECEIVING_ROLES: Final = frozenset({"STANDBY", "ISOLATED", "FAULT", "STARTING", "ARBITRATING"})
+# Roles whose node holds nothing: it receives once the peer is heard as the source.
+PASSIVE_ROLES: Final = frozenset(
+    {"STANDBY", "STARTING", "ARBITRATING", "FENCING", "ISOLATED", "FAULT"}
+)
 # The peer roles a push may go to.
 PEER_RECEIVES: Final = frozenset({"STANDBY"})
+# The peer roles that make it the source (it pushes to a STANDBY; RELEASING for its flush).
+PEER_PUSHES: Final = PUSH_ROLES
 
 
 @dataclass(frozen=True)
@@ -47,21 +68,32 @@ class Direction:
     why: str
 
 
-def direction(role: str | None, peer: Peer | None, node: str, peer_name: str) -> Direction:
-    """Return what a node in `role` (None: takeover not running) does with its trees."""
+def direction(
+    role: str | None, peer: Peer | None, node: str, peer_name: str, was_receiving: bool = False
+) -> Direction:
+    """Return what a node in `role` (None: takeover not running) does with its trees.
+
+    `was_receiving` is the previous direction's `receiving` (see the table above).
+    """
+    if role in PUSH_ROLES:
+        if peer is None or not peer.alive:
+            return Direction(
+                False, False, f"role {role}: peer {peer_name} not heard: holding changes"
+            )
+        if peer.role not in PEER_RECEIVES:
+            return Direction(
+                False, False, f"role {role}: peer {peer_name} is {peer.role}: holding changes"
+            )
+        return Direction(True, False, f"role {role}: pushing {node} -> {peer_name}")
+    what = "role unknown: takeover not running" if role is None else f"role {role}"
+    source = peer is not None and peer.alive and peer.role in PEER_PUSHES
+    if role in PASSIVE_ROLES and source:
+        return Direction(False, True, f"{what}: not pushing; {peer_name} pushes here")
+    if was_receiving:
+        return Direction(False, True, f"{what}: not pushing; still taking {peer_name}'s pushes")
     if role is None:
-        return Direction(False, False, "role unknown: takeover not running")
-    if role in RECEIVING_ROLES:
-        return Direction(False, True, f"role {role}: not pushing; {peer_name} may push here")
-    if role not in PUSH_ROLES:
-        return Direction(False, False, f"role {role}: not pushing until ACTIVE")
-    if peer is None or not peer.alive:
-        return Direction(False, False, f"role {role}: peer {peer_name} not heard: holding changes")
-    if peer.role not in PEER_RECEIVES:
-        return Direction(
-            False, False, f"role {role}: peer {peer_name} is {peer.role}: holding changes"
-        )
-    return Direction(True, False, f"role {role}: pushing {node} -> {peer_name}")
+        return Direction(False, False, what)
+    return Direction(False, False, f"{what}: not pushing until ACTIVE")
 
 
 def peer_returned(before: Peer | None, after: Peer | None) -> bool:

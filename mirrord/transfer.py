@@ -31,16 +31,20 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 import re
 import shlex
 import shutil
 import signal
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from mirrord import deletions, excludes
 from mirrord.backups import BACKUP_DIR, backup_args
+from mirrord.outcome import Messages, Outcome, explain
 from mirrord.planner import Result
 from mirrord.rsyncd import module_name
 
@@ -50,14 +54,6 @@ log = logging.getLogger(__name__)
 STDERR_KEEP: Final = 4000
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What an rsync exit code means for the pass."""
-
-    result: Result
-    reason: str
-
-
 # After lsyncd's rsyncExitCodes: each row says why it is classed the way it is.
 RSYNC_OUTCOME: Final[dict[int, Outcome]] = {
     0: Outcome(Result.OK, "success"),
@@ -65,7 +61,8 @@ RSYNC_OUTCOME: Final[dict[int, Outcome]] = {
         Result.ALARM,
         "syntax or usage error: our command line, or an option the peer's rsync daemon refused",
     ),
-    2: Outcome(Result.ALARM, "protocol incompatibility: the peer's rsync must be upgraded"),
+    # Also what some failures on the peer end in: a cause in the messages says which.
+    2: Outcome(Result.ALARM, "protocol incompatibility: the peer's rsync may need an upgrade"),
     3: Outcome(
         Result.ALARM, "errors selecting input/output files: the root is missing on one side"
     ),
@@ -102,27 +99,17 @@ RSYNC_OUTCOME: Final[dict[int, Outcome]] = {
 }
 
 
-# rsync's words when the receiving module's pre-xfer exec (mirrord.rsyncd) refused the push.
-PEER_REFUSED: Final = "pre-xfer exec returned failure"
-REFUSED: Final = Outcome(
-    Result.RETRY,
-    "the peer refused the push (root missing there, or the peer is its source until it has "
-    "set its unsynced changes aside)",
-)
-
-
-def classify(rc: int, stderr: str = "") -> Outcome:
-    """Return the outcome of rsync exit code `rc` (killed or unknown codes included).
-
-    Exit 4 is also what a refusal by the peer's push check gives: its stderr tells them apart.
-    """
-    if rc == 4 and PEER_REFUSED in stderr:
-        return REFUSED
+def classify(rc: int, stderr: str | Messages = "") -> Outcome:
+    """Return the outcome of rsync exit code `rc` (killed or unknown codes included), with the
+    cause its messages name (mirrord.outcome): everything rsync printed, not its last line."""
     if rc in RSYNC_OUTCOME:
-        return RSYNC_OUTCOME[rc]
-    if rc < 0:
-        return Outcome(Result.RETRY, f"rsync killed by signal {-rc}")
-    return Outcome(Result.ALARM, f"unknown rsync exit code {rc}")
+        by_code = RSYNC_OUTCOME[rc]
+    elif rc < 0:
+        by_code = Outcome(Result.RETRY, f"rsync killed by signal {-rc}")
+    else:
+        by_code = Outcome(Result.ALARM, f"unknown rsync exit code {rc}")
+    messages = Messages.of(stderr) if isinstance(stderr, str) else stderr
+    return explain(rc, by_code, messages)
 
 
 @dataclass(frozen=True)
@@ -241,7 +228,13 @@ def literal_pattern(rel: str) -> str:
 
 
 def incremental_argv(
-    root: str, peer: Peer | None, opts: TransferOptions, now: float, dest: str | None = None
+    root: str,
+    peer: Peer | None,
+    opts: TransferOptions,
+    now: float,
+    dest: str | None = None,
+    *,
+    dry_run: bool = False,
 ) -> list[str]:
     """Return the rsync argv of a pass over the paths fed on stdin (NUL-separated)."""
     # -I: the watcher says these paths changed, so never trust rsync's size+mtime quick check
@@ -252,7 +245,22 @@ def incremental_argv(
     else:
         # A vanished path is neither an error nor a deletion.
         argv.append("--ignore-missing-args")
+    if dry_run:
+        argv.append("--dry-run")
     return argv + _ends(root, peer, dest)
+
+
+def sendable(root: str, paths: Iterable[str], patterns: tuple[str, ...]) -> list[str]:
+    """Return the dirty paths an incremental pass may list: those no exclude pattern covers
+    (rsync sends a path listed in --files-from whatever its --exclude rules say)."""
+
+    def is_dir(rel: str) -> bool | None:
+        try:
+            return stat.S_ISDIR(os.lstat(os.path.join(root, rel)).st_mode)
+        except OSError:
+            return None
+
+    return excludes.keep(patterns, paths, is_dir)
 
 
 def full_argv(
@@ -301,16 +309,25 @@ class Stats:
     files: int = 0
     # The first deleted paths (as many as the caller asked), for the guard's report.
     deleted_paths: list[str] = field(default_factory=list)
+    # Entries created (itemized as all new: "+++++++++"), for the tree size between full passes.
+    created: int = 0
+    # Deletions that are part of a rename inside the root (counted in `deleted` too).
+    renamed: int = 0
 
 
 _STAT_RE: Final = re.compile(r"^(Number of files|Total bytes sent): ([\d,]+)")
 # An itemized line: the 11-character YXcstpoguax code, a space, the name.
 _ITEM_RE: Final = re.compile(r"^[<>ch.][fdLDS][.+?a-zA-Z ]{9} ")
 _DELETING: Final = "*deleting "
+# The attribute columns of an itemized entry that did not exist on the receiver.
+_NEW: Final = "+" * 9
 
 
-def parse_line(line: str, stats: Stats, keep_deleted: int = 0) -> None:
-    """Fold one line of rsync's stdout into `stats`."""
+def parse_line(
+    line: str, stats: Stats, keep_deleted: int = 0, renamed: frozenset[str] = frozenset()
+) -> None:
+    """Fold one line of rsync's stdout into `stats` (`renamed`: paths renamed away inside the
+    root, whose deletions are not the guard's business, mirrord.deletions)."""
     if m := _STAT_RE.match(line):
         value = int(m.group(2).replace(",", ""))
         if m.group(1) == "Number of files":
@@ -319,10 +336,15 @@ def parse_line(line: str, stats: Stats, keep_deleted: int = 0) -> None:
             stats.bytes_sent = value
     elif line.startswith(_DELETING):
         stats.deleted += 1
-        if len(stats.deleted_paths) < keep_deleted:
-            stats.deleted_paths.append(line[len(_DELETING) :].strip())
+        path = line[len(_DELETING) :].strip()
+        if renamed and deletions.covered(path, renamed):
+            stats.renamed += 1
+        elif len(stats.deleted_paths) < keep_deleted:
+            stats.deleted_paths.append(path)
     elif _ITEM_RE.match(line):
         stats.changed += 1
+        if line[2:11] == _NEW:
+            stats.created += 1
 
 
 @dataclass(frozen=True)
@@ -385,7 +407,11 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
 
 
 async def run_rsync(
-    argv: Sequence[str], paths: Iterable[str] | None = None, *, keep_deleted: int = 0
+    argv: Sequence[str],
+    paths: Iterable[str] | None = None,
+    *,
+    keep_deleted: int = 0,
+    renamed: frozenset[str] = frozenset(),
 ) -> TransferResult:
     """Run rsync, feed `paths` NUL-separated on stdin, and classify the result.
 
@@ -417,12 +443,19 @@ async def run_rsync(
     async def read_out() -> None:
         assert proc.stdout is not None
         async for raw in proc.stdout:
-            parse_line(raw.decode("utf-8", "replace").rstrip("\n"), stats, keep_deleted)
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            parse_line(line, stats, keep_deleted, renamed)
+
+    messages = Messages()
 
     async def read_err() -> bytes:
+        # Every line is read for causes (mirrord.outcome); the tail is kept for the journal.
         assert proc.stderr is not None
-        data = await proc.stderr.read()
-        return data[-STDERR_KEEP:]
+        kept = b""
+        async for raw in proc.stderr:
+            messages.feed(raw.decode("utf-8", "replace"))
+            kept = (kept + raw)[-STDERR_KEEP:]
+        return kept
 
     try:
         jobs: list[asyncio.Future[object]] = [
@@ -438,7 +471,7 @@ async def run_rsync(
     err = done[1]
     assert isinstance(err, bytes)
     stderr = err.decode("utf-8", "replace").strip()
-    outcome = classify(rc, stderr)
+    outcome = classify(rc, messages)
     result = TransferResult(
         rc=rc, outcome=outcome, stats=stats, duration=time.monotonic() - started, stderr=stderr
     )

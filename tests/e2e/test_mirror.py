@@ -290,6 +290,44 @@ def test_a_peer_that_is_the_source_refuses_pushes_until_released(lab: Lab, recei
     assert_identical(src, dst)
 
 
+def test_excludes_hold_on_incremental_passes_and_a_missing_peer_root_is_named(lab: Lab) -> None:
+    """Directories the policy excludes, made after the start-up full pass, never reach the peer
+    on the incremental passes that follow (their neighbours do); a root missing on the peer is
+    an alarm that says so, in status and in the pass's result."""
+    policy = {"path": "/srv/data", "exclude": ["cache/", "/local-only/"], **FAST}
+    pair = MirrorPair(lab, [policy])
+    src, dst = pair.src("data"), pair.dst("data")
+    write(src, "keep", "1")
+    pair.start()
+    assert pair.converge("data")
+    for rel in ("cache/c", "a/cache/x", "local-only/l", "a/local-only/kept", "a/new"):
+        write(src, rel, rel)
+
+    def arrived() -> bool:
+        pair.sync("data")
+        st = pair.dir_status("data")
+        return (
+            (dst / "a/new").exists()
+            and (dst / "a/local-only/kept").exists()
+            and (st["dirty"] == 0 and not st["running"])
+        )
+
+    assert wait_until(arrived, timeout=60)
+    for rel in ("cache", "a/cache", "local-only"):
+        assert not (dst / rel).exists(), rel
+    kinds = [r.kind for r in Journal(pair.a_state).history("/srv/data")]
+    assert kinds[0] == "incremental" and kinds[-1] == "full", kinds
+
+    dst.rename(dst.with_name("data.away"))
+    write(src, "later", "2")
+    assert wait_until(lambda: pair.dir_status("data")["alarm"] is not None, timeout=60)
+    alarm = pair.dir_status("data")["alarm"]
+    assert "the root is missing on the peer" in alarm and "chroot failed" in alarm, alarm
+    status = pair.cli("status", check=False)
+    assert "the root is missing on the peer" in status.stdout, status.stdout
+    dst.with_name("data.away").rename(dst)
+
+
 def test_changes_made_while_mirrord_was_stopped_reach_the_peer(lab: Lab) -> None:
     """After a clean stop, a file edited while mirrord was stopped is sent by the next run in
     an incremental pass (the walk found it); a file deleted while stopped makes the next run

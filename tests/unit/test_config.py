@@ -509,6 +509,44 @@ def test_mirrord_check_looks_at_the_file_system(
     assert "ok: 1 directories from 1 policy files" in capsys.readouterr().out
 
 
+# second root -> how it overlaps the first, /t/a (None: it does not)
+SYMLINKED_ROOTS = [
+    ("link-into", "is inside /t/a ("),  # link-into -> a/sub
+    ("link-same", "is already mirrored by"),  # link-same -> a
+    ("link-parent", "contains /t/a ("),  # link-parent -> /t (holds a)
+    ("via/sub", "is inside /t/a ("),  # via -> a, so via/sub is a/sub
+    ("link-other", None),  # link-other -> other
+]
+
+
+@pytest.mark.parametrize(("second", "overlap"), SYMLINKED_ROOTS)
+def test_a_root_reached_through_a_symlink_overlaps_like_a_nested_one(
+    tmp_path: Path, second: str, overlap: str | None
+) -> None:
+    """Roots are compared by their real paths: a symlink into (or onto, or above) another root
+    is refused as an overlap, naming the real path; a symlink elsewhere is accepted."""
+    t = tmp_path / "t"
+    (t / "a" / "sub").mkdir(parents=True)
+    (t / "other").mkdir()
+    os.symlink(t / "a" / "sub", t / "link-into")
+    os.symlink(t / "a", t / "link-same")
+    os.symlink(t, t / "link-parent")
+    os.symlink(t / "a", t / "via")
+    os.symlink(t / "other", t / "link-other")
+    path = tmp_path / "p.toml"
+    path.write_text(f'[[directory]]\npath = "{t / "a"}"\n[[directory]]\npath = "{t / second}"\n')
+    if overlap is None:
+        assert len(load_policy_file(path)) == 2
+        return
+    with pytest.raises(ConfigError) as info:
+        load_policy_file(path)
+    (line,) = info.value.problems
+    assert line.startswith(f"p.toml: directory[1].path: {t / second} (really ")
+    assert overlap.replace("/t/a", str(t / "a")) in line
+    # Without looking at the file system (--no-fs) only the written paths are compared.
+    assert len(load_policy_file(path, check_fs=False)) == 2
+
+
 @pytest.mark.parametrize(
     ("extra", "duty"),
     [

@@ -147,6 +147,27 @@ def test_startup_full_pass_then_incremental_changes(tmp_path: Path) -> None:
     assert "incremental" in kinds
 
 
+def test_startup_full_pass_begins_without_any_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start-up full pass starts as soon as the daemon is ready: no event, request or
+    re-watch tick is needed to wake the planner (the re-watch is an hour away here)."""
+    monkeypatch.setattr(daemon_module, "REWATCH_INTERVAL", 3600.0)
+    env = Env(tmp_path)
+    (env.src / "a").write_text("1")
+
+    async def body() -> None:
+        # Only the file system is watched: a control request would wake the consumer.
+        for _ in range(600):
+            if (env.mirror / "a").exists():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("no start-up pass within 30 s")
+
+    asyncio.run(with_daemon(env.daemon(), body))
+    assert [r.kind for r in Journal(env.state).history(str(env.src))] == ["full"]
+
+
 def mirrored_then_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
     """A source with one file `a` mirrored by a run that then stopped cleanly (the walk for
     changes made while stopped gets no margin for coarse file times here)."""
@@ -215,6 +236,43 @@ def test_guard_refuses_mass_deletion_until_allowed(tmp_path: Path) -> None:
     # A settle time keeps the first deletion from starting a pass before the others arrive.
     slow = Cadence(interval=0.2, min_interval=0.1, max_interval=1.0, settle=5.0)
     asyncio.run(with_daemon(env.daemon(max_delete_count=3, cadence=slow), body))
+
+
+def test_incremental_passes_never_send_excluded_directories(tmp_path: Path) -> None:
+    """Directories the policy excludes, created after the start-up full pass, never reach the
+    mirror on the incremental passes that follow; their neighbours do."""
+    env = Env(tmp_path)
+    (env.src / "first").write_text("1")
+    d = MirrorDir(root=str(env.src), volatility="hot", cadence=FAST,
+                  options=TransferOptions(excludes=("cache/", "/local-only/")))  # fmt: skip
+    daemon = Daemon([d], peer=None, state_dir=env.state, run_dir=env.run, local_dest=env.dest)
+
+    async def body() -> None:
+        await converge(env)
+        for sub in ("cache", "a/cache", "local-only"):
+            (env.src / sub).mkdir(parents=True)
+            (env.src / sub / "f").write_text("x")
+        (env.src / "a/kept").write_text("k")
+        await until_dirty(env, 1)
+        for _ in range(100):
+            await request(env.run, {"cmd": "sync", "wait": True})
+            if (env.mirror / "a/kept").exists():
+                break
+            await asyncio.sleep(0.05)
+        await until_clean(env)
+
+        # Changes only below excluded directories cost no rsync at all.
+        (env.src / "cache" / "g").write_text("y")
+        for _ in range(600):
+            (d,) = (await request(env.run, {"cmd": "status"}))["directories"]
+            if "every dirty path is excluded" in d["last"]["detail"]:
+                break
+            await asyncio.sleep(0.05)
+        assert d["last"]["result"] == "ok" and d["last"]["rc"] is None, d["last"]
+
+    asyncio.run(with_daemon(daemon, body))
+    assert sorted(tree(env.mirror)) == ["a", "a/kept", "first"]
+    assert Journal(env.state).history(str(env.src))[0].kind == "incremental"
 
 
 def test_guard_refuses_missing_root(tmp_path: Path) -> None:
@@ -421,3 +479,83 @@ def test_long_names_mirror_and_a_path_too_deep_to_back_up_is_named_not_retried(
         assert not status["alarm"]
 
     asyncio.run(with_daemon(daemon, body))
+
+
+async def pass_result(env: Env, dirty: int) -> dict[str, Any]:
+    """Wait until the daemon has seen `dirty` changes, ask for a pass and return its result."""
+    await until_dirty(env, dirty)
+    reply = await request(env.run, {"cmd": "sync", "wait": True})
+    (result,) = reply["results"].values()
+    assert isinstance(result, dict)
+    return result
+
+
+def test_a_percentage_follows_a_tree_that_grew_from_empty(tmp_path: Path) -> None:
+    """A "60%" limit measured on an empty root at start-up grows with the tree the incremental
+    passes build: deleting a few of many files later is not refused."""
+    env = Env(tmp_path)
+
+    async def body() -> None:
+        await converge(env)  # the start-up full pass counts the empty root
+        for i in range(20):
+            (env.src / f"f{i}").write_text(str(i))
+        await until_dirty(env, 20)
+        await converge(env)
+        await until_clean(env)
+        for i in range(5):
+            (env.src / f"f{i}").unlink()
+        result = await pass_result(env, 5)
+        assert result["result"] == "ok", result
+        await converge(env)
+
+    slow = Cadence(interval=0.2, min_interval=0.1, max_interval=1.0, settle=5.0)
+    asyncio.run(with_daemon(env.daemon(max_delete_percent=60.0, cadence=slow), body))
+
+
+def test_renames_are_not_deletions(tmp_path: Path) -> None:
+    """Renaming more entries than max_delete (files and a directory) is mirrored without an
+    alarm, and does not use up the deletion window either."""
+    env = Env(tmp_path)
+    (env.src / "d").mkdir()
+    for i in range(6):
+        (env.src / f"f{i}").write_text(str(i))
+        (env.src / "d" / f"g{i}").write_text(str(i))
+
+    async def body() -> None:
+        await converge(env)
+        for i in range(6):
+            (env.src / f"f{i}").rename(env.src / f"h{i}")
+        (env.src / "d").rename(env.src / "e")
+        result = await pass_result(env, 7)
+        assert result["result"] == "ok", result
+        await converge(env)
+        (env.src / "h0").unlink()
+        (env.src / "h1").unlink()
+        result = await pass_result(env, 2)
+        assert result["result"] == "ok", result
+        await converge(env)
+
+    slow = Cadence(interval=0.2, min_interval=0.1, max_interval=1.0, settle=5.0)
+    asyncio.run(with_daemon(env.daemon(max_delete_count=2, cadence=slow), body))
+
+
+def test_a_directory_moved_out_counts_its_subtree_before_anything_is_deleted(
+    tmp_path: Path,
+) -> None:
+    """A directory moved out of the tree counts as every entry the peer would remove, and the
+    pass is refused whole: the mirror keeps all of it."""
+    env = Env(tmp_path)
+    (env.src / "d").mkdir()
+    for i in range(10):
+        (env.src / "d" / f"f{i}").write_text(str(i))
+
+    async def body() -> None:
+        await converge(env)
+        (env.src / "d").rename(tmp_path / "outside")
+        result = await pass_result(env, 1)
+        assert result["result"] == "alarm", result
+        assert "would delete 11 entries (max_delete 5)" in result["detail"]
+        assert len(list((env.mirror / "d").iterdir())) == 10
+
+    slow = Cadence(interval=0.2, min_interval=0.1, max_interval=1.0, settle=5.0)
+    asyncio.run(with_daemon(env.daemon(max_delete_count=5, cadence=slow), body))

@@ -29,6 +29,10 @@ REQUIRED_PURE = [
     "takeover/arbitration.py",
     "takeover/wire.py",
     "mirrord/planner.py",
+    "mirrord/excludes.py",
+    "mirrord/outcome.py",
+    "mirrord/deletions.py",
+    "mirrord/roles.py",
 ]
 
 

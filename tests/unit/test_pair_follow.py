@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mirrord import orphans
 from mirrord.changes import RawEvent
 from mirrord.daemon import Daemon, MirrorDir
@@ -44,11 +46,68 @@ def test_only_active_toward_a_heard_standby_pushes() -> None:
     assert not direction("ACQUIRING", STANDBY_PEER, "a", "b").push
 
 
-def test_passive_roles_receive_and_never_push() -> None:
-    """STANDBY, ISOLATED, FAULT, STARTING and ARBITRATING never push and count as receiving."""
-    for role in ("STANDBY", "ISOLATED", "FAULT", "STARTING", "ARBITRATING"):
-        d = direction(role, STANDBY_PEER, "a", "b")
-        assert (d.push, d.receiving) == (False, True), role
+ACTIVE_PEER = Peer(alive=True, role="ACTIVE")
+LOST_ACTIVE = Peer(alive=False, role="ACTIVE")
+PASSIVE = ("STANDBY", "STARTING", "ARBITRATING", "FENCING", "ISOLATED", "FAULT")
+
+# role, peer, was receiving -> push, receiving   (the table in mirrord.roles)
+DIRECTIONS = [
+    *[(r, ACTIVE_PEER, False, False, True) for r in PASSIVE],
+    *[(r, Peer(alive=True, role="RELEASING"), False, False, True) for r in PASSIVE],
+    # Unknown is not receiving: a passive role with the peer not heard as the source keeps
+    # what the node did.
+    *[(r, p, False, False, False) for r in PASSIVE for p in (None, STANDBY_PEER, LOST_ACTIVE)],
+    *[(r, p, True, False, True) for r in PASSIVE for p in (None, STANDBY_PEER, LOST_ACTIVE)],
+    (None, ACTIVE_PEER, False, False, False),
+    (None, None, True, False, True),
+    ("ACQUIRING", ACTIVE_PEER, False, False, False),
+    ("ACQUIRING", None, True, False, True),
+    # The source never receives, whatever it did before.
+    ("ACTIVE", STANDBY_PEER, True, True, False),
+    ("RELEASING", STANDBY_PEER, True, True, False),
+    ("ACTIVE", ACTIVE_PEER, True, False, False),
+    ("ACTIVE", None, True, False, False),
+]
+
+
+@pytest.mark.parametrize("role, peer, was, push, receiving", DIRECTIONS)
+def test_direction_table(
+    role: str | None, peer: Peer | None, was: bool, push: bool, receiving: bool
+) -> None:
+    """A node receives only once the peer is heard as the source, and keeps receiving until it
+    becomes the source itself; an unknown or passive reading changes nothing."""
+    d = direction(role, peer, "a", "b", was)
+    assert (d.push, d.receiving) == (push, receiving)
+
+
+def test_takeover_restart_on_the_active_keeps_journaling(tmp_path: Path) -> None:
+    """An active whose takeover restarts (no role, then STARTING) sets nothing aside and keeps
+    journaling its live writes."""
+    daemon, root = follower(tmp_path)
+    assert daemon.journal is not None
+    daemon._apply([RoleSeen("ACTIVE", "t"), PeerSeen(STANDBY_PEER), created(root, "live")])
+    daemon._apply([RoleSeen(None, "takeover not running"), created(root, "during")])
+    daemon._apply([RoleSeen("STARTING", "subscribed"), created(root, "after")])
+    daemon._start_due()
+    assert (root / "live").exists() and orphans.load(daemon.state_dir) == []
+    assert set(daemon.journal.dirty(str(root))) == {"live", "during", "after"}
+    assert not daemon._direction.receiving
+    daemon._apply([RoleSeen("ACTIVE", "t")])
+    assert daemon._direction.push
+
+
+def test_takeover_restart_on_the_standby_keeps_receiving(tmp_path: Path) -> None:
+    """A standby whose takeover restarts keeps taking the peer's pushes: nothing journaled, no
+    second quarantine."""
+    daemon, root = follower(tmp_path)
+    assert daemon.journal is not None
+    daemon._apply([RoleSeen("STANDBY", "t"), PeerSeen(ACTIVE_PEER)])
+    daemon._start_due()
+    daemon._apply([RoleSeen(None, "takeover not running"), PeerSeen(None), created(root, "x")])
+    daemon._apply([RoleSeen("STARTING", "subscribed"), created(root, "y")])
+    assert daemon._direction.receiving and not daemon._quarantine_due
+    assert daemon.journal.dirty(str(root)) == {}
+    assert (root / "x").exists() and (root / "y").exists()
 
 
 def test_peer_returned_only_after_it_was_lost() -> None:
@@ -137,12 +196,13 @@ def created(root: Path, name: str) -> RawEvent:
 
 
 def test_received_changes_are_not_journaled(tmp_path: Path) -> None:
-    """Changes seen while STANDBY are the peer's writes: not journaled; after ACTIVE they are."""
+    """Changes seen while STANDBY under an active peer are the peer's writes: not journaled;
+    after ACTIVE they are."""
     daemon, root = follower(tmp_path)
     assert daemon.journal is not None
-    daemon._apply([RoleSeen("STANDBY", "test"), created(root, "in")])
+    daemon._apply([RoleSeen("STANDBY", "test"), PeerSeen(ACTIVE_PEER), created(root, "in")])
     assert daemon.journal.dirty(str(root)) == {}
-    daemon._apply([RoleSeen("ACTIVE", "test"), created(root, "local")])
+    daemon._apply([RoleSeen("ACTIVE", "test"), PeerSeen(STANDBY_PEER), created(root, "local")])
     assert set(daemon.journal.dirty(str(root))) == {"local"}
     assert orphans.has_source(str(root))
 
@@ -155,6 +215,9 @@ def test_becoming_standby_sets_orphans_aside_then_accepts_pushes(tmp_path: Path)
     daemon._apply([RoleSeen("ACTIVE", "test"), PeerSeen(STANDBY_PEER), created(root, "late")])
     assert daemon._direction.push
     daemon._apply([RoleSeen("STANDBY", "operator standby")])
+    daemon._start_due()
+    assert (root / "late").exists()  # the peer is not the source yet
+    daemon._apply([PeerSeen(ACTIVE_PEER)])
     daemon._start_due()
     assert not (root / "late").exists()
     assert [o.path for o in orphans.load(daemon.state_dir)] == ["late"]
