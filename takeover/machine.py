@@ -104,6 +104,9 @@ class MachineParams:
     stall_grace: float | None = None
     # Seconds before deadtime at which a silent peer's arbitration probes start; 0 = off.
     prearbitrate: float = 0.0
+    # Seconds the service interfaces' carrier must stay back before it counts as up again: a
+    # flapping port keeps this node at LAN_DOWN_SCORE, so it never wins the service back.
+    carrier_hold: float = 0.0
 
     def grace(self) -> float:
         """Return the stall grace in seconds."""
@@ -383,8 +386,13 @@ class State:
     # Own damped ping score (see own_score() for the one that decides).
     score: int = 0
     healthy: bool = True
-    # Every service interface has carrier.
+    # Every service interface has carrier, and has had it for carrier_hold (what counts).
     lan_up: bool = True
+    # The raw carrier as last reported, and when it last came back (None: never lost). Peer
+    # state heard before that moment is stale: it may predate everything the peer did while
+    # this node could not hear it.
+    carrier: bool = True
+    carrier_back: float | None = None
     peer: PeerView | None = None
     # When the daemon last reported a loop stall.
     last_stall: float | None = None
@@ -567,13 +575,33 @@ def _absorb(s: State, ev: Event, now: float) -> State:
         s = replace(s, score=ev.score)
     elif isinstance(ev, HealthChanged):
         s = replace(s, healthy=ev.ok)
-    elif isinstance(ev, LinkState):
-        s = replace(s, lan_up=ev.up)
+    elif isinstance(ev, LinkState) and not ev.up:
+        # Carrier loss counts at once: a dead LAN port needs no confirmation.
+        s = replace(s, lan_up=False, carrier=False)
+    elif isinstance(ev, LinkState) and not s.carrier:
+        s = replace(s, carrier=True, carrier_back=now)
     elif isinstance(ev, LoopStalled):
         s = replace(s, last_stall=now)
     elif isinstance(ev, ReleaseDone):
         s = replace(s, clean=True)
+    if s.carrier and not s.lan_up and _carrier_settled(s, now):
+        s = replace(s, lan_up=True)
     return s
+
+
+def _carrier_settled(s: State, now: float) -> bool:
+    """Return whether the carrier has been back for carrier_hold (hysteresis against flapping)."""
+    return s.carrier_back is not None and now - s.carrier_back >= s.params.carrier_hold
+
+
+def _peer_fresh(s: State) -> bool:
+    """Return whether the peer's view was heard after this node's carrier last came back.
+
+    A node whose links were down heard nothing meanwhile: the peer may have taken over in
+    the dark. Its last heartbeat from before the loss must not elect this node; a fresh one
+    (or a full deadtime of silence, then the normal arbitration) decides instead.
+    """
+    return s.peer is not None and (s.carrier_back is None or s.peer.heard_at >= s.carrier_back)
 
 
 def _take_over(s: State, now: float, reason: str) -> tuple[State, list[Action]]:
@@ -638,6 +666,9 @@ def _on_starting(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         return _go_passive(s, Role.STANDBY, now, "peer is active")
     if now - s.started < s.params.initdead:
         return s, []
+    if s.peer_alive(now) and not _peer_fresh(s):
+        # Links came back moments ago: wait for a heartbeat the peer sent since.
+        return s, []
     if s.peer_alive(now):
         assert s.peer is not None
         won = s.peer.role in PASSIVE and prefer(me_candidate(s), peer_candidate(s), _margin(s))
@@ -681,8 +712,9 @@ def _on_standby(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         s = replace(s, recheck_at=None)
         if s.condition in _BACKOFF_CONDITIONS:
             s = replace(s, condition="")
-        # Whatever the peer is, while it may hold a VIP acquiring would make two owners.
-        if not peer.holding:
+        # Whatever the peer is, while it may hold a VIP acquiring would make two owners; and
+        # a view of the peer from before our links came back says nothing of it now.
+        if not peer.holding and _peer_fresh(s):
             if (
                 not s.hold_standby
                 and peer.role in PASSIVE
@@ -1017,6 +1049,8 @@ def next_deadline(s: State) -> float | None:
         times.append(s.since + p.fault_hold)
     if s.handover_since is not None:
         times.append(s.handover_since + p.switchover_hold)
+    if s.carrier and not s.lan_up and s.carrier_back is not None:
+        times.append(s.carrier_back + p.carrier_hold)
     if s.failback_since is not None:
         times.append(s.failback_since + p.failback_delay)
     return min(times) if times else None

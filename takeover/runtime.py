@@ -72,7 +72,20 @@ def machine_params(cluster: Cluster, node: Node) -> MachineParams:
             0.0, min(guard_window(cluster) + hb.interval / 2, hb.deadtime - 1.5 * hb.interval)
         ),
         arbitrate_timeout=max(5.0, 4 * (arb.probe_timeout + hb.deadtime)),
+        # A carrier back for less than this does not count: a flapping port keeps this node at
+        # the worst score, so the peer takes over once and the service stays there.
+        carrier_hold=carrier_hold(cluster),
     )
+
+
+def carrier_hold(cluster: Cluster) -> float:
+    """Return how long carrier must stay back before it counts: 2 deadtimes, at least 1 s.
+
+    Longer than a deadtime, so the peer has heard this node advertise the worst score (and
+    taken over) before this node could win an election again; a real outage that ends pays
+    only this much more before the node counts as a candidate again.
+    """
+    return max(1.0, 2 * cluster.heartbeat.deadtime)
 
 
 def guard_window(cluster: Cluster) -> float:
