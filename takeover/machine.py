@@ -98,6 +98,9 @@ class MachineParams:
     arbitrate_timeout: float = 5.0
     # Seconds RELEASING waits for release inhibitors (mirrord's final flush) before going on.
     inhibit_timeout: float = 30.0
+    # Seconds RELEASING waits for the release itself before entering FAULT, where the fencing
+    # policy decides (takeover.deadlines derives it from the resources' limits); None: forever.
+    release_timeout: float | None = None
     # Seconds FAULT pauses before retrying (release again, or back to STANDBY).
     fault_hold: float = 10.0
     # Seconds after a loop stall during which the peer is not declared lost; None = deadtime.
@@ -971,6 +974,12 @@ def _on_releasing(s: State, ev: Event, now: float) -> tuple[State, list[Action]]
         if not s.urgent:
             return replace(s, condition="waiting for release inhibitors"), [WaitInhibitors()]
     if not s.released:
+        limit = s.params.release_timeout
+        if limit is not None and now - s.since >= limit:
+            # RELEASING -> FAULT: the release is past its budget (a hung hypervisor); what it
+            # still holds is unknown, so the peer must not count on it being let go.
+            new = s.to(Role.FAULT, now, f"release past its budget of {limit:g} s")
+            return replace(new, clean=False), []
         return s, []
     if s.urgent or isinstance(ev, InhibitorsReleased):
         # RELEASING -> STANDBY/ISOLATED: released, and nobody inhibits any more.
@@ -1045,6 +1054,8 @@ def next_deadline(s: State) -> float | None:
         times.append(s.since + p.arbitrate_timeout)
     if s.role is Role.RELEASING and s.released:
         times.append(s.since + p.inhibit_timeout)
+    if s.role is Role.RELEASING and not s.released and p.release_timeout is not None:
+        times.append(s.since + p.release_timeout)
     if s.role is Role.FAULT:
         times.append(s.since + p.fault_hold)
     if s.handover_since is not None:

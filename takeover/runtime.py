@@ -23,7 +23,7 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 from takeover.addresses import Addresses, VipPlacement
 from takeover.announce import Announcer
 from takeover.arbitration import Outcome
-from takeover.config import Cluster, Node, config_digest
+from takeover.config import Cluster, Node, cluster_deadlines, config_digest, vm_limits
 from takeover.daemon import Daemon, DaemonConfig, Effects, Links, Watcher
 from takeover.heartbeat import HeartbeatLinks, LinkSpec, load_key
 from takeover.hooks import Hook
@@ -45,6 +45,7 @@ def machine_params(cluster: Cluster, node: Node) -> MachineParams:
     hb, arb = cluster.heartbeat, cluster.arbitration
     peer = cluster.peer_of(node.name)
     fencing = peer.fencing
+    limits = cluster_deadlines(cluster)
     return MachineParams(
         node=node.name,
         peer=peer.name,
@@ -76,6 +77,8 @@ def machine_params(cluster: Cluster, node: Node) -> MachineParams:
         # A carrier back for less than this does not count: a flapping port keeps this node at
         # the worst score, so the peer takes over once and the service stays there.
         carrier_hold=carrier_hold(cluster),
+        inhibit_timeout=limits.inhibit_timeout,
+        release_timeout=limits.release_timeout,
     )
 
 
@@ -359,10 +362,11 @@ def vm_resources(
     backend = importlib.import_module("takeover.backends.libvirt")
     peer = cluster.peer_of(node.name).name
     out = []
-    for vm in cluster.vms:
+    for vm, limits in zip(cluster.vms, vm_limits(cluster.vms), strict=True):
         spec = backend.VmSpec.from_config(vm, node.name, peer)
         res = backend.VmResource(spec, on_failover=on_failover)
-        out.append(VmItem(f"vm {vm.name}", res))
+        budgets = (limits.stop_budget(), limits.handover_budget())
+        out.append(VmItem(f"vm {vm.name}", res, *budgets))
     return out
 
 

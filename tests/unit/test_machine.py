@@ -571,6 +571,22 @@ EDGES: list[tuple[str, State, Event, float, Role, list[type]]] = [
         Role.FAULT,
         [Notify],
     ),
+    (
+        "releasing_to_fault_when_release_past_its_budget",
+        mk(Role.RELEASING, replace(P, release_timeout=50.0), since=T0 - 50.0),
+        Tick(),
+        0.0,
+        Role.FAULT,
+        [Notify],
+    ),
+    (
+        "releasing_stays_while_release_within_its_budget",
+        mk(Role.RELEASING, replace(P, release_timeout=50.0), since=T0 - 49.0),
+        Tick(),
+        0.0,
+        Role.RELEASING,
+        [],
+    ),
     # ISOLATED
     (
         "isolated_to_standby_when_score_recovers",
@@ -1273,3 +1289,15 @@ def test_scenario_flapping_active_moves_the_service_once_and_never_two_owners() 
     assert (a.role, b.role) == (Role.STANDBY, Role.ACTIVE)
     assert b.transitions().count((Role.STANDBY, Role.ACTIVE)) <= 1
     assert sum(1 for t in a.transitions() if t[1] is Role.ACTIVE) == 1  # the start-up election
+
+
+def test_release_past_its_budget_leaves_fault_unclean_and_retries() -> None:
+    """A hung release ends in FAULT holding possibly everything; FAULT retries the release."""
+    params = replace(P, release_timeout=50.0)
+    s = mk(Role.RELEASING, params, since=T0)
+    assert next_deadline(s) == T0 + 50.0
+    s, _ = step(s, Tick(), T0 + 50.0)
+    assert s.role is Role.FAULT and not s.clean
+    assert s.reason == "release past its budget of 50 s"
+    s, out = step(s, Tick(), T0 + 50.0 + P.fault_hold)
+    assert [type(a) for a in out] == [ReleaseResources]

@@ -241,6 +241,38 @@ def resources(log: list[str], fail: set[str] | None = None, count: int = 1) -> R
     )
 
 
+def test_release_addresses_lets_only_the_vips_go() -> None:
+    """The daemon's last act removes the VIPs in reverse and touches nothing else."""
+    log: list[str] = []
+    vips = resources(log)
+    other = RecordingOther()
+    res = ResourceList([*vips.items, other])
+    asyncio.run(res.release_addresses())
+    assert log == ["remove 192.0.2.101/24", "remove 192.0.2.100/24"]
+    assert not other.released
+
+
+class RecordingOther:
+    """A resource that is no VIP (a VM), recording a release."""
+
+    name = "vm mail"
+    released = False
+
+    async def acquire(self) -> None:
+        """Never used."""
+
+    async def release(self) -> None:
+        """Record."""
+        self.released = True
+
+    async def announce(self) -> None:
+        """Nothing to announce."""
+
+    def describe(self) -> dict[str, Any]:
+        """Held."""
+        return {"held": True}
+
+
 def test_acquire_in_order_announcing_each_at_once() -> None:
     """VIPs are added in order, each announced right after it is added."""
     log: list[str] = []
