@@ -39,7 +39,7 @@ TRANSITIONS: Final[dict[Role, frozenset[Role]]] = {
     ),
     Role.ACTIVE: frozenset({Role.STARTING, Role.STANDBY, Role.ARBITRATING, Role.FENCING}),
     Role.ARBITRATING: frozenset({Role.STARTING, Role.STANDBY}),
-    Role.FENCING: frozenset({Role.ARBITRATING}),
+    Role.FENCING: frozenset({Role.ARBITRATING, Role.STANDBY}),
     Role.RELEASING: frozenset({Role.ACTIVE}),
     Role.ISOLATED: frozenset({Role.ARBITRATING, Role.RELEASING}),
     Role.FAULT: frozenset({Role.STANDBY, Role.ACTIVE, Role.RELEASING, Role.ISOLATED}),
@@ -713,8 +713,17 @@ def _on_standby(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         assert s.peer is not None
         peer = s.peer
         s = replace(s, recheck_at=None)
+        # A peer stuck in FAULT still holding what it failed to release: fencing decides.
+        faulted = peer.role is Role.FAULT and peer.holding and _peer_fresh(s)
+        if faulted and s.condition in _BACKOFF_CONDITIONS:
+            # Fenced once this fault already, in vain: wait for the peer's own retries.
+            return s, []
         if s.condition in _BACKOFF_CONDITIONS:
             s = replace(s, condition="")
+        if faulted and s.params.fencing and not s.hold_standby:
+            # STANDBY -> FENCING: the peer's release is past its budget (a hung VM may still
+            # run there); only powered off may its resources be taken over.
+            return s.to(Role.FENCING, now, "peer faulted holding resources"), [Fence(s.params.peer)]
         # Whatever the peer is, while it may hold a VIP acquiring would make two owners; and
         # a view of the peer from before our links came back says nothing of it now.
         if not peer.holding and _peer_fresh(s):

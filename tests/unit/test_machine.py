@@ -572,6 +572,35 @@ EDGES: list[tuple[str, State, Event, float, Role, list[type]]] = [
         [Notify],
     ),
     (
+        "standby_to_fencing_when_peer_faulted_holding_resources",
+        mk(Role.STANDBY, FENCED, peer=peer(Role.FAULT, holding=True)),
+        Tick(),
+        0.0,
+        Role.FENCING,
+        [Notify, Fence],
+    ),
+    (
+        "standby_stays_when_peer_faulted_holding_and_no_fencing",
+        mk(Role.STANDBY, peer=peer(Role.FAULT, holding=True)),
+        Tick(),
+        0.0,
+        Role.STANDBY,
+        [],
+    ),
+    (
+        "standby_stays_when_fencing_the_faulted_peer_failed_already",
+        mk(
+            Role.STANDBY,
+            FENCED,
+            peer=peer(Role.FAULT, holding=True),
+            condition="fencing failed; not taking over",
+        ),
+        Tick(),
+        0.0,
+        Role.STANDBY,
+        [],
+    ),
+    (
         "releasing_to_fault_when_release_past_its_budget",
         mk(Role.RELEASING, replace(P, release_timeout=50.0), since=T0 - 50.0),
         Tick(),
@@ -1301,3 +1330,30 @@ def test_release_past_its_budget_leaves_fault_unclean_and_retries() -> None:
     assert s.reason == "release past its budget of 50 s"
     s, out = step(s, Tick(), T0 + 50.0 + P.fault_hold)
     assert [type(a) for a in out] == [ReleaseResources]
+
+
+def test_scenario_hung_release_is_fenced_by_the_peer_then_taken_over() -> None:
+    """A release past its budget ends in FAULT; the peer fences it, then takes over."""
+    pa = replace(PA, fencing=True, release_timeout=3.0)
+    pb = replace(PB, fencing=True, release_timeout=3.0)
+    a, b = Node(pa, T0), Node(pb, T0)
+    a.state = mk(Role.ACTIVE, pa, peer=peer(Role.STANDBY, ago=0.0))
+    b.state = mk(Role.STANDBY, pb, peer=peer(Role.ACTIVE, ago=0.0, priority=100))
+    now = T0
+    fenced: list[Action] = []
+    # The operator hands over; the release never reports back (a hung hypervisor).
+    a.feed(OperatorStandby(), now)
+    assert a.role is Role.RELEASING
+    for _ in range(40):
+        now = round(now + 0.1, 6)
+        a.feed(b.heartbeat(), now)
+        a.feed(Tick(), now)
+        out = b.feed(a.heartbeat(), now) + b.feed(Tick(), now)
+        fenced += [x for x in out if isinstance(x, Fence)]
+        if fenced:
+            break
+    assert a.role is Role.FAULT and not a.state.clean
+    assert b.role is Role.FENCING and fenced == [Fence("alpha")]
+    out = b.feed(FenceResult(ok=True), now)
+    assert b.role is Role.ACTIVE
+    assert any(isinstance(x, AcquireResources) for x in out)
