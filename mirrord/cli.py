@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--flush-timeout",
         type=float,
-        default=20.0,
-        help="seconds a planned switchover waits for the final flush (default 20)",
+        default=None,
+        help="seconds a planned switchover waits for the final flush "
+        "(default: [mirror] flush_timeout, 20 s)",
     )
 
     status = add_command(sub, "status", cmd_status, "show each directory's mirroring state")
@@ -192,7 +193,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         node=node.name,
         follow=not args.standalone,
         peer_name=peer_node.name,
-        flush_timeout=args.flush_timeout,
+        flush_timeout=(
+            cluster.mirror.flush_timeout if args.flush_timeout is None else args.flush_timeout
+        ),
         backup_retention=cluster.mirror.backup_retention,
         backup_budget=cluster.mirror.backup_budget,
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
+from takeover import deadlines
 from takeover.configparse import (
     REQUIRED,
     ConfigError,
@@ -195,6 +196,8 @@ class VmConfig:
     stop_timeout: float = 120.0
     # Live-migrate on planned switchover (falls back to stop/start).
     migrate: bool = False
+    # Seconds a live migration may run before it is aborted (then stop here, start there).
+    migrate_timeout: float = 120.0
     # Node name -> URI by which the PEER's libvirtd reaches that node's libvirtd (the live
     # migration destination, e.g. "qemu+tcp://192.0.2.12/system"); required with migrate.
     migrate_uri: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -265,6 +268,8 @@ class MirrorConfig:
     # ...within this much per root, oldest passes pruned first: "N%" of the root's file system,
     # or a size ("20GiB"; units KiB, MiB, GiB, TiB; a bare number is bytes).
     backup_budget: str = "10%"
+    # Seconds a planned switchover waits for mirrord's final flush (below inhibit_timeout).
+    flush_timeout: float = 20.0
 
 
 # A backup budget: a share of the root's file system, or a size (mirrord.backups).
@@ -298,6 +303,8 @@ class Cluster:
     auto_failback: bool = False
     # Seconds a recovered higher-priority node waits before failing back.
     failback_delay: float = 60.0
+    # Seconds a planned switchover waits for release inhibitors (mirrord's final flush).
+    inhibit_timeout: float = 30.0
     # Default run and state directories (nodes may override them).
     run_dir: Path = Path(DEFAULT_RUN_DIR)
     state_dir: Path = Path(DEFAULT_STATE_DIR)
@@ -330,6 +337,24 @@ def load_cluster(path: str | os.PathLike[str]) -> Cluster:
     problems.raise_if_any()
     log.debug("config.loaded file=%s cluster=%s", source, cluster.name)
     return cluster
+
+
+def vm_limits(vms: tuple[VmConfig, ...]) -> list[deadlines.VmLimits]:
+    """Return the limits deadlines are derived from, one per VM."""
+    return [
+        deadlines.VmLimits(
+            name=vm.name,
+            start_timeout=vm.start_timeout,
+            stop_timeout=vm.stop_timeout,
+            migrate_timeout=vm.migrate_timeout if vm.migrate else None,
+        )
+        for vm in vms
+    ]
+
+
+def cluster_deadlines(cluster: Cluster) -> deadlines.Deadlines:
+    """Return the deadlines derived from the cluster file (takeover.deadlines)."""
+    return deadlines.derive(cluster.inhibit_timeout, vm_limits(cluster.vms))
 
 
 def resolve_node(
@@ -418,6 +443,7 @@ def _parse(root: Table, source: Path) -> Cluster:
     state_dir = section.path("state_dir", DEFAULT_STATE_DIR)
     auto_failback = section.boolean("auto_failback", False)
     failback_delay = section.duration("failback_delay", 60.0)
+    inhibit_timeout = section.duration("inhibit_timeout", 30.0, positive=True)
     section.finish()
 
     heartbeat = _heartbeat(root)
@@ -434,6 +460,10 @@ def _parse(root: Table, source: Path) -> Cluster:
     )
     checks = _checks(root)
     root.finish()
+    if not problems.bad("cluster.inhibit_timeout", "mirror.flush_timeout", "vm"):
+        flush = mirror.flush_timeout if mirror is not None else None
+        for key, message in deadlines.problems(inhibit_timeout, flush, vm_limits(vms)):
+            problems.add(key, message)
     return Cluster(
         source=source,
         name=name,
@@ -448,6 +478,7 @@ def _parse(root: Table, source: Path) -> Cluster:
         mirror=mirror,
         auto_failback=auto_failback,
         failback_delay=failback_delay,
+        inhibit_timeout=inhibit_timeout,
         run_dir=run_dir,
         state_dir=state_dir,
     )
@@ -774,6 +805,7 @@ def _vms(root: Table, nodes: list[Node] | tuple[Node, ...]) -> tuple[VmConfig, .
                 start_timeout=t.duration("start_timeout", 60.0, positive=True),
                 stop_timeout=t.duration("stop_timeout", 120.0, positive=True),
                 migrate=migrate,
+                migrate_timeout=t.duration("migrate_timeout", 120.0, positive=True),
                 migrate_uri=MappingProxyType(migrate_uris),
                 max_restarts=t.integer("max_restarts", 3, lo=0),
                 restart_window=t.duration("restart_window", 600.0, positive=True),
@@ -860,6 +892,7 @@ def _mirror(t: Table) -> MirrorConfig:
             pattern=BACKUP_BUDGET,
             what='a share such as "10%" or a size such as "20GiB"',
         ),
+        flush_timeout=t.duration("flush_timeout", 20.0, positive=True),
     )
     t.finish()
     return config

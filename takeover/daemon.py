@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from takeover import deadlines
 from takeover import machine as m
 from takeover.arbitration import Outcome, Reachability, fresh_down
 from takeover.control import ControlServer, role_event, socket_path
@@ -374,9 +375,15 @@ class Daemon:
         while True:
             if self.stop_requested:
                 if stop_deadline is None:
-                    stop_deadline = self.clock() + p.inhibit_timeout + 5.0
+                    budget = deadlines.stop_deadline(p.release_timeout, p.inhibit_timeout)
+                    stop_deadline = self.clock() + budget
+                    # systemd would kill us after TimeoutStopSec: a release may take longer.
+                    usec = deadlines.extend_timeout_usec(budget + deadlines.EXIT_MARGIN)
+                    self.fx.notifier.notify(f"EXTEND_TIMEOUT_USEC={usec}")
                     self._begin_stop()
                 if self._may_exit() or self.clock() >= stop_deadline:
+                    if not self.state.clean:
+                        await self._release_addresses()
                     self._send_heartbeats()
                     return
             await self.iterate()
@@ -389,6 +396,22 @@ class Daemon:
         else:
             # Keep the peer from electing us while we go away.
             self.state = _with_hold(self.state)
+
+    async def _release_addresses(self) -> None:
+        """Let the VIPs go before exiting while something may still be held (a hung VM).
+
+        A node that exits holding a VIP keeps answering for it through its kernel: the
+        peer's guard sees it answered and never takes over.
+        """
+        release = getattr(self.fx.resources, "release_addresses", None)
+        if release is None:
+            return
+        try:
+            await asyncio.wait_for(release(), deadlines.VIP_MARGIN)
+        except Exception as err:
+            log.error("daemon.exit_release_failed role=%s error=%s", self.state.role.value, err)
+        else:
+            log.warning("daemon.exit_released_addresses role=%s", self.state.role.value)
 
     def _may_exit(self) -> bool:
         return self.state.role not in {m.Role.ACTIVE, m.Role.RELEASING}

@@ -39,7 +39,7 @@ TRANSITIONS: Final[dict[Role, frozenset[Role]]] = {
     ),
     Role.ACTIVE: frozenset({Role.STARTING, Role.STANDBY, Role.ARBITRATING, Role.FENCING}),
     Role.ARBITRATING: frozenset({Role.STARTING, Role.STANDBY}),
-    Role.FENCING: frozenset({Role.ARBITRATING}),
+    Role.FENCING: frozenset({Role.ARBITRATING, Role.STANDBY}),
     Role.RELEASING: frozenset({Role.ACTIVE}),
     Role.ISOLATED: frozenset({Role.ARBITRATING, Role.RELEASING}),
     Role.FAULT: frozenset({Role.STANDBY, Role.ACTIVE, Role.RELEASING, Role.ISOLATED}),
@@ -98,12 +98,18 @@ class MachineParams:
     arbitrate_timeout: float = 5.0
     # Seconds RELEASING waits for release inhibitors (mirrord's final flush) before going on.
     inhibit_timeout: float = 30.0
+    # Seconds RELEASING waits for the release itself before entering FAULT, where the fencing
+    # policy decides (takeover.deadlines derives it from the resources' limits); None: forever.
+    release_timeout: float | None = None
     # Seconds FAULT pauses before retrying (release again, or back to STANDBY).
     fault_hold: float = 10.0
     # Seconds after a loop stall during which the peer is not declared lost; None = deadtime.
     stall_grace: float | None = None
     # Seconds before deadtime at which a silent peer's arbitration probes start; 0 = off.
     prearbitrate: float = 0.0
+    # Seconds the service interfaces' carrier must stay back before it counts as up again: a
+    # flapping port keeps this node at LAN_DOWN_SCORE, so it never wins the service back.
+    carrier_hold: float = 0.0
 
     def grace(self) -> float:
         """Return the stall grace in seconds."""
@@ -383,8 +389,13 @@ class State:
     # Own damped ping score (see own_score() for the one that decides).
     score: int = 0
     healthy: bool = True
-    # Every service interface has carrier.
+    # Every service interface has carrier, and has had it for carrier_hold (what counts).
     lan_up: bool = True
+    # The raw carrier as last reported, and when it last came back (None: never lost). Peer
+    # state heard before that moment is stale: it may predate everything the peer did while
+    # this node could not hear it.
+    carrier: bool = True
+    carrier_back: float | None = None
     peer: PeerView | None = None
     # When the daemon last reported a loop stall.
     last_stall: float | None = None
@@ -567,13 +578,33 @@ def _absorb(s: State, ev: Event, now: float) -> State:
         s = replace(s, score=ev.score)
     elif isinstance(ev, HealthChanged):
         s = replace(s, healthy=ev.ok)
-    elif isinstance(ev, LinkState):
-        s = replace(s, lan_up=ev.up)
+    elif isinstance(ev, LinkState) and not ev.up:
+        # Carrier loss counts at once: a dead LAN port needs no confirmation.
+        s = replace(s, lan_up=False, carrier=False)
+    elif isinstance(ev, LinkState) and not s.carrier:
+        s = replace(s, carrier=True, carrier_back=now)
     elif isinstance(ev, LoopStalled):
         s = replace(s, last_stall=now)
     elif isinstance(ev, ReleaseDone):
         s = replace(s, clean=True)
+    if s.carrier and not s.lan_up and _carrier_settled(s, now):
+        s = replace(s, lan_up=True)
     return s
+
+
+def _carrier_settled(s: State, now: float) -> bool:
+    """Return whether the carrier has been back for carrier_hold (hysteresis against flapping)."""
+    return s.carrier_back is not None and now - s.carrier_back >= s.params.carrier_hold
+
+
+def _peer_fresh(s: State) -> bool:
+    """Return whether the peer's view was heard after this node's carrier last came back.
+
+    A node whose links were down heard nothing meanwhile: the peer may have taken over in
+    the dark. Its last heartbeat from before the loss must not elect this node; a fresh one
+    (or a full deadtime of silence, then the normal arbitration) decides instead.
+    """
+    return s.peer is not None and (s.carrier_back is None or s.peer.heard_at >= s.carrier_back)
 
 
 def _take_over(s: State, now: float, reason: str) -> tuple[State, list[Action]]:
@@ -638,6 +669,9 @@ def _on_starting(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         return _go_passive(s, Role.STANDBY, now, "peer is active")
     if now - s.started < s.params.initdead:
         return s, []
+    if s.peer_alive(now) and not _peer_fresh(s):
+        # Links came back moments ago: wait for a heartbeat the peer sent since.
+        return s, []
     if s.peer_alive(now):
         assert s.peer is not None
         won = s.peer.role in PASSIVE and prefer(me_candidate(s), peer_candidate(s), _margin(s))
@@ -679,10 +713,20 @@ def _on_standby(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         assert s.peer is not None
         peer = s.peer
         s = replace(s, recheck_at=None)
+        # A peer stuck in FAULT still holding what it failed to release: fencing decides.
+        faulted = peer.role is Role.FAULT and peer.holding and _peer_fresh(s)
+        if faulted and s.condition in _BACKOFF_CONDITIONS:
+            # Fenced once this fault already, in vain: wait for the peer's own retries.
+            return s, []
         if s.condition in _BACKOFF_CONDITIONS:
             s = replace(s, condition="")
-        # Whatever the peer is, while it may hold a VIP acquiring would make two owners.
-        if not peer.holding:
+        if faulted and s.params.fencing and not s.hold_standby:
+            # STANDBY -> FENCING: the peer's release is past its budget (a hung VM may still
+            # run there); only powered off may its resources be taken over.
+            return s.to(Role.FENCING, now, "peer faulted holding resources"), [Fence(s.params.peer)]
+        # Whatever the peer is, while it may hold a VIP acquiring would make two owners; and
+        # a view of the peer from before our links came back says nothing of it now.
+        if not peer.holding and _peer_fresh(s):
             if (
                 not s.hold_standby
                 and peer.role in PASSIVE
@@ -939,6 +983,12 @@ def _on_releasing(s: State, ev: Event, now: float) -> tuple[State, list[Action]]
         if not s.urgent:
             return replace(s, condition="waiting for release inhibitors"), [WaitInhibitors()]
     if not s.released:
+        limit = s.params.release_timeout
+        if limit is not None and now - s.since >= limit:
+            # RELEASING -> FAULT: the release is past its budget (a hung hypervisor); what it
+            # still holds is unknown, so the peer must not count on it being let go.
+            new = s.to(Role.FAULT, now, f"release past its budget of {limit:g} s")
+            return replace(new, clean=False), []
         return s, []
     if s.urgent or isinstance(ev, InhibitorsReleased):
         # RELEASING -> STANDBY/ISOLATED: released, and nobody inhibits any more.
@@ -1013,10 +1063,14 @@ def next_deadline(s: State) -> float | None:
         times.append(s.since + p.arbitrate_timeout)
     if s.role is Role.RELEASING and s.released:
         times.append(s.since + p.inhibit_timeout)
+    if s.role is Role.RELEASING and not s.released and p.release_timeout is not None:
+        times.append(s.since + p.release_timeout)
     if s.role is Role.FAULT:
         times.append(s.since + p.fault_hold)
     if s.handover_since is not None:
         times.append(s.handover_since + p.switchover_hold)
+    if s.carrier and not s.lan_up and s.carrier_back is not None:
+        times.append(s.carrier_back + p.carrier_hold)
     if s.failback_since is not None:
         times.append(s.failback_since + p.failback_delay)
     return min(times) if times else None

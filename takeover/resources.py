@@ -81,14 +81,28 @@ class ResourceList:
         """
         failures = []
         for item in reversed(self.items):
+            hand_over = getattr(item, "hand_over", None) if handover else None
+            # A VM carries its own budget (takeover.deadlines): past it, the rest (the VIPs)
+            # is released all the same, and the failure sends the machine to FAULT.
+            budget = getattr(item, "handover_budget" if hand_over else "release_budget", None)
             try:
-                hand_over = getattr(item, "hand_over", None) if handover else None
-                await (hand_over() if hand_over is not None else item.release())
+                await asyncio.wait_for(
+                    hand_over() if hand_over is not None else item.release(), budget
+                )
+            except TimeoutError:
+                log.error("resource.release_timeout name=%s budget=%s", item.name, budget)
+                failures.append(f"{item.name}: past its budget of {budget:g} s")
             except Exception as err:
                 log.error("resource.release_failed name=%s error=%s", item.name, err)
                 failures.append(f"{item.name}: {err}")
         if failures:
             raise ResourceError("; ".join(failures))
+
+    async def release_addresses(self) -> None:
+        """Release only the VIPs, in reverse, whatever else is stuck: the daemon's last act."""
+        for item in reversed(self.items):
+            if isinstance(item, VipResource):
+                await item.release()
 
     async def announce(self) -> None:
         """Announce every resource again."""
@@ -260,10 +274,19 @@ class VmItem(ThreadResource):
 
     inner: MonitoredResource
 
-    def __init__(self, name: str, inner: MonitoredResource) -> None:
-        """Wrap `inner` (takeover.backends.libvirt.VmResource)."""
+    def __init__(
+        self,
+        name: str,
+        inner: MonitoredResource,
+        release_budget: float | None = None,
+        handover_budget: float | None = None,
+    ) -> None:
+        """Wrap `inner` (takeover.backends.libvirt.VmResource); budgets in seconds, None: none."""
         super().__init__(name, inner)
         self.inner = inner
+        # Seconds a release (stop) and a handover (migration, then stop) may take.
+        self.release_budget = release_budget
+        self.handover_budget = handover_budget
 
     async def reconcile(self, owner_elsewhere: bool) -> list[str]:
         """Clear a stale copy (see VmResource.reconcile) and refresh the status view."""

@@ -14,15 +14,16 @@ import importlib
 import ipaddress
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from takeover.addresses import Addresses, VipPlacement
 from takeover.announce import Announcer
 from takeover.arbitration import Outcome
-from takeover.config import Cluster, Node, config_digest
+from takeover.config import Cluster, Node, cluster_deadlines, config_digest, vm_limits
 from takeover.daemon import Daemon, DaemonConfig, Effects, Links, Watcher
 from takeover.heartbeat import HeartbeatLinks, LinkSpec, load_key
 from takeover.hooks import Hook
@@ -44,6 +45,7 @@ def machine_params(cluster: Cluster, node: Node) -> MachineParams:
     hb, arb = cluster.heartbeat, cluster.arbitration
     peer = cluster.peer_of(node.name)
     fencing = peer.fencing
+    limits = cluster_deadlines(cluster)
     return MachineParams(
         node=node.name,
         peer=peer.name,
@@ -72,7 +74,22 @@ def machine_params(cluster: Cluster, node: Node) -> MachineParams:
             0.0, min(guard_window(cluster) + hb.interval / 2, hb.deadtime - 1.5 * hb.interval)
         ),
         arbitrate_timeout=max(5.0, 4 * (arb.probe_timeout + hb.deadtime)),
+        # A carrier back for less than this does not count: a flapping port keeps this node at
+        # the worst score, so the peer takes over once and the service stays there.
+        carrier_hold=carrier_hold(cluster),
+        inhibit_timeout=limits.inhibit_timeout,
+        release_timeout=limits.release_timeout,
     )
+
+
+def carrier_hold(cluster: Cluster) -> float:
+    """Return how long carrier must stay back before it counts: 2 deadtimes, at least 1 s.
+
+    Longer than a deadtime, so the peer has heard this node advertise the worst score (and
+    taken over) before this node could win an election again; a real outage that ends pays
+    only this much more before the node counts as a candidate again.
+    """
+    return max(1.0, 2 * cluster.heartbeat.deadtime)
 
 
 def guard_window(cluster: Cluster) -> float:
@@ -193,49 +210,143 @@ def ipmi_fencer(cluster: Cluster, node: Node) -> ThreadFencer | None:
     return ThreadFencer(agent)
 
 
+# errno of a netlink request for an interface that does not exist (renamed, deleted).
+ENODEV = 19
+# Seconds between safety-net reads of the carrier while kernel link events are received.
+CARRIER_RESYNC = 1.0
+
+
+def carrier_verdict(carrier: int | None, error: int | None) -> bool | None:
+    """Return what one netlink reading says of an interface's carrier; None: nothing.
+
+    Only a missing interface or a real carrier loss counts as down. Any other error (a busy
+    socket, ENOBUFS, an interrupted call) says nothing: taking it for a dead LAN would make
+    an active release at once, with no final flush, over one spurious error.
+    """
+    if error is not None:
+        return False if error == ENODEV else None
+    if carrier is None:
+        return None
+    return bool(carrier)
+
+
+def carrier_of_all(known: Mapping[str, bool | None]) -> bool | None:
+    """Return whether every interface has carrier: False if one has none, None if unknown."""
+    values = list(known.values())
+    if False in values:
+        return False
+    if None in values:
+        return None
+    return True
+
+
 class CarrierWatch:
-    """Poll the carrier of the service interfaces; report LinkState when it changes.
+    """Watch the carrier of the service interfaces; report LinkState when it changes.
 
     A node whose LAN port died cannot serve, and its ping score would only say so after the
-    dampening: carrier is certain at once, and one netlink request per interval is cheap.
+    dampening: carrier is certain at once. The kernel's link events (RTM_NEWLINK on the
+    RTMGRP_LINK group) wake the watch; a read every CARRIER_RESYNC seconds covers a lost
+    event, and without events the watch falls back to polling every `interval`.
     """
 
-    def __init__(self, interfaces: Sequence[str], interval: float) -> None:
-        """Watch `interfaces` every `interval` seconds."""
+    def __init__(
+        self,
+        interfaces: Sequence[str],
+        interval: float,
+        open_netlink: Callable[[], Awaitable[Any]] | None = None,
+        open_events: Callable[[], Awaitable[Any]] | None = None,
+        resync: float = CARRIER_RESYNC,
+    ) -> None:
+        """Watch `interfaces`; poll every `interval` seconds when link events are unavailable."""
         self.interfaces = tuple(dict.fromkeys(interfaces))
         self.interval = interval
+        self.resync = resync
+        self._open_netlink = open_netlink or _open_netlink
+        self._open_events = open_events if open_events is not None else _open_link_events
+        self.known: dict[str, bool | None] = dict.fromkeys(self.interfaces)
 
     async def __call__(self, emit: Callable[[Event], None]) -> None:
         """Run until cancelled."""
-        ipr = AsyncIPRoute()
-        await ipr.setup_endpoint()
+        ipr = await self._open_netlink()
+        woken = asyncio.Event()
+        listener: asyncio.Task[None] | None = None
+        period = self.interval
+        try:
+            # Subscribed before the first read: a change in between still wakes us.
+            events = await self._open_events()
+        except Exception as err:
+            log.warning("carrier.events_unavailable error=%s poll=%.3f", err, self.interval)
+            events = None
+        if events is not None:
+            listener = asyncio.ensure_future(self._listen(events, woken))
+            period = self.resync
         last: bool | None = None
         try:
             while True:
-                states = [await self._carrier(ipr, name) for name in self.interfaces]
-                up = all(states)
-                if up != last:
+                woken.clear()
+                for name in self.interfaces:
+                    verdict = await self._read(ipr, name)
+                    if verdict is not None:
+                        self.known[name] = verdict
+                up = carrier_of_all(self.known)
+                if up is not None and up != last:
                     log.info(
                         "carrier.changed up=%s interfaces=%s",
                         up,
-                        ",".join(
-                            f"{n}:{int(s)}" for n, s in zip(self.interfaces, states, strict=True)
-                        ),
+                        ",".join(f"{n}:{v}" for n, v in self.known.items()),
                     )
                     emit(LinkState(up))
                     last = up
-                await asyncio.sleep(self.interval)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), period)
         finally:
-            ipr.close()
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await listener
+            for sock in (ipr, events):
+                if sock is not None:
+                    with contextlib.suppress(Exception):
+                        sock.close()
 
-    @staticmethod
-    async def _carrier(ipr: AsyncIPRoute, name: str) -> bool:
+    async def _listen(self, events: Any, woken: asyncio.Event) -> None:
+        names = set(self.interfaces)
+        while True:
+            try:
+                async for msg in events.get():
+                    if msg.get("IFLA_IFNAME") in names:
+                        woken.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                # An overrun (ENOBUFS) loses events: read everything again.
+                log.warning("carrier.events_error error=%s", err)
+                woken.set()
+                await asyncio.sleep(self.interval)
+
+    async def _read(self, ipr: Any, name: str) -> bool | None:
         try:
             links = await ipr.link("get", ifname=name)
-        except Exception:
-            # Gone (renamed, deleted): as good as no carrier.
-            return False
-        return bool(links and links[0].get("IFLA_CARRIER"))
+        except Exception as err:
+            code = getattr(err, "code", None)
+            code = code if isinstance(code, int) else getattr(err, "errno", None)
+            verdict = carrier_verdict(None, code if isinstance(code, int) else -1)
+            if verdict is None:
+                log.warning("carrier.read_failed interface=%s error=%s", name, err)
+            return verdict
+        return carrier_verdict(links[0].get("IFLA_CARRIER") if links else None, None)
+
+
+async def _open_netlink() -> Any:
+    ipr = AsyncIPRoute()
+    await ipr.setup_endpoint()
+    return ipr
+
+
+async def _open_link_events() -> Any:
+    ipr = AsyncIPRoute()
+    await ipr.bind(groups=RTMGRP_LINK)
+    return ipr
 
 
 def vm_resources(
@@ -251,10 +362,11 @@ def vm_resources(
     backend = importlib.import_module("takeover.backends.libvirt")
     peer = cluster.peer_of(node.name).name
     out = []
-    for vm in cluster.vms:
+    for vm, limits in zip(cluster.vms, vm_limits(cluster.vms), strict=True):
         spec = backend.VmSpec.from_config(vm, node.name, peer)
         res = backend.VmResource(spec, on_failover=on_failover)
-        out.append(VmItem(f"vm {vm.name}", res))
+        budgets = (limits.stop_budget(), limits.handover_budget())
+        out.append(VmItem(f"vm {vm.name}", res, *budgets))
     return out
 
 
@@ -399,8 +511,8 @@ async def run(cluster: Cluster, node: Node) -> int:
 
         watchers: list[Watcher] = [failover_watch, vm_refresh(vms)] if vms else []
         if vips:
-            # Carrier is polled every 50 ms at most whatever the interval: it is one netlink
-            # request, and a dead LAN port is the one failure that needs no confirmation.
+            # Kernel link events wake the watch; without them carrier is polled every 50 ms at
+            # most: a dead LAN port is the one failure that needs no confirmation.
             watchers.append(CarrierWatch([v.interface for v in vips], min(hb.interval, 0.05)))
         fencer = ipmi_fencer(cluster, node)
         if fencer is not None:

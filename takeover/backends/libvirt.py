@@ -12,8 +12,9 @@ storage. Its rules:
 - monitor: lifecycle events (libvirt's default event loop in a thread) plus a periodic check.
   An unexpected stop is restarted in place within the restart budget (`vmpolicy.RestartBudget`);
   beyond it the `on_failover` callback asks the daemon to hand the pair over.
-- migrate: live peer-to-peer migration (LIVE|PEER2PEER|PERSIST_DEST|UNDEFINE_SOURCE); when it
-  fails, stop here and (optionally) start on the destination.
+- migrate: live peer-to-peer migration (LIVE|PEER2PEER|PERSIST_DEST|UNDEFINE_SOURCE), aborted
+  (virDomainAbortJob) once past migrate_timeout; when it fails or is aborted, stop here and
+  (optionally) start on the destination.
 
 Event callbacks and the periodic timer only queue work; one monitor thread acts on it.
 libvirt-python is optional at import time: without it, constructing a resource raises VmError.
@@ -95,6 +96,8 @@ class VmSpec:
     stop_timeout: float = 60.0
     # Whether a planned switchover live-migrates this VM (else stop here, start there).
     migrate: bool = True
+    # Seconds a live migration may run before it is aborted (virDomainAbortJob).
+    migrate_timeout: float = 120.0
     # Restarts in place allowed within restart_window before failing over.
     max_restarts: int = 3
     # Sliding window for max_restarts, seconds.
@@ -116,6 +119,7 @@ class VmSpec:
             start_timeout=vm.start_timeout,
             stop_timeout=vm.stop_timeout,
             migrate=vm.migrate,
+            migrate_timeout=vm.migrate_timeout,
             max_restarts=vm.max_restarts,
             restart_window=vm.restart_window,
         )
@@ -193,6 +197,8 @@ class VmResource:
         self._failed: str | None = None
         self._last_event: str | None = None
         self._queue: queue.Queue[str] = queue.Queue()
+        # Set by the timer that aborted the latest migration.
+        self._aborted = False
         self._monitor: threading.Thread | None = None
         self._stop_monitor = threading.Event()
 
@@ -541,11 +547,19 @@ class VmResource:
                 )
             # From here a stop of the local copy is expected, not a crash.
             self._held = False
+            self._aborted = False
             error: str | None = None
+            timer = threading.Timer(self.spec.migrate_timeout, self._abort_migration, (dom,))
+            timer.daemon = True
+            timer.start()
             try:
                 dom.migrateToURI3(dest_uri, {}, flags)
             except libvirt.libvirtError as exc:
                 error = str(exc)
+            finally:
+                timer.cancel()
+            if error is not None and self._aborted:
+                error = f"past its budget of {self.spec.migrate_timeout:g} s, aborted: {error}"
             if error is None:
                 elapsed = self._clock() - started
                 log.info(
@@ -574,6 +588,18 @@ class VmResource:
             elapsed,
         )
         return MigrationResult("stop-start", True, elapsed, error)
+
+    def _abort_migration(self, dom: Any) -> None:
+        """Abort a migration past its budget (from a timer thread): the caller falls back."""
+        self._aborted = True
+        log.warning(
+            "vm.migrate_abort name=%s timeout=%g", self.spec.name, self.spec.migrate_timeout
+        )
+        try:
+            dom.abortJob()
+        except libvirt.libvirtError as exc:
+            # Finished in the meantime, or libvirtd gone: migrateToURI3 returns either way.
+            log.warning("vm.migrate_abort_failed name=%s error=%s", self.spec.name, exc)
 
     def hand_over(self) -> MigrationResult | None:
         """Release for a planned switchover: live-migrate to the peer when allowed, else stop.

@@ -100,6 +100,29 @@ def test_lan_down_on_active(pair: HapairPair, lab: Lab, vip_probe: VipProbe) -> 
     assert not pair.holds("a") and pair.holds("b")
 
 
+def test_link_flapping_on_active_moves_the_service_once(
+    pair: HapairPair, lab: Lab, vip_probe: VipProbe
+) -> None:
+    """The active's LAN port and direct link flap every 300 ms: one move, never two owners."""
+    serving(lab, vip_probe, "a")
+    up = True
+    for _ in range(16):
+        up = not up
+        lab.set_link("lan-a", up)
+        lab.set_link("hb", up)
+        time.sleep(0.3)
+    assert up
+    assert vip_probe.wait_for(lab.mac("b"), 30, timeout=15)
+    time.sleep(2.0)
+    res = vip_probe.stop()
+    assert single_owner(res), res.summary()
+    assert res.mac_changes == 1, res.summary()
+    b_moves = status(pair, "b")["transitions"]
+    assert isinstance(b_moves, list)
+    assert len([t for t in b_moves if t["new"] == "ACTIVE"]) == 1, b_moves
+    assert pair.holds("b") and not pair.holds("a")
+
+
 def test_lan_down_on_standby_moves_nothing(pair: HapairPair, lab: Lab, vip_probe: VipProbe) -> None:
     """The standby losing its LAN changes nothing for the client."""
     serving(lab, vip_probe, "a")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -238,3 +239,54 @@ def test_monitor_restarts_on_the_lifecycle_event(xml: Path, conn: libvirt.virCon
     finally:
         r.release()
         r.close()
+
+
+class HangingMigration:
+    """A domain whose migration hangs until aborted (a stuck hypervisor or network)."""
+
+    def __init__(self, dom: libvirt.virDomain) -> None:
+        self.dom = dom
+        self.aborted = threading.Event()
+
+    def migrateToURI3(self, uri: str, params: dict[str, object], flags: int) -> None:
+        """Block until abortJob(), then fail as libvirt does for an aborted job."""
+        self.aborted.wait(60)
+        raise libvirt.libvirtError("operation aborted: migration out job: canceled by client")
+
+    def abortJob(self) -> int:
+        """Abort the migration in progress."""
+        self.aborted.set()
+        return 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.dom, name)
+
+
+class HangingVm(VmResource):
+    """A VmResource whose domain migrates through HangingMigration."""
+
+    proxy: HangingMigration | None = None
+
+    def _lookup(self) -> object | None:
+        dom = super()._lookup()
+        if dom is None:
+            return None
+        if self.proxy is None or self.proxy.dom.UUID() != dom.UUID():
+            self.proxy = HangingMigration(dom)
+        return self.proxy
+
+
+def test_migration_past_its_budget_is_aborted_and_falls_back(
+    xml: Path, conn: libvirt.virConnect
+) -> None:
+    """A migration that hangs is aborted after migrate_timeout; the VM is stopped here instead."""
+    spec = VmSpec(xml.stem, xml, URI, migrate_timeout=0.2)
+    here = HangingVm(spec, clock=FakeClock())
+    here.acquire()
+    result = here.migrate("qemu+tcp://192.0.2.12/system")
+    assert here.proxy is not None and here.proxy.aborted.is_set()
+    assert result.method == "stop-start" and result.ok
+    assert result.error is not None and "past its budget of 0.2 s, aborted" in result.error
+    with pytest.raises(libvirt.libvirtError):
+        conn.lookupByName(xml.stem)
+    here.close()

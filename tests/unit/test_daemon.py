@@ -7,14 +7,14 @@ import os
 import shutil
 import stat
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 
 from takeover import control
 from takeover.daemon import Daemon, DaemonConfig, Effects, load_epoch, store_epoch
-from takeover.machine import PEER_STILL_SERVING, MachineParams, Role
+from takeover.machine import PEER_STILL_SERVING, MachineParams, Role, Tick
 from takeover.status import read_status, render, status_path
 from takeover.testing import (
     FakeClock,
@@ -265,25 +265,95 @@ def test_subscriber_inhibitor_holds_releasing_until_released(tmp_path: Path) -> 
     run(tmp_path, body)
 
 
+async def stop(rig: Rig, turns: int, step: float, wake: bool = False) -> None:
+    """Request a stop and run the loop until it exits, moving the fake clock `step` per turn.
+
+    The loop's own iterations drive the release; with `wake`, a Tick per turn wakes it as its
+    real timers would, so it checks the stop deadline each turn.
+    """
+    rig.daemon.request_stop()
+    loop_task = asyncio.ensure_future(rig.daemon._loop())
+    for _ in range(turns):
+        if loop_task.done():
+            break
+        rig.clock.advance(step)
+        if wake:
+            rig.daemon.queue.put_nowait(Tick())
+        await asyncio.sleep(0)
+    await asyncio.wait_for(loop_task, 5)
+
+
 def test_stop_while_active_releases_first(tmp_path: Path) -> None:
     """A stop request on the active node releases the resources before the loop exits."""
 
     async def body(rig: Rig) -> None:
         await rig.advance(1.2)
         assert rig.daemon.state.role is Role.ACTIVE
-        rig.daemon.request_stop()
-        # The loop's own iterations drive the release; the fake clock moves per iteration.
-        loop_task = asyncio.ensure_future(rig.daemon._loop())
-        for _ in range(200):
-            if loop_task.done():
-                break
-            rig.clock.advance(0.05)
-            await asyncio.sleep(0)
-        await asyncio.wait_for(loop_task, 5)
+        await stop(rig, 200, 0.05)
         assert rig.resources.calls[-1] == "release"
         assert not rig.resources.held
 
     run(tmp_path, body)
+
+
+@dataclass
+class SlowRelease(FakeResources):
+    """Resources whose release takes until the fake clock reaches `until` (a slow VM stop)."""
+
+    clock: FakeClock = field(default_factory=FakeClock)
+    until: float = 0.0
+
+    async def release(self, handover: bool = False) -> None:
+        """Wait for the fake clock, then let go."""
+        while self.clock() < self.until:
+            await asyncio.sleep(0)
+        await super().release(handover)
+
+
+def test_stop_waits_for_a_release_within_its_budget_and_tells_systemd(tmp_path: Path) -> None:
+    """A stop outlasts inhibit_timeout + 5 s while a VM release within its budget runs."""
+
+    async def body(rig: Rig) -> None:
+        await rig.advance(1.2)
+        assert rig.daemon.state.role is Role.ACTIVE
+        slow = SlowRelease(held=True, clock=rig.clock, until=rig.clock() + 60.0)
+        rig.daemon.fx.resources = rig.resources = slow
+        await stop(rig, 2000, 0.1, wake=True)
+        assert not slow.held and slow.calls[-1:] == ["release"]
+        budget = 100.0 + 2.0 + 5.0
+        assert f"EXTEND_TIMEOUT_USEC={int((budget + 5.0) * 1e6)}" in rig.notifier.messages
+
+    run(tmp_path, body, release_timeout=100.0)
+
+
+@dataclass
+class HungRelease(FakeResources):
+    """Resources whose release never returns (a hung hypervisor); the VIPs can still go."""
+
+    addresses_released: bool = False
+
+    async def release(self, handover: bool = False) -> None:
+        """Hang."""
+        self.calls.append("release")
+        await asyncio.Event().wait()
+
+    async def release_addresses(self) -> None:
+        """Let the VIPs go."""
+        self.addresses_released = True
+
+
+def test_stop_with_a_hung_release_ends_in_fault_and_lets_the_vips_go(tmp_path: Path) -> None:
+    """A release past its budget is FAULT; the daemon releases the VIPs before it exits."""
+
+    async def body(rig: Rig) -> None:
+        await rig.advance(1.2)
+        hung = HungRelease(held=True)
+        rig.daemon.fx.resources = rig.resources = hung
+        await stop(rig, 2000, 0.1, wake=True)
+        assert rig.daemon.state.role is Role.FAULT
+        assert hung.addresses_released
+
+    run(tmp_path, body, release_timeout=20.0)
 
 
 def test_unwritable_state_dir_does_not_stop_a_takeover(tmp_path: Path) -> None:

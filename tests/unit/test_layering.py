@@ -28,6 +28,7 @@ REQUIRED_PURE = [
     "takeover/machine.py",
     "takeover/arbitration.py",
     "takeover/wire.py",
+    "takeover/deadlines.py",
     "mirrord/planner.py",
     "mirrord/excludes.py",
     "mirrord/outcome.py",

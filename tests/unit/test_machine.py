@@ -571,6 +571,51 @@ EDGES: list[tuple[str, State, Event, float, Role, list[type]]] = [
         Role.FAULT,
         [Notify],
     ),
+    (
+        "standby_to_fencing_when_peer_faulted_holding_resources",
+        mk(Role.STANDBY, FENCED, peer=peer(Role.FAULT, holding=True)),
+        Tick(),
+        0.0,
+        Role.FENCING,
+        [Notify, Fence],
+    ),
+    (
+        "standby_stays_when_peer_faulted_holding_and_no_fencing",
+        mk(Role.STANDBY, peer=peer(Role.FAULT, holding=True)),
+        Tick(),
+        0.0,
+        Role.STANDBY,
+        [],
+    ),
+    (
+        "standby_stays_when_fencing_the_faulted_peer_failed_already",
+        mk(
+            Role.STANDBY,
+            FENCED,
+            peer=peer(Role.FAULT, holding=True),
+            condition="fencing failed; not taking over",
+        ),
+        Tick(),
+        0.0,
+        Role.STANDBY,
+        [],
+    ),
+    (
+        "releasing_to_fault_when_release_past_its_budget",
+        mk(Role.RELEASING, replace(P, release_timeout=50.0), since=T0 - 50.0),
+        Tick(),
+        0.0,
+        Role.FAULT,
+        [Notify],
+    ),
+    (
+        "releasing_stays_while_release_within_its_budget",
+        mk(Role.RELEASING, replace(P, release_timeout=50.0), since=T0 - 49.0),
+        Tick(),
+        0.0,
+        Role.RELEASING,
+        [],
+    ),
     # ISOLATED
     (
         "isolated_to_standby_when_score_recovers",
@@ -1176,3 +1221,139 @@ def test_next_deadline_covers_initdead_and_deadtime() -> None:
     d = next_deadline(s)
     assert d is not None and T0 + P.deadtime < d <= T0 + P.deadtime + P.interval
     assert step(s, Tick(), d)[0].role is Role.ARBITRATING
+
+
+# ---------------------------------------------------------------------------------------------
+# Link flapping on the active's side: both heartbeat paths and the LAN carrier go down and up.
+
+
+def test_standby_not_elected_on_peer_state_heard_before_its_carrier_loss() -> None:
+    """Carrier back after a loss: the peer's STANDBY heard before the loss elects nobody."""
+    node = Node(PA, T0)
+    node.state = mk(Role.ACTIVE, PA, peer=peer(Role.STANDBY, ago=0.05))
+    complete(node, node.feed(LinkState(up=False), T0), T0)
+    assert node.role is Role.STANDBY
+    out = node.feed(LinkState(up=True), T0 + 0.3)
+    out += node.feed(Tick(), T0 + 0.35)
+    assert node.role is Role.STANDBY
+    assert not any(isinstance(a, AcquireResources) for a in out)
+    # A heartbeat sent since the links came back counts again: the peer is still standby.
+    node.feed(hb(Role.STANDBY), T0 + 0.4)
+    assert node.role is Role.ACTIVE
+
+
+def test_standby_arbitrates_after_a_deadtime_of_silence_once_carrier_is_back() -> None:
+    """With no fresh heartbeat after the links return, the normal arbitration decides."""
+    node = Node(PA, T0)
+    node.state = mk(Role.STANDBY, PA, peer=peer(Role.STANDBY, ago=0.05))
+    node.feed(LinkState(up=False), T0)
+    node.feed(LinkState(up=True), T0 + 0.3)
+    node.feed(Tick(), T0 + 0.5)
+    assert node.role is Role.STANDBY
+    out = node.feed(Tick(), T0 + 0.05 + P.deadtime + 0.01)
+    assert node.role is Role.ARBITRATING
+    assert [type(a) for a in out] == [Notify, ProbeTargets, ProbeVipGuard]
+
+
+def test_carrier_counts_as_back_only_after_carrier_hold() -> None:
+    """Carrier back: the node advertises LAN_DOWN_SCORE until carrier_hold has passed."""
+    params = replace(PA, carrier_hold=1.0)
+    node = Node(params, T0)
+    node.state = mk(Role.STANDBY, params, score=0)
+    node.feed(LinkState(up=False), T0)
+    node.feed(LinkState(up=True), T0 + 0.3)
+    assert own_score(node.state) == 255
+    assert next_deadline(node.state) == T0 + 1.3
+    # Down again before the hold is over: the hold starts anew at the next return.
+    node.feed(LinkState(up=False), T0 + 0.6)
+    node.feed(LinkState(up=True), T0 + 0.9)
+    node.feed(Tick(), T0 + 1.5)
+    assert own_score(node.state) == 255
+    node.feed(Tick(), T0 + 1.9)
+    assert own_score(node.state) == 0 and node.state.lan_up
+
+
+FLAP = replace(P, initdead=1.0, carrier_hold=P.deadtime)
+
+
+def test_scenario_flapping_active_moves_the_service_once_and_never_two_owners() -> None:
+    """The active's links flap every 300 ms: one move to the peer, never two holders."""
+    pa = replace(FLAP, node="alpha", peer="beta", priority=100)
+    pb = replace(FLAP, node="beta", peer="alpha", priority=50)
+    a, b = Node(pa, T0), Node(pb, T0)
+    now, up = T0, True
+    held = {"alpha": False, "beta": False}
+    overlap = False
+
+    def act(node: Node, ev: Event) -> None:
+        name = node.state.params.node
+        for x in node.feed(ev, now):
+            if isinstance(x, AcquireResources):
+                held[name] = True
+                act(node, AcquireDone())
+            elif isinstance(x, ReleaseResources):
+                held[name] = False
+                act(node, ReleaseDone())
+            elif isinstance(x, ProbeTargets):
+                act(node, TargetsProbed(down=0))
+            elif isinstance(x, ProbeVipGuard):
+                other = "alpha" if name == "beta" else "beta"
+                act(node, VipGuardResult(held[other]))
+
+    for i in range(300):
+        now = round(T0 + 0.05 * (i + 1), 6)
+        if 60 <= i < 168 and (i - 60) % 6 == 0:
+            # Every 300 ms for 5.4 s: alpha's LAN port and crossover go down or up together.
+            up = not up
+            act(a, LinkState(up=up))
+        if i % 4 == 0:
+            sent = {"alpha": a.heartbeat(), "beta": b.heartbeat()}
+            if up:
+                act(a, sent["beta"])
+                act(b, sent["alpha"])
+        act(a, Tick())
+        act(b, Tick())
+        overlap |= held["alpha"] and held["beta"]
+    assert not overlap
+    assert (a.role, b.role) == (Role.STANDBY, Role.ACTIVE)
+    assert b.transitions().count((Role.STANDBY, Role.ACTIVE)) <= 1
+    assert sum(1 for t in a.transitions() if t[1] is Role.ACTIVE) == 1  # the start-up election
+
+
+def test_release_past_its_budget_leaves_fault_unclean_and_retries() -> None:
+    """A hung release ends in FAULT holding possibly everything; FAULT retries the release."""
+    params = replace(P, release_timeout=50.0)
+    s = mk(Role.RELEASING, params, since=T0)
+    assert next_deadline(s) == T0 + 50.0
+    s, _ = step(s, Tick(), T0 + 50.0)
+    assert s.role is Role.FAULT and not s.clean
+    assert s.reason == "release past its budget of 50 s"
+    s, out = step(s, Tick(), T0 + 50.0 + P.fault_hold)
+    assert [type(a) for a in out] == [ReleaseResources]
+
+
+def test_scenario_hung_release_is_fenced_by_the_peer_then_taken_over() -> None:
+    """A release past its budget ends in FAULT; the peer fences it, then takes over."""
+    pa = replace(PA, fencing=True, release_timeout=3.0)
+    pb = replace(PB, fencing=True, release_timeout=3.0)
+    a, b = Node(pa, T0), Node(pb, T0)
+    a.state = mk(Role.ACTIVE, pa, peer=peer(Role.STANDBY, ago=0.0))
+    b.state = mk(Role.STANDBY, pb, peer=peer(Role.ACTIVE, ago=0.0, priority=100))
+    now = T0
+    fenced: list[Action] = []
+    # The operator hands over; the release never reports back (a hung hypervisor).
+    a.feed(OperatorStandby(), now)
+    assert a.role is Role.RELEASING
+    for _ in range(40):
+        now = round(now + 0.1, 6)
+        a.feed(b.heartbeat(), now)
+        a.feed(Tick(), now)
+        out = b.feed(a.heartbeat(), now) + b.feed(Tick(), now)
+        fenced += [x for x in out if isinstance(x, Fence)]
+        if fenced:
+            break
+    assert a.role is Role.FAULT and not a.state.clean
+    assert b.role is Role.FENCING and fenced == [Fence("alpha")]
+    out = b.feed(FenceResult(ok=True), now)
+    assert b.role is Role.ACTIVE
+    assert any(isinstance(x, AcquireResources) for x in out)

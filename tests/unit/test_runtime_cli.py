@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
@@ -22,8 +23,19 @@ from takeover.arbitration import Outcome
 from takeover.config import load_cluster
 from takeover.daemon import SdNotify
 from takeover.exits import Exit, StatusExit
+from takeover.machine import Event, LinkState
 from takeover.resources import ResourceError, ResourceList, ThreadResource, VipResource
-from takeover.runtime import GuardAdapter, PingAdapter, ThreadFencer, daemon_config, placements
+from takeover.runtime import (
+    ENODEV,
+    CarrierWatch,
+    GuardAdapter,
+    PingAdapter,
+    ThreadFencer,
+    carrier_of_all,
+    carrier_verdict,
+    daemon_config,
+    placements,
+)
 from takeover.status import write_status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -231,6 +243,38 @@ def resources(log: list[str], fail: set[str] | None = None, count: int = 1) -> R
     )
 
 
+def test_release_addresses_lets_only_the_vips_go() -> None:
+    """The daemon's last act removes the VIPs in reverse and touches nothing else."""
+    log: list[str] = []
+    vips = resources(log)
+    other = RecordingOther()
+    res = ResourceList([*vips.items, other])
+    asyncio.run(res.release_addresses())
+    assert log == ["remove 192.0.2.101/24", "remove 192.0.2.100/24"]
+    assert not other.released
+
+
+class RecordingOther:
+    """A resource that is no VIP (a VM), recording a release."""
+
+    name = "vm mail"
+    released = False
+
+    async def acquire(self) -> None:
+        """Never used."""
+
+    async def release(self) -> None:
+        """Record."""
+        self.released = True
+
+    async def announce(self) -> None:
+        """Nothing to announce."""
+
+    def describe(self) -> dict[str, Any]:
+        """Held."""
+        return {"held": True}
+
+
 def test_acquire_in_order_announcing_each_at_once() -> None:
     """VIPs are added in order, each announced right after it is added."""
     log: list[str] = []
@@ -419,3 +463,143 @@ def test_thread_resource_failure_propagates_into_rollback() -> None:
     with pytest.raises(ResourceError, match="domain XML missing"):
         asyncio.run(res.acquire())
     assert log[-1] == "remove 192.0.2.100/24" and vm.calls == ["acquire", "release"]
+
+
+# (IFLA_CARRIER, errno of the failed request, verdict)
+CARRIER_READINGS = [
+    (1, None, True),
+    (0, None, False),
+    (None, None, None),  # an answer without the attribute says nothing
+    (None, ENODEV, False),  # the interface is gone: as good as no carrier
+    (None, 16, None),  # EBUSY: a spurious error says nothing
+    (None, 105, None),  # ENOBUFS
+    (None, -1, None),  # an error without errno
+]
+
+
+@pytest.mark.parametrize(("carrier", "error", "verdict"), CARRIER_READINGS)
+def test_carrier_verdict(carrier: int | None, error: int | None, verdict: bool | None) -> None:
+    """Only a missing interface or a carrier of 0 reads as down; other errors read as unknown."""
+    assert carrier_verdict(carrier, error) is verdict
+
+
+def test_carrier_of_all_needs_every_interface() -> None:
+    """One interface down is down; one unknown (and none down) is unknown; else up."""
+    assert carrier_of_all({"a": True, "b": True}) is True
+    assert carrier_of_all({"a": True, "b": False}) is False
+    assert carrier_of_all({"a": None, "b": False}) is False
+    assert carrier_of_all({"a": True, "b": None}) is None
+
+
+class NetlinkError(Exception):
+    """Stands in for pyroute2's NetlinkError: an errno in `code`."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code, "fake")
+        self.code = code
+
+
+class ScriptedNetlink:
+    """Answers `link("get")` from a script of carriers and errors; stops the watch at its end."""
+
+    def __init__(self, script: list[int | Exception], done: asyncio.Event) -> None:
+        self.script = list(script)
+        self.done = done
+        self.closed = False
+
+    async def link(self, cmd: str, ifname: str) -> list[dict[str, int]]:
+        if not self.script:
+            self.done.set()
+            await asyncio.Event().wait()
+        item = self.script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return [{"IFLA_CARRIER": item}]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def watch_carrier(script: list[int | Exception]) -> list[Event]:
+    """Run a polling CarrierWatch over `script` (no link events); return what it emitted."""
+
+    async def main() -> list[Event]:
+        done = asyncio.Event()
+        nl = ScriptedNetlink(script, done)
+
+        async def no_events() -> Any:
+            raise OSError("no events here")
+
+        async def netlink() -> Any:
+            return nl
+
+        got: list[Event] = []
+        watch = CarrierWatch(["lan0"], 0.001, open_netlink=netlink, open_events=no_events)
+        task = asyncio.ensure_future(watch(got.append))
+        await asyncio.wait_for(done.wait(), 5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert nl.closed
+        return got
+
+    return asyncio.run(main())
+
+
+def test_carrier_watch_ignores_a_spurious_netlink_error() -> None:
+    """A netlink error other than a missing interface reports no carrier loss."""
+    got = watch_carrier([1, NetlinkError(16), NetlinkError(105), 1, 0, NetlinkError(ENODEV)])
+    assert got == [LinkState(True), LinkState(False)]
+
+
+def test_carrier_watch_reports_a_missing_interface_as_down() -> None:
+    """An interface that disappears counts as no carrier, and its return as carrier again."""
+    got = watch_carrier([1, NetlinkError(ENODEV), 1])
+    assert got == [LinkState(True), LinkState(False), LinkState(True)]
+
+
+def test_carrier_watch_reads_again_on_a_link_event() -> None:
+    """A kernel link event for a watched interface wakes the watch before its resync period."""
+
+    class Events:
+        def __init__(self) -> None:
+            self.queue: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+
+        async def get(self) -> Any:
+            yield await self.queue.get()
+
+        def close(self) -> None:
+            pass
+
+    async def main() -> list[Event]:
+        done = asyncio.Event()
+        nl = ScriptedNetlink([1, 0], done)
+        events = Events()
+
+        async def open_events() -> Any:
+            return events
+
+        async def netlink() -> Any:
+            return nl
+
+        got: list[Event] = []
+        # A resync period of an hour: only the event can make the second read happen.
+        watch = CarrierWatch(
+            ["lan0"], 0.001, open_netlink=netlink, open_events=open_events, resync=3600.0
+        )
+        task = asyncio.ensure_future(watch(got.append))
+        await asyncio.sleep(0.05)
+        await events.queue.put({"IFLA_IFNAME": "other0"})
+        await asyncio.sleep(0.05)
+        assert got == [LinkState(True)]
+        await events.queue.put({"IFLA_IFNAME": "lan0"})
+        for _ in range(500):
+            if len(got) == 2:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return got
+
+    assert asyncio.run(main()) == [LinkState(True), LinkState(False)]

@@ -13,14 +13,15 @@ from typing import Any
 import pytest
 
 from takeover import cli, fencecli
-from takeover.config import Node, load_cluster
+from takeover.config import Node, cluster_deadlines, load_cluster
 from takeover.configparse import ConfigError
 from takeover.daemon import Daemon, DaemonConfig, Effects
+from takeover.deadlines import ABORT_MARGIN, DESTROY_MARGIN
 from takeover.exits import Exit
 from takeover.fencing.ipmi import Attempt, FenceResult
 from takeover.machine import Role
 from takeover.resources import ResourceList, VmItem
-from takeover.runtime import ThreadFencer, reconcile_vms
+from takeover.runtime import ThreadFencer, machine_params, reconcile_vms, vm_resources
 from takeover.status import render
 from takeover.testing import (
     FakeClock,
@@ -347,6 +348,21 @@ def test_migrate_uri_names_the_destination_per_node(tmp_path: Path) -> None:
     assert vm.migrate_uri_for("b") == "qemu+tcp://192.0.2.12/system"
     path.write_text(MINIMAL + VM.format(migrate="false"))
     assert load_cluster(path).vms[0].migrate_uri_for("b") is None
+
+
+def test_vm_items_carry_their_budgets_and_the_spec_its_migrate_timeout(tmp_path: Path) -> None:
+    """Each VM item is bounded by its derived stop and handover budgets; the spec aborts."""
+    path = tmp_path / "cluster.toml"
+    path.write_text(MINIMAL + VM.format(migrate="true") + 'migrate_timeout = "40s"\n')
+    cluster = load_cluster(path)
+    (item,) = vm_resources(cluster, cluster.node("a"), lambda _name, _reason: None)
+    assert item.release_budget == 120.0 + DESTROY_MARGIN
+    assert item.handover_budget == 40.0 + ABORT_MARGIN + 120.0 + DESTROY_MARGIN
+    spec = getattr(item.inner, "spec", None)
+    assert spec is not None and spec.migrate_timeout == 40.0
+    mp = machine_params(cluster, cluster.node("a"))
+    assert mp.release_timeout == cluster_deadlines(cluster).release_timeout
+    assert mp.inhibit_timeout == cluster.inhibit_timeout
 
 
 def test_migrate_uri_key_must_be_a_node(tmp_path: Path) -> None:

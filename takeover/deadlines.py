@@ -1,0 +1,139 @@
+"""Every deadline that must relate to another, derived in one place. Pure: plain numbers in and out.
+
+What waits for what, from the resources' own limits:
+
+- a VM stops within its `stop_timeout` (graceful shutdown), then is destroyed and undefined
+  (DESTROY_MARGIN); a planned handover first tries a live migration, aborted after its
+  `migrate_timeout`, then falls back to that stop;
+- a release goes VM by VM in reverse order, then the VIPs (VIP_MARGIN): its budget is the sum;
+  each VM is bounded on its own, so the VIPs are let go even when a VM is past its budget;
+- a release may have to wait for an acquire still in progress (the resource lock): the
+  machine's RELEASING gives up after both budgets and enters FAULT, where the fencing
+  policy decides;
+- after the release, a planned switchover waits for the release inhibitors (mirrord's final
+  flush, which must end before `inhibit_timeout`);
+- `systemctl stop` ends the daemon after all of it plus EXIT_MARGIN: the stop deadline, which
+  the daemon hands to systemd (EXTEND_TIMEOUT_USEC) so that systemd does not kill it sooner.
+
+`check` reports what does not fit together (`problems()`), naming the file's keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+# Seconds for destroying and undefining a VM once its graceful shutdown timed out.
+DESTROY_MARGIN: Final = 10.0
+# Seconds for libvirt to act on a migration abort before the fallback stop starts.
+ABORT_MARGIN: Final = 5.0
+# Seconds for defining a VM before its start_timeout runs.
+DEFINE_MARGIN: Final = 10.0
+# Seconds for removing (or adding) every VIP: netlink requests, a macvlan at most.
+VIP_MARGIN: Final = 5.0
+# Seconds between the end of the release and inhibitors and the daemon's exit: last heartbeats,
+# status file, closing sockets.
+EXIT_MARGIN: Final = 5.0
+
+
+@dataclass(frozen=True)
+class VmLimits:
+    """The limits of one `[[vm]]` that deadlines are derived from."""
+
+    name: str
+    start_timeout: float
+    stop_timeout: float
+    # Seconds a live migration may run before it is aborted; None: the VM never migrates.
+    migrate_timeout: float | None = None
+
+    def stop_budget(self) -> float:
+        """Return the seconds a release of this VM may take: shutdown, then destroy."""
+        return self.stop_timeout + DESTROY_MARGIN
+
+    def handover_budget(self) -> float:
+        """Return the seconds a planned handover may take: migration, abort, fallback stop."""
+        if self.migrate_timeout is None:
+            return self.stop_budget()
+        return self.migrate_timeout + ABORT_MARGIN + self.stop_budget()
+
+    def start_budget(self) -> float:
+        """Return the seconds an acquire of this VM may take: define, start, wait running."""
+        return DEFINE_MARGIN + self.start_timeout
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """The derived deadlines of one node (both nodes share the cluster file, hence the values)."""
+
+    # Seconds RELEASING waits for release inhibitors after the release.
+    inhibit_timeout: float
+    # Seconds every resource together may take to be released (handover or stop).
+    release_budget: float
+    # Seconds every resource together may take to be acquired.
+    acquire_budget: float
+    # Seconds RELEASING waits for the release (behind an acquire in progress, at worst)
+    # before it gives up and enters FAULT.
+    release_timeout: float
+    # Seconds from `systemctl stop` to the daemon's exit, at the latest.
+    stop_deadline: float
+
+
+def derive(inhibit_timeout: float, vms: Sequence[VmLimits]) -> Deadlines:
+    """Return the deadlines for these release inhibitors and VMs."""
+    release = sum(vm.handover_budget() for vm in vms) + VIP_MARGIN
+    acquire = sum(vm.start_budget() for vm in vms) + VIP_MARGIN
+    release_timeout = acquire + release
+    return Deadlines(
+        inhibit_timeout=inhibit_timeout,
+        release_budget=release,
+        acquire_budget=acquire,
+        release_timeout=release_timeout,
+        stop_deadline=stop_deadline(release_timeout, inhibit_timeout),
+    )
+
+
+def stop_deadline(release_timeout: float | None, inhibit_timeout: float) -> float:
+    """Return the seconds from a stop request to the exit: release, inhibitors, exit margin."""
+    return (release_timeout or 0.0) + inhibit_timeout + EXIT_MARGIN
+
+
+def problems(
+    inhibit_timeout: float, flush_timeout: float | None, vms: Sequence[VmLimits]
+) -> list[tuple[str, str]]:
+    """Return (key path, message) for every limit that does not fit with another.
+
+    The final flush must end before the inhibitor times out, or a planned switchover goes on
+    without it and loses what it was sending. The VMs take part in the signature: every rule
+    that relates their limits to another belongs here.
+    """
+    out: list[tuple[str, str]] = []
+    if flush_timeout is not None and flush_timeout >= inhibit_timeout:
+        out.append(
+            (
+                "mirror.flush_timeout",
+                f"must be below cluster.inhibit_timeout ({inhibit_timeout:g} s), so the final "
+                f"flush ends before the handover stops waiting for it, got {flush_timeout:g} s",
+            )
+        )
+    return out
+
+
+def extend_timeout_usec(seconds: float) -> int:
+    """Return `seconds` as sd_notify's EXTEND_TIMEOUT_USEC value (whole microseconds)."""
+    return int(seconds * 1_000_000)
+
+
+__all__ = [
+    "ABORT_MARGIN",
+    "DEFINE_MARGIN",
+    "DESTROY_MARGIN",
+    "EXIT_MARGIN",
+    "VIP_MARGIN",
+    "Deadlines",
+    "VmLimits",
+    "derive",
+    "extend_timeout_usec",
+    "problems",
+    "stop_deadline",
+]
