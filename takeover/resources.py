@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from takeover.addresses import Addresses, VipPlacement
 from takeover.announce import Announcer
+from takeover.startup import Decision, Held, Verdict
 
 log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class Resource(Protocol):
@@ -297,3 +301,94 @@ class VmItem(ThreadResource):
     def describe(self) -> dict[str, Any]:
         """Return the last status view, marked as a VM."""
         return {**super().describe(), "kind": "vm"}
+
+    def runs_here(self) -> bool:
+        """Return whether a copy of the guest is active on this node (as last read)."""
+        view = self._view
+        return view.get("where") == "here" or view.get("state") in ACTIVE_GUEST_STATES
+
+
+# libvirt states (as VmResource.describe names them) of a domain that is active but not
+# "here" in its status view: it still is a copy of the guest on this node.
+ACTIVE_GUEST_STATES = frozenset({"running", "blocked", "paused", "pmsuspended"})
+
+
+class Mute(Protocol):
+    """Keeps held VIPs from being answered or announced (takeover.addresses.Muter)."""
+
+    async def mute(self, addresses: Sequence[IPAddress]) -> bool:
+        """Mute `addresses`; return whether that worked."""
+        ...
+
+    async def unmute(self) -> bool:
+        """Lift every mute; return whether that worked."""
+        ...
+
+
+class FoundHeld:
+    """What a starting node holds, muted until the start-up decision is carried out.
+
+    The daemon's `Startup` effect: VIPs found on the interfaces and guests found running are
+    neither announced, answered for, nor destroyed until takeover.startup has decided.
+    """
+
+    def __init__(
+        self, vips: Sequence[VipResource], vms: Sequence[VmItem], muter: Mute | None
+    ) -> None:
+        """Decide about `vips` (their `held` read at start-up) and `vms`; mute with `muter`."""
+        self.vips = tuple(vips)
+        self.vms = tuple(vms)
+        self.muter = muter
+
+    def held(self) -> Held:
+        """Return the held VIPs (by address) and the guests running here (by resource name)."""
+        return Held(
+            vips=tuple(str(v.placement.address) for v in self.vips if v.held),
+            guests=tuple(vm.name for vm in self.vms if vm.runs_here()),
+        )
+
+    async def mute(self) -> None:
+        """Mute every held VIP (see takeover.addresses.Muter)."""
+        held = [v.placement.address.ip for v in self.vips if v.held]
+        if held and self.muter is not None:
+            await self.muter.mute(held)
+
+    async def settle(self, decision: Decision) -> bool:
+        """Release or destroy what the decision gives up, then unmute; True if nothing is held.
+
+        Kept VIPs are announced by the acquire that follows (the machine starts ACTIVE).
+        """
+        ok = True
+        for vm in reversed(self.vms):
+            verdict = decision.guests.get(vm.name)
+            try:
+                if verdict is Verdict.DESTROY:
+                    steps = await vm.reconcile(owner_elsewhere=True)
+                    log.info("startup.vm name=%s steps=%s", vm.name, ",".join(steps) or "-")
+                elif verdict is Verdict.RELEASE:
+                    await vm.release()
+                    log.info("startup.vm name=%s steps=release", vm.name)
+            except Exception as err:
+                log.error("startup.vm_failed name=%s verdict=%s error=%s", vm.name, verdict, err)
+                ok = False
+        for vip in self.vips:
+            if decision.vips.get(str(vip.placement.address)) is Verdict.RELEASE:
+                try:
+                    await vip.release()
+                except Exception as err:
+                    log.error("startup.vip_failed vip=%s error=%s", vip.placement.address, err)
+                    ok = False
+        if self.muter is not None:
+            await self.muter.unmute()
+        return ok and not decision.keeps
+
+    async def clear_stale(self) -> None:
+        """Before the daemon starts: undefine guests defined but not running here, and lift a
+        mute left by a predecessor killed mid-decision when nothing is held any more."""
+        for vm in self.vms:
+            if not vm.runs_here():
+                steps = await vm.reconcile(owner_elsewhere=True)
+                if steps:
+                    log.info("startup.vm name=%s steps=%s", vm.name, ",".join(steps))
+        if not self.held() and self.muter is not None:
+            await self.muter.unmute()

@@ -28,7 +28,7 @@ from takeover.heartbeat import HeartbeatLinks, LinkSpec, load_key
 from takeover.hooks import Hook
 from takeover.machine import Event, LinkState, MachineParams, OperatorStandby
 from takeover.probe import PingProber, VipGuard
-from takeover.resources import ResourceList, VipResource, VmItem
+from takeover.resources import FoundHeld, ResourceList, VipResource, VmItem
 from takeover.wire import Heartbeat, Receiver
 
 log = logging.getLogger(__name__)
@@ -258,20 +258,6 @@ def vm_resources(
     return out
 
 
-async def reconcile_vms(vms: Sequence[VmItem]) -> None:
-    """Clear every VM copy this node still has, before anything else runs.
-
-    At start-up this node cannot know yet who owns a VM, and a copy running here that no
-    daemon watched (left by a crash, started by autostart) may be the second one while the
-    peer serves: both writing one disk. Two copies are worse than a restart, so every copy
-    goes (destroy, undefine); if this node is elected, acquire starts the VM again.
-    """
-    for vm in vms:
-        steps = await vm.reconcile(owner_elsewhere=True)
-        if steps:
-            log.info("reconcile.vm name=%s steps=%s", vm.name, ",".join(steps))
-
-
 def vm_refresh(vms: Sequence[VmItem], period: float = VM_REFRESH) -> Watcher:
     """Return a watcher re-reading the VMs' state for status every `period` seconds."""
 
@@ -353,8 +339,6 @@ async def run(cluster: Cluster, node: Node) -> int:
         vms = vm_resources(cluster, node, on_vm_failover)
         for vm in vms:
             closers.append(getattr(vm.inner, "close", lambda: None))
-        # Before the daemon says anything: a returning node never runs a second copy.
-        await reconcile_vms(vms)
         addresses = await Addresses.open()
         closers.append(addresses.close)
         vips = placements(cluster, node)
@@ -377,13 +361,14 @@ async def run(cluster: Cluster, node: Node) -> int:
             )
             for v in vips
         ]
-        # Start-up reconciliation: know what a killed predecessor left behind. The machine
-        # releases it unless this node is to be active.
+        # Know what a killed predecessor left behind: VIPs still on the interfaces, guests
+        # still running. Nothing of it is destroyed or announced before the daemon has heard
+        # the peer and asked the LAN (takeover.startup decides; FoundHeld carries it out).
         held = {str(v.address) for v in await addresses.held_vips(vips)}
         for item in items:
             item.held = str(item.placement.address) in held
-        if held:
-            log.info("reconcile.found_held vips=%s", ",".join(sorted(held)))
+        found = FoundHeld(items, vms, None)
+        await found.clear_stale()
         prober = PingProber(cluster.arbitration.targets)
         closers.append(prober.close)
         guards = []
@@ -414,6 +399,7 @@ async def run(cluster: Cluster, node: Node) -> int:
             guard=GuardAdapter(guards, guard_window(cluster)),
             fencer=fencer,
             watchers=watchers,
+            startup=found,
         )
         daemon = Daemon(daemon_config(cluster, node, key), effects)
         return await daemon.run()

@@ -28,6 +28,7 @@ REQUIRED_PURE = [
     "takeover/machine.py",
     "takeover/arbitration.py",
     "takeover/wire.py",
+    "takeover/startup.py",
     "mirrord/planner.py",
 ]
 
