@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from pyroute2 import AsyncIPRoute
 
-from takeover.addresses import Addresses, VipPlacement
+from takeover.addresses import Addresses, Muter, VipPlacement
 from takeover.announce import Announcer
 from takeover.arbitration import Outcome
 from takeover.config import Cluster, Node, config_digest
@@ -367,7 +367,7 @@ async def run(cluster: Cluster, node: Node) -> int:
         held = {str(v.address) for v in await addresses.held_vips(vips)}
         for item in items:
             item.held = str(item.placement.address) in held
-        found = FoundHeld(items, vms, None)
+        found = FoundHeld(items, vms, Muter())
         await found.clear_stale()
         prober = PingProber(cluster.arbitration.targets)
         closers.append(prober.close)
