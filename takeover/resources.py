@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from takeover.addresses import Addresses, VipPlacement
 from takeover.announce import Announcer
+from takeover.frames import mac_bytes, mac_str, parse_claim
 from takeover.startup import Decision, Held, Verdict
 
 log = logging.getLogger(__name__)
@@ -126,13 +127,18 @@ class VipResource:
         self.interval = interval
         self.refresh = refresh
         self.held = False
+        # Acquired by this daemon (ACTIVE): only then is another MAC claiming it a conflict to
+        # answer; a VIP found held at start-up is undecided (muted) until acquired.
+        self.defended = False
+        # Times another MAC claimed it while defended (VipDefender).
+        self.conflicts = 0
         self._burst: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
 
     async def acquire(self) -> None:
         """Add the address, send the first announcement round now and the rest in background."""
         await self.addresses.add_vip(self.placement)
-        self.held = True
+        self.held = self.defended = True
         self._announce_now()
         if self.refresh > 0 and self._refresh is None:
             self._refresh = asyncio.ensure_future(self._refresh_loop())
@@ -143,6 +149,7 @@ class VipResource:
             if task is not None:
                 task.cancel()
         self._burst = self._refresh = None
+        self.defended = False
         await self.addresses.remove_vip(self.placement)
         self.held = False
 
@@ -150,6 +157,16 @@ class VipResource:
         """Start a fresh burst (after a conflict was resolved in our favour)."""
         if self.held:
             self._announce_now()
+
+    def reannounce(self) -> None:
+        """Start a fresh burst now if this daemon serves the VIP (the conflict path)."""
+        if self.defended:
+            self._announce_now()
+
+    @property
+    def own_mac(self) -> str:
+        """The MAC clients must use for this VIP: the virtual one, else the interface's."""
+        return self.placement.mac or self.announcer.mac
 
     def _announce_now(self) -> None:
         vip, mac = self.placement.address.ip, self.placement.mac
@@ -177,7 +194,52 @@ class VipResource:
             "interface": self.placement.device,
             "mac": self.placement.mac,
             "held": self.held,
+            "conflicts": self.conflicts,
         }
+
+
+class VipDefender:
+    """Re-announces a VIP this node serves as soon as another MAC claims it.
+
+    Another node answering for our VIP (a returning node that still holds it, a stale kernel,
+    a misconfigured host) repoints every client that hears it; one announcement round from us
+    repoints them back. At most one burst per VIP every `gap` seconds: a host that keeps
+    claiming is answered steadily, not flooded.
+    """
+
+    def __init__(self, vips: Sequence[VipResource], gap: float) -> None:
+        """Defend `vips`; re-announce each at most once per `gap` seconds."""
+        self.vips = tuple(vips)
+        self.gap = gap
+        self._last: dict[str, float] = {}
+
+    def on_frame(self, frame: bytes, now: float) -> bool:
+        """Look at one received frame; return whether it made us announce."""
+        claim = parse_claim(frame)
+        if claim is None:
+            return False
+        announced = False
+        for vip in self.vips:
+            if claim.ip != vip.placement.address.ip or not vip.defended:
+                continue
+            if claim.mac == mac_bytes(vip.own_mac):
+                continue
+            vip.conflicts += 1
+            key = str(vip.placement.address)
+            last = self._last.get(key)
+            due = last is None or now - last >= self.gap
+            log.warning(
+                "vip.conflict vip=%s mac=%s action=%s count=%s",
+                vip.placement.address,
+                mac_str(claim.mac),
+                "announce" if due else "suppressed",
+                vip.conflicts,
+            )
+            if due:
+                self._last[key] = now
+                vip.reannounce()
+                announced = True
+        return announced
 
 
 class BlockingResource(Protocol):

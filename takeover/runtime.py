@@ -27,8 +27,8 @@ from takeover.daemon import Daemon, DaemonConfig, Effects, Links, Watcher
 from takeover.heartbeat import HeartbeatLinks, LinkSpec, load_key
 from takeover.hooks import Hook
 from takeover.machine import Event, LinkState, MachineParams, OperatorStandby
-from takeover.probe import PingProber, VipGuard
-from takeover.resources import FoundHeld, ResourceList, VipResource, VmItem
+from takeover.probe import ClaimListener, PingProber, VipGuard
+from takeover.resources import FoundHeld, ResourceList, VipDefender, VipResource, VmItem
 from takeover.wire import Heartbeat, Receiver
 
 log = logging.getLogger(__name__)
@@ -258,6 +258,34 @@ def vm_resources(
     return out
 
 
+# Seconds between two re-announcements of one VIP claimed by another MAC, at the least.
+CONFLICT_GAP = 0.2
+
+
+def claim_watches(
+    items: Sequence[VipResource], gap: float, closers: list[Callable[[], Any]]
+) -> list[Watcher]:
+    """Return one watcher per LAN interface re-announcing VIPs another MAC claims.
+
+    The sockets are opened now (their closers join `closers`); they hear frames only while
+    the watchers run, and act only on VIPs this daemon has acquired (VipResource.defended).
+    """
+    defender = VipDefender(items, gap)
+    watches: list[Watcher] = []
+    for interface in dict.fromkeys(v.placement.interface for v in items):
+        v6 = any(
+            v.placement.address.version == 6 and v.placement.interface == interface for v in items
+        )
+        listener = ClaimListener(interface, v6)
+        closers.append(listener.close)
+
+        async def watch(_emit: Callable[[Event], None], listener: ClaimListener = listener) -> None:
+            await listener.listen(defender.on_frame)
+
+        watches.append(watch)
+    return watches
+
+
 def vm_refresh(vms: Sequence[VmItem], period: float = VM_REFRESH) -> Watcher:
     """Return a watcher re-reading the VMs' state for status every `period` seconds."""
 
@@ -384,6 +412,7 @@ async def run(cluster: Cluster, node: Node) -> int:
 
         watchers: list[Watcher] = [failover_watch, vm_refresh(vms)] if vms else []
         if vips:
+            watchers += claim_watches(items, max(ann.garp_interval, CONFLICT_GAP), closers)
             # Carrier is polled every 50 ms at most whatever the interval: it is one netlink
             # request, and a dead LAN port is the one failure that needs no confirmation.
             watchers.append(CarrierWatch([v.interface for v in vips], min(hb.interval, 0.05)))

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from takeover.machine import PEER_STILL_SERVING
+from tests.lab.effects import neigh_mac
 from tests.lab.lab import IPV4, VIP4, Lab, wait_until
 from tests.lab.pair import HB_PORT, HapairPair, PairConfig
 from tests.lab.probe import ProbeResult, VipProbe
@@ -290,3 +291,22 @@ def test_returning_node_restarted_while_cut_off_never_answers_for_the_vip(
     assert not answered_a, (answered_a, res.summary())
     assert res.gaps(1.0) == [] or all(b < back for _, b in res.gaps(1.0)), res.summary()
     assert not pair.holds("a") and pair.holds("b")
+
+
+def test_owner_reannounces_when_another_mac_claims_its_vip(
+    pair: HapairPair, lab: Lab, vip_probe: VipProbe
+) -> None:
+    """A gratuitous ARP for the VIP from b's MAC repoints the client; a re-announces at once."""
+    serving(lab, vip_probe, "a")
+    claimed = time.monotonic()
+    lab.garp("b", VIP4)
+    # Generous: the client points at a again within a second (one GARP round away).
+    assert wait_until(lambda: neigh_mac(lab, "client", VIP4) == lab.mac("a"), 1.0, 0.01)
+    assert "vip.conflict" in pair.log("a"), pair.log("a")
+    time.sleep(0.5)
+    res = vip_probe.stop()
+    assert res.gaps(1.0) == [], res.summary()
+    assert all(r.mac == lab.mac("a") for r in res.replies if r.t >= claimed), res.summary()
+    vips = status(pair, "a")["vips"]
+    assert isinstance(vips, list) and vips[0]["conflicts"] >= 1
+    assert pair.role("a") == "ACTIVE" and pair.role("b") == "STANDBY"
