@@ -307,6 +307,11 @@ def test_owner_reannounces_when_another_mac_claims_its_vip(
     res = vip_probe.stop()
     assert res.gaps(1.0) == [], res.summary()
     assert all(r.mac == lab.mac("a") for r in res.replies if r.t >= claimed), res.summary()
-    vips = status(pair, "a")["vips"]
-    assert isinstance(vips, list) and vips[0]["conflicts"] >= 1
+
+    def counted() -> bool:
+        vips = status(pair, "a")["vips"]
+        return isinstance(vips, list) and vips[0]["conflicts"] >= 1
+
+    # The status file is rewritten every status_interval (1 s here).
+    assert wait_until(counted, 5, 0.2), status(pair, "a")
     assert pair.role("a") == "ACTIVE" and pair.role("b") == "STANDBY"
