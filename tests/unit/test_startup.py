@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from takeover import machine as m
 from takeover.daemon import Daemon, Effects
 from takeover.machine import Role
 from takeover.resources import FoundHeld, ResourceList, VmItem
@@ -136,6 +137,54 @@ def test_guests_alone_are_kept_when_nobody_answers() -> None:
     """A guest without held VIPs is kept when the peer is silent and no VIP is answered."""
     d = decide(Held(guests=("vm mx1",)), None, listened=True, answered=False)
     assert d is not None and d.guests == {"vm mx1": K} and d.role is Role.ACTIVE
+
+
+# -- the machine while deciding --------------------------------------------------------------
+
+
+MP = m.MachineParams(
+    node="alpha", peer="beta", priority=100, interval=0.2, deadtime=0.6, initdead=0.8
+)
+
+
+def deciding() -> m.State:
+    """A STARTING state (started at 0, epoch 2) that found something held."""
+    return m.initial_state(MP, 0.0, epoch=2, deciding=True)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        m.HeartbeatSeen(m.Role.ACTIVE, 1, 50, 0, "b1", holding=True),
+        m.HeartbeatSeen(m.Role.STANDBY, 1, 50, 0, "b1"),
+        m.Tick(),
+        m.VipGuardResult(False, "", None),
+    ],
+    ids=["active_peer", "standby_peer", "tick_past_initdead", "guard"],
+)
+def test_deciding_machine_does_nothing_until_told(event: m.Event) -> None:
+    """While deciding, no heartbeat, timer or probe moves the machine or acts."""
+    s, actions = m.step(deciding(), event, 10.0)
+    assert s.role is Role.STARTING and s.deciding and actions == []
+
+
+@pytest.mark.parametrize(
+    ("role", "clean", "expected", "actions"),
+    [
+        (Role.ACTIVE, False, Role.ACTIVE, [m.Notify, m.PersistEpoch, m.AcquireResources]),
+        (Role.STANDBY, True, Role.STANDBY, [m.Notify]),
+        (Role.STANDBY, False, Role.STANDBY, [m.Notify, m.ReleaseResources]),
+        (Role.STARTING, True, Role.STARTING, []),
+    ],
+    ids=["keep_takes_over", "released_standby", "left_held_released", "election_follows"],
+)
+def test_startup_decided_edges(
+    role: Role, clean: bool, expected: Role, actions: list[type]
+) -> None:
+    """StartupDecided ends the deciding: ACTIVE re-acquires, STANDBY releases what is left."""
+    s, out = m.step(deciding(), m.StartupDecided(role, "why", clean), 1.0)
+    assert s.role is expected and not s.deciding and s.clean is (clean and role is not Role.ACTIVE)
+    assert [type(a) for a in out] == actions
 
 
 # -- the daemon ------------------------------------------------------------------------------
