@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from takeover import machine as m
+from takeover.addresses import mute_script, unmute_script
 from takeover.daemon import Daemon, Effects
 from takeover.machine import Role
 from takeover.resources import FoundHeld, ResourceList, VmItem
@@ -353,3 +355,20 @@ def test_a_stale_definition_is_cleared_before_start(tmp_path: Path) -> None:
     _, found = guest_daemon(tmp_path, guest)
     assert guest.calls == ["reconcile owner_elsewhere=True"]
     assert not found.held()
+
+
+# -- the mute ----------------------------------------------------------------------------------
+
+
+def test_mute_script_replaces_any_earlier_mute_and_covers_both_families() -> None:
+    """The nft script first drops old mute tables, then mutes ARP for IPv4 and NAs for IPv6."""
+    script = mute_script([ipaddress.ip_address("192.0.2.100"), ipaddress.ip_address("2001:db8::1")])
+    assert script.startswith(unmute_script())
+    assert "table arp takeover_mute {" in script
+    assert "arp saddr ip { 192.0.2.100 } drop" in script
+    assert (
+        "icmpv6 type nd-neighbor-advert @th,64,128 0x20010db8000000000000000000000001 drop"
+        in script
+    )
+    v4_only = mute_script([ipaddress.ip_address("192.0.2.100")])
+    assert "table ip6 takeover_mute {" not in v4_only
