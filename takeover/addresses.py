@@ -130,6 +130,101 @@ def _set_sysctls(table: dict[str, str], ifname: str) -> None:
         write_sysctl(pattern.format(ifname), value)
 
 
+# nftables table (in the arp and ip6 families) that mutes held VIPs while undecided.
+MUTE_TABLE: Final = "takeover_mute"
+NFT: Final = "nft"
+
+
+def mute_script(addresses: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> str:
+    """Return the nft script that mutes `addresses` (replacing any earlier mute).
+
+    IPv4: every ARP packet this node's kernel sends with a VIP as sender IP is dropped (its
+    replies, and requests that would teach a neighbour the VIP's MAC). IPv6: every neighbour
+    advertisement for a VIP (the target at offset 8 of the ICMPv6 message). Only the kernel's
+    own ARP and ND pass these output hooks; established traffic flows on, and clients with a
+    cached entry keep reaching the node. The announcer's AF_PACKET frames bypass them.
+    """
+    v4 = sorted({a for a in addresses if a.version == 4})
+    v6 = sorted({a for a in addresses if a.version == 6})
+    lines = [unmute_script()]
+    if v4:
+        lines += [
+            f"table arp {MUTE_TABLE} {{",
+            "  chain out {",
+            "    type filter hook output priority 0; policy accept;",
+            f"    arp saddr ip {{ {', '.join(map(str, v4))} }} drop",
+            "  }",
+            "}",
+        ]
+    if v6:
+        lines += [
+            f"table ip6 {MUTE_TABLE} {{",
+            "  chain out {",
+            "    type filter hook output priority 0; policy accept;",
+            *(f"    icmpv6 type nd-neighbor-advert @th,64,128 0x{a.packed.hex()} drop" for a in v6),
+            "  }",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def unmute_script() -> str:
+    """Return the nft script that removes every mute (creating the tables first: no error)."""
+    return "".join(
+        f"table {family} {MUTE_TABLE}\ndelete table {family} {MUTE_TABLE}\n"
+        for family in ("arp", "ip6")
+    ).rstrip("\n")
+
+
+class Muter:
+    """Keeps held VIPs from being answered or announced by this node's kernel (nftables).
+
+    A starting daemon that finds VIPs held has not decided yet whether to keep them; until it
+    has, answering an ARP request would repoint a client at a node that may let go the next
+    moment (takeover.startup). A missing `nft` is logged, not fatal: the decision still stands.
+    """
+
+    def __init__(self, nft: str = NFT) -> None:
+        """Use the `nft` command found as `nft`."""
+        self.nft = nft
+
+    async def mute(
+        self, addresses: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address]
+    ) -> bool:
+        """Mute `addresses`; return whether the rules are in place."""
+        vips = list(addresses)
+        ok = await self._run(mute_script(vips))
+        if ok:
+            log.info("vip.muted vips=%s", ",".join(map(str, vips)))
+        return ok
+
+    async def unmute(self) -> bool:
+        """Remove every mute; return whether that worked."""
+        ok = await self._run(unmute_script() + "\n")
+        if ok:
+            log.info("vip.unmuted")
+        return ok
+
+    async def _run(self, script: str) -> bool:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.nft,
+                "-f",
+                "-",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as e:
+            log.error("mute.failed error=%s", e.strerror or e)
+            return False
+        _, err = await proc.communicate(script.encode())
+        if proc.returncode != 0:
+            log.error("mute.failed rc=%s error=%s", proc.returncode, err.decode().strip())
+            return False
+        return True
+
+
 class Addresses:
     """Adds and removes VIPs through one netlink socket opened at start-up."""
 
@@ -359,7 +454,7 @@ class Addresses:
 def main(argv: Sequence[str] | None = None) -> int:
     """Add, remove or look for VIPs by hand and print the outcome as JSON (lab tests' entry)."""
     parser = argparse.ArgumentParser(prog="python -m takeover.addresses")
-    parser.add_argument("op", choices=("add", "remove", "held"))
+    parser.add_argument("op", choices=("add", "remove", "held", "mute", "unmute"))
     parser.add_argument("--interface", required=True)
     parser.add_argument("--mac", default=None, help="MAC takeover through a macvlan")
     parser.add_argument(
@@ -376,6 +471,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         addresses = await Addresses.open()
         announcer = Announcer(args.interface) if args.announce else None
         try:
+            if args.op in ("mute", "unmute"):
+                muter = Muter()
+                ok = await (
+                    muter.mute([v.address.ip for v in vips])
+                    if args.op == "mute"
+                    else muter.unmute()
+                )
+                return {"ok": ok}
             await addresses.prepare(vips)
             if announcer:
                 announcer.prepare((v.address.ip, v.mac) for v in vips)

@@ -36,6 +36,7 @@ from takeover.fsutil import write_atomic
 from takeover.health import CheckSpec, HealthMonitor
 from takeover.heartbeat import PeerRecord, SequenceFloor
 from takeover.hooks import Hook, HookRunner
+from takeover.startup import Decision, Held, PeerAdvert, decide
 from takeover.status import (
     link_conditions,
     process_start,
@@ -147,6 +148,22 @@ class Links(Protocol):
 LinksFactory = Callable[[Receiver, Callable[[str, Heartbeat], None]], Links]
 
 
+class Startup(Protocol):
+    """What this node holds at start-up, muted until the start-up decision is carried out."""
+
+    def held(self) -> Held:
+        """Return the VIPs and running guests this node holds now."""
+        ...
+
+    async def mute(self) -> None:
+        """Keep every held VIP from being answered or announced until `settle`."""
+        ...
+
+    async def settle(self, decision: Decision) -> bool:
+        """Carry out `decision` per resource, then unmute; return whether nothing is held."""
+        ...
+
+
 class Notifier(Protocol):
     """sd_notify sink."""
 
@@ -256,6 +273,8 @@ class Effects:
     # Background watchers (carrier of the service interfaces ...): each runs until cancelled
     # and reports what it sees through the callback it is given.
     watchers: Sequence[Watcher] = ()
+    # What was found held at start-up (probe first, then decide); None: only VIPs' "held".
+    startup: Startup | None = None
 
 
 class Daemon:
@@ -274,10 +293,22 @@ class Daemon:
         self.clock = clock
         self.wall = wall
         p = cfg.params
-        # What a killed predecessor left behind (reconciliation): a node holding nothing says
-        # so in its heartbeats, and the peer need not wait for its release.
-        held = any(item.get("held") for item in effects.resources.describe())
-        self.state = m.initial_state(p, clock(), epoch=load_epoch(cfg.state_dir), clean=not held)
+        # What a killed predecessor left behind: a node holding nothing says so in its
+        # heartbeats, and the peer need not wait for its release. What is held stays muted
+        # until the start-up decision (takeover.startup) says what to keep.
+        self.found = effects.startup.held() if effects.startup is not None else Held()
+        held = bool(self.found) or any(item.get("held") for item in effects.resources.describe())
+        self.state = m.initial_state(
+            p,
+            clock(),
+            epoch=load_epoch(cfg.state_dir),
+            clean=not held,
+            deciding=bool(self.found),
+        )
+        # The VIP guard's verdict at start-up (None while its probe is out), and whether the
+        # decision is being carried out.
+        self._found_answered: bool | None = None if p.guard else False
+        self._settling = False
         self.boot_id = uuid.uuid4().bytes
         # Sequence numbers start from the wall clock in microseconds, never below the mark an
         # earlier boot kept: strictly increasing across restarts, which receivers rely on.
@@ -321,6 +352,8 @@ class Daemon:
         self._background.append(loop.create_task(self._probe_loop()))
         for watch in self.fx.watchers:
             self._background.append(loop.create_task(watch(self._emit)))
+        if self.state.deciding:
+            await self._begin_deciding()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGTERM, self.request_stop)
             loop.add_signal_handler(signal.SIGINT, self.request_stop)
@@ -444,6 +477,8 @@ class Daemon:
             self.handle(first)
         while not self.queue.empty():
             self.handle(self.queue.get_nowait())
+        if self.state.deciding:
+            self._try_deciding()
         self.handle(m.Tick())
         now = self.clock()
         if now >= self._next_send or self._advert_key() != self._sent_key:
@@ -461,10 +496,80 @@ class Daemon:
     def next_wake(self) -> float:
         """Return the next time the loop must run even without events."""
         times = [self._next_send, self._next_status]
+        if self.state.deciding:
+            times.append(self.state.started + self.cfg.params.deadtime)
         d = m.next_deadline(self.state)
         if d is not None:
             times.append(d)
         return min(times)
+
+    # -- start-up: probe first, then decide -------------------------------------------------
+
+    async def _begin_deciding(self) -> None:
+        """Tell the peer we are here and hold something, mute it, and ask the LAN who answers."""
+        log.info(
+            "startup.found_held vips=%s guests=%s",
+            ",".join(self.found.vips) or "-",
+            ",".join(self.found.guests) or "-",
+        )
+        # Heartbeats first: a peer re-checking a silent node must hear us before its guard
+        # can find our VIPs muted and take them over.
+        self._send_heartbeats()
+        self._next_send = self.clock() + self.cfg.params.interval
+        assert self.fx.startup is not None
+        await self.fx.startup.mute()
+        if self._found_answered is None:
+            self._spawn(self._startup_guard())
+
+    async def _startup_guard(self) -> None:
+        try:
+            mac = await self.fx.guard.probe()
+        except Exception as err:
+            log.error("startup.guard_failed error=%s", err)
+            self._found_answered = True
+        else:
+            log.info("startup.guard answered=%s mac=%s", mac is not None, mac or "-")
+            self._found_answered = mac is not None
+        self._emit(m.Tick())
+
+    def _try_deciding(self) -> None:
+        """Decide once the facts allow it (takeover.startup), then carry the decision out."""
+        if self._settling:
+            return
+        s, now = self.state, self.clock()
+        peer = None
+        if s.peer is not None and s.peer_alive(now):
+            won = m.prefer(m.me_candidate(s), m.peer_candidate(s), s.params.switchover_margin)
+            peer = PeerAdvert(s.peer.role, s.peer.holding, won)
+        decision = decide(
+            self.found,
+            peer,
+            listened=now - s.started >= s.params.deadtime,
+            answered=self._found_answered,
+            lan_up=s.lan_up,
+        )
+        if decision is None:
+            return
+        self._settling = True
+        log.info(
+            "startup.decided role=%s reason=%s vips=%s guests=%s",
+            decision.role.value,
+            decision.reason,
+            ",".join(f"{k}:{v.value}" for k, v in decision.vips.items()) or "-",
+            ",".join(f"{k}:{v.value}" for k, v in decision.guests.items()) or "-",
+        )
+        self._spawn(self._settle(decision))
+
+    async def _settle(self, decision: Decision) -> None:
+        assert self.fx.startup is not None
+        async with self._resource_lock:
+            try:
+                clean = await self.fx.startup.settle(decision)
+            except Exception as err:
+                # Whatever is left is released by the machine (or goes to FAULT there).
+                log.error("startup.settle_failed error=%s", err)
+                clean = False
+        self._emit(m.StartupDecided(decision.role, decision.reason, clean))
 
     # -- the machine -----------------------------------------------------------------------
 

@@ -12,6 +12,10 @@ prepared at start-up and handed to a raw AF_PACKET socket.
 - `dad_solicitation`: IPv6 neighbour solicitation from :: to the solicited-node group (DAD style).
 - `icmp_echo` / `parse_icmp_echo_reply`: ICMP(v6) echo payloads for raw IP sockets.
 - `parse_arp` / `parse_neighbor_advert`: read answers; malformed input yields None.
+- `parse_claim`: who says an address lives at which MAC (an ARP packet with a sender IP, or an
+  NA), for the owner of a VIP that must notice another MAC answering for it.
+- `NA_FILTER`: a classic BPF program passing only ICMPv6 neighbour advertisements, so a packet
+  socket listening for them is not handed every IPv6 frame of a busy server.
 """
 
 from __future__ import annotations
@@ -81,6 +85,14 @@ class NeighborAdvert:
     flags: int
     # The target link-layer address option, if the sender included one.
     target_mac: bytes | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A host telling the LAN that `ip` lives at `mac`."""
+
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    mac: bytes
 
 
 @dataclass(frozen=True)
@@ -264,6 +276,45 @@ def parse_neighbor_advert(frame: bytes) -> NeighborAdvert | None:
     return NeighborAdvert(
         eth_src, src, dst, ipaddress.IPv6Address(target_b), flags >> 24, target_mac
     )
+
+
+def parse_claim(frame: bytes) -> Claim | None:
+    """Read the address claim a frame makes, if any; None for anything else or malformed.
+
+    Every ARP packet with a sender IP claims it for its sender MAC: a reply, a gratuitous ARP in
+    either form, and a request (its receivers update their entry for the sender). An ARP probe
+    (sender IP 0.0.0.0) claims nothing. A valid NA claims its target for the MAC in its target
+    link-layer option, or else for the frame's source.
+    """
+    arp = parse_arp(frame)
+    if arp is not None:
+        if arp.sender_ip.packed == b"\x00" * 4:
+            return None
+        return Claim(arp.sender_ip, arp.sender_mac)
+    na = parse_neighbor_advert(frame)
+    if na is not None:
+        return Claim(na.target, na.target_mac or na.eth_src)
+    return None
+
+
+def _bpf(code: int, jt: int, jf: int, k: int) -> bytes:
+    return struct.pack("=HBBI", code, jt, jf, k)
+
+
+_BPF_LDH_ABS, _BPF_LDB_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x28, 0x30, 0x15, 0x06
+# ethertype IPv6 -> next header ICMPv6 (offset 14 + 6) -> ICMPv6 type NA (offset 14 + 40).
+NA_FILTER: Final = b"".join(
+    (
+        _bpf(_BPF_LDH_ABS, 0, 0, 12),
+        _bpf(_BPF_JEQ_K, 0, 5, ETH_P_IPV6),
+        _bpf(_BPF_LDB_ABS, 0, 0, ETH_HEADER_LEN + 6),
+        _bpf(_BPF_JEQ_K, 0, 3, IPPROTO_ICMPV6),
+        _bpf(_BPF_LDB_ABS, 0, 0, ETH_HEADER_LEN + 40),
+        _bpf(_BPF_JEQ_K, 0, 1, ICMPV6_NA),
+        _bpf(_BPF_RET_K, 0, 0, 0xFFFF),
+        _bpf(_BPF_RET_K, 0, 0, 0),
+    )
+)
 
 
 def icmp_echo(ident: int, seq: int, payload: bytes = b"", *, v6: bool = False) -> bytes:

@@ -260,6 +260,18 @@ class LoopStalled:
     lag: float
 
 
+@dataclass(frozen=True)
+class StartupDecided:
+    """The start-up decision (takeover.startup) is carried out: go on as `role`.
+
+    `clean`: nothing is held any more (everything found was released or destroyed).
+    """
+
+    role: Role
+    reason: str
+    clean: bool
+
+
 Event = (
     Tick
     | HeartbeatSeen
@@ -277,6 +289,7 @@ Event = (
     | HealthChanged
     | LinkState
     | LoopStalled
+    | StartupDecided
 )
 
 
@@ -427,6 +440,8 @@ class State:
     # ACTIVE: since when a handover (score) or failback (priority) condition has held.
     handover_since: float | None = None
     failback_since: float | None = None
+    # STARTING: resources were found held; the daemon decides what to keep (StartupDecided).
+    deciding: bool = False
 
     def to(self, role: Role, now: float, reason: str) -> State:
         """Return the state after the edge self.role -> role; raise if TRANSITIONS lacks it."""
@@ -474,11 +489,18 @@ def own_score(s: State) -> int:
 
 
 def initial_state(
-    params: MachineParams, now: float, epoch: int = 0, healthy: bool = True, clean: bool = False
+    params: MachineParams,
+    now: float,
+    epoch: int = 0,
+    healthy: bool = True,
+    clean: bool = False,
+    *,
+    deciding: bool = False,
 ) -> State:
     """Return the STARTING state of a freshly started daemon.
 
-    `epoch` is the persisted one; `clean` says start-up reconciliation found nothing held.
+    `epoch` is the persisted one; `clean` says start-up reconciliation found nothing held;
+    `deciding`: something was found held and the daemon decides about it before any election.
     """
     return State(
         params=params,
@@ -489,6 +511,8 @@ def initial_state(
         epoch=epoch,
         healthy=healthy,
         clean=clean,
+        deciding=deciding,
+        condition="deciding what to keep of what is held" if deciding else "",
     )
 
 
@@ -664,6 +688,8 @@ def _on_starting(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
     """STARTING: listen for initdead, then decide from what was heard."""
     if isinstance(ev, OperatorStandby | OperatorPromote):
         return _refuse(s, ev)
+    if s.deciding:
+        return _on_deciding(s, ev, now)
     if isinstance(ev, HeartbeatSeen) and ev.role is Role.ACTIVE:
         # STARTING -> STANDBY: the peer already serves; no need to wait out initdead.
         return _go_passive(s, Role.STANDBY, now, "peer is active")
@@ -690,6 +716,21 @@ def _on_starting(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
     if s.peer_lost(now):
         # STARTING -> ARBITRATING: nothing heard during initdead.
         return _arbitrate(s, now, "no peer heard during initdead")
+    return s, []
+
+
+def _on_deciding(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
+    """STARTING with resources found held: nothing happens until the daemon has decided."""
+    if not isinstance(ev, StartupDecided):
+        return s, []
+    s = replace(s, deciding=False, clean=ev.clean, condition="")
+    if ev.role is Role.ACTIVE:
+        # STARTING -> ACTIVE: what was held is kept (acquire adopts it and announces).
+        return _take_over(s, now, ev.reason)
+    if ev.role is Role.STANDBY:
+        # STARTING -> STANDBY: the peer serves; whatever could not be let go is released.
+        return _go_passive(s, Role.STANDBY, now, ev.reason)
+    # STARTING: on with the usual election; what could not be let go is released by it.
     return s, []
 
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import errno
 import ipaddress
+import json
 import logging
 import os
 import socket
@@ -295,6 +297,89 @@ class VipGuard:
         return None
 
 
+_SO_ATTACH_FILTER: Final = 26
+
+
+class ClaimListener:
+    """Hears ARP and neighbour advertisements arriving on one LAN interface.
+
+    One packet socket for ARP (little traffic), and, when IPv6 VIPs exist, one for IPv6 with a
+    kernel filter passing only NAs (frames.NA_FILTER). Frames this node sends are skipped.
+    """
+
+    def __init__(self, interface: str, v6: bool = False) -> None:
+        """Open the sockets on `interface` (needs CAP_NET_RAW)."""
+        self.interface = interface
+        self._socks: list[socket.socket] = []
+        try:
+            self._socks.append(self._open(frames.ETH_P_ARP, None))
+            if v6:
+                self._socks.append(self._open(frames.ETH_P_IPV6, frames.NA_FILTER))
+        except ProbeError:
+            self.close()
+            raise
+
+    def _open(self, ethertype: int, program: bytes | None) -> socket.socket:
+        sock = _raw_socket(socket.AF_PACKET, 0, f"claim listener on {self.interface}")
+        try:
+            if program is not None:
+                # The filter goes on before the bind: nothing unfiltered queues in between.
+                buf = ctypes.create_string_buffer(program)
+                fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(buf))
+                sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+            sock.bind((self.interface, ethertype))
+        except OSError as e:
+            sock.close()
+            raise ProbeError(f"claim listener on {self.interface}: {e.strerror}") from None
+        return sock
+
+    def close(self) -> None:
+        """Close the sockets."""
+        for sock in self._socks:
+            sock.close()
+        self._socks = []
+
+    async def listen(self, on_frame: Callable[[bytes, float], object]) -> None:
+        """Hand every received frame to `on_frame(frame, loop_time)` until cancelled."""
+        loop = asyncio.get_running_loop()
+
+        def readable(sock: socket.socket) -> None:
+            for data, addr in _drain(sock):
+                assert isinstance(addr, tuple)
+                if addr[2] != _PACKET_OUTGOING:
+                    on_frame(data, loop.time())
+
+        for sock in self._socks:
+            loop.add_reader(sock, readable, sock)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            for sock in self._socks:
+                loop.remove_reader(sock)
+
+
+async def _hear_claims(interface: str, v6: bool, seconds: float) -> dict[str, object]:
+    """Listen for `seconds`; return the claims heard and how many frames reached us."""
+    listener = ClaimListener(interface, v6)
+    heard: list[list[str]] = []
+    count = 0
+
+    def on_frame(frame: bytes, _now: float) -> None:
+        nonlocal count
+        count += 1
+        claim = frames.parse_claim(frame)
+        if claim is not None:
+            heard.append([str(claim.ip), frames.mac_str(claim.mac)])
+
+    print(json.dumps({"listening": True}), file=sys.stderr, flush=True)
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(listener.listen(on_frame), seconds)
+    finally:
+        listener.close()
+    return {"claims": heard, "frames": count}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a probe by hand and print the result as JSON (the lab tests' entry point)."""
     parser = argparse.ArgumentParser(prog="python -m takeover.probe")
@@ -308,6 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     guard.add_argument("--interface", required=True)
     guard.add_argument("--timeout", type=float, default=0.3)
     guard.add_argument("vips", nargs="+", type=ipaddress.ip_address)
+    claims = sub.add_parser("claims", help="list the address claims heard for a while")
+    claims.add_argument("--interface", required=True)
+    claims.add_argument("--seconds", type=float, default=1.0)
+    claims.add_argument("--v6", action="store_true", help="also hear neighbour advertisements")
     args = parser.parse_args(argv)
 
     async def run() -> object:
@@ -320,6 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.outcomes:
                 return {str(k): v.value for k, v in result.items()}
             return {str(k): v is Outcome.REPLY for k, v in result.items()}
+        if args.cmd == "claims":
+            return await _hear_claims(args.interface, args.v6, args.seconds)
         vip_guard = VipGuard(args.interface)
         try:
             found = await vip_guard.probe_all(args.vips, args.timeout)

@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from takeover.addresses import Addresses, VipPlacement
 from takeover.announce import Announcer
+from takeover.frames import mac_bytes, mac_str, parse_claim
+from takeover.startup import Decision, Held, Verdict
 
 log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class Resource(Protocol):
@@ -136,13 +141,18 @@ class VipResource:
         self.interval = interval
         self.refresh = refresh
         self.held = False
+        # Acquired by this daemon (ACTIVE): only then is another MAC claiming it a conflict to
+        # answer; a VIP found held at start-up is undecided (muted) until acquired.
+        self.defended = False
+        # Times another MAC claimed it while defended (VipDefender).
+        self.conflicts = 0
         self._burst: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
 
     async def acquire(self) -> None:
         """Add the address, send the first announcement round now and the rest in background."""
         await self.addresses.add_vip(self.placement)
-        self.held = True
+        self.held = self.defended = True
         self._announce_now()
         if self.refresh > 0 and self._refresh is None:
             self._refresh = asyncio.ensure_future(self._refresh_loop())
@@ -153,6 +163,7 @@ class VipResource:
             if task is not None:
                 task.cancel()
         self._burst = self._refresh = None
+        self.defended = False
         await self.addresses.remove_vip(self.placement)
         self.held = False
 
@@ -160,6 +171,16 @@ class VipResource:
         """Start a fresh burst (after a conflict was resolved in our favour)."""
         if self.held:
             self._announce_now()
+
+    def reannounce(self) -> None:
+        """Start a fresh burst now if this daemon serves the VIP (the conflict path)."""
+        if self.defended:
+            self._announce_now()
+
+    @property
+    def own_mac(self) -> str:
+        """The MAC clients must use for this VIP: the virtual one, else the interface's."""
+        return self.placement.mac or self.announcer.mac
 
     def _announce_now(self) -> None:
         vip, mac = self.placement.address.ip, self.placement.mac
@@ -187,7 +208,52 @@ class VipResource:
             "interface": self.placement.device,
             "mac": self.placement.mac,
             "held": self.held,
+            "conflicts": self.conflicts,
         }
+
+
+class VipDefender:
+    """Re-announces a VIP this node serves as soon as another MAC claims it.
+
+    Another node answering for our VIP (a returning node that still holds it, a stale kernel,
+    a misconfigured host) repoints every client that hears it; one announcement round from us
+    repoints them back. At most one burst per VIP every `gap` seconds: a host that keeps
+    claiming is answered steadily, not flooded.
+    """
+
+    def __init__(self, vips: Sequence[VipResource], gap: float) -> None:
+        """Defend `vips`; re-announce each at most once per `gap` seconds."""
+        self.vips = tuple(vips)
+        self.gap = gap
+        self._last: dict[str, float] = {}
+
+    def on_frame(self, frame: bytes, now: float) -> bool:
+        """Look at one received frame; return whether it made us announce."""
+        claim = parse_claim(frame)
+        if claim is None:
+            return False
+        announced = False
+        for vip in self.vips:
+            if claim.ip != vip.placement.address.ip or not vip.defended:
+                continue
+            if claim.mac == mac_bytes(vip.own_mac):
+                continue
+            vip.conflicts += 1
+            key = str(vip.placement.address)
+            last = self._last.get(key)
+            due = last is None or now - last >= self.gap
+            log.warning(
+                "vip.conflict vip=%s mac=%s action=%s count=%s",
+                vip.placement.address,
+                mac_str(claim.mac),
+                "announce" if due else "suppressed",
+                vip.conflicts,
+            )
+            if due:
+                self._last[key] = now
+                vip.reannounce()
+                announced = True
+        return announced
 
 
 class BlockingResource(Protocol):
@@ -320,3 +386,94 @@ class VmItem(ThreadResource):
     def describe(self) -> dict[str, Any]:
         """Return the last status view, marked as a VM."""
         return {**super().describe(), "kind": "vm"}
+
+    def runs_here(self) -> bool:
+        """Return whether a copy of the guest is active on this node (as last read)."""
+        view = self._view
+        return view.get("where") == "here" or view.get("state") in ACTIVE_GUEST_STATES
+
+
+# libvirt states (as VmResource.describe names them) of a domain that is active but not
+# "here" in its status view: it still is a copy of the guest on this node.
+ACTIVE_GUEST_STATES = frozenset({"running", "blocked", "paused", "pmsuspended"})
+
+
+class Mute(Protocol):
+    """Keeps held VIPs from being answered or announced (takeover.addresses.Muter)."""
+
+    async def mute(self, addresses: Sequence[IPAddress]) -> bool:
+        """Mute `addresses`; return whether that worked."""
+        ...
+
+    async def unmute(self) -> bool:
+        """Lift every mute; return whether that worked."""
+        ...
+
+
+class FoundHeld:
+    """What a starting node holds, muted until the start-up decision is carried out.
+
+    The daemon's `Startup` effect: VIPs found on the interfaces and guests found running are
+    neither announced, answered for, nor destroyed until takeover.startup has decided.
+    """
+
+    def __init__(
+        self, vips: Sequence[VipResource], vms: Sequence[VmItem], muter: Mute | None
+    ) -> None:
+        """Decide about `vips` (their `held` read at start-up) and `vms`; mute with `muter`."""
+        self.vips = tuple(vips)
+        self.vms = tuple(vms)
+        self.muter = muter
+
+    def held(self) -> Held:
+        """Return the held VIPs (by address) and the guests running here (by resource name)."""
+        return Held(
+            vips=tuple(str(v.placement.address) for v in self.vips if v.held),
+            guests=tuple(vm.name for vm in self.vms if vm.runs_here()),
+        )
+
+    async def mute(self) -> None:
+        """Mute every held VIP (see takeover.addresses.Muter)."""
+        held = [v.placement.address.ip for v in self.vips if v.held]
+        if held and self.muter is not None:
+            await self.muter.mute(held)
+
+    async def settle(self, decision: Decision) -> bool:
+        """Release or destroy what the decision gives up, then unmute; True if nothing is held.
+
+        Kept VIPs are announced by the acquire that follows (the machine starts ACTIVE).
+        """
+        ok = True
+        for vm in reversed(self.vms):
+            verdict = decision.guests.get(vm.name)
+            try:
+                if verdict is Verdict.DESTROY:
+                    steps = await vm.reconcile(owner_elsewhere=True)
+                    log.info("startup.vm name=%s steps=%s", vm.name, ",".join(steps) or "-")
+                elif verdict is Verdict.RELEASE:
+                    await vm.release()
+                    log.info("startup.vm name=%s steps=release", vm.name)
+            except Exception as err:
+                log.error("startup.vm_failed name=%s verdict=%s error=%s", vm.name, verdict, err)
+                ok = False
+        for vip in self.vips:
+            if decision.vips.get(str(vip.placement.address)) is Verdict.RELEASE:
+                try:
+                    await vip.release()
+                except Exception as err:
+                    log.error("startup.vip_failed vip=%s error=%s", vip.placement.address, err)
+                    ok = False
+        if self.muter is not None:
+            await self.muter.unmute()
+        return ok and not decision.keeps
+
+    async def clear_stale(self) -> None:
+        """Before the daemon starts: undefine guests defined but not running here, and lift a
+        mute left by a predecessor killed mid-decision when nothing is held any more."""
+        for vm in self.vms:
+            if not vm.runs_here():
+                steps = await vm.reconcile(owner_elsewhere=True)
+                if steps:
+                    log.info("startup.vm name=%s steps=%s", vm.name, ",".join(steps))
+        if not self.held() and self.muter is not None:
+            await self.muter.unmute()

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
-from takeover.addresses import Addresses, VipPlacement
+from takeover.addresses import Addresses, Muter, VipPlacement
 from takeover.announce import Announcer
 from takeover.arbitration import Outcome
 from takeover.config import Cluster, Node, cluster_deadlines, config_digest, vm_limits
@@ -28,8 +28,8 @@ from takeover.daemon import Daemon, DaemonConfig, Effects, Links, Watcher
 from takeover.heartbeat import HeartbeatLinks, LinkSpec, load_key
 from takeover.hooks import Hook
 from takeover.machine import Event, LinkState, MachineParams, OperatorStandby
-from takeover.probe import PingProber, VipGuard
-from takeover.resources import ResourceList, VipResource, VmItem
+from takeover.probe import ClaimListener, PingProber, VipGuard
+from takeover.resources import FoundHeld, ResourceList, VipDefender, VipResource, VmItem
 from takeover.wire import Heartbeat, Receiver
 
 log = logging.getLogger(__name__)
@@ -370,18 +370,32 @@ def vm_resources(
     return out
 
 
-async def reconcile_vms(vms: Sequence[VmItem]) -> None:
-    """Clear every VM copy this node still has, before anything else runs.
+# Seconds between two re-announcements of one VIP claimed by another MAC, at the least.
+CONFLICT_GAP = 0.2
 
-    At start-up this node cannot know yet who owns a VM, and a copy running here that no
-    daemon watched (left by a crash, started by autostart) may be the second one while the
-    peer serves: both writing one disk. Two copies are worse than a restart, so every copy
-    goes (destroy, undefine); if this node is elected, acquire starts the VM again.
+
+def claim_watches(
+    items: Sequence[VipResource], gap: float, closers: list[Callable[[], Any]]
+) -> list[Watcher]:
+    """Return one watcher per LAN interface re-announcing VIPs another MAC claims.
+
+    The sockets are opened now (their closers join `closers`); they hear frames only while
+    the watchers run, and act only on VIPs this daemon has acquired (VipResource.defended).
     """
-    for vm in vms:
-        steps = await vm.reconcile(owner_elsewhere=True)
-        if steps:
-            log.info("reconcile.vm name=%s steps=%s", vm.name, ",".join(steps))
+    defender = VipDefender(items, gap)
+    watches: list[Watcher] = []
+    for interface in dict.fromkeys(v.placement.interface for v in items):
+        v6 = any(
+            v.placement.address.version == 6 and v.placement.interface == interface for v in items
+        )
+        listener = ClaimListener(interface, v6)
+        closers.append(listener.close)
+
+        async def watch(_emit: Callable[[Event], None], listener: ClaimListener = listener) -> None:
+            await listener.listen(defender.on_frame)
+
+        watches.append(watch)
+    return watches
 
 
 def vm_refresh(vms: Sequence[VmItem], period: float = VM_REFRESH) -> Watcher:
@@ -465,8 +479,6 @@ async def run(cluster: Cluster, node: Node) -> int:
         vms = vm_resources(cluster, node, on_vm_failover)
         for vm in vms:
             closers.append(getattr(vm.inner, "close", lambda: None))
-        # Before the daemon says anything: a returning node never runs a second copy.
-        await reconcile_vms(vms)
         addresses = await Addresses.open()
         closers.append(addresses.close)
         vips = placements(cluster, node)
@@ -489,13 +501,14 @@ async def run(cluster: Cluster, node: Node) -> int:
             )
             for v in vips
         ]
-        # Start-up reconciliation: know what a killed predecessor left behind. The machine
-        # releases it unless this node is to be active.
+        # Know what a killed predecessor left behind: VIPs still on the interfaces, guests
+        # still running. Nothing of it is destroyed or announced before the daemon has heard
+        # the peer and asked the LAN (takeover.startup decides; FoundHeld carries it out).
         held = {str(v.address) for v in await addresses.held_vips(vips)}
         for item in items:
             item.held = str(item.placement.address) in held
-        if held:
-            log.info("reconcile.found_held vips=%s", ",".join(sorted(held)))
+        found = FoundHeld(items, vms, Muter())
+        await found.clear_stale()
         prober = PingProber(cluster.arbitration.targets)
         closers.append(prober.close)
         guards = []
@@ -511,6 +524,7 @@ async def run(cluster: Cluster, node: Node) -> int:
 
         watchers: list[Watcher] = [failover_watch, vm_refresh(vms)] if vms else []
         if vips:
+            watchers += claim_watches(items, max(ann.garp_interval, CONFLICT_GAP), closers)
             # Kernel link events wake the watch; without them carrier is polled every 50 ms at
             # most: a dead LAN port is the one failure that needs no confirmation.
             watchers.append(CarrierWatch([v.interface for v in vips], min(hb.interval, 0.05)))
@@ -526,6 +540,7 @@ async def run(cluster: Cluster, node: Node) -> int:
             guard=GuardAdapter(guards, guard_window(cluster)),
             fencer=fencer,
             watchers=watchers,
+            startup=found,
         )
         daemon = Daemon(daemon_config(cluster, node, key), effects)
         return await daemon.run()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from takeover.arbitration import Outcome
+from takeover.startup import Decision, Held
 from takeover.wire import Heartbeat, Receiver
 
 
@@ -200,6 +201,38 @@ class FakeResources:
     def describe(self) -> list[dict[str, Any]]:
         """Return the single fake VIP."""
         return [{"address": self.vip, "interface": "lan0", "held": self.held}]
+
+
+@dataclass
+class FakeStartup:
+    """What a node found held at start-up (the daemon's Startup effect), recording calls.
+
+    `settle` lets go of the fake VIP in `resources` unless the decision keeps something.
+    """
+
+    found: Held = field(default_factory=Held)
+    resources: FakeResources | None = None
+    calls: list[str] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    fail_settle: str = ""
+
+    def held(self) -> Held:
+        """Return what was found."""
+        return self.found
+
+    async def mute(self) -> None:
+        """Record the mute."""
+        self.calls.append("mute")
+
+    async def settle(self, decision: Decision) -> bool:
+        """Record the decision; raise if told to; return whether nothing is held."""
+        self.calls.append("settle")
+        self.decisions.append(decision)
+        if self.fail_settle:
+            raise RuntimeError(self.fail_settle)
+        if not decision.keeps and self.resources is not None:
+            self.resources.held = False
+        return not decision.keeps
 
 
 @dataclass

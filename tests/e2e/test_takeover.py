@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from takeover.machine import PEER_STILL_SERVING
+from tests.lab.effects import neigh_mac
 from tests.lab.lab import IPV4, VIP4, Lab, wait_until
 from tests.lab.pair import HB_PORT, HapairPair, PairConfig
 from tests.lab.probe import ProbeResult, VipProbe
@@ -253,3 +254,92 @@ def test_sigkill_restart_reconciles_stale_vip(
     assert single_owner(res), res.summary()
     assert pair.holds("a") != pair.holds("b")
     assert {pair.role("a"), pair.role("b")} == {"ACTIVE", "STANDBY"}
+
+
+def test_sigkill_restart_of_the_active_keeps_the_vip_even_when_the_peer_is_preferred(
+    lab: Lab, vip_probe: VipProbe
+) -> None:
+    """The active (a, lower priority) killed and restarted at once keeps serving: no removal.
+
+    b is preferred by priority, so the old start-up election handed the service to b (a gap and
+    a release); probe first, then decide keeps what a holds while b is heard as a clean standby.
+    """
+    pair = HapairPair(lab, PairConfig(priorities={"a": 100, "b": 150}))
+    pair.start("a")
+    assert pair.wait_role("a", "ACTIVE", 30), pair.log("a")
+    pair.start("b")
+    assert pair.wait_role("b", "STANDBY", 30), pair.log("b")
+    serving(lab, vip_probe, "a")
+    pair.procs["a"].signal(signal.SIGKILL)
+    pair.procs["a"].wait(10)
+    pair.start("a")
+    assert wait_until(lambda: pair.role("a") in ("ACTIVE", "STANDBY"), 15, 0.1), pair.log("a")
+    time.sleep(1.0)
+    res = vip_probe.stop()
+    assert pair.role("a") == "ACTIVE", pair.log("a")
+    assert "vip.removed" not in pair.log("a")
+    assert pair.holds("a") and not pair.holds("b") and pair.role("b") == "STANDBY"
+    assert single_owner(res), res.summary()
+    assert set(res.replies_per_mac) == {lab.mac("a")}, res.summary()
+    # Generous: the restart itself takes about a second of Python start-up, in which the
+    # kernel keeps answering; what must not happen is a release and a failover.
+    assert res.outage < 1.0, res.summary()
+
+
+def test_returning_node_restarted_while_cut_off_never_answers_for_the_vip(
+    lab: Lab, vip_probe: VipProbe
+) -> None:
+    """a crashes with its links down, b takes over, a's takeover starts again while cut off (the
+    VIP still on a); when a's cables come back the client stays on b and a never answers."""
+    pair = HapairPair(lab, PairConfig(initdead=3.0))
+    pair.start()
+    assert pair.wait_role("a", "ACTIVE", 30), pair.log("a")
+    assert pair.wait_role("b", "STANDBY", 30), pair.log("b")
+    vip_probe.start(VIP4)
+    # a's daemon dies and its cables go: the VIP stays on a's interface, b takes over.
+    lab.kill_node("a")
+    assert pair.wait_role("b", "ACTIVE", 15), pair.log("b")
+    assert vip_probe.wait_for(lab.mac("b"), 20, timeout=10)
+    assert pair.holds("a"), "the killed daemon should have left its VIP"
+    starts = pair.log("a").count("daemon.start ")
+    pair.start("a")
+    assert wait_until(lambda: pair.log("a").count("daemon.start ") > starts, 15, 0.02)
+    # Cables back while a's new daemon is still in its start-up (initdead 3 s).
+    lab.revive_node("a")
+    back = time.monotonic()
+    assert pair.wait_role("a", "STANDBY", 15), pair.log("a")
+    time.sleep(2.0)
+    res = vip_probe.stop()
+    a_mac, b_mac = lab.mac("a"), lab.mac("b")
+    late = [r for r in res.replies if r.t >= back]
+    assert late and all(r.mac == b_mac for r in late), res.summary()
+    # Census rounds are numbered from the probe's start, one every arp_every seconds.
+    first_round = int((back - res.started) / res.arp_every)
+    answered_a = [n for n, macs in res.arp_rounds.items() if n > first_round and a_mac in macs]
+    assert not answered_a, (answered_a, res.summary())
+    assert res.gaps(1.0) == [] or all(b < back for _, b in res.gaps(1.0)), res.summary()
+    assert not pair.holds("a") and pair.holds("b")
+
+
+def test_owner_reannounces_when_another_mac_claims_its_vip(
+    pair: HapairPair, lab: Lab, vip_probe: VipProbe
+) -> None:
+    """A gratuitous ARP for the VIP from b's MAC repoints the client; a re-announces at once."""
+    serving(lab, vip_probe, "a")
+    claimed = time.monotonic()
+    lab.garp("b", VIP4)
+    # Generous: the client points at a again within a second (one GARP round away).
+    assert wait_until(lambda: neigh_mac(lab, "client", VIP4) == lab.mac("a"), 1.0, 0.01)
+    assert "vip.conflict" in pair.log("a"), pair.log("a")
+    time.sleep(0.5)
+    res = vip_probe.stop()
+    assert res.gaps(1.0) == [], res.summary()
+    assert all(r.mac == lab.mac("a") for r in res.replies if r.t >= claimed), res.summary()
+
+    def counted() -> bool:
+        vips = status(pair, "a")["vips"]
+        return isinstance(vips, list) and vips[0]["conflicts"] >= 1
+
+    # The status file is rewritten every status_interval (1 s here).
+    assert wait_until(counted, 5, 0.2), status(pair, "a")
+    assert pair.role("a") == "ACTIVE" and pair.role("b") == "STANDBY"

@@ -144,3 +144,24 @@ def test_killed_qemu_is_restarted_in_place_by_the_active(vmpair: VmPair) -> None
     assert vp.running_on() == ["a"]
     assert vp.pair.role("a") == "ACTIVE" and vp.pair.role("b") == "STANDBY"
     assert f"vm.restart name={vp.name}" in vp.pair.log("a")
+
+
+def test_takeover_restart_on_the_active_keeps_the_guest_running(vmpair: VmPair) -> None:
+    """SIGKILL of a's takeover (the guest untouched), then a restart: the same QEMU runs on."""
+    vp = vmpair
+    host = vp.vl.libvirt["a"]
+    pid = host.qemu_pid(vp.name)
+    assert pid is not None
+    proc = vp.pair.procs["a"]
+    proc.signal(signal.SIGKILL)
+    proc.wait(10)
+    vp.pair.start("a")
+    # Acquire adopts the running copy (it logs vm.adopt) instead of starting one.
+    wait_for(
+        lambda: vp.pair.role("a") == "ACTIVE" and f"vm.adopt name={vp.name}" in vp.pair.log("a"),
+        "a to adopt the running guest",
+        context=lambda: vp.pair.log("a")[-5000:],
+    )
+    assert host.qemu_pid(vp.name) == pid, vp.pair.log("a")[-5000:]
+    assert vp.running_on() == ["a"]
+    assert vp.pair.role("b") == "STANDBY"

@@ -127,3 +127,19 @@ def test_virtual_mac_moves_to_the_other_node(lab: Lab, vip_probe: VipProbe) -> N
     assert vip_probe.wait_for(VMAC, before + 10)
     per_mac = vip_probe.stop().replies_per_mac
     assert set(per_mac) == {VMAC}, (per_mac, lab.mac("a"), lab.mac("b"))
+
+
+def test_muted_vip_is_not_answered_but_cached_clients_keep_reaching_it(lab: Lab) -> None:
+    """While muted, no ARP reply or NA for the VIPs leaves; a client with an entry still pings."""
+    effect(lab, "a", "addresses", "add", "--interface", "lan0", V4, V6)
+    assert lab.ping("client", VIP4) and lab.ping("client", VIP6)
+    assert effect(lab, "a", "addresses", "mute", "--interface", "lan0", V4, V6)["ok"]
+    # The cached entries still carry traffic: the mute only silences ARP and ND.
+    assert lab.ping("client", VIP4) and lab.ping("client", VIP6)
+    lab.flush_neigh("client")
+    assert not lab.ping("client", VIP4, timeout=0.5)
+    assert not lab.ping("client", VIP6, timeout=0.5)
+    assert neigh_mac(lab, "client", VIP4) is None
+    assert effect(lab, "a", "addresses", "unmute", "--interface", "lan0", V4)["ok"]
+    assert lab.ping("client", VIP4) and lab.ping("client", VIP6)
+    assert neigh_mac(lab, "client", VIP4) == lab.mac("a")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.lab.effects import VMAC, effect
-from tests.lab.lab import IPV4, IPV6, VIP4, VIP6, Lab
+from tests.lab.lab import IPV4, IPV6, VIP4, VIP6, Lab, wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -84,3 +86,22 @@ def test_guard_probes_several_vips_in_one_window(lab: Lab) -> None:
         VIP6: None,
         other6: lab.mac("client"),
     }
+
+
+def test_claim_listener_hears_garps_and_only_the_nas_of_ipv6(lab: Lab) -> None:
+    """a hears b's gratuitous ARP and unsolicited NA as claims; other IPv6 never reaches it."""
+    argv = [lab.python, "-m", "takeover.probe", "claims", "--interface", "lan0", "--v6"]
+    listener = lab.spawn("a", [*argv, "--seconds", "2.5"])
+    assert wait_until(lambda: "listening" in listener.output(), 10, 0.02), listener.output()
+    lab.ping("client", IPV6["b"])
+    lab.ping("client", IPV6["b"])
+    lab.garp("b", VIP4)
+    announce = ["--interface", "lan0", "--count", "1", VIP6]
+    lab.run("b", [lab.python, "-m", "takeover.announce", *announce])
+    listener.wait(10)
+    doc = json.loads(listener.output().splitlines()[-1])
+    b_mac = lab.mac("b")
+    assert [VIP4, b_mac] in doc["claims"] and [VIP6, b_mac] in doc["claims"], doc
+    # The client's neighbour solicitations for b are flooded to a's port too, but the kernel
+    # filter keeps them out: every frame that reaches the listener is a claim.
+    assert doc["frames"] == len(doc["claims"]), doc

@@ -29,6 +29,7 @@ REQUIRED_PURE = [
     "takeover/arbitration.py",
     "takeover/wire.py",
     "takeover/deadlines.py",
+    "takeover/startup.py",
     "mirrord/planner.py",
     "mirrord/excludes.py",
     "mirrord/outcome.py",

@@ -1,4 +1,4 @@
-"""VM and fencing wiring: reconcile first, monitor while held, migrate on a planned handover,
+"""VM and fencing wiring: monitor while held, migrate on a planned handover,
 fencing results in status, and the `fence` / `check --fencing` commands (on fakes)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from takeover.exits import Exit
 from takeover.fencing.ipmi import Attempt, FenceResult
 from takeover.machine import Role
 from takeover.resources import ResourceList, VmItem
-from takeover.runtime import ThreadFencer, machine_params, reconcile_vms, vm_resources
+from takeover.runtime import ThreadFencer, machine_params, vm_resources
 from takeover.status import render
 from takeover.testing import (
     FakeClock,
@@ -170,16 +170,6 @@ def test_unplanned_release_stops_the_vm() -> None:
     vm = FakeVm(running=True)
     asyncio.run(ResourceList([VmItem("vm mx1", vm)]).release())
     assert vm.calls == ["stop_monitor", "release"]
-
-
-def test_start_up_reconcile_treats_the_peer_as_owner() -> None:
-    """At start-up every VM is reconciled as owned elsewhere and the status view follows."""
-    vm = FakeVm(running=True, stale=["destroy", "undefine"])
-    item = VmItem("vm mx1", vm)
-    assert item.describe()["held"]
-    asyncio.run(reconcile_vms([item]))
-    assert vm.calls == ["reconcile owner_elsewhere=True"]
-    assert not item.describe()["held"]
 
 
 # -- fencing in the daemon and status -------------------------------------------------------
