@@ -45,6 +45,7 @@ __all__ = [
     "FencingConfig",
     "HeartbeatConfig",
     "HookConfig",
+    "MetricsConfig",
     "MirrorConfig",
     "Node",
     "Vip",
@@ -245,6 +246,21 @@ class CheckConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Where a daemon serves its Prometheus metrics over HTTP (off without the table)."""
+
+    # IP address to listen on (an address of this node, 0.0.0.0 / :: for all, 127.0.0.1).
+    host: str
+    # TCP port.
+    port: int
+
+    @property
+    def listen(self) -> str:
+        """The listen address as the file writes it ("127.0.0.1:9405", "[::]:9405")."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class MirrorConfig:
     """How mirrord finds its policies and reaches the peer."""
 
@@ -262,6 +278,8 @@ class MirrorConfig:
     ssh_key: Path = Path("/etc/hapair/mirror_key")
     # Seconds the receiving side keeps what a pass overwrote or deleted.
     backup_retention: float = 7 * 86400.0
+    # mirrord's Prometheus endpoint ([mirror.metrics]); None = off.
+    metrics: MetricsConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -287,6 +305,8 @@ class Cluster:
     checks: tuple[CheckConfig, ...] = ()
     # mirrord's settings; None when the file has no [mirror] table.
     mirror: MirrorConfig | None = None
+    # takeover's Prometheus endpoint ([metrics]); None = off.
+    metrics: MetricsConfig | None = None
     # A recovered node takes the service back from its peer (after failback_delay).
     auto_failback: bool = False
     # Seconds a recovered higher-priority node waits before failing back.
@@ -426,6 +446,10 @@ def _parse(root: Table, source: Path) -> Cluster:
         for t in root.tables("hook")
     )
     checks = _checks(root)
+    metrics_table = root.table("metrics")
+    metrics = _metrics(metrics_table) if metrics_table is not None else None
+    if metrics and mirror and mirror.metrics and metrics.listen == mirror.metrics.listen:
+        root.problem("mirror.metrics.listen", f"same address as metrics.listen ({metrics.listen})")
     root.finish()
     return Cluster(
         source=source,
@@ -439,6 +463,7 @@ def _parse(root: Table, source: Path) -> Cluster:
         hooks=hooks,
         checks=checks,
         mirror=mirror,
+        metrics=metrics,
         auto_failback=auto_failback,
         failback_delay=failback_delay,
         run_dir=run_dir,
@@ -848,5 +873,25 @@ def _mirror(t: Table) -> MirrorConfig:
         ssh_key=t.path("ssh_key", "/etc/hapair/mirror_key"),
         backup_retention=t.duration("backup_retention", 7 * 86400.0),
     )
+    metrics_table = t.table("metrics")
+    if metrics_table is not None:
+        config = replace(config, metrics=_metrics(metrics_table))
     t.finish()
     return config
+
+
+def _metrics(t: Table) -> MetricsConfig | None:
+    # One endpoint per daemon; the address must be literal (binding waits on no resolver).
+    found = _host_port(t, "listen")
+    t.finish()
+    if found is None:
+        return None
+    host, port = found
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        t.problem(
+            "listen", f'must be an IP address and a port, e.g. "127.0.0.1:9405", got "{host}"'
+        )
+        return None
+    return MetricsConfig(host=host, port=port)

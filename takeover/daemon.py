@@ -22,7 +22,7 @@ import signal
 import socket
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -289,6 +289,13 @@ class Daemon:
         self.reach = Reachability(effects.prober.targets, cfg.dampen)
         self.links = effects.links(self.receiver, self._on_heartbeat)
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        # Cumulative since start (the metrics' counters): "OLD->NEW" edges, fencing outcomes.
+        self.totals: dict[str, Counter[str]] = {
+            "transitions": Counter(),
+            "fence_attempts": Counter(),
+        }
+        # The status document last written: what the metrics exporter maps at each scrape.
+        self.last_status: dict[str, Any] | None = None
         self.queue: asyncio.Queue[m.Event] = asyncio.Queue()
         self.hooks = HookRunner(cfg.hooks, node=p.node, peer=p.peer)
         self.health = HealthMonitor(cfg.checks, self._health_changed)
@@ -499,6 +506,7 @@ class Daemon:
         self.history.append(
             {"time": wall, "old": a.old.value, "new": a.new.value, "reason": a.reason}
         )
+        self.totals["transitions"][f"{a.old.value}->{a.new.value}"] += 1
         self.hooks.submit(a.old.value, a.new.value, a.reason, s.epoch)
         self.control.publish(role_event(a.old.value, a.new.value, a.reason, s.epoch, wall))
         self._write_status()
@@ -598,6 +606,7 @@ class Daemon:
             ok, detail = await self.fx.fencer.fence(peer)
         except Exception as err:
             ok, detail = False, str(err) or type(err).__name__
+        self.totals["fence_attempts"]["ok" if ok else "failed"] += 1
         log.info("fence.result peer=%s ok=%s detail=%s", peer, ok, detail)
         self._emit(m.FenceResult(ok=ok, detail=detail))
 
@@ -737,6 +746,7 @@ class Daemon:
             "heartbeat": counters,
             "conditions": link_conditions(p.peer, links),
             "transitions": list(self.history),
+            "totals": {k: dict(v) for k, v in self.totals.items()},
         }
 
     def _vips(self) -> list[dict[str, Any]]:
@@ -788,8 +798,9 @@ class Daemon:
 
     def _write_status(self) -> None:
         self._written_key = self._status_key()
+        self.last_status = doc = self.status()
         try:
-            write_status(status_path(self.cfg.run_dir), self.status())
+            write_status(status_path(self.cfg.run_dir), doc)
         except OSError as err:
             log.error("status.write_failed error=%s", err)
         self.peer_record.store(self.receiver)

@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import ipaddress
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -24,9 +25,11 @@ from takeover.announce import Announcer
 from takeover.arbitration import Outcome
 from takeover.config import Cluster, Node, config_digest
 from takeover.daemon import Daemon, DaemonConfig, Effects, Links, Watcher
+from takeover.exporter import serve
 from takeover.heartbeat import HeartbeatLinks, LinkSpec, load_key
 from takeover.hooks import Hook
 from takeover.machine import Event, LinkState, MachineParams, OperatorStandby
+from takeover.metrics import SnapshotCollector, takeover_families
 from takeover.probe import PingProber, VipGuard
 from takeover.resources import ResourceList, VipResource, VmItem
 from takeover.wire import Heartbeat, Receiver
@@ -416,6 +419,9 @@ async def run(cluster: Cluster, node: Node) -> int:
             watchers=watchers,
         )
         daemon = Daemon(daemon_config(cluster, node, key), effects)
+        if cluster.metrics is not None:
+            collector = SnapshotCollector(takeover_families, lambda: daemon.last_status, time.time)
+            closers.append(serve(cluster.metrics, collector, "takeover"))
         return await daemon.run()
     finally:
         for close in reversed(closers):

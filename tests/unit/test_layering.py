@@ -29,6 +29,7 @@ REQUIRED_PURE = [
     "takeover/arbitration.py",
     "takeover/wire.py",
     "mirrord/planner.py",
+    "takeover/metrics.py",
 ]
 
 
