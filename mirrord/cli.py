@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 from mirrord import orphans
 from mirrord.daemon import Daemon, DaemonError, mirror_dir
 from mirrord.journal import JournalError
+from mirrord.metrics import mirrord_families
 from mirrord.orphans import Orphan
 from mirrord.policy import Policy, load_policies
 from mirrord.receive import authorized_keys_line as rrsync_keys_line
@@ -39,7 +42,9 @@ from takeover.cliutil import (
 from takeover.config import Cluster, Node
 from takeover.configparse import ConfigError
 from takeover.exits import Exit, StatusExit
+from takeover.exporter import serve
 from takeover.fsutil import write_atomic
+from takeover.metrics import SnapshotCollector
 from takeover.status import pid_alive
 
 PROG = "mirrord"
@@ -195,12 +200,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         flush_timeout=args.flush_timeout,
         backup_retention=cluster.mirror.backup_retention,
     )
+    stop_metrics = None
     try:
+        if cluster.mirror.metrics is not None:
+            snapshot = functools.partial(metrics_snapshot, daemon, node.state_dir)
+            collector = SnapshotCollector(mirrord_families, snapshot, time.time)
+            stop_metrics = serve(cluster.mirror.metrics, collector, "mirrord")
         asyncio.run(daemon.run())
-    except (DaemonError, JournalError) as exc:
+    except (DaemonError, JournalError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return int(Exit.FAILURE)
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
     return int(Exit.OK)
+
+
+def metrics_snapshot(daemon: Daemon, state_dir: Path) -> dict[str, Any] | None:
+    """Return the daemon's last status with the orphan count per directory (from the
+    manifest `mirrord orphans` reads; None when it cannot be read)."""
+    doc = daemon.last_status
+    if doc is None:
+        return None
+    try:
+        found: dict[str, int] | None = dict(Counter(o.root for o in orphans.load(state_dir)))
+    except (OSError, ValueError, KeyError, TypeError):
+        found = None
+    return {**doc, "orphans": found}
 
 
 def read_status(run_dir: Path, now: float) -> tuple[int, dict[str, Any] | None, str]:

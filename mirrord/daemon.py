@@ -36,6 +36,7 @@ from mirrord.backups import prune_backups
 from mirrord.changes import Overflow, RawEvent, RootGone, Watcher, coalesce
 from mirrord.follow import Follower, PeerSeen, RoleSeen
 from mirrord.journal import Journal
+from mirrord.metrics import PassTally
 from mirrord.planner import Cadence, PassKind, PassPlan, Planner, Result
 from mirrord.scan import changed_since
 from mirrord.transfer import (
@@ -369,6 +370,9 @@ class Daemon:
         self._flush: dict[str, Any] | None = None
         self._follower: asyncio.Task[None] | None = None
         self._wake_at: float | None = None
+        # Cumulative pass figures for the metrics, and the status document last written.
+        self._tally = PassTally()
+        self.last_status: dict[str, Any] | None = None
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -758,6 +762,7 @@ class Daemon:
             if plan.kind is PassKind.FULL:
                 self.journal.full_done(root, done.started, now)
                 self._tree_size[root] = out.files
+        self._tally.record(root, out.result.value, now - done.started, out.bytes_sent)
         self._last[root] = _LastPass(
             kind=plan.kind.value, result=out.result.value, rc=out.rc, detail=out.detail,
             changed=out.changed, deleted=out.deleted, bytes_sent=out.bytes_sent,
@@ -973,6 +978,8 @@ class Daemon:
                     "watched": root not in self._unwatched,
                     "startup": self._vouch.get(root, ""),
                     "last": asdict(self._last[root]),
+                    "max_interval": d.cadence.max_interval,
+                    "totals": self._tally.of(root),
                 }
             )
             dirs.append(st)
@@ -1002,7 +1009,8 @@ class Daemon:
 
     def _write_status(self) -> None:
         try:
-            write_json_atomic(self.run_dir / STATUS_NAME, self.status())
+            self.last_status = doc = self.status()
+            write_json_atomic(self.run_dir / STATUS_NAME, doc)
         except OSError as exc:
             log.warning("status.write_failed error=%s", exc)
 

@@ -52,6 +52,13 @@ class Builder:
         """Add a counter family (`name` without `_total`; the library appends it)."""
         self._add(CounterMetricFamily, name, doc, samples)
 
+    def age(self, name: str, written: object, wall_now: float) -> None:
+        """Add how old the snapshot is (a hung daemon's keeps growing); nothing without a time."""
+        then = as_number(written)
+        if then is not None:
+            doc = "Seconds since the daemon built the status these metrics show."
+            self.gauge(name, doc, max(0.0, wall_now - then))
+
     def states(
         self, name: str, doc: str, label: str, choices: Iterable[str], current: object
     ) -> None:
@@ -94,13 +101,7 @@ def takeover_families(doc: Mapping[str, Any], wall_now: float) -> list[Metric]:
     """Return takeover's metric families for one status document read at `wall_now`."""
     local = doc.get("local") or {}
     f = Builder({"cluster": str(doc.get("cluster", "")), "node": str(local.get("name", ""))})
-    written = as_number(doc.get("written"))
-    if written is not None:
-        f.gauge(
-            "hapair_takeover_status_age_seconds",
-            "Seconds since the daemon built the status these metrics show (hung: growing).",
-            max(0.0, wall_now - written),
-        )
+    f.age("hapair_takeover_status_age_seconds", doc.get("written"), wall_now)
     f.states(
         "hapair_takeover_role",
         "This node's role (1 for the current one).",

@@ -30,6 +30,7 @@ REQUIRED_PURE = [
     "takeover/wire.py",
     "mirrord/planner.py",
     "takeover/metrics.py",
+    "mirrord/metrics.py",
 ]
 
 
