@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mirrord import orphans
+from mirrord.brief import mirrord_brief
 from mirrord.daemon import Daemon, DaemonError, mirror_dir
 from mirrord.journal import JournalError
 from mirrord.metrics import mirrord_families
@@ -29,6 +30,7 @@ from mirrord.receive import authorized_keys_line as rrsync_keys_line
 from mirrord.receive import receive
 from mirrord.rsyncd import CONF_NAME, authorized_keys_line, conf_roots, module_name, render_conf
 from mirrord.transfer import Peer
+from takeover.brief import Plugin
 from takeover.cliutil import (
     add_command,
     add_common_args,
@@ -84,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = add_command(sub, "status", cmd_status, "show each directory's mirroring state")
     status.add_argument("--json", action="store_true", help="print one JSON document")
+    status.add_argument(
+        "--brief",
+        action="store_true",
+        help="print one line and exit as a Nagios/Icinga plugin (0 OK, 1 WARNING, "
+        "2 CRITICAL, 3 UNKNOWN)",
+    )
 
     sync = add_command(sub, "sync", cmd_sync, "pass now (one directory or all) and wait")
     sync.add_argument("directory", nargs="?", help="a mirrored directory (default: all)")
@@ -294,10 +302,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         _cluster, node = load_local(args)
     except ConfigError as err:
+        if args.brief:
+            print(f"MIRRORD UNKNOWN - {err.problems[0] if err.problems else err}")
+            return int(Plugin.UNKNOWN)
         print_problems(PROG, err.problems)
         return int(StatusExit.UNKNOWN)
     now = time.time()
     code, doc, why = read_status(node.run_dir, now)
+    if args.brief:
+        code, line = mirrord_brief(doc, code, why)
+        print(line)
+        return code
     if args.json:
         print_json({"state": why, "exit": code, "status": doc})
         return code

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from takeover import control
+from takeover.brief import Plugin, takeover_brief
 from takeover.cliutil import (
     add_check_command,
     add_command,
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     status = add_command(sub, "status", cmd_status, "show both nodes, links, targets and VIPs")
     status.add_argument("--json", action="store_true", help="print one JSON document")
+    status.add_argument(
+        "--brief",
+        action="store_true",
+        help="print one line and exit as a Nagios/Icinga plugin (0 OK, 1 WARNING, "
+        "2 CRITICAL, 3 UNKNOWN)",
+    )
     standby = add_command(sub, "standby", cmd_standby, "hand the service to the peer (planned)")
     standby.add_argument(
         "--force", action="store_true", help="release even when the peer cannot take over"
@@ -155,15 +162,23 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print the node's status; exit 0 (running), 3 (not running) or 4 (unknown/stale)."""
+    """Print the node's status; exit 0 (running), 3 (not running) or 4 (unknown/stale);
+    with --brief one line and a plugin's exit code."""
     path = status_path(_run_dir(args))
     try:
         doc = read_status(path)
     except (OSError, ValueError) as err:
+        if args.brief:
+            print(f"TAKEOVER UNKNOWN - {path}: {err}")
+            return int(Plugin.UNKNOWN)
         print_problems(PROG, [f"{path}: {err}"])
         return int(StatusExit.UNKNOWN)
     now = time.time()
     verdict = classify(doc, now)
+    if args.brief:
+        code, line = takeover_brief(doc, verdict, now)
+        print(line)
+        return code
     mirror = read_mirror(path.parent, now)
     if args.json:
         out = dict(doc or {})

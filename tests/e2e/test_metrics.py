@@ -151,7 +151,13 @@ def test_mirrord_metrics_count_passes_and_follow_the_role(lab: Lab) -> None:
     passes = sum(v for (n, labels), v in after.items() if n == "hapair_mirrord_passes_total")
     assert count == passes
 
+    p = pair.mirrord_cli("a", "status", "--brief")
+    assert p.returncode == 0 and p.stdout.startswith("MIRRORD OK - pushing 1 directories"), p
+
     pair.crash("a")
+    pair.mirrord["a"].wait(10)  # reaped, as systemd would: a zombie's pid still answers
+    p = pair.mirrord_cli("a", "status", "--brief")
+    assert (p.returncode, p.stdout) == (2, "MIRRORD CRITICAL - mirrord not running\n"), p
     # b holds its changes while a is not heard (a may come back with orphans): it neither
     # receives nor pushes, and its metrics say so.
     assert pair.takeover.wait_role("b", "ACTIVE", 30), pair.takeover.log("b")[-2000:]

@@ -31,6 +31,8 @@ REQUIRED_PURE = [
     "mirrord/planner.py",
     "takeover/metrics.py",
     "mirrord/metrics.py",
+    "takeover/brief.py",
+    "mirrord/brief.py",
 ]
 
 
