@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also log into every BMC and read its power state (changes nothing); exit 1 "
         "if one does not answer",
     )
+    check.add_argument(
+        "--peer",
+        action="store_true",
+        help="also show which sections of the cluster file differ from the peer's (as the "
+        "running daemon learned them over the heartbeat links); exit 1 if any",
+    )
     run = add_command(sub, "run", cmd_run, "run the daemon in the foreground (systemd's ExecStart)")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     status = add_command(sub, "status", cmd_status, "show both nodes, links, targets and VIPs")
@@ -114,7 +120,40 @@ def cmd_check(args: argparse.Namespace) -> int:
         return report_check(PROG, args, "", problems, Exit.CONFIG)
     if args.fencing:
         return check_fencing(cluster, args.json)
+    if args.peer:
+        return check_peer(args, node)
     return report_check(PROG, args, summary, problems, Exit.OK)
+
+
+def check_peer(args: argparse.Namespace, node: Node) -> int:
+    """Report the configuration drift the running daemon sees: which sections differ from
+    the peer's (takeover.drift); exit 0 (same), 1 (differs, or nothing to compare yet)."""
+    path = status_path(node.run_dir)
+    try:
+        doc = read_status(path)
+    except (OSError, ValueError) as err:
+        return report_check(PROG, args, "", [f"{path}: {err}"], Exit.FAILURE)
+    if classify(doc, time.time()) is not StatusExit.ACTIVE_OR_STANDBY or doc is None:
+        problem = f"takeover is not running here ({path}): the peer's sections come through it"
+        return report_check(PROG, args, "", [problem], Exit.FAILURE)
+    peer = doc.get("peer") or {}
+    name = peer.get("name", "the peer")
+    if not peer.get("role"):
+        return report_check(
+            PROG, args, "", [f"peer {name} not heard yet: nothing to compare"], Exit.FAILURE
+        )
+    found = doc.get("drift")
+    if not found:
+        return report_check(PROG, args, f"ok: {name} runs the same configuration", [], Exit.OK)
+    sections = found.get("sections")
+    if sections is None:
+        problem = (
+            f"configuration differs from {name}'s; {name} has not told which sections "
+            "(not yet, or a version without takeover check --peer)"
+        )
+    else:
+        problem = f"configuration differs from {name}'s in: {', '.join(sections)}"
+    return report_check(PROG, args, "", [problem], Exit.FAILURE)
 
 
 def cmd_fence(args: argparse.Namespace) -> int:

@@ -396,8 +396,39 @@ def config_digest(cluster: Cluster) -> bytes:
     document = _canonical(replace(cluster, nodes=tuple(sorted(cluster.nodes, key=_by_name))))
     assert isinstance(document, dict)
     document.pop("source", None)
-    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).digest()
+    return hashlib.sha256(_text(document).encode("utf-8")).digest()
+
+
+# Cluster fields whose section is named after the file's table, not the field.
+_TABLE_NAMES: Final = {"vips": "vip", "vms": "vm", "hooks": "hook", "checks": "check"}
+
+
+def config_sections(cluster: Cluster) -> dict[str, str]:
+    """Return the canonical text of each section of the configuration, by table name.
+
+    "cluster" holds the top-level scalars, "node.NAME" each node, and every other table
+    its own ("heartbeat", "vip", "mirror" ...), so `takeover check --peer` can say where two
+    nodes' files differ. The texts are exactly what `config_digest` hashes, cut by table.
+    """
+    out: dict[str, str] = {}
+    scalars: dict[str, object] = {}
+    for f in fields(cluster):
+        value = getattr(cluster, f.name)
+        if f.name == "source":
+            continue
+        if f.name == "nodes":
+            for node in value:
+                out[f"node.{node.name}"] = _text(_canonical(node))
+        elif is_dataclass(value) or isinstance(value, tuple) or value is None:
+            out[_TABLE_NAMES.get(f.name, f.name)] = _text(_canonical(value))
+        else:
+            scalars[f.name] = _canonical(value)
+    out["cluster"] = _text(scalars)
+    return out
+
+
+def _text(document: object) -> str:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
 def _by_name(node: Node) -> str:

@@ -23,11 +23,12 @@ import socket
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from takeover import drift
 from takeover import machine as m
 from takeover.arbitration import Outcome, Reachability, fresh_down
 from takeover.control import ControlServer, role_event, socket_path
@@ -240,6 +241,9 @@ class DaemonConfig:
     status_interval: float = 1.0
     hooks: tuple[Hook, ...] = ()
     checks: tuple[CheckSpec, ...] = ()
+    # Keyed digest of each section of the cluster file (takeover.drift), told to a peer
+    # whose configuration digest differs.
+    sections: Mapping[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -294,6 +298,7 @@ class Daemon:
             "transitions": Counter(),
             "fence_attempts": Counter(),
         }
+        self.drift = drift.DriftExchange(cfg.sections)
         # The status document last written: what the metrics exporter maps at each scrape.
         self.last_status: dict[str, Any] | None = None
         self.queue: asyncio.Queue[m.Event] = asyncio.Queue()
@@ -320,6 +325,9 @@ class Daemon:
     async def start(self) -> None:
         """Open links and the control socket, start hooks, checks and background probes."""
         self.links.start()
+        listen_sections = getattr(self.links, "listen_sections", None)
+        if listen_sections is not None:
+            listen_sections(self._on_sections)
         await self.control.start()
         self.hooks.start()
         self.health.start()
@@ -644,6 +652,7 @@ class Daemon:
 
     def _on_heartbeat(self, link: str, hb: Heartbeat) -> None:
         """Link callback: queue an authenticated, fresh heartbeat for the machine."""
+        self.drift.heard(self.receiver.digest_differs(hb))
         self._emit(
             m.HeartbeatSeen(
                 role=hb.role,
@@ -683,6 +692,31 @@ class Daemon:
     def _send_heartbeats(self) -> None:
         self._sent_key = self._advert_key()
         self.sent += self.links.send(self._next_datagram)
+        if self.drift.due(self.clock()):
+            self.links.send(self._sections_datagram)
+
+    def _sections_datagram(self) -> bytes:
+        self.seq += 1
+        self.seq_floor.cover(self.seq)
+        return drift.encode(self.cfg.params.node, self.boot_id, self.seq, self.cfg.sections,
+                            self.cfg.key)  # fmt: skip
+
+    def _on_sections(self, link: str, data: bytes) -> None:
+        """Link callback: the peer's section digests (takeover.drift); keep the newest."""
+        peer, now = self.cfg.params.peer, self.clock()
+        before = (self.drift.describe(now) or {}).get("sections")
+        got = drift.decode(data, self.cfg.key, peer)
+        why = (
+            got
+            if isinstance(got, str)
+            else self.drift.accept(got, self.receiver.window.record(peer), now)
+        )
+        if why is not None:
+            log.debug("drift.sections_dropped link=%s reason=%s", link, why)
+            return
+        after = (self.drift.describe(now) or {}).get("sections")
+        if after != before:
+            log.warning("drift.sections peer=%s differ=%s", peer, ",".join(after or []) or "none")
 
     def _next_datagram(self) -> bytes:
         # One sequence number per datagram: the copy on the second link is no replay.
@@ -747,6 +781,7 @@ class Daemon:
             "conditions": link_conditions(p.peer, links),
             "transitions": list(self.history),
             "totals": {k: dict(v) for k, v in self.totals.items()},
+            "drift": self.drift.describe(now),
         }
 
     def _vips(self) -> list[dict[str, Any]]:

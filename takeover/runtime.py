@@ -23,8 +23,9 @@ from pyroute2 import AsyncIPRoute
 from takeover.addresses import Addresses, VipPlacement
 from takeover.announce import Announcer
 from takeover.arbitration import Outcome
-from takeover.config import Cluster, Node, config_digest
+from takeover.config import Cluster, Node, config_digest, config_sections
 from takeover.daemon import Daemon, DaemonConfig, Effects, Links, Watcher
+from takeover.drift import section_digests
 from takeover.exporter import serve
 from takeover.heartbeat import HeartbeatLinks, LinkSpec, load_key
 from takeover.hooks import Hook
@@ -321,6 +322,7 @@ def daemon_config(cluster: Cluster, node: Node, key: bytes) -> DaemonConfig:
         status_interval=max(1.0, cluster.heartbeat.interval),
         hooks=tuple(Hook(h.command, h.timeout) for h in cluster.hooks),
         checks=cluster.checks,
+        sections=section_digests(config_sections(cluster), key),
     )
 
 

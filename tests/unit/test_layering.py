@@ -33,6 +33,7 @@ REQUIRED_PURE = [
     "mirrord/metrics.py",
     "takeover/brief.py",
     "mirrord/brief.py",
+    "takeover/drift.py",
 ]
 
 
