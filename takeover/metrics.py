@@ -138,6 +138,12 @@ def takeover_families(doc: Mapping[str, Any], wall_now: float) -> list[Metric]:
             "1 when the peer's heartbeats carry this node's configuration digest, 0 on drift.",
             not any(links[k].get("digest_differs") for k in heard),
         )
+    told = (doc.get("drift") or {}).get("sections") or []
+    f.gauges(
+        "hapair_takeover_config_section_differs",
+        "1 for each section of the cluster file that differs from the peer's (check --peer).",
+        [({"section": str(name)}, 1) for name in told],
+    )
     targets: Mapping[str, str] = doc.get("targets") or {}
     known = {t: s == "up" for t, s in targets.items() if s in ("up", "down")}
     f.gauges(

@@ -137,6 +137,14 @@ TAKEOVER_CASES = [
         0.0,
     ),
     ({"conditions": ["x", "y"]}, "hapair_takeover_conditions", {}, 2.0),
+    # The peer told which sections differ (takeover.drift): one sample each.
+    (
+        {"drift": {"digest_differs": True, "sections": ["announce", "node.b"]}},
+        "hapair_takeover_config_section_differs",
+        {"section": "node.b"},
+        1.0,
+    ),
+    ({}, "hapair_takeover_config_section_differs", {"section": "node.b"}, None),
 ]
 
 
