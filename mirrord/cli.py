@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -13,19 +14,23 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from mirrord import orphans
+from mirrord.brief import mirrord_brief
 from mirrord.daemon import Daemon, DaemonError, mirror_dir
 from mirrord.journal import JournalError
+from mirrord.metrics import mirrord_families
 from mirrord.orphans import Orphan
 from mirrord.policy import Policy, load_policies
 from mirrord.receive import authorized_keys_line as rrsync_keys_line
 from mirrord.receive import receive
 from mirrord.rsyncd import CONF_NAME, authorized_keys_line, conf_roots, module_name, render_conf
 from mirrord.transfer import Peer
+from takeover.brief import Plugin
 from takeover.cliutil import (
     add_command,
     add_common_args,
@@ -39,7 +44,9 @@ from takeover.cliutil import (
 from takeover.config import Cluster, Node
 from takeover.configparse import ConfigError
 from takeover.exits import Exit, StatusExit
+from takeover.exporter import serve
 from takeover.fsutil import write_atomic
+from takeover.metrics import SnapshotCollector
 from takeover.status import pid_alive
 
 PROG = "mirrord"
@@ -80,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = add_command(sub, "status", cmd_status, "show each directory's mirroring state")
     status.add_argument("--json", action="store_true", help="print one JSON document")
+    status.add_argument(
+        "--brief",
+        action="store_true",
+        help="print one line and exit as a Nagios/Icinga plugin (0 OK, 1 WARNING, "
+        "2 CRITICAL, 3 UNKNOWN)",
+    )
 
     sync = add_command(sub, "sync", cmd_sync, "pass now (one directory or all) and wait")
     sync.add_argument("directory", nargs="?", help="a mirrored directory (default: all)")
@@ -199,12 +212,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         backup_retention=cluster.mirror.backup_retention,
         backup_budget=cluster.mirror.backup_budget,
     )
+    stop_metrics = None
     try:
+        if cluster.mirror.metrics is not None:
+            snapshot = functools.partial(metrics_snapshot, daemon, node.state_dir)
+            collector = SnapshotCollector(mirrord_families, snapshot, time.time)
+            stop_metrics = serve(cluster.mirror.metrics, collector, "mirrord")
         asyncio.run(daemon.run())
-    except (DaemonError, JournalError) as exc:
+    except (DaemonError, JournalError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return int(Exit.FAILURE)
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
     return int(Exit.OK)
+
+
+def metrics_snapshot(daemon: Daemon, state_dir: Path) -> dict[str, Any] | None:
+    """Return the daemon's last status with the orphan count per directory (from the
+    manifest `mirrord orphans` reads; None when it cannot be read)."""
+    doc = daemon.last_status
+    if doc is None:
+        return None
+    try:
+        found: dict[str, int] | None = dict(Counter(o.root for o in orphans.load(state_dir)))
+    except (OSError, ValueError, KeyError, TypeError):
+        found = None
+    return {**doc, "orphans": found}
 
 
 def read_status(run_dir: Path, now: float) -> tuple[int, dict[str, Any] | None, str]:
@@ -275,10 +309,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         _cluster, node = load_local(args)
     except ConfigError as err:
+        if args.brief:
+            print(f"MIRRORD UNKNOWN - {err.problems[0] if err.problems else err}")
+            return int(Plugin.UNKNOWN)
         print_problems(PROG, err.problems)
         return int(StatusExit.UNKNOWN)
     now = time.time()
     code, doc, why = read_status(node.run_dir, now)
+    if args.brief:
+        code, line = mirrord_brief(doc, code, why)
+        print(line)
+        return code
     if args.json:
         print_json({"state": why, "exit": code, "status": doc})
         return code

@@ -36,6 +36,7 @@ from mirrord.backups import find_unbackable, prune_backups, unbackable
 from mirrord.changes import Overflow, RawEvent, RootGone, Watcher, coalesce, relative
 from mirrord.follow import Follower, PeerSeen, RoleSeen
 from mirrord.journal import Journal
+from mirrord.metrics import PassTally
 from mirrord.planner import Cadence, PassKind, PassPlan, Planner, Result
 from mirrord.scan import changed_since
 from mirrord.transfer import (
@@ -391,6 +392,9 @@ class Daemon:
         self._not_mirrored: dict[str, dict[str, str]] = {d: {} for d in self.dirs}
         # Passes being stopped (root -> why): their task ends as a RETRY, not a cancellation.
         self._stop_why: dict[str, str] = {}
+        # Cumulative pass figures for the metrics, and the status document last written.
+        self._tally = PassTally()
+        self.last_status: dict[str, Any] | None = None
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -874,6 +878,7 @@ class Daemon:
             else:
                 size = self._tree_size.get(root)
                 self._tree_size[root] = deletions.grown(size, out.created, out.deleted)
+        self._tally.record(root, out.result.value, now - done.started, out.bytes_sent)
         self._last[root] = _LastPass(
             kind=plan.kind.value, result=out.result.value, rc=out.rc, detail=out.detail,
             changed=out.changed, deleted=out.deleted, bytes_sent=out.bytes_sent,
@@ -1117,6 +1122,8 @@ class Daemon:
                     "last": asdict(self._last[root]),
                     "not_mirrored": sorted(self._not_mirrored[root])[:FLUSH_REPORT],
                     "backup_bytes": self._backup_size[root],
+                    "max_interval": d.cadence.max_interval,
+                    "totals": self._tally.of(root),
                 }
             )
             dirs.append(st)
@@ -1146,7 +1153,8 @@ class Daemon:
 
     def _write_status(self) -> None:
         try:
-            write_json_atomic(self.run_dir / STATUS_NAME, self.status())
+            self.last_status = doc = self.status()
+            write_json_atomic(self.run_dir / STATUS_NAME, doc)
         except OSError as exc:
             log.warning("status.write_failed error=%s", exc)
 

@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 declare -A APT=(
-  [base]="iproute2 nftables rsync openssh-server openssh-client iputils-ping procps sqlite3 systemd"
+  # prometheus: promtool, which checks and tests conf/prometheus/hapair.rules.yml.
+  [base]="iproute2 nftables rsync openssh-server openssh-client iputils-ping procps sqlite3 systemd prometheus"
   [bench]="keepalived lsyncd"
   [vm]="openipmi ipmitool libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 libvirt-dev pkg-config"
 )
@@ -31,7 +32,7 @@ if ((${#want[@]})); then
 fi
 # Debian enables and starts daemons on install; on a real pair that is the admin's call, in the
 # lab they would only compete with the ones the tests start.
-for svc in keepalived lsyncd; do
+for svc in keepalived lsyncd prometheus; do
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
   fi

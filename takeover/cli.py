@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from takeover import control
+from takeover.brief import Plugin, takeover_brief
 from takeover.cliutil import (
     add_check_command,
     add_command,
@@ -54,10 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="also log into every BMC and read its power state (changes nothing); exit 1 "
         "if one does not answer",
     )
+    check.add_argument(
+        "--peer",
+        action="store_true",
+        help="also show which sections of the cluster file differ from the peer's (as the "
+        "running daemon learned them over the heartbeat links); exit 1 if any",
+    )
     run = add_command(sub, "run", cmd_run, "run the daemon in the foreground (systemd's ExecStart)")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     status = add_command(sub, "status", cmd_status, "show both nodes, links, targets and VIPs")
     status.add_argument("--json", action="store_true", help="print one JSON document")
+    status.add_argument(
+        "--brief",
+        action="store_true",
+        help="print one line and exit as a Nagios/Icinga plugin (0 OK, 1 WARNING, "
+        "2 CRITICAL, 3 UNKNOWN)",
+    )
     standby = add_command(sub, "standby", cmd_standby, "hand the service to the peer (planned)")
     standby.add_argument(
         "--force", action="store_true", help="release even when the peer cannot take over"
@@ -107,7 +120,40 @@ def cmd_check(args: argparse.Namespace) -> int:
         return report_check(PROG, args, "", problems, Exit.CONFIG)
     if args.fencing:
         return check_fencing(cluster, args.json)
+    if args.peer:
+        return check_peer(args, node)
     return report_check(PROG, args, summary, problems, Exit.OK)
+
+
+def check_peer(args: argparse.Namespace, node: Node) -> int:
+    """Report the configuration drift the running daemon sees: which sections differ from
+    the peer's (takeover.drift); exit 0 (same), 1 (differs, or nothing to compare yet)."""
+    path = status_path(node.run_dir)
+    try:
+        doc = read_status(path)
+    except (OSError, ValueError) as err:
+        return report_check(PROG, args, "", [f"{path}: {err}"], Exit.FAILURE)
+    if classify(doc, time.time()) is not StatusExit.ACTIVE_OR_STANDBY or doc is None:
+        problem = f"takeover is not running here ({path}): the peer's sections come through it"
+        return report_check(PROG, args, "", [problem], Exit.FAILURE)
+    peer = doc.get("peer") or {}
+    name = peer.get("name", "the peer")
+    if not peer.get("role"):
+        return report_check(
+            PROG, args, "", [f"peer {name} not heard yet: nothing to compare"], Exit.FAILURE
+        )
+    found = doc.get("drift")
+    if not found:
+        return report_check(PROG, args, f"ok: {name} runs the same configuration", [], Exit.OK)
+    sections = found.get("sections")
+    if sections is None:
+        problem = (
+            f"configuration differs from {name}'s; {name} has not told which sections "
+            "(not yet, or a version without takeover check --peer)"
+        )
+    else:
+        problem = f"configuration differs from {name}'s in: {', '.join(sections)}"
+    return report_check(PROG, args, "", [problem], Exit.FAILURE)
 
 
 def cmd_fence(args: argparse.Namespace) -> int:
@@ -155,15 +201,23 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print the node's status; exit 0 (running), 3 (not running) or 4 (unknown/stale)."""
+    """Print the node's status; exit 0 (running), 3 (not running) or 4 (unknown/stale);
+    with --brief one line and a plugin's exit code."""
     path = status_path(_run_dir(args))
     try:
         doc = read_status(path)
     except (OSError, ValueError) as err:
+        if args.brief:
+            print(f"TAKEOVER UNKNOWN - {path}: {err}")
+            return int(Plugin.UNKNOWN)
         print_problems(PROG, [f"{path}: {err}"])
         return int(StatusExit.UNKNOWN)
     now = time.time()
     verdict = classify(doc, now)
+    if args.brief:
+        code, line = takeover_brief(doc, verdict, now)
+        print(line)
+        return code
     mirror = read_mirror(path.parent, now)
     if args.json:
         out = dict(doc or {})

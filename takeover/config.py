@@ -46,6 +46,7 @@ __all__ = [
     "FencingConfig",
     "HeartbeatConfig",
     "HookConfig",
+    "MetricsConfig",
     "MirrorConfig",
     "Node",
     "Vip",
@@ -248,6 +249,21 @@ class CheckConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Where a daemon serves its Prometheus metrics over HTTP (off without the table)."""
+
+    # IP address to listen on (an address of this node, 0.0.0.0 / :: for all, 127.0.0.1).
+    host: str
+    # TCP port.
+    port: int
+
+    @property
+    def listen(self) -> str:
+        """The listen address as the file writes it ("127.0.0.1:9405", "[::]:9405")."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class MirrorConfig:
     """How mirrord finds its policies and reaches the peer."""
 
@@ -270,6 +286,8 @@ class MirrorConfig:
     backup_budget: str = "10%"
     # Seconds a planned switchover waits for mirrord's final flush (below inhibit_timeout).
     flush_timeout: float = 20.0
+    # mirrord's Prometheus endpoint ([mirror.metrics]); None = off.
+    metrics: MetricsConfig | None = None
 
 
 # A backup budget: a share of the root's file system, or a size (mirrord.backups).
@@ -299,6 +317,8 @@ class Cluster:
     checks: tuple[CheckConfig, ...] = ()
     # mirrord's settings; None when the file has no [mirror] table.
     mirror: MirrorConfig | None = None
+    # takeover's Prometheus endpoint ([metrics]); None = off.
+    metrics: MetricsConfig | None = None
     # A recovered node takes the service back from its peer (after failback_delay).
     auto_failback: bool = False
     # Seconds a recovered higher-priority node waits before failing back.
@@ -408,8 +428,39 @@ def config_digest(cluster: Cluster) -> bytes:
     document = _canonical(replace(cluster, nodes=tuple(sorted(cluster.nodes, key=_by_name))))
     assert isinstance(document, dict)
     document.pop("source", None)
-    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).digest()
+    return hashlib.sha256(_text(document).encode("utf-8")).digest()
+
+
+# Cluster fields whose section is named after the file's table, not the field.
+_TABLE_NAMES: Final = {"vips": "vip", "vms": "vm", "hooks": "hook", "checks": "check"}
+
+
+def config_sections(cluster: Cluster) -> dict[str, str]:
+    """Return the canonical text of each section of the configuration, by table name.
+
+    "cluster" holds the top-level scalars, "node.NAME" each node, and every other table
+    its own ("heartbeat", "vip", "mirror" ...), so `takeover check --peer` can say where two
+    nodes' files differ. The texts are exactly what `config_digest` hashes, cut by table.
+    """
+    out: dict[str, str] = {}
+    scalars: dict[str, object] = {}
+    for f in fields(cluster):
+        value = getattr(cluster, f.name)
+        if f.name == "source":
+            continue
+        if f.name == "nodes":
+            for node in value:
+                out[f"node.{node.name}"] = _text(_canonical(node))
+        elif is_dataclass(value) or isinstance(value, tuple) or value is None:
+            out[_TABLE_NAMES.get(f.name, f.name)] = _text(_canonical(value))
+        else:
+            scalars[f.name] = _canonical(value)
+    out["cluster"] = _text(scalars)
+    return out
+
+
+def _text(document: object) -> str:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
 def _by_name(node: Node) -> str:
@@ -459,6 +510,10 @@ def _parse(root: Table, source: Path) -> Cluster:
         for t in root.tables("hook")
     )
     checks = _checks(root)
+    metrics_table = root.table("metrics")
+    metrics = _metrics(metrics_table) if metrics_table is not None else None
+    if metrics and mirror and mirror.metrics and metrics.listen == mirror.metrics.listen:
+        root.problem("mirror.metrics.listen", f"same address as metrics.listen ({metrics.listen})")
     root.finish()
     if not problems.bad("cluster.inhibit_timeout", "mirror.flush_timeout", "vm"):
         flush = mirror.flush_timeout if mirror is not None else None
@@ -476,6 +531,7 @@ def _parse(root: Table, source: Path) -> Cluster:
         hooks=hooks,
         checks=checks,
         mirror=mirror,
+        metrics=metrics,
         auto_failback=auto_failback,
         failback_delay=failback_delay,
         inhibit_timeout=inhibit_timeout,
@@ -894,5 +950,25 @@ def _mirror(t: Table) -> MirrorConfig:
         ),
         flush_timeout=t.duration("flush_timeout", 20.0, positive=True),
     )
+    metrics_table = t.table("metrics")
+    if metrics_table is not None:
+        config = replace(config, metrics=_metrics(metrics_table))
     t.finish()
     return config
+
+
+def _metrics(t: Table) -> MetricsConfig | None:
+    # One endpoint per daemon; the address must be literal (binding waits on no resolver).
+    found = _host_port(t, "listen")
+    t.finish()
+    if found is None:
+        return None
+    host, port = found
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        t.problem(
+            "listen", f'must be an IP address and a port, e.g. "127.0.0.1:9405", got "{host}"'
+        )
+        return None
+    return MetricsConfig(host=host, port=port)

@@ -22,13 +22,13 @@ import signal
 import socket
 import time
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from takeover import deadlines
+from takeover import deadlines, drift
 from takeover import machine as m
 from takeover.arbitration import Outcome, Reachability, fresh_down
 from takeover.control import ControlServer, role_event, socket_path
@@ -258,6 +258,9 @@ class DaemonConfig:
     status_interval: float = 1.0
     hooks: tuple[Hook, ...] = ()
     checks: tuple[CheckSpec, ...] = ()
+    # Keyed digest of each section of the cluster file (takeover.drift), told to a peer
+    # whose configuration digest differs.
+    sections: Mapping[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -321,6 +324,14 @@ class Daemon:
         self.reach = Reachability(effects.prober.targets, cfg.dampen)
         self.links = effects.links(self.receiver, self._on_heartbeat)
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        # Cumulative since start (the metrics' counters): "OLD->NEW" edges, fencing outcomes.
+        self.totals: dict[str, Counter[str]] = {
+            "transitions": Counter(),
+            "fence_attempts": Counter(),
+        }
+        self.drift = drift.DriftExchange(cfg.sections)
+        # The status document last written: what the metrics exporter maps at each scrape.
+        self.last_status: dict[str, Any] | None = None
         self.queue: asyncio.Queue[m.Event] = asyncio.Queue()
         self.hooks = HookRunner(cfg.hooks, node=p.node, peer=p.peer)
         self.health = HealthMonitor(cfg.checks, self._health_changed)
@@ -345,6 +356,9 @@ class Daemon:
     async def start(self) -> None:
         """Open links and the control socket, start hooks, checks and background probes."""
         self.links.start()
+        listen_sections = getattr(self.links, "listen_sections", None)
+        if listen_sections is not None:
+            listen_sections(self._on_sections)
         await self.control.start()
         self.hooks.start()
         self.health.start()
@@ -627,6 +641,7 @@ class Daemon:
         self.history.append(
             {"time": wall, "old": a.old.value, "new": a.new.value, "reason": a.reason}
         )
+        self.totals["transitions"][f"{a.old.value}->{a.new.value}"] += 1
         self.hooks.submit(a.old.value, a.new.value, a.reason, s.epoch)
         self.control.publish(role_event(a.old.value, a.new.value, a.reason, s.epoch, wall))
         self._write_status()
@@ -726,6 +741,7 @@ class Daemon:
             ok, detail = await self.fx.fencer.fence(peer)
         except Exception as err:
             ok, detail = False, str(err) or type(err).__name__
+        self.totals["fence_attempts"]["ok" if ok else "failed"] += 1
         log.info("fence.result peer=%s ok=%s detail=%s", peer, ok, detail)
         self._emit(m.FenceResult(ok=ok, detail=detail))
 
@@ -763,6 +779,7 @@ class Daemon:
 
     def _on_heartbeat(self, link: str, hb: Heartbeat) -> None:
         """Link callback: queue an authenticated, fresh heartbeat for the machine."""
+        self.drift.heard(self.receiver.digest_differs(hb))
         self._emit(
             m.HeartbeatSeen(
                 role=hb.role,
@@ -802,6 +819,31 @@ class Daemon:
     def _send_heartbeats(self) -> None:
         self._sent_key = self._advert_key()
         self.sent += self.links.send(self._next_datagram)
+        if self.drift.due(self.clock()):
+            self.links.send(self._sections_datagram)
+
+    def _sections_datagram(self) -> bytes:
+        self.seq += 1
+        self.seq_floor.cover(self.seq)
+        return drift.encode(self.cfg.params.node, self.boot_id, self.seq, self.cfg.sections,
+                            self.cfg.key)  # fmt: skip
+
+    def _on_sections(self, link: str, data: bytes) -> None:
+        """Link callback: the peer's section digests (takeover.drift); keep the newest."""
+        peer, now = self.cfg.params.peer, self.clock()
+        before = (self.drift.describe(now) or {}).get("sections")
+        got = drift.decode(data, self.cfg.key, peer)
+        why = (
+            got
+            if isinstance(got, str)
+            else self.drift.accept(got, self.receiver.window.record(peer), now)
+        )
+        if why is not None:
+            log.debug("drift.sections_dropped link=%s reason=%s", link, why)
+            return
+        after = (self.drift.describe(now) or {}).get("sections")
+        if after != before:
+            log.warning("drift.sections peer=%s differ=%s", peer, ",".join(after or []) or "none")
 
     def _next_datagram(self) -> bytes:
         # One sequence number per datagram: the copy on the second link is no replay.
@@ -865,6 +907,8 @@ class Daemon:
             "heartbeat": counters,
             "conditions": link_conditions(p.peer, links),
             "transitions": list(self.history),
+            "totals": {k: dict(v) for k, v in self.totals.items()},
+            "drift": self.drift.describe(now),
         }
 
     def _vips(self) -> list[dict[str, Any]]:
@@ -916,8 +960,9 @@ class Daemon:
 
     def _write_status(self) -> None:
         self._written_key = self._status_key()
+        self.last_status = doc = self.status()
         try:
-            write_status(status_path(self.cfg.run_dir), self.status())
+            write_status(status_path(self.cfg.run_dir), doc)
         except OSError as err:
             log.error("status.write_failed error=%s", err)
         self.peer_record.store(self.receiver)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Final
 
 from takeover import wire
+from takeover.drift import is_sections
 from takeover.entry import run_json
 from takeover.fsutil import write_atomic
 from takeover.machine import Role
@@ -281,6 +282,7 @@ class HeartbeatLinks:
         self.peer_name = ",".join(sorted(receiver.known - {receiver.own})) or "peer"
         self._links: dict[str, _Link] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_sections: Callable[[str, bytes], None] | None = None
         try:
             for spec in links:
                 self._links[spec.name] = _Link(spec, port)
@@ -365,8 +367,15 @@ class HeartbeatLinks:
             self._handle(name, link, data)
         return handled
 
+    def listen_sections(self, callback: Callable[[str, bytes], None]) -> None:
+        """Hand sections datagrams (takeover.drift) to `callback` instead of the receiver."""
+        self._on_sections = callback
+
     def _handle(self, name: str, link: _Link, data: bytes) -> None:
         try:
+            if self._on_sections is not None and is_sections(data):
+                self._on_sections(name, data)
+                return
             result = self.receiver.receive(data)
             if isinstance(result, DropReason):
                 link.stats.dropped[result.value] += 1

@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import ipaddress
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -23,11 +24,21 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 from takeover.addresses import Addresses, Muter, VipPlacement
 from takeover.announce import Announcer
 from takeover.arbitration import Outcome
-from takeover.config import Cluster, Node, cluster_deadlines, config_digest, vm_limits
+from takeover.config import (
+    Cluster,
+    Node,
+    cluster_deadlines,
+    config_digest,
+    config_sections,
+    vm_limits,
+)
 from takeover.daemon import Daemon, DaemonConfig, Effects, Links, Watcher
+from takeover.drift import section_digests
+from takeover.exporter import serve
 from takeover.heartbeat import HeartbeatLinks, LinkSpec, load_key
 from takeover.hooks import Hook
 from takeover.machine import Event, LinkState, MachineParams, OperatorStandby
+from takeover.metrics import SnapshotCollector, takeover_families
 from takeover.probe import ClaimListener, PingProber, VipGuard
 from takeover.resources import FoundHeld, ResourceList, VipDefender, VipResource, VmItem
 from takeover.wire import Heartbeat, Receiver
@@ -444,6 +455,7 @@ def daemon_config(cluster: Cluster, node: Node, key: bytes) -> DaemonConfig:
         status_interval=max(1.0, cluster.heartbeat.interval),
         hooks=tuple(Hook(h.command, h.timeout) for h in cluster.hooks),
         checks=cluster.checks,
+        sections=section_digests(config_sections(cluster), key),
     )
 
 
@@ -543,6 +555,9 @@ async def run(cluster: Cluster, node: Node) -> int:
             startup=found,
         )
         daemon = Daemon(daemon_config(cluster, node, key), effects)
+        if cluster.metrics is not None:
+            collector = SnapshotCollector(takeover_families, lambda: daemon.last_status, time.time)
+            closers.append(serve(cluster.metrics, collector, "takeover"))
         return await daemon.run()
     finally:
         for close in reversed(closers):

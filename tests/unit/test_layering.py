@@ -35,6 +35,11 @@ REQUIRED_PURE = [
     "mirrord/outcome.py",
     "mirrord/deletions.py",
     "mirrord/roles.py",
+    "takeover/metrics.py",
+    "mirrord/metrics.py",
+    "takeover/brief.py",
+    "mirrord/brief.py",
+    "takeover/drift.py",
 ]
 
 
