@@ -42,6 +42,7 @@ from mirrord.transfer import (
     Peer,
     TransferOptions,
     TransferResult,
+    files_from,
     full_argv,
     incremental_argv,
     run_rsync,
@@ -719,7 +720,7 @@ class Daemon:
             )
         else:
             argv = incremental_argv(d.root, self.peer, opts, now, dest=dest)
-            res = await run_rsync(argv, sorted(plan.paths))
+            res = await run_rsync(argv, files_from(plan.paths))
         return self._outcome(res)
 
     @staticmethod

@@ -9,6 +9,15 @@ tracker lists the contents of directories that appear. A listed path that vanish
 the peer thanks to --delete-missing-args, and --force lets that remove a non-empty directory.)
 A full pass is `rsync -a --delete` over the whole root, with `--checksum` for audits.
 
+Metadata converges on every pass: times are compared to the nanosecond (`--modify-window=-1`;
+rsync's default compares whole seconds, so a directory that a deletion or creation on the peer
+stamped within the same second as the source's change kept the peer's time, and a full pass
+never fixed it). --relative sends the parents of every listed path along as implied
+directories, and rsync sets their times again after it has deleted or created entries in
+them. The root itself is nobody's implied parent, and listing `.` would send its whole first
+level: an incremental pass lists `./.hapair-backup` first, whose implied parent `./` carries
+the root's times and modes, while the name itself is excluded like the whole backup area.
+
 On the receiving side, whatever a pass overwrites or deletes is kept under
 `<root>/.hapair-backup/<UTC hour>/` with a per-pass suffix: the backup dir is relative (inside
 the peer's module, mirrord.rsyncd), excluded from every pass (an excluded path is never deleted
@@ -198,7 +207,8 @@ class TransferOptions:
 
 
 def _common(opts: TransferOptions, now: float) -> list[str]:
-    argv = ["-a", "--numeric-ids", "--itemize-changes", "--stats"]
+    # Times to the nanosecond (receivers since rsync 3.1.3): see the module docstring.
+    argv = ["-a", "--modify-window=-1", "--numeric-ids", "--itemize-changes", "--stats"]
     if opts.hard_links:
         argv.append("-H")
     if opts.acls:
@@ -207,8 +217,9 @@ def _common(opts: TransferOptions, now: float) -> list[str]:
         argv.append("-X")
     if opts.sparse:
         argv.append("-S")
-    # Anchored, so only the root's own backup area is skipped (and protected from --delete).
-    argv.append(f"--exclude=/{BACKUP_DIR}/")
+    # Anchored, so only the root's own backup area is skipped (and protected from --delete);
+    # whatever its type, so neither ROOT_CARRIER nor a symlink by that name is ever sent.
+    argv.append(f"--exclude=/{BACKUP_DIR}")
     argv += [f"--exclude={p}" for p in opts.excludes]
     if opts.bwlimit > 0:
         argv.append(f"--bwlimit={opts.bwlimit}")
@@ -219,10 +230,21 @@ def _common(opts: TransferOptions, now: float) -> list[str]:
     return argv
 
 
+# Listed first in every incremental pass: its implied parent is the root (module docstring).
+ROOT_CARRIER: Final = f"./{BACKUP_DIR}"
+
+
+def files_from(paths: Iterable[str]) -> list[str]:
+    """Return what an incremental pass lists for the dirty `paths`: the root's carrier, then
+    the paths in order (the root's own `.` is carried, never listed)."""
+    return [ROOT_CARRIER, *sorted(p for p in paths if p != ".")]
+
+
 def incremental_argv(
     root: str, peer: Peer | None, opts: TransferOptions, now: float, dest: str | None = None
 ) -> list[str]:
-    """Return the rsync argv of a pass over the paths fed on stdin (NUL-separated)."""
+    """Return the rsync argv of a pass over the paths fed on stdin (NUL-separated, as
+    `files_from` lists them)."""
     # -I: the watcher says these paths changed, so never trust rsync's size+mtime quick check
     # (a same-size rewrite within the mtime granularity would otherwise be skipped).
     argv = ["rsync", *_common(opts, now), "-I", "--files-from=-", "--from0", "--relative"]
