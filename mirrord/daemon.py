@@ -1,11 +1,17 @@
 """mirrord's daemon: the watcher, planner, journal, guard and transfer wired on one asyncio loop.
 
-Threads: watchdog's (inotify) and APScheduler's timers only put records on the loop's queue
-(`LoopSink.put`). One consumer coroutine applies every record: changes go to the journal (first,
-so they survive a crash) and to the planner; then it asks the planner which passes are due,
-starts each as a task (one rsync per directory at a time), and sets APScheduler's wake-up job to
-the planner's next deadline. A finished pass comes back as a record too, so the planner and the
-journal are only ever touched by the consumer.
+Threads: watchdog's (inotify) only puts records on the loop's queue (`LoopSink.put`). One
+consumer coroutine applies every record: changes go to the journal (first, so they survive a
+crash) and to the planner; then it asks the planner which passes are due, starts each as a task
+(one rsync per directory at a time), and sets the loop's wake-up timer to the planner's next
+deadline. A finished pass comes back as a record too, so the planner and the journal are only
+ever touched by the consumer.
+
+Clocks: every decision and timer runs on the monotonic clock (`clock`, the loop's own timers:
+the wake-up, status, re-watch, pruning and WATCHDOG=1), so a step of the wall clock delays no
+pass and no watchdog ping. The wall clock (`wall`) only stamps what outlives the process or is
+compared with file times: the journal, the status file, backup and recovery names, the source
+marker. APScheduler serves what is truly calendar time: the policies' cron `schedule`s.
 
 Files: the journal in the state dir; `mirrord.json` (status, rewritten atomically every second
 and after each pass) and `mirrord.sock` (control: sync requests, status) in the run dir.
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import inspect
 import json
 import logging
 import math
@@ -25,11 +32,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
 
 from mirrord import guard, orphans, roles, sdnotify
 from mirrord.backups import prune_backups
@@ -117,6 +124,8 @@ class PolicyLike(Protocol):
     def sparse(self) -> bool: ...
     @property
     def max_duty(self) -> float: ...
+    @property
+    def schedule(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,8 @@ class MirrorDir:
     max_delete_count: int | None = None
     # ...or this percentage of the tree.
     max_delete_percent: float | None = None
+    # Crontab line (local time) of the scheduled audits, or None.
+    schedule: str | None = None
 
     def delete_limit(self, tree_size: int | None) -> int | None:
         """Return the deletion limit for a tree of `tree_size` entries (None: no limit)."""
@@ -168,6 +179,7 @@ def mirror_dir(policy: PolicyLike) -> MirrorDir:
         ),
         max_delete_count=policy.max_delete_count,
         max_delete_percent=policy.max_delete_percent,
+        schedule=policy.schedule,
     )
 
 
@@ -187,6 +199,13 @@ class Rewatch:
 @dataclass(frozen=True)
 class Stop:
     """Shut down cleanly."""
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """A directory's cron schedule fired: audit it."""
+
+    directory: str
 
 
 @dataclass(frozen=True)
@@ -232,7 +251,9 @@ class PassDone:
     plan: PassPlan
     pass_id: int
     mark: int
+    # When it started, on the monotonic clock and on the wall clock (for the journal).
     started: float
+    started_wall: float
     outcome: PassOutcome
 
 
@@ -289,6 +310,19 @@ class _SyncWait:
     results: dict[str, Any] = field(default_factory=dict)
 
 
+async def every(seconds: float, job: Callable[[], object], *, first: float | None = None) -> None:
+    """Run `job` every `seconds` on the loop's monotonic timers (the first time after `first`
+    seconds), awaiting what it returns if that is awaitable; a late run is not repeated."""
+    loop = asyncio.get_running_loop()
+    due = loop.time() + (seconds if first is None else first)
+    while True:
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        result = job()
+        if inspect.isawaitable(result):
+            await result
+        due = max(due + seconds, loop.time())
+
+
 def write_json_atomic(path: Path, document: object) -> None:
     """Write `document` to `path` through a temp file and a rename (readers never see half)."""
     write_atomic(path, json.dumps(document, indent=1, sort_keys=True), mode=0o600)
@@ -310,7 +344,8 @@ class Daemon:
         run_dir: Path,
         node: str = "",
         local_dest: Path | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         follow: bool = False,
         peer_name: str = "peer",
         flush_timeout: float = 20.0,
@@ -326,7 +361,9 @@ class Daemon:
         self.run_dir = run_dir
         self.node = node
         self.local_dest = local_dest
+        # Decisions and timers (monotonic); what is stamped or compared with file times (wall).
         self.clock = clock
+        self.wall = wall
         self.planner = Planner()
         self.journal: Journal | None = None
         self._q: asyncio.Queue[Any] = asyncio.Queue()
@@ -343,7 +380,11 @@ class Daemon:
         self._started = 0.0
         self._lock_fd: int | None = None
         self._watcher: Watcher | None = None
+        # The policies' cron schedules (None when no directory has one), the periodic jobs
+        # and the planner's wake-up (the loop's monotonic timers).
         self._scheduler: AsyncIOScheduler | None = None
+        self._timers: list[asyncio.Task[None]] = []
+        self._wake: asyncio.TimerHandle | None = None
         # Following takeover (mirrord.roles): without `follow`, push always (one-way mirror).
         self.follow = follow
         self.peer_name = peer_name
@@ -385,16 +426,26 @@ class Daemon:
             ) from None
         self._lock_fd = fd
 
+    def _monotonic(self, wall_time: float) -> float:
+        """Return the monotonic time of a wall-clock time read from the journal."""
+        return self.clock() - (self.wall() - wall_time)
+
+    def _wall_of(self, mono: float | None) -> float | None:
+        """Return the wall-clock time of a planner (monotonic) time, for the status file."""
+        return None if mono is None else self.wall() - (self.clock() - mono)
+
     def _open_journal(self, now: float) -> Journal:
         journal = Journal(self.state_dir)
+        wall = self.wall()
         for root, d in self.dirs.items():
-            vouch = journal.open_directory(root, now)
+            vouch = journal.open_directory(root, wall)
             last_full = journal.last_full(root)
             self._tree_size[root] = last_full.files if last_full else None
-            self.planner.add_directory(
-                root, d.cadence, now, last_full_ok=last_full.ended if last_full else None
-            )
-            self.planner.restore(root, journal.dirty(root))
+            ended = last_full.ended if last_full else None
+            last_ok = None if ended is None else self._monotonic(ended)
+            self.planner.add_directory(root, d.cadence, now, last_full_ok=last_ok)
+            dirty = journal.dirty(root)
+            self.planner.restore(root, {p: self._monotonic(t) for p, t in dirty.items()})
             self._vouch[root] = vouch.reason
             if vouch.vouched and vouch.stopped_at is not None:
                 self._catch_up[root] = vouch.stopped_at
@@ -402,7 +453,7 @@ class Daemon:
                 reason = f"startup: {vouch.reason}"
                 self.planner.need_full(root, reason, now)
                 # Persisted, so a clean stop before the full pass does not vouch next time.
-                journal.need_full(root, reason, now)
+                journal.need_full(root, reason, wall)
             self._expect_mount[root] = os.path.ismount(root)
         return journal
 
@@ -412,7 +463,7 @@ class Daemon:
         self._lock()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         now = self.clock()
-        self._started = now
+        self._started = self.wall()
         self.journal = self._open_journal(now)
         sink = LoopSink(loop, self._q)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -424,11 +475,13 @@ class Daemon:
             self.planner.need_full(root, "unwatched", now)
         server = await asyncio.start_unix_server(self._serve, path=self.run_dir / SOCKET_NAME)
         os.chmod(self.run_dir / SOCKET_NAME, 0o600)
-        self._scheduler = self._start_scheduler(loop, sink)
+        self._start_timers(sink)
+        self._scheduler = self._start_schedules(loop)
         if self._direction.push:
             self._start_catch_up()  # standalone: the watcher runs, so the walk misses nothing
         if self.follow:
-            follower = Follower(self.run_dir, self._q.put_nowait, self.final_flush, self.clock)
+            # takeover stamps its status file with the wall clock.
+            follower = Follower(self.run_dir, self._q.put_nowait, self.final_flush, self.wall)
             self._follower = asyncio.ensure_future(follower.run())
         self._write_status()
         sdnotify.notify("READY=1\nSTATUS=mirroring")
@@ -438,31 +491,39 @@ class Daemon:
         finally:
             await self._shutdown(server)
 
-    def _start_scheduler(self, loop: asyncio.AbstractEventLoop, sink: LoopSink) -> AsyncIOScheduler:
-        sched = AsyncIOScheduler(event_loop=loop, timezone=UTC)
-
-        # Coroutines run on the loop itself: a WATCHDOG=1 sent from here proves it turns.
-        async def status_job() -> None:
-            self._write_status()
-
-        async def rewatch_job() -> None:
-            sink.put(Rewatch())
-
-        async def watchdog_job() -> None:
-            sdnotify.notify("WATCHDOG=1")
-
-        async def prune_job() -> None:
-            await asyncio.to_thread(self.prune_backups, self.clock())
-
-        sched.add_job(status_job, "interval", seconds=STATUS_INTERVAL, id="status")
-        sched.add_job(rewatch_job, "interval", seconds=REWATCH_INTERVAL, id="rewatch")
+    def _start_timers(self, sink: LoopSink) -> None:
+        """Start the periodic jobs on the loop's monotonic timers (never the wall clock: a
+        clock step must not hold back WATCHDOG=1 until systemd kills a healthy daemon)."""
+        jobs = [
+            every(STATUS_INTERVAL, self._write_status),
+            every(REWATCH_INTERVAL, lambda: sink.put(Rewatch())),
+        ]
         if self.backup_retention is not None:
             # On whichever node receives: the passes' backup areas, once now and then hourly.
-            sched.add_job(prune_job, "interval", seconds=PRUNE_INTERVAL, id="prune",
-                          next_run_time=datetime.now(UTC))  # fmt: skip
-        every = sdnotify.watchdog_interval()
-        if every:
-            sched.add_job(watchdog_job, "interval", seconds=every, id="watchdog")
+            jobs.append(every(PRUNE_INTERVAL, self._prune_in_thread, first=0.0))
+        ping = sdnotify.watchdog_interval()
+        if ping:
+            # A coroutine on the loop itself: each WATCHDOG=1 proves that the loop turns.
+            jobs.append(every(ping, lambda: sdnotify.notify("WATCHDOG=1")))
+        self._timers = [asyncio.ensure_future(job) for job in jobs]
+
+    async def _prune_in_thread(self) -> None:
+        await asyncio.to_thread(self.prune_backups, self.wall())
+
+    def _start_schedules(self, loop: asyncio.AbstractEventLoop) -> AsyncIOScheduler | None:
+        """Start APScheduler with the directories' cron schedules (calendar time, local)."""
+        scheduled = {root: d.schedule for root, d in self.dirs.items() if d.schedule}
+        if not scheduled:
+            return None
+        sched = AsyncIOScheduler(event_loop=loop)
+        for root, line in scheduled.items():
+
+            async def fire(root: str = root) -> None:
+                self._q.put_nowait(Scheduled(root))
+
+            # However late the loop gets to it, a fired schedule is one audit.
+            sched.add_job(fire, CronTrigger.from_crontab(line), id=f"schedule:{root}",
+                          misfire_grace_time=None, coalesce=True)  # fmt: skip
         sched.start()
         return sched
 
@@ -528,7 +589,7 @@ class Daemon:
                 # The peer's rsync wrote them: never journaled, never pushed back.
                 self._received += len(paths)
                 continue
-            self.journal.record_changes(root, paths, now)
+            self.journal.record_changes(root, paths, self.wall())
             self.planner.changes(root, paths, now)
         for rec in batch:
             if isinstance(rec, Overflow):
@@ -546,11 +607,13 @@ class Daemon:
                 self._finish(rec, now)
             elif isinstance(rec, CatchUp):
                 self._caught_up(rec, now)
+            elif isinstance(rec, Scheduled):
+                self.planner.schedule_audit(rec.directory, now)
 
     def _need_full(self, root: str, reason: str, now: float) -> None:
         assert self.journal is not None
         self.planner.need_full(root, reason, now)
-        self.journal.need_full(root, reason, now)
+        self.journal.need_full(root, reason, self.wall())
 
     def _rewatch(self, now: float) -> None:
         assert self._watcher is not None
@@ -610,12 +673,13 @@ class Daemon:
             d = self.dirs[plan.directory]
             self.planner.pass_started(plan, now)
             mark = self.journal.mark()
-            pass_id = self.journal.pass_started(d.root, plan.kind.value, plan.reason, now)
+            wall = self.wall()
+            pass_id = self.journal.pass_started(d.root, plan.kind.value, plan.reason, wall)
             log.info(
                 "pass.start dir=%s kind=%s reason=%s paths=%d",
                 d.root, plan.kind.value, plan.reason, len(plan.paths),
             )  # fmt: skip
-            task = asyncio.ensure_future(self._pass(d, plan, pass_id, mark, now))
+            task = asyncio.ensure_future(self._pass(d, plan, pass_id, mark, started=now, wall=wall))
             task.add_done_callback(self._pass_ended)
             self._tasks[d.root] = (task, pass_id)
 
@@ -624,17 +688,17 @@ class Daemon:
             self._q.put_nowait(task.result())
 
     async def _pass(
-        self, d: MirrorDir, plan: PassPlan, pass_id: int, mark: int, started: float
+        self, d: MirrorDir, plan: PassPlan, pass_id: int, mark: int, *, started: float, wall: float
     ) -> PassDone:
         try:
-            outcome = await self._execute(d, plan, started)
+            outcome = await self._execute(d, plan, started, wall)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             # rsync could not start, or a bug: the snapshot must go back, never get lost.
             log.exception("pass.crashed dir=%s", d.root)
             outcome = PassOutcome(Result.RETRY, f"pass crashed: {exc!r}")
-        return PassDone(plan, pass_id, mark, started, outcome)
+        return PassDone(plan, pass_id, mark, started, wall, outcome)
 
     def _recently_deleted(self, d: MirrorDir, now: float) -> int:
         """Return the deletions this directory's passes made within the window."""
@@ -655,7 +719,8 @@ class Daemon:
         dest.mkdir(parents=True, exist_ok=True)
         return str(dest)
 
-    async def _execute(self, d: MirrorDir, plan: PassPlan, now: float) -> PassOutcome:
+    async def _execute(self, d: MirrorDir, plan: PassPlan, now: float, wall: float) -> PassOutcome:
+        """Run one pass: the guard's checks, then rsync (`wall` names its backups)."""
         facts = await asyncio.to_thread(guard.inspect_root, d.root)
         verdict = guard.judge_root(d.root, facts, self._expect_mount.get(d.root, False))
         if not verdict.ok:
@@ -674,12 +739,12 @@ class Daemon:
         if d.root in self._allow_deletions:
             self._allow_deletions.discard(d.root)
             self._deleted[d.root] = []
-            return await self._transfer(d, plan, now, full=full, dest=dest, limit=None)
+            return await self._transfer(d, plan, wall, full=full, dest=dest, limit=None)
         if full:
             limit = d.delete_limit(self._tree_size.get(d.root))
             if d.options.delete and limit_known:
                 dry = await run_rsync(
-                    full_argv(d.root, self.peer, d.options, now, dry_run=True, dest=dest),
+                    full_argv(d.root, self.peer, d.options, wall, dry_run=True, dest=dest),
                     keep_deleted=REPORT_PATHS,
                 )
                 if dry.outcome.result is not Result.OK:
@@ -691,7 +756,7 @@ class Daemon:
                     log.warning("guard.refused dir=%s reason=%s", d.root, verdict.reason)
                     return PassOutcome(Result.ALARM, f"{verdict.reason}; e.g. {sample}")
             room = self._room(limit, already)
-            return await self._transfer(d, plan, now, full=True, dest=dest, limit=room)
+            return await self._transfer(d, plan, wall, full=True, dest=dest, limit=room)
         limit = d.delete_limit(self._tree_size.get(d.root))
         if d.options.delete and limit is not None:
             missing = await asyncio.to_thread(guard.count_missing, d.root, plan.paths)
@@ -700,26 +765,27 @@ class Daemon:
                 log.warning("guard.refused dir=%s reason=%s", d.root, verdict.reason)
                 return PassOutcome(Result.ALARM, verdict.reason)
         room = self._room(limit, already)
-        return await self._transfer(d, plan, now, full=False, dest=dest, limit=room)
+        return await self._transfer(d, plan, wall, full=False, dest=dest, limit=room)
 
     async def _transfer(
         self,
         d: MirrorDir,
         plan: PassPlan,
-        now: float,
+        wall: float,
         *,
         full: bool,
         dest: str | None,
         limit: int | None,
     ) -> PassOutcome:
-        """Run the pass's rsync with `limit` as its --max-delete backstop."""
+        """Run the pass's rsync with `limit` as its --max-delete backstop (`wall`: its start,
+        which names its backups)."""
         opts = replace(d.options, max_delete=limit)
         if full:
             res = await run_rsync(
-                full_argv(d.root, self.peer, opts, now, audit=plan.audit, dest=dest)
+                full_argv(d.root, self.peer, opts, wall, audit=plan.audit, dest=dest)
             )
         else:
-            argv = incremental_argv(d.root, self.peer, opts, now, dest=dest)
+            argv = incremental_argv(d.root, self.peer, opts, wall, dest=dest)
             res = await run_rsync(argv, files_from(plan.paths))
         return self._outcome(res)
 
@@ -747,8 +813,9 @@ class Daemon:
         root = plan.directory
         self._tasks.pop(root, None)
         self.planner.pass_finished(root, out.result, now, detail=out.detail)
+        wall = self.wall()
         self.journal.pass_finished(
-            done.pass_id, now, out.result.value,
+            done.pass_id, wall, out.result.value,
             rc=out.rc, files=out.files, nbytes=out.bytes_sent, detail=out.detail,
         )  # fmt: skip
         if out.deleted:
@@ -757,7 +824,7 @@ class Daemon:
             self._ok_start[root] = done.started
             self.journal.clear_synced(root, plan.paths, done.mark)
             if plan.kind is PassKind.FULL:
-                self.journal.full_done(root, done.started, now)
+                self.journal.full_done(root, done.started_wall, wall)
                 self._tree_size[root] = out.files
         self._last[root] = _LastPass(
             kind=plan.kind.value, result=out.result.value, rc=out.rc, detail=out.detail,
@@ -775,26 +842,23 @@ class Daemon:
         self._write_status()
 
     def _set_wake(self) -> None:
-        if self._scheduler is None:
-            return
+        """Arm the loop's timer for the planner's next deadline (monotonic, as the planner)."""
         # Not pushing: nothing is due until a role record arrives (no wake-ups in the past).
         deadline = self.planner.next_deadline() if self._direction.push else None
-        if deadline == self._wake_at and deadline is not None and deadline > self.clock():
-            return  # APScheduler already holds this wake-up; re-adding a job costs ~0.3 ms
+        if deadline == self._wake_at and self._wake is not None:
+            return  # the timer already set for this deadline has not fired yet
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
         self._wake_at = deadline
         if deadline is None:
-            if self._scheduler.get_job("wake"):
-                self._scheduler.remove_job("wake")
             return
+        delay = max(0.0, deadline - self.clock())
+        self._wake = asyncio.get_running_loop().call_later(delay, self._woken)
 
-        async def wake() -> None:
-            self._q.put_nowait(Tick())
-
-        at = datetime.fromtimestamp(max(deadline, self.clock()), UTC)
-        self._scheduler.add_job(
-            wake, "date", run_date=at, id="wake", replace_existing=True,
-            misfire_grace_time=None, coalesce=True,
-        )  # fmt: skip
+    def _woken(self) -> None:
+        self._wake = None
+        self._q.put_nowait(Tick())
 
     # -- following takeover ---------------------------------------------------------------
 
@@ -825,7 +889,7 @@ class Daemon:
         if self.role == "ACTIVE" and not self._marked:
             # From now on, an incoming push is refused here until the orphans are set aside.
             for root in self.dirs:
-                orphans.set_source(root, self.node, now)
+                orphans.set_source(root, self.node, self.wall())
             self._marked = self._marked_here = True
         self._direction = d
         self._write_status()
@@ -875,7 +939,7 @@ class Daemon:
         if rec.full_because:
             self._need_full(rec.root, rec.full_because, now)
         elif rec.paths:
-            self.journal.record_changes(rec.root, rec.paths, now)
+            self.journal.record_changes(rec.root, rec.paths, self.wall())
             self.planner.changes(rec.root, rec.paths, now)
 
     def _quarantine(self, now: float) -> None:
@@ -891,7 +955,7 @@ class Daemon:
                 # The last run crashed as the source: changes between inotify and the journal
                 # died with it. Whatever changed since the last confirmed pass began is kept.
                 candidates |= self._changed_since_confirmed(root)
-            moved, failed = orphans.quarantine(root, candidates, now, f"role {self.role}")
+            moved, failed = orphans.quarantine(root, candidates, self.wall(), f"role {self.role}")
             found += moved
             done = [o.path for o in moved]
             self.journal.clear_synced(root, done, self.journal.mark())
@@ -914,7 +978,8 @@ class Daemon:
         """Push every directory until a pass that began after the flush did succeed (bounded by
         flush_timeout); return (and keep, for status) the report with any unsynced paths."""
         start = self.clock()
-        report: dict[str, Any] = {"started": start, "ended": None, "ok": False, "unsynced": {}}
+        report: dict[str, Any] = {"started": self.wall(), "ended": None, "ok": False,
+                                  "unsynced": {}}  # fmt: skip
         self._flush = report
         log.info("flush.start dirs=%d timeout=%.1f", len(self.dirs), self.flush_timeout)
         # Writes just before the release are still on their way through inotify.
@@ -936,7 +1001,7 @@ class Daemon:
                 await asyncio.wait_for(asyncio.gather(*waits), deadline - now)
             if any(self._last[r].result not in ("", "ok") for r in pending):
                 await asyncio.sleep(FLUSH_RETRY)
-        report["ended"] = self.clock()
+        report["ended"] = self.wall()
         report["ok"] = not pending
         if pending:
             assert self.journal is not None
@@ -949,7 +1014,7 @@ class Daemon:
                     "flush.incomplete dir=%s unsynced=%d why=%s paths=%s",
                     root, len(paths), why, ",".join(paths[:FLUSH_REPORT]),
                 )  # fmt: skip
-        log.info("flush.end ok=%s took=%.3f", report["ok"], report["ended"] - start)
+        log.info("flush.end ok=%s took=%.3f", report["ok"], self.clock() - start)
         self._write_status()
         return report
 
@@ -970,6 +1035,10 @@ class Daemon:
             st = asdict(self.planner.status(root, now))
             st.update(
                 {
+                    # The planner's times are monotonic; the file speaks wall-clock time.
+                    "last_finished": self._wall_of(st["last_finished"]),
+                    "next_due": self._wall_of(st["next_due"]),
+                    "schedule": d.schedule,
                     "class": d.volatility,
                     "watched": root not in self._unwatched,
                     "startup": self._vouch.get(root, ""),
@@ -982,7 +1051,7 @@ class Daemon:
             "node": self.node,
             "peer": None if self.peer is None else self.peer.login,
             "started": self._started,
-            "updated": now,
+            "updated": self.wall(),
             "status_interval": STATUS_INTERVAL,
             "stopped": self._stopping,
             "directories": dirs,
@@ -1046,13 +1115,17 @@ class Daemon:
         self._stopping = True
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
+        for timer in self._timers:
+            timer.cancel()
+        if self._wake is not None:
+            self._wake.cancel()
         server.close()
         # Changes from here on are the next run's walk's (mirrord.scan): the journal keeps
         # this moment as the stop.
-        unwatched_from = self.clock()
+        unwatched_from = self.wall()
         if self._watcher is not None:
             await asyncio.to_thread(self._watcher.stop)
-        now = self.clock()
+        now = self.wall()
         if self._follower is not None:
             # Closing the subscription drops any inhibitor it holds: takeover goes on.
             self._follower.cancel()

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 declare -A APT=(
-  [base]="iproute2 nftables rsync openssh-server openssh-client iputils-ping procps sqlite3 systemd"
+  [base]="iproute2 nftables rsync openssh-server openssh-client iputils-ping procps sqlite3 systemd faketime"
   [bench]="keepalived lsyncd"
   [vm]="openipmi ipmitool libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 libvirt-dev pkg-config"
 )
