@@ -1,11 +1,13 @@
 """mirrord's daemon: the watcher, planner, journal, guard and transfer wired on one asyncio loop.
 
-Threads: watchdog's (inotify) only puts records on the loop's queue (`LoopSink.put`). One
-consumer coroutine applies every record: changes go to the journal (first, so they survive a
-crash) and to the planner; then it asks the planner which passes are due, starts each as a task
-(one rsync per directory at a time), and sets the loop's wake-up timer to the planner's next
-deadline. A finished pass comes back as a record too, so the planner and the journal are only
-ever touched by the consumer.
+Threads: watchdog's (inotify) only puts records on the loop's queue (`LoopSink.put`). Work that
+walks or moves a tree (a new directory's contents, the set-aside of orphans, re-watching a
+root) runs in a worker thread and comes back as a record too, so the loop keeps serving the
+final flush and the watchdog meanwhile. One consumer coroutine applies every record: changes go
+to the journal (first, so they survive a crash) and to the planner; then it asks the planner
+which passes are due, starts each as a task (one rsync per directory at a time), and sets the
+loop's wake-up timer to the planner's next deadline. A finished pass comes back as a record
+too, so the planner and the journal are only ever touched by the consumer.
 
 Clocks: every decision and timer runs on the monotonic clock (`clock`, the loop's own timers:
 the wake-up, status, re-watch, pruning and WATCHDOG=1), so a step of the wall clock delays no
@@ -40,7 +42,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from mirrord import guard, orphans, roles, sdnotify
 from mirrord.backups import prune_backups
-from mirrord.changes import Overflow, RawEvent, RootGone, Watcher, coalesce
+from mirrord.changes import Overflow, RawEvent, RootGone, Watcher, appeared, coalesce
 from mirrord.follow import Follower, PeerSeen, RoleSeen
 from mirrord.journal import Journal
 from mirrord.planner import Cadence, PassKind, PassPlan, Planner, Result
@@ -199,6 +201,28 @@ class Rewatch:
 @dataclass(frozen=True)
 class Stop:
     """Shut down cleanly."""
+
+
+@dataclass(frozen=True)
+class Walked:
+    """What the walk of directories that appeared found (relative paths per root)."""
+
+    paths: dict[str, set[str]]
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """What the set-aside of orphans (mirrord.orphans, in a thread) moved or could not move."""
+
+    moved: dict[str, list[orphans.Orphan]]
+    failed: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Rewatched:
+    """The unwatched roots a re-watch (in a thread) could watch again."""
+
+    restored: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -411,6 +435,11 @@ class Daemon:
         self._flush: dict[str, Any] | None = None
         self._follower: asyncio.Task[None] | None = None
         self._wake_at: float | None = None
+        # Work in worker threads whose record has not been applied yet (see _background).
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._walks_pending = 0
+        self._setting_aside = False
+        self._rewatching = False
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -584,13 +613,19 @@ class Daemon:
         assert self.journal is not None
         now = self.clock()
         events = [r for r in batch if isinstance(r, RawEvent)]
-        for root, paths in coalesce(events).items():
+        for root, paths in coalesce(events, walk=False).items():
             if self._direction.receiving:
                 # The peer's rsync wrote them: never journaled, never pushed back.
                 self._received += len(paths)
                 continue
             self.journal.record_changes(root, paths, self.wall())
             self.planner.changes(root, paths, now)
+        new_dirs = [ev for ev in events if appeared(ev)]
+        if new_dirs and not self._direction.receiving:
+            # rsync --files-from sends a listed directory without its contents: they are
+            # walked off the loop and come back as a Walked record.
+            self._walks_pending += 1
+            self._background(coalesce, new_dirs)
         for rec in batch:
             if isinstance(rec, Overflow):
                 # One inotify queue serves every watch: all roots lost events.
@@ -609,6 +644,39 @@ class Daemon:
                 self._caught_up(rec, now)
             elif isinstance(rec, Scheduled):
                 self.planner.schedule_audit(rec.directory, now)
+            elif isinstance(rec, Walked):
+                self._walked_dirs(rec, now)
+            elif isinstance(rec, SetAside):
+                self._set_aside(rec)
+            elif isinstance(rec, Rewatched):
+                self._rewatched(rec, now)
+
+    def _background(self, work: Callable[..., Any], *args: Any) -> None:
+        """Run blocking `work(*args)` in a worker thread; its result (a record) comes back on
+        the queue. It must not raise: it would be lost with what it found."""
+        task = asyncio.ensure_future(asyncio.to_thread(work, *args))
+        self._bg.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._bg.discard(task)
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            log.error("background.failed error=%r", task.exception())
+            return
+        result = task.result()
+        if isinstance(result, dict):
+            result = Walked(result)
+        self._q.put_nowait(result)
+
+    def _walked_dirs(self, rec: Walked, now: float) -> None:
+        """Apply a walk of new directories: their contents become dirty."""
+        assert self.journal is not None
+        self._walks_pending -= 1
+        for root, paths in rec.paths.items():
+            self.journal.record_changes(root, paths, self.wall())
+            self.planner.changes(root, paths, now)
 
     def _need_full(self, root: str, reason: str, now: float) -> None:
         assert self.journal is not None
@@ -616,9 +684,21 @@ class Daemon:
         self.journal.need_full(root, reason, self.wall())
 
     def _rewatch(self, now: float) -> None:
+        """Try, in a worker thread (a watch walks the whole tree), to watch the unwatched
+        roots again; the result comes back as a Rewatched record."""
+        if self._rewatching or not self._unwatched:
+            return
+        self._rewatching = True
+        self._background(self._watch_again, sorted(self._unwatched))
+
+    def _watch_again(self, roots: list[str]) -> Rewatched:
         assert self._watcher is not None
+        return Rewatched(frozenset(r for r in roots if os.path.isdir(r) and self._watcher.watch(r)))
+
+    def _rewatched(self, rec: Rewatched, now: float) -> None:
+        self._rewatching = False
         for root in sorted(self._unwatched):
-            if os.path.isdir(root) and self._watcher.watch(root):
+            if root in rec.restored:
                 self._unwatched.discard(root)
                 self._need_full(root, "watch restored", now)
             elif not self.planner.is_running(root):
@@ -644,6 +724,8 @@ class Daemon:
 
     def _answer_idle(self) -> None:
         """Answer waiters of directories with no pass running: nothing was left to send."""
+        if self._walks_pending:
+            return  # what the walk finds may still be owed
         for root in list(self._waiters):
             if root not in self._tasks:
                 self._resolve(root, {"result": "in sync", "detail": "nothing to send"})
@@ -665,9 +747,9 @@ class Daemon:
     def _start_due(self) -> None:
         assert self.journal is not None
         now = self.clock()
-        if self._quarantine_due and not self._tasks:
-            self._quarantine(now)
-        if not self._direction.push:
+        if self._quarantine_due and not self._tasks and not self._walks_pending:
+            self._quarantine()
+        if not self._direction.push or self._setting_aside:
             return
         for plan in self.planner.due(now):
             d = self.dirs[plan.directory]
@@ -942,37 +1024,63 @@ class Daemon:
             self.journal.record_changes(rec.root, rec.paths, self.wall())
             self.planner.changes(rec.root, rec.paths, now)
 
-    def _quarantine(self, now: float) -> None:
-        """Set aside what the journal holds that the peer never confirmed; then accept pushes."""
+    def _quarantine(self) -> None:
+        """Set aside what the journal holds that the peer never confirmed; then accept pushes.
+
+        The journal is read here; the walk and the moves run in a worker thread (_move_aside)
+        and come back as a SetAside record, applied by _set_aside.
+        """
         assert self.journal is not None
         self._quarantine_due = False
         self._marked = False
-        found: list[orphans.Orphan] = []
+        jobs: list[tuple[str, set[str], float | None]] = []
         for root in self.dirs:
             candidates = set(self.journal.dirty(root))
             crashed = self._vouch.get(root) != "clean shutdown" and not self._marked_here
+            since = None
             if crashed and orphans.has_source(root):
                 # The last run crashed as the source: changes between inotify and the journal
                 # died with it. Whatever changed since the last confirmed pass began is kept.
-                candidates |= self._changed_since_confirmed(root)
-            moved, failed = orphans.quarantine(root, candidates, self.wall(), f"role {self.role}")
+                confirmed = [p.started for p in self.journal.history(root, 200)
+                             if p.result == "ok"]  # fmt: skip
+                since = confirmed[0] if confirmed else 0.0
+            jobs.append((root, candidates, since))
+        self._setting_aside = True
+        self._background(self._move_aside, jobs, self.wall(), f"role {self.role}")
+
+    @staticmethod
+    def _move_aside(jobs: list[tuple[str, set[str], float | None]], wall: float,
+                    reason: str) -> SetAside:  # fmt: skip
+        """In a worker thread: walk for what a crash left unjournaled, move the orphans."""
+        moved: dict[str, list[orphans.Orphan]] = {}
+        failed: dict[str, int] = {}
+        for root, dirty, since in jobs:
+            candidates = set(dirty)
+            if since is not None:
+                candidates |= changed_since(root, since, by_ctime=False).paths
+            moved[root], unmovable = orphans.quarantine(root, candidates, wall, reason)
+            failed[root] = len(unmovable)
+        return SetAside(moved, failed)
+
+    def _set_aside(self, rec: SetAside) -> None:
+        """Apply a set-aside: the journal forgets what moved, then pushes are accepted."""
+        assert self.journal is not None
+        self._setting_aside = False
+        found: list[orphans.Orphan] = []
+        for root, moved in rec.moved.items():
             found += moved
             done = [o.path for o in moved]
+            # The journal first: a crash after the marker is gone must not push those paths
+            # as deletions.
             self.journal.clear_synced(root, done, self.journal.mark())
             self.planner.forget(root, done)
-            if failed:
-                log.error("orphans.kept_marker dir=%s unmovable=%d", root, len(failed))
+            if rec.failed.get(root):
+                log.error("orphans.kept_marker dir=%s unmovable=%d", root, rec.failed[root])
                 continue
             orphans.clear_source(root)
         if found:
             orphans.record(self.state_dir, found)
             log.warning("orphans.found count=%d list=mirrord-orphans", len(found))
-
-    def _changed_since_confirmed(self, root: str) -> set[str]:
-        assert self.journal is not None
-        confirmed = [p.started for p in self.journal.history(root, 200) if p.result == "ok"]
-        since = confirmed[0] if confirmed else 0.0
-        return changed_since(root, since, by_ctime=False).paths
 
     async def final_flush(self) -> dict[str, Any]:
         """Push every directory until a pass that began after the flush did succeed (bounded by
@@ -1020,6 +1128,8 @@ class Daemon:
 
     def _flushed(self, root: str, mark: float) -> bool:
         """Whether everything seen before `mark` is on the peer."""
+        if self._walks_pending:
+            return False  # a walk's findings are not in the planner yet
         if self._ok_start.get(root, -1.0) >= mark:
             return True
         st = self.planner.status(root, self.clock())
@@ -1123,6 +1233,10 @@ class Daemon:
         # Changes from here on are the next run's walk's (mirrord.scan): the journal keeps
         # this moment as the stop.
         unwatched_from = self.wall()
+        if self._bg:
+            # A worker thread cannot be cancelled (a re-watch may be adding watches): its
+            # record is applied below.
+            await asyncio.wait(set(self._bg))
         if self._watcher is not None:
             await asyncio.to_thread(self._watcher.stop)
         now = self.wall()
@@ -1140,15 +1254,20 @@ class Daemon:
                 self.journal.pass_finished(pass_id, now, "interrupted", detail="mirrord stopped")
                 self._tasks.pop(root)
                 log.info("pass.interrupted dir=%s", root)
-        # Whatever the watcher queued before it stopped still goes into the journal, and a
-        # pass that ended meanwhile is recorded as it ended.
-        leftovers = []
-        while not self._q.empty():
-            leftovers.append(self._q.get_nowait())
-        self._apply(
-            [r for r in leftovers
-             if isinstance(r, RawEvent | Overflow | RootGone | PassDone | CatchUp)]
-        )  # fmt: skip
+        # Whatever the watcher queued before it stopped still goes into the journal (with
+        # what the walks of new directories find, and a set-aside in progress), and a pass
+        # that ended meanwhile is recorded as it ended.
+        while True:
+            leftovers = []
+            while not self._q.empty():
+                leftovers.append(self._q.get_nowait())
+            self._apply(
+                [r for r in leftovers if isinstance(
+                    r, RawEvent | Overflow | RootGone | PassDone | CatchUp | Walked | SetAside)]
+            )  # fmt: skip
+            if not self._bg:
+                break
+            await asyncio.wait(set(self._bg))
         self._tasks.clear()
         for root in list(self._waiters):
             self._resolve(root, {"result": "stopped"})

@@ -154,7 +154,13 @@ def test_becoming_standby_sets_orphans_aside_then_accepts_pushes(tmp_path: Path)
     daemon._apply([RoleSeen("ACTIVE", "test"), PeerSeen(STANDBY_PEER), created(root, "late")])
     assert daemon._direction.push
     daemon._apply([RoleSeen("STANDBY", "operator standby")])
-    daemon._start_due()
+
+    async def set_aside() -> None:
+        # The moves run in a worker thread; their record is applied on the loop.
+        daemon._start_due()
+        daemon._apply([await asyncio.wait_for(daemon._q.get(), 10)])
+
+    asyncio.run(set_aside())
     assert not (root / "late").exists()
     assert [o.path for o in orphans.load(daemon.state_dir)] == ["late"]
     assert daemon.journal.dirty(str(root)) == {}
