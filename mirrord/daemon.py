@@ -208,6 +208,8 @@ class Walked:
     """What the walk of directories that appeared found (relative paths per root)."""
 
     paths: dict[str, set[str]]
+    # Roots whose walk failed: only a full pass is sure to carry their new contents.
+    failed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -625,7 +627,7 @@ class Daemon:
             # rsync --files-from sends a listed directory without its contents: they are
             # walked off the loop and come back as a Walked record.
             self._walks_pending += 1
-            self._background(coalesce, new_dirs)
+            self._background(self._walk_new, new_dirs)
         for rec in batch:
             if isinstance(rec, Overflow):
                 # One inotify queue serves every watch: all roots lost events.
@@ -665,10 +667,16 @@ class Daemon:
         if task.exception() is not None:
             log.error("background.failed error=%r", task.exception())
             return
-        result = task.result()
-        if isinstance(result, dict):
-            result = Walked(result)
-        self._q.put_nowait(result)
+        self._q.put_nowait(task.result())
+
+    @staticmethod
+    def _walk_new(events: list[RawEvent]) -> Walked:
+        """In a worker thread: list the contents of the directories that appeared."""
+        try:
+            return Walked(coalesce(events))
+        except Exception:
+            log.exception("walk.failed")
+            return Walked({}, failed=tuple(sorted({ev.directory for ev in events})))
 
     def _walked_dirs(self, rec: Walked, now: float) -> None:
         """Apply a walk of new directories: their contents become dirty."""
@@ -677,6 +685,8 @@ class Daemon:
         for root, paths in rec.paths.items():
             self.journal.record_changes(root, paths, self.wall())
             self.planner.changes(root, paths, now)
+        for root in rec.failed:
+            self._need_full(root, "the walk of a new directory failed", now)
 
     def _need_full(self, root: str, reason: str, now: float) -> None:
         assert self.journal is not None
@@ -692,8 +702,16 @@ class Daemon:
         self._background(self._watch_again, sorted(self._unwatched))
 
     def _watch_again(self, roots: list[str]) -> Rewatched:
+        """In a worker thread: watch each root again; return those now watched."""
         assert self._watcher is not None
-        return Rewatched(frozenset(r for r in roots if os.path.isdir(r) and self._watcher.watch(r)))
+        restored = set()
+        for root in roots:
+            try:
+                if os.path.isdir(root) and self._watcher.watch(root):
+                    restored.add(root)
+            except Exception:
+                log.exception("watch.failed root=%s", root)
+        return Rewatched(frozenset(restored))
 
     def _rewatched(self, rec: Rewatched, now: float) -> None:
         self._rewatching = False
@@ -1056,9 +1074,14 @@ class Daemon:
         failed: dict[str, int] = {}
         for root, dirty, since in jobs:
             candidates = set(dirty)
-            if since is not None:
-                candidates |= changed_since(root, since, by_ctime=False).paths
-            moved[root], unmovable = orphans.quarantine(root, candidates, wall, reason)
+            try:
+                if since is not None:
+                    candidates |= changed_since(root, since, by_ctime=False).paths
+                moved[root], unmovable = orphans.quarantine(root, candidates, wall, reason)
+            except Exception:
+                # The marker stays: the peer's pushes are refused until a later set-aside.
+                log.exception("orphans.failed dir=%s", root)
+                moved[root], unmovable = [], [root]
             failed[root] = len(unmovable)
         return SetAside(moved, failed)
 
