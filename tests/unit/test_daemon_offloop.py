@@ -15,6 +15,7 @@ from mirrord import orphans
 from mirrord.changes import RawEvent
 from mirrord.daemon import Daemon, Rewatch
 from mirrord.follow import PeerSeen, RoleSeen
+from mirrord.planner import Result
 from mirrord.roles import Peer
 from mirrord.scan import Changed
 from tests.unit.test_daemon_local import Env, converge, with_daemon
@@ -138,3 +139,35 @@ def test_re_watching_a_root_does_not_hold_the_loop(tmp_path: Path) -> None:
     assert gap < MAX_GAP
     assert not daemon._unwatched
     assert daemon.planner.status(str(root), daemon.clock()).full_needed is not None
+
+
+def test_a_failed_walk_owes_a_full_pass_and_blocks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A walk of a new directory that raises leaves no walk pending (the flush and the
+    set-aside would wait for ever) and owes its root a full pass."""
+    real = daemon_module.coalesce
+
+    def broken(events: Iterable[RawEvent], walk: bool = True) -> dict[str, set[str]]:
+        if walk:
+            raise RuntimeError("walk broke")
+        return real(events, walk)
+
+    monkeypatch.setattr(daemon_module, "coalesce", broken)
+    daemon, root = follower(tmp_path)
+    # The start-up full pass (a new journal) is done.
+    now = daemon.clock()
+    (plan,) = daemon.planner.due(now)
+    daemon.planner.pass_started(plan, now)
+    daemon.planner.pass_finished(str(root), Result.OK, now)
+    (root / "d").mkdir()
+
+    async def body() -> None:
+        daemon._apply([RawEvent(str(root), "created", str(root / "d"), "", True)])
+        await settle(daemon)
+
+    asyncio.run(body())
+    assert daemon._walks_pending == 0
+    assert daemon.planner.status(str(root), daemon.clock()).full_needed == (
+        "the walk of a new directory failed"
+    )
