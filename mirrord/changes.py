@@ -138,6 +138,11 @@ def paths_of(ev: RawEvent, walk: bool = True) -> list[str]:
     return out
 
 
+def appeared(ev: RawEvent) -> bool:
+    """Return whether the event brings a directory into the tree (its contents need a walk)."""
+    return ev.is_dir and (ev.kind == "created" or (ev.kind == "moved" and bool(ev.dest)))
+
+
 def coalesce(events: Iterable[RawEvent], walk: bool = True) -> dict[str, set[str]]:
     """Group events into per-directory sets of dirty relative paths."""
     dirty: dict[str, set[str]] = {}

@@ -1,11 +1,19 @@
 """mirrord's daemon: the watcher, planner, journal, guard and transfer wired on one asyncio loop.
 
-Threads: watchdog's (inotify) and APScheduler's timers only put records on the loop's queue
-(`LoopSink.put`). One consumer coroutine applies every record: changes go to the journal (first,
-so they survive a crash) and to the planner; then it asks the planner which passes are due,
-starts each as a task (one rsync per directory at a time), and sets APScheduler's wake-up job to
-the planner's next deadline. A finished pass comes back as a record too, so the planner and the
-journal are only ever touched by the consumer.
+Threads: watchdog's (inotify) only puts records on the loop's queue (`LoopSink.put`). Work that
+walks or moves a tree (a new directory's contents, the set-aside of orphans, re-watching a
+root) runs in a worker thread and comes back as a record too, so the loop keeps serving the
+final flush and the watchdog meanwhile. One consumer coroutine applies every record: changes go
+to the journal (first, so they survive a crash) and to the planner; then it asks the planner
+which passes are due, starts each as a task (one rsync per directory at a time), and sets the
+loop's wake-up timer to the planner's next deadline. A finished pass comes back as a record
+too, so the planner and the journal are only ever touched by the consumer.
+
+Clocks: every decision and timer runs on the monotonic clock (`clock`, the loop's own timers:
+the wake-up, status, re-watch, pruning and WATCHDOG=1), so a step of the wall clock delays no
+pass and no watchdog ping. The wall clock (`wall`) only stamps what outlives the process or is
+compared with file times: the journal, the status file, backup and recovery names, the source
+marker. APScheduler serves what is truly calendar time: the policies' cron `schedule`s.
 
 Files: the journal in the state dir; `mirrord.json` (status, rewritten atomically every second
 and after each pass) and `mirrord.sock` (control: sync requests, status) in the run dir.
@@ -16,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import inspect
 import json
 import logging
 import math
@@ -25,15 +34,23 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
 
 from mirrord import deletions, guard, orphans, roles, sdnotify, stopping
 from mirrord.backups import find_unbackable, prune_backups, unbackable
-from mirrord.changes import Overflow, RawEvent, RootGone, Watcher, coalesce, relative
+from mirrord.changes import (
+    Overflow,
+    RawEvent,
+    RootGone,
+    Watcher,
+    appeared,
+    coalesce,
+    relative,
+)
 from mirrord.follow import Follower, PeerSeen, RoleSeen
 from mirrord.journal import Journal
 from mirrord.metrics import PassTally
@@ -43,6 +60,7 @@ from mirrord.transfer import (
     Peer,
     TransferOptions,
     TransferResult,
+    files_from,
     full_argv,
     incremental_argv,
     literal_pattern,
@@ -123,6 +141,8 @@ class PolicyLike(Protocol):
     def sparse(self) -> bool: ...
     @property
     def max_duty(self) -> float: ...
+    @property
+    def schedule(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -140,6 +160,8 @@ class MirrorDir:
     max_delete_count: int | None = None
     # ...or this percentage of the tree.
     max_delete_percent: float | None = None
+    # Crontab line (local time) of the scheduled audits, or None.
+    schedule: str | None = None
 
     def delete_limit(self, tree_size: int | None) -> int | None:
         """Return the deletion limit for a tree of `tree_size` entries (None: no limit)."""
@@ -174,6 +196,7 @@ def mirror_dir(policy: PolicyLike) -> MirrorDir:
         ),
         max_delete_count=policy.max_delete_count,
         max_delete_percent=policy.max_delete_percent,
+        schedule=policy.schedule,
     )
 
 
@@ -193,6 +216,37 @@ class Rewatch:
 @dataclass(frozen=True)
 class Stop:
     """Shut down cleanly."""
+
+
+@dataclass(frozen=True)
+class Walked:
+    """What the walk of directories that appeared found (relative paths per root)."""
+
+    paths: dict[str, set[str]]
+    # Roots whose walk failed: only a full pass is sure to carry their new contents.
+    failed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """What the set-aside of orphans (mirrord.orphans, in a thread) moved or could not move."""
+
+    moved: dict[str, list[orphans.Orphan]]
+    failed: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Rewatched:
+    """The unwatched roots a re-watch (in a thread) could watch again."""
+
+    restored: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """A directory's cron schedule fired: audit it."""
+
+    directory: str
 
 
 @dataclass(frozen=True)
@@ -241,7 +295,9 @@ class PassDone:
     plan: PassPlan
     pass_id: int
     mark: int
+    # When it started, on the monotonic clock and on the wall clock (for the journal).
     started: float
+    started_wall: float
     outcome: PassOutcome
 
 
@@ -298,6 +354,19 @@ class _SyncWait:
     results: dict[str, Any] = field(default_factory=dict)
 
 
+async def every(seconds: float, job: Callable[[], object], *, first: float | None = None) -> None:
+    """Run `job` every `seconds` on the loop's monotonic timers (the first time after `first`
+    seconds), awaiting what it returns if that is awaitable; a late run is not repeated."""
+    loop = asyncio.get_running_loop()
+    due = loop.time() + (seconds if first is None else first)
+    while True:
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        result = job()
+        if inspect.isawaitable(result):
+            await result
+        due = max(due + seconds, loop.time())
+
+
 def write_json_atomic(path: Path, document: object) -> None:
     """Write `document` to `path` through a temp file and a rename (readers never see half)."""
     write_atomic(path, json.dumps(document, indent=1, sort_keys=True), mode=0o600)
@@ -319,7 +388,8 @@ class Daemon:
         run_dir: Path,
         node: str = "",
         local_dest: Path | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         follow: bool = False,
         peer_name: str = "peer",
         flush_timeout: float = 20.0,
@@ -340,7 +410,9 @@ class Daemon:
         self.run_dir = run_dir
         self.node = node
         self.local_dest = local_dest
+        # Decisions and timers (monotonic); what is stamped or compared with file times (wall).
         self.clock = clock
+        self.wall = wall
         self.planner = Planner()
         self.journal: Journal | None = None
         self._q: asyncio.Queue[Any] = asyncio.Queue()
@@ -359,7 +431,11 @@ class Daemon:
         self._started = 0.0
         self._lock_fd: int | None = None
         self._watcher: Watcher | None = None
+        # The policies' cron schedules (None when no directory has one), the periodic jobs
+        # and the planner's wake-up (the loop's monotonic timers).
         self._scheduler: AsyncIOScheduler | None = None
+        self._timers: list[asyncio.Task[None]] = []
+        self._wake: asyncio.TimerHandle | None = None
         # Following takeover (mirrord.roles): without `follow`, push always (one-way mirror).
         self.follow = follow
         self.peer_name = peer_name
@@ -395,6 +471,11 @@ class Daemon:
         # Cumulative pass figures for the metrics, and the status document last written.
         self._tally = PassTally()
         self.last_status: dict[str, Any] | None = None
+        # Work in worker threads whose record has not been applied yet (see _background).
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._walks_pending = 0
+        self._setting_aside = False
+        self._rewatching = False
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -410,16 +491,26 @@ class Daemon:
             ) from None
         self._lock_fd = fd
 
+    def _monotonic(self, wall_time: float) -> float:
+        """Return the monotonic time of a wall-clock time read from the journal."""
+        return self.clock() - (self.wall() - wall_time)
+
+    def _wall_of(self, mono: float | None) -> float | None:
+        """Return the wall-clock time of a planner (monotonic) time, for the status file."""
+        return None if mono is None else self.wall() - (self.clock() - mono)
+
     def _open_journal(self, now: float) -> Journal:
         journal = Journal(self.state_dir)
+        wall = self.wall()
         for root, d in self.dirs.items():
-            vouch = journal.open_directory(root, now)
+            vouch = journal.open_directory(root, wall)
             last_full = journal.last_full(root)
             self._tree_size[root] = last_full.files if last_full else None
-            self.planner.add_directory(
-                root, d.cadence, now, last_full_ok=last_full.ended if last_full else None
-            )
-            self.planner.restore(root, journal.dirty(root))
+            ended = last_full.ended if last_full else None
+            last_ok = None if ended is None else self._monotonic(ended)
+            self.planner.add_directory(root, d.cadence, now, last_full_ok=last_ok)
+            dirty = journal.dirty(root)
+            self.planner.restore(root, {p: self._monotonic(t) for p, t in dirty.items()})
             self._vouch[root] = vouch.reason
             if vouch.vouched and vouch.stopped_at is not None:
                 self._catch_up[root] = vouch.stopped_at
@@ -427,7 +518,7 @@ class Daemon:
                 reason = f"startup: {vouch.reason}"
                 self.planner.need_full(root, reason, now)
                 # Persisted, so a clean stop before the full pass does not vouch next time.
-                journal.need_full(root, reason, now)
+                journal.need_full(root, reason, wall)
             self._expect_mount[root] = os.path.ismount(root)
         return journal
 
@@ -437,7 +528,7 @@ class Daemon:
         self._lock()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         now = self.clock()
-        self._started = now
+        self._started = self.wall()
         self.journal = self._open_journal(now)
         sink = LoopSink(loop, self._q)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -449,11 +540,13 @@ class Daemon:
             self.planner.need_full(root, "unwatched", now)
         server = await asyncio.start_unix_server(self._serve, path=self.run_dir / SOCKET_NAME)
         os.chmod(self.run_dir / SOCKET_NAME, 0o600)
-        self._scheduler = self._start_scheduler(loop, sink)
+        self._start_timers(sink)
+        self._scheduler = self._start_schedules(loop)
         if self._direction.push:
             self._start_catch_up()  # standalone: the watcher runs, so the walk misses nothing
         if self.follow:
-            follower = Follower(self.run_dir, self._q.put_nowait, self.final_flush, self.clock)
+            # takeover stamps its status file with the wall clock.
+            follower = Follower(self.run_dir, self._q.put_nowait, self.final_flush, self.wall)
             self._follower = asyncio.ensure_future(follower.run())
         self._write_status()
         sdnotify.notify("READY=1\nSTATUS=mirroring")
@@ -465,31 +558,39 @@ class Daemon:
         finally:
             await self._shutdown(server)
 
-    def _start_scheduler(self, loop: asyncio.AbstractEventLoop, sink: LoopSink) -> AsyncIOScheduler:
-        sched = AsyncIOScheduler(event_loop=loop, timezone=UTC)
-
-        # Coroutines run on the loop itself: a WATCHDOG=1 sent from here proves it turns.
-        async def status_job() -> None:
-            self._write_status()
-
-        async def rewatch_job() -> None:
-            sink.put(Rewatch())
-
-        async def watchdog_job() -> None:
-            sdnotify.notify("WATCHDOG=1")
-
-        async def prune_job() -> None:
-            await asyncio.to_thread(self.prune_backups, self.clock())
-
-        sched.add_job(status_job, "interval", seconds=STATUS_INTERVAL, id="status")
-        sched.add_job(rewatch_job, "interval", seconds=REWATCH_INTERVAL, id="rewatch")
+    def _start_timers(self, sink: LoopSink) -> None:
+        """Start the periodic jobs on the loop's monotonic timers (never the wall clock: a
+        clock step must not hold back WATCHDOG=1 until systemd kills a healthy daemon)."""
+        jobs = [
+            every(STATUS_INTERVAL, self._write_status),
+            every(REWATCH_INTERVAL, lambda: sink.put(Rewatch())),
+        ]
         if self.backup_retention is not None:
             # On whichever node receives: the passes' backup areas, once now and then hourly.
-            sched.add_job(prune_job, "interval", seconds=PRUNE_INTERVAL, id="prune",
-                          next_run_time=datetime.now(UTC))  # fmt: skip
-        every = sdnotify.watchdog_interval()
-        if every:
-            sched.add_job(watchdog_job, "interval", seconds=every, id="watchdog")
+            jobs.append(every(PRUNE_INTERVAL, self._prune_in_thread, first=0.0))
+        ping = sdnotify.watchdog_interval()
+        if ping:
+            # A coroutine on the loop itself: each WATCHDOG=1 proves that the loop turns.
+            jobs.append(every(ping, lambda: sdnotify.notify("WATCHDOG=1")))
+        self._timers = [asyncio.ensure_future(job) for job in jobs]
+
+    async def _prune_in_thread(self) -> None:
+        await asyncio.to_thread(self.prune_backups, self.wall())
+
+    def _start_schedules(self, loop: asyncio.AbstractEventLoop) -> AsyncIOScheduler | None:
+        """Start APScheduler with the directories' cron schedules (calendar time, local)."""
+        scheduled = {root: d.schedule for root, d in self.dirs.items() if d.schedule}
+        if not scheduled:
+            return None
+        sched = AsyncIOScheduler(event_loop=loop)
+        for root, line in scheduled.items():
+
+            async def fire(root: str = root) -> None:
+                self._q.put_nowait(Scheduled(root))
+
+            # However late the loop gets to it, a fired schedule is one audit.
+            sched.add_job(fire, CronTrigger.from_crontab(line), id=f"schedule:{root}",
+                          misfire_grace_time=None, coalesce=True)  # fmt: skip
         sched.start()
         return sched
 
@@ -557,13 +658,19 @@ class Daemon:
         if not self._direction.receiving:
             for ev in events:
                 self._note_departure(ev)
-        for root, paths in coalesce(events).items():
+        for root, paths in coalesce(events, walk=False).items():
             if self._direction.receiving:
                 # The peer's rsync wrote them: never journaled, never pushed back.
                 self._received += len(paths)
                 continue
-            self.journal.record_changes(root, paths, now)
+            self.journal.record_changes(root, paths, self.wall())
             self.planner.changes(root, paths, now)
+        new_dirs = [ev for ev in events if appeared(ev)]
+        if new_dirs and not self._direction.receiving:
+            # rsync --files-from sends a listed directory without its contents: they are
+            # walked off the loop and come back as a Walked record.
+            self._walks_pending += 1
+            self._background(self._walk_new, new_dirs)
         for rec in batch:
             if isinstance(rec, Overflow):
                 # One inotify queue serves every watch: all roots lost events.
@@ -580,6 +687,49 @@ class Daemon:
                 self._finish(rec, now)
             elif isinstance(rec, CatchUp):
                 self._caught_up(rec, now)
+            elif isinstance(rec, Scheduled):
+                self.planner.schedule_audit(rec.directory, now)
+            elif isinstance(rec, Walked):
+                self._walked_dirs(rec, now)
+            elif isinstance(rec, SetAside):
+                self._set_aside(rec)
+            elif isinstance(rec, Rewatched):
+                self._rewatched(rec, now)
+
+    def _background(self, work: Callable[..., Any], *args: Any) -> None:
+        """Run blocking `work(*args)` in a worker thread; its result (a record) comes back on
+        the queue. It must not raise: it would be lost with what it found."""
+        task = asyncio.ensure_future(asyncio.to_thread(work, *args))
+        self._bg.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._bg.discard(task)
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            log.error("background.failed error=%r", task.exception())
+            return
+        self._q.put_nowait(task.result())
+
+    @staticmethod
+    def _walk_new(events: list[RawEvent]) -> Walked:
+        """In a worker thread: list the contents of the directories that appeared."""
+        try:
+            return Walked(coalesce(events))
+        except Exception:
+            log.exception("walk.failed")
+            return Walked({}, failed=tuple(sorted({ev.directory for ev in events})))
+
+    def _walked_dirs(self, rec: Walked, now: float) -> None:
+        """Apply a walk of new directories: their contents become dirty."""
+        assert self.journal is not None
+        self._walks_pending -= 1
+        for root, paths in rec.paths.items():
+            self.journal.record_changes(root, paths, self.wall())
+            self.planner.changes(root, paths, now)
+        for root in rec.failed:
+            self._need_full(root, "the walk of a new directory failed", now)
 
     def _note_departure(self, ev: RawEvent) -> None:
         """Remember how a path left its tree, for the guard (mirrord.deletions)."""
@@ -597,12 +747,32 @@ class Daemon:
     def _need_full(self, root: str, reason: str, now: float) -> None:
         assert self.journal is not None
         self.planner.need_full(root, reason, now)
-        self.journal.need_full(root, reason, now)
+        self.journal.need_full(root, reason, self.wall())
 
     def _rewatch(self, now: float) -> None:
+        """Try, in a worker thread (a watch walks the whole tree), to watch the unwatched
+        roots again; the result comes back as a Rewatched record."""
+        if self._rewatching or not self._unwatched:
+            return
+        self._rewatching = True
+        self._background(self._watch_again, sorted(self._unwatched))
+
+    def _watch_again(self, roots: list[str]) -> Rewatched:
+        """In a worker thread: watch each root again; return those now watched."""
         assert self._watcher is not None
+        restored = set()
+        for root in roots:
+            try:
+                if os.path.isdir(root) and self._watcher.watch(root):
+                    restored.add(root)
+            except Exception:
+                log.exception("watch.failed root=%s", root)
+        return Rewatched(frozenset(restored))
+
+    def _rewatched(self, rec: Rewatched, now: float) -> None:
+        self._rewatching = False
         for root in sorted(self._unwatched):
-            if os.path.isdir(root) and self._watcher.watch(root):
+            if root in rec.restored:
                 self._unwatched.discard(root)
                 self._need_full(root, "watch restored", now)
             elif not self.planner.is_running(root):
@@ -628,6 +798,8 @@ class Daemon:
 
     def _answer_idle(self) -> None:
         """Answer waiters of directories with no pass running: nothing was left to send."""
+        if self._walks_pending:
+            return  # what the walk finds may still be owed
         for root in list(self._waiters):
             if root not in self._tasks:
                 self._resolve(root, {"result": "in sync", "detail": "nothing to send"})
@@ -649,20 +821,21 @@ class Daemon:
     def _start_due(self) -> None:
         assert self.journal is not None
         now = self.clock()
-        if self._quarantine_due and not self._tasks:
-            self._quarantine(now)
-        if not stopping.may_start(self._direction.push, self._released):
+        if self._quarantine_due and not self._tasks and not self._walks_pending:
+            self._quarantine()
+        if not stopping.may_start(self._direction.push, self._released) or self._setting_aside:
             return
         for plan in self.planner.due(now):
             d = self.dirs[plan.directory]
             self.planner.pass_started(plan, now)
             mark = self.journal.mark()
-            pass_id = self.journal.pass_started(d.root, plan.kind.value, plan.reason, now)
+            wall = self.wall()
+            pass_id = self.journal.pass_started(d.root, plan.kind.value, plan.reason, wall)
             log.info(
                 "pass.start dir=%s kind=%s reason=%s paths=%d",
                 d.root, plan.kind.value, plan.reason, len(plan.paths),
             )  # fmt: skip
-            task = asyncio.ensure_future(self._pass(d, plan, pass_id, mark, now))
+            task = asyncio.ensure_future(self._pass(d, plan, pass_id, mark, started=now, wall=wall))
             task.add_done_callback(self._pass_ended)
             self._tasks[d.root] = (task, pass_id)
 
@@ -671,10 +844,10 @@ class Daemon:
             self._q.put_nowait(task.result())
 
     async def _pass(
-        self, d: MirrorDir, plan: PassPlan, pass_id: int, mark: int, started: float
+        self, d: MirrorDir, plan: PassPlan, pass_id: int, mark: int, *, started: float, wall: float
     ) -> PassDone:
         try:
-            outcome = await self._execute(d, plan, started)
+            outcome = await self._execute(d, plan, started, wall)
         except asyncio.CancelledError:
             why = self._stop_why.pop(d.root, None)
             if why is None or self._stopping:
@@ -686,7 +859,7 @@ class Daemon:
             # rsync could not start, or a bug: the snapshot must go back, never get lost.
             log.exception("pass.crashed dir=%s", d.root)
             outcome = PassOutcome(Result.RETRY, f"pass crashed: {exc!r}")
-        return PassDone(plan, pass_id, mark, started, outcome)
+        return PassDone(plan, pass_id, mark, started, wall, outcome)
 
     def _recently_deleted(self, d: MirrorDir, now: float) -> int:
         """Return the deletions this directory's passes made within the window."""
@@ -708,7 +881,8 @@ class Daemon:
         dest.mkdir(parents=True, exist_ok=True)
         return str(dest)
 
-    async def _execute(self, d: MirrorDir, plan: PassPlan, now: float) -> PassOutcome:
+    async def _execute(self, d: MirrorDir, plan: PassPlan, now: float, wall: float) -> PassOutcome:
+        """Run one pass: the guard's checks, then rsync (`wall` names its backups)."""
         facts = await asyncio.to_thread(guard.inspect_root, d.root)
         verdict = guard.judge_root(d.root, facts, self._expect_mount.get(d.root, False))
         if not verdict.ok:
@@ -733,13 +907,13 @@ class Daemon:
         if d.root in self._allow_deletions:
             self._allow_deletions.discard(d.root)
             self._deleted[d.root] = []
-            return await self._transfer(d, plan, now, full=full, dest=dest, limit=None)
+            return await self._transfer(d, plan, wall, full=full, dest=dest, limit=None)
         renamed = self._departures[d.root].renamed_away()
         if full:
             limit, renames = None, 0
             if d.options.delete and limit_known:
                 dry = await run_rsync(
-                    full_argv(d.root, self.peer, d.options, now, dry_run=True, dest=dest),
+                    full_argv(d.root, self.peer, d.options, wall, dry_run=True, dest=dest),
                     keep_deleted=REPORT_PATHS, renamed=renamed,
                 )  # fmt: skip
                 if dry.outcome.result is not Result.OK:
@@ -753,7 +927,7 @@ class Daemon:
                 if refusal is not None:
                     return refusal
             room = self._room(limit, already, renames)
-            return await self._transfer(d, plan, now, full=True, dest=dest, limit=room)
+            return await self._transfer(d, plan, wall, full=True, dest=dest, limit=room)
         limit = d.delete_limit(deletions.tree_before(self._tree_size.get(d.root), already))
         renames = 0
         if d.options.delete and limit is not None:
@@ -763,8 +937,8 @@ class Daemon:
             if tally.unsure:
                 # A directory takes its subtree from the peer: only a dry run knows how much.
                 dry_res = await run_rsync(
-                    incremental_argv(d.root, self.peer, d.options, now, dest=dest, dry_run=True),
-                    sorted(plan.paths), keep_deleted=REPORT_PATHS, renamed=renamed,
+                    incremental_argv(d.root, self.peer, d.options, wall, dest=dest, dry_run=True),
+                    files_from(plan.paths), keep_deleted=REPORT_PATHS, renamed=renamed,
                 )  # fmt: skip
                 if dry_res.outcome.result is not Result.OK:
                     return self._outcome(dry_res, "dry run: ")
@@ -774,7 +948,7 @@ class Daemon:
             if refusal is not None:
                 return refusal
         room = self._room(limit, already, renames)
-        return await self._transfer(d, plan, now, full=False, dest=dest, limit=room)
+        return await self._transfer(d, plan, wall, full=False, dest=dest, limit=room)
 
     @staticmethod
     def _judge(
@@ -793,13 +967,14 @@ class Daemon:
         self,
         d: MirrorDir,
         plan: PassPlan,
-        now: float,
+        wall: float,
         *,
         full: bool,
         dest: str | None,
         limit: int | None,
     ) -> PassOutcome:
-        """Run the pass's rsync with `limit` as its --max-delete backstop.
+        """Run the pass's rsync with `limit` as its --max-delete backstop (`wall`: its start,
+        which names its backups).
 
         Paths whose backup path rsync cannot name are left out (and named), never sent: rsync
         would abort the whole pass on them, again at every retry (mirrord.backups).
@@ -810,22 +985,22 @@ class Daemon:
         if full:
             opts = replace(opts, excludes=opts.excludes + tuple(map(literal_pattern, sorted(skip))))
             res = await run_rsync(
-                full_argv(d.root, self.peer, opts, now, audit=plan.audit, dest=dest),
+                full_argv(d.root, self.peer, opts, wall, audit=plan.audit, dest=dest),
                 renamed=renamed,
             )
             if opts.backup and res.rc and any(w in res.stderr for w in BACKUP_TOO_LONG):
-                found = await asyncio.to_thread(find_unbackable, d.root, now)
+                found = await asyncio.to_thread(find_unbackable, d.root, wall)
                 new = [p for p in found if p not in skip]
                 if new:
                     self._skip(d.root, new)
                     return PassOutcome(Result.RETRY, f"{UNBACKABLE}: {', '.join(new[:5])}; "
                                        "left out from now on", rc=res.rc)  # fmt: skip
             return self._outcome(res)
-        too_long = unbackable(plan.paths, now) if opts.backup else []
+        too_long = unbackable(plan.paths, wall) if opts.backup else []
         self._skip(d.root, too_long)
-        argv = incremental_argv(d.root, self.peer, opts, now, dest=dest)
+        argv = incremental_argv(d.root, self.peer, opts, wall, dest=dest)
         res = await run_rsync(
-            argv, sorted(set(plan.paths) - set(too_long) - set(skip)), renamed=renamed
+            argv, files_from(set(plan.paths) - set(too_long) - set(skip)), renamed=renamed
         )
         out = self._outcome(res)
         left = sorted(set(too_long) | (set(skip) & plan.paths))
@@ -862,8 +1037,9 @@ class Daemon:
         root = plan.directory
         self._tasks.pop(root, None)
         self.planner.pass_finished(root, out.result, now, detail=out.detail)
+        wall = self.wall()
         self.journal.pass_finished(
-            done.pass_id, now, out.result.value,
+            done.pass_id, wall, out.result.value,
             rc=out.rc, files=out.files, nbytes=out.bytes_sent, detail=out.detail,
         )  # fmt: skip
         if out.deleted > out.renamed:
@@ -873,7 +1049,7 @@ class Daemon:
             self.journal.clear_synced(root, plan.paths, done.mark)
             self._departures[root].forget(plan.paths)
             if plan.kind is PassKind.FULL:
-                self.journal.full_done(root, done.started, now)
+                self.journal.full_done(root, done.started_wall, wall)
                 self._tree_size[root] = out.files
             else:
                 size = self._tree_size.get(root)
@@ -895,26 +1071,23 @@ class Daemon:
         self._write_status()
 
     def _set_wake(self) -> None:
-        if self._scheduler is None:
-            return
+        """Arm the loop's timer for the planner's next deadline (monotonic, as the planner)."""
         # Not pushing: nothing is due until a role record arrives (no wake-ups in the past).
         deadline = self.planner.next_deadline() if self._direction.push else None
-        if deadline == self._wake_at and deadline is not None and deadline > self.clock():
-            return  # APScheduler already holds this wake-up; re-adding a job costs ~0.3 ms
+        if deadline == self._wake_at and self._wake is not None:
+            return  # the timer already set for this deadline has not fired yet
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
         self._wake_at = deadline
         if deadline is None:
-            if self._scheduler.get_job("wake"):
-                self._scheduler.remove_job("wake")
             return
+        delay = max(0.0, deadline - self.clock())
+        self._wake = asyncio.get_running_loop().call_later(delay, self._woken)
 
-        async def wake() -> None:
-            self._q.put_nowait(Tick())
-
-        at = datetime.fromtimestamp(max(deadline, self.clock()), UTC)
-        self._scheduler.add_job(
-            wake, "date", run_date=at, id="wake", replace_existing=True,
-            misfire_grace_time=None, coalesce=True,
-        )  # fmt: skip
+    def _woken(self) -> None:
+        self._wake = None
+        self._q.put_nowait(Tick())
 
     # -- following takeover ---------------------------------------------------------------
 
@@ -947,7 +1120,7 @@ class Daemon:
         if self.role == "ACTIVE" and not self._marked:
             # From now on, an incoming push is refused here until the orphans are set aside.
             for root in self.dirs:
-                orphans.set_source(root, self.node, now)
+                orphans.set_source(root, self.node, self.wall())
             self._marked = self._marked_here = True
         self._direction = d
         self._stop_passes()
@@ -1016,46 +1189,78 @@ class Daemon:
         if rec.full_because:
             self._need_full(rec.root, rec.full_because, now)
         elif rec.paths:
-            self.journal.record_changes(rec.root, rec.paths, now)
+            self.journal.record_changes(rec.root, rec.paths, self.wall())
             self.planner.changes(rec.root, rec.paths, now)
 
-    def _quarantine(self, now: float) -> None:
-        """Set aside what the journal holds that the peer never confirmed; then accept pushes."""
+    def _quarantine(self) -> None:
+        """Set aside what the journal holds that the peer never confirmed; then accept pushes.
+
+        The journal is read here; the walk and the moves run in a worker thread (_move_aside)
+        and come back as a SetAside record, applied by _set_aside.
+        """
         assert self.journal is not None
         self._quarantine_due = False
         self._marked = False
-        found: list[orphans.Orphan] = []
+        jobs: list[tuple[str, set[str], float | None]] = []
         for root in self.dirs:
             candidates = set(self.journal.dirty(root))
             crashed = self._vouch.get(root) != "clean shutdown" and not self._marked_here
+            since = None
             if crashed and orphans.has_source(root):
                 # The last run crashed as the source: changes between inotify and the journal
                 # died with it. Whatever changed since the last confirmed pass began is kept.
-                candidates |= self._changed_since_confirmed(root)
-            moved, failed = orphans.quarantine(root, candidates, now, f"role {self.role}")
+                confirmed = [p.started for p in self.journal.history(root, 200)
+                             if p.result == "ok"]  # fmt: skip
+                since = confirmed[0] if confirmed else 0.0
+            jobs.append((root, candidates, since))
+        self._setting_aside = True
+        self._background(self._move_aside, jobs, self.wall(), f"role {self.role}")
+
+    @staticmethod
+    def _move_aside(jobs: list[tuple[str, set[str], float | None]], wall: float,
+                    reason: str) -> SetAside:  # fmt: skip
+        """In a worker thread: walk for what a crash left unjournaled, move the orphans."""
+        moved: dict[str, list[orphans.Orphan]] = {}
+        failed: dict[str, int] = {}
+        for root, dirty, since in jobs:
+            candidates = set(dirty)
+            try:
+                if since is not None:
+                    candidates |= changed_since(root, since, by_ctime=False).paths
+                moved[root], unmovable = orphans.quarantine(root, candidates, wall, reason)
+            except Exception:
+                # The marker stays: the peer's pushes are refused until a later set-aside.
+                log.exception("orphans.failed dir=%s", root)
+                moved[root], unmovable = [], [root]
+            failed[root] = len(unmovable)
+        return SetAside(moved, failed)
+
+    def _set_aside(self, rec: SetAside) -> None:
+        """Apply a set-aside: the journal forgets what moved, then pushes are accepted."""
+        assert self.journal is not None
+        self._setting_aside = False
+        found: list[orphans.Orphan] = []
+        for root, moved in rec.moved.items():
             found += moved
             done = [o.path for o in moved]
+            # The journal first: a crash after the marker is gone must not push those paths
+            # as deletions.
             self.journal.clear_synced(root, done, self.journal.mark())
             self.planner.forget(root, done)
-            if failed:
-                log.error("orphans.kept_marker dir=%s unmovable=%d", root, len(failed))
+            if rec.failed.get(root):
+                log.error("orphans.kept_marker dir=%s unmovable=%d", root, rec.failed[root])
                 continue
             orphans.clear_source(root)
         if found:
             orphans.record(self.state_dir, found)
             log.warning("orphans.found count=%d list=mirrord-orphans", len(found))
 
-    def _changed_since_confirmed(self, root: str) -> set[str]:
-        assert self.journal is not None
-        confirmed = [p.started for p in self.journal.history(root, 200) if p.result == "ok"]
-        since = confirmed[0] if confirmed else 0.0
-        return changed_since(root, since, by_ctime=False).paths
-
     async def final_flush(self) -> dict[str, Any]:
         """Push every directory until a pass that began after the flush did succeed (bounded by
         flush_timeout); return (and keep, for status) the report with any unsynced paths."""
         start = self.clock()
-        report: dict[str, Any] = {"started": start, "ended": None, "ok": False, "unsynced": {}}
+        report: dict[str, Any] = {"started": self.wall(), "ended": None, "ok": False,
+                                  "unsynced": {}}  # fmt: skip
         self._flush = report
         log.info("flush.start dirs=%d timeout=%.1f", len(self.dirs), self.flush_timeout)
         # Writes just before the release are still on their way through inotify.
@@ -1082,7 +1287,7 @@ class Daemon:
         stopped = self._stop_passes()
         if stopped:
             await asyncio.wait(stopped)
-        report["ended"] = self.clock()
+        report["ended"] = self.wall()
         report["ok"] = not pending
         if pending:
             assert self.journal is not None
@@ -1095,12 +1300,14 @@ class Daemon:
                     "flush.incomplete dir=%s unsynced=%d why=%s paths=%s",
                     root, len(paths), why, ",".join(paths[:FLUSH_REPORT]),
                 )  # fmt: skip
-        log.info("flush.end ok=%s took=%.3f", report["ok"], report["ended"] - start)
+        log.info("flush.end ok=%s took=%.3f", report["ok"], self.clock() - start)
         self._write_status()
         return report
 
     def _flushed(self, root: str, mark: float) -> bool:
         """Whether everything seen before `mark` is on the peer."""
+        if self._walks_pending:
+            return False  # a walk's findings are not in the planner yet
         if self._ok_start.get(root, -1.0) >= mark:
             return True
         st = self.planner.status(root, self.clock())
@@ -1116,6 +1323,10 @@ class Daemon:
             st = asdict(self.planner.status(root, now))
             st.update(
                 {
+                    # The planner's times are monotonic; the file speaks wall-clock time.
+                    "last_finished": self._wall_of(st["last_finished"]),
+                    "next_due": self._wall_of(st["next_due"]),
+                    "schedule": d.schedule,
                     "class": d.volatility,
                     "watched": root not in self._unwatched,
                     "startup": self._vouch.get(root, ""),
@@ -1132,7 +1343,7 @@ class Daemon:
             "node": self.node,
             "peer": None if self.peer is None else self.peer.login,
             "started": self._started,
-            "updated": now,
+            "updated": self.wall(),
             "status_interval": STATUS_INTERVAL,
             "stopped": self._stopping,
             "directories": dirs,
@@ -1197,13 +1408,21 @@ class Daemon:
         self._stopping = True
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
+        for timer in self._timers:
+            timer.cancel()
+        if self._wake is not None:
+            self._wake.cancel()
         server.close()
         # Changes from here on are the next run's walk's (mirrord.scan): the journal keeps
         # this moment as the stop.
-        unwatched_from = self.clock()
+        unwatched_from = self.wall()
+        if self._bg:
+            # A worker thread cannot be cancelled (a re-watch may be adding watches): its
+            # record is applied below.
+            await asyncio.wait(set(self._bg))
         if self._watcher is not None:
             await asyncio.to_thread(self._watcher.stop)
-        now = self.clock()
+        now = self.wall()
         if self._follower is not None:
             # Closing the subscription drops any inhibitor it holds: takeover goes on.
             self._follower.cancel()
@@ -1218,15 +1437,20 @@ class Daemon:
                 self.journal.pass_finished(pass_id, now, "interrupted", detail="mirrord stopped")
                 self._tasks.pop(root)
                 log.info("pass.interrupted dir=%s", root)
-        # Whatever the watcher queued before it stopped still goes into the journal, and a
-        # pass that ended meanwhile is recorded as it ended.
-        leftovers = []
-        while not self._q.empty():
-            leftovers.append(self._q.get_nowait())
-        self._apply(
-            [r for r in leftovers
-             if isinstance(r, RawEvent | Overflow | RootGone | PassDone | CatchUp)]
-        )  # fmt: skip
+        # Whatever the watcher queued before it stopped still goes into the journal (with
+        # what the walks of new directories find, and a set-aside in progress), and a pass
+        # that ended meanwhile is recorded as it ended.
+        while True:
+            leftovers = []
+            while not self._q.empty():
+                leftovers.append(self._q.get_nowait())
+            self._apply(
+                [r for r in leftovers if isinstance(
+                    r, RawEvent | Overflow | RootGone | PassDone | CatchUp | Walked | SetAside)]
+            )  # fmt: skip
+            if not self._bg:
+                break
+            await asyncio.wait(set(self._bg))
         self._tasks.clear()
         for root in list(self._waiters):
             self._resolve(root, {"result": "stopped"})

@@ -20,7 +20,12 @@ Rules, in the order they matter:
   when the pass started is cleared when it succeeds, and it goes back on retry or alarm;
 - the interval adapts between `min_interval` and `max_interval`: busier directories sync more
   often, and a burst counts from its first changes, not from the next pass's rate sample;
-  a change after a quiet spell is sent at once (its idle time is already paid).
+  a change after a quiet spell is sent at once (its idle time is already paid);
+- a scheduled audit (the policy's cron `schedule`, fired by the daemon at calendar times) is
+  due at once and makes the next full pass an audit.
+
+`now` is the monotonic clock (the daemon converts the journal's wall-clock times on the way
+in): a step of the wall clock moves no deadline.
 """
 
 from __future__ import annotations
@@ -157,6 +162,8 @@ class _Dir:
     alarm: str | None = None
     forced_at: float | None = None
     forced_full: bool = False
+    # Since when a scheduled audit is owed (the policy's cron schedule fired).
+    audit_at: float | None = None
 
 
 class Planner:
@@ -223,6 +230,13 @@ class Planner:
         """The watcher lost events: changes since now are unknown until a full pass."""
         self.need_full(directory, "overflow", now)
 
+    def schedule_audit(self, directory: str, now: float) -> None:
+        """The directory's cron schedule fired: an audit (full pass) is owed from `now`."""
+        d = self._get(directory)
+        if d.audit_at is None:
+            d.audit_at = now
+            log.info("plan.audit_scheduled dir=%s", directory)
+
     def request(self, directory: str, now: float, full: bool = False) -> None:
         """An operator asked for a pass now (`mirrord sync`), ignoring spacing and back-off."""
         d = self._get(directory)
@@ -240,6 +254,8 @@ class Planner:
             if d.full_reason is not None and d.full_since is not None:
                 d.in_flight_full = (d.full_reason, d.full_since)
             d.full_reason = d.full_since = None
+            if plan.audit:
+                d.audit_at = None
         d.forced_at, d.forced_full = None, False
         # Change rate: changes per second since the previous pass started.
         span = now - d.rate_since
@@ -393,6 +409,8 @@ class Planner:
         verify = self._verify_at(d)
         if verify is not None:
             candidates.append(verify)
+        if d.audit_at is not None:
+            candidates.append(d.audit_at)
         if not candidates:
             return None
         at = min(candidates)
@@ -402,10 +420,14 @@ class Planner:
 
     def _plan(self, directory: str, d: _Dir, now: float) -> PassPlan:
         snapshot = frozenset(d.dirty)
+        # A full pass owed anyway serves as the scheduled audit too.
+        scheduled = d.audit_at is not None
         if d.full_reason is not None:
-            return PassPlan(directory, PassKind.FULL, snapshot, d.full_reason)
+            return PassPlan(directory, PassKind.FULL, snapshot, d.full_reason, audit=scheduled)
         if d.forced_full:
-            return PassPlan(directory, PassKind.FULL, snapshot, "requested")
+            return PassPlan(directory, PassKind.FULL, snapshot, "requested", audit=scheduled)
+        if scheduled:
+            return PassPlan(directory, PassKind.FULL, snapshot, "schedule", audit=True)
         verify = self._verify_at(d)
         if verify is not None and now >= verify:
             return PassPlan(directory, PassKind.FULL, snapshot, "verify", audit=True)

@@ -14,6 +14,10 @@ Volatility classes give a directory its interval and the range the planner may a
 Explicit `interval`, `min_interval`, `max_interval` and `max_duty` override the class's values.
 Without a class, a policy that sets `interval` gets a fixed interval (min = max = interval unless
 given); a policy with neither is "warm". A policy without a class takes warm's `max_duty`.
+
+`schedule` is a crontab line (minute hour day month weekday, the node's local time) at which the
+directory gets an audit pass, e.g. "0 3 * * *" at a quiet hour; with it, `verify_every` defaults
+to 0 (the schedule replaces the periodic audit).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from apscheduler.triggers.cron import CronTrigger
 
 from mirrord import excludes
 from takeover.config import Cluster
@@ -104,6 +110,8 @@ class Policy:
     # Largest share of wall time this directory may spend syncing, in (0, 1] (default: the
     # class's, CLASS_DEFAULTS).
     max_duty: float = 0.1
+    # Crontab line (local time) of the audit passes, or None.
+    schedule: str | None = None
 
 
 def load_policies(cluster: Cluster, *, check_fs: bool = True) -> list[Policy]:
@@ -182,6 +190,7 @@ def _policy(t: Table, label: str, *, check_fs: bool) -> Policy | None:
     interval, low, high, volatility = _intervals(t, volatility)
     duty = CLASS_DEFAULTS.get(volatility, CLASS_DEFAULTS["warm"]).max_duty
     count, percent = _max_delete(t)
+    schedule = _schedule(t)
     policy = Policy(
         path=path,
         source=f"{label}: {t.prefix}",
@@ -194,13 +203,14 @@ def _policy(t: Table, label: str, *, check_fs: bool) -> Policy | None:
         max_delete_count=count,
         max_delete_percent=percent,
         bwlimit=t.integer("bwlimit", 0, lo=0),
-        verify_every=t.duration("verify_every", 86400.0),
+        verify_every=t.duration("verify_every", 0.0 if schedule else 86400.0),
         verify_checksum=t.boolean("verify_checksum", False),
         hard_links=t.boolean("hard_links", False),
         acls=t.boolean("acls", False),
         xattrs=t.boolean("xattrs", False),
         sparse=t.boolean("sparse", False),
         max_duty=t.number("max_duty", duty, above=0.0, hi=1.0),
+        schedule=schedule,
     )
     t.finish()
     return None if t.bad("path") else policy
@@ -245,6 +255,23 @@ def _intervals(t: Table, volatility: str) -> tuple[float, float, float, str]:
             f"[{format_seconds(low)}, {format_seconds(high)}], got {format_seconds(interval)}",
         )
     return interval, low, high, volatility
+
+
+def _schedule(t: Table) -> str | None:
+    # A crontab line, checked by the scheduler that will run it (APScheduler's cron trigger).
+    value = t.string("schedule", "")
+    if not value:
+        return None
+    try:
+        CronTrigger.from_crontab(value)
+    except ValueError as exc:
+        t.problem(
+            "schedule",
+            f'must be a crontab line "minute hour day month weekday" (e.g. "0 3 * * *"), '
+            f'got "{value}": {exc}',
+        )
+        return None
+    return value
 
 
 def _max_delete(t: Table) -> tuple[int | None, float | None]:

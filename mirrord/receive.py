@@ -78,6 +78,7 @@ def receive(roots: Sequence[str], retention: float, rrsync: str = RRSYNC) -> int
         except OSError as exc:  # UnsafeArea: pushcheck.sh refused it already; say why
             print(f"mirrord: {root}: {exc}", file=sys.stderr)
             return 1
+    os.environ["SSH_ORIGINAL_COMMAND"] = for_rrsync(command)
     # -wo: write only; -absolute: the client names the root by its absolute path.
     argv = [rrsync, "-wo", "-absolute", root]
     if _is_python_script(rrsync):
@@ -90,6 +91,15 @@ def receive(roots: Sequence[str], retention: float, rrsync: str = RRSYNC) -> int
         return 0
     os.execv(rrsync, argv)
     return 1  # not reached
+
+
+def for_rrsync(command: str) -> str:
+    """Return the rsync server command as rrsync accepts it.
+
+    The sender writes --modify-window=-1 (times to the nanosecond, mirrord.transfer) as `-@-1`,
+    which rrsync's check of numeric short options refuses; the long form is the same option.
+    """
+    return " ".join("--modify-window=-1" if w == "-@-1" else w for w in command.split(" "))
 
 
 def push_check(root: str, command: str) -> str | None:

@@ -16,6 +16,15 @@ rsync first copies the whole old file into the backup dir, where without it the 
 just renamed there (256 MiB with 1 MiB changed: 1.15 s in place, 1.06 s by temp file).
 A full pass is `rsync -a --delete` over the whole root, with `--checksum` for audits.
 
+Metadata converges on every pass: times are compared to the nanosecond (`--modify-window=-1`;
+rsync's default compares whole seconds, so a directory that a deletion or creation on the peer
+stamped within the same second as the source's change kept the peer's time, and a full pass
+never fixed it). --relative sends the parents of every listed path along as implied
+directories, and rsync sets their times again after it has deleted or created entries in
+them. The root itself is nobody's implied parent, and listing `.` would send its whole first
+level: an incremental pass lists `./.hapair-backup` first, whose implied parent `./` carries
+the root's times and modes, while the name itself is excluded like the whole backup area.
+
 On the receiving side, whatever a pass overwrites or deletes is kept under
 `<root>/.hapair-backup/<UTC hour>/<MMSS.mmm>/`, one directory per pass, under its own name (no
 suffix: mirrord.backups): the backup dir is relative (inside the peer's module,
@@ -192,7 +201,8 @@ class TransferOptions:
 
 
 def _common(opts: TransferOptions, now: float) -> list[str]:
-    argv = ["-a", "--numeric-ids", "--itemize-changes", "--stats"]
+    # Times to the nanosecond (receivers since rsync 3.1.3): see the module docstring.
+    argv = ["-a", "--modify-window=-1", "--numeric-ids", "--itemize-changes", "--stats"]
     if opts.hard_links:
         argv.append("-H")
     if opts.acls:
@@ -201,8 +211,9 @@ def _common(opts: TransferOptions, now: float) -> list[str]:
         argv.append("-X")
     if opts.sparse:
         argv.append("-S")
-    # Anchored, so only the root's own backup area is skipped (and protected from --delete).
-    argv.append(f"--exclude=/{BACKUP_DIR}/")
+    # Anchored, so only the root's own backup area is skipped (and protected from --delete);
+    # whatever its type, so neither ROOT_CARRIER nor a symlink by that name is ever sent.
+    argv.append(f"--exclude=/{BACKUP_DIR}")
     argv += [f"--exclude={p}" for p in opts.excludes]
     if opts.bwlimit > 0:
         argv.append(f"--bwlimit={opts.bwlimit}")
@@ -227,6 +238,16 @@ def literal_pattern(rel: str) -> str:
     return "/" + _WILDCARDS.sub(r"\\\1", rel)
 
 
+# Listed first in every incremental pass: its implied parent is the root (module docstring).
+ROOT_CARRIER: Final = f"./{BACKUP_DIR}"
+
+
+def files_from(paths: Iterable[str]) -> list[str]:
+    """Return what an incremental pass lists for the dirty `paths`: the root's carrier, then
+    the paths in order (the root's own `.` is carried, never listed)."""
+    return [ROOT_CARRIER, *sorted(p for p in paths if p != ".")]
+
+
 def incremental_argv(
     root: str,
     peer: Peer | None,
@@ -236,7 +257,8 @@ def incremental_argv(
     *,
     dry_run: bool = False,
 ) -> list[str]:
-    """Return the rsync argv of a pass over the paths fed on stdin (NUL-separated)."""
+    """Return the rsync argv of a pass over the paths fed on stdin (NUL-separated, as
+    `files_from` lists them)."""
     # -I: the watcher says these paths changed, so never trust rsync's size+mtime quick check
     # (a same-size rewrite within the mtime granularity would otherwise be skipped).
     argv = ["rsync", *_common(opts, now), "-I", "--files-from=-", "--from0", "--relative"]

@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 declare -A APT=(
-  # prometheus: promtool, which checks and tests conf/prometheus/hapair.rules.yml.
-  [base]="iproute2 nftables rsync openssh-server openssh-client iputils-ping procps sqlite3 systemd prometheus"
+  # prometheus: promtool, which checks and tests conf/prometheus/hapair.rules.yml; faketime: clock steps.
+  [base]="iproute2 nftables rsync openssh-server openssh-client iputils-ping procps sqlite3 systemd prometheus faketime"
   [bench]="keepalived lsyncd"
   [vm]="openipmi ipmitool libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 libvirt-dev pkg-config"
 )

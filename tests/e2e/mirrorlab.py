@@ -205,11 +205,13 @@ class MirrorPair:
 
 
 def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
-    """Every entry below root (backup area excluded) with type, mode, owner, size, mtime, link
-    target and hard-link group (the sorted names sharing its inode)."""
+    """The root and every entry below it (backup area excluded) with type, mode, owner, size,
+    mtime to the nanosecond, link target and hard-link group (the sorted names sharing its
+    inode)."""
     entries: dict[str, os.stat_result] = {}
     if not root.is_dir():
         return {}
+    entries["."] = os.lstat(root)
     for dirpath, dirnames, filenames in os.walk(root):
         if dirpath == str(root):
             dirnames[:] = [d for d in dirnames if d != BACKUP_DIR]
@@ -228,12 +230,7 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
     out: dict[str, tuple[object, ...]] = {}
     for rel, st in entries.items():
         link = os.readlink(root / rel) if stat.S_ISLNK(st.st_mode) else ""
-        # Directory mtimes are left out: the receiver's own backup area touches them. Symlink
-        # mtimes compare to the second: rsync sets a new link's time only when it differs from
-        # the link's creation time at its own granularity, so sub-second parts can stay.
-        mtime = 0 if stat.S_ISDIR(st.st_mode) else st.st_mtime_ns
-        if stat.S_ISLNK(st.st_mode):
-            mtime = st.st_mtime_ns // 1_000_000_000
+        mtime = st.st_mtime_ns
         size = 0 if stat.S_ISDIR(st.st_mode) else st.st_size
         group = tuple(sorted(groups.get(st.st_ino, []))) if stat.S_ISREG(st.st_mode) else ()
         out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
@@ -305,6 +302,8 @@ def spawn_sshd(
         "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPrintMotd no\n"
         "MaxSessions 64\nMaxStartups 64\nLogLevel VERBOSE\n"
+        # The forced command (mirrord.receive) runs the code under test, as the daemons do.
+        + (f"SetEnv PYTHONPATH={os.environ['PYTHONPATH']}\n" if "PYTHONPATH" in os.environ else "")
     )
     privsep = lab.node_dir(node, "privsep")
     privsep.chmod(0o755)

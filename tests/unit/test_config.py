@@ -454,6 +454,18 @@ def test_fixed_interval_without_class(tmp_path: Path) -> None:
     assert (policy.interval, policy.min_interval, policy.max_interval) == (42.0, 42.0, 42.0)
 
 
+def test_a_schedule_replaces_the_periodic_audit(tmp_path: Path) -> None:
+    """A valid crontab `schedule` is kept, and verify_every then defaults to 0 unless set."""
+    path = tmp_path / "p.toml"
+    path.write_text('[[directory]]\npath = "/srv/x"\nschedule = "0 3 * * *"\n'
+                    '[[directory]]\npath = "/srv/y"\nschedule = "*/15 * * * 1-5"\n'
+                    'verify_every = "1h"\n[[directory]]\npath = "/srv/z"\n')  # fmt: skip
+    x, y, z = load_policy_file(path, check_fs=False)
+    assert (x.schedule, x.verify_every) == ("0 3 * * *", 0.0)
+    assert (y.schedule, y.verify_every) == ("*/15 * * * 1-5", 3600.0)
+    assert (z.schedule, z.verify_every) == (None, 86400.0)
+
+
 def test_nested_directories_across_files_are_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

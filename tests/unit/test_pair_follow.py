@@ -102,7 +102,13 @@ def test_takeover_restart_on_the_standby_keeps_receiving(tmp_path: Path) -> None
     daemon, root = follower(tmp_path)
     assert daemon.journal is not None
     daemon._apply([RoleSeen("STANDBY", "t"), PeerSeen(ACTIVE_PEER)])
-    daemon._start_due()
+
+    async def set_aside() -> None:
+        # The (empty) set-aside runs in a worker thread; its record is applied on the loop.
+        daemon._start_due()
+        daemon._apply([await asyncio.wait_for(daemon._q.get(), 10)])
+
+    asyncio.run(set_aside())
     daemon._apply([RoleSeen(None, "takeover not running"), PeerSeen(None), created(root, "x")])
     daemon._apply([RoleSeen("STARTING", "subscribed"), created(root, "y")])
     assert daemon._direction.receiving and not daemon._quarantine_due
@@ -215,10 +221,16 @@ def test_becoming_standby_sets_orphans_aside_then_accepts_pushes(tmp_path: Path)
     daemon._apply([RoleSeen("ACTIVE", "test"), PeerSeen(STANDBY_PEER), created(root, "late")])
     assert daemon._direction.push
     daemon._apply([RoleSeen("STANDBY", "operator standby")])
-    daemon._start_due()
-    assert (root / "late").exists()  # the peer is not the source yet
-    daemon._apply([PeerSeen(ACTIVE_PEER)])
-    daemon._start_due()
+
+    async def set_aside() -> None:
+        daemon._start_due()
+        assert (root / "late").exists()  # the peer is not the source yet
+        daemon._apply([PeerSeen(ACTIVE_PEER)])
+        # The moves run in a worker thread; their record is applied on the loop.
+        daemon._start_due()
+        daemon._apply([await asyncio.wait_for(daemon._q.get(), 10)])
+
+    asyncio.run(set_aside())
     assert not (root / "late").exists()
     assert [o.path for o in orphans.load(daemon.state_dir)] == ["late"]
     assert daemon.journal.dirty(str(root)) == {}

@@ -463,3 +463,25 @@ def test_a_few_changes_after_a_pass_keep_the_rate_spacing() -> None:
     p.changes(D, ["b", "c"], 100.5)
     assert p.due(102.4) == []
     assert p.next_deadline() == pytest.approx(100.0 + HOT_CLASS.interval / 2)
+
+
+def test_a_scheduled_audit_is_due_at_once_and_is_an_audit() -> None:
+    """When the cron schedule fires, a full audit pass is due at once, even on a clean
+    directory, and once it started nothing more is owed."""
+    p = planner()
+    p.schedule_audit(D, 50.0)
+    assert p.next_deadline() == 50.0
+    plan = run_pass(p, 50.0, 1.0)
+    assert (plan.kind, plan.reason, plan.audit) == (PassKind.FULL, "schedule", True)
+    assert p.next_deadline() is None
+    assert p.rpo(D, 60.0) == 0.0
+
+
+def test_a_full_pass_owed_anyway_serves_as_the_scheduled_audit() -> None:
+    """A schedule firing while an overflow is owed yields one full pass, an audit."""
+    p = planner()
+    p.overflow(D, 10.0)
+    p.schedule_audit(D, 11.0)
+    plan = run_pass(p, 11.0, 1.0)
+    assert (plan.kind, plan.reason, plan.audit) == (PassKind.FULL, "overflow", True)
+    assert p.next_deadline() is None

@@ -17,6 +17,7 @@ from mirrord.receive import (
     PRUNE_EVERY,
     ReceiveError,
     authorized_keys_line,
+    for_rrsync,
     maybe_prune,
     parse_args,
     pick_root,
@@ -61,6 +62,34 @@ def test_receive_refuses_outside_paths_end_to_end(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 1
     assert "not a mirrored root" in proc.stderr
+
+
+def test_rrsync_takes_times_to_the_nanosecond(tmp_path: Path) -> None:
+    """A push with --modify-window=-1 passes rrsync's option check through the forced command
+    and sets a sub-second time difference right."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    (src / "a").write_text("1")
+    os.utime(src / "a", ns=(0, 1_600_000_000_700_000_000))
+    (dst / "a").write_text("1")
+    os.utime(dst / "a", ns=(0, 1_600_000_000_200_000_000))
+    ssh = tmp_path / "ssh"
+    receive = shlex.join([sys.executable, "-m", "mirrord.receive", "--root", str(dst)])
+    ssh.write_text(f'#!/bin/sh\nshift\nSSH_ORIGINAL_COMMAND="$*" exec {receive}\n')
+    ssh.chmod(0o755)
+    argv = ["rsync", "-a", "--modify-window=-1", "-e", str(ssh), f"{src}/", f"peer:{dst}/"]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert os.stat(dst / "a").st_mtime_ns == 1_600_000_000_700_000_000
+
+
+def test_for_rrsync_rewrites_only_the_nanosecond_window() -> None:
+    """Only the `-@-1` word becomes its long form; every other word is kept as it was."""
+    command = "rsync --server -logDtpre.iLsfxCIvu -@-1 --backup-dir=a\\ b . /srv/www/"
+    assert for_rrsync(command) == (
+        "rsync --server -logDtpre.iLsfxCIvu --modify-window=-1 --backup-dir=a\\ b . /srv/www/"
+    )
 
 
 def test_expired_backups_by_whole_hour() -> None:

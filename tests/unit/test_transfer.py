@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from mirrord.transfer import (
     TransferOptions,
     TransferResult,
     classify,
+    files_from,
     full_argv,
     incremental_argv,
     literal_pattern,
@@ -84,7 +86,7 @@ def test_backup_dir_is_relative_dated_and_excluded() -> None:
     assert "--backup" in argv
     assert f"--backup-dir={BACKUP_DIR}/2026-11-18T11Z/0640.250" in argv
     assert "--suffix=" in argv
-    assert f"--exclude=/{BACKUP_DIR}/" in argv
+    assert f"--exclude=/{BACKUP_DIR}" in argv
 
 
 def test_ssh_uses_one_control_master_per_peer() -> None:
@@ -205,6 +207,97 @@ def test_same_size_rewrite_in_the_same_second_is_sent(tmp_path: Path) -> None:
     os.utime(src / "a", ns=(st.st_atime_ns, st.st_mtime_ns))
     run(incremental_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)), ["a"])
     assert (dst / "a").read_text() == "two"
+
+
+def differences(src: Path, dst: Path) -> list[str]:
+    """Return what `rsync -anci` still lists between the trees, times to the nanosecond."""
+    out = subprocess.run(
+        ["rsync", "-anci", "--modify-window=-1", f"--exclude=/{BACKUP_DIR}", f"{src}/", f"{dst}/"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return out.splitlines()
+
+
+def start_of_a_second() -> None:
+    """Sleep until just after a whole second: what follows shares that second."""
+    time.sleep(1.0 - time.time() % 1.0 + 0.01)
+
+
+def test_an_incremental_pass_leaves_every_time_as_the_sources(tmp_path: Path) -> None:
+    """After deletions, creations and renames in and below the root, an incremental pass over
+    the paths the watcher lists leaves no difference, directory and root times included."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tree(src, {"top": "1", "gone": "2", "d/x": "3", "d/y": "4", "d/e/z": "5"})
+    dst.mkdir()
+    run(full_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)))
+    assert differences(src, dst) == []
+    # The peer's deletions land in the same second as the source's: a whole-second
+    # comparison takes the directories' times for equal.
+    start_of_a_second()
+    (src / "gone").unlink()
+    (src / "d/x").unlink()
+    (src / "d/y").rename(src / "d/e/y")
+    (src / "new").write_text("6")
+    res = run(incremental_argv(str(src), None, TransferOptions(), NOW + 1, dest=str(dst)),
+              files_from({"gone", "d/x", "d/y", "d/e/y", "new"}))  # fmt: skip
+    assert res.outcome.result is Result.OK, res.stderr
+    assert differences(src, dst) == []
+    for rel in (".", "d", "d/e"):
+        assert os.stat(dst / rel).st_mtime_ns == os.stat(src / rel).st_mtime_ns, rel
+
+
+def test_only_the_roots_own_times_change_send_it_alone(tmp_path: Path) -> None:
+    """A root whose own mode and times changed is sent as one entry: its files stay as they
+    are (listing `.` would resend the whole first level)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tree(src, {"a": "1", "b": "2"})
+    dst.mkdir()
+    run(full_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)))
+    os.chmod(src, 0o750)
+    os.utime(src, ns=(0, 1_600_000_000_123_456_789))
+    res = run(incremental_argv(str(src), None, TransferOptions(), NOW + 1, dest=str(dst)),
+              files_from({"."}))  # fmt: skip
+    assert res.outcome.result is Result.OK, res.stderr
+    assert res.stats.changed == 1
+    assert os.stat(dst).st_mtime_ns == 1_600_000_000_123_456_789
+    assert os.stat(dst).st_mode & 0o777 == 0o750
+    assert not (dst / BACKUP_DIR).exists()
+
+
+def test_a_full_pass_fixes_sub_second_drift(tmp_path: Path) -> None:
+    """A full pass sets file, directory and root times that differ by less than a second."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tree(src, {"a": "1", "d/b": "2"})
+    dst.mkdir()
+    run(full_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)))
+    second = 1_700_000_000_000_000_000
+    for rel in ("d/b", "a", "d", "."):
+        os.utime(src / rel, ns=(second, second + 100_000_000))
+        os.utime(dst / rel, ns=(second, second + 700_000_000))
+    res = run(full_argv(str(src), None, TransferOptions(), NOW + 1, dest=str(dst)))
+    assert res.outcome.result is Result.OK, res.stderr
+    assert differences(src, dst) == []
+    for rel in ("d/b", "a", "d", "."):
+        assert os.stat(dst / rel).st_mtime_ns == second + 100_000_000, rel
+
+
+def test_the_carrier_of_the_roots_times_is_never_sent_nor_deleted(tmp_path: Path) -> None:
+    """The backup area named as the root's carrier stays out of the pass on both sides,
+    whether it is a directory, a symlink or missing on the source."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tree(dst, {f"{BACKUP_DIR}/2026-11-18T11Z/kept~": "old"})
+    src.mkdir()
+    os.symlink("/", src / BACKUP_DIR)
+    res = run(incremental_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)),
+              files_from({"."}))  # fmt: skip
+    assert res.outcome.result is Result.OK, res.stderr
+    assert (dst / BACKUP_DIR).is_dir() and not (dst / BACKUP_DIR).is_symlink()
+    assert (dst / f"{BACKUP_DIR}/2026-11-18T11Z/kept~").read_text() == "old"
+    (src / BACKUP_DIR).unlink()
+    res = run(incremental_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)),
+              files_from({"."}))  # fmt: skip
+    assert res.outcome.result is Result.OK, res.stderr
+    assert (dst / f"{BACKUP_DIR}/2026-11-18T11Z/kept~").read_text() == "old"
 
 
 def test_full_pass_keeps_the_backup_area(tmp_path: Path) -> None:

@@ -1,0 +1,173 @@
+"""Walks and moves of whole trees run off the daemon's event loop: its timers keep firing."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+
+import pytest
+
+from mirrord import daemon as daemon_module
+from mirrord import orphans
+from mirrord.changes import RawEvent
+from mirrord.daemon import Daemon, Rewatch
+from mirrord.follow import PeerSeen, RoleSeen
+from mirrord.planner import Result
+from mirrord.roles import Peer
+from mirrord.scan import Changed
+from tests.unit.test_daemon_local import Env, converge, with_daemon
+from tests.unit.test_pair_follow import follower
+
+# A walk this slow on the loop would hold every timer (the watchdog's, the flush's) as long.
+SLOW = 1.5
+# Generous: the loop's own timers fire every 20 ms; a blocked loop shows a gap of SLOW.
+MAX_GAP = 1.0
+
+
+async def loop_gaps(body: Callable[[], Awaitable[None]]) -> float:
+    """Run `body` while a 20 ms timer ticks on the same loop; return the longest gap seen."""
+    loop = asyncio.get_running_loop()
+    ticks = [loop.time()]
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(0.02)
+            ticks.append(loop.time())
+
+    ticker = asyncio.ensure_future(tick())
+    try:
+        await body()
+    finally:
+        ticker.cancel()
+    ticks.append(loop.time())
+    return max(b - a for a, b in itertools.pairwise(ticks))
+
+
+def test_a_new_directorys_walk_does_not_hold_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk of a directory that appeared (its contents must be listed) runs in a thread:
+    the loop keeps ticking, and the contents still reach the peer."""
+    real = daemon_module.coalesce
+
+    def slow(events: Iterable[RawEvent], walk: bool = True) -> dict[str, set[str]]:
+        events = list(events)
+        if walk and any(ev.is_dir for ev in events):
+            time.sleep(SLOW)
+        return real(events, walk)
+
+    monkeypatch.setattr(daemon_module, "coalesce", slow)
+    env = Env(tmp_path)
+    gaps: list[float] = []
+
+    async def body() -> None:
+        await converge(env)
+
+        async def new_tree() -> None:
+            (env.src / "d/e").mkdir(parents=True)
+            (env.src / "d/e/f").write_text("f")
+            await asyncio.sleep(SLOW + 0.5)
+
+        gaps.append(await loop_gaps(new_tree))
+        await converge(env)
+        assert (env.mirror / "d/e/f").read_text() == "f"
+
+    asyncio.run(with_daemon(env.daemon(), body))
+    assert gaps[0] < MAX_GAP
+
+
+async def settle(daemon: Daemon) -> None:
+    """Give the worker threads time to finish, then apply the records they queued."""
+    await asyncio.sleep(SLOW + 0.5)
+    while not daemon._q.empty():
+        daemon._apply([daemon._q.get_nowait()])
+
+
+def test_the_set_aside_walk_does_not_hold_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On becoming standby after a crash as the source, the walk for unjournaled changes and
+    the moves run in a thread: the loop keeps ticking, and the orphan is set aside."""
+    real = daemon_module.changed_since
+
+    def slow(root: str, since: float, *, by_ctime: bool = True) -> Changed:
+        time.sleep(SLOW)
+        return real(root, since, by_ctime=by_ctime)
+
+    monkeypatch.setattr(daemon_module, "changed_since", slow)
+    daemon, root = follower(tmp_path)
+    # The last run crashed while it was the source, after writing `lost` (never journaled).
+    orphans.set_source(str(root), "a", time.time())
+    (root / "lost").write_text("x")
+
+    async def body() -> None:
+        daemon._apply([RoleSeen("STANDBY", "takeover says so"),
+                       PeerSeen(Peer(alive=True, role="ACTIVE"))])  # fmt: skip
+        daemon._start_due()
+        await settle(daemon)
+
+    gap = asyncio.run(loop_gaps(body))
+    assert gap < MAX_GAP
+    assert not (root / "lost").exists()
+    assert [o.path for o in orphans.load(daemon.state_dir)] == ["lost"]
+    assert not orphans.has_source(str(root))
+
+
+def test_re_watching_a_root_does_not_hold_the_loop(tmp_path: Path) -> None:
+    """Watching a root again (inotify watches for its whole tree) runs in a thread: the loop
+    keeps ticking, and the root is watched and owes a full pass."""
+    daemon, root = follower(tmp_path)
+
+    class SlowWatcher:
+        """Adds a watch as slowly as a large tree does."""
+
+        def watch(self, path: str) -> bool:
+            time.sleep(SLOW)
+            return True
+
+    daemon._watcher = SlowWatcher()  # type: ignore[assignment]
+    daemon._unwatched = {str(root)}
+
+    async def body() -> None:
+        daemon._apply([Rewatch()])
+        await settle(daemon)
+
+    gap = asyncio.run(loop_gaps(body))
+    assert gap < MAX_GAP
+    assert not daemon._unwatched
+    assert daemon.planner.status(str(root), daemon.clock()).full_needed is not None
+
+
+def test_a_failed_walk_owes_a_full_pass_and_blocks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A walk of a new directory that raises leaves no walk pending (the flush and the
+    set-aside would wait for ever) and owes its root a full pass."""
+    real = daemon_module.coalesce
+
+    def broken(events: Iterable[RawEvent], walk: bool = True) -> dict[str, set[str]]:
+        if walk:
+            raise RuntimeError("walk broke")
+        return real(events, walk)
+
+    monkeypatch.setattr(daemon_module, "coalesce", broken)
+    daemon, root = follower(tmp_path)
+    # The start-up full pass (a new journal) is done.
+    now = daemon.clock()
+    (plan,) = daemon.planner.due(now)
+    daemon.planner.pass_started(plan, now)
+    daemon.planner.pass_finished(str(root), Result.OK, now)
+    (root / "d").mkdir()
+
+    async def body() -> None:
+        daemon._apply([RawEvent(str(root), "created", str(root / "d"), "", True)])
+        await settle(daemon)
+
+    asyncio.run(body())
+    assert daemon._walks_pending == 0
+    assert daemon.planner.status(str(root), daemon.clock()).full_needed == (
+        "the walk of a new directory failed"
+    )
