@@ -38,6 +38,15 @@ from takeover.config import Cluster, Vip, VmConfig
 RESTART = "restart to apply"
 
 
+class ReloadRefused(Exception):
+    """A reload that changes nothing: each problem names file and key."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        """Refuse for `problems` (at least one)."""
+        super().__init__("; ".join(problems))
+        self.problems = tuple(problems)
+
+
 @dataclass(frozen=True)
 class Plan:
     """The difference to apply; `refused` non-empty means nothing is applied."""
@@ -180,4 +189,4 @@ def plan(
     return result
 
 
-__all__ = ["RESTART", "Plan", "plan"]
+__all__ = ["RESTART", "Plan", "ReloadRefused", "plan"]
