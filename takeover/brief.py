@@ -57,7 +57,8 @@ def takeover_brief(
     CRITICAL: the daemon is not running, the peer is lost, this node cannot serve (ISOLATED,
     FAULT), or no node / both nodes are ACTIVE. WARNING: maintenance mode, a condition of
     `takeover status` (heartbeats rejected, configuration drift, a failed reload), a
-    heartbeat link down, a failing health check, a transitional role. UNKNOWN: the status is stale (the daemon may be hung).
+    heartbeat link down, a failing health check, a transitional role. UNKNOWN: the status
+    is stale (the daemon may be hung).
     """
     if doc is None or verdict is StatusExit.NOT_RUNNING:
         return plugin_line("TAKEOVER", [(Plugin.CRITICAL, "daemon not running")], "")
