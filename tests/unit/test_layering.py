@@ -41,6 +41,7 @@ REQUIRED_PURE = [
     "mirrord/brief.py",
     "takeover/drift.py",
     "takeover/reloadplan.py",
+    "mirrord/reloadplan.py",
 ]
 
 
