@@ -70,6 +70,12 @@ TAKEOVER_CASES = [
         Plugin.WARNING,
         "heartbeats from b rejected",
     ),
+    (
+        {"local": {"name": "a", "role": "ACTIVE", "score": 0, "maintenance": True}},
+        RUNNING,
+        Plugin.WARNING,
+        "TAKEOVER WARNING - maintenance mode: no failover",
+    ),
     # The worst decides the code; every problem is on the line, the worst first.
     (
         {"peer": LOST, "conditions": ["configuration differs"]},
