@@ -603,6 +603,13 @@ class Daemon:
             problems = []
             try:
                 await self.fx.reloader.apply(acquire)
+            except ReloadRefused as err:
+                # Found out before anything changed (an interface that is not there).
+                for problem in err.problems:
+                    log.error("reload.failed problem=%s", problem)
+                self.last_reload = {"time": wall, "ok": False, "problems": list(err.problems)}
+                self._write_status()
+                return False
             except Exception as err:
                 # The new file is in force; what could not be taken is named (status shows
                 # the VIP not held) and taken at the next acquire.

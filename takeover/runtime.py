@@ -526,6 +526,13 @@ class Reloader:
         self._pending = None
         gone = {str(v.address) for v in p.vips_removed}
         gone_vms = {f"vm {v.name}" for v in p.vms_removed}
+        fresh_places = placements(replace(new, vips=p.vips_added), node)
+        try:
+            # First, before anything changes: an interface that is not there refuses it all.
+            await self.addresses.prepare(fresh_places)
+        except Exception as err:
+            raise ReloadRefused([f"{new.label}: vip: {err}"]) from err
+        self.guard.guards = tuple(g for g in self.guard.guards if str(g[0].address) not in gone)
         for vm in [v for v in self.vms if v.name in gone_vms]:
             log.info("reload.vm_removed name=%s held=%s", vm.name, vm.runs_here())
             await vm.release()
@@ -535,8 +542,7 @@ class Reloader:
             await item.release()
             self.items.remove(item)
         added = []
-        for placement in placements(replace(new, vips=p.vips_added), node):
-            await self.addresses.prepare([placement])
+        for placement in fresh_places:
             if placement.interface not in self.announcers:
                 self.announcers[placement.interface] = Announcer(placement.interface)
                 self.closers.append(self.announcers[placement.interface].close)
@@ -546,7 +552,6 @@ class Reloader:
             guard = VipGuard(placement.interface)
             self.closers.append(guard.close)
             self.guard.guards += ((placement, guard),)
-        self.guard.guards = tuple(g for g in self.guard.guards if str(g[0].address) not in gone)
         ann = new.announce
         order = {str(v.address): i for i, v in enumerate(new.vips)}
         self.items[:] = sorted([*self.items, *added], key=lambda i: order[str(i.placement.address)])

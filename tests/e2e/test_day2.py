@@ -131,6 +131,13 @@ def test_reload_with_an_invalid_file_keeps_the_old_configuration(
     pair.cluster.write_text(good.replace('name = "lab"', 'name = "lab2"'))
     pair.procs["a"].signal(signal.SIGHUP)
     assert wait_until(lambda: "restart to apply" in pair.log("a"), 10, 0.1), pair.log("a")
+    # A VIP on an interface this node does not have: found out before anything changed.
+    pair.cluster.write_text(good + f'\n[[vip]]\naddress = "{VIP_NEW}/24"\ninterface = "nosuch0"\n')
+    assert check(pair, "a")[0] == 0
+    pair.procs["a"].signal(signal.SIGHUP)
+    assert wait_until(lambda: "interface nosuch0 not found" in pair.log("a"), 10, 0.1)
+    assert "reload.failed problem=cluster.toml: vip: " in pair.log("a")
+    assert pair.holds("a") and not pair.holds("a", VIP_NEW)
     pair.cluster.write_text(good)
     pair.procs["a"].signal(signal.SIGHUP)
     assert wait_until(lambda: pair.status("a").get("conditions") == [], 10, 0.1)
