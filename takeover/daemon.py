@@ -591,11 +591,7 @@ class Daemon:
         try:
             plan, cfg = self.fx.reloader.load(self.state.maintenance)
         except ReloadRefused as err:
-            for problem in err.problems:
-                log.error("reload.failed problem=%s", problem)
-            self.last_reload = {"time": wall, "ok": False, "problems": list(err.problems)}
-            self._write_status()
-            return False
+            return self._reload_refused(err, wall)
         async with self._resource_lock:
             # After the lock: an acquire or release in progress has finished. Only an active
             # node (not in maintenance) takes what was added; the others just know of it.
@@ -605,11 +601,7 @@ class Daemon:
                 await self.fx.reloader.apply(acquire)
             except ReloadRefused as err:
                 # Found out before anything changed (an interface that is not there).
-                for problem in err.problems:
-                    log.error("reload.failed problem=%s", problem)
-                self.last_reload = {"time": wall, "ok": False, "problems": list(err.problems)}
-                self._write_status()
-                return False
+                return self._reload_refused(err, wall)
             except Exception as err:
                 # The new file is in force; what could not be taken is named (status shows
                 # the VIP not held) and taken at the next acquire.
@@ -622,6 +614,14 @@ class Daemon:
             self.last_reload["problems"] = problems
         self._write_status()
         return not problems
+
+    def _reload_refused(self, err: ReloadRefused, wall: float) -> bool:
+        """Keep the old configuration; log each problem and show them in status."""
+        for problem in err.problems:
+            log.error("reload.failed problem=%s", problem)
+        self.last_reload = {"time": wall, "ok": False, "problems": list(err.problems)}
+        self._write_status()
+        return False
 
     async def _reload_task(self) -> None:
         await self.reload()
