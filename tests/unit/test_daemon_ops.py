@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from takeover.arbitration import Outcome
 from takeover.daemon import DaemonConfig, load_maintenance
 from takeover.machine import Role
 from takeover.reloadplan import Plan, ReloadRefused
@@ -154,6 +155,27 @@ def test_sighup_runs_the_reload_from_the_loop(tmp_path: Path) -> None:
         await rig.advance(0.2)
         await asyncio.sleep(0)
         assert rig.reloader.applied == [False]
+
+    rig = OpsRig(tmp_path)
+    drive(rig.daemon, lambda: body(rig))
+
+
+def test_reload_retargets_the_ping_list_keeping_known_targets(tmp_path: Path) -> None:
+    """A new ping list is probed from the next round; a kept target keeps its damped state,
+    a removed one is gone from status, a new one starts unknown."""
+
+    async def body(rig: OpsRig) -> None:
+        await rig.advance(1.2)
+        assert rig.daemon.status()["targets"]["192.0.2.1"] == "up"
+        rig.prober.targets = ("192.0.2.1", "192.0.2.9")
+        rig.reloader.cfg = rig.cfg
+        rig.reloader.plan = Plan(targets=True)
+        assert await rig.daemon.reload() is True
+        assert rig.daemon.status()["targets"] == {"192.0.2.1": "up", "192.0.2.9": "unknown"}
+        # A round started before the reload answers for a target that is gone: ignored.
+        rig.daemon.reach.record("192.0.2.2", Outcome.TIMEOUT, rig.clock())
+        rig.daemon.reach.record("192.0.2.9", Outcome.REPLY, rig.clock())
+        assert rig.daemon.status()["targets"] == {"192.0.2.1": "up", "192.0.2.9": "up"}
 
     rig = OpsRig(tmp_path)
     drive(rig.daemon, lambda: body(rig))
