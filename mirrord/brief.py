@@ -18,7 +18,8 @@ def mirrord_brief(doc: Mapping[str, Any] | None, verdict: int, why: str) -> tupl
 
     CRITICAL: mirrord is not running, or a directory is in alarm (the guard refused a pass,
     rsync needs an operator). WARNING: a pushed directory's RPO over its max_interval, passes
-    failing, a directory not watched, the last final flush incomplete. UNKNOWN: the status
+    failing, a directory not watched, the last final flush incomplete, the last reload
+    refused. UNKNOWN: the status
     is stale or unreadable.
     """
     if verdict == StatusExit.NOT_RUNNING:
@@ -48,6 +49,11 @@ def mirrord_brief(doc: Mapping[str, Any] | None, verdict: int, why: str) -> tupl
     flush = follow.get("last_flush")
     if isinstance(flush, dict) and flush.get("ended") and not flush.get("ok"):
         problems.append((Plugin.WARNING, "last final flush incomplete"))
+    reload = doc.get("reload")
+    if isinstance(reload, dict) and reload.get("ok") is False:
+        problems.append(
+            (Plugin.WARNING, "reload failed: " + "; ".join(map(str, reload.get("problems") or [])))
+        )
     peer = follow.get("peer") or doc.get("peer") or "peer"
     if pushing:
         ok_text = f"pushing {len(dirs)} directories to {peer}, max RPO {worst_rpo:.1f}s"

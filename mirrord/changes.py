@@ -275,6 +275,13 @@ class Watcher:
         log.info("watch.started root=%s", root)
         return True
 
+    def unwatch(self, root: str) -> None:
+        """Stop watching one root (a reload dropped it)."""
+        old = self._watches.pop(root, None)
+        if old is not None:
+            self._observer.unschedule(old)
+            log.info("watch.stopped root=%s", root)
+
     def stop(self) -> None:
         """Stop the observer and detach the overflow detector."""
         self._detector.detach()

@@ -19,9 +19,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mirrord import orphans
+from mirrord import orphans, reloadplan
 from mirrord.brief import mirrord_brief
-from mirrord.daemon import Daemon, DaemonError, mirror_dir
+from mirrord.daemon import Daemon, DaemonError, Reloaded, mirror_dir
 from mirrord.journal import JournalError
 from mirrord.metrics import mirrord_families
 from mirrord.orphans import Orphan
@@ -47,6 +47,7 @@ from takeover.exits import Exit, StatusExit
 from takeover.exporter import serve
 from takeover.fsutil import write_atomic
 from takeover.metrics import SnapshotCollector
+from takeover.reloadplan import ReloadRefused
 from takeover.status import pid_alive
 
 PROG = "mirrord"
@@ -198,6 +199,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if peer_node.mirror_address is None:
         print_problems(PROG, [f"{cluster.label}: node.mirror_address: not set for the peer"])
         return int(Exit.CONFIG)
+
+    def reloader() -> Reloaded:
+        """Read the cluster file and the policies again (SIGHUP); refuse naming file and key."""
+        try:
+            new, new_node, new_policies = _load(args)
+        except ConfigError as err:
+            raise ReloadRefused(err.problems) from err
+        problems = reloadplan.restart_only(cluster, new, new_node.name)
+        if problems:
+            raise ReloadRefused(problems)
+        assert new.mirror is not None
+        flush = new.mirror.flush_timeout if args.flush_timeout is None else args.flush_timeout
+        dirs = tuple(mirror_dir(p) for p in new_policies)
+        return Reloaded(dirs, flush, new.mirror.backup_budget)
+
     daemon = Daemon(
         [mirror_dir(p) for p in policies],
         peer=_peer(cluster, node, args.ssh_option),
@@ -211,6 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ),
         backup_retention=cluster.mirror.backup_retention,
         backup_budget=cluster.mirror.backup_budget,
+        reloader=reloader,
     )
     stop_metrics = None
     try:

@@ -40,7 +40,7 @@ from typing import Any, Final, Protocol
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from mirrord import deletions, guard, orphans, roles, sdnotify, stopping
+from mirrord import deletions, guard, orphans, reloadplan, roles, sdnotify, stopping
 from mirrord.backups import find_unbackable, prune_backups, unbackable
 from mirrord.changes import (
     Overflow,
@@ -68,6 +68,7 @@ from mirrord.transfer import (
     sendable,
 )
 from takeover.fsutil import write_atomic
+from takeover.reloadplan import ReloadRefused
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,10 @@ def mirror_dir(policy: PolicyLike) -> MirrorDir:
         max_delete_percent=policy.max_delete_percent,
         schedule=policy.schedule,
     )
+
+
+def _root_of(d: MirrorDir) -> str:
+    return d.root
 
 
 # -- records on the consumer's queue -----------------------------------------------------------
@@ -372,6 +377,20 @@ def write_json_atomic(path: Path, document: object) -> None:
     write_atomic(path, json.dumps(document, indent=1, sort_keys=True), mode=0o600)
 
 
+@dataclass(frozen=True)
+class Reload:
+    """SIGHUP: re-read the cluster file and the policies, apply what changed."""
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """What a reload read: the directories and the settings that apply live."""
+
+    dirs: tuple[MirrorDir, ...]
+    flush_timeout: float
+    backup_budget: str | None
+
+
 class DaemonError(Exception):
     """The daemon cannot start (another instance runs, or a directory is unusable)."""
 
@@ -395,6 +414,7 @@ class Daemon:
         flush_timeout: float = 20.0,
         backup_retention: float | None = None,
         backup_budget: str | None = None,
+        reloader: Callable[[], Reloaded] | None = None,
     ) -> None:
         if peer is None and local_dest is None:
             raise DaemonError("mirrord: need a peer or a local destination")
@@ -476,6 +496,11 @@ class Daemon:
         self._walks_pending = 0
         self._setting_aside = False
         self._rewatching = False
+        # Reads the files again on SIGHUP (raises ReloadRefused); None: a reload is logged.
+        self.reloader = reloader
+        # Roots a reload dropped while their pass ran: dropped once it has ended.
+        self._retiring: set[str] = set()
+        self.last_reload: dict[str, Any] | None = None
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -533,7 +558,7 @@ class Daemon:
         sink = LoopSink(loop, self._q)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: log.info("reload.ignored hint=restart"))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._q.put_nowait(Reload()))
         self._watcher = Watcher(list(self.dirs), sink)
         self._unwatched = set(await asyncio.to_thread(self._watcher.start))
         for root in self._unwatched:
@@ -659,6 +684,9 @@ class Daemon:
             for ev in events:
                 self._note_departure(ev)
         for root, paths in coalesce(events, walk=False).items():
+            if root not in self.dirs:
+                # Queued before a reload dropped the directory: it is not mirrored any more.
+                continue
             if self._direction.receiving:
                 # The peer's rsync wrote them: never journaled, never pushed back.
                 self._received += len(paths)
@@ -676,7 +704,7 @@ class Daemon:
                 # One inotify queue serves every watch: all roots lost events.
                 for root in self.dirs:
                     self._need_full(root, "overflow", now)
-            elif isinstance(rec, RootGone):
+            elif isinstance(rec, RootGone) and rec.directory in self.dirs:
                 self._unwatched.add(rec.directory)
                 self._need_full(rec.directory, "root vanished", now)
             elif isinstance(rec, Rewatch):
@@ -685,6 +713,10 @@ class Daemon:
                 self._request(rec, now)
             elif isinstance(rec, PassDone):
                 self._finish(rec, now)
+                if rec.plan.directory in self._retiring:
+                    self._drop_dir(rec.plan.directory)
+            elif isinstance(rec, Reload):
+                self._reload(now)
             elif isinstance(rec, CatchUp):
                 self._caught_up(rec, now)
             elif isinstance(rec, Scheduled):
@@ -730,6 +762,80 @@ class Daemon:
             self.planner.changes(root, paths, now)
         for root in rec.failed:
             self._need_full(root, "the walk of a new directory failed", now)
+
+    # -- reload ------------------------------------------------------------------------------
+
+    def _reload(self, now: float) -> None:
+        """Re-read the files and apply the difference (mirrord.reloadplan); on any problem
+        keep everything as it runs and say why (log at error, status)."""
+        if self.reloader is None:
+            log.info("reload.unsupported note=restart_to_apply")
+            return
+        try:
+            got = self.reloader()
+        except ReloadRefused as err:
+            for problem in err.problems:
+                log.error("reload.failed problem=%s", problem)
+            self.last_reload = {"time": self.wall(), "ok": False, "problems": list(err.problems)}
+            self._write_status()
+            return
+        p = reloadplan.plan(self.dirs, got.dirs, _root_of)
+        for root in p.removed:
+            self._retire(root)
+        for d in p.added:
+            self._add_dir(d, now)
+        for d in p.changed:
+            # New cadence, excludes and options from the next pass on; a pass running
+            # finishes with the old ones.
+            self.dirs[d.root] = d
+            self.planner.set_cadence(d.root, d.cadence)
+        self.flush_timeout, self.backup_budget = got.flush_timeout, got.backup_budget
+        log.info("reload.applied changes=%s", ",".join(p.changes()))
+        self.last_reload = {"time": self.wall(), "ok": True, "changes": p.changes()}
+        self._write_status()
+
+    def _add_dir(self, d: MirrorDir, now: float) -> None:
+        """Watch a directory a reload added and give it its first full pass."""
+        assert self.journal is not None
+        root = d.root
+        self._retiring.discard(root)
+        self.dirs[root] = d
+        self._backup_size[root] = None
+        self._last[root] = _LastPass()
+        self._tree_size[root] = None
+        self._deleted[root] = []
+        self._departures[root] = deletions.Departures()
+        self._not_mirrored[root] = {}
+        self.journal.open_directory(root, self.wall())
+        self.planner.add_directory(root, d.cadence, now)
+        dirty = self.journal.dirty(root)
+        self.planner.restore(root, {p: self._monotonic(t) for p, t in dirty.items()})
+        self._vouch[root] = "added by a reload"
+        self._expect_mount[root] = os.path.ismount(root)
+        self._need_full(root, "reload: new directory", now)
+        if self._watcher is None or not (os.path.isdir(root) and self._watcher.watch(root)):
+            self._unwatched.add(root)
+
+    def _retire(self, root: str) -> None:
+        """Stop pushing a directory a reload dropped; its data stays as it is on both nodes."""
+        if root in self._tasks and not self._tasks[root][0].done():
+            # Its pass ends first (as a RETRY: nothing half-sent is lost or recorded as sent).
+            self._retiring.add(root)
+            self._stop_why[root] = "directory removed by a reload"
+            self._tasks[root][0].cancel()
+            log.warning("pass.stopping dir=%s why=removed_by_reload", root)
+            return
+        self._drop_dir(root)
+
+    def _drop_dir(self, root: str) -> None:
+        self._retiring.discard(root)
+        if self._watcher is not None:
+            self._watcher.unwatch(root)
+        self._unwatched.discard(root)
+        self.planner.remove_directory(root)
+        self.dirs.pop(root, None)
+        self._catch_up.pop(root, None)
+        log.info("reload.dir_removed dir=%s note=data_left_as_it_is", root)
 
     def _note_departure(self, ev: RawEvent) -> None:
         """Remember how a path left its tree, for the guard (mirrord.deletions)."""
@@ -1347,6 +1453,7 @@ class Daemon:
             "status_interval": STATUS_INTERVAL,
             "stopped": self._stopping,
             "directories": dirs,
+            "reload": self.last_reload,
             "follow": {
                 "following": self.follow,
                 "role": self.role,

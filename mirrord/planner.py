@@ -188,6 +188,18 @@ class Planner:
             last_full_ok=last_full_ok,
         )
 
+    def remove_directory(self, directory: str) -> None:
+        """Stop planning `directory` (a reload dropped it); nothing may be running there."""
+        if self._get(directory).running is not None:
+            raise ValueError(f"planner: a pass is running in {directory}")
+        del self._dirs[directory]
+
+    def set_cadence(self, directory: str, cadence: Cadence) -> None:
+        """Plan `directory` with a new cadence from now on (a reload changed its policy)."""
+        d = self._get(directory)
+        d.cadence = cadence
+        d.interval = cadence.interval
+
     def directories(self) -> list[str]:
         """Return the planned directories in the order they were added."""
         return list(self._dirs)

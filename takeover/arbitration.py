@@ -65,9 +65,17 @@ class Reachability:
         self.dampen = dampen
         self._targets: dict[str, _Target] = {t: _Target() for t in targets}
 
+    def retarget(self, targets: Iterable[str], dampen: float) -> None:
+        """Track `targets` from now on (a reload): kept targets keep their damped state."""
+        self.dampen = dampen
+        self._targets = {t: self._targets.get(t) or _Target() for t in targets}
+
     def record(self, target: str, outcome: Outcome, now: float) -> None:
         """Fold one probe outcome of `target` observed at `now`."""
-        t = self._targets[target]
+        t = self._targets.get(target)
+        if t is None:
+            # A round started before a reload removed the target: its answer counts no more.
+            return
         down = is_down(outcome)
         if down is None:
             return

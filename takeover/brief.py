@@ -55,9 +55,10 @@ def takeover_brief(
     """Return `takeover status --brief`'s exit code and line for one status document.
 
     CRITICAL: the daemon is not running, the peer is lost, this node cannot serve (ISOLATED,
-    FAULT), or no node / both nodes are ACTIVE. WARNING: a condition of `takeover status`
-    (heartbeats rejected, configuration drift), a heartbeat link down, a failing health
-    check, a transitional role. UNKNOWN: the status is stale (the daemon may be hung).
+    FAULT), or no node / both nodes are ACTIVE. WARNING: maintenance mode, a condition of
+    `takeover status` (heartbeats rejected, configuration drift, a failed reload), a
+    heartbeat link down, a failing health check, a transitional role. UNKNOWN: the status
+    is stale (the daemon may be hung).
     """
     if doc is None or verdict is StatusExit.NOT_RUNNING:
         return plugin_line("TAKEOVER", [(Plugin.CRITICAL, "daemon not running")], "")
@@ -69,6 +70,8 @@ def takeover_brief(
     peer_name, peer_role = peer.get("name", "peer"), peer.get("role")
     problems: list[Problem] = []
     alive = bool(peer.get("alive"))
+    if local.get("maintenance"):
+        problems.append((Plugin.WARNING, "maintenance mode: no failover"))
     if role in BROKEN_ROLES:
         reason = local.get("reason") or local.get("condition") or ""
         problems.append((Plugin.CRITICAL, f"{me} {role}" + (f": {reason}" if reason else "")))

@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="release even when the peer cannot take over"
     )
     add_command(sub, "promote", cmd_promote, "make this node active (the peer hands over)")
+    maint = add_command(
+        sub,
+        "maintenance",
+        cmd_maintenance,
+        "maintenance mode for the pair: nothing is acquired, released or failed over",
+    )
+    maint.add_argument("mode", choices=["on", "off"], help="on, or off (each node re-checks)")
     add_fence_command(sub, cmd_fence)
     return parser
 
@@ -253,6 +260,11 @@ def cmd_standby(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     """Ask the daemon to make this node active."""
     return _command(args, {"cmd": "promote"})
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    """Turn maintenance mode on or off for the pair (the peer follows through heartbeats)."""
+    return _command(args, {"cmd": "maintenance", "on": args.mode == "on"})
 
 
 def main(argv: list[str] | None = None) -> int:

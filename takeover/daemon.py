@@ -36,10 +36,12 @@ from takeover.fsutil import write_atomic
 from takeover.health import CheckSpec, HealthMonitor
 from takeover.heartbeat import PeerRecord, SequenceFloor
 from takeover.hooks import Hook, HookRunner
+from takeover.reloadplan import Plan, ReloadRefused
 from takeover.startup import Decision, Held, PeerAdvert, decide
 from takeover.status import (
     link_conditions,
     process_start,
+    reload_conditions,
     remove_status,
     status_path,
     write_status,
@@ -49,6 +51,8 @@ from takeover.wire import Heartbeat, Receiver, encode
 log = logging.getLogger(__name__)
 
 EPOCH_NAME = "takeover.epoch"
+# Present while the pair is in maintenance mode: a restart must not act either.
+MAINTENANCE_NAME = "takeover.maintenance"
 # A loop iteration later than interval + this share of deadtime counts as a stall.
 STALL_FRACTION = 0.5
 # How many transitions status keeps.
@@ -164,6 +168,23 @@ class Startup(Protocol):
         ...
 
 
+class Reloader(Protocol):
+    """Re-reads every file and carries a reload plan out on the effects (runtime.Reloader)."""
+
+    def load(self, maintenance: bool) -> tuple[Plan, DaemonConfig]:
+        """Read and validate every file; return the plan and the daemon's new configuration.
+
+        Raise ReloadRefused naming file and key when a file is invalid or the plan refuses
+        (restart to apply); nothing has changed then.
+        """
+        ...
+
+    async def apply(self, acquire: bool) -> None:
+        """Carry the plan `load` returned out: release removed resources, add new ones and,
+        with `acquire` (this node is active), acquire and announce them; the rest untouched."""
+        ...
+
+
 class Notifier(Protocol):
     """sd_notify sink."""
 
@@ -231,6 +252,21 @@ def store_epoch(state_dir: Path, epoch: int) -> None:
     write_atomic(state_dir / EPOCH_NAME, f"{epoch}\n", durable=True)
 
 
+def load_maintenance(state_dir: Path) -> bool:
+    """Return whether the pair was left in maintenance mode (the file is there)."""
+    return (state_dir / MAINTENANCE_NAME).exists()
+
+
+def store_maintenance(state_dir: Path, on: bool) -> None:
+    """Persist the maintenance mode durably: a file while on, none while off."""
+    path = state_dir / MAINTENANCE_NAME
+    if on:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, "on\n", durable=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # The daemon
 
@@ -278,6 +314,8 @@ class Effects:
     watchers: Sequence[Watcher] = ()
     # What was found held at start-up (probe first, then decide); None: only VIPs' "held".
     startup: Startup | None = None
+    # Re-reads the files on SIGHUP; None: a reload changes nothing (logged).
+    reloader: Reloader | None = None
 
 
 class Daemon:
@@ -307,7 +345,10 @@ class Daemon:
             epoch=load_epoch(cfg.state_dir),
             clean=not held,
             deciding=bool(self.found),
+            maintenance=load_maintenance(cfg.state_dir),
         )
+        # The start-up decision has begun (muted, the guard asked); in maintenance it waits.
+        self._deciding_begun = False
         # The VIP guard's verdict at start-up (None while its probe is out), and whether the
         # decision is being carried out.
         self._found_answered: bool | None = None if p.guard else False
@@ -338,6 +379,8 @@ class Daemon:
         self.control = ControlServer(socket_path(cfg.run_dir), self)
         self.stop_requested = False
         self.reload_requested = False
+        # The last reload's outcome for status: when, ok, what changed or the problems.
+        self.last_reload: dict[str, Any] | None = None
         self.ready = False
         self._resource_lock = asyncio.Lock()
         self._probe_lock = asyncio.Lock()
@@ -366,7 +409,12 @@ class Daemon:
         self._background.append(loop.create_task(self._probe_loop()))
         for watch in self.fx.watchers:
             self._background.append(loop.create_task(watch(self._emit)))
-        if self.state.deciding:
+        if self.state.maintenance:
+            log.warning("daemon.maintenance note=nothing_is_acquired_released_or_failed_over")
+            # Nothing will be decided until maintenance is off: systemd must not wait for it.
+            self.ready = True
+            self.fx.notifier.notify("READY=1")
+        elif self.state.deciding:
             await self._begin_deciding()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGTERM, self.request_stop)
@@ -403,7 +451,7 @@ class Daemon:
         self.queue.put_nowait(m.Tick())
 
     def request_reload(self) -> None:
-        """Signal handler: ask the loop to reload (only logged: restart to apply changes)."""
+        """Signal handler: ask the loop to re-read the files and apply what changed."""
         self.reload_requested = True
         self.queue.put_nowait(m.Tick())
 
@@ -428,6 +476,11 @@ class Daemon:
                     usec = deadlines.extend_timeout_usec(budget + deadlines.EXIT_MARGIN)
                     self.fx.notifier.notify(f"EXTEND_TIMEOUT_USEC={usec}")
                     self._begin_stop()
+                if self.state.maintenance:
+                    # Maintenance: exit holding what is held; the next daemon keeps it.
+                    log.info("daemon.exit_in_maintenance role=%s", self.state.role.value)
+                    self._send_heartbeats()
+                    return
                 if self._may_exit() or self.clock() >= stop_deadline:
                     if not self.state.clean:
                         await self._release_addresses()
@@ -437,6 +490,8 @@ class Daemon:
 
     def _begin_stop(self) -> None:
         log.info("daemon.stopping role=%s", self.state.role.value)
+        if self.state.maintenance:
+            return
         if self.state.role is m.Role.ACTIVE:
             # A stop is a planned switchover: give the service away, flush, then exit.
             self.handle(m.OperatorStandby(force=True))
@@ -491,8 +546,12 @@ class Daemon:
             self.handle(first)
         while not self.queue.empty():
             self.handle(self.queue.get_nowait())
-        if self.state.deciding:
-            self._try_deciding()
+        if self.state.deciding and not self.state.maintenance:
+            if self._deciding_begun:
+                self._try_deciding()
+            else:
+                self._deciding_begun = True
+                self._spawn(self._begin_deciding(after_maintenance=True))
         self.handle(m.Tick())
         now = self.clock()
         if now >= self._next_send or self._advert_key() != self._sent_key:
@@ -504,7 +563,7 @@ class Daemon:
             self._write_status()
         if self.reload_requested:
             self.reload_requested = False
-            log.info("daemon.reload note=configuration_changes_need_a_restart")
+            self._spawn(self._reload_task())
         self._kick_watchdog(now)
 
     def next_wake(self) -> float:
@@ -517,10 +576,95 @@ class Daemon:
             times.append(d)
         return min(times)
 
+    # -- reload ----------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read every file and apply the difference (takeover.reloadplan); return success.
+
+        Any problem keeps the old configuration running unchanged: logged at error, named in
+        status (file and key). A VIP in both files is never touched.
+        """
+        if self.fx.reloader is None:
+            log.info("reload.unsupported note=restart_to_apply")
+            return False
+        wall = self.wall()
+        try:
+            plan, cfg = self.fx.reloader.load(self.state.maintenance)
+        except ReloadRefused as err:
+            return self._reload_refused(err, wall)
+        async with self._resource_lock:
+            # After the lock: an acquire or release in progress has finished. Only an active
+            # node (not in maintenance) takes what was added; the others just know of it.
+            acquire = self.state.role is m.Role.ACTIVE and not self.state.maintenance
+            problems = []
+            try:
+                await self.fx.reloader.apply(acquire)
+            except ReloadRefused as err:
+                # Found out before anything changed (an interface that is not there).
+                return self._reload_refused(err, wall)
+            except Exception as err:
+                # The new file is in force; what could not be taken is named (status shows
+                # the VIP not held) and taken at the next acquire.
+                problems.append(f"reload applied, but: {err or type(err).__name__}")
+                log.error("reload.apply_failed error=%s", err)
+        await self._use_config(cfg, plan)
+        log.info("reload.applied changes=%s", ",".join(plan.changes()))
+        self.last_reload = {"time": wall, "ok": not problems, "changes": plan.changes()}
+        if problems:
+            self.last_reload["problems"] = problems
+        self._write_status()
+        return not problems
+
+    def _reload_refused(self, err: ReloadRefused, wall: float) -> bool:
+        """Keep the old configuration; log each problem and show them in status."""
+        for problem in err.problems:
+            log.error("reload.failed problem=%s", problem)
+        self.last_reload = {"time": wall, "ok": False, "problems": list(err.problems)}
+        self._write_status()
+        return False
+
+    async def _reload_task(self) -> None:
+        await self.reload()
+
+    async def _use_config(self, cfg: DaemonConfig, plan: Plan) -> None:
+        """Run on with `cfg`: the machine's parameters, ping list, hooks and checks."""
+        self.cfg = cfg
+        self.state = replace(self.state, params=cfg.params)
+        self.receiver.digest = cfg.digest
+        self.drift.ours = dict(cfg.sections)
+        self.reach.retarget(self.fx.prober.targets, cfg.dampen)
+        p = cfg.params
+        if plan.hooks:
+            await self.hooks.close()
+            self.hooks = HookRunner(cfg.hooks, node=p.node, peer=p.peer)
+            self.hooks.start()
+        if plan.checks:
+            await self.health.close()
+            self.health = HealthMonitor(cfg.checks, self._health_changed)
+            self.health.start()
+        # The next heartbeat goes at the new interval, and carries the new digest.
+        self._next_send = min(self._next_send, self.clock() + p.interval)
+
     # -- start-up: probe first, then decide -------------------------------------------------
 
-    async def _begin_deciding(self) -> None:
-        """Tell the peer we are here and hold something, mute it, and ask the LAN who answers."""
+    async def _begin_deciding(self, after_maintenance: bool = False) -> None:
+        """Tell the peer we are here and hold something, mute it, and ask the LAN who answers.
+
+        Begun at start-up, or when maintenance ends on a node restarted during it: then what
+        is held is looked at afresh, and muted only if the peer is not heard (a heard peer
+        decides at once, and a mute would be a gap for nothing).
+        """
+        self._deciding_begun = True
+        assert self.fx.startup is not None
+        if after_maintenance:
+            # Probe first: what is held now, not what was found before maintenance.
+            look = getattr(self.fx.startup, "look", None)
+            if look is not None:
+                await look()
+            self.found = self.fx.startup.held()
+            if not self.found:
+                self._emit(m.StartupDecided(m.Role.STARTING, "maintenance off: nothing held", True))
+                return
         log.info(
             "startup.found_held vips=%s guests=%s",
             ",".join(self.found.vips) or "-",
@@ -530,8 +674,8 @@ class Daemon:
         # can find our VIPs muted and take them over.
         self._send_heartbeats()
         self._next_send = self.clock() + self.cfg.params.interval
-        assert self.fx.startup is not None
-        await self.fx.startup.mute()
+        if not (after_maintenance and self.state.peer_alive(self.clock())):
+            await self.fx.startup.mute()
         if self._found_answered is None:
             self._spawn(self._startup_guard())
 
@@ -625,8 +769,22 @@ class Daemon:
                 log.error("epoch.store_failed epoch=%s error=%s", a.epoch, err)
             else:
                 log.info("epoch.stored epoch=%s", a.epoch)
+        elif isinstance(a, m.PersistMaintenance):
+            self._maintenance_changed(a.on)
         elif isinstance(a, m.Refused):
             log.info("command.refused command=%s reason=%s", a.command, a.reason)
+
+    def _maintenance_changed(self, on: bool) -> None:
+        """Persist the mode, pause or resume resource monitoring, and say so."""
+        try:
+            store_maintenance(self.cfg.state_dir, on)
+        except OSError as err:
+            log.error("maintenance.store_failed on=%s error=%s", on, err)
+        log.warning("maintenance.%s role=%s", "on" if on else "off", self.state.role.value)
+        pause = getattr(self.fx.resources, "maintenance", None)
+        if pause is not None:
+            self._spawn(pause(on))
+        self._write_status()
 
     def _on_transition(self, a: m.Notify) -> None:
         s = self.state
@@ -791,6 +949,7 @@ class Daemon:
                 promote=hb.promote,
                 hold_standby=hb.hold_standby,
                 holding=hb.holding,
+                maintenance=hb.maintenance,
             )
         )
 
@@ -810,11 +969,13 @@ class Daemon:
             promote=s.promote,
             hold_standby=s.hold_standby,
             holding=not s.clean,
+            maintenance=s.maintenance,
         )
 
     def _advert_key(self) -> tuple[object, ...]:
         s = self.state
-        return (s.role, s.clean, s.epoch, m.own_score(s), s.healthy, s.promote, s.hold_standby)
+        return (s.role, s.clean, s.epoch, m.own_score(s), s.healthy, s.promote, s.hold_standby,
+                s.maintenance)  # fmt: skip
 
     def _send_heartbeats(self) -> None:
         self._sent_key = self._advert_key()
@@ -886,6 +1047,7 @@ class Daemon:
             "healthy": s.healthy,
             "promote": s.promote,
             "hold_standby": s.hold_standby,
+            "maintenance": s.maintenance,
         }
         return {
             "version": 1,
@@ -905,10 +1067,11 @@ class Daemon:
             "checks": self.health.states(),
             "inhibitors": self.control.inhibitors.names(),
             "heartbeat": counters,
-            "conditions": link_conditions(p.peer, links),
+            "conditions": link_conditions(p.peer, links) + reload_conditions(self.last_reload),
             "transitions": list(self.history),
             "totals": {k: dict(v) for k, v in self.totals.items()},
             "drift": self.drift.describe(now),
+            "reload": self.last_reload,
         }
 
     def _vips(self) -> list[dict[str, Any]]:
@@ -956,7 +1119,8 @@ class Daemon:
         s, peer = self.state, self.state.peer
         alive = s.peer_alive(self.clock())
         peer_key = (peer.role, peer.epoch, peer.holding, alive) if peer is not None else None
-        return (s.role, s.condition, s.healthy, s.lan_up, s.hold_standby, s.promote, peer_key)
+        return (s.role, s.condition, s.healthy, s.lan_up, s.hold_standby, s.promote, peer_key,
+                s.maintenance)  # fmt: skip
 
     def _write_status(self) -> None:
         self._written_key = self._status_key()
@@ -969,12 +1133,15 @@ class Daemon:
         self._next_status = self.clock() + self.cfg.status_interval
 
     def command(self, cmd: str, args: dict[str, Any]) -> str | None:
-        """Control handler: run standby/promote through the machine; return a refusal or None."""
-        ev: m.Event = (
-            m.OperatorStandby(force=bool(args.get("force", False)))
-            if cmd == "standby"
-            else m.OperatorPromote()
-        )
+        """Control handler: run standby/promote/maintenance through the machine; return a
+        refusal or None."""
+        ev: m.Event
+        if cmd == "maintenance":
+            ev = m.MaintenanceSet(on=bool(args.get("on")))
+        elif cmd == "standby":
+            ev = m.OperatorStandby(force=bool(args.get("force", False)))
+        else:
+            ev = m.OperatorPromote()
         for a in self.handle(ev):
             if isinstance(a, m.Refused):
                 return a.reason

@@ -133,6 +133,8 @@ class PeerView:
     heard_at: float
     # The peer may still hold resources: never acquire over it.
     holding: bool = False
+    # The peer's heartbeats say the pair is in maintenance mode.
+    maintenance: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,6 +160,8 @@ class HeartbeatSeen:
     hold_standby: bool = False
     # The peer may still hold resources (active, releasing, or stale after a restart).
     holding: bool = False
+    # The peer says the pair is in maintenance mode (an older peer never says so).
+    maintenance: bool = False
 
 
 @dataclass(frozen=True)
@@ -272,6 +276,13 @@ class StartupDecided:
     clean: bool
 
 
+@dataclass(frozen=True)
+class MaintenanceSet:
+    """`takeover maintenance on|off`: for the whole pair (carried in heartbeats)."""
+
+    on: bool
+
+
 Event = (
     Tick
     | HeartbeatSeen
@@ -290,6 +301,7 @@ Event = (
     | LinkState
     | LoopStalled
     | StartupDecided
+    | MaintenanceSet
 )
 
 
@@ -366,6 +378,13 @@ class Refused:
     reason: str
 
 
+@dataclass(frozen=True)
+class PersistMaintenance:
+    """Store whether the pair is in maintenance mode (a restart must not act either)."""
+
+    on: bool
+
+
 Action = (
     Notify
     | AcquireResources
@@ -377,6 +396,7 @@ Action = (
     | WaitInhibitors
     | PersistEpoch
     | Refused
+    | PersistMaintenance
 )
 
 
@@ -442,6 +462,8 @@ class State:
     failback_since: float | None = None
     # STARTING: resources were found held; the daemon decides what to keep (StartupDecided).
     deciding: bool = False
+    # Maintenance mode (the whole pair): nothing is acquired, released or failed over.
+    maintenance: bool = False
 
     def to(self, role: Role, now: float, reason: str) -> State:
         """Return the state after the edge self.role -> role; raise if TRANSITIONS lacks it."""
@@ -496,11 +518,13 @@ def initial_state(
     clean: bool = False,
     *,
     deciding: bool = False,
+    maintenance: bool = False,
 ) -> State:
     """Return the STARTING state of a freshly started daemon.
 
     `epoch` is the persisted one; `clean` says start-up reconciliation found nothing held;
     `deciding`: something was found held and the daemon decides about it before any election.
+    `maintenance`: the persisted maintenance mode; then nothing is decided until it is off.
     """
     return State(
         params=params,
@@ -512,7 +536,14 @@ def initial_state(
         healthy=healthy,
         clean=clean,
         deciding=deciding,
-        condition="deciding what to keep of what is held" if deciding else "",
+        maintenance=maintenance,
+        condition=(
+            MAINTENANCE
+            if maintenance
+            else "deciding what to keep of what is held"
+            if deciding
+            else ""
+        ),
     )
 
 
@@ -567,9 +598,14 @@ def peer_candidate(s: State) -> Candidate:
 def step(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
     """Fold one event into the state; return the new state and the actions to carry out."""
     before = s.seen_epoch
+    was = s.maintenance
     s = _absorb(s, ev, now)
-    handler = _HANDLERS[s.role]
-    new, actions = handler(s, ev, now)
+    if isinstance(ev, MaintenanceSet) or s.maintenance or was:
+        new, actions = _maintenance(s, ev, now, was)
+    else:
+        new, actions = _HANDLERS[s.role](s, ev, now)
+    if new.maintenance != was:
+        actions.append(PersistMaintenance(new.maintenance))
     if new.role is not s.role:
         actions.insert(0, Notify(s.role, new.role, new.reason))
     if new.seen_epoch > before and new.seen_epoch > new.epoch:
@@ -582,6 +618,11 @@ def step(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
 def _absorb(s: State, ev: Event, now: float) -> State:
     """Record the facts an event carries, whatever the role."""
     if isinstance(ev, HeartbeatSeen):
+        said = s.peer.maintenance if s.peer is not None else None
+        if ev.maintenance != said and (said is not None or ev.maintenance):
+            # The pair's mode follows the latest change either node announces; a peer first
+            # heard in maintenance brings this node in (a mode left unseen is left again).
+            s = replace(s, maintenance=ev.maintenance)
         peer = PeerView(
             role=ev.role,
             epoch=ev.epoch,
@@ -593,6 +634,7 @@ def _absorb(s: State, ev: Event, now: float) -> State:
             boot_id=ev.boot_id,
             heard_at=now,
             holding=ev.holding,
+            maintenance=ev.maintenance,
         )
         s = replace(s, peer=peer, seen_epoch=max(s.seen_epoch, ev.epoch))
         # Our planned switchover is complete once the peer is active: back to a normal standby.
@@ -1071,6 +1113,67 @@ def _on_fault(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
     return s.to(Role.STANDBY, now, "fault cleared"), []
 
 
+# ---------------------------------------------------------------------------------------------
+# Maintenance mode
+
+# The condition status shows while in maintenance.
+MAINTENANCE: Final = "maintenance mode: nothing is acquired, released, restarted or failed over"
+# Roles in which a move is under way: maintenance waits until it has finished.
+MOVING: Final = frozenset({Role.ARBITRATING, Role.FENCING, Role.RELEASING})
+
+
+def _maintenance(s: State, ev: Event, now: float, was: bool) -> tuple[State, list[Action]]:
+    """Maintenance mode: record facts, act on nothing; on leaving, re-check what is held."""
+    if isinstance(ev, MaintenanceSet) and ev.on == was:
+        # Already so: nothing changes (an "off" outside maintenance re-checks nothing).
+        return _in_maintenance(s, ev) if was else (s, [])
+    if isinstance(ev, MaintenanceSet) and ev.on and not was:
+        peer_role = s.peer.role if s.peer is not None and s.peer_alive(now) else None
+        if s.role in MOVING or peer_role in MOVING or s.deciding:
+            busy = s.role if s.role in MOVING or s.deciding else peer_role
+            assert busy is not None
+            why = f"a move is under way ({busy.value}): try again when it has finished"
+            return replace(s, maintenance=False), [Refused("maintenance", why)]
+    if isinstance(ev, MaintenanceSet):
+        s = replace(s, maintenance=ev.on)
+    if s.maintenance:
+        return _in_maintenance(s, ev)
+    # Leaving maintenance: timers that ran meanwhile are stale; each node looks at what it
+    # holds and the pair carries on from there, with no move.
+    s = replace(
+        s,
+        condition="",
+        handover_since=None,
+        failback_since=None,
+        recheck_at=None,
+        probing_since=None,
+    )
+    if s.role is Role.ACTIVE:
+        # ACTIVE: acquire is idempotent: what is held stays, what went missing comes back.
+        return replace(s, acquired=False, clean=False), [
+            AcquireResources("maintenance off: re-check what is held")
+        ]
+    if s.role in {Role.STANDBY, Role.ISOLATED} and not s.clean:
+        # STANDBY: whatever a passive node still holds is let go (it is the peer's).
+        return s, [ReleaseResources("maintenance off: a passive node holds nothing")]
+    # STARTING (deciding: the daemon looks at what it holds, then decides) and the rest:
+    # on from where they were.
+    return s, []
+
+
+def _in_maintenance(s: State, ev: Event) -> tuple[State, list[Action]]:
+    """In maintenance: operator moves are refused; an effect already under way is recorded."""
+    s = replace(s, condition=MAINTENANCE)
+    if isinstance(ev, OperatorStandby | OperatorPromote):
+        name = "standby" if isinstance(ev, OperatorStandby) else "promote"
+        return s, [Refused(name, "the pair is in maintenance mode")]
+    if isinstance(ev, AcquireDone) and s.role is Role.ACTIVE:
+        return replace(s, acquired=True), []
+    if isinstance(ev, ReleaseDone) and s.role is Role.RELEASING:
+        return replace(s, released=True), []
+    return s, []
+
+
 _HANDLERS = {
     Role.STARTING: _on_starting,
     Role.STANDBY: _on_standby,
@@ -1085,6 +1188,9 @@ _HANDLERS = {
 
 def next_deadline(s: State) -> float | None:
     """Return when the machine next needs a Tick even if nothing else happens, if ever."""
+    if s.maintenance:
+        # No timer acts in maintenance: the daemon's heartbeat interval ticks us anyway.
+        return None
     p = s.params
     times: list[float] = []
     if s.role is Role.STARTING:
@@ -1118,6 +1224,7 @@ def next_deadline(s: State) -> float | None:
 
 
 __all__ = [
+    "MAINTENANCE",
     "PASSIVE",
     "PEER_STILL_SERVING",
     "TRANSITIONS",

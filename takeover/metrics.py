@@ -115,6 +115,18 @@ def takeover_families(doc: Mapping[str, Any], wall_now: float) -> list[Metric]:
     )
     f.gauge("hapair_takeover_lan_up", "1 while the LAN interface has carrier.", local.get("lan_up"))
     f.gauge(
+        "hapair_takeover_maintenance",
+        "1 while the pair is in maintenance mode (nothing acquired, released or failed over).",
+        local.get("maintenance"),
+    )
+    reload = doc.get("reload")
+    if isinstance(reload, Mapping):
+        f.gauge(
+            "hapair_takeover_reload_ok",
+            "1 if the last reload was applied, 0 if it failed (the old configuration runs).",
+            reload.get("ok"),
+        )
+    f.gauge(
         "hapair_takeover_ping_score",
         "Ping targets this node counts down (its arbitration score; lower is better).",
         local.get("score"),

@@ -103,6 +103,18 @@ class ResourceList:
         if failures:
             raise ResourceError("; ".join(failures))
 
+    async def maintenance(self, on: bool) -> None:
+        """Maintenance mode: stop watching every VM (no restart, no failover); on leaving,
+        the active's acquire watches them again."""
+        if not on:
+            return
+        for item in self.items:
+            if isinstance(item, VmItem):
+                try:
+                    await asyncio.to_thread(item.inner.stop_monitor)
+                except Exception as err:
+                    log.error("resource.monitor_stop_failed name=%s error=%s", item.name, err)
+
     async def release_addresses(self) -> None:
         """Release only the VIPs, in reverse, whatever else is stuck: the daemon's last act."""
         for item in reversed(self.items):
@@ -431,6 +443,21 @@ class FoundHeld:
             vips=tuple(str(v.placement.address) for v in self.vips if v.held),
             guests=tuple(vm.name for vm in self.vms if vm.runs_here()),
         )
+
+    async def look(self) -> Held:
+        """Read afresh which VIPs are on the interfaces and which guests run here (maintenance
+        ends on a node restarted during it: what it holds may have changed meanwhile)."""
+        for vip in self.vips:
+            try:
+                vip.held = bool(await vip.addresses.held_vips([vip.placement]))
+            except Exception as err:
+                log.error("startup.look_failed vip=%s error=%s", vip.placement.address, err)
+        for vm in self.vms:
+            try:
+                await vm.refresh()
+            except Exception as err:
+                log.error("startup.look_failed vm=%s error=%s", vm.name, err)
+        return self.held()
 
     async def mute(self) -> None:
         """Mute every held VIP (see takeover.addresses.Muter)."""

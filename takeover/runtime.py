@@ -16,6 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from pyroute2 import AsyncIPRoute
@@ -30,17 +31,29 @@ from takeover.config import (
     cluster_deadlines,
     config_digest,
     config_sections,
+    load_cluster,
+    resolve_node,
     vm_limits,
 )
-from takeover.daemon import Daemon, DaemonConfig, Effects, Links, Watcher
+from takeover.configparse import ConfigError
+from takeover.daemon import Daemon, DaemonConfig, Effects, Links, Watcher, load_maintenance
 from takeover.drift import section_digests
 from takeover.exporter import serve
-from takeover.heartbeat import HeartbeatLinks, LinkSpec, load_key
+from takeover.heartbeat import HeartbeatLinks, KeyFileError, LinkSpec, load_key
 from takeover.hooks import Hook
 from takeover.machine import Event, LinkState, MachineParams, OperatorStandby
 from takeover.metrics import SnapshotCollector, takeover_families
 from takeover.probe import ClaimListener, PingProber, VipGuard
-from takeover.resources import FoundHeld, ResourceList, VipDefender, VipResource, VmItem
+from takeover.reloadplan import Plan, ReloadRefused, plan
+from takeover.resources import (
+    FoundHeld,
+    Resource,
+    ResourceError,
+    ResourceList,
+    VipDefender,
+    VipResource,
+    VmItem,
+)
 from takeover.wire import Heartbeat, Receiver
 
 log = logging.getLogger(__name__)
@@ -440,6 +453,138 @@ class GuardAdapter:
         return next((mac for mac in found if mac is not None), None)
 
 
+class Reloader:
+    """Re-read the cluster file and the key on a reload, and carry the plan out.
+
+    `load` reads and validates, as `takeover check` does, and diffs (takeover.reloadplan);
+    `apply` then touches only what the plan names: a removed VIP or VM is released, a new one
+    prepared and, on the active, acquired and announced; the ping list is probed afresh.
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        node: Node,
+        key: bytes,
+        *,
+        addresses: Addresses,
+        announcers: dict[str, Announcer],
+        items: list[VipResource],
+        vms: list[VmItem],
+        resources: ResourceList,
+        found: FoundHeld,
+        pings: PingAdapter,
+        guard: GuardAdapter,
+        closers: list[Callable[[], Any]],
+        on_vm_failover: Callable[[str, str], None],
+    ) -> None:
+        """Reload `cluster` as `node` runs it, over the effects run() built."""
+        self.cluster, self.node, self.key = cluster, node, key
+        self.addresses = addresses
+        self.announcers = announcers
+        self.items = items
+        self.vms = vms
+        self.resources = resources
+        self.found = found
+        self.pings = pings
+        self.guard = guard
+        self.closers = closers
+        self.on_vm_failover = on_vm_failover
+        self._pending: tuple[Cluster, Node, Plan] | None = None
+
+    def load(self, maintenance: bool) -> tuple[Plan, DaemonConfig]:
+        """Read and validate every file; return the plan and the new daemon configuration."""
+        # Imported here: cli imports this module lazily (pyroute2 is not for `status`).
+        from takeover.cli import file_problems, key_problem  # noqa: PLC0415
+
+        try:
+            new = load_cluster(self.cluster.source)
+            node = resolve_node(
+                new, self.node.name, run_dir=self.node.run_dir, state_dir=self.node.state_dir
+            )
+        except ConfigError as err:
+            raise ReloadRefused(err.problems) from err
+        problems = file_problems(new, node)
+        if problems:
+            raise ReloadRefused(problems)
+        try:
+            key = load_key(new.heartbeat.key_file)
+        except KeyFileError as err:
+            raise ReloadRefused([key_problem(new, err)]) from err
+        # The node as it runs: --run-dir/--state-dir given at start-up still hold.
+        got = plan(self.cluster, new, node.name, key_changed=key != self.key,
+                   maintenance=maintenance)  # fmt: skip
+        if got.refused:
+            raise ReloadRefused(got.refused)
+        self._pending = (new, node, got)
+        return got, daemon_config(new, node, key)
+
+    async def apply(self, acquire: bool) -> None:
+        """Carry out the plan `load` returned; with `acquire`, take and announce what is new."""
+        assert self._pending is not None
+        new, node, p = self._pending
+        self._pending = None
+        gone = {str(v.address) for v in p.vips_removed}
+        gone_vms = {f"vm {v.name}" for v in p.vms_removed}
+        fresh_places = placements(replace(new, vips=p.vips_added), node)
+        try:
+            # First, before anything changes: an interface that is not there refuses it all.
+            await self.addresses.prepare(fresh_places)
+        except Exception as err:
+            raise ReloadRefused([f"{new.label}: vip: {err}"]) from err
+        self.guard.guards = tuple(g for g in self.guard.guards if str(g[0].address) not in gone)
+        for vm in [v for v in self.vms if v.name in gone_vms]:
+            log.info("reload.vm_removed name=%s held=%s", vm.name, vm.runs_here())
+            await vm.release()
+            self.vms.remove(vm)
+        for item in [i for i in self.items if str(i.placement.address) in gone]:
+            log.info("reload.vip_removed vip=%s held=%s", item.placement.address, item.held)
+            await item.release()
+            self.items.remove(item)
+        added = []
+        for placement in fresh_places:
+            if placement.interface not in self.announcers:
+                self.announcers[placement.interface] = Announcer(placement.interface)
+                self.closers.append(self.announcers[placement.interface].close)
+            announcer = self.announcers[placement.interface]
+            announcer.prepare([(placement.address.ip, placement.mac)])
+            added.append(VipResource(placement, self.addresses, announcer))
+            guard = VipGuard(placement.interface)
+            self.closers.append(guard.close)
+            self.guard.guards += ((placement, guard),)
+        ann = new.announce
+        order = {str(v.address): i for i, v in enumerate(new.vips)}
+        self.items[:] = sorted([*self.items, *added], key=lambda i: order[str(i.placement.address)])
+        for item in self.items:
+            item.count, item.interval, item.refresh = ann.garp_count, ann.garp_interval, ann.refresh
+        new_vms = vm_resources(replace(new, vms=p.vms_added), node, self.on_vm_failover)
+        self.vms.extend(new_vms)
+        self.resources.items = (*self.items, *self.vms)
+        self.found.vips, self.found.vms = tuple(self.items), tuple(self.vms)
+        if p.targets:
+            old = self.pings.prober
+            self.pings.prober = PingProber(new.arbitration.targets)
+            self.pings.targets = [str(t) for t in new.arbitration.targets]
+            self.closers.append(self.pings.prober.close)
+            old.close()
+        self.pings.window = new.arbitration.probe_timeout
+        self.guard.timeout = guard_window(new)
+        self.cluster, self.node = new, node
+        if acquire:
+            # Only what is new: a VIP held all along is not added or announced again.
+            failed = []
+            fresh: list[Resource] = [*added, *new_vms]
+            for res in fresh:
+                log.info("reload.acquire name=%s", res.name)
+                try:
+                    await res.acquire()
+                except Exception as err:
+                    log.error("reload.acquire_failed name=%s error=%s", res.name, err)
+                    failed.append(f"{res.name}: {err}")
+            if failed:
+                raise ResourceError("; ".join(failed))
+
+
 def daemon_config(cluster: Cluster, node: Node, key: bytes) -> DaemonConfig:
     """Return the daemon's own configuration for `node`."""
     arb = cluster.arbitration
@@ -520,7 +665,11 @@ async def run(cluster: Cluster, node: Node) -> int:
         for item in items:
             item.held = str(item.placement.address) in held
         found = FoundHeld(items, vms, Muter())
-        await found.clear_stale()
+        if load_maintenance(node.state_dir):
+            # Maintenance: nothing is touched, not even a guest defined but stopped.
+            log.warning("startup.maintenance note=nothing_cleared")
+        else:
+            await found.clear_stale()
         prober = PingProber(cluster.arbitration.targets)
         closers.append(prober.close)
         guards = []
@@ -534,7 +683,8 @@ async def run(cluster: Cluster, node: Node) -> int:
             closers.append(hl.close)
             return hl
 
-        watchers: list[Watcher] = [failover_watch, vm_refresh(vms)] if vms else []
+        # Always: a reload may add the first VM.
+        watchers: list[Watcher] = [failover_watch, vm_refresh(vms)]
         if vips:
             watchers += claim_watches(items, max(ann.garp_interval, CONFLICT_GAP), closers)
             # Kernel link events wake the watch; without them carrier is polled every 50 ms at
@@ -545,14 +695,33 @@ async def run(cluster: Cluster, node: Node) -> int:
             # A worker waits ready: fencing skips the interpreter's start-up on the way.
             fencer.prepare()
             closers.append(fencer.close)
+        resources = ResourceList([*items, *vms])
+        pings = PingAdapter(prober, cluster.arbitration.probe_timeout)
+        guard_adapter = GuardAdapter(guards, guard_window(cluster))
+        reloader = Reloader(
+            cluster,
+            node,
+            key,
+            addresses=addresses,
+            announcers=announcers,
+            items=items,
+            vms=vms,
+            resources=resources,
+            found=found,
+            pings=pings,
+            guard=guard_adapter,
+            closers=closers,
+            on_vm_failover=on_vm_failover,
+        )
         effects = Effects(
             links=links,
-            resources=ResourceList([*items, *vms]),
-            prober=PingAdapter(prober, cluster.arbitration.probe_timeout),
-            guard=GuardAdapter(guards, guard_window(cluster)),
+            resources=resources,
+            prober=pings,
+            guard=guard_adapter,
             fencer=fencer,
             watchers=watchers,
             startup=found,
+            reloader=reloader,
         )
         daemon = Daemon(daemon_config(cluster, node, key), effects)
         if cluster.metrics is not None:

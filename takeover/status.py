@@ -107,6 +107,14 @@ def classify(doc: dict[str, Any] | None, wall_now: float) -> StatusExit:
 REJECTED_RECENT = 30.0
 
 
+def reload_conditions(last: dict[str, Any] | None) -> list[str]:
+    """Return the condition of a failed last reload: the old configuration still runs."""
+    if not last or last.get("ok", True):
+        return []
+    problems = "; ".join(str(p) for p in last.get("problems") or [])
+    return [f"reload failed, the previous configuration runs on: {problems}"]
+
+
 def link_conditions(peer: str, links: dict[str, dict[str, Any]]) -> list[str]:
     """Return the heartbeat conditions an operator must see: datagrams from the peer's address
     rejected recently (a wrong key ...), and a peer running another configuration."""
@@ -152,6 +160,11 @@ def render(doc: dict[str, Any], wall_now: float) -> str:
         f"Cluster: {doc.get('cluster', '?')}   node {local.get('name', '?')}   "
         f"epoch {doc.get('epoch', '?')}   status written {_age(age)}"
     )
+    if local.get("maintenance"):
+        lines.append(
+            "MAINTENANCE MODE: nothing is acquired, released, restarted or failed over "
+            "(takeover maintenance off)"
+        )
     if verdict is StatusExit.UNKNOWN:
         lines.append("WARNING: status is stale: the daemon may be hung")
     if verdict is StatusExit.NOT_RUNNING:

@@ -6,7 +6,8 @@ Layout, network byte order (50-byte header, the sender's name, then the tag):
 
     0  magic     4s  b"HAPR"
     4  version   B   1
-    5  flags     B   bit 0 healthy, bit 1 promote, bit 2 hold standby, bit 3 holding
+    5  flags     B   bit 0 healthy, bit 1 promote, bit 2 hold standby, bit 3 holding,
+                     bit 4 maintenance (a receiver ignores bits it does not know)
     6  role      B   index into ROLE_CODES
     7  priority  B   0..255
     8  score     B   targets the sender sees down (saturates at 255)
@@ -83,6 +84,8 @@ _FLAG_PROMOTE = 0x02
 _FLAG_HOLD_STANDBY = 0x04
 # The sender may still hold resources (active, releasing, or stale ones found at start-up).
 _FLAG_HOLDING = 0x08
+# The pair is in maintenance mode; an older receiver ignores the bit (and goes on deciding).
+_FLAG_MAINTENANCE = 0x10
 
 
 class DropReason(enum.Enum):
@@ -132,6 +135,7 @@ class Heartbeat:
     promote: bool = False
     hold_standby: bool = False
     holding: bool = False
+    maintenance: bool = False
 
 
 def config_digest(text: bytes) -> bytes:
@@ -151,6 +155,7 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
         | (_FLAG_PROMOTE if hb.promote else 0)
         | (_FLAG_HOLD_STANDBY if hb.hold_standby else 0)
         | (_FLAG_HOLDING if hb.holding else 0)
+        | (_FLAG_MAINTENANCE if hb.maintenance else 0)
     )
     head = _HEADER.pack(
         MAGIC,
@@ -219,6 +224,7 @@ def decode(
         promote=bool(flags & _FLAG_PROMOTE),
         hold_standby=bool(flags & _FLAG_HOLD_STANDBY),
         holding=bool(flags & _FLAG_HOLDING),
+        maintenance=bool(flags & _FLAG_MAINTENANCE),
     )
 
 

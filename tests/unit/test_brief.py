@@ -70,6 +70,12 @@ TAKEOVER_CASES = [
         Plugin.WARNING,
         "heartbeats from b rejected",
     ),
+    (
+        {"local": {"name": "a", "role": "ACTIVE", "score": 0, "maintenance": True}},
+        RUNNING,
+        Plugin.WARNING,
+        "TAKEOVER WARNING - maintenance mode: no failover",
+    ),
     # The worst decides the code; every problem is on the line, the worst first.
     (
         {"peer": LOST, "conditions": ["configuration differs"]},
@@ -116,6 +122,13 @@ OK, NOT_RUNNING = int(StatusExit.ACTIVE_OR_STANDBY), int(StatusExit.NOT_RUNNING)
 MIRROR_CASES = [
     ({}, OK, Plugin.OK, "MIRRORD OK - pushing 1 directories to b, max RPO 1.5s | rpo_max=1.500s"),
     ({}, NOT_RUNNING, Plugin.CRITICAL, "MIRRORD CRITICAL - mirrord not running"),
+    (
+        {"reload": {"ok": False, "problems": ["cluster.toml: mirror.ssh_user: restart to apply"]}},
+        OK,
+        Plugin.WARNING,
+        "MIRRORD WARNING - reload failed: cluster.toml: mirror.ssh_user: restart to apply",
+    ),
+    ({"reload": {"ok": True, "changes": ["+/srv/x"]}}, OK, Plugin.OK, "MIRRORD OK"),
     ({}, int(StatusExit.UNKNOWN), Plugin.UNKNOWN, "MIRRORD UNKNOWN - status is 9s old"),
     (
         {"alarm": "guard: source missing"},

@@ -50,7 +50,12 @@ class Rig:
     """One daemon on fakes, driven by hand with a fake clock."""
 
     def __init__(
-        self, tmp: Path, network: FakeNetwork | None = None, stale: bool = False, **over: object
+        self,
+        tmp: Path,
+        network: FakeNetwork | None = None,
+        stale: bool = False,
+        fx_extra: dict[str, object] | None = None,
+        **over: object,
     ) -> None:
         self.clock = FakeClock()
         self.network = network or FakeNetwork()
@@ -69,7 +74,8 @@ class Rig:
         self.guard = FakeGuard()
         self.notifier = RecordingNotifier()
         factory = self.network.links("alpha", "beta", LINKS, clock=self.clock)
-        fx = Effects(factory, self.resources, self.prober, self.guard, None, self.notifier)
+        fx = Effects(factory, self.resources, self.prober, self.guard, None, self.notifier,
+                     **(fx_extra or {}))  # type: ignore[arg-type]  # fmt: skip
         self.daemon = Daemon(self.cfg, fx, clock=self.clock, wall=lambda: 1.7e9 + self.clock())
         self.links = self.network.nodes["alpha"]
         self.peer_seq = 1

@@ -40,6 +40,8 @@ REQUIRED_PURE = [
     "takeover/brief.py",
     "mirrord/brief.py",
     "takeover/drift.py",
+    "takeover/reloadplan.py",
+    "mirrord/reloadplan.py",
 ]
 
 

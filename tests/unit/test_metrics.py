@@ -145,6 +145,17 @@ TAKEOVER_CASES = [
         1.0,
     ),
     ({}, "hapair_takeover_config_section_differs", {"section": "node.b"}, None),
+    # Maintenance mode and the last reload.
+    ({}, "hapair_takeover_maintenance", {}, None),
+    (
+        {"local": {"name": "a", "role": "ACTIVE", "maintenance": True}},
+        "hapair_takeover_maintenance",
+        {},
+        1.0,
+    ),
+    ({}, "hapair_takeover_reload_ok", {}, None),
+    ({"reload": {"ok": False, "problems": ["x"]}}, "hapair_takeover_reload_ok", {}, 0.0),
+    ({"reload": {"ok": True, "changes": ["timings"]}}, "hapair_takeover_reload_ok", {}, 1.0),
 ]
 
 

@@ -96,3 +96,16 @@ def test_mirrord_has_no_network_admin_capabilities() -> None:
     caps = set(service_section("mirrord.service")["CapabilityBoundingSet"].split())
     assert "CAP_DAC_READ_SEARCH" in caps
     assert not caps & {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN"}
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_reload_validates_before_it_signals(unit: str) -> None:
+    """ExecReload runs `check` first (a bad file fails the reload), then sends SIGHUP."""
+    prog = unit.removesuffix(".service")
+    text = (ROOT / "systemd" / unit).read_text()
+    reloads = [
+        line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ExecReload=")
+    ]
+    assert len(reloads) == 2
+    assert reloads[0].endswith(f"{prog} --config /etc/hapair/cluster.toml check")
+    assert reloads[1] == "/bin/kill -HUP $MAINPID"
