@@ -72,6 +72,17 @@ def key_problem(cluster: Cluster, err: KeyFileError) -> str:
     return f"{cluster.label}: heartbeat.key_file: {err}"
 
 
+def witness_key_problems(cluster: Cluster) -> list[str]:
+    """Return what is wrong with the witness key file (the heartbeat key's rules), if any."""
+    if cluster.witness is None:
+        return []
+    try:
+        load_key(cluster.witness.key_file)
+    except KeyFileError as err:
+        return [f"{cluster.label}: witness.key_file: {err}"]
+    return []
+
+
 def file_problems(cluster: Cluster, node: Node) -> list[str]:
     """Return problems with the files this node will read at run time: the key file by the
     very rules `run` applies (load_key), the peer's BMC password file missing or unreadable."""
@@ -80,6 +91,7 @@ def file_problems(cluster: Cluster, node: Node) -> list[str]:
         load_key(cluster.heartbeat.key_file)
     except KeyFileError as err:
         problems.append(key_problem(cluster, err))
+    problems += witness_key_problems(cluster)
     peer = cluster.peer_of(node.name)
     if peer.fencing is not None:
         index = cluster.nodes.index(peer)
@@ -102,6 +114,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         f'{cluster.label}: ok: cluster "{cluster.name}", node {node.name} (peer {peer.name}), '
         f"{len(cluster.heartbeat.links)} heartbeat links, {len(cluster.vips)} VIPs, "
         f"{len(cluster.vms)} VMs, {len(cluster.checks)} checks, {len(cluster.hooks)} hooks"
+        + (f", witness {cluster.witness.address}" if cluster.witness is not None else "")
     )
     if problems:
         return report_check(PROG, args, "", problems, Exit.CONFIG)
@@ -123,6 +136,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print_problems(PROG, err.problems)
         return config_exit(err)
+    witness_problems = witness_key_problems(cluster)
+    if witness_problems:
+        print_problems(PROG, witness_problems)
+        return int(Exit.CONFIG)
     # Imported here: the effect modules pull in pyroute2, which `status` does not need.
     from takeover import runtime  # noqa: PLC0415
 
