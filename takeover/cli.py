@@ -35,6 +35,7 @@ from takeover.status import (
     render_mirror,
     status_path,
 )
+from takeover.witnesscli import add_witness_command
 
 PROG = "takeover"
 
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_command(sub, "promote", cmd_promote, "make this node active (the peer hands over)")
     add_fence_command(sub, cmd_fence)
+    add_witness_command(sub)
     return parser
 
 
