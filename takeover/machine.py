@@ -977,6 +977,9 @@ def _pre_probe(s: State, now: float) -> tuple[State, list[Action]]:
         return s, []
     if lead <= 0 or s.hold_standby or now - heard_at < s.params.deadtime - lead:
         return s, []
+    if _witness_gate(s, now) is not None:
+        # The witness will decide first; the guard is asked only once it granted the lease.
+        return s, []
     s, actions = _probe_round(s)
     return replace(s, probing_since=now), actions
 

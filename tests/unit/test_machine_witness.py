@@ -375,3 +375,14 @@ def test_without_witness_the_standby_takes_over_a_silent_peer_as_before() -> Non
     new, acts = step(b, Tick(), T0)
     assert new.role is Role.ARBITRATING
     assert PersistEpoch not in [type(x) for x in acts]
+
+
+def test_no_pre_probe_while_the_witness_holds_the_lease_for_the_peer() -> None:
+    """A silent peer whose lease the witness still holds is not pre-probed (no guard at all)."""
+    early = replace(P, prearbitrate=0.3)
+    s = mk(Role.STANDBY, early, peer=peer(Role.ACTIVE, ago=0.4), witness=seen(Verdict.HELD, "beta"))
+    new, acts = step(s, Tick(), T0)
+    assert acts == [] and new.probing_since is None
+    bare = replace(s, params=replace(early, witness_lease=None), witness=None)
+    _, acts = step(bare, Tick(), T0)
+    assert [type(a) for a in acts] == [ProbeTargets, ProbeVipGuard]
