@@ -183,3 +183,41 @@ def test_forged_replayed_and_foreign_witness_requests_are_dropped_and_counted(
     assert wait_until(counted, 10, 0.2), witness.status()
     assert lease_holder(witness) == "a"
     assert pair.role("a") == "ACTIVE" and pair.role("b") == "STANDBY"
+
+
+def test_standby_cut_off_from_peer_and_witness_moves_nothing(
+    pair: HapairPair, lab: Lab, witness: WitnessLab, vip_probe: VipProbe
+) -> None:
+    """The standby loses its peer and the witness together: it holds instead of arbitrating
+    with the ping list, and the active keeps renewing; nothing moves."""
+    serving(lab, vip_probe, "a")
+    cut_heartbeats(lab)
+    witness.cut("b")
+    time.sleep(3 * LEASE)
+    res = vip_probe.stop()
+    assert set(res.replies_per_mac) == {lab.mac("a")} and res.mac_changes == 0, res.summary()
+    assert pair.role("a") == "ACTIVE" and pair.role("b") == "STANDBY"
+    assert condition(pair, "b") == WITNESS_LOST_TOGETHER
+    assert lease_holder(witness) == "a"
+
+
+def test_cold_start_of_both_nodes_and_the_witness_elects_exactly_one(
+    lab: Lab, vip_probe: VipProbe
+) -> None:
+    """Witness and both nodes started together: exactly one active, one VIP owner, and the
+    witness grants that node the lease once its quiet period is over."""
+    w = WitnessLab(lab, max_lease=LEASE)
+    p = HapairPair(lab, PairConfig(extra=w.cluster_section(LEASE)))
+    try:
+        p.start()
+        w.start()
+        assert wait_until(lambda: {p.role("a"), p.role("b")} == {"ACTIVE", "STANDBY"}, 30, 0.2)
+        active = "a" if p.role("a") == "ACTIVE" else "b"
+        vip_probe.start(VIP4)
+        assert wait_until(lambda: lease_holder(w) == active, 3 * LEASE, 0.2), w.log()
+        time.sleep(1.0)
+        res = vip_probe.stop()
+        assert set(res.replies_per_mac) == {lab.mac(active)} and single_owner(res), res.summary()
+        assert [p.holds(n) for n in ("a", "b")].count(True) == 1
+    finally:
+        w.stop()
