@@ -307,6 +307,9 @@ class WitnessAnswer:
     remaining: float
     # The lease the request asked for, seconds.
     lease: float
+    # The request asked for the lease (renew, claim): only then does GRANTED mean the lease
+    # runs from that request's arrival; to a query it only says who holds it.
+    asked: bool = True
 
 
 Event = (
@@ -685,7 +688,7 @@ def _witness_view(s: State, ev: WitnessAnswer, now: float) -> WitnessView:
     """Fold an answer: a grant to us extends what we surely hold, counted from its sending."""
     old = s.witness
     until = old.lease_until if old is not None else None
-    if ev.verdict is Verdict.GRANTED and ev.holder == s.params.node:
+    if ev.verdict is Verdict.GRANTED and ev.holder == s.params.node and ev.asked:
         end = lease.lease_end(ev.sent_at, ev.lease)
         until = end if until is None else max(until, end)
     return WitnessView(now, ev.verdict, ev.holder, ev.remaining, until)

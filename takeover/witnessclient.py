@@ -119,7 +119,7 @@ class WitnessClient:
         if sent is None:
             self.dropped[WitnessDrop.UNSOLICITED] += 1
             return
-        sent_at, _op, asked = sent
+        sent_at, op, asked = sent
         self.answered += 1
         self.emit(
             m.WitnessAnswer(
@@ -129,6 +129,7 @@ class WitnessClient:
                 remaining=got.remaining,
                 # Never more than asked: the node counts what it asked for at most.
                 lease=min(asked, got.lease),
+                asked=op in {Op.RENEW, Op.CLAIM},
             )
         )
 

@@ -386,3 +386,12 @@ def test_no_pre_probe_while_the_witness_holds_the_lease_for_the_peer() -> None:
     bare = replace(s, params=replace(early, witness_lease=None), witness=None)
     _, acts = step(bare, Tick(), T0)
     assert [type(a) for a in acts] == [ProbeTargets, ProbeVipGuard]
+
+
+def test_a_grant_told_to_a_query_extends_nothing() -> None:
+    """GRANTED in answer to a query or release only says who holds the lease: the lease runs
+    from the last renewal at the witness, not from the query, so nothing is extended."""
+    s = mk(Role.FAULT, peer=peer(Role.ACTIVE), witness=granted_until(T0 - 1.0))
+    told = WitnessAnswer(T0, Verdict.GRANTED, "alpha", 0.2, LEASE, asked=False)
+    s, _ = step(s, told, T0)
+    assert s.witness is not None and s.witness.lease_until == T0 - 1.0
