@@ -163,10 +163,11 @@ def test_witness_cut_from_the_active_only_moves_nothing(
 
 
 def test_forged_replayed_and_foreign_witness_requests_are_dropped_and_counted(
-    pair: HapairPair, lab: Lab, witness: WitnessLab
+    pair: HapairPair, lab: Lab, witness: WitnessLab, vip_probe: VipProbe
 ) -> None:
     """From the client namespace: a captured request of a's sent again, a forged one and one
     for an unknown cluster; the witness drops and counts each, and nothing moves."""
+    serving(lab, vip_probe, "a")
     captured = witness.capture_request("203.0.113.2")
     forged = encode_request(Request("lab", "b", Op.CLAIM, os.urandom(16), 2**62, LEASE), b"x" * 32)
     foreign = encode_request(Request("other", "b", Op.CLAIM, os.urandom(16), 1, LEASE), b"x" * 32)
@@ -181,6 +182,8 @@ def test_forged_replayed_and_foreign_witness_requests_are_dropped_and_counted(
         )
 
     assert wait_until(counted, 10, 0.2), witness.status()
+    res = vip_probe.stop()
+    assert set(res.replies_per_mac) == {lab.mac("a")} and single_owner(res), res.summary()
     assert lease_holder(witness) == "a"
     assert pair.role("a") == "ACTIVE" and pair.role("b") == "STANDBY"
 
