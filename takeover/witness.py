@@ -90,7 +90,12 @@ def load_witness(path: str | os.PathLike[str]) -> WitnessFile:
     t = root.table("witness")
     if t is None:
         t = Table({}, "witness", problems)
-    address = t.address("address") if t.has("address") else None
+    # The unspecified address listens on every interface (Table.address wants unicast).
+    raw = t.raw("address") if t.has("address") else None
+    unspecified = raw in ("0.0.0.0", "::")
+    address = ipaddress.ip_address(str(raw)) if unspecified else None
+    if t.has("address") and not unspecified:
+        address = t.address("address")
     port = t.integer("port", 7406, lo=1, hi=65535)
     run_dir = t.path("run_dir", DEFAULT_RUN_DIR)
     t.finish()

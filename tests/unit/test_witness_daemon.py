@@ -166,3 +166,10 @@ def test_witness_unit_verifies(tmp_path: Path) -> None:
     result = verify(unit)
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
     assert "witness --config /etc/hapair/witness.toml run" in unit.read_text()
+
+
+def test_example_witness_file_passes_check(capsys: pytest.CaptureFixture[str]) -> None:
+    """conf/witness.toml is valid (its key file is not read with --no-fs)."""
+    path = Path(__file__).resolve().parents[2] / "conf" / "witness.toml"
+    assert takeover_cli.main(["witness", "-c", str(path), "check", "--no-fs"]) == 0
+    assert "clusters mail" in capsys.readouterr().out
