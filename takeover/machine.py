@@ -157,6 +157,8 @@ class WitnessView:
     # This node's clock: when the lease of the latest granted request surely ends
     # (takeover.lease.lease_end); None if the witness never granted it.
     lease_until: float | None = None
+    # When the request that won that grant was sent (this node's clock).
+    granted_sent: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -688,10 +690,12 @@ def _witness_view(s: State, ev: WitnessAnswer, now: float) -> WitnessView:
     """Fold an answer: a grant to us extends what we surely hold, counted from its sending."""
     old = s.witness
     until = old.lease_until if old is not None else None
+    sent = old.granted_sent if old is not None else None
     if ev.verdict is Verdict.GRANTED and ev.holder == s.params.node and ev.asked:
         end = lease.lease_end(ev.sent_at, ev.lease)
         until = end if until is None else max(until, end)
-    return WitnessView(now, ev.verdict, ev.holder, ev.remaining, until)
+        sent = ev.sent_at if sent is None else max(sent, ev.sent_at)
+    return WitnessView(now, ev.verdict, ev.holder, ev.remaining, until, sent)
 
 
 def witness_reachable(s: State, now: float) -> bool:
@@ -739,10 +743,14 @@ def _witness_gate(s: State, now: float) -> str | None:
     by the ping list, unless the node was told to hold, or lost the witness together with
     the peer: then it is likely the isolated one, and the other node may hold the lease.
     """
-    p = s.params
-    if p.witness_lease is None or witness_granted(s, now):
+    p, w = s.params, s.witness
+    if p.witness_lease is None:
         return None
-    w = s.witness
+    # Only a grant asked for after the peer went silent: one left from an earlier term
+    # (released since, the answer lost) says nothing of who holds the lease now.
+    sent = w.granted_sent if w is not None else None
+    if witness_granted(s, now) and sent is not None and (s.peer is None or sent > s.peer.heard_at):
+        return None
     if witness_reachable(s, now):
         assert w is not None
         if w.verdict is Verdict.HELD:

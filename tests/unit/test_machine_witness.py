@@ -55,8 +55,9 @@ def seen(verdict: Verdict, holder: str = "", ago: float = 0.1, **kw: Any) -> Wit
 
 
 def granted_until(until: float, ago: float = 0.1) -> WitnessView:
-    """A witness view granting this node a lease that surely ends at `until`."""
-    return seen(Verdict.GRANTED, "alpha", ago, lease_until=until)
+    """A witness view granting this node a lease that surely ends at `until`, asked for
+    `ago` seconds before T0."""
+    return seen(Verdict.GRANTED, "alpha", ago, lease_until=until, granted_sent=T0 - ago)
 
 
 # (id, state, event, seconds after T0, expected role, expected action types, condition)
@@ -395,3 +396,15 @@ def test_a_grant_told_to_a_query_extends_nothing() -> None:
     told = WitnessAnswer(T0, Verdict.GRANTED, "alpha", 0.2, LEASE, asked=False)
     s, _ = step(s, told, T0)
     assert s.witness is not None and s.witness.lease_until == T0 - 1.0
+
+
+def test_a_grant_from_before_the_peer_went_silent_does_not_open_the_gate() -> None:
+    """A standby whose last grant was asked for while its peer was still heard (a former
+    active whose release answer was lost) waits for a fresh grant before arbitrating."""
+    stale = replace(granted_until(T0 + 2.0), granted_sent=T0 - 1.5)
+    s = mk(Role.STANDBY, peer=peer(Role.ACTIVE, ago=1.0), witness=stale)
+    new, acts = step(s, Tick(), T0)
+    assert new.role is Role.STANDBY and acts == []
+    fresh = replace(stale, granted_sent=T0 - 0.5)
+    new, _ = step(replace(s, witness=fresh), Tick(), T0)
+    assert new.role is Role.ARBITRATING
