@@ -718,11 +718,14 @@ def witness_granted(s: State, now: float) -> bool:
 def witness_op(s: State, now: float) -> Op:
     """Return what this node asks the witness now.
 
-    The active (and a node still releasing) renews; a node that lost its peer, or is taking
-    over, claims; a passive node holding nothing that the witness still names as holder
-    releases; everyone else only asks.
+    The active renews, and so does a node still releasing or faulted while it may hold
+    something; a node that lost its peer, or is taking over, claims; a passive node holding
+    nothing that the witness still names as holder releases; everyone else only asks.
     """
     if s.role in {Role.ACTIVE, Role.RELEASING}:
+        return Op.RENEW
+    if s.role is Role.FAULT and not s.clean:
+        # It may still hold what it failed to release: nobody is granted the lease over it.
         return Op.RENEW
     if s.role in {Role.ARBITRATING, Role.FENCING}:
         return Op.CLAIM

@@ -283,6 +283,8 @@ def test_witness_ops_by_role() -> None:
     """The active renews, a node that lost its peer claims, a clean former holder releases."""
     assert witness_op(mk(Role.ACTIVE, peer=peer(Role.STANDBY)), T0) is Op.RENEW
     assert witness_op(mk(Role.RELEASING), T0) is Op.RENEW
+    assert witness_op(mk(Role.FAULT, clean=False), T0) is Op.RENEW
+    assert witness_op(mk(Role.FAULT, clean=True), T0) is Op.QUERY
     assert witness_op(mk(Role.ARBITRATING), T0) is Op.CLAIM
     assert witness_op(mk(Role.STANDBY, peer=peer(Role.ACTIVE, ago=1.0)), T0) is Op.CLAIM
     assert witness_op(mk(Role.STANDBY, peer=peer(Role.ACTIVE)), T0) is Op.QUERY
