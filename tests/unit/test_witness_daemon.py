@@ -15,7 +15,7 @@ from takeover import machine as m
 from takeover.config import WitnessConfig
 from takeover.configparse import ConfigError
 from takeover.lease import Op, Verdict
-from takeover.witness import STATUS_NAME, Witness, load_keys, load_witness
+from takeover.witness import STATUS_NAME, Witness, load_keys, load_witness, render
 from takeover.witnessclient import WitnessClient
 from takeover.witnesswire import Request, decode_reply, encode_request
 from tests.unit.test_systemd import installable_copy, verify
@@ -118,6 +118,9 @@ def test_witness_answers_by_the_lease_rules_and_counts_drops(tmp_path: Path) -> 
     counters = wit.status()["counters"]
     assert (counters["replay"], counters["bad_mac"], counters["unknown_cluster"]) == (1, 1, 1)
     assert wit.status()["clusters"]["lab"]["holder"] == "a"
+    text = render(wit.status(), "running")
+    assert "cluster lab" in text and "lease held by a" in text
+    assert "dropped bad_mac=1, replay=1, unknown_cluster=1" in text
 
 
 def test_node_and_witness_round_trip_on_loopback(tmp_path: Path) -> None:
