@@ -36,6 +36,7 @@ from takeover.status import (
     render_mirror,
     status_path,
 )
+from takeover.witnesscli import add_witness_command
 
 PROG = "takeover"
 
@@ -84,12 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     maint.add_argument("mode", choices=["on", "off"], help="on, or off (each node re-checks)")
     add_fence_command(sub, cmd_fence)
+    add_witness_command(sub)
     return parser
 
 
 def key_problem(cluster: Cluster, err: KeyFileError) -> str:
     """Return how `check` and `run` both report a key file that `load_key` refused."""
     return f"{cluster.label}: heartbeat.key_file: {err}"
+
+
+def witness_key_problems(cluster: Cluster) -> list[str]:
+    """Return what is wrong with the witness key file (the heartbeat key's rules), if any."""
+    if cluster.witness is None:
+        return []
+    try:
+        load_key(cluster.witness.key_file)
+    except KeyFileError as err:
+        return [f"{cluster.label}: witness.key_file: {err}"]
+    return []
 
 
 def file_problems(cluster: Cluster, node: Node) -> list[str]:
@@ -100,6 +113,7 @@ def file_problems(cluster: Cluster, node: Node) -> list[str]:
         load_key(cluster.heartbeat.key_file)
     except KeyFileError as err:
         problems.append(key_problem(cluster, err))
+    problems += witness_key_problems(cluster)
     peer = cluster.peer_of(node.name)
     if peer.fencing is not None:
         index = cluster.nodes.index(peer)
@@ -122,6 +136,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         f'{cluster.label}: ok: cluster "{cluster.name}", node {node.name} (peer {peer.name}), '
         f"{len(cluster.heartbeat.links)} heartbeat links, {len(cluster.vips)} VIPs, "
         f"{len(cluster.vms)} VMs, {len(cluster.checks)} checks, {len(cluster.hooks)} hooks"
+        + (f", witness {cluster.witness.address}" if cluster.witness is not None else "")
     )
     if problems:
         return report_check(PROG, args, "", problems, Exit.CONFIG)
@@ -176,6 +191,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print_problems(PROG, err.problems)
         return config_exit(err)
+    witness_problems = witness_key_problems(cluster)
+    if witness_problems:
+        print_problems(PROG, witness_problems)
+        return int(Exit.CONFIG)
     # Imported here: the effect modules pull in pyroute2, which `status` does not need.
     from takeover import runtime  # noqa: PLC0415
 

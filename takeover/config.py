@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
-from takeover import deadlines
+from takeover import deadlines, lease
 from takeover.configparse import (
     REQUIRED,
     ConfigError,
@@ -51,6 +52,7 @@ __all__ = [
     "Node",
     "Vip",
     "VmConfig",
+    "WitnessConfig",
     "config_digest",
     "load_cluster",
     "resolve_node",
@@ -133,6 +135,25 @@ class HeartbeatConfig:
     deadtime: float = 0.6
     # Seconds to listen after start before acting (default max(2 s, 2 x deadtime)).
     initdead: float = 2.0
+
+
+@dataclass(frozen=True)
+class WitnessConfig:
+    """The third vote: `takeover witness` on another host, granting the active lease."""
+
+    # Where the witness listens (IPv4 or IPv6), reached from both nodes.
+    address: IPAddress
+    # Key shared with the witness for this cluster (absolute path; the heartbeat key's rules).
+    key_file: Path
+    # UDP port of the witness.
+    port: int = 7406
+    # The active lease, renewed every heartbeat interval (seconds on the witness's clock);
+    # a standby takes over a lost peer this long after the active's last renewal at the
+    # earliest. At least takeover.lease.min_lease; default max(5 s, that minimum).
+    lease: float = 5.0
+    # A node that lost its peer and cannot reach the witness: "ping-list" arbitrates as
+    # without a witness, "hold" stays as it is.
+    on_unreachable: str = "ping-list"
 
 
 @dataclass(frozen=True)
@@ -319,6 +340,8 @@ class Cluster:
     mirror: MirrorConfig | None = None
     # takeover's Prometheus endpoint ([metrics]); None = off.
     metrics: MetricsConfig | None = None
+    # The witness; None when the file has no [witness] table.
+    witness: WitnessConfig | None = None
     # A recovered node takes the service back from its peer (after failback_delay).
     auto_failback: bool = False
     # Seconds a recovered higher-priority node waits before failing back.
@@ -514,6 +537,12 @@ def _parse(root: Table, source: Path) -> Cluster:
     metrics = _metrics(metrics_table) if metrics_table is not None else None
     if metrics and mirror and mirror.metrics and metrics.listen == mirror.metrics.listen:
         root.problem("mirror.metrics.listen", f"same address as metrics.listen ({metrics.listen})")
+    witness_table = root.table("witness")
+    witness = (
+        _witness(witness_table, heartbeat, deadlines.demote_margin(vm_limits(vms)))
+        if witness_table is not None
+        else None
+    )
     root.finish()
     if not problems.bad("cluster.inhibit_timeout", "mirror.flush_timeout", "vm"):
         flush = mirror.flush_timeout if mirror is not None else None
@@ -532,6 +561,7 @@ def _parse(root: Table, source: Path) -> Cluster:
         checks=checks,
         mirror=mirror,
         metrics=metrics,
+        witness=witness,
         auto_failback=auto_failback,
         failback_delay=failback_delay,
         inhibit_timeout=inhibit_timeout,
@@ -972,3 +1002,30 @@ def _metrics(t: Table) -> MetricsConfig | None:
         )
         return None
     return MetricsConfig(host=host, port=port)
+
+
+def _witness(t: Table, hb: HeartbeatConfig, margin: float) -> WitnessConfig | None:
+    address = t.address("address")
+    key_file = t.path("key_file")
+    port = t.integer("port", 7406, lo=1, hi=65535)
+    # Rounded up to a tenth of a second: the value the operator would write.
+    shortest = math.ceil(lease.min_lease(hb.deadtime, hb.interval, margin) * 10) / 10
+    duration = t.duration("lease", max(5.0, shortest), positive=True)
+    if not t.bad("lease") and duration < shortest:
+        t.problem(
+            "lease",
+            f"must be at least {format_seconds(shortest)} (deadtime, two intervals and "
+            f"{format_seconds(margin)} to release everything, grown by the clock drift "
+            f"bound), got {format_seconds(duration)}",
+        )
+    on_unreachable = t.string("on_unreachable", "ping-list", choices=["ping-list", "hold"])
+    t.finish()
+    if address is None:
+        return None
+    return WitnessConfig(
+        address=address,
+        key_file=key_file,
+        port=port,
+        lease=duration,
+        on_unreachable=on_unreachable,
+    )

@@ -36,6 +36,7 @@ from takeover.fsutil import write_atomic
 from takeover.health import CheckSpec, HealthMonitor
 from takeover.heartbeat import PeerRecord, SequenceFloor
 from takeover.hooks import Hook, HookRunner
+from takeover.lease import Op
 from takeover.reloadplan import Plan, ReloadRefused
 from takeover.startup import Decision, Held, PeerAdvert, decide
 from takeover.status import (
@@ -150,6 +151,30 @@ class Links(Protocol):
 
 
 LinksFactory = Callable[[Receiver, Callable[[str, Heartbeat], None]], Links]
+
+
+class WitnessLink(Protocol):
+    """The link to the witness (takeover.witnessclient.WitnessClient)."""
+
+    def start(self) -> None:
+        """Open the socket and read answers on the running loop."""
+        ...
+
+    def request(self, op: Op, now: float) -> None:
+        """Send one request; its answer comes back as a WitnessAnswer event."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Return the address, what was asked last, and the counters."""
+        ...
+
+    def close(self) -> None:
+        """Close the socket."""
+        ...
+
+
+# (boot id, next sequence number, event sink) -> the witness link.
+WitnessFactory = Callable[[bytes, Callable[[], int], Callable[[m.Event], None]], WitnessLink]
 
 
 class Startup(Protocol):
@@ -316,6 +341,8 @@ class Effects:
     startup: Startup | None = None
     # Re-reads the files on SIGHUP; None: a reload changes nothing (logged).
     reloader: Reloader | None = None
+    # The witness; None without a [witness] table.
+    witness: WitnessFactory | None = None
 
 
 class Daemon:
@@ -364,6 +391,12 @@ class Daemon:
         self.sent = 0
         self.reach = Reachability(effects.prober.targets, cfg.dampen)
         self.links = effects.links(self.receiver, self._on_heartbeat)
+        self.witness = (
+            effects.witness(self.boot_id, self._witness_seq, self._emit)
+            if effects.witness is not None
+            else None
+        )
+        self._next_witness = 0.0
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         # Cumulative since start (the metrics' counters): "OLD->NEW" edges, fencing outcomes.
         self.totals: dict[str, Counter[str]] = {
@@ -402,6 +435,8 @@ class Daemon:
         listen_sections = getattr(self.links, "listen_sections", None)
         if listen_sections is not None:
             listen_sections(self._on_sections)
+        if self.witness is not None:
+            self.witness.start()
         await self.control.start()
         self.hooks.start()
         self.health.start()
@@ -441,6 +476,8 @@ class Daemon:
         await self.hooks.close()
         await self.control.close()
         self.links.close()
+        if self.witness is not None:
+            self.witness.close()
         remove_status(status_path(self.cfg.run_dir))
         self.fx.notifier.notify("STOPPING=1")
         log.info("daemon.stop role=%s", self.state.role.value)
@@ -559,6 +596,10 @@ class Daemon:
             # to learn that we let go (its takeover waits for exactly that).
             self._send_heartbeats()
             self._next_send = now + self.cfg.params.interval
+        if self.witness is not None and now >= self._next_witness:
+            # The active renews, a node that lost its peer claims, the rest ask.
+            self.witness.request(m.witness_op(self.state, now), now)
+            self._next_witness = now + self.cfg.params.interval
         if now >= self._next_status or self._status_key() != self._written_key:
             self._write_status()
         if self.reload_requested:
@@ -569,6 +610,8 @@ class Daemon:
     def next_wake(self) -> float:
         """Return the next time the loop must run even without events."""
         times = [self._next_send, self._next_status]
+        if self.witness is not None:
+            times.append(self._next_witness)
         if self.state.deciding:
             times.append(self.state.started + self.cfg.params.deadtime)
         d = m.next_deadline(self.state)
@@ -1006,6 +1049,12 @@ class Daemon:
         if after != before:
             log.warning("drift.sections peer=%s differ=%s", peer, ",".join(after or []) or "none")
 
+    def _witness_seq(self) -> int:
+        # Witness requests share the heartbeat's sequence space: increasing across boots.
+        self.seq += 1
+        self.seq_floor.cover(self.seq)
+        return self.seq
+
     def _next_datagram(self) -> bytes:
         # One sequence number per datagram: the copy on the second link is no replay.
         self.seq += 1
@@ -1067,7 +1116,10 @@ class Daemon:
             "checks": self.health.states(),
             "inhibitors": self.control.inhibitors.names(),
             "heartbeat": counters,
-            "conditions": link_conditions(p.peer, links) + reload_conditions(self.last_reload),
+            "conditions": link_conditions(p.peer, links)
+            + reload_conditions(self.last_reload)
+            + self._witness_conditions(now),
+            "witness": self._witness_status(now),
             "transitions": list(self.history),
             "totals": {k: dict(v) for k, v in self.totals.items()},
             "drift": self.drift.describe(now),
@@ -1104,6 +1156,35 @@ class Daemon:
         if s.peer_alive(now):
             return f"{name}? ({peer.role.value}, may still hold it)"
         return f"{name}? (not heard for {now - peer.heard_at:.1f}s; last heard {peer.role.value})"
+
+    def _witness_status(self, now: float) -> dict[str, Any] | None:
+        """Return the witness's view for status: reachable, last answer, holder, remaining."""
+        if self.witness is None:
+            return None
+        s, w = self.state, self.state.witness
+        out = dict(self.witness.stats())
+        out["reachable"] = m.witness_reachable(s, now)
+        if w is None:
+            out.update(last_answer_age=None, verdict=None, holder=None, remaining=None)
+        else:
+            age = now - w.heard_at
+            out.update(
+                last_answer_age=round(age, 3),
+                verdict=w.verdict.name,
+                holder=w.holder or None,
+                remaining=round(max(0.0, w.remaining - age), 3) if w.holder else None,
+            )
+        held = w.lease_until if w is not None and m.witness_granted(s, now) else None
+        out["lease_held_for"] = round(held - now, 3) if held is not None else None
+        return out
+
+    def _witness_conditions(self, now: float) -> list[str]:
+        """Return the warning for a witness that does not answer (a warning, not a failover)."""
+        if self.witness is None or m.witness_reachable(self.state, now):
+            return []
+        w = self.state.witness
+        since = "never answered" if w is None else f"silent for {now - w.heard_at:.1f}s"
+        return [f"witness {self.witness.stats()['address']} unreachable ({since})"]
 
     def _fencing(self) -> dict[str, Any] | None:
         """Return the fencing device's status view, or None when the peer has none."""

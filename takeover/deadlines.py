@@ -93,6 +93,19 @@ def derive(inhibit_timeout: float, vms: Sequence[VmLimits]) -> Deadlines:
     )
 
 
+# Seconds for removing every VIP when an active lets go at once (a few netlink requests).
+VIP_RELEASE: Final = 1.0
+
+
+def demote_margin(vms: Sequence[VmLimits]) -> float:
+    """Return the seconds an active needs to let go of everything at once (no migration).
+
+    A witness lease's holder starts releasing this long before its lease surely ends
+    (takeover.lease): every VM's stop budget, then the VIPs.
+    """
+    return sum(vm.stop_budget() for vm in vms) + VIP_RELEASE
+
+
 def stop_deadline(release_timeout: float | None, inhibit_timeout: float) -> float:
     """Return the seconds from a stop request to the exit: release, inhibitors, exit margin."""
     return (release_timeout or 0.0) + inhibit_timeout + EXIT_MARGIN
@@ -130,6 +143,7 @@ __all__ = [
     "DESTROY_MARGIN",
     "EXIT_MARGIN",
     "VIP_MARGIN",
+    "VIP_RELEASE",
     "Deadlines",
     "VmLimits",
     "derive",

@@ -14,7 +14,9 @@ import enum
 from dataclasses import dataclass, replace
 from typing import Final
 
+from takeover import lease
 from takeover.arbitration import should_hand_over, should_surrender
+from takeover.lease import Op, Verdict
 
 
 class Role(enum.Enum):
@@ -110,6 +112,14 @@ class MachineParams:
     # Seconds the service interfaces' carrier must stay back before it counts as up again: a
     # flapping port keeps this node at LAN_DOWN_SCORE, so it never wins the service back.
     carrier_hold: float = 0.0
+    # The lease asked of the witness (seconds, witness clock); None: no witness configured.
+    witness_lease: float | None = None
+    # A node that lost its peer and cannot reach the witness stays put ("hold") instead of
+    # arbitrating with the ping list.
+    witness_hold: bool = False
+    # Seconds before its lease surely ends at which an active that lost peer and witness
+    # starts releasing (its release budget).
+    witness_margin: float = 0.0
 
     def grace(self) -> float:
         """Return the stall grace in seconds."""
@@ -135,6 +145,22 @@ class PeerView:
     holding: bool = False
     # The peer's heartbeats say the pair is in maintenance mode.
     maintenance: bool = False
+
+
+@dataclass(frozen=True)
+class WitnessView:
+    """The witness's latest answer, and until when this node surely holds the lease."""
+
+    heard_at: float
+    verdict: Verdict
+    # Who holds the lease at the witness ("" if nobody), and for how long more (seconds).
+    holder: str
+    remaining: float
+    # This node's clock: when the lease of the latest granted request surely ends
+    # (takeover.lease.lease_end); None if the witness never granted it.
+    lease_until: float | None = None
+    # When the request that won that grant was sent (this node's clock).
+    granted_sent: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,6 +309,22 @@ class MaintenanceSet:
     on: bool
 
 
+@dataclass(frozen=True)
+class WitnessAnswer:
+    """The witness answered a request this node sent at `sent_at` (its own clock)."""
+
+    sent_at: float
+    verdict: Verdict
+    holder: str
+    # Seconds the holder's lease still runs at the witness (QUIET: quiet seconds left).
+    remaining: float
+    # The lease the request asked for, seconds.
+    lease: float
+    # The request asked for the lease (renew, claim): only then does GRANTED mean the lease
+    # runs from that request's arrival; to a query it only says who holds it.
+    asked: bool = True
+
+
 Event = (
     Tick
     | HeartbeatSeen
@@ -302,6 +344,7 @@ Event = (
     | LoopStalled
     | StartupDecided
     | MaintenanceSet
+    | WitnessAnswer
 )
 
 
@@ -464,6 +507,8 @@ class State:
     deciding: bool = False
     # Maintenance mode (the whole pair): nothing is acquired, released or failed over.
     maintenance: bool = False
+    # The witness's latest answer; None without a witness or before its first answer.
+    witness: WitnessView | None = None
 
     def to(self, role: Role, now: float, reason: str) -> State:
         """Return the state after the edge self.role -> role; raise if TRANSITIONS lacks it."""
@@ -653,6 +698,8 @@ def _absorb(s: State, ev: Event, now: float) -> State:
         s = replace(s, last_stall=now)
     elif isinstance(ev, ReleaseDone):
         s = replace(s, clean=True)
+    elif isinstance(ev, WitnessAnswer):
+        s = replace(s, witness=_witness_view(s, ev, now))
     if s.carrier and not s.lan_up and _carrier_settled(s, now):
         s = replace(s, lan_up=True)
     return s
@@ -671,6 +718,121 @@ def _peer_fresh(s: State) -> bool:
     (or a full deadtime of silence, then the normal arbitration) decides instead.
     """
     return s.peer is not None and (s.carrier_back is None or s.peer.heard_at >= s.carrier_back)
+
+
+# ---------------------------------------------------------------------------------------------
+# The witness (takeover.lease has the rules and the argument)
+
+# Conditions of a node that lost its peer and waits for the witness.
+WITNESS_UNREACHABLE_HOLD: Final = "witness unreachable: holding (on_unreachable = hold)"
+WITNESS_LOST_TOGETHER: Final = "peer and witness lost together: holding"
+
+
+def _witness_view(s: State, ev: WitnessAnswer, now: float) -> WitnessView:
+    """Fold an answer: a grant to us extends what we surely hold, counted from its sending."""
+    old = s.witness
+    until = old.lease_until if old is not None else None
+    sent = old.granted_sent if old is not None else None
+    if ev.verdict is Verdict.GRANTED and ev.holder == s.params.node and ev.asked:
+        end = lease.lease_end(ev.sent_at, ev.lease)
+        until = end if until is None else max(until, end)
+        sent = ev.sent_at if sent is None else max(sent, ev.sent_at)
+    return WitnessView(now, ev.verdict, ev.holder, ev.remaining, until, sent)
+
+
+def witness_reachable(s: State, now: float) -> bool:
+    """Return whether the witness answered within deadtime."""
+    w = s.witness
+    return w is not None and now - w.heard_at <= s.params.deadtime
+
+
+def witness_granted(s: State, now: float) -> bool:
+    """Return whether the witness's latest answer grants us a lease we surely still hold."""
+    w = s.witness
+    return (
+        w is not None
+        and w.verdict is Verdict.GRANTED
+        and w.lease_until is not None
+        and now < w.lease_until
+    )
+
+
+def witness_op(s: State, now: float) -> Op:
+    """Return what this node asks the witness now.
+
+    The active renews, and so does a node still releasing or faulted while it may hold
+    something; a node that lost its peer, or is taking over, claims; a passive node holding
+    nothing that the witness still names as holder releases; everyone else only asks.
+    """
+    if s.role in {Role.ACTIVE, Role.RELEASING}:
+        return Op.RENEW
+    if s.role is Role.FAULT and not s.clean:
+        # It may still hold what it failed to release: nobody is granted the lease over it.
+        return Op.RENEW
+    if s.role in {Role.ARBITRATING, Role.FENCING}:
+        return Op.CLAIM
+    lost = s.role in PASSIVE and not s.deciding and s.peer_lost(now)
+    if lost and not s.hold_standby:
+        return Op.CLAIM
+    w = s.witness
+    if s.clean and w is not None and w.holder == s.params.node:
+        return Op.RELEASE
+    return Op.QUERY
+
+
+def _witness_gate(s: State, now: float) -> str | None:
+    """Return why a node that lost its peer may not take over yet; None when it may.
+
+    With a witness, only its grant lets a node go on to arbitrate (the ping list, the VIP
+    guard and fencing still decide after it). A witness that cannot be reached is replaced
+    by the ping list, unless the node was told to hold, or lost the witness together with
+    the peer: then it is likely the isolated one, and the other node may hold the lease.
+    """
+    p, w = s.params, s.witness
+    if p.witness_lease is None:
+        return None
+    # Only a grant asked for after the peer went silent: one left from an earlier term
+    # (released since, the answer lost) says nothing of who holds the lease now.
+    sent = w.granted_sent if w is not None else None
+    if witness_granted(s, now) and sent is not None and (s.peer is None or sent > s.peer.heard_at):
+        return None
+    if witness_reachable(s, now):
+        assert w is not None
+        if w.verdict is Verdict.HELD:
+            return f"witness: lease held by {w.holder}"
+        if w.verdict is Verdict.QUIET:
+            return "witness restarted: grants nothing for one lease"
+        if w.verdict is Verdict.TOO_LONG:
+            return "witness refuses the lease: longer than its max_lease"
+        return "waiting for the witness's grant"
+    if p.witness_hold:
+        return WITNESS_UNREACHABLE_HOLD
+    if w is not None and s.peer is not None and w.heard_at >= s.peer.heard_at - p.deadtime:
+        return WITNESS_LOST_TOGETHER
+    return None
+
+
+def _lease_lapsing(s: State, now: float) -> str | None:
+    """Return why an active that does not hear its peer must let go now; None to keep.
+
+    It must hold nothing once its lease may have expired at the witness, where the standby
+    is then granted it: it starts releasing `witness_margin` before the lease surely ends.
+    That is owed for a lease still running after the peer was last heard; one that ran out
+    while the peer was heard (the witness was lost first) binds nothing, and the pair
+    arbitrates as without a witness. The witness naming the peer as holder: let go at once.
+    """
+    p, w = s.params, s.witness
+    if p.witness_lease is None or w is None:
+        return None
+    if w.verdict is Verdict.HELD and w.holder != p.node and witness_reachable(s, now):
+        return f"witness gave the lease to {w.holder}"
+    if w.lease_until is None:
+        return None
+    due = w.lease_until - p.witness_margin
+    last = s.peer.heard_at if s.peer is not None else float("-inf")
+    if now >= due > last:
+        return "peer and witness lost: lease ending"
+    return None
 
 
 def _take_over(s: State, now: float, reason: str) -> tuple[State, list[Action]]:
@@ -756,6 +918,11 @@ def _on_starting(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         # STARTING -> STANDBY: the peer serves, is busy, or won the election.
         return _go_passive(s, Role.STANDBY, now, "start-up election lost")
     if s.peer_lost(now):
+        gate = _witness_gate(s, now)
+        if gate is not None:
+            # STARTING -> STANDBY: nothing heard, and the witness grants us nothing (yet).
+            new, actions = _go_passive(s, Role.STANDBY, now, "no peer heard during initdead")
+            return replace(new, condition=gate), actions
         # STARTING -> ARBITRATING: nothing heard during initdead.
         return _arbitrate(s, now, "no peer heard during initdead")
     return s, []
@@ -828,6 +995,12 @@ def _on_standby(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
     if s.hold_standby:
         # The operator said standby: even a lost peer does not bring us back (promote does).
         return replace(s, condition="operator standby: peer lost, not taking over"), []
+    gate = _witness_gate(s, now)
+    if gate is not None:
+        # The witness has not granted us the lease: no probe, no guard, no takeover yet.
+        # Probes started before are dropped: once granted, a fresh round decides.
+        s = replace(s, recheck_at=None, probing_since=None, fresh_down=None, guard_answered=None)
+        return replace(s, condition=gate), []
     if s.recheck_at is None:
         if s.probing_since is not None and not s.guard_answered:
             # STANDBY -> ARBITRATING: the peer is lost, and the probes started while it was
@@ -859,6 +1032,9 @@ def _pre_probe(s: State, now: float) -> tuple[State, list[Action]]:
     if s.probing_since is not None:
         return s, []
     if lead <= 0 or s.hold_standby or now - heard_at < s.params.deadtime - lead:
+        return s, []
+    if _witness_gate(s, now) is not None:
+        # The witness will decide first; the guard is asked only once it granted the lease.
         return s, []
     s, actions = _probe_round(s)
     return replace(s, probing_since=now), actions
@@ -979,6 +1155,11 @@ def _on_active(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         return s, []
     alive = s.peer_alive(now)
     peer = s.peer if alive else None
+    lapsing = None if alive else _lease_lapsing(s, now)
+    if lapsing is not None:
+        # ACTIVE -> RELEASING: neither peer nor witness heard, and the lease is ending (or
+        # is the peer's now): hold nothing once the witness may grant it to the standby.
+        return _start_releasing(s, now, lapsing, urgent=True)
     if isinstance(ev, OperatorStandby):
         if ev.force or (peer is not None and peer.role is Role.STANDBY and not peer.hold_standby):
             # ACTIVE -> RELEASING: planned switchover asked by the operator.
@@ -1220,6 +1401,12 @@ def next_deadline(s: State) -> float | None:
         times.append(s.carrier_back + p.carrier_hold)
     if s.failback_since is not None:
         times.append(s.failback_since + p.failback_delay)
+    w = s.witness
+    if s.role is Role.ACTIVE and w is not None and w.lease_until is not None:
+        due = w.lease_until - p.witness_margin
+        # Only while it may still bind (see _lease_lapsing): a past one would spin the loop.
+        if s.peer is None or due > s.peer.heard_at:
+            times.append(due)
     return min(times) if times else None
 
 
@@ -1228,15 +1415,22 @@ __all__ = [
     "PASSIVE",
     "PEER_STILL_SERVING",
     "TRANSITIONS",
+    "WITNESS_LOST_TOGETHER",
+    "WITNESS_UNREACHABLE_HOLD",
     "Action",
     "Event",
     "IllegalTransition",
     "MachineParams",
     "Role",
     "State",
+    "WitnessAnswer",
+    "WitnessView",
     "initial_state",
     "next_deadline",
     "own_score",
     "prefer",
     "step",
+    "witness_granted",
+    "witness_op",
+    "witness_reachable",
 ]

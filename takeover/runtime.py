@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
+from takeover import deadlines
 from takeover.addresses import Addresses, Muter, VipPlacement
 from takeover.announce import Announcer
 from takeover.arbitration import Outcome
@@ -36,7 +37,16 @@ from takeover.config import (
     vm_limits,
 )
 from takeover.configparse import ConfigError
-from takeover.daemon import Daemon, DaemonConfig, Effects, Links, Watcher, load_maintenance
+from takeover.daemon import (
+    Daemon,
+    DaemonConfig,
+    Effects,
+    Links,
+    Watcher,
+    WitnessFactory,
+    WitnessLink,
+    load_maintenance,
+)
 from takeover.drift import section_digests
 from takeover.exporter import serve
 from takeover.heartbeat import HeartbeatLinks, KeyFileError, LinkSpec, load_key
@@ -55,6 +65,7 @@ from takeover.resources import (
     VmItem,
 )
 from takeover.wire import Heartbeat, Receiver
+from takeover.witnessclient import WitnessClient
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +114,38 @@ def machine_params(cluster: Cluster, node: Node) -> MachineParams:
         carrier_hold=carrier_hold(cluster),
         inhibit_timeout=limits.inhibit_timeout,
         release_timeout=limits.release_timeout,
+        **witness_params(cluster),
     )
+
+
+def witness_params(cluster: Cluster) -> dict[str, Any]:
+    """Return the machine's witness parameters (none without a [witness] table)."""
+    w = cluster.witness
+    if w is None:
+        return {}
+    return {
+        "witness_lease": w.lease,
+        "witness_hold": w.on_unreachable == "hold",
+        "witness_margin": deadlines.demote_margin(vm_limits(cluster.vms)),
+    }
+
+
+def witness_link(cluster: Cluster, node: Node, closers: list[Callable[[], Any]]) -> WitnessFactory:
+    """Return the factory of this node's link to the witness (its key read now)."""
+    w = cluster.witness
+    assert w is not None
+    key = load_key(w.key_file)
+
+    def make(
+        boot_id: bytes, next_seq: Callable[[], int], emit: Callable[[Event], None]
+    ) -> WitnessLink:
+        client = WitnessClient(
+            w, cluster.name, node.name, key=key, boot_id=boot_id, next_seq=next_seq, emit=emit
+        )
+        closers.append(client.close)
+        return client
+
+    return make
 
 
 def carrier_hold(cluster: Cluster) -> float:
@@ -723,6 +765,8 @@ async def run(cluster: Cluster, node: Node) -> int:
             startup=found,
             reloader=reloader,
         )
+        if cluster.witness is not None:
+            effects.witness = witness_link(cluster, node, closers)
         daemon = Daemon(daemon_config(cluster, node, key), effects)
         if cluster.metrics is not None:
             collector = SnapshotCollector(takeover_families, lambda: daemon.last_status, time.time)

@@ -204,6 +204,7 @@ def render(doc: dict[str, Any], wall_now: float) -> str:
         for name, link in links.items():
             up = "up" if link.get("up") else "DOWN"
             lines.append(f"  {name:<12} {up:<5} last heard {_age(link.get('last_seen_age'))}")
+    lines += witness_lines(doc)
     targets = doc.get("targets") or {}
     if targets:
         lines.append("")
@@ -249,6 +250,34 @@ def render(doc: dict[str, Any], wall_now: float) -> str:
             ago = _age(wall_now - float(tr.get("time", wall_now)))
             lines.append(f"  {ago:>12}  {tr.get('old')} -> {tr.get('new')}: {tr.get('reason')}")
     return "\n".join(lines) + "\n"
+
+
+def witness_lines(doc: dict[str, Any]) -> list[str]:
+    """Return the witness section: reachable or not, last answer, lease holder, remaining."""
+    w = doc.get("witness")
+    if not w:
+        return []
+    reach = "reachable" if w.get("reachable") else "UNREACHABLE"
+    verdict = w.get("verdict")
+    if verdict is None:
+        answer = "never answered"
+    else:
+        answer = f"last answer {verdict} {_age(w.get('last_answer_age'))}"
+    holder = w.get("holder")
+    if holder:
+        lease = f"lease held by {holder}, {float(w.get('remaining') or 0):.1f}s left"
+    elif verdict == "QUIET":
+        lease = "witness restarted: grants nothing yet"
+    else:
+        lease = "lease free"
+    held = w.get("lease_held_for")
+    if held is not None:
+        lease += f" (ours surely for {float(held):.1f}s)"
+    return [
+        "",
+        f"Witness: {w.get('address', '?')}  {reach}  {answer}",
+        f"  {lease}; asking {w.get('asking') or '-'}, on_unreachable {w.get('on_unreachable')}",
+    ]
 
 
 def vm_lines(doc: dict[str, Any]) -> list[str]:

@@ -583,3 +583,50 @@ def test_hotter_classes_may_sync_a_larger_share_of_the_time() -> None:
     """max_duty grows from static to warm to hot, and stays within (0, 1]."""
     hot, warm, static = (CLASS_DEFAULTS[c].max_duty for c in ("hot", "warm", "static"))
     assert 0 < static < warm < hot <= 1
+
+
+# --- the witness section ------------------------------------------------------------------
+
+
+WITNESS = """
+[witness]
+address = "203.0.113.10"
+key_file = "{key}"
+"""
+
+
+def test_witness_section_defaults(tmp_path: Path) -> None:
+    """A [witness] with address and key only gets port 7406, a 5 s lease and ping-list."""
+    c = load_cluster(write_cluster(tmp_path, WITNESS.format(key="/etc/hapair/witness.key")))
+    assert c.witness is not None
+    assert (c.witness.port, c.witness.lease, c.witness.on_unreachable) == (7406, 5.0, "ping-list")
+
+
+def test_witness_default_lease_covers_the_vms_stop_budgets(tmp_path: Path) -> None:
+    """With a slow VM to stop, the default lease grows past its stop budget."""
+    vm = '\n[[vm]]\nname = "db"\nxml = "/srv/db.xml"\nstop_timeout = "60s"\n'
+    c = load_cluster(write_cluster(tmp_path, WITNESS.format(key="/k") + vm))
+    assert c.witness is not None and c.witness.lease > 70.0
+
+
+def test_check_refuses_a_bad_witness_key_and_run_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`takeover check` and `run` refuse a witness key file by the heartbeat key's rules."""
+    hb_key = tmp_path / "authkey"
+    hb_key.write_bytes(b"h" * 32)
+    hb_key.chmod(0o600)
+    wkey = tmp_path / "witness.key"
+    wkey.write_bytes(b"w" * 32)
+    wkey.chmod(0o644)
+    text = MINIMAL.read_text().replace("/etc/hapair/authkey", str(hb_key))
+    path = tmp_path / "cluster.toml"
+    path.write_text(text + WITNESS.format(key=wkey))
+    assert takeover_cli.main(["-c", str(path), "--node", "a", "check"]) == 2
+    err = capsys.readouterr().err
+    assert f"cluster.toml: witness.key_file: {wkey}: key file is accessible by group" in err
+    assert takeover_cli.main(["-c", str(path), "--node", "a", "run"]) == 2
+    assert "witness.key_file" in capsys.readouterr().err
+    wkey.chmod(0o600)
+    assert takeover_cli.main(["-c", str(path), "--node", "a", "check"]) == 0
+    assert "witness 203.0.113.10" in capsys.readouterr().out

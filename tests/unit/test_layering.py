@@ -30,6 +30,8 @@ REQUIRED_PURE = [
     "takeover/wire.py",
     "takeover/deadlines.py",
     "takeover/startup.py",
+    "takeover/lease.py",
+    "takeover/witnesswire.py",
     "mirrord/planner.py",
     "mirrord/excludes.py",
     "mirrord/outcome.py",
