@@ -15,6 +15,7 @@ import ipaddress
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from pyroute2 import AsyncIPRoute
@@ -23,13 +24,22 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 from takeover.addresses import Addresses, Muter, VipPlacement
 from takeover.announce import Announcer
 from takeover.arbitration import Outcome
+from takeover.backends.services import ServiceItem, service_items
 from takeover.config import Cluster, Node, cluster_deadlines, config_digest, vm_limits
 from takeover.daemon import Daemon, DaemonConfig, Effects, Links, Watcher
 from takeover.heartbeat import HeartbeatLinks, LinkSpec, load_key
 from takeover.hooks import Hook
 from takeover.machine import Event, LinkState, MachineParams, OperatorStandby
 from takeover.probe import ClaimListener, PingProber, VipGuard
-from takeover.resources import FoundHeld, ResourceList, VipDefender, VipResource, VmItem
+from takeover.resources import (
+    FoundHeld,
+    ResourceList,
+    VipDefender,
+    VipResource,
+    VmItem,
+    arrange,
+)
+from takeover.svcconfig import VIPS, VMS
 from takeover.wire import Heartbeat, Receiver
 
 log = logging.getLogger(__name__)
@@ -370,6 +380,11 @@ def vm_resources(
     return out
 
 
+def by_name(services: Sequence[ServiceItem]) -> dict[str, list[ServiceItem]]:
+    """Return each service under its `[[resource]]` name, as `[group] order` names it."""
+    return {svc.cfg.name: [svc] for svc in services}
+
+
 # Seconds between two re-announcements of one VIP claimed by another MAC, at the least.
 CONFLICT_GAP = 0.2
 
@@ -477,6 +492,10 @@ async def run(cluster: Cluster, node: Node) -> int:
             await asyncio.Event().wait()
 
         vms = vm_resources(cluster, node, on_vm_failover)
+        # Services and storage, probed now (probe first, then decide); their timeouts come
+        # from the agents' meta-data where the file sets none, and the deadlines follow them.
+        services = await service_items(cluster.resources, on_vm_failover)
+        cluster = replace(cluster, resources=tuple(svc.cfg for svc in services))
         for vm in vms:
             closers.append(getattr(vm.inner, "close", lambda: None))
         addresses = await Addresses.open()
@@ -507,7 +526,7 @@ async def run(cluster: Cluster, node: Node) -> int:
         held = {str(v.address) for v in await addresses.held_vips(vips)}
         for item in items:
             item.held = str(item.placement.address) in held
-        found = FoundHeld(items, vms, Muter())
+        found = FoundHeld(items, vms, Muter(), arrange(cluster.order, by_name(services)))
         await found.clear_stale()
         prober = PingProber(cluster.arbitration.targets)
         closers.append(prober.close)
@@ -523,6 +542,8 @@ async def run(cluster: Cluster, node: Node) -> int:
             return hl
 
         watchers: list[Watcher] = [failover_watch, vm_refresh(vms)] if vms else []
+        if services and not vms:
+            watchers.append(failover_watch)
         if vips:
             watchers += claim_watches(items, max(ann.garp_interval, CONFLICT_GAP), closers)
             # Kernel link events wake the watch; without them carrier is polled every 50 ms at
@@ -535,7 +556,9 @@ async def run(cluster: Cluster, node: Node) -> int:
             closers.append(fencer.close)
         effects = Effects(
             links=links,
-            resources=ResourceList([*items, *vms]),
+            resources=ResourceList(
+                arrange(cluster.order, {VIPS: items, VMS: vms, **by_name(services)})
+            ),
             prober=PingAdapter(prober, cluster.arbitration.probe_timeout),
             guard=GuardAdapter(guards, guard_window(cluster)),
             fencer=fencer,

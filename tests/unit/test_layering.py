@@ -30,6 +30,7 @@ REQUIRED_PURE = [
     "takeover/wire.py",
     "takeover/deadlines.py",
     "takeover/startup.py",
+    "takeover/ocf.py",
     "mirrord/planner.py",
     "mirrord/excludes.py",
     "mirrord/outcome.py",
