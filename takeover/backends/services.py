@@ -53,22 +53,25 @@ class RunResult:
     """How one process ended: its exit code (None: timed out or could not start), its output."""
 
     code: int | None
+    # stdout and stderr, the end kept (OUTPUT_TAIL): what status shows.
     output: str
     timed_out: bool = False
+    # stdout whole: what meta-data prints.
+    stdout: str = ""
 
 
 async def run_captured(
     argv: Sequence[str], env: Mapping[str, str] | None, timeout: float
 ) -> RunResult:
     """Run `argv` with `env`; kill its process group past `timeout`; return code and output."""
-    with tempfile.TemporaryFile() as out:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err_out:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 env=dict(env) if env is not None else None,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
+                stderr=err_out,
                 # Own session: on timeout the whole group goes, not just the agent's shell.
                 start_new_session=True,
             )
@@ -88,8 +91,10 @@ async def run_captured(
                 os.killpg(proc.pid, signal.SIGKILL)
             raise
         out.seek(0)
+        err_out.seek(0)
         text = out.read().decode("utf-8", "replace")
-    return RunResult(code, text[-OUTPUT_TAIL:].strip(), timed_out)
+        both = (text + err_out.read().decode("utf-8", "replace")).strip()
+    return RunResult(code, both[-OUTPUT_TAIL:], timed_out, text)
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,7 @@ class ActionResult:
     meaning: ExitMeaning
     code: int | None
     output: str
+    stdout: str = ""
 
     @property
     def outcome(self) -> Outcome:
@@ -158,7 +164,7 @@ class Driver:
                 # The agent could not be run at all: as if it were not installed here.
                 meaning = ocf.OCF_EXIT[5]
             return ActionResult(action, meaning, None, res.output)
-        return ActionResult(action, self.meaning(action, res), res.code, res.output)
+        return ActionResult(action, self.meaning(action, res), res.code, res.output, res.stdout)
 
     def meaning(self, action: str, res: RunResult) -> ExitMeaning:
         """Return what an ended action means for this resource's type."""
@@ -169,7 +175,7 @@ class Driver:
             if action == "monitor":
                 if res.code != 0:
                     return ExitMeaning(f"systemctl {res.code}", Outcome.FAILED, "show failed")
-                return ocf.systemd_meaning(res.output)
+                return ocf.systemd_meaning(res.stdout)
             return ocf.lsb_meaning(res.code, action)
         return ocf.lsb_meaning(res.code, "status" if action == "monitor" else action)
 
@@ -178,7 +184,7 @@ class Driver:
         res = await self.act("meta-data", ocf.META_DATA_TIMEOUT)
         if res.code != 0:
             raise ocf.MetaDataError(res.text())
-        return ocf.parse_meta_data(res.output)
+        return ocf.parse_meta_data(res.stdout)
 
 
 async def resolve_timeouts(cfg: ResourceConfig, driver: Driver) -> ResourceConfig:

@@ -263,7 +263,7 @@ class FakeRun:
         if code is None:
             return RunResult(None, "", timed_out=True)
         out = self.output or ("active" if argv[0] == "systemctl" and code == 0 else "")
-        return RunResult(code, out)
+        return RunResult(code, out, stdout=out)
 
     def actions(self) -> list[str]:
         """Return the actions run so far."""
