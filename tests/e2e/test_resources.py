@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.disk import ext4_loop
 from tests.lab.lab import VIP4, Lab, wait_until
 from tests.lab.pair import HapairPair, PairConfig, takeover_argv
 
@@ -32,22 +32,8 @@ PAGE = "served from the shared disk\n"
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[str]:
     """An ext4 image holding index.html, on a loop device detached in teardown."""
-    image = tmp_path / "shared.img"
-    with image.open("wb") as f:
-        f.truncate(16 * 1024 * 1024)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    seed = tmp_path / "seed"
-    seed.mkdir()
-    device = subprocess.run(
-        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    try:
-        subprocess.run(["mount", device, str(seed)], check=True)
-        (seed / "index.html").write_text(PAGE)
-        subprocess.run(["umount", str(seed)], check=True)
+    with ext4_loop(tmp_path / "shared.img", {"index.html": PAGE}) as device:
         yield device
-    finally:
-        subprocess.run(["losetup", "-d", device], check=False)
 
 
 def group_toml(mnt: Path, device: str, monitor: str = "1s", max_restarts: int = 2) -> str:

@@ -4,6 +4,7 @@ on an ext4 image attached to a loop device created here and detached in teardown
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -15,8 +16,8 @@ from typing import Any
 import pytest
 
 from takeover.backends.services import ServiceError, ServiceItem, check_resource, service_items
-from takeover.resources import ResourceError, ResourceList
 from takeover.svcconfig import ResourceConfig
+from tests.lab.disk import ext4_loop, private_mounts
 
 MINIMAL = (Path(__file__).resolve().parents[1] / "configs" / "valid-minimal.toml").read_text()
 AGENTS = Path("/usr/lib/ocf/resource.d/heartbeat")
@@ -87,69 +88,47 @@ def test_dummy_killed_is_restarted_in_place(tmp_path: Path) -> None:
 
 @pytest.fixture
 def loop_image(tmp_path: Path) -> Iterator[str]:
-    """An ext4 image on a loop device created here; unmounted and detached in teardown."""
-    image = tmp_path / "disk.img"
-    with image.open("wb") as f:
-        f.truncate(16 * 1024 * 1024)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    device = subprocess.run(
-        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    try:
+    """An ext4 image on a loop device created here, detached in teardown."""
+    with ext4_loop(tmp_path / "disk.img") as device:
         yield device
-    finally:
-        mnt = tmp_path / "mnt"
-        if subprocess.run(["mountpoint", "-q", str(mnt)], check=False).returncode == 0:
-            subprocess.run(["umount", str(mnt)], check=False)
-        subprocess.run(["losetup", "-d", device], check=False)
+
+
+def scenario(name: str, device: str, workdir: Path) -> dict[str, Any]:
+    """Run a tests.lab.fs_scenarios scenario in its own mount namespace; return what it saw."""
+    argv = private_mounts([sys.executable, "-m", "tests.lab.fs_scenarios", name, device,
+                           str(workdir)])  # fmt: skip
+    p = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    seen: dict[str, Any] = json.loads(p.stdout)
+    return seen
 
 
 def filesystem(tmp_path: Path, device: str, **kw: Any) -> ResourceConfig:
     """An ocf:heartbeat:Filesystem mounting `device` (ext4) on tmp_path/mnt."""
-    (tmp_path / "mnt").mkdir(exist_ok=True)
     params = {"device": device, "directory": str(tmp_path / "mnt"), "fstype": "ext4", **kw}
     return ResourceConfig(
         name="data", type="ocf", agent="heartbeat:Filesystem", params=MappingProxyType(params)
     )
 
 
-def mounted(path: Path) -> bool:
-    """Return whether `path` is a mount point now."""
-    return subprocess.run(["mountpoint", "-q", str(path)], check=False).returncode == 0
-
-
 def test_filesystem_on_a_loop_device(tmp_path: Path, loop_image: str) -> None:
     """The real Filesystem agent mounts the ext4 image, monitors it and unmounts it."""
-    (svc,) = build([filesystem(tmp_path, loop_image)])
-    assert svc.cfg.start_timeout == 60.0 and not svc.runs_here()
-    mnt = tmp_path / "mnt"
-
-    async def body() -> None:
-        await svc.acquire()
-        assert mounted(mnt)
-        (mnt / "index.html").write_text("from the shared disk\n")
-        assert await svc.check()
-        await svc.release()
-
-    asyncio.run(body())
-    assert not mounted(mnt)
+    seen = scenario("mount_cycle", loop_image, tmp_path)
+    assert seen == {
+        "start_timeout": 60.0,  # from Filesystem's meta-data
+        "probed": False,
+        "mounted": True,
+        "check": True,
+        "mounted_after": False,
+    }
 
 
 def test_storage_before_service_and_rollback(tmp_path: Path, loop_image: str) -> None:
     """Storage first, then a service reading from it; a service that fails to start stops the
     acquisition and unmounts the storage again (release in reverse)."""
-    mnt = tmp_path / "mnt"
-    web = ResourceConfig(
-        name="web",
-        type="command",
-        start=("/bin/sh", "-c", f"test -f {mnt}/index.html"),
-        stop=("/bin/true",),
-        status=("/bin/sh", "-c", "exit 3"),
-    )
-    data, svc = build([filesystem(tmp_path, loop_image), web])
-    with pytest.raises(ResourceError, match="resource web start: exit 1"):
-        asyncio.run(ResourceList([data, svc]).acquire())
-    assert not mounted(mnt)
+    seen = scenario("rollback", loop_image, tmp_path)
+    assert seen["error"].startswith("resource web: resource web start: exit 1")
+    assert seen["mounted_after"] is False
 
 
 def test_check_accepts_a_good_group_and_names_a_bad_param(tmp_path: Path, loop_image: str) -> None:
