@@ -22,6 +22,7 @@ import pytest
 from tests.lab.disk import ext4_loop
 from tests.lab.lab import VIP4, Lab, wait_until
 from tests.lab.pair import HapairPair, PairConfig, takeover_argv
+from tests.lab.vm_pair import start_bmcs
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
@@ -212,3 +213,106 @@ def test_web_killed_is_restarted_in_place_then_fails_over(lab: Lab, disk: str) -
     assert wait_until(lambda: fetch(lab) == PAGE, timeout=30, interval=0.2), pair.log("b")
     assert "resource.failover name=web" in pair.log("a")
     assert mounted_on(pair, "b", mnt) and not mounted_on(pair, "a", mnt)
+
+
+def flag_toml(flags: Path) -> str:
+    """Return a `command` resource "svc" whose state is a file per node (named after the node's
+    network namespace), and whose stop fails while flags/fail-stop exists."""
+    here = f"{flags}/svc-$(ip netns identify)"
+
+    def sh(script: str) -> str:
+        return json.dumps(["/bin/sh", "-c", script])
+
+    return f"""
+[[resource]]
+name = "svc"
+type = "command"
+start = {sh(f"touch {here}")}
+stop = {sh(f"test ! -e {flags}/fail-stop || exit 1; rm -f {here}")}
+status = {sh(f"test -e {here} || exit 3")}
+monitor_interval = "1s"
+stop_timeout = "5s"
+
+[group]
+order = ["vips", "svc"]
+"""
+
+
+def flag_pair(lab: Lab, node_extra: dict[str, str] | None = None) -> tuple[HapairPair, Path]:
+    """Start the pair with the "svc" group (a preferred) and wait until a runs it."""
+    flags = lab.workdir / "flags"
+    flags.mkdir()
+    cfg = PairConfig(extra=flag_toml(flags), node_extra=node_extra or {})
+    pair = HapairPair(lab, cfg)
+    pair.start()
+    assert pair.wait_role("a", "ACTIVE", 60), pair.log("a")
+    assert pair.wait_role("b", "STANDBY", 30), pair.log("b")
+    assert wait_until(lambda: svc_runs(lab, flags) == ["a"], timeout=30), pair.log("a")
+    return pair, flags
+
+
+def svc_runs(lab: Lab, flags: Path) -> list[str]:
+    """Return the nodes whose "svc" state file exists."""
+    return [n for n in ("a", "b") if (flags / f"svc-{lab.ns(n)}").exists()]
+
+
+def test_daemon_restart_on_the_active_stops_and_moves_nothing(lab: Lab) -> None:
+    """A killed and restarted daemon on the active finds the service running and keeps it:
+    never stopped, never moved, the peer stays standby."""
+    pair, flags = flag_pair(lab)
+    pair.procs["a"].signal(signal.SIGKILL)
+    pair.procs["a"].wait(10)
+    before = len(pair.log("a"))
+    seen: list[list[str]] = []
+    pair.start("a")
+
+    def settled() -> bool:
+        seen.append(svc_runs(lab, flags))
+        return pair.role("a") == "ACTIVE" and "resources.acquired" in pair.log("a")[before:]
+
+    assert wait_until(settled, timeout=30, interval=0.05), pair.log("a")
+    after = pair.log("a")[before:]
+    assert "resource.probed name=svc outcome=running" in after
+    assert "resource.adopted name=svc" in after and "resource.stop" not in after
+    assert all(s == ["a"] for s in seen), seen
+    assert pair.role("b") == "STANDBY" and pair.holds("a")
+
+
+def test_a_failed_stop_faults_and_the_peer_fences_before_taking_over(lab: Lab) -> None:
+    """A stop that fails leaves a in FAULT still holding; b fences it through its BMC, then
+    runs the service; the service never ran on both."""
+    bmcs = start_bmcs(lab)
+    try:
+        fencing = {
+            n: f'[node.fencing]\ntype = "ipmi"\naddress = "{b.address}"\nport = {b.port}\n'
+            f'user = "{b.user}"\npassword_file = "{b.write_password_file()}"\ntimeout = "8s"\n'
+            for n, b in bmcs.items()
+        }
+        pair, flags = flag_pair(lab, fencing)
+        (flags / "fail-stop").touch()
+        p = lab.run("a", takeover_argv(pair.cluster, "a", "standby"), check=False)
+        assert p.returncode == 0, p.stderr
+
+        def served_by_b() -> bool:
+            return pair.role("b") == "ACTIVE" and "b" in svc_runs(lab, flags)
+
+        assert wait_until(served_by_b, timeout=60, interval=0.1), pair.log("b")[-4000:]
+        assert "stop: exit 1" in pair.log("a")
+        assert "transition from=RELEASING to=FAULT" in pair.log("a")
+        assert bmcs["a"].power() == "off" and "set power 0" in bmcs["a"].calls()
+        # b started the service only once a was powered off (a's file stays: it died holding).
+        b_log = pair.log("b")
+        assert b_log.index("to=FENCING") < b_log.index("resource.start name=svc"), b_log
+    finally:
+        for bmc in bmcs.values():
+            bmc.stop()
+
+
+def test_a_failed_stop_without_fencing_the_peer_refuses(lab: Lab) -> None:
+    """Without fencing, a peer FAULT still holding after a failed stop is never taken over."""
+    pair, flags = flag_pair(lab)
+    (flags / "fail-stop").touch()
+    lab.run("a", takeover_argv(pair.cluster, "a", "standby"), check=False)
+    assert pair.wait_role("a", "FAULT", 30), pair.log("a")[-3000:]
+    assert not wait_until(lambda: pair.role("b") == "ACTIVE", timeout=8, interval=0.1)
+    assert svc_runs(lab, flags) == ["a"]
