@@ -456,7 +456,7 @@ async def check_resource(cfg: ResourceConfig, index: int, label: str) -> list[st
         return []
     if cfg.type == "systemd":
         res = await driver.run(ocf.systemctl_argv("exists", cfg.unit), None, 10.0)
-        if res.code == 0 and res.output.strip() == "not-found":
+        if res.code == 0 and res.stdout.strip() == "not-found":
             return [f'{key}.unit: systemd knows no unit "{cfg.unit}"']
         return []
     out = []
