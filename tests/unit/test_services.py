@@ -600,3 +600,32 @@ def test_status_lists_resources_with_state_and_last_error() -> None:
     assert "Resources:" in text
     assert "data" in text and "ocf:heartbeat:Filesystem" in text and "here: stopped" in text
     assert "start OCF_ERR_GENERIC (exit 1)" in text and "| mount: no such device" in text
+
+
+def test_a_failed_stop_fails_the_release_but_the_vips_go_all_the_same() -> None:
+    """Releasing the group, a service whose stop fails is named in the error (FAULT follows),
+    and the resources before it in the order (the VIPs) are released all the same."""
+    released: list[str] = []
+
+    class FakeVip:
+        name = "vip 192.0.2.100/24"
+
+        async def acquire(self) -> None:
+            """Nothing."""
+
+        async def release(self) -> None:
+            released.append(self.name)
+
+        async def announce(self) -> None:
+            """Nothing."""
+
+        def describe(self) -> dict[str, Any]:
+            return {}
+
+    run = FakeRun({"monitor": [0], "stop": [1]})
+    svc = item(run, dummy(name="web"))
+    group = ResourceList([FakeVip(), svc])
+    asyncio.run(group.acquire())
+    with pytest.raises(ResourceError, match="resource web: resource web stop: OCF_ERR_GENERIC"):
+        asyncio.run(group.release())
+    assert released == ["vip 192.0.2.100/24"] and svc.held
