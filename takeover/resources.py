@@ -72,7 +72,17 @@ class ResourceList:
         self.items = tuple(items)
 
     async def acquire(self) -> None:
-        """Acquire each in order; on a failure release those taken, then raise ResourceError."""
+        """Acquire each in order; on a failure release those taken, then raise ResourceError.
+
+        A resource blocked by a configuration error (a service whose agent said
+        OCF_ERR_CONFIGURED) fails the acquire before anything is taken: it would fail the
+        same way after the others were started, only later.
+        """
+        for item in self.items:
+            blocked = getattr(item, "blocked", "")
+            if blocked:
+                log.error("resource.blocked name=%s error=%s", item.name, blocked)
+                raise ResourceError(f"{item.name}: blocked by a configuration error: {blocked}")
         taken: list[Resource] = []
         for item in self.items:
             try:

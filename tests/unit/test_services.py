@@ -629,3 +629,18 @@ def test_a_failed_stop_fails_the_release_but_the_vips_go_all_the_same() -> None:
     with pytest.raises(ResourceError, match="resource web: resource web stop: OCF_ERR_GENERIC"):
         asyncio.run(group.release())
     assert released == ["vip 192.0.2.100/24"] and svc.held
+
+
+def test_a_blocked_resource_fails_the_acquire_before_anything_starts() -> None:
+    """After a configuration error, the group's next acquire fails before the storage or the
+    VIPs are touched."""
+    data_run = FakeRun({"monitor": [7, 0]})
+    web_run = FakeRun({"monitor": [7], "start": [6]})
+    data, web = item(data_run, dummy(name="data")), item(web_run, dummy(name="web"))
+    group = ResourceList([data, web])
+    with pytest.raises(ResourceError, match="OCF_ERR_CONFIGURED"):
+        asyncio.run(group.acquire())
+    data_run.calls.clear()
+    with pytest.raises(ResourceError, match="blocked by a configuration error"):
+        asyncio.run(group.acquire())
+    assert data_run.actions() == []
