@@ -23,16 +23,16 @@ unit: deps
 
 # The lab's own tests and effects (root), and the end-to-end tests (root).
 lab: need-root
-	@scripts/bootstrap.sh base vm
+	@scripts/bootstrap.sh base vm resources
 	$(PYTEST) tests/lab
 
 e2e: need-root
-	@scripts/bootstrap.sh base vm
+	@scripts/bootstrap.sh base vm resources
 	$(PYTEST) tests/e2e
 
 # Everything: unit, lab and end-to-end. Root-only tests fail (never skip) without root.
 test: need-root
-	@scripts/bootstrap.sh base vm
+	@scripts/bootstrap.sh base vm resources
 	$(PYTEST) tests
 
 demo: need-root deps

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what hapair's targets need, idempotently: Debian packages, then the virtualenv.
-#   scripts/bootstrap.sh [apt-group ...]     groups: base (default), bench, vm
+#   scripts/bootstrap.sh [apt-group ...]     groups: base (default), bench, vm, resources
 # Safe to run again: packages already present are not reinstalled; the venv is rebuilt only
 # when pyproject.toml changed since the last install.
 set -euo pipefail
@@ -10,6 +10,9 @@ declare -A APT=(
   # prometheus: promtool, which checks and tests conf/prometheus/hapair.rules.yml; faketime: clock steps.
   [base]="iproute2 nftables rsync openssh-server openssh-client iputils-ping procps sqlite3 systemd prometheus faketime"
   [bench]="keepalived lsyncd"
+  # Debian's OCF resource agents; Filesystem needs modprobe (kmod) present, and the lab's
+  # storage is an ext4 image (e2fsprogs) on a loop device.
+  [resources]="resource-agents kmod e2fsprogs"
   [vm]="openipmi ipmitool libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 libvirt-dev pkg-config"
 )
 groups=("${@:-base}")

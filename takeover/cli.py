@@ -131,11 +131,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as err:
         return report_check(PROG, args, "", err.problems, config_exit(err))
     problems = [] if args.no_fs else file_problems(cluster, node)
+    if cluster.resources and not args.no_fs:
+        # Runs each agent's meta-data and validate-all (takeover.backends.services).
+        from takeover.backends.services import check_resources  # noqa: PLC0415
+
+        problems += asyncio.run(check_resources(cluster.resources, cluster.label))
     peer = cluster.peer_of(node.name)
     summary = (
         f'{cluster.label}: ok: cluster "{cluster.name}", node {node.name} (peer {peer.name}), '
         f"{len(cluster.heartbeat.links)} heartbeat links, {len(cluster.vips)} VIPs, "
-        f"{len(cluster.vms)} VMs, {len(cluster.checks)} checks, {len(cluster.hooks)} hooks"
+        f"{len(cluster.vms)} VMs, {len(cluster.resources)} resources, "
+        f"{len(cluster.checks)} checks, {len(cluster.hooks)} hooks"
         + (f", witness {cluster.witness.address}" if cluster.witness is not None else "")
     )
     if problems:

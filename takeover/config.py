@@ -21,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
-from takeover import deadlines, lease
+from takeover import deadlines, lease, ocf
 from takeover.configparse import (
     REQUIRED,
     ConfigError,
@@ -36,6 +36,7 @@ from takeover.configparse import (
     parse_address,
     read_toml,
 )
+from takeover.svcconfig import ResourceConfig, default_order, parse_group, parse_resources
 
 __all__ = [
     "Announce",
@@ -332,6 +333,10 @@ class Cluster:
     vips: tuple[Vip, ...] = ()
     # Virtual machines, started after the VIPs, in this order.
     vms: tuple[VmConfig, ...] = ()
+    # Services and storage (takeover.svcconfig), placed in the group by `order`.
+    resources: tuple[ResourceConfig, ...] = ()
+    # The group: resource names, "vips" and "vms", acquired in this order, released in reverse.
+    order: tuple[str, ...] = ()
     # Notify commands, run one after another on every transition.
     hooks: tuple[HookConfig, ...] = ()
     # Health checks of the local service.
@@ -395,9 +400,26 @@ def vm_limits(vms: tuple[VmConfig, ...]) -> list[deadlines.VmLimits]:
     ]
 
 
+def service_limits(resources: tuple[ResourceConfig, ...]) -> list[deadlines.ServiceLimits]:
+    """Return the limits deadlines are derived from, one per resource (unset: the default;
+    the daemon first fills them in from the agents' meta-data, takeover.backends.services)."""
+    fallback = ocf.DEFAULT_TIMEOUT
+    return [
+        deadlines.ServiceLimits(
+            name=r.name,
+            start_timeout=r.start_timeout or fallback,
+            stop_timeout=r.stop_timeout or fallback,
+            monitor_timeout=r.monitor_timeout or fallback,
+        )
+        for r in resources
+    ]
+
+
 def cluster_deadlines(cluster: Cluster) -> deadlines.Deadlines:
     """Return the deadlines derived from the cluster file (takeover.deadlines)."""
-    return deadlines.derive(cluster.inhibit_timeout, vm_limits(cluster.vms))
+    return deadlines.derive(
+        cluster.inhibit_timeout, vm_limits(cluster.vms), service_limits(cluster.resources)
+    )
 
 
 def resolve_node(
@@ -455,7 +477,14 @@ def config_digest(cluster: Cluster) -> bytes:
 
 
 # Cluster fields whose section is named after the file's table, not the field.
-_TABLE_NAMES: Final = {"vips": "vip", "vms": "vm", "hooks": "hook", "checks": "check"}
+_TABLE_NAMES: Final = {
+    "vips": "vip",
+    "vms": "vm",
+    "hooks": "hook",
+    "checks": "check",
+    "resources": "resource",
+    "order": "group",
+}
 
 
 def config_sections(cluster: Cluster) -> dict[str, str]:
@@ -470,6 +499,11 @@ def config_sections(cluster: Cluster) -> dict[str, str]:
     for f in fields(cluster):
         value = getattr(cluster, f.name)
         if f.name == "source":
+            continue
+        if f.name == "order" and value == default_order(
+            cluster.resources, bool(cluster.vips), bool(cluster.vms)
+        ):
+            # Derived from the other tables, not written: not a section of its own.
             continue
         if f.name == "nodes":
             for node in value:
@@ -528,6 +562,8 @@ def _parse(root: Table, source: Path) -> Cluster:
     announce = _announce(root)
     vips = _vips(root, nodes)
     vms = _vms(root, nodes)
+    resources = parse_resources(root, (NAME_RE, NAME_WHAT), [v.name for v in vms])
+    order = parse_group(root, resources, bool(vips), bool(vms))
     hooks = tuple(
         HookConfig(command=t.strings("command", nonempty=True), timeout=_finish_with(t))
         for t in root.tables("hook")
@@ -557,6 +593,8 @@ def _parse(root: Table, source: Path) -> Cluster:
         announce=announce,
         vips=vips,
         vms=vms,
+        resources=resources,
+        order=order,
         hooks=hooks,
         checks=checks,
         mirror=mirror,

@@ -5,8 +5,12 @@ What waits for what, from the resources' own limits:
 - a VM stops within its `stop_timeout` (graceful shutdown), then is destroyed and undefined
   (DESTROY_MARGIN); a planned handover first tries a live migration, aborted after its
   `migrate_timeout`, then falls back to that stop;
-- a release goes VM by VM in reverse order, then the VIPs (VIP_MARGIN): its budget is the sum;
-  each VM is bounded on its own, so the VIPs are let go even when a VM is past its budget;
+- a service or storage resource (`[[resource]]`) starts within its `start_timeout` and
+  stops within its `stop_timeout` (from the file, else the agent's meta-data), each action
+  plus SERVICE_MARGIN (spawning the agent, the confirming monitor after a start);
+- a release goes resource by resource in reverse order (VIPs within VIP_MARGIN): its budget
+  is the sum; each VM and service is bounded on its own, so the VIPs are let go even when
+  one of them is past its budget;
 - a release may have to wait for an acquire still in progress (the resource lock): the
   machine's RELEASING gives up after both budgets and enters FAULT, where the fencing
   policy decides;
@@ -32,6 +36,9 @@ ABORT_MARGIN: Final = 5.0
 DEFINE_MARGIN: Final = 10.0
 # Seconds for removing (or adding) every VIP: netlink requests, a macvlan at most.
 VIP_MARGIN: Final = 5.0
+# Seconds for running a service's agent beyond its action's timeout: the process's start, and
+# after a start the monitor that confirms it (bounded by its own timeout, added separately).
+SERVICE_MARGIN: Final = 2.0
 # Seconds between the end of the release and inhibitors and the daemon's exit: last heartbeats,
 # status file, closing sockets.
 EXIT_MARGIN: Final = 5.0
@@ -63,6 +70,24 @@ class VmLimits:
 
 
 @dataclass(frozen=True)
+class ServiceLimits:
+    """The limits of one `[[resource]]` that deadlines are derived from (timeouts resolved)."""
+
+    name: str
+    start_timeout: float
+    stop_timeout: float
+    monitor_timeout: float
+
+    def stop_budget(self) -> float:
+        """Return the seconds a release of this resource may take: its stop."""
+        return self.stop_timeout + SERVICE_MARGIN
+
+    def start_budget(self) -> float:
+        """Return the seconds an acquire may take: a probe, the start, the confirming monitor."""
+        return self.start_timeout + 2 * self.monitor_timeout + SERVICE_MARGIN
+
+
+@dataclass(frozen=True)
 class Deadlines:
     """The derived deadlines of one node (both nodes share the cluster file, hence the values)."""
 
@@ -79,10 +104,14 @@ class Deadlines:
     stop_deadline: float
 
 
-def derive(inhibit_timeout: float, vms: Sequence[VmLimits]) -> Deadlines:
-    """Return the deadlines for these release inhibitors and VMs."""
+def derive(
+    inhibit_timeout: float, vms: Sequence[VmLimits], services: Sequence[ServiceLimits] = ()
+) -> Deadlines:
+    """Return the deadlines for these release inhibitors, VMs and services."""
     release = sum(vm.handover_budget() for vm in vms) + VIP_MARGIN
+    release += sum(svc.stop_budget() for svc in services)
     acquire = sum(vm.start_budget() for vm in vms) + VIP_MARGIN
+    acquire += sum(svc.start_budget() for svc in services)
     release_timeout = acquire + release
     return Deadlines(
         inhibit_timeout=inhibit_timeout,
@@ -142,9 +171,11 @@ __all__ = [
     "DEFINE_MARGIN",
     "DESTROY_MARGIN",
     "EXIT_MARGIN",
+    "SERVICE_MARGIN",
     "VIP_MARGIN",
     "VIP_RELEASE",
     "Deadlines",
+    "ServiceLimits",
     "VmLimits",
     "derive",
     "extend_timeout_usec",

@@ -20,9 +20,11 @@ apply"; the daemon keeps running the old configuration unchanged.
 | [arbitration] targets                         | the ping list (probed afresh)                |
 | [announce]                                    | the next announcement uses it                |
 | [[check]], [[hook]]                           | restarted with the new list                  |
+| [group] order                                 | the next acquisition / release follows it    |
 | [mirror]                                      | mirrord's own reload                         |
 | names, links, addresses, port, key, dirs,     | refused: restart to apply                    |
-| fencing, [metrics], a [[vm]]'s settings       |                                              |
+| fencing, [metrics], a [[vm]]'s settings,      |                                              |
+| [[resource]], [witness]                       |                                              |
 
 In maintenance mode nothing is acquired or released, so a plan that adds or removes a
 resource is refused there too ("turn maintenance off first").
@@ -120,6 +122,8 @@ def _restart_only(old: Cluster, new: Cluster, node: str) -> list[str]:
     differs("run_dir", old.run_dir, new.run_dir)
     differs("state_dir", old.state_dir, new.state_dir)
     differs("metrics", old.metrics, new.metrics)
+    differs("resource", old.resources, new.resources)
+    differs("witness", old.witness, new.witness)
     for index, n_new in enumerate(new.nodes):
         n_old = old.node(n_new.name)
         where = f"node[{index}]"

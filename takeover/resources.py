@@ -1,8 +1,9 @@
 """The ordered resource list: acquire in order, release in reverse.
 
 A resource is anything the active node holds: a VIP (address, optional virtual MAC, and its
-announcements), later a VM. `ResourceList.acquire()` takes them in configured order and, if
-one fails, gives back what it took before raising: the machine's FAULT holds nothing.
+announcements), a VM, a service or its storage (takeover.backends.services); `arrange()` puts
+them in the group's order (`[group] order`). `ResourceList.acquire()` takes them in that
+order and, if one fails, gives back what it took before raising: the machine's FAULT holds nothing.
 `release()` goes in reverse and tries every resource even after a failure, so one stuck VIP
 does not keep the others on a node that is giving up.
 
@@ -16,8 +17,8 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from takeover.addresses import Addresses, VipPlacement
 from takeover.announce import Announcer
@@ -51,6 +52,14 @@ class Resource(Protocol):
         ...
 
 
+T = TypeVar("T")
+
+
+def arrange(order: Sequence[str], groups: Mapping[str, Sequence[T]]) -> list[T]:
+    """Return the items of `groups` in `order` (names such as "vips", "vms" or a resource's)."""
+    return [item for name in order for item in groups.get(name, ())]
+
+
 class ResourceError(Exception):
     """Acquiring or releasing failed; the message names each resource that did."""
 
@@ -63,7 +72,17 @@ class ResourceList:
         self.items = tuple(items)
 
     async def acquire(self) -> None:
-        """Acquire each in order; on a failure release those taken, then raise ResourceError."""
+        """Acquire each in order; on a failure release those taken, then raise ResourceError.
+
+        A resource blocked by a configuration error (a service whose agent said
+        OCF_ERR_CONFIGURED) fails the acquire before anything is taken: it would fail the
+        same way after the others were started, only later.
+        """
+        for item in self.items:
+            blocked = getattr(item, "blocked", "")
+            if blocked:
+                log.error("resource.blocked name=%s error=%s", item.name, blocked)
+                raise ResourceError(f"{item.name}: blocked by a configuration error: {blocked}")
         taken: list[Resource] = []
         for item in self.items:
             try:
@@ -422,6 +441,20 @@ class Mute(Protocol):
         ...
 
 
+class Service(Protocol):
+    """A service or storage resource (takeover.backends.services.ServiceItem)."""
+
+    name: str
+
+    def runs_here(self) -> bool:
+        """Return whether its start-up probe found it running (or failed) here."""
+        ...
+
+    async def release(self) -> None:
+        """Stop it."""
+        ...
+
+
 class FoundHeld:
     """What a starting node holds, muted until the start-up decision is carried out.
 
@@ -430,18 +463,25 @@ class FoundHeld:
     """
 
     def __init__(
-        self, vips: Sequence[VipResource], vms: Sequence[VmItem], muter: Mute | None
+        self,
+        vips: Sequence[VipResource],
+        vms: Sequence[VmItem],
+        muter: Mute | None,
+        services: Sequence[Service] = (),
     ) -> None:
-        """Decide about `vips` (their `held` read at start-up) and `vms`; mute with `muter`."""
+        """Decide about `vips` (their `held` read at start-up), `vms` and `services` (probed
+        already, in group order); mute with `muter`."""
         self.vips = tuple(vips)
         self.vms = tuple(vms)
         self.muter = muter
+        self.services = tuple(services)
 
     def held(self) -> Held:
-        """Return the held VIPs (by address) and the guests running here (by resource name)."""
+        """Return the held VIPs (by address), guests and services running here (by name)."""
         return Held(
             vips=tuple(str(v.placement.address) for v in self.vips if v.held),
             guests=tuple(vm.name for vm in self.vms if vm.runs_here()),
+            services=tuple(svc.name for svc in self.services if svc.runs_here()),
         )
 
     async def look(self) -> Held:
@@ -471,6 +511,16 @@ class FoundHeld:
         Kept VIPs are announced by the acquire that follows (the machine starts ACTIVE).
         """
         ok = True
+        for svc in reversed(self.services):
+            # A service has no harder way than its stop: DESTROY and RELEASE both stop it.
+            if decision.services.get(svc.name, Verdict.KEEP) is Verdict.KEEP:
+                continue
+            try:
+                await svc.release()
+                log.info("startup.service name=%s steps=stop", svc.name)
+            except Exception as err:
+                log.error("startup.service_failed name=%s error=%s", svc.name, err)
+                ok = False
         for vm in reversed(self.vms):
             verdict = decision.guests.get(vm.name)
             try:

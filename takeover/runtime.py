@@ -26,6 +26,7 @@ from takeover import deadlines
 from takeover.addresses import Addresses, Muter, VipPlacement
 from takeover.announce import Announcer
 from takeover.arbitration import Outcome
+from takeover.backends.services import ServiceItem, service_items
 from takeover.config import (
     Cluster,
     Node,
@@ -63,7 +64,9 @@ from takeover.resources import (
     VipDefender,
     VipResource,
     VmItem,
+    arrange,
 )
+from takeover.svcconfig import VIPS, VMS, ResourceConfig
 from takeover.wire import Heartbeat, Receiver
 from takeover.witnessclient import WitnessClient
 
@@ -436,6 +439,11 @@ def vm_resources(
     return out
 
 
+def by_name(services: Sequence[ServiceItem]) -> dict[str, list[ServiceItem]]:
+    """Return each service under its `[[resource]]` name, as `[group] order` names it."""
+    return {svc.cfg.name: [svc] for svc in services}
+
+
 # Seconds between two re-announcements of one VIP claimed by another MAC, at the least.
 CONFLICT_GAP = 0.2
 
@@ -519,9 +527,17 @@ class Reloader:
         guard: GuardAdapter,
         closers: list[Callable[[], Any]],
         on_vm_failover: Callable[[str, str], None],
+        services: Sequence[ServiceItem] = (),
+        raw_resources: tuple[ResourceConfig, ...] = (),
     ) -> None:
-        """Reload `cluster` as `node` runs it, over the effects run() built."""
+        """Reload `cluster` as `node` runs it, over the effects run() built.
+
+        `raw_resources`: the `[[resource]]` entries as the file gave them (`cluster` holds them
+        with the agents' meta-data timeouts filled in): a reload compares the file with those.
+        """
         self.cluster, self.node, self.key = cluster, node, key
+        self.services = list(services)
+        self.raw_resources = raw_resources
         self.addresses = addresses
         self.announcers = announcers
         self.items = items
@@ -554,10 +570,13 @@ class Reloader:
         except KeyFileError as err:
             raise ReloadRefused([key_problem(new, err)]) from err
         # The node as it runs: --run-dir/--state-dir given at start-up still hold.
-        got = plan(self.cluster, new, node.name, key_changed=key != self.key,
+        as_read = replace(self.cluster, resources=self.raw_resources)
+        got = plan(as_read, new, node.name, key_changed=key != self.key,
                    maintenance=maintenance)  # fmt: skip
         if got.refused:
             raise ReloadRefused(got.refused)
+        # Resources cannot change live (refused above): keep them as probed, timeouts filled.
+        new = replace(new, resources=self.cluster.resources)
         self._pending = (new, node, got)
         return got, daemon_config(new, node, key)
 
@@ -601,7 +620,9 @@ class Reloader:
             item.count, item.interval, item.refresh = ann.garp_count, ann.garp_interval, ann.refresh
         new_vms = vm_resources(replace(new, vms=p.vms_added), node, self.on_vm_failover)
         self.vms.extend(new_vms)
-        self.resources.items = (*self.items, *self.vms)
+        groups: dict[str, Sequence[Resource]] = {VIPS: self.items, VMS: self.vms}
+        groups.update(by_name(self.services))
+        self.resources.items = tuple(arrange(new.order, groups))
         self.found.vips, self.found.vms = tuple(self.items), tuple(self.vms)
         if p.targets:
             old = self.pings.prober
@@ -676,6 +697,11 @@ async def run(cluster: Cluster, node: Node) -> int:
             await asyncio.Event().wait()
 
         vms = vm_resources(cluster, node, on_vm_failover)
+        # Services and storage, probed now (probe first, then decide); their timeouts come
+        # from the agents' meta-data where the file sets none, and the deadlines follow them.
+        raw_resources = cluster.resources
+        services = await service_items(cluster.resources, on_vm_failover)
+        cluster = replace(cluster, resources=tuple(svc.cfg for svc in services))
         for vm in vms:
             closers.append(getattr(vm.inner, "close", lambda: None))
         addresses = await Addresses.open()
@@ -706,7 +732,7 @@ async def run(cluster: Cluster, node: Node) -> int:
         held = {str(v.address) for v in await addresses.held_vips(vips)}
         for item in items:
             item.held = str(item.placement.address) in held
-        found = FoundHeld(items, vms, Muter())
+        found = FoundHeld(items, vms, Muter(), arrange(cluster.order, by_name(services)))
         if load_maintenance(node.state_dir):
             # Maintenance: nothing is touched, not even a guest defined but stopped.
             log.warning("startup.maintenance note=nothing_cleared")
@@ -737,7 +763,9 @@ async def run(cluster: Cluster, node: Node) -> int:
             # A worker waits ready: fencing skips the interpreter's start-up on the way.
             fencer.prepare()
             closers.append(fencer.close)
-        resources = ResourceList([*items, *vms])
+        resources = ResourceList(
+            arrange(cluster.order, {VIPS: items, VMS: vms, **by_name(services)})
+        )
         pings = PingAdapter(prober, cluster.arbitration.probe_timeout)
         guard_adapter = GuardAdapter(guards, guard_window(cluster))
         reloader = Reloader(
@@ -754,6 +782,8 @@ async def run(cluster: Cluster, node: Node) -> int:
             guard=guard_adapter,
             closers=closers,
             on_vm_failover=on_vm_failover,
+            services=services,
+            raw_resources=raw_resources,
         )
         effects = Effects(
             links=links,

@@ -22,6 +22,10 @@ or destroy it, and which role to start in:
 A guest is destroyed (power pulled) only when the peer is heard holding: then the peer runs
 the real one. When the peer is silent but someone answers for the VIPs, the guest is stopped
 in order: probably a second copy, but nobody said so.
+
+A service or storage resource (`[[resource]]`) whose start-up monitor finds it running here
+(or failed, which leaves something to clean up) follows the guests' column: kept, or stopped
+(for a service, DESTROY and RELEASE are both its stop: an agent has no harder way).
 """
 
 from __future__ import annotations
@@ -43,14 +47,15 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True)
 class Held:
-    """What this node holds at start-up: VIP addresses and running guests, by name."""
+    """What this node holds at start-up: VIP addresses, running guests and services, by name."""
 
     vips: tuple[str, ...] = ()
     guests: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
         """Return whether anything is held (only then is there something to decide)."""
-        return bool(self.vips or self.guests)
+        return bool(self.vips or self.guests or self.services)
 
 
 @dataclass(frozen=True)
@@ -72,11 +77,13 @@ class Decision:
     reason: str
     vips: dict[str, Verdict] = field(default_factory=dict)
     guests: dict[str, Verdict] = field(default_factory=dict)
+    services: dict[str, Verdict] = field(default_factory=dict)
 
     @property
     def keeps(self) -> bool:
         """Return whether anything is kept (then the node starts ACTIVE)."""
-        return any(v is Verdict.KEEP for v in (*self.vips.values(), *self.guests.values()))
+        verdicts = (*self.vips.values(), *self.guests.values(), *self.services.values())
+        return any(v is Verdict.KEEP for v in verdicts)
 
 
 def _all(names: Sequence[str], verdict: Verdict) -> dict[str, Verdict]:
@@ -101,7 +108,11 @@ def decide(
     if not held:
         # STARTING: nothing to decide; the usual initdead election follows.
         return Decision(Role.STARTING, "nothing held")
-    keep = (_all(held.vips, Verdict.KEEP), _all(held.guests, Verdict.KEEP))
+    keep = (
+        _all(held.vips, Verdict.KEEP),
+        _all(held.guests, Verdict.KEEP),
+        _all(held.services, Verdict.KEEP),
+    )
     if peer is not None:
         # An active or releasing peer holds, whatever its flag says (an older peer sets none).
         holds = peer.holding or peer.role in {Role.ACTIVE, Role.RELEASING}
@@ -119,10 +130,15 @@ def decide(
             f"released: peer {peer.role.value} holds the resources",
             _all(held.vips, Verdict.RELEASE),
             _all(held.guests, Verdict.DESTROY),
+            _all(held.services, Verdict.DESTROY),
         )
     if not listened:
         return None
-    let_go = (_all(held.vips, Verdict.RELEASE), _all(held.guests, Verdict.RELEASE))
+    let_go = (
+        _all(held.vips, Verdict.RELEASE),
+        _all(held.guests, Verdict.RELEASE),
+        _all(held.services, Verdict.RELEASE),
+    )
     if not lan_up:
         # STARTING: no carrier on the service LAN: the guard cannot see, and nobody reaches us.
         return Decision(Role.STARTING, "released: peer silent and the service LAN is down", *let_go)

@@ -219,7 +219,7 @@ def render(doc: dict[str, Any], wall_now: float) -> str:
             holder = vip.get("holder") or vip.get("holder_seen") or "nobody"
             where = f"{vip.get('address', '?'):<28} on {vip.get('interface', '?'):<10}"
             lines.append(f"  {where} {holder}")
-    lines += vm_lines(doc) + fencing_lines(doc, wall_now)
+    lines += vm_lines(doc) + service_lines(doc, wall_now) + fencing_lines(doc, wall_now)
     checks = doc.get("checks") or {}
     if checks:
         lines.append("")
@@ -298,6 +298,39 @@ def vm_lines(doc: dict[str, Any]) -> list[str]:
             extra.append(f"error: {vm['error']}")
         tail = ("  " + "; ".join(extra)) if extra else ""
         lines.append(f"  {vm.get('name', '?'):<20} runs on {runs_on:<12} {here}{tail}")
+    return lines
+
+
+def service_lines(doc: dict[str, Any], wall_now: float) -> list[str]:
+    """Return the "Resources" section: each service's agent, holder, state here, monitor,
+    restarts in the window, failures and the last error with the agent's output."""
+    services = doc.get("services") or []
+    if not services:
+        return []
+    lines = ["", "Resources:"]
+    for svc in services:
+        runs_on = svc.get("holder") or svc.get("holder_seen") or "nobody"
+        mon = svc.get("last_monitor") or {}
+        seen = f", monitor {mon.get('result')} {_age(wall_now - mon['at'])}" if mon else ""
+        lines.append(
+            f"  {svc.get('name', '?'):<16} {svc.get('agent', '?'):<28} runs on {runs_on:<12} "
+            f"here: {svc.get('state', '?')}{seen}"
+        )
+        extra = [f"restarts {svc.get('restarts', 0)}/{svc.get('max_restarts', '?')}"]
+        if svc.get("failures"):
+            extra.append(f"failures {svc['failures']}")
+        if svc.get("blocked"):
+            extra.append(f"BLOCKED: {svc['blocked']}")
+        lines.append("    " + "; ".join(extra))
+        err = svc.get("last_error")
+        if err:
+            exit_ = "timeout" if err.get("exit") is None else f"exit {err.get('exit')}"
+            lines.append(
+                f"    last error {_age(wall_now - err.get('at', wall_now))}: {err.get('action')} "
+                f"{err.get('result')} ({exit_}): {err.get('reason')}"
+            )
+            for out in (err.get("output") or "").splitlines()[-3:]:
+                lines.append(f"      | {out}")
     return lines
 
 

@@ -32,6 +32,7 @@ REQUIRED_PURE = [
     "takeover/startup.py",
     "takeover/lease.py",
     "takeover/witnesswire.py",
+    "takeover/ocf.py",
     "mirrord/planner.py",
     "mirrord/excludes.py",
     "mirrord/outcome.py",

@@ -147,3 +147,30 @@ def test_maintenance_refuses_resources_but_not_timings(tmp_path: Path) -> None:
     assert "maintenance" in problem and problem.startswith("cluster.toml: vip/vm: ")
     timing = cluster(tmp_path, MINIMAL + 'interval = "100ms"\n', "t.toml")
     assert plan(old, timing, "a", maintenance=True).changes() == ["timings"]
+
+
+RES1 = (
+    '\n[[resource]]\nname = "web"\ntype = "command"\n'
+    'start = ["/bin/true"]\nstop = ["/bin/true"]\nstatus = ["/bin/true"]\n'
+)
+WITNESS = '\n[witness]\naddress = "203.0.113.10"\nkey_file = "/etc/hapair/witness.key"\n'
+
+
+@pytest.mark.parametrize(
+    "before, after, key",
+    [
+        ("", RES1, "resource"),
+        (RES1, "", "resource"),
+        ("", WITNESS, "witness"),
+    ],
+)
+def test_resources_group_and_witness_need_a_restart(
+    before: str, after: str, key: str, tmp_path: Path
+) -> None:
+    """Services and the witness are set up at start-up: a reload that changes
+    them is refused as a whole (never reported applied while nothing changed)."""
+    old = cluster(tmp_path, MINIMAL + before, "old.toml")
+    new = cluster(tmp_path, MINIMAL + after)
+    got = plan(old, new, "a")
+    assert got == Plan(refused=got.refused)
+    assert any(p.startswith(f"cluster.toml: {key}: ") and RESTART in p for p in got.refused)
