@@ -174,6 +174,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_daemon_logging(args.log_level)
     # APScheduler logs every job run at INFO (a status write each second): keep its warnings.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
+    # As takeover run: the main process applies every rule of `check` (RestartPreventExitStatus).
+    checked = cmd_check(argparse.Namespace(**{**vars(args), "no_fs": False}))
+    if checked != Exit.OK:
+        return checked
     try:
         cluster, node, policies = _load(args)
     except ConfigError as err:
