@@ -119,6 +119,19 @@ def test_unit_waits_for_the_cluster_file(unit: str) -> None:
     assert unit_section(unit, "Unit")["ConditionPathExists"] == ["/etc/hapair/cluster.toml"]
 
 
+@pytest.mark.parametrize("unit", UNITS)
+def test_documentation_is_what_the_package_installs(unit: str) -> None:
+    """Every Documentation= target is a man page built from debian/man or a file in debian/docs."""
+    docs = (ROOT / "debian" / "docs").read_text().split()
+    for url in unit_section(unit, "Unit")["Documentation"][-1].split():
+        if url.startswith("man:"):
+            name, _, section = url.removeprefix("man:").rstrip(")").partition("(")
+            assert (ROOT / "debian" / "man" / f"{name}.{section}").is_file(), url
+        else:
+            assert url.startswith("file:///usr/share/doc/hapair/"), url
+            assert url.rsplit("/", 1)[1] in docs, url
+
+
 def test_takeover_is_bounded_to_network_capabilities() -> None:
     """takeover keeps only CAP_NET_ADMIN and CAP_NET_RAW, on a read-only file system."""
     service = service_section("takeover.service")
