@@ -1,4 +1,5 @@
-"""Command line of `mirrord`: run, status, sync, check, orphans, authorize, receive."""
+"""Command line of `mirrord`: run, status, sync, check, orphans, authorize, pair-setup,
+receive."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from mirrord import orphans
 from mirrord.daemon import Daemon, DaemonError, mirror_dir
 from mirrord.journal import JournalError
 from mirrord.orphans import Orphan
+from mirrord.pairsetup import pinned_options, run_pair_setup
 from mirrord.policy import Policy, load_policies
 from mirrord.receive import authorized_keys_line as rrsync_keys_line
 from mirrord.receive import receive
@@ -134,6 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     auth.add_argument("--rsync", default=None, help="rsync on this node (default: the one on PATH)")
 
+    pair = add_command(
+        sub,
+        "pair-setup",
+        cmd_pair_setup,
+        "create this node's mirror key, pin the peer's host key, authorize the peer's key",
+    )
+    pair.add_argument(
+        "--peer-fingerprint",
+        metavar="SHA256:...",
+        default=None,
+        help="the peer's ssh host key fingerprint, as `ssh-keygen -lf` prints it on the peer",
+    )
+    pair.add_argument(
+        "--peer-public-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the peer's mirror_key.pub: allow it to write the mirrored roots here",
+    )
+    pair.add_argument("--rsync", default=None, help="rsync on this node (default: the one on PATH)")
+
     recv = add_command(
         sub, "receive", cmd_receive, "forced ssh command of the mirror key (receiver = rrsync)"
     )
@@ -164,7 +187,9 @@ def _peer(cluster: Cluster, node: Node, ssh_options: list[str]) -> Peer:
         port=cluster.mirror.ssh_port,
         key=str(cluster.mirror.ssh_key),
         control_path=str(node.run_dir / "mirrord-ssh-%C"),
-        ssh_options=tuple(options),
+        # The pinned host keys come last: ssh keeps the first value of an option, so an
+        # --ssh-option naming another known_hosts still wins.
+        ssh_options=(*options, *pinned_options(cluster.source)),
         daemon=cluster.mirror.receiver == "rsyncd",
     )
 
@@ -458,24 +483,59 @@ def cmd_authorize(args: argparse.Namespace) -> int:
     if not key or len(key.split()) < 2:
         print(f"{PROG}: error: {args.public_key}: not an ssh public key", file=sys.stderr)
         return int(Exit.FAILURE)
+    line = authorized_line(args, cluster, policies, key)
+    if line is None:
+        return int(Exit.FAILURE)
+    print(line)
+    return int(Exit.OK)
+
+
+def authorized_line(
+    args: argparse.Namespace, cluster: Cluster, policies: list[Policy], key: str
+) -> str | None:
+    """Return the restricted authorized_keys line for the peer's key (writing rsyncd.conf for
+    the rsyncd receiver), or None after printing why it could not be made."""
     assert cluster.mirror is not None
     roots = [str(p.path) for p in policies]
     if cluster.mirror.receiver == "rrsync":
         # The light entry point: it runs once per pass, before rrsync (`mirrord receive` would
         # import the whole daemon first).
         command = [sys.executable, "-m", "mirrord.receive"]
-        print(rrsync_keys_line(key, roots, cluster.mirror.backup_retention, command))
-        return int(Exit.OK)
-    conf = args.rsyncd_conf or args.config.parent / CONF_NAME
+        return rrsync_keys_line(key, roots, cluster.mirror.backup_retention, command)
+    conf = getattr(args, "rsyncd_conf", None) or args.config.parent / CONF_NAME
     try:
         write_atomic(conf, render_conf(roots), mode=0o644)
     except OSError as exc:
         print(f"{PROG}: error: {conf}: {exc.strerror or exc}", file=sys.stderr)
-        return int(Exit.FAILURE)
+        return None
     rsync = args.rsync or shutil.which("rsync") or "/usr/bin/rsync"
-    print(authorized_keys_line(key, conf.resolve(), rsync))
     print(f"{PROG}: wrote {conf}: {len(roots)} modules", file=sys.stderr)
-    return int(Exit.OK)
+    return authorized_keys_line(key, conf.resolve(), rsync)
+
+
+def cmd_pair_setup(args: argparse.Namespace) -> int:
+    """Set up this node's side of the mirror's ssh trust (mirrord/pairsetup.py); exit 0 once
+    ssh to the peer works, 1 with the step still missing named."""
+    try:
+        cluster, node, policies = _load(args)
+    except ConfigError as err:
+        print_problems(PROG, err.problems)
+        return config_exit(err)
+    if cluster.mirror is None:
+        print_problems(PROG, [f"{cluster.label}: mirror: no [mirror] table: nothing to set up"])
+        return int(Exit.CONFIG)
+    peer_node = cluster.peer_of(node.name)
+    if peer_node.mirror_address is None:
+        print_problems(PROG, [f"{cluster.label}: node.mirror_address: not set for the peer"])
+        return int(Exit.CONFIG)
+    return run_pair_setup(
+        args,
+        node=node.name,
+        peer_name=peer_node.name,
+        peer=_peer(cluster, node, []),
+        ssh_key=cluster.mirror.ssh_key,
+        authorized_line=lambda key: authorized_line(args, cluster, policies, key),
+    )
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
