@@ -134,25 +134,21 @@ def install_authorized(user: str, line: str, key: PublicKey) -> Path:
 def try_connect(peer: Peer, config: Path) -> tuple[bool, str]:
     """Log into the peer as mirrord will; return (ssh got in, ssh's own complaint).
 
-    The peer's forced command (rsync's daemon) answers whatever is asked, so only ssh's exit
-    status 255 says the connection itself failed: its stderr is the real cause.
+    The peer's forced command (rsync's daemon) decides the exit status, so whether ssh itself
+    got in is read from its VERBOSE log ("Authenticated to ..."); when it did not, its last
+    lines are the real cause ("Host key verification failed.", "Permission denied ...").
     """
     # No ControlMaster: a master started here would outlive this command by ControlPersist.
-    argv = [
-        *replace(peer, control_path=None).ssh_argv(),
-        *pinned_options(config),
-        peer.login,
-        "true",
-    ]
+    argv = [*replace(peer, control_path=None).ssh_argv(), *pinned_options(config),
+            "-o", "LogLevel=VERBOSE", peer.login, "true"]  # fmt: skip
     p = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=TIMEOUT * 2,
+        argv, capture_output=True, text=True, check=False, timeout=TIMEOUT * 2,
         stdin=subprocess.DEVNULL,
-    )
-    return p.returncode != 255, p.stderr.strip()
+    )  # fmt: skip
+    if "Authenticated to " in p.stderr:
+        return True, ""
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    return False, " ".join(lines[-2:]) or f"ssh exited {p.returncode}"
 
 
 def run_pair_setup(
