@@ -75,7 +75,7 @@ deb:
 	cd build/deb/src && dpkg-buildpackage -us -uc -b --no-sign >../build.log 2>&1 \
 	  || { tail -30 ../build.log; exit 1; }
 	cp build/deb/hapair_$(DEB_VERSION)_amd64.deb build/
-	lintian --fail-on error --suppress-tags-from-file debian/lintian-notes build/hapair_$(DEB_VERSION)_amd64.deb
+	lintian --fail-on error,warning --suppress-tags-from-file debian/lintian-notes build/hapair_$(DEB_VERSION)_amd64.deb
 	@echo "make: built build/hapair_$(DEB_VERSION)_amd64.deb"
 
 clean:

@@ -114,8 +114,10 @@ def install_pair(a: Container, b: Container, package: Path) -> None:
     b.run(f"mirrord pair-setup --peer-fingerprint {fp['alpha']} --peer-public-key /root/alpha.pub",
           check=False)  # fmt: skip
     a.path("/root/beta.pub").write_bytes(b.path("/etc/hapair/mirror_key.pub").read_bytes())
-    a.run("mirrord pair-setup --peer-public-key /root/beta.pub")
-    b.run("mirrord pair-setup")
+    done = a.run("mirrord pair-setup --peer-public-key /root/beta.pub").stdout
+    assert f"ssh to root@{IPV4['b']} works" in done, done
+    done = b.run("mirrord pair-setup").stdout
+    assert f"ssh to root@{IPV4['a']} works" in done, done
     for node in (a, b):
         node.run("mirrord check")
     # 4. Start (the units are enabled by the package: from now on they start at boot too).
@@ -260,6 +262,7 @@ def test_a_broken_cluster_file_is_one_clear_failure(pair: dict[str, Container]) 
     assert show(node, "takeover", "ExecMainStatus") == "2"
     text = node.run("systemctl status takeover --no-pager -n 20", check=False).stdout
     assert "cluster.toml: cluster.colour" in text, text
+    assert "status=2/INVALIDARGUMENT" in text, text
     errors = node.run("journalctl -u takeover -p err --no-pager -o cat").stdout
     assert "cluster.toml: cluster.colour" in errors, errors
     node.path("/etc/hapair/cluster.toml").write_text(good)
