@@ -22,7 +22,7 @@ from mirrord import orphans
 from mirrord.daemon import Daemon, DaemonError, mirror_dir
 from mirrord.journal import JournalError
 from mirrord.orphans import Orphan
-from mirrord.pairsetup import pinned_options, run_pair_setup
+from mirrord.pairsetup import DROPIN, pinned_options, run_pair_setup
 from mirrord.policy import Policy, load_policies
 from mirrord.receive import authorized_keys_line as rrsync_keys_line
 from mirrord.receive import receive
@@ -430,6 +430,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if cluster.mirror is not None and not args.no_fs and not cluster.mirror.ssh_key.is_file():
         key = cluster.mirror.ssh_key
         problems.append(f"{cluster.label}: mirror.ssh_key: {key}: no such file")
+    if not args.no_fs:
+        problems += read_only_roots(policies)
     if (not args.no_fs and not problems and cluster.mirror is not None
             and cluster.mirror.receiver == "rsyncd"):  # fmt: skip
         problems += rsyncd_conf_problems(args.config.parent / CONF_NAME, policies)
@@ -443,6 +445,19 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"when active"
     )
     return report_check(PROG, args, summary, [], Exit.OK)
+
+
+def read_only_roots(policies: list[Policy]) -> list[str]:
+    """Return a problem for each mirrored root this process cannot write (EROFS under the
+    unit's ProtectSystem=full, for a root under /etc or /usr): its source marker, backups and
+    recovery areas could not be written, and the guard against two pushing nodes would be off."""
+    return [
+        f"{p.source}.path: {p.path}: read-only for mirrord here (mirrord.service keeps /usr, "
+        f"/boot and /etc read-only): run `mirrord pair-setup`, which writes the ReadWritePaths= "
+        f"drop-in {DROPIN}, then `systemctl restart mirrord`"
+        for p in policies
+        if p.path.is_dir() and not os.access(p.path, os.W_OK)
+    ]
 
 
 def rsyncd_conf_problems(conf: Path, policies: list[Policy]) -> list[str]:
@@ -530,6 +545,7 @@ def cmd_pair_setup(args: argparse.Namespace) -> int:
         return int(Exit.CONFIG)
     return run_pair_setup(
         args,
+        roots=[str(p.path) for p in policies],
         node=node.name,
         peer_name=peer_node.name,
         peer=_peer(cluster, node, []),

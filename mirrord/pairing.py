@@ -91,3 +91,15 @@ def authorize(authorized_keys: str, key: PublicKey, line: str) -> str:
         if existing.strip() and key.blob not in existing.split()
     ]
     return "\n".join([*kept, line]) + "\n"
+
+
+def read_write_dropin(roots: list[str]) -> str:
+    """Return the mirrord.service drop-in that makes every mirrored root writable under the
+    unit's ProtectSystem=full (which keeps /usr, /boot and /etc read-only); `-`: a root that
+    is missing (an unmounted disk) does not stop the unit from starting."""
+    lines = [
+        "# Written by `mirrord pair-setup` from the mirror policies: run it again after a change.",
+        "[Service]",
+        *(f"ReadWritePaths=-{root}" for root in sorted(roots)),
+    ]
+    return "\n".join(lines) + "\n"

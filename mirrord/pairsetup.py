@@ -26,6 +26,7 @@ from mirrord.pairing import (
     parse_key,
     parse_keyscan,
     pin,
+    read_write_dropin,
 )
 from mirrord.transfer import Peer
 from takeover.exits import Exit
@@ -33,6 +34,8 @@ from takeover.fsutil import write_atomic
 
 PROG = "mirrord"
 HOST_KEYS = Path("/etc/ssh")
+# The unit drop-in that lets mirrord write the mirrored roots (read_write_dropin).
+DROPIN = Path("/etc/systemd/system/mirrord.service.d/hapair-roots.conf")
 # Seconds for each ssh-keyscan / ssh attempt to the peer.
 TIMEOUT = 15
 
@@ -131,6 +134,19 @@ def install_authorized(user: str, line: str, key: PublicKey) -> Path:
     return path
 
 
+def write_dropin(roots: list[str], path: Path = DROPIN) -> bool:
+    """Write the ReadWritePaths= drop-in for the mirrored roots; return whether it changed
+    (systemd then reloads its units, if it runs here)."""
+    text = read_write_dropin(roots)
+    if path.exists() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, text, mode=0o644)
+    if Path("/run/systemd/system").is_dir():
+        subprocess.run(["systemctl", "daemon-reload"], check=False, timeout=120)
+    return True
+
+
 def try_connect(peer: Peer, config: Path) -> tuple[bool, str]:
     """Log into the peer as mirrord will; return (ssh got in, ssh's own complaint).
 
@@ -154,6 +170,7 @@ def try_connect(peer: Peer, config: Path) -> tuple[bool, str]:
 def run_pair_setup(
     args: argparse.Namespace,
     *,
+    roots: list[str],
     node: str,
     peer_name: str,
     peer: Peer,
@@ -161,6 +178,8 @@ def run_pair_setup(
     authorized_line: Callable[[str], str | None],
 ) -> int:
     """Do every step that can be done on this node; return 0 once ssh to the peer works."""
+    if write_dropin(roots):
+        say(f"wrote {DROPIN}: mirrord.service may write the {len(roots)} mirrored roots")
     own = ensure_key(ssh_key, node)
     hosts = own_host_keys()
     say(f"this node ({node}): mirror public key {ssh_key}.pub:\n  {own.line()} {own.comment}")

@@ -277,3 +277,31 @@ def test_warnings_are_found_by_journal_priority(pair: dict[str, Container]) -> N
     out = node.run("journalctl -u takeover -p warning --no-pager -o cat").stdout
     assert re.search(r"^WARNING takeover\.hooks hook\.done command=/bin/false rc=1", out, re.M), out
     assert "INFO " not in out
+
+
+def test_a_root_under_etc_is_refused_until_the_dropin_makes_it_writable(
+    pair: dict[str, Container],
+) -> None:
+    """A mirrored root under /etc, read-only under the unit's ProtectSystem=full, fails
+    mirrord's start once, naming the policy file and key; `mirrord pair-setup` writes the
+    ReadWritePaths= drop-in, and then the root is mirrored with its source marker written."""
+    active, standby = active_pair(pair)
+    for node in (active, standby):
+        node.run("mkdir -p /etc/mirrored")
+        node.path("/etc/hapair/mirror.d/etc.toml").write_text(
+            '[[directory]]\npath = "/etc/mirrored"\nclass = "hot"\nmin_interval = "1s"\n'
+        )
+    assert active.run("systemctl restart mirrord", check=False, timeout=120).returncode != 0
+    text = active.run("systemctl status mirrord --no-pager -n 20", check=False).stdout
+    assert "mirror.d/etc.toml: directory[0].path: /etc/mirrored: read-only" in text, text
+    assert show(active, "mirrord", "ExecMainStatus") == "2"
+    assert show(active, "mirrord", "NRestarts") == "0"
+    for node, peer in ((active, standby), (standby, active)):
+        node.run(f"mirrord pair-setup --peer-public-key /root/{peer.name}.pub")
+    for node in (active, standby):
+        node.run("systemctl restart mirrord", timeout=120)
+    active.run("echo etc > /etc/mirrored/x")
+    target = standby.path("/etc/mirrored/x")
+    assert wait_for(target.exists, 60, 0.5), active.run("mirrord status").stdout
+    assert active.path("/etc/mirrored/.hapair-backup/source").exists()
+

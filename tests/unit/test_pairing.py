@@ -14,6 +14,7 @@ from mirrord.pairing import (
     parse_key,
     parse_keyscan,
     pin,
+    read_write_dropin,
 )
 from mirrord.pairsetup import choose, pinned_options
 
@@ -93,3 +94,14 @@ def test_mirrord_trusts_the_pinned_file_once_it_exists(tmp_path: Path) -> None:
     assert pinned_options(config) == [
         "-o", f"UserKnownHostsFile={tmp_path}/known_hosts", "-o", "StrictHostKeyChecking=yes",
     ]  # fmt: skip
+
+
+def test_the_dropin_makes_every_root_writable_and_tolerates_a_missing_one() -> None:
+    """One ReadWritePaths=- line per root, sorted: a root under /etc is writable under
+    ProtectSystem=full, and an unmounted root does not stop the unit."""
+    text = read_write_dropin(["/srv/www", "/etc/mirrored"])
+    assert text.splitlines()[1:] == [
+        "[Service]",
+        "ReadWritePaths=-/etc/mirrored",
+        "ReadWritePaths=-/srv/www",
+    ]
