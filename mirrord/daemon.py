@@ -727,8 +727,12 @@ class Daemon:
         detail = res.outcome.reason
         if res.rc != 0 and res.stderr:
             lines = res.stderr.splitlines()
-            # The peer's push check says why in its own line; otherwise rsync's last word.
-            why = [line for line in lines if line.startswith("mirrord:")]
+            # The peer's push check says why in its own line; then ssh's own ("Host key
+            # verification failed."), which rsync's later lines would hide behind its exit
+            # code; otherwise rsync's last word.
+            why = [line for line in lines if line.startswith("mirrord:")] or [
+                line for line in lines if line.strip() and not line.startswith("rsync")
+            ]
             detail += ": " + (why[-1] if why else lines[-1])
         return PassOutcome(
             result=res.outcome.result,
@@ -758,11 +762,18 @@ class Daemon:
             if plan.kind is PassKind.FULL:
                 self.journal.full_done(root, done.started, now)
                 self._tree_size[root] = out.files
+        before = self._last.get(root)
         self._last[root] = _LastPass(
             kind=plan.kind.value, result=out.result.value, rc=out.rc, detail=out.detail,
             changed=out.changed, deleted=out.deleted, bytes_sent=out.bytes_sent,
         )  # fmt: skip
-        log.info(
+        # A failed pass is a warning (journalctl -p warning) when its cause is new; the same
+        # cause again, at every retry, stays at info.
+        new_failure = out.result is not Result.OK and (
+            before is None or before.detail != out.detail
+        )
+        log.log(
+            logging.WARNING if new_failure else logging.INFO,
             "pass.end dir=%s kind=%s result=%s rc=%s changed=%d deleted=%d duration=%.3f "
             "detail=%s",
             root, plan.kind.value, out.result.value, out.rc, out.changed, out.deleted,

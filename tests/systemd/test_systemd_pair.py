@@ -305,3 +305,25 @@ def test_a_root_under_etc_is_refused_until_the_dropin_makes_it_writable(
     assert wait_for(target.exists, 60, 0.5), active.run("mirrord status").stdout
     assert active.path("/etc/mirrored/.hapair-backup/source").exists()
 
+
+def test_a_wrong_host_key_shows_its_real_cause(pair: dict[str, Container]) -> None:
+    """With a wrong host key pinned for the peer, `mirrord status` says "Host key
+    verification failed" (ssh's own words), not only rsync's exit code."""
+    active, standby = active_pair(pair)
+    known = active.path("/etc/hapair/known_hosts")
+    good = known.read_text()
+    address = IPV4[next(k for k, v in NAMES.items() if v == standby.name)]
+    wrong = active.path("/etc/ssh/ssh_host_ed25519_key.pub").read_text().split()[:2]
+    known.write_text(f"{address} {wrong[0]} {wrong[1]}\n")
+    try:
+        # A restart also ends the ssh ControlMaster, which would skip the host key check.
+        active.run("systemctl restart mirrord", timeout=120)
+        active.run(f"echo again > {DATA}/again.txt")
+        assert wait_for(
+            lambda: "Host key verification failed" in active.run("mirrord status").stdout, 60, 1
+        ), active.run("mirrord status", check=False).stdout
+        log = active.run("journalctl -u mirrord --no-pager -o cat -p warning").stdout
+        assert "Host key verification failed" in log, log
+    finally:
+        known.write_text(good)
+        active.run("systemctl restart mirrord", timeout=120)
