@@ -175,3 +175,23 @@ class Container:
         """Power off if running and delete the tree."""
         self.power_off()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def sweep_stale(live_prefixes: set[str]) -> list[Path]:
+    """Remove the trees and cgroups of runs whose lab is gone (a test run that was SIGKILLed:
+    its lab's own sweep already ended the containers' processes); return what was removed."""
+    removed = []
+    for workdir in WORK_ROOT.glob("hapair-systemd-*"):
+        tag = workdir.name.removeprefix("hapair-systemd-")
+        if tag in live_prefixes:
+            continue
+        for base in CGROUP_ROOTS:
+            for cg in base.glob(f"hapair-{tag}-*"):
+                with contextlib.suppress(OSError):
+                    for d in sorted((p for p in cg.rglob("*") if p.is_dir()),
+                                    key=lambda p: -len(p.parts)):  # fmt: skip
+                        d.rmdir()
+                    cg.rmdir()
+        shutil.rmtree(workdir, ignore_errors=True)
+        removed.append(workdir)
+    return removed

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab.lab import HB4, IPV4, VIP4, Lab
-from tests.systemd.nspawn import ROOT, WORK_ROOT, Container, rootfs, wait_for
+from tests.systemd.nspawn import ROOT, WORK_ROOT, Container, rootfs, sweep_stale, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
@@ -131,6 +131,8 @@ def pair() -> Iterator[dict[str, Container]]:
     package = deb()
     tree = rootfs()
     lab = Lab().up()
+    live = {ns.split("-", 1)[0] for ns in all_namespaces()}
+    sweep_stale(live)
     workdir = WORK_ROOT / f"hapair-systemd-{lab.prefix}"
     workdir.mkdir()
     nodes = {NAMES[n]: Container(NAMES[n], lab.ns(n), workdir, lab.prefix) for n in ("a", "b")}
@@ -145,6 +147,12 @@ def pair() -> Iterator[dict[str, Container]]:
             node.destroy()
         lab.teardown()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def all_namespaces() -> list[str]:
+    """Return every network namespace on the machine (other runs' labs included)."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
 
 
 def holds_vip(node: Container) -> bool:
