@@ -158,16 +158,10 @@ class Container:
         self._remove_cgroups()
 
     def _remove_cgroups(self) -> None:
-        """Remove this container's cgroup trees, deepest first (they are empty once it ended)."""
+        """Remove this container's cgroup trees (empty once it ended; a moment's retry)."""
         for cg in self.cgroups:
-            if not cg.exists():
-                continue
             for _ in range(50):
-                dirs = sorted((p for p in cg.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-                with contextlib.suppress(OSError):
-                    for d in [*dirs, cg]:
-                        d.rmdir()
-                if not cg.exists():
+                if remove_cgroup(cg):
                     break
                 time.sleep(0.1)
 
@@ -187,11 +181,16 @@ def sweep_stale(live_prefixes: set[str]) -> list[Path]:
             continue
         for base in CGROUP_ROOTS:
             for cg in base.glob(f"hapair-{tag}-*"):
-                with contextlib.suppress(OSError):
-                    for d in sorted((p for p in cg.rglob("*") if p.is_dir()),
-                                    key=lambda p: -len(p.parts)):  # fmt: skip
-                        d.rmdir()
-                    cg.rmdir()
+                remove_cgroup(cg)
         shutil.rmtree(workdir, ignore_errors=True)
         removed.append(workdir)
     return removed
+
+
+def remove_cgroup(cg: Path) -> bool:
+    """Remove a cgroup and its children, deepest first; return whether it is gone."""
+    with contextlib.suppress(OSError):
+        for d in sorted((p for p in cg.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            d.rmdir()
+        cg.rmdir()
+    return not cg.exists()
