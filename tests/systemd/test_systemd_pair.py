@@ -180,13 +180,17 @@ def active_pair(pair: dict[str, Container]) -> tuple[Container, Container]:
 
 
 def test_both_units_active_and_ready(pair: dict[str, Container]) -> None:
-    """After the README's steps both units run on both nodes, READY sent (Type=notify)."""
+    """After the README's steps both units run on both nodes, READY sent (Type=notify) once
+    the role is decided."""
     for node in pair.values():
         for unit in ("takeover", "mirrord"):
             # A notify unit is "active (running)" only once READY=1 arrived.
             assert wait_for(lambda n=node, u=unit: show(n, u, "SubState") == "running", 60)
             assert show(node, unit, "ActiveState") == "active"
             assert show(node, unit, "NRestarts") == "0"
+        # READY came after the first role decision: status reports a role (exit 0), not STARTING.
+        assert node.run("takeover status", check=False).returncode == 0
+        assert node.run("mirrord status", check=False).returncode == 0
 
 
 def test_the_vip_is_on_exactly_one_node(pair: dict[str, Container]) -> None:
