@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: deps lint unit lab e2e test demo bench bench-failover bench-mirror bench-vm bench-pair bench-witness clean need-root
+.PHONY: deps deb test-systemd lint unit lab e2e test demo bench bench-failover bench-mirror bench-vm bench-pair bench-witness clean need-root
 
 deps:
 	@scripts/bootstrap.sh base
@@ -31,9 +31,16 @@ e2e: need-root
 	$(PYTEST) tests/e2e
 
 # Everything: unit, lab and end-to-end. Root-only tests fail (never skip) without root.
+# The systemd pair boots two containers and has its own target (CI runs both).
 test: need-root
 	@scripts/bootstrap.sh base vm resources
-	$(PYTEST) tests
+	$(PYTEST) tests --ignore=tests/systemd
+
+# The package on two Debian 12 containers running systemd (a few minutes; the containers'
+# root file system is built once with debootstrap and cached in /var/cache/hapair-test).
+test-systemd: need-root deb
+	@scripts/bootstrap.sh base systemd
+	$(PYTEST) tests/systemd
 
 demo: need-root deps
 	$(PY) -m tests.lab.demo
@@ -59,6 +66,21 @@ bench-witness: need-root
 bench-vm: need-root
 	@scripts/bootstrap.sh base vm
 	$(PY) -m bench.vm
+
+# The Debian package, built with Debian's tooling (dh-virtualenv) from a copy of this tree, so
+# that nothing of the build lands in the checkout or its parent: build/hapair_<version>_amd64.deb.
+DEB_VERSION := $(shell dpkg-parsechangelog -l debian/changelog -S Version 2>/dev/null)
+deb:
+	@scripts/bootstrap.sh deb
+	rm -rf build/deb && mkdir -p build/deb/src
+	tar -C . --exclude=./.git --exclude=./build --exclude=./.venv --exclude='*/__pycache__' \
+	  --exclude=./.pytest_cache --exclude=./.mypy_cache --exclude=./.ruff_cache -cf - . \
+	  | tar -C build/deb/src -xf -
+	cd build/deb/src && dpkg-buildpackage -us -uc -b --no-sign >../build.log 2>&1 \
+	  || { tail -30 ../build.log; exit 1; }
+	cp build/deb/hapair_$(DEB_VERSION)_amd64.deb build/
+	lintian --fail-on error,warning --suppress-tags-from-file debian/lintian-notes build/hapair_$(DEB_VERSION)_amd64.deb
+	@echo "make: built build/hapair_$(DEB_VERSION)_amd64.deb"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,5 @@
-"""Command line of `mirrord`: run, status, sync, check, orphans, authorize, receive."""
+"""Command line of `mirrord`: run, status, sync, check, orphans, authorize, pair-setup,
+receive."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from mirrord.daemon import Daemon, DaemonError, Reloaded, mirror_dir
 from mirrord.journal import JournalError
 from mirrord.metrics import mirrord_families
 from mirrord.orphans import Orphan
+from mirrord.pairsetup import DROPIN, pinned_options, run_pair_setup
 from mirrord.policy import Policy, load_policies
 from mirrord.receive import authorized_keys_line as rrsync_keys_line
 from mirrord.receive import receive
@@ -149,6 +151,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     auth.add_argument("--rsync", default=None, help="rsync on this node (default: the one on PATH)")
 
+    pair = add_command(
+        sub,
+        "pair-setup",
+        cmd_pair_setup,
+        "create this node's mirror key, pin the peer's host key, authorize the peer's key",
+    )
+    pair.add_argument(
+        "--peer-fingerprint",
+        metavar="SHA256:...",
+        default=None,
+        help="the peer's ssh host key fingerprint, as `ssh-keygen -lf` prints it on the peer",
+    )
+    pair.add_argument(
+        "--peer-public-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the peer's mirror_key.pub: allow it to write the mirrored roots here",
+    )
+    pair.add_argument("--rsync", default=None, help="rsync on this node (default: the one on PATH)")
+
     recv = add_command(
         sub, "receive", cmd_receive, "forced ssh command of the mirror key (receiver = rrsync)"
     )
@@ -179,7 +202,9 @@ def _peer(cluster: Cluster, node: Node, ssh_options: list[str]) -> Peer:
         port=cluster.mirror.ssh_port,
         key=str(cluster.mirror.ssh_key),
         control_path=str(node.run_dir / "mirrord-ssh-%C"),
-        ssh_options=tuple(options),
+        # The pinned host keys come last: ssh keeps the first value of an option, so an
+        # --ssh-option naming another known_hosts still wins.
+        ssh_options=(*options, *pinned_options(cluster.source)),
         daemon=cluster.mirror.receiver == "rsyncd",
     )
 
@@ -189,6 +214,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_daemon_logging(args.log_level)
     # APScheduler logs every job run at INFO (a status write each second): keep its warnings.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
+    # As takeover run: the main process applies every rule of `check` (RestartPreventExitStatus).
+    checked = cmd_check(argparse.Namespace(**{**vars(args), "no_fs": False}))
+    if checked != Exit.OK:
+        return checked
     try:
         cluster, node, policies = _load(args)
     except ConfigError as err:
@@ -466,6 +495,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if cluster.mirror is not None and not args.no_fs and not cluster.mirror.ssh_key.is_file():
         key = cluster.mirror.ssh_key
         problems.append(f"{cluster.label}: mirror.ssh_key: {key}: no such file")
+    if not args.no_fs:
+        problems += read_only_roots(policies)
     if (not args.no_fs and not problems and cluster.mirror is not None
             and cluster.mirror.receiver == "rsyncd"):  # fmt: skip
         problems += rsyncd_conf_problems(args.config.parent / CONF_NAME, policies)
@@ -479,6 +510,19 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"when active"
     )
     return report_check(PROG, args, summary, [], Exit.OK)
+
+
+def read_only_roots(policies: list[Policy]) -> list[str]:
+    """Return a problem for each mirrored root this process cannot write (EROFS under the
+    unit's ProtectSystem=full, for a root under /etc or /usr): its source marker, backups and
+    recovery areas could not be written, and the guard against two pushing nodes would be off."""
+    return [
+        f"{p.source}.path: {p.path}: read-only for mirrord here (mirrord.service keeps /usr, "
+        f"/boot and /etc read-only): run `mirrord pair-setup`, which writes the ReadWritePaths= "
+        f"drop-in {DROPIN}, then `systemctl restart mirrord`"
+        for p in policies
+        if p.path.is_dir() and not os.access(p.path, os.W_OK)
+    ]
 
 
 def rsyncd_conf_problems(conf: Path, policies: list[Policy]) -> list[str]:
@@ -519,24 +563,60 @@ def cmd_authorize(args: argparse.Namespace) -> int:
     if not key or len(key.split()) < 2:
         print(f"{PROG}: error: {args.public_key}: not an ssh public key", file=sys.stderr)
         return int(Exit.FAILURE)
+    line = authorized_line(args, cluster, policies, key)
+    if line is None:
+        return int(Exit.FAILURE)
+    print(line)
+    return int(Exit.OK)
+
+
+def authorized_line(
+    args: argparse.Namespace, cluster: Cluster, policies: list[Policy], key: str
+) -> str | None:
+    """Return the restricted authorized_keys line for the peer's key (writing rsyncd.conf for
+    the rsyncd receiver), or None after printing why it could not be made."""
     assert cluster.mirror is not None
     roots = [str(p.path) for p in policies]
     if cluster.mirror.receiver == "rrsync":
         # The light entry point: it runs once per pass, before rrsync (`mirrord receive` would
         # import the whole daemon first).
         command = [sys.executable, "-m", "mirrord.receive"]
-        print(rrsync_keys_line(key, roots, cluster.mirror.backup_retention, command))
-        return int(Exit.OK)
-    conf = args.rsyncd_conf or args.config.parent / CONF_NAME
+        return rrsync_keys_line(key, roots, cluster.mirror.backup_retention, command)
+    conf = getattr(args, "rsyncd_conf", None) or args.config.parent / CONF_NAME
     try:
         write_atomic(conf, render_conf(roots), mode=0o644)
     except OSError as exc:
         print(f"{PROG}: error: {conf}: {exc.strerror or exc}", file=sys.stderr)
-        return int(Exit.FAILURE)
+        return None
     rsync = args.rsync or shutil.which("rsync") or "/usr/bin/rsync"
-    print(authorized_keys_line(key, conf.resolve(), rsync))
     print(f"{PROG}: wrote {conf}: {len(roots)} modules", file=sys.stderr)
-    return int(Exit.OK)
+    return authorized_keys_line(key, conf.resolve(), rsync)
+
+
+def cmd_pair_setup(args: argparse.Namespace) -> int:
+    """Set up this node's side of the mirror's ssh trust (mirrord/pairsetup.py); exit 0 once
+    ssh to the peer works, 1 with the step still missing named."""
+    try:
+        cluster, node, policies = _load(args)
+    except ConfigError as err:
+        print_problems(PROG, err.problems)
+        return config_exit(err)
+    if cluster.mirror is None:
+        print_problems(PROG, [f"{cluster.label}: mirror: no [mirror] table: nothing to set up"])
+        return int(Exit.CONFIG)
+    peer_node = cluster.peer_of(node.name)
+    if peer_node.mirror_address is None:
+        print_problems(PROG, [f"{cluster.label}: node.mirror_address: not set for the peer"])
+        return int(Exit.CONFIG)
+    return run_pair_setup(
+        args,
+        roots=[str(p.path) for p in policies],
+        node=node.name,
+        peer_name=peer_node.name,
+        peer=_peer(cluster, node, []),
+        ssh_key=cluster.mirror.ssh_key,
+        authorized_line=lambda key: authorized_line(args, cluster, policies, key),
+    )
 
 
 def cmd_receive(args: argparse.Namespace) -> int:

@@ -1161,11 +1161,18 @@ class Daemon:
                 size = self._tree_size.get(root)
                 self._tree_size[root] = deletions.grown(size, out.created, out.deleted)
         self._tally.record(root, out.result.value, now - done.started, out.bytes_sent)
+        before = self._last.get(root)
         self._last[root] = _LastPass(
             kind=plan.kind.value, result=out.result.value, rc=out.rc, detail=out.detail,
             changed=out.changed, deleted=out.deleted, bytes_sent=out.bytes_sent,
         )  # fmt: skip
-        log.info(
+        # A failed pass is a warning (journalctl -p warning) when its cause is new; the same
+        # cause again, at every retry, stays at info.
+        new_failure = out.result is not Result.OK and (
+            before is None or before.detail != out.detail
+        )
+        log.log(
+            logging.WARNING if new_failure else logging.INFO,
             "pass.end dir=%s kind=%s result=%s rc=%s changed=%d deleted=%d duration=%.3f "
             "detail=%s",
             root, plan.kind.value, out.result.value, out.rc, out.changed, out.deleted,

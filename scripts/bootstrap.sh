@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what hapair's targets need, idempotently: Debian packages, then the virtualenv.
-#   scripts/bootstrap.sh [apt-group ...]     groups: base (default), bench, vm, resources
+#   scripts/bootstrap.sh [apt-group ...]     groups: base (default), bench, vm, resources, deb, systemd
 # Safe to run again: packages already present are not reinstalled; the venv is rebuilt only
 # when pyproject.toml changed since the last install.
 set -euo pipefail
@@ -13,6 +13,11 @@ declare -A APT=(
   # Debian's OCF resource agents; Filesystem needs modprobe (kmod) present, and the lab's
   # storage is an ext4 image (e2fsprogs) on a loop device.
   [resources]="resource-agents kmod e2fsprogs"
+  # `make deb`: Debian's own packaging tools; dh-virtualenv because bookworm's python3-watchdog
+  # is too old for mirrord (README, "Installing on a real pair of servers").
+  [deb]="debhelper dh-virtualenv python3-venv python3-dev build-essential fakeroot lintian"
+  # `make test-systemd`: a Debian root file system booted with systemd-nspawn.
+  [systemd]="debootstrap systemd-container"
   [vm]="openipmi ipmitool libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 libvirt-dev pkg-config"
 )
 groups=("${@:-base}")

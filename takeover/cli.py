@@ -192,6 +192,11 @@ def cmd_fence(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM; exit 2/6 on configuration problems, 1 on set-up failures."""
     setup_daemon_logging(args.log_level)
+    # Every rule `check` applies, applied by the main process: its exit 2 or 6 is what
+    # RestartPreventExitStatus= sees (an ExecStartPre='s exit status it never does).
+    checked = cmd_check(argparse.Namespace(**{**vars(args), "no_fs": False, "fencing": False}))
+    if checked != Exit.OK:
+        return checked
     try:
         cluster, node = load_local(args)
     except ConfigError as err:

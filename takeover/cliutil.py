@@ -123,9 +123,10 @@ def config_exit(err: ConfigError) -> int:
 
 
 def print_problems(prog: str, problems: list[str]) -> None:
-    """Print each problem as `prog: error: ...` on stderr."""
+    """Print each problem as `prog: error: ...` on stderr (at priority err in the journal)."""
+    prefix = f"<{SYSLOG_PRIORITY[logging.ERROR]}>" if stderr_is_journal() else ""
     for line in problems:
-        print(f"{prog}: error: {line}", file=sys.stderr)
+        print(f"{prefix}{prog}: error: {line}", file=sys.stderr)
 
 
 def print_json(document: object) -> None:
@@ -146,15 +147,60 @@ def report_check(
     return code
 
 
+# Python level -> syslog priority, the `<N>` prefix journald reads on each stream line
+# (sd-daemon(3)); without it every line of a service is stored at info.
+SYSLOG_PRIORITY: Final[dict[int, int]] = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+def syslog_priority(levelno: int) -> int:
+    """Return the syslog priority of a logging level (custom levels: the next standard one up)."""
+    for level in sorted(SYSLOG_PRIORITY):
+        if levelno <= level:
+            return SYSLOG_PRIORITY[level]
+    return SYSLOG_PRIORITY[logging.CRITICAL]
+
+
+def stderr_is_journal(environ: dict[str, str] | None = None, fd: int = 2) -> bool:
+    """Return whether `fd` is the stream systemd connected to journald.
+
+    $JOURNAL_STREAM names the device and inode of that stream; a child whose stderr was
+    redirected elsewhere inherits the variable, so the file itself is compared (systemd.exec(5)).
+    """
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in value.split(":"))
+        st = os.fstat(fd)
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+class JournalFormatter(logging.Formatter):
+    """Prefix every line of a record with its syslog priority, so that a multi-line record
+    (a traceback) stays at its level in the journal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return the formatted record, each line starting with `<N>`."""
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+
+
 def setup_daemon_logging(level: str | int) -> None:
-    """Log to stderr: bare under systemd (journald stamps each line), else with a clock."""
+    """Log to stderr: under systemd bare with a `<N>` priority prefix (journald stamps each
+    line and stores it at that priority), else with a clock. Both daemons start with this."""
+    handler = logging.StreamHandler(sys.stderr)
     fmt = "%(levelname)s %(name)s %(message)s"
-    if "JOURNAL_STREAM" not in os.environ:
+    if stderr_is_journal():
+        handler.setFormatter(JournalFormatter(fmt))
+    else:
         # In a terminal or the lab, millisecond times are what makes a failover readable.
-        fmt = "%(asctime)s.%(msecs)03d " + fmt
+        handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d " + fmt, "%H:%M:%S"))
     logging.basicConfig(
-        level=level.upper() if isinstance(level, str) else level,
-        stream=sys.stderr,
-        format=fmt,
-        datefmt="%H:%M:%S",
+        level=level.upper() if isinstance(level, str) else level, handlers=[handler]
     )

@@ -119,3 +119,19 @@ def test_check_reports_an_rsyncd_conf_older_than_the_policies(
     )
     assert main([*argv, "authorize", str(pub)]) == Exit.OK
     assert main([*argv, "check"]) == Exit.OK
+
+
+def test_run_refuses_what_check_refuses_before_starting(
+    cluster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run with the mirror key missing exits CONFIG (2) naming mirror.ssh_key, as check does:
+    under systemd that is the main process's exit, which RestartPreventExitStatus covers."""
+    text = (cluster.parent / "mirror.d" / "mail.toml").read_text()
+    for d in ("var/mail", "srv/www"):
+        (tmp_path / "fs" / d).mkdir(parents=True)
+        text = text.replace(f'"/{d}"', f'"{tmp_path}/fs/{d}"')
+    (cluster.parent / "mirror.d" / "mail.toml").write_text(text)
+    cluster.write_text(cluster.read_text() + f'ssh_key = "{tmp_path}/no_key"\n')
+    code = main(["-c", str(cluster), "--node", "a", "run", "--standalone"])
+    assert code == Exit.CONFIG
+    assert f"mirror.ssh_key: {tmp_path}/no_key: no such file" in capsys.readouterr().err
