@@ -194,7 +194,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_daemon_logging(args.log_level)
     # Every rule `check` applies, applied by the main process: its exit 2 or 6 is what
     # RestartPreventExitStatus= sees (an ExecStartPre='s exit status it never does).
-    checked = cmd_check(argparse.Namespace(**{**vars(args), "no_fs": False, "fencing": False}))
+    only = {"no_fs": False, "fencing": False, "peer": False}
+    checked = cmd_check(argparse.Namespace(**{**vars(args), **only}))
     if checked != Exit.OK:
         return checked
     try:
