@@ -1186,7 +1186,24 @@ class Daemon:
             entry["holder"] = holder
             if holder is None:
                 entry["holder_seen"] = self._holder_seen(now)
+            if item.get("kind") == "service":
+                entry["peer"] = self._peer_claim(now)
             out.append(entry)
+        return out
+
+    def _peer_claim(self, now: float) -> dict[str, Any]:
+        """Return what the peer's heartbeats say of the group a service belongs to: its role,
+        whether it holds (or may still hold) it, whether it is blocked, how fresh that is."""
+        s, peer = self.state, self.state.peer
+        out: dict[str, Any] = {"name": self.cfg.params.peer, "heard": peer is not None}
+        if peer is not None:
+            out.update(
+                role=peer.role.value,
+                alive=s.peer_alive(now),
+                holding=peer.holding or peer.role in {m.Role.ACTIVE, m.Role.RELEASING},
+                blocked=peer.blocked,
+                last_heard_age=round(now - peer.heard_at, 3),
+            )
         return out
 
     def _holder_seen(self, now: float) -> str | None:

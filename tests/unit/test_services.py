@@ -616,7 +616,7 @@ def test_status_lists_resources_with_state_and_last_error() -> None:
     doc = {"written": 1.7e9, "pid": 0, "services": [entry], "local": {}, "peer": {}}
     text = render(doc, 1.7e9 + 1)
     assert "Resources:" in text
-    assert "data" in text and "ocf:heartbeat:Filesystem" in text and "here: stopped" in text
+    assert "data" in text and "ocf:heartbeat:Filesystem" in text and "? (here): stopped" in text
     assert "start OCF_ERR_GENERIC (exit 1)" in text and "| mount: no such device" in text
 
 
