@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: deps lint unit lab e2e test demo bench bench-failover bench-mirror bench-vm bench-pair bench-witness clean need-root
+.PHONY: deps lint unit lab e2e test demo bench bench-failover bench-mirror bench-vm bench-pair bench-witness bench-resources clean need-root
 
 deps:
 	@scripts/bootstrap.sh base
@@ -38,7 +38,7 @@ test: need-root
 demo: need-root deps
 	$(PY) -m tests.lab.demo
 
-bench: bench-failover bench-mirror bench-vm bench-pair bench-witness
+bench: bench-failover bench-mirror bench-vm bench-pair bench-witness bench-resources
 
 bench-failover: need-root
 	@scripts/bootstrap.sh base bench
@@ -55,6 +55,10 @@ bench-pair: need-root
 bench-witness: need-root
 	@scripts/bootstrap.sh base bench
 	$(PY) -m bench.witness
+
+bench-resources: need-root
+	@scripts/bootstrap.sh base resources pacemaker
+	$(PY) -m bench.resources
 
 bench-vm: need-root
 	@scripts/bootstrap.sh base vm

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what hapair's targets need, idempotently: Debian packages, then the virtualenv.
-#   scripts/bootstrap.sh [apt-group ...]     groups: base (default), bench, vm, resources
+#   scripts/bootstrap.sh [apt-group ...]     groups: base (default), bench, vm, resources, pacemaker
 # Safe to run again: packages already present are not reinstalled; the venv is rebuilt only
 # when pyproject.toml changed since the last install.
 set -euo pipefail
@@ -13,6 +13,8 @@ declare -A APT=(
   # Debian's OCF resource agents; Filesystem needs modprobe (kmod) present, and the lab's
   # storage is an ext4 image (e2fsprogs) on a loop device.
   [resources]="resource-agents kmod e2fsprogs"
+  # bench-resources' anchor: Pacemaker 2.1 on Corosync 3 (never started as services here).
+  [pacemaker]="pacemaker pacemaker-cli-utils corosync"
   [vm]="openipmi ipmitool libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 libvirt-dev pkg-config"
 )
 groups=("${@:-base}")
@@ -35,7 +37,7 @@ if ((${#want[@]})); then
 fi
 # Debian enables and starts daemons on install; on a real pair that is the admin's call, in the
 # lab they would only compete with the ones the tests start.
-for svc in keepalived lsyncd prometheus; do
+for svc in keepalived lsyncd prometheus pacemaker corosync; do
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
   fi
