@@ -344,6 +344,9 @@ def test_a_configuration_error_is_not_retried_on_the_peer(lab: Lab) -> None:
     assert "resource.start name=svc" not in pair.log("b")
     assert pair.log("a").count("resource.start name=svc") == 1
     assert svc_runs(lab, flags) == []
+    # Each node's Resources section shows the peer's claim too: b sees a blocked, holding none.
+    text_b = lab.run("b", takeover_argv(pair.cluster, "b", "status"), check=False).stdout
+    assert "b (here): stopped" in text_b and "holds nothing, BLOCKED" in text_b, text_b
     refused = lab.run("b", takeover_argv(pair.cluster, "b", "cleanup"), check=False)
     assert refused.returncode != 0 and "run takeover cleanup on a" in refused.stderr
     (flags / "misconfigured").unlink()
