@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: deps deb test-systemd lint unit lab e2e test demo bench bench-failover bench-mirror bench-vm bench-pair bench-witness clean need-root
+.PHONY: deps deb test-systemd lint unit lab e2e test demo bench bench-failover bench-mirror bench-vm bench-pair bench-witness bench-resources clean need-root
 
 deps:
 	@scripts/bootstrap.sh base
@@ -45,7 +45,7 @@ test-systemd: need-root deb
 demo: need-root deps
 	$(PY) -m tests.lab.demo
 
-bench: bench-failover bench-mirror bench-vm bench-pair bench-witness
+bench: bench-failover bench-mirror bench-vm bench-pair bench-witness bench-resources
 
 bench-failover: need-root
 	@scripts/bootstrap.sh base bench
@@ -62,6 +62,10 @@ bench-pair: need-root
 bench-witness: need-root
 	@scripts/bootstrap.sh base bench
 	$(PY) -m bench.witness
+
+bench-resources: need-root
+	@scripts/bootstrap.sh base resources pacemaker
+	$(PY) -m bench.resources
 
 bench-vm: need-root
 	@scripts/bootstrap.sh base vm

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what hapair's targets need, idempotently: Debian packages, then the virtualenv.
-#   scripts/bootstrap.sh [apt-group ...]     groups: base (default), bench, vm, resources, deb, systemd
+#   scripts/bootstrap.sh [apt-group ...]     groups: base (default), bench, vm, resources, deb, systemd, pacemaker
 # Safe to run again: packages already present are not reinstalled; the venv is rebuilt only
 # when pyproject.toml changed since the last install.
 set -euo pipefail
@@ -18,6 +18,8 @@ declare -A APT=(
   [deb]="debhelper dh-virtualenv python3-venv python3-dev build-essential fakeroot lintian"
   # `make test-systemd`: a Debian root file system booted with systemd-nspawn.
   [systemd]="debootstrap systemd-container"
+  # bench-resources' anchor: Pacemaker 2.1 on Corosync 3 (never started as services here).
+  [pacemaker]="pacemaker pacemaker-cli-utils corosync"
   [vm]="openipmi ipmitool libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 libvirt-dev pkg-config"
 )
 groups=("${@:-base}")
@@ -40,7 +42,7 @@ if ((${#want[@]})); then
 fi
 # Debian enables and starts daemons on install; on a real pair that is the admin's call, in the
 # lab they would only compete with the ones the tests start.
-for svc in keepalived lsyncd prometheus; do
+for svc in keepalived lsyncd prometheus pacemaker corosync; do
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
   fi

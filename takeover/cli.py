@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         "maintenance mode for the pair: nothing is acquired, released or failed over",
     )
     maint.add_argument("mode", choices=["on", "off"], help="on, or off (each node re-checks)")
+    cleanup = add_command(
+        sub,
+        "cleanup",
+        cmd_cleanup,
+        "clear a resource blocked by a configuration error once it is fixed (crm_resource "
+        "--cleanup): the pair may take over again",
+    )
+    cleanup.add_argument("resource", nargs="?", help="the [[resource]] name (default: all)")
     add_fence_command(sub, cmd_fence)
     add_witness_command(sub)
     return parser
@@ -296,6 +304,11 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_maintenance(args: argparse.Namespace) -> int:
     """Turn maintenance mode on or off for the pair (the peer follows through heartbeats)."""
     return _command(args, {"cmd": "maintenance", "on": args.mode == "on"})
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Clear a configuration error of one resource (or all) on this node."""
+    return _command(args, {"cmd": "cleanup", "resource": args.resource})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ Requests are one JSON object per line with a "cmd" key; each gets one JSON reply
     {"cmd": "standby", "force": false}       -> planned switchover away from this node
     {"cmd": "promote"}                       -> make this node active
     {"cmd": "maintenance", "on": true}       -> maintenance mode on/off (for the pair)
+    {"cmd": "cleanup", "resource": "web"}    -> clear a configuration error (resource optional)
     {"cmd": "inhibit", "name": "mirrord"}    -> hold a release inhibitor (until release/close)
     {"cmd": "release", "name": "mirrord"}    -> drop it
     {"cmd": "subscribe", "inhibitor": "mirrord"}
@@ -203,7 +204,7 @@ class ControlServer:
         cmd = req["cmd"]
         if cmd == "status":
             return {"ok": True, "status": self.handler.status()}
-        if cmd in ("standby", "promote", "maintenance"):
+        if cmd in ("standby", "promote", "maintenance", "cleanup"):
             refusal = self.handler.command(cmd, req)
             log.info("control.command cmd=%s refused=%s", cmd, refusal)
             return {"ok": True} if refusal is None else {"ok": False, "error": refusal}

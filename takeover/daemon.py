@@ -579,6 +579,9 @@ class Daemon:
                 drained = self.links.drain()
                 log.info("loop.drained heartbeats=%s", drained)
         self._last_iter = now
+        # Before the events: an acquire that failed on a configuration error must block this
+        # node (and, through its heartbeat, the peer) before its FAULT is advertised.
+        self._check_blocked()
         if first is not None:
             self.handle(first)
         while not self.queue.empty():
@@ -817,6 +820,39 @@ class Daemon:
         elif isinstance(a, m.Refused):
             log.info("command.refused command=%s reason=%s", a.command, a.reason)
 
+    def _check_blocked(self) -> None:
+        """Tell the machine when a resource became blocked by a configuration error, or not."""
+        look = getattr(self.fx.resources, "blocked_resource", None)
+        name = look() if look is not None else ""
+        if name != self.state.blocked:
+            log.log(
+                logging.ERROR if name else logging.INFO,
+                "resource.config_blocked resource=%s",
+                name or "-",
+            )
+            self.handle(m.ResourceBlocked(name))
+            self._write_status()
+
+    def _cleanup(self, resource: object) -> str | None:
+        """`takeover cleanup [RESOURCE]`: clear a configuration error here; return a refusal."""
+        if resource is not None and not isinstance(resource, str):
+            return '"resource" must be a string'
+        clear = getattr(self.fx.resources, "cleanup", None)
+        if clear is None:
+            return "no service resources are configured"
+        try:
+            cleared = clear(resource or None)
+        except KeyError as err:
+            return str(err.args[0])
+        log.warning("resource.cleanup resources=%s", ",".join(cleared) or "-")
+        self._check_blocked()
+        self._write_status()
+        peer = self.state.peer
+        if not cleared and peer is not None and peer.blocked:
+            name = self.cfg.params.peer
+            return f"nothing blocked here; {name} says it is: run takeover cleanup on {name}"
+        return None
+
     def _maintenance_changed(self, on: bool) -> None:
         """Persist the mode, pause or resume resource monitoring, and say so."""
         try:
@@ -993,6 +1029,7 @@ class Daemon:
                 hold_standby=hb.hold_standby,
                 holding=hb.holding,
                 maintenance=hb.maintenance,
+                blocked=hb.blocked,
             )
         )
 
@@ -1013,12 +1050,13 @@ class Daemon:
             hold_standby=s.hold_standby,
             holding=not s.clean,
             maintenance=s.maintenance,
+            blocked=bool(s.blocked),
         )
 
     def _advert_key(self) -> tuple[object, ...]:
         s = self.state
         return (s.role, s.clean, s.epoch, m.own_score(s), s.healthy, s.promote, s.hold_standby,
-                s.maintenance)  # fmt: skip
+                s.maintenance, s.blocked)  # fmt: skip
 
     def _send_heartbeats(self) -> None:
         self._sent_key = self._advert_key()
@@ -1076,6 +1114,8 @@ class Daemon:
                 healthy=s.peer.healthy,
                 alive=s.peer_alive(now),
                 last_heard_age=round(now - s.peer.heard_at, 3),
+                holding=s.peer.holding,
+                blocked=s.peer.blocked,
             )
         links: dict[str, dict[str, object]] = {}
         for name, st in self.links.stats().items():
@@ -1097,6 +1137,7 @@ class Daemon:
             "promote": s.promote,
             "hold_standby": s.hold_standby,
             "maintenance": s.maintenance,
+            "blocked": s.blocked or None,
         }
         return {
             "version": 1,
@@ -1119,7 +1160,8 @@ class Daemon:
             "heartbeat": counters,
             "conditions": link_conditions(p.peer, links)
             + reload_conditions(self.last_reload)
-            + self._witness_conditions(now),
+            + self._witness_conditions(now)
+            + [c for c in (m.blocked_by_config(s, now),) if c],
             "witness": self._witness_status(now),
             "transitions": list(self.history),
             "totals": {k: dict(v) for k, v in self.totals.items()},
@@ -1144,7 +1186,24 @@ class Daemon:
             entry["holder"] = holder
             if holder is None:
                 entry["holder_seen"] = self._holder_seen(now)
+            if item.get("kind") == "service":
+                entry["peer"] = self._peer_claim(now)
             out.append(entry)
+        return out
+
+    def _peer_claim(self, now: float) -> dict[str, Any]:
+        """Return what the peer's heartbeats say of the group a service belongs to: its role,
+        whether it holds (or may still hold) it, whether it is blocked, how fresh that is."""
+        s, peer = self.state, self.state.peer
+        out: dict[str, Any] = {"name": self.cfg.params.peer, "heard": peer is not None}
+        if peer is not None:
+            out.update(
+                role=peer.role.value,
+                alive=s.peer_alive(now),
+                holding=peer.holding or peer.role in {m.Role.ACTIVE, m.Role.RELEASING},
+                blocked=peer.blocked,
+                last_heard_age=round(now - peer.heard_at, 3),
+            )
         return out
 
     def _holder_seen(self, now: float) -> str | None:
@@ -1200,9 +1259,11 @@ class Daemon:
         """Return what, when it changes, makes the status file worth rewriting at once."""
         s, peer = self.state, self.state.peer
         alive = s.peer_alive(self.clock())
-        peer_key = (peer.role, peer.epoch, peer.holding, alive) if peer is not None else None
+        peer_key = (
+            (peer.role, peer.epoch, peer.holding, alive, peer.blocked) if peer is not None else None
+        )
         return (s.role, s.condition, s.healthy, s.lan_up, s.hold_standby, s.promote, peer_key,
-                s.maintenance)  # fmt: skip
+                s.maintenance, s.blocked)  # fmt: skip
 
     def _write_status(self) -> None:
         self._written_key = self._status_key()
@@ -1215,9 +1276,11 @@ class Daemon:
         self._next_status = self.clock() + self.cfg.status_interval
 
     def command(self, cmd: str, args: dict[str, Any]) -> str | None:
-        """Control handler: run standby/promote/maintenance through the machine; return a
-        refusal or None."""
+        """Control handler: run standby/promote/maintenance through the machine, or clear a
+        configuration error (cleanup); return a refusal or None."""
         ev: m.Event
+        if cmd == "cleanup":
+            return self._cleanup(args.get("resource"))
         if cmd == "maintenance":
             ev = m.MaintenanceSet(on=bool(args.get("on")))
         elif cmd == "standby":

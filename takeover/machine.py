@@ -145,6 +145,8 @@ class PeerView:
     holding: bool = False
     # The peer's heartbeats say the pair is in maintenance mode.
     maintenance: bool = False
+    # The peer's heartbeats say one of its resources is blocked by a configuration error.
+    blocked: bool = False
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,9 @@ class HeartbeatSeen:
     holding: bool = False
     # The peer says the pair is in maintenance mode (an older peer never says so).
     maintenance: bool = False
+    # The peer says a resource is blocked there by a configuration error (an older peer never
+    # says so).
+    blocked: bool = False
 
 
 @dataclass(frozen=True)
@@ -325,6 +330,15 @@ class WitnessAnswer:
     asked: bool = True
 
 
+@dataclass(frozen=True)
+class ResourceBlocked:
+    """A resource's agent said its configuration is wrong (OCF_ERR_CONFIGURED), or the
+    operator cleared it (`takeover cleanup`): `resource` names the first one blocked here, or
+    is "" when none is."""
+
+    resource: str
+
+
 Event = (
     Tick
     | HeartbeatSeen
@@ -345,6 +359,7 @@ Event = (
     | StartupDecided
     | MaintenanceSet
     | WitnessAnswer
+    | ResourceBlocked
 )
 
 
@@ -509,6 +524,8 @@ class State:
     maintenance: bool = False
     # The witness's latest answer; None without a witness or before its first answer.
     witness: WitnessView | None = None
+    # The resource blocked here by a configuration error ("" none), carried in heartbeats.
+    blocked: str = ""
 
     def to(self, role: Role, now: float, reason: str) -> State:
         """Return the state after the edge self.role -> role; raise if TRANSITIONS lacks it."""
@@ -680,6 +697,7 @@ def _absorb(s: State, ev: Event, now: float) -> State:
             heard_at=now,
             holding=ev.holding,
             maintenance=ev.maintenance,
+            blocked=ev.blocked,
         )
         s = replace(s, peer=peer, seen_epoch=max(s.seen_epoch, ev.epoch))
         # Our planned switchover is complete once the peer is active: back to a normal standby.
@@ -700,6 +718,8 @@ def _absorb(s: State, ev: Event, now: float) -> State:
         s = replace(s, clean=True)
     elif isinstance(ev, WitnessAnswer):
         s = replace(s, witness=_witness_view(s, ev, now))
+    elif isinstance(ev, ResourceBlocked):
+        s = replace(s, blocked=ev.resource)
     if s.carrier and not s.lan_up and _carrier_settled(s, now):
         s = replace(s, lan_up=True)
     return s
@@ -718,6 +738,34 @@ def _peer_fresh(s: State) -> bool:
     (or a full deadtime of silence, then the normal arbitration) decides instead.
     """
     return s.peer is not None and (s.carrier_back is None or s.peer.heard_at >= s.carrier_back)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration errors (OCF_ERR_CONFIGURED): fatal for the whole pair, as in Pacemaker
+
+# How a condition caused by a configuration error starts (status and the tests look for it).
+BLOCKED: Final = "blocked: configuration error"
+
+
+def blocked_by_config(s: State, now: float) -> str | None:
+    """Return why this node may not take over for a configuration error; None if none blocks.
+
+    A resource blocked here would fail this node's acquire the same way again. One blocked on
+    the peer (its heartbeat says so) would fail here too: both nodes read the same cluster
+    file, so the peer's FAULT or failover request is no reason to take over. A peer that is
+    lost is another reason: then the usual arbitration decides.
+    """
+    if s.blocked:
+        return (
+            f"{BLOCKED} (resource {s.blocked}) — fix and run "
+            f"`takeover cleanup {s.blocked}` to clear"
+        )
+    if s.peer is not None and s.peer.blocked and s.peer_alive(now):
+        return (
+            f"{BLOCKED} (a resource on {s.params.peer}, its status names it) — fix and run "
+            f"`takeover cleanup` on {s.params.peer} to clear"
+        )
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -906,6 +954,11 @@ def _on_starting(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         assert s.peer is not None
         won = s.peer.role in PASSIVE and prefer(me_candidate(s), peer_candidate(s), _margin(s))
         unable = s.peer.role in {Role.ISOLATED, Role.FAULT}
+        blocked = blocked_by_config(s, now)
+        if (won or unable) and blocked is not None:
+            # STARTING -> STANDBY: the same configuration error would fail our acquire.
+            new, actions = _go_passive(s, Role.STANDBY, now, "start-up: configuration error")
+            return replace(new, condition=blocked), actions
         if (won or unable) and s.peer.holding:
             # The peer still holds something (stale after its restart): let it release first.
             return replace(s, condition="waiting for the peer to release"), []
@@ -968,8 +1021,13 @@ def _on_standby(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
         if faulted and s.condition in _BACKOFF_CONDITIONS:
             # Fenced once this fault already, in vain: wait for the peer's own retries.
             return s, []
-        if s.condition in _BACKOFF_CONDITIONS:
+        if s.condition in _BACKOFF_CONDITIONS or s.condition.startswith(BLOCKED):
             s = replace(s, condition="")
+        blocked = blocked_by_config(s, now)
+        if blocked is not None:
+            # A configuration error here or on the peer: no fencing, no election, no takeover
+            # (it would fail the same way) until `takeover cleanup` clears it.
+            return replace(s, condition=blocked), []
         if faulted and s.params.fencing and not s.hold_standby:
             # STANDBY -> FENCING: the peer's release is past its budget (a hung VM may still
             # run there); only powered off may its resources be taken over.
@@ -995,6 +1053,9 @@ def _on_standby(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
     if s.hold_standby:
         # The operator said standby: even a lost peer does not bring us back (promote does).
         return replace(s, condition="operator standby: peer lost, not taking over"), []
+    if s.blocked:
+        # A resource blocked here fails our acquire before anything is taken: no takeover.
+        return replace(s, condition=blocked_by_config(s, now) or BLOCKED), []
     gate = _witness_gate(s, now)
     if gate is not None:
         # The witness has not granted us the lease: no probe, no guard, no takeover yet.
@@ -1411,6 +1472,7 @@ def next_deadline(s: State) -> float | None:
 
 
 __all__ = [
+    "BLOCKED",
     "MAINTENANCE",
     "PASSIVE",
     "PEER_STILL_SERVING",
@@ -1425,6 +1487,7 @@ __all__ = [
     "State",
     "WitnessAnswer",
     "WitnessView",
+    "blocked_by_config",
     "initial_state",
     "next_deadline",
     "own_score",

@@ -100,6 +100,9 @@ LSB_STATUS: Final[Mapping[int, ExitMeaning]] = {
     3: ExitMeaning("not running", Outcome.STOPPED, "program is not running"),
 }
 
+# An init script's start or stop exiting so: "program is not configured" (LSB 20.2).
+LSB_NOT_CONFIGURED: Final = 6
+
 # systemd's ActiveState values and what each says of the unit.
 SYSTEMD_STATE: Final[Mapping[str, ExitMeaning]] = {
     "active": ExitMeaning("active", Outcome.RUNNING, "started and running"),
@@ -126,6 +129,11 @@ def lsb_meaning(code: int, action: str) -> ExitMeaning:
         return LSB_STATUS.get(code, UNKNOWN_EXIT)
     if code == 0:
         return ExitMeaning("ok", Outcome.RUNNING, f"{action} succeeded")
+    if code == LSB_NOT_CONFIGURED:
+        # LSB's init-script code 6, "program is not configured": the OCF code it became.
+        return ExitMeaning(
+            "not configured", Outcome.MISCONFIGURED, f"{action}: {OCF_EXIT[6].reason}"
+        )
     return ExitMeaning(f"exit {code}", Outcome.FAILED, f"{action} failed")
 
 

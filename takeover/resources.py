@@ -149,6 +149,28 @@ class ResourceList:
         """Return one status entry per resource."""
         return [item.describe() for item in self.items]
 
+    def blocked_resource(self) -> str:
+        """Return the name of the first resource blocked by a configuration error, or ""."""
+        for item in self.items:
+            if getattr(item, "blocked", ""):
+                return str(getattr(item, "resource", item.name))
+        return ""
+
+    def cleanup(self, name: str | None) -> list[str]:
+        """Clear the configuration error and failure history of resource `name` (None: every
+        one); return the names that were blocked. KeyError names an unknown resource."""
+        services = [item for item in self.items if hasattr(item, "cleanup")]
+        names = [str(getattr(item, "resource", item.name)) for item in services]
+        if name is not None and name not in names:
+            raise KeyError(f"no resource named {name!r} (known: {', '.join(names) or 'none'})")
+        cleared = []
+        for item, item_name in zip(services, names, strict=True):
+            if name in (None, item_name):
+                if getattr(item, "blocked", ""):
+                    cleared.append(item_name)
+                item.cleanup()
+        return cleared
+
 
 class VipResource:
     """One VIP: the address (and virtual MAC) via netlink, then GARP / unsolicited NA."""

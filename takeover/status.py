@@ -308,14 +308,16 @@ def service_lines(doc: dict[str, Any], wall_now: float) -> list[str]:
     if not services:
         return []
     lines = ["", "Resources:"]
+    here = (doc.get("local") or {}).get("name", "?")
     for svc in services:
         runs_on = svc.get("holder") or svc.get("holder_seen") or "nobody"
         mon = svc.get("last_monitor") or {}
         seen = f", monitor {mon.get('result')} {_age(wall_now - mon['at'])}" if mon else ""
-        lines.append(
-            f"  {svc.get('name', '?'):<16} {svc.get('agent', '?'):<28} runs on {runs_on:<12} "
-            f"here: {svc.get('state', '?')}{seen}"
-        )
+        lines.append(f"  {svc.get('name', '?'):<16} {svc.get('agent', '?'):<28} runs on {runs_on}")
+        where = f"{here} (here): {svc.get('state', '?')}{seen}"
+        if svc.get("peer"):
+            where += f"; {peer_claim_text(svc['peer'])}"
+        lines.append(f"    {where}")
         extra = [f"restarts {svc.get('restarts', 0)}/{svc.get('max_restarts', '?')}"]
         if svc.get("failures"):
             extra.append(f"failures {svc['failures']}")
@@ -332,6 +334,26 @@ def service_lines(doc: dict[str, Any], wall_now: float) -> list[str]:
             for out in (err.get("output") or "").splitlines()[-3:]:
                 lines.append(f"      | {out}")
     return lines
+
+
+def peer_claim_text(claim: dict[str, Any]) -> str:
+    """Return what the peer advertises of a resource's group, as one clause."""
+    name = f"{claim.get('name', '?')} (peer)"
+    if not claim.get("heard"):
+        return f"{name}: never heard"
+    role, holding = claim.get("role", "?"), claim.get("holding")
+    if not claim.get("alive"):
+        held = "may still hold it" if holding else "held nothing"
+        return f"{name}: LOST, last heard {role} {_age(claim.get('last_heard_age'))}, {held}"
+    what = (
+        "runs it"
+        if holding and role == "ACTIVE"
+        else "may still hold it"
+        if holding
+        else ("holds nothing")
+    )
+    blocked = ", BLOCKED by a configuration error" if claim.get("blocked") else ""
+    return f"{name}: {role}, {what}{blocked}"
 
 
 def fencing_lines(doc: dict[str, Any], wall_now: float) -> list[str]:

@@ -7,7 +7,8 @@ Layout, network byte order (50-byte header, the sender's name, then the tag):
     0  magic     4s  b"HAPR"
     4  version   B   1
     5  flags     B   bit 0 healthy, bit 1 promote, bit 2 hold standby, bit 3 holding,
-                     bit 4 maintenance (a receiver ignores bits it does not know)
+                     bit 4 maintenance, bit 5 a resource blocked by a configuration error
+                     (a receiver ignores bits it does not know)
     6  role      B   index into ROLE_CODES
     7  priority  B   0..255
     8  score     B   targets the sender sees down (saturates at 255)
@@ -86,6 +87,9 @@ _FLAG_HOLD_STANDBY = 0x04
 _FLAG_HOLDING = 0x08
 # The pair is in maintenance mode; an older receiver ignores the bit (and goes on deciding).
 _FLAG_MAINTENANCE = 0x10
+# A resource is blocked on the sender by a configuration error (OCF_ERR_CONFIGURED): the
+# receiver does not take over for it. An older receiver ignores the bit.
+_FLAG_BLOCKED = 0x20
 
 
 class DropReason(enum.Enum):
@@ -136,6 +140,7 @@ class Heartbeat:
     hold_standby: bool = False
     holding: bool = False
     maintenance: bool = False
+    blocked: bool = False
 
 
 def config_digest(text: bytes) -> bytes:
@@ -156,6 +161,7 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
         | (_FLAG_HOLD_STANDBY if hb.hold_standby else 0)
         | (_FLAG_HOLDING if hb.holding else 0)
         | (_FLAG_MAINTENANCE if hb.maintenance else 0)
+        | (_FLAG_BLOCKED if hb.blocked else 0)
     )
     head = _HEADER.pack(
         MAGIC,
@@ -225,6 +231,7 @@ def decode(
         hold_standby=bool(flags & _FLAG_HOLD_STANDBY),
         holding=bool(flags & _FLAG_HOLDING),
         maintenance=bool(flags & _FLAG_MAINTENANCE),
+        blocked=bool(flags & _FLAG_BLOCKED),
     )
 
 

@@ -5,9 +5,10 @@ acquire = probe (adopt what already runs), start, confirm with a monitor; releas
 While held, a monitor runs every `monitor_interval`; a failure is restarted in place within
 `max_restarts` per `restart_window` (takeover.backends.vmpolicy.RestartBudget, as for VMs),
 then the pair is asked to fail over. A hard error (the agent says it cannot work on this
-node) fails over at once; a configuration error blocks the resource here until the daemon
-restarts. A stop that fails or times out raises: the machine's FAULT then keeps the node
-marked as holding, which the peer fences before it acquires anything.
+node) fails over at once; a configuration error blocks the resource here, and through the
+heartbeat on the peer too, until `takeover cleanup` (or the daemon restarts). A stop that
+fails or times out raises: the machine's FAULT then keeps the node marked as holding, which
+the peer fences before it acquires anything.
 
 What an exit code means is decided in takeover.ocf (pure); this module only runs things.
 An action's output goes to a file, not a pipe: an agent that leaves a daemon behind (holding
@@ -230,6 +231,8 @@ class ServiceItem:
         machine for a switchover when restarting here is not enough."""
         self.cfg = cfg
         self.name = f"resource {cfg.name}"
+        # The `[[resource]]` name (what `takeover cleanup` takes).
+        self.resource = cfg.name
         self.driver = driver
         self.limits = limits
         self.on_failover = on_failover
@@ -327,6 +330,13 @@ class ServiceItem:
 
     async def announce(self) -> None:
         """Nothing to announce: the VIPs do."""
+
+    def cleanup(self) -> None:
+        """Forget the configuration error and the failures (`takeover cleanup`), as
+        crm_resource --cleanup does; the last error stays in status as history."""
+        self.blocked = ""
+        self.failures = 0
+        self.budget = self.budget.reset()
 
     def runs_here(self) -> bool:
         """Return whether the last look found it running (or failed) here."""

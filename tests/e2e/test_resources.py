@@ -217,7 +217,8 @@ def test_web_killed_is_restarted_in_place_then_fails_over(lab: Lab, disk: str) -
 
 def flag_toml(flags: Path) -> str:
     """Return a `command` resource "svc" whose state is a file per node (named after the node's
-    network namespace), and whose stop fails while flags/fail-stop exists."""
+    network namespace), whose stop fails while flags/fail-stop exists, and whose start exits 6
+    (LSB "not configured") while flags/misconfigured exists."""
     here = f"{flags}/svc-$(ip netns identify)"
 
     def sh(script: str) -> str:
@@ -227,7 +228,7 @@ def flag_toml(flags: Path) -> str:
 [[resource]]
 name = "svc"
 type = "command"
-start = {sh(f"touch {here}")}
+start = {sh(f"test ! -e {flags}/misconfigured || exit 6; touch {here}")}
 stop = {sh(f"test ! -e {flags}/fail-stop || exit 1; rm -f {here}")}
 status = {sh(f"test -e {here} || exit 3")}
 monitor_interval = "1s"
@@ -316,3 +317,39 @@ def test_a_failed_stop_without_fencing_the_peer_refuses(lab: Lab) -> None:
     assert pair.wait_role("a", "FAULT", 30), pair.log("a")[-3000:]
     assert not wait_until(lambda: pair.role("b") == "ACTIVE", timeout=8, interval=0.1)
     assert svc_runs(lab, flags) == ["a"]
+
+
+def test_a_configuration_error_is_not_retried_on_the_peer(lab: Lab) -> None:
+    """A start exiting 6 on the active blocks the pair: the peer never starts the service, both
+    statuses say blocked (naming the resource where it failed); cleanup after the fix serves."""
+    flags = lab.workdir / "flags"
+    flags.mkdir()
+    (flags / "misconfigured").touch()
+    pair = HapairPair(lab, PairConfig(extra=flag_toml(flags)))
+    pair.start()
+    assert wait_until(lambda: "not configured" in pair.log("a"), timeout=60), pair.log("a")
+
+    def both_blocked() -> bool:
+        texts = [
+            lab.run(n, takeover_argv(pair.cluster, n, "status"), check=False).stdout
+            for n in ("a", "b")
+        ]
+        return "blocked: configuration error (resource svc)" in texts[0] and (
+            "blocked: configuration error" in texts[1]
+        )
+
+    assert wait_until(both_blocked, timeout=30, interval=0.2), pair.log("b")[-3000:]
+    # Past a's fault_hold (10 s): nobody retries, the peer never starts it.
+    assert not wait_until(lambda: pair.role("b") == "ACTIVE", timeout=12, interval=0.2)
+    assert "resource.start name=svc" not in pair.log("b")
+    assert pair.log("a").count("resource.start name=svc") == 1
+    assert svc_runs(lab, flags) == []
+    # Each node's Resources section shows the peer's claim too: b sees a blocked, holding none.
+    text_b = lab.run("b", takeover_argv(pair.cluster, "b", "status"), check=False).stdout
+    assert "b (here): stopped" in text_b and "holds nothing, BLOCKED" in text_b, text_b
+    refused = lab.run("b", takeover_argv(pair.cluster, "b", "cleanup"), check=False)
+    assert refused.returncode != 0 and "run takeover cleanup on a" in refused.stderr
+    (flags / "misconfigured").unlink()
+    done = lab.run("a", takeover_argv(pair.cluster, "a", "cleanup", "svc"), check=False)
+    assert done.returncode == 0, done.stderr
+    assert wait_until(lambda: len(svc_runs(lab, flags)) == 1, timeout=30), pair.log("a")[-3000:]

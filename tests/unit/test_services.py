@@ -470,7 +470,7 @@ def test_a_hard_error_fails_over_at_once() -> None:
 
 
 def test_a_configuration_error_blocks_the_resource_here() -> None:
-    """After OCF_ERR_CONFIGURED the resource is not started again until the daemon restarts."""
+    """After OCF_ERR_CONFIGURED the resource is not started again until it is cleaned up."""
     run = FakeRun({"monitor": [7], "start": [6]})
     svc = item(run)
     with pytest.raises(ServiceError, match="OCF_ERR_CONFIGURED"):
@@ -480,6 +480,24 @@ def test_a_configuration_error_blocks_the_resource_here() -> None:
         asyncio.run(svc.acquire())
     assert "start" not in run.actions()
     assert svc.describe()["blocked"]
+
+
+def test_a_command_start_exiting_6_blocks_until_cleanup() -> None:
+    """A command whose start exits 6 (LSB "not configured") is blocked like OCF's 6; cleanup
+    lets the next acquire start it again."""
+    cfg = ResourceConfig(
+        name="web", type="command", start=("start",), stop=("stop",), status=("status",)
+    )
+    run = FakeRun({"status": [3], "start": [6, 0]})
+    svc = item(run, cfg)
+    with pytest.raises(ServiceError, match="not configured"):
+        asyncio.run(svc.acquire())
+    assert svc.blocked and ocf.lsb_meaning(6, "stop").outcome is Outcome.MISCONFIGURED
+    svc.cleanup()
+    run.codes["status"] = [3, 0]
+    asyncio.run(svc.acquire())
+    assert run.actions().count("start") == 2 and not svc.blocked
+    svc._unwatch()
 
 
 @pytest.mark.parametrize(("code", "held"), [(0, True), (7, False), (1, True), (5, False)])
@@ -598,7 +616,7 @@ def test_status_lists_resources_with_state_and_last_error() -> None:
     doc = {"written": 1.7e9, "pid": 0, "services": [entry], "local": {}, "peer": {}}
     text = render(doc, 1.7e9 + 1)
     assert "Resources:" in text
-    assert "data" in text and "ocf:heartbeat:Filesystem" in text and "here: stopped" in text
+    assert "data" in text and "ocf:heartbeat:Filesystem" in text and "? (here): stopped" in text
     assert "start OCF_ERR_GENERIC (exit 1)" in text and "| mount: no such device" in text
 
 
