@@ -50,7 +50,7 @@ from takeover.exporter import serve
 from takeover.fsutil import write_atomic
 from takeover.metrics import SnapshotCollector
 from takeover.reloadplan import ReloadRefused
-from takeover.status import pid_alive
+from takeover.status import daemon_gone
 
 PROG = "mirrord"
 # Names shared with the daemon (kept here so `status` and `sync` need not import it).
@@ -296,7 +296,7 @@ def read_status(run_dir: Path, now: float) -> tuple[int, dict[str, Any] | None, 
         return int(StatusExit.NOT_RUNNING), None, f"{path}: no status file: mirrord not running"
     except (OSError, ValueError) as exc:
         return int(StatusExit.UNKNOWN), None, f"{path}: unreadable: {exc}"
-    if doc.get("stopped") or not pid_alive(int(doc.get("pid", 0))):
+    if doc.get("stopped") or daemon_gone(doc):
         return int(StatusExit.NOT_RUNNING), doc, "mirrord is not running (last status shown)"
     age = now - float(doc.get("updated", 0))
     if age > 3 * float(doc.get("status_interval", 1.0)):

@@ -69,6 +69,7 @@ from mirrord.transfer import (
 )
 from takeover.fsutil import write_atomic
 from takeover.reloadplan import ReloadRefused
+from takeover.status import process_start
 
 log = logging.getLogger(__name__)
 
@@ -490,6 +491,8 @@ class Daemon:
         self._stop_why: dict[str, str] = {}
         # Cumulative pass figures for the metrics, and the status document last written.
         self._tally = PassTally()
+        # With the pid, tells `status` a later process given the same pid from this one.
+        self._pid_start = process_start(os.getpid())
         self.last_status: dict[str, Any] | None = None
         # Work in worker threads whose record has not been applied yet (see _background).
         self._bg: set[asyncio.Task[Any]] = set()
@@ -1453,6 +1456,7 @@ class Daemon:
             dirs.append(st)
         return {
             "pid": os.getpid(),
+            "pid_start": self._pid_start,
             "node": self.node,
             "peer": None if self.peer is None else self.peer.login,
             "started": self._started,

@@ -56,25 +56,42 @@ def remove_status(path: Path) -> None:
         path.unlink()
 
 
-def process_start(pid: int) -> int | None:
-    """Return the start time of process `pid` in clock ticks since boot (/proc), or None."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """Return the fields of /proc/PID/stat after the command name (field 3 on), or None."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
-        # Field 22; the command name (field 2) is in parentheses and may hold spaces.
-        return int(text.rpartition(")")[2].split()[19])
-    except (OSError, ValueError, IndexError):
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces.
+    return text.rpartition(")")[2].split()
+
+
+def process_start(pid: int) -> int | None:
+    """Return the start time of process `pid` in clock ticks since boot (/proc), or None."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[19]) if fields is not None else None  # field 22
+    except (ValueError, IndexError):
         return None
 
 
 def pid_alive(pid: int, start: int | None = None) -> bool:
     """Return whether a process with this pid exists (signal 0 probes without sending) and,
-    with `start`, is the one that started then (not a later process given the same pid)."""
+    with `start`, is the one that started then (not a later process given the same pid).
+
+    A zombie is not alive: it has exited, only its parent has not reaped it yet.
+    """
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
+    fields = _stat_fields(pid)
+    if fields is not None and fields[:1] == ["Z"]:
+        return False
     if start is None:
         return True
     now = process_start(pid)
@@ -394,7 +411,7 @@ def read_mirror(run_dir: Path, wall_now: float) -> dict[str, Any]:
     if not isinstance(doc, dict):
         return {"state": "unreadable: not a JSON object", "directories": []}
     age = wall_now - float(doc.get("updated", 0) or 0)
-    if doc.get("stopped") or not pid_alive(int(doc.get("pid", 0) or 0)):
+    if doc.get("stopped") or daemon_gone(doc):
         state = "not running (last status shown)"
     elif age > 3 * float(doc.get("status_interval", 1.0) or 1.0):
         state = f"status {age:.0f}s old: mirrord may be hung"

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import stat
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from takeover import control
 from takeover.exits import StatusExit
 from takeover.status import (
     classify,
+    daemon_gone,
     link_conditions,
     process_start,
     read_status,
@@ -338,3 +340,21 @@ def test_render_of_a_dead_daemon_says_not_running_and_shows_the_last_state() -> 
     assert text.splitlines()[1].startswith("NOT RUNNING: the daemon (pid 4206649) is gone")
     assert "stale" in text.splitlines()[1]
     assert "ACTIVE" in text and "192.0.2.100/24" in text
+
+
+def test_a_zombie_or_a_reused_pid_is_not_the_daemon() -> None:
+    """A writer that exited but is not reaped yet, or a later process given its pid, counts as
+    gone: `status` says NOT RUNNING, not the last state as current."""
+    child = subprocess.Popen(["true"])
+    try:
+        # Wait for the exit without reaping it (WNOWAIT): the child stays a zombie.
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+        assert os.path.exists(f"/proc/{child.pid}")
+        assert daemon_gone({"pid": child.pid})
+    finally:
+        child.wait()
+    me = os.getpid()
+    start = process_start(me)
+    assert start is not None
+    assert not daemon_gone({"pid": me, "pid_start": start})
+    assert daemon_gone({"pid": me, "pid_start": start + 1})
