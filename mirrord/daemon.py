@@ -1089,6 +1089,21 @@ class Daemon:
         opts = replace(d.options, max_delete=limit)
         renamed = self._departures[d.root].renamed_away()
         if full:
+            first = None
+            if plan.paths:
+                # The watcher saw these paths change, but the full pass's quick check (size and
+                # mtime to the nanosecond) skips a same-size rewrite whose mtime did not move
+                # (put back by the writer, or a coarse clock), and success clears them: send
+                # them first with -I, as an incremental pass would. Deletions stay the full
+                # pass's (guarded) business; its -H then relinks what -I sent as copies.
+                paths = plan.paths
+                if opts.excludes:
+                    paths = frozenset(
+                        await asyncio.to_thread(sendable, d.root, paths, opts.excludes)
+                    )
+                first = await self._incremental(d, paths, replace(opts, delete=False), wall, dest)
+                if first.result is not Result.OK:
+                    return replace(first, detail=f"dirty paths of a full pass: {first.detail}")
             opts = replace(opts, excludes=opts.excludes + tuple(map(literal_pattern, sorted(skip))))
             res = await run_rsync(
                 full_argv(d.root, self.peer, opts, wall, audit=plan.audit, dest=dest),
@@ -1101,15 +1116,38 @@ class Daemon:
                     self._skip(d.root, new)
                     return PassOutcome(Result.RETRY, f"{UNBACKABLE}: {', '.join(new[:5])}; "
                                        "left out from now on", rc=res.rc)  # fmt: skip
-            return self._outcome(res)
-        too_long = unbackable(plan.paths, wall) if opts.backup else []
+            out = self._outcome(res)
+            if first is None or out.result is not Result.OK:
+                return out
+            return replace(
+                out,
+                changed=out.changed + first.changed,
+                bytes_sent=out.bytes_sent + first.bytes_sent,
+                detail=f"{out.detail}; {first.detail}"
+                if UNBACKABLE in first.detail
+                else out.detail,
+            )
+        return await self._incremental(d, plan.paths, opts, wall, dest)
+
+    async def _incremental(
+        self,
+        d: MirrorDir,
+        paths: frozenset[str],
+        opts: TransferOptions,
+        wall: float,
+        dest: str | None,
+    ) -> PassOutcome:
+        """Send `paths` with -I (never the quick check), leaving out those rsync cannot back up."""
+        skip = self._not_mirrored[d.root]
+        too_long = unbackable(paths, wall) if opts.backup else []
         self._skip(d.root, too_long)
         argv = incremental_argv(d.root, self.peer, opts, wall, dest=dest)
         res = await run_rsync(
-            argv, files_from(set(plan.paths) - set(too_long) - set(skip)), renamed=renamed
-        )
+            argv, files_from(set(paths) - set(too_long) - set(skip)),
+            renamed=self._departures[d.root].renamed_away(),
+        )  # fmt: skip
         out = self._outcome(res)
-        left = sorted(set(too_long) | (set(skip) & plan.paths))
+        left = sorted(set(too_long) | (set(skip) & paths))
         if left:
             out = replace(out, detail=f"{out.detail}; not mirrored ({UNBACKABLE}): "
                           f"{', '.join(left[:5])}")  # fmt: skip

@@ -559,3 +559,26 @@ def test_a_directory_moved_out_counts_its_subtree_before_anything_is_deleted(
 
     slow = Cadence(interval=0.2, min_interval=0.1, max_interval=1.0, settle=5.0)
     asyncio.run(with_daemon(env.daemon(max_delete_count=5, cadence=slow), body))
+
+
+def test_a_full_pass_sends_its_dirty_paths_even_when_size_and_mtime_match(
+    tmp_path: Path,
+) -> None:
+    """A same-size rewrite whose mtime is put back (to the nanosecond) reaches the peer on a
+    full pass that carries it as dirty: rsync's quick check would skip it and clear it."""
+    env = Env(tmp_path)
+    (env.src / "a").write_text("AAAA")
+    daemon = env.daemon()
+
+    async def body() -> None:
+        await converge(env)
+        before = os.stat(env.src / "a").st_mtime_ns
+        (env.src / "a").write_text("BBBB")
+        os.utime(env.src / "a", ns=(before, before))
+        await until_dirty(env, 1)
+        reply = await request(env.run, {"cmd": "sync", "full": True, "wait": True})
+        assert reply["results"][str(env.src)]["result"] == "ok"
+        assert (env.mirror / "a").read_text() == "BBBB"
+        await until_clean(env)
+
+    asyncio.run(with_daemon(daemon, body))
