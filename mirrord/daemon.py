@@ -32,7 +32,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -48,6 +48,7 @@ from mirrord.changes import (
     RootGone,
     Watcher,
     appeared,
+    blind_spots,
     coalesce,
     relative,
 )
@@ -100,6 +101,8 @@ CATCH_UP_MARGIN: Final = 2.0
 # rsync's words for a backup path at or past PATH_MAX, and ours for the paths it stops.
 BACKUP_TOO_LONG: Final = ("backup filename too long", "File name too long")
 UNBACKABLE: Final = "path too long for its backup copy on the peer"
+# Why a directory whose absolute path passes PATH_MAX is left out (mirrord.changes).
+UNWATCHABLE: Final = "directory path past PATH_MAX: inotify cannot watch it, rsync cannot read it"
 # Seconds between prunings of the backup areas (what the peer's passes replaced here).
 # (Also what bounds the backup budget's overshoot: a growing file backed up at every pass.)
 PRUNE_INTERVAL: Final = 600.0
@@ -372,6 +375,11 @@ async def every(seconds: float, job: Callable[[], object], *, first: float | Non
         due = max(due + seconds, loop.time())
 
 
+def _below(paths: Iterable[str]) -> tuple[str, ...]:
+    """Return the prefixes of what lies below `paths` (for str.startswith)."""
+    return tuple(p.rstrip("/") + "/" for p in paths)
+
+
 def write_json_atomic(path: Path, document: object) -> None:
     """Write `document` to `path` through a temp file and a rename (readers never see half)."""
     write_atomic(path, json.dumps(document, indent=1, sort_keys=True), mode=0o600)
@@ -563,6 +571,8 @@ class Daemon:
         self._unwatched = set(await asyncio.to_thread(self._watcher.start))
         for root in self._unwatched:
             self.planner.need_full(root, "unwatched", now)
+        for root in self.dirs:
+            self._set_blind(root)
         server = await asyncio.start_unix_server(self._serve, path=self.run_dir / SOCKET_NAME)
         os.chmod(self.run_dir / SOCKET_NAME, 0o600)
         self._start_timers(sink)
@@ -695,6 +705,9 @@ class Daemon:
             self.planner.changes(root, paths, now)
         new_dirs = [ev for ev in events if appeared(ev)]
         if new_dirs and not self._direction.receiving:
+            for root, rels in blind_spots(new_dirs).items():
+                if root in self.dirs:
+                    self._set_blind(root, sorted(rels))
             # rsync --files-from sends a listed directory without its contents: they are
             # walked off the loop and come back as a Walked record.
             self._walks_pending += 1
@@ -815,6 +828,7 @@ class Daemon:
         self._need_full(root, "reload: new directory", now)
         if self._watcher is None or not (os.path.isdir(root) and self._watcher.watch(root)):
             self._unwatched.add(root)
+        self._set_blind(root)
 
     def _retire(self, root: str) -> None:
         """Stop pushing a directory a reload dropped; its data stays as it is on both nodes."""
@@ -880,10 +894,18 @@ class Daemon:
         for root in sorted(self._unwatched):
             if root in rec.restored:
                 self._unwatched.discard(root)
+                self._set_blind(root)
                 self._need_full(root, "watch restored", now)
             elif not self.planner.is_running(root):
                 # No inotify here: poll with full passes, spaced by the planner.
                 self.planner.need_full(root, "unwatched", now)
+
+    def _set_blind(self, root: str, appeared: Iterable[str] = ()) -> None:
+        """Leave out of every pass, and name, the root's directories too deep to watch (from
+        its last (re)watch, or `appeared` since): rsync cannot read them either (it fails
+        the whole pass, at every retry), and no change below them would ever be seen."""
+        found = self._watcher.unwatchable.get(root, ()) if self._watcher else ()
+        self._skip(root, [*found, *appeared], UNWATCHABLE)
 
     def _request(self, req: SyncRequest, now: float) -> None:
         roots = [req.directory] if req.directory else list(self.dirs)
@@ -1124,7 +1146,7 @@ class Daemon:
                 changed=out.changed + first.changed,
                 bytes_sent=out.bytes_sent + first.bytes_sent,
                 detail=f"{out.detail}; {first.detail}"
-                if UNBACKABLE in first.detail
+                if "not mirrored" in first.detail
                 else out.detail,
             )
         return await self._incremental(d, plan.paths, opts, wall, dest)
@@ -1137,28 +1159,32 @@ class Daemon:
         wall: float,
         dest: str | None,
     ) -> PassOutcome:
-        """Send `paths` with -I (never the quick check), leaving out those rsync cannot back up."""
+        """Send `paths` with -I (never the quick check), leaving out those not mirrored (rsync
+        cannot back them up, or reach them) and what lies below them."""
         skip = self._not_mirrored[d.root]
         too_long = unbackable(paths, wall) if opts.backup else []
         self._skip(d.root, too_long)
+        below = _below(skip)
+        left = sorted(p for p in paths if p in skip or p.startswith(below))
         argv = incremental_argv(d.root, self.peer, opts, wall, dest=dest)
         res = await run_rsync(
-            argv, files_from(set(paths) - set(too_long) - set(skip)),
+            argv, files_from(set(paths) - set(left)),
             renamed=self._departures[d.root].renamed_away(),
         )  # fmt: skip
         out = self._outcome(res)
-        left = sorted(set(too_long) | (set(skip) & paths))
         if left:
-            out = replace(out, detail=f"{out.detail}; not mirrored ({UNBACKABLE}): "
+            why = sorted({skip[p] for p in left if p in skip} or {UNBACKABLE})
+            out = replace(out, detail=f"{out.detail}; not mirrored ({'; '.join(why)}): "
                           f"{', '.join(left[:5])}")  # fmt: skip
         return out
 
-    def _skip(self, root: str, paths: Sequence[str]) -> None:
-        """Leave `paths` of `root` out of every pass from now on, and raise the alarm."""
+    def _skip(self, root: str, paths: Sequence[str], why: str = UNBACKABLE) -> None:
+        """Leave `paths` of `root` (and what lies below them) out of every pass from now on,
+        and name them."""
         for p in paths:
             if p not in self._not_mirrored[root]:
-                self._not_mirrored[root][p] = UNBACKABLE
-                log.error("pass.not_mirrored dir=%s path=%s why=%s", root, p, UNBACKABLE)
+                self._not_mirrored[root][p] = why
+                log.error("pass.not_mirrored dir=%s path=%s why=%s", root, p, why)
 
     @staticmethod
     def _outcome(res: TransferResult, prefix: str = "") -> PassOutcome:
@@ -1476,6 +1502,10 @@ class Daemon:
                     "startup": self._vouch.get(root, ""),
                     "last": asdict(self._last[root]),
                     "not_mirrored": sorted(self._not_mirrored[root])[:FLUSH_REPORT],
+                    "not_mirrored_why": {
+                        p: self._not_mirrored[root][p]
+                        for p in sorted(self._not_mirrored[root])[:FLUSH_REPORT]
+                    },
                     "backup_bytes": self._backup_size[root],
                     "max_interval": d.cadence.max_interval,
                     "totals": self._tally.of(root),

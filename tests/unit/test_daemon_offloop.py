@@ -124,6 +124,8 @@ def test_re_watching_a_root_does_not_hold_the_loop(tmp_path: Path) -> None:
     class SlowWatcher:
         """Adds a watch as slowly as a large tree does."""
 
+        unwatchable: dict[str, tuple[str, ...]] = {}
+
         def watch(self, path: str) -> bool:
             time.sleep(SLOW)
             return True
