@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import logging
 import os
+import select
+import threading
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -64,6 +66,8 @@ EVENT_FILTER: Final[list[type[FileSystemEvent]]] = [
 OVERFLOW_LOGGERS: Final = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
 OVERFLOW_TEXT: Final = "Inotify queue overflowed"
 MAX_USER_WATCHES: Final = Path("/proc/sys/fs/inotify/max_user_watches")
+# The kernel marks this file POLLPRI when a filesystem is mounted or unmounted (proc(5)).
+MOUNTINFO: Final = Path("/proc/self/mountinfo")
 # Warn when the roots need more than this share of the per-user watch limit.
 WATCH_WARN_SHARE: Final = 0.8
 # inotify_add_watch copies at most PATH_MAX bytes of path, its NUL included (ENAMETOOLONG).
@@ -348,3 +352,41 @@ class Watcher:
         self._detector.detach()
         self._observer.stop()
         self._observer.join(timeout=5)
+
+
+class MountWatcher:
+    """A thread that calls `changed()` whenever a filesystem is mounted or unmounted in this
+    mount namespace (poll on /proc/self/mountinfo: POLLPRI), until `stop()`."""
+
+    def __init__(self, changed: Any, path: Path = MOUNTINFO) -> None:
+        self._changed = changed
+        self._path = path
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="mountinfo", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread (an unreadable mountinfo leaves the re-watch timer alone to look)."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with open(self._path, "rb") as f:
+                poller = select.poll()
+                poller.register(f.fileno(), select.POLLPRI | select.POLLERR)
+                poller.register(self._stop_r, select.POLLIN)
+                while True:
+                    fds = {fd for fd, _ in poller.poll()}
+                    if self._stop_r in fds:
+                        return
+                    log.info("mount.changed")
+                    self._changed()
+        except OSError as exc:
+            log.warning("mount.unwatched error=%s note=the re-watch timer looks instead", exc)
+
+    def stop(self) -> None:
+        """End the thread and wait for it."""
+        os.write(self._stop_w, b"x")
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        os.close(self._stop_r)
+        os.close(self._stop_w)

@@ -40,9 +40,10 @@ from typing import Any, Final, Protocol
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from mirrord import deletions, guard, orphans, reloadplan, roles, sdnotify, stopping
+from mirrord import deletions, guard, mounts, orphans, reloadplan, roles, sdnotify, stopping
 from mirrord.backups import find_unbackable, prune_backups, unbackable
 from mirrord.changes import (
+    MountWatcher,
     Overflow,
     RawEvent,
     RootGone,
@@ -218,7 +219,8 @@ class Tick:
 
 @dataclass(frozen=True)
 class Rewatch:
-    """Try to watch the roots that are not watched."""
+    """Try to watch the roots that are not watched, and look at the watched ones' mounts (the
+    re-watch timer, or /proc/self/mountinfo signalled a mount or an unmount)."""
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,15 @@ class Rewatched:
     """The unwatched roots a re-watch (in a thread) could watch again."""
 
     restored: frozenset[str]
+    # What each restored root is on now (mirrord.mounts).
+    seen: dict[str, mounts.RootMount] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MountsSeen:
+    """What the watched roots are on now (looked at in a thread; mirrord.mounts judges)."""
+
+    seen: dict[str, mounts.RootMount]
 
 
 @dataclass(frozen=True)
@@ -504,6 +515,12 @@ class Daemon:
         self._walks_pending = 0
         self._setting_aside = False
         self._rewatching = False
+        # What each watched root was on when its watches were set, and the roots whose
+        # filesystem is gone (root -> why: an alarm in status until it is back). mirrord.mounts
+        self._seen: dict[str, mounts.RootMount] = {}
+        self._mount_alarm: dict[str, str] = {}
+        self._looking = False
+        self._mount_watch: MountWatcher | None = None
         # Reads the files again on SIGHUP (raises ReloadRefused); None: a reload is logged.
         self.reloader = reloader
         # Roots a reload dropped while their pass ran: dropped once it has ended.
@@ -573,6 +590,10 @@ class Daemon:
             self.planner.need_full(root, "unwatched", now)
         for root in self.dirs:
             self._set_blind(root)
+        watched = [r for r in self.dirs if r not in self._unwatched]
+        self._seen = await asyncio.to_thread(lambda: {r: guard.root_mount(r) for r in watched})
+        self._mount_watch = MountWatcher(lambda: sink.put(Rewatch()))
+        self._mount_watch.start()
         server = await asyncio.start_unix_server(self._serve, path=self.run_dir / SOCKET_NAME)
         os.chmod(self.run_dir / SOCKET_NAME, 0o600)
         self._start_timers(sink)
@@ -722,6 +743,9 @@ class Daemon:
                 self._need_full(rec.directory, "root vanished", now)
             elif isinstance(rec, Rewatch):
                 self._rewatch(now)
+                self._look_at_mounts()
+            elif isinstance(rec, MountsSeen):
+                self._mounts_seen(rec, now)
             elif isinstance(rec, SyncRequest):
                 self._request(rec, now)
             elif isinstance(rec, PassDone):
@@ -828,6 +852,8 @@ class Daemon:
         self._need_full(root, "reload: new directory", now)
         if self._watcher is None or not (os.path.isdir(root) and self._watcher.watch(root)):
             self._unwatched.add(root)
+        else:
+            self._seen[root] = guard.root_mount(root)
         self._set_blind(root)
 
     def _retire(self, root: str) -> None:
@@ -846,6 +872,8 @@ class Daemon:
         if self._watcher is not None:
             self._watcher.unwatch(root)
         self._unwatched.discard(root)
+        self._seen.pop(root, None)
+        self._mount_alarm.pop(root, None)
         self.planner.remove_directory(root)
         self.dirs.pop(root, None)
         self._catch_up.pop(root, None)
@@ -875,30 +903,75 @@ class Daemon:
         if self._rewatching or not self._unwatched:
             return
         self._rewatching = True
-        self._background(self._watch_again, sorted(self._unwatched))
+        expect = {r: self._expect_mount.get(r, False) for r in self._unwatched}
+        self._background(self._watch_again, sorted(self._unwatched), expect)
 
-    def _watch_again(self, roots: list[str]) -> Rewatched:
-        """In a worker thread: watch each root again; return those now watched."""
+    def _watch_again(self, roots: list[str], expect: dict[str, bool]) -> Rewatched:
+        """In a worker thread: watch each root again, unless it is missing or not mounted
+        (its bare mount point would be watched); return those now watched."""
         assert self._watcher is not None
-        restored = set()
+        restored, seen = set(), {}
         for root in roots:
             try:
+                now = guard.root_mount(root)
+                if mounts.absent(root, expect[root], now) is not None:
+                    continue
                 if os.path.isdir(root) and self._watcher.watch(root):
                     restored.add(root)
+                    seen[root] = now
             except Exception:
                 log.exception("watch.failed root=%s", root)
-        return Rewatched(frozenset(restored))
+        return Rewatched(frozenset(restored), seen)
 
     def _rewatched(self, rec: Rewatched, now: float) -> None:
         self._rewatching = False
         for root in sorted(self._unwatched):
             if root in rec.restored:
                 self._unwatched.discard(root)
+                self._seen[root] = rec.seen[root]
+                if self._mount_alarm.pop(root, None) is not None:
+                    log.warning("mount.back dir=%s", root)
                 self._set_blind(root)
                 self._need_full(root, "watch restored", now)
             elif not self.planner.is_running(root):
                 # No inotify here: poll with full passes, spaced by the planner.
                 self.planner.need_full(root, "unwatched", now)
+
+    def _look_at_mounts(self) -> None:
+        """Look, in a worker thread (a stat may hang on a dead mount), at what the watched
+        roots are on; the answer comes back as a MountsSeen record."""
+        if self._looking or not self._seen:
+            return
+        self._looking = True
+        roots = sorted(self._seen)
+        self._background(lambda: MountsSeen({r: guard.root_mount(r) for r in roots}))
+
+    def _mounts_seen(self, rec: MountsSeen, now: float) -> None:
+        """Act on mount changes (mirrord.mounts): a gone root is an alarm at once and is
+        watched no more; a root on another filesystem is watched again with a full pass."""
+        self._looking = False
+        moved = False
+        for root, seen in rec.seen.items():
+            if root not in self._seen or root not in self.dirs:
+                continue
+            expect = self._expect_mount.get(root, False)
+            change, why = mounts.judge(root, expect, self._seen[root], seen)
+            if change is mounts.Change.SAME:
+                continue
+            del self._seen[root]
+            moved = True
+            if self._watcher is not None:
+                self._watcher.unwatch(root)
+            self._unwatched.add(root)
+            if change is mounts.Change.GONE:
+                self._mount_alarm[root] = why
+                log.error("mount.gone dir=%s why=%s", root, why)
+            else:
+                log.warning("mount.changed dir=%s why=%s", root, why)
+                self._need_full(root, "filesystem changed", now)
+        if moved:
+            self._write_status()
+            self._rewatch(now)
 
     def _set_blind(self, root: str, appeared: Iterable[str] = ()) -> None:
         """Leave out of every pass, and name, the root's directories too deep to watch (from
@@ -1493,6 +1566,8 @@ class Daemon:
             st = asdict(self.planner.status(root, now))
             st.update(
                 {
+                    # A gone filesystem is an alarm at once, before any pass is refused.
+                    "alarm": st["alarm"] or self._mount_alarm.get(root),
                     # The planner's times are monotonic; the file speaks wall-clock time.
                     "last_finished": self._wall_of(st["last_finished"]),
                     "next_due": self._wall_of(st["next_due"]),
@@ -1595,6 +1670,8 @@ class Daemon:
             # A worker thread cannot be cancelled (a re-watch may be adding watches): its
             # record is applied below.
             await asyncio.wait(set(self._bg))
+        if self._mount_watch is not None:
+            await asyncio.to_thread(self._mount_watch.stop)
         if self._watcher is not None:
             await asyncio.to_thread(self._watcher.stop)
         now = self.wall()
