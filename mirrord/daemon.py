@@ -1337,7 +1337,7 @@ class Daemon:
     def _follow(self, rec: RoleSeen | PeerSeen, now: float) -> None:
         """Apply a role or peer record: recompute the direction and act on the change."""
         assert self.journal is not None
-        before = self._direction
+        before, peer_before = self._direction, self.peer_state
         if isinstance(rec, RoleSeen):
             if rec.role != self.role:
                 log.info("role.seen role=%s old=%s reason=%s", rec.role, self.role, rec.reason)
@@ -1345,27 +1345,29 @@ class Daemon:
             if rec.role != "RELEASING":
                 self._released = False
         else:
-            if self.role in roles.PUSH_ROLES and roles.peer_returned(self.peer_state, rec.peer):
-                # Its tree is unknown (it may have set orphans aside): only a full pass fixes it.
-                for root in self.dirs:
-                    self._need_full(root, f"peer {self.peer_name} returned", now)
             self.peer_state = rec.peer
-        d = roles.direction(self.role, self.peer_state, self.node, self.peer_name, before.receiving)
+        # What to do is decided in one place (mirrord.roles.follow); here it is done.
+        step = roles.follow(
+            self.role, peer_before, self.peer_state, before,
+            marked=self._marked, node=self.node, peer_name=self.peer_name,
+        )  # fmt: skip
+        d = step.direction
+        if step.full_pass is not None:
+            for root in self.dirs:
+                self._need_full(root, step.full_pass, now)
         if d != before:
             log.info("role.direction push=%s receiving=%s why=%s", d.push, d.receiving, d.why)
-        if d.receiving and not before.receiving:
+        if step.set_aside:
             self._quarantine_due = True
-            # The tree is the peer's from now on: what changed here while stopped was its
-            # pushes (they reach this node whether its mirrord runs or not).
             self._catch_up = {}
-        if d.push and not before.push:
+        if step.catch_up:
             self._start_catch_up()
-        if self.role == "ACTIVE" and not self._marked:
-            # From now on, an incoming push is refused here until the orphans are set aside.
+        if step.mark_source:
             for root in self.dirs:
                 orphans.set_source(root, self.node, self.wall())
             self._marked = self._marked_here = True
         self._direction = d
+        # Also when still pushing: a final flush that is over stops them (mirrord.stopping).
         self._stop_passes()
         self._write_status()
 
