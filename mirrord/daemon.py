@@ -1212,15 +1212,16 @@ class Daemon:
                     return PassOutcome(Result.RETRY, f"{UNBACKABLE}: {', '.join(new[:5])}; "
                                        "left out from now on", rc=res.rc)  # fmt: skip
             out = self._outcome(res)
+            if out.result is Result.OK and skip:
+                # ok means the peer has what the source has: but for these, named.
+                out = replace(out, detail=f"{out.detail}; not mirrored ({len(skip)}, see "
+                              f"status): {', '.join(sorted(skip)[:5])}")  # fmt: skip
             if first is None or out.result is not Result.OK:
                 return out
             return replace(
                 out,
                 changed=out.changed + first.changed,
                 bytes_sent=out.bytes_sent + first.bytes_sent,
-                detail=f"{out.detail}; {first.detail}"
-                if "not mirrored" in first.detail
-                else out.detail,
             )
         return await self._incremental(d, plan.paths, opts, wall, dest)
 

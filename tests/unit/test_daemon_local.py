@@ -612,6 +612,7 @@ def test_directories_too_deep_to_watch_are_named_and_the_rest_converges(
         for full in (False, True):
             reply = await request(env.run, {"cmd": "sync", "full": full, "wait": True})
             assert reply["results"][str(env.src)]["result"] in ("ok", "in sync"), reply
+        assert "not mirrored (2, see status)" in reply["results"][str(env.src)]["detail"]
         assert (env.mirror / "plain").read_text() == "v2"
         (status,) = (await request(env.run, {"cmd": "status"}))["directories"]
         assert status["not_mirrored"] == [blind, late]
