@@ -252,6 +252,13 @@ class Rewatched:
     restored: frozenset[str]
     # What each restored root is on now (mirrord.mounts).
     seen: dict[str, mounts.RootMount] = field(default_factory=dict)
+    # The roots it tried (None: every unwatched root).
+    tried: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class MountsMoved:
+    """/proc/self/mountinfo signalled a mount or an unmount: look at the roots now."""
 
 
 @dataclass(frozen=True)
@@ -592,7 +599,7 @@ class Daemon:
             self._set_blind(root)
         watched = [r for r in self.dirs if r not in self._unwatched]
         self._seen = await asyncio.to_thread(lambda: {r: guard.root_mount(r) for r in watched})
-        self._mount_watch = MountWatcher(lambda: sink.put(Rewatch()))
+        self._mount_watch = MountWatcher(lambda: sink.put(MountsMoved()))
         self._mount_watch.start()
         server = await asyncio.start_unix_server(self._serve, path=self.run_dir / SOCKET_NAME)
         os.chmod(self.run_dir / SOCKET_NAME, 0o600)
@@ -744,6 +751,11 @@ class Daemon:
             elif isinstance(rec, Rewatch):
                 self._rewatch(now)
                 self._look_at_mounts()
+            elif isinstance(rec, MountsMoved):
+                # Cheap (a stat per root), however often mounts change on this host: only
+                # the roots whose filesystem is gone are tried again at once.
+                self._look_at_mounts()
+                self._rewatch(now, only=set(self._mount_alarm))
             elif isinstance(rec, MountsSeen):
                 self._mounts_seen(rec, now)
             elif isinstance(rec, SyncRequest):
@@ -897,16 +909,20 @@ class Daemon:
         self.planner.need_full(root, reason, now)
         self.journal.need_full(root, reason, self.wall())
 
-    def _rewatch(self, now: float) -> None:
+    def _rewatch(self, now: float, only: set[str] | None = None) -> None:
         """Try, in a worker thread (a watch walks the whole tree), to watch the unwatched
-        roots again; the result comes back as a Rewatched record."""
-        if self._rewatching or not self._unwatched:
+        roots (`only` these, if given) again; the result comes back as a Rewatched record."""
+        roots = self._unwatched if only is None else self._unwatched & only
+        if self._rewatching or not roots:
             return
         self._rewatching = True
-        expect = {r: self._expect_mount.get(r, False) for r in self._unwatched}
-        self._background(self._watch_again, sorted(self._unwatched), expect)
+        expect = {r: self._expect_mount.get(r, False) for r in roots}
+        tried = None if only is None else frozenset(roots)
+        self._background(self._watch_again, sorted(roots), expect, tried)
 
-    def _watch_again(self, roots: list[str], expect: dict[str, bool]) -> Rewatched:
+    def _watch_again(
+        self, roots: list[str], expect: dict[str, bool], tried: frozenset[str] | None = None
+    ) -> Rewatched:
         """In a worker thread: watch each root again, unless it is missing or not mounted
         (its bare mount point would be watched); return those now watched."""
         assert self._watcher is not None
@@ -921,11 +937,12 @@ class Daemon:
                     seen[root] = now
             except Exception:
                 log.exception("watch.failed root=%s", root)
-        return Rewatched(frozenset(restored), seen)
+        return Rewatched(frozenset(restored), seen, tried)
 
     def _rewatched(self, rec: Rewatched, now: float) -> None:
         self._rewatching = False
-        for root in sorted(self._unwatched):
+        tried = self._unwatched if rec.tried is None else self._unwatched & rec.tried
+        for root in sorted(tried):
             if root in rec.restored:
                 self._unwatched.discard(root)
                 self._seen[root] = rec.seen[root]
