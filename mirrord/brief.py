@@ -18,9 +18,8 @@ def mirrord_brief(doc: Mapping[str, Any] | None, verdict: int, why: str) -> tupl
 
     CRITICAL: mirrord is not running, or a directory is in alarm (the guard refused a pass,
     rsync needs an operator). WARNING: a pushed directory's RPO over its max_interval, passes
-    failing, a directory not watched, the last final flush incomplete, the last reload
-    refused. UNKNOWN: the status
-    is stale or unreadable.
+    failing, a directory not watched, paths left out (`not_mirrored`), the last final flush
+    incomplete, the last reload refused. UNKNOWN: the status is stale or unreadable.
     """
     if verdict == StatusExit.NOT_RUNNING:
         return plugin_line("MIRRORD", [(Plugin.CRITICAL, "mirrord not running")], "")
@@ -46,6 +45,11 @@ def mirrord_brief(doc: Mapping[str, Any] | None, verdict: int, why: str) -> tupl
                 )
         if not d.get("watched", True):
             problems.append((Plugin.WARNING, f"{name} not watched (full passes only)"))
+        left = d.get("not_mirrored") or []
+        if left:
+            problems.append(
+                (Plugin.WARNING, f"{name}: {len(left)} paths not mirrored, e.g. {left[0]}")
+            )
     flush = follow.get("last_flush")
     if isinstance(flush, dict) and flush.get("ended") and not flush.get("ok"):
         problems.append((Plugin.WARNING, "last final flush incomplete"))

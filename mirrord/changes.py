@@ -15,12 +15,19 @@ planner and the journal.
   schedules a full pass of every root (all watches share one inotify queue).
 - Watch budget: one inotify watch per directory; the directory count is checked against
   /proc/sys/fs/inotify/max_user_watches at start and reported.
+- Blind spots: inotify takes a path shorter than PATH_MAX, so a directory whose absolute path
+  is 4,096 bytes or longer cannot be watched, nor anything below it (watchdog skips it
+  silently). The walk that counts the watches names the topmost such directories, and a
+  directory that appears that deep is named as it appears; the daemon shows them in status
+  and covers them with full passes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
+import threading
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -59,8 +66,12 @@ EVENT_FILTER: Final[list[type[FileSystemEvent]]] = [
 OVERFLOW_LOGGERS: Final = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
 OVERFLOW_TEXT: Final = "Inotify queue overflowed"
 MAX_USER_WATCHES: Final = Path("/proc/sys/fs/inotify/max_user_watches")
+# The kernel marks this file POLLPRI when a filesystem is mounted or unmounted (proc(5)).
+MOUNTINFO: Final = Path("/proc/self/mountinfo")
 # Warn when the roots need more than this share of the per-user watch limit.
 WATCH_WARN_SHARE: Final = 0.8
+# inotify_add_watch copies at most PATH_MAX bytes of path, its NUL included (ENAMETOOLONG).
+PATH_MAX: Final = 4096
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,19 @@ def appeared(ev: RawEvent) -> bool:
     return ev.is_dir and (ev.kind == "created" or (ev.kind == "moved" and bool(ev.dest)))
 
 
+def blind_spots(events: Iterable[RawEvent]) -> dict[str, set[str]]:
+    """Return, per root, the directories that appeared too deep to watch (relative paths):
+    watchdog fails to watch them, silently."""
+    out: dict[str, set[str]] = {}
+    for ev in events:
+        path = ev.dest if ev.kind == "moved" else ev.src
+        if appeared(ev) and too_deep_to_watch(path):
+            rel = relative(ev.directory, path)
+            if rel is not None:
+                out.setdefault(ev.directory, set()).add(rel)
+    return out
+
+
 def coalesce(events: Iterable[RawEvent], walk: bool = True) -> dict[str, set[str]]:
     """Group events into per-directory sets of dirty relative paths."""
     dirty: dict[str, set[str]] = {}
@@ -218,14 +242,45 @@ def judge_watch_budget(directories: int, limit: int | None) -> WatchBudget:
     return WatchBudget(directories, limit, True, msg)
 
 
-def count_directories(roots: Sequence[str]) -> int:
-    """Count the directories below `roots` (one inotify watch each)."""
-    n = 0
-    for root in roots:
-        for _dirpath, dirnames, _files in os.walk(root):
-            n += 1
-            dirnames[:] = [d for d in dirnames if d != BACKUP_DIR]
-    return n
+def too_deep_to_watch(path: str) -> bool:
+    """Return whether inotify cannot watch the directory at absolute `path` (too long)."""
+    return len(os.fsencode(path)) >= PATH_MAX
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What watching one root takes: its directories, and those that cannot be watched."""
+
+    directories: int
+    # The topmost directories (relative) too deep to watch; nothing below them is watched.
+    unwatchable: tuple[str, ...] = ()
+
+
+def survey(root: str) -> Survey:
+    """Walk `root` (without following symlinks): count its directories (one inotify watch
+    each) and name the topmost ones whose absolute path is too long to watch."""
+    count, deep, stack = 0, [], [root]
+    while stack:
+        top = stack.pop()
+        count += 1
+        try:
+            with os.scandir(top) as it:
+                entries = [e for e in it if e.name != BACKUP_DIR and _is_dir(e)]
+        except OSError:
+            continue
+        for e in entries:
+            if too_deep_to_watch(e.path):
+                deep.append(os.path.relpath(e.path, root))
+            else:
+                stack.append(e.path)
+    return Survey(count, tuple(sorted(deep)))
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def read_max_user_watches(path: Path = MAX_USER_WATCHES) -> int | None:
@@ -245,6 +300,8 @@ class Watcher:
         self._observer = InotifyObserver()
         self._detector = OverflowDetector(sink)
         self._watches: dict[str, Any] = {}
+        # Per root, the topmost directories too deep to watch (as of its last (re)watch).
+        self.unwatchable: dict[str, tuple[str, ...]] = {}
 
     def start(self) -> list[str]:
         """Start watching; return the roots that could not be watched."""
@@ -254,14 +311,21 @@ class Watcher:
         warnings.filterwarnings(
             "ignore", message="Callback with id .* already exists", category=RuntimeWarning
         )
-        budget = judge_watch_budget(count_directories(self.roots), read_max_user_watches())
+        surveys = {r: survey(r) for r in self.roots}
+        count = sum(s.directories for s in surveys.values())
+        budget = judge_watch_budget(count, read_max_user_watches())
         (log.info if budget.ok else log.error)(budget.message)
         self._detector.attach()
         self._observer.start()
-        return [r for r in self.roots if not self.watch(r)]
+        return [r for r in self.roots if not self.watch(r, surveys[r])]
 
-    def watch(self, root: str) -> bool:
-        """(Re)schedule the watch of one root; return whether it is watched."""
+    def watch(self, root: str, known: Survey | None = None) -> bool:
+        """(Re)schedule the watch of one root (`known`: its survey, if just taken); return
+        whether it is watched."""
+        found = known if known is not None else survey(root)
+        self.unwatchable[root] = found.unwatchable
+        for rel in found.unwatchable:
+            log.error("watch.unwatchable root=%s path=%s why=path_max", root, rel)
         old = self._watches.pop(root, None)
         if old is not None:
             self._observer.unschedule(old)
@@ -277,6 +341,7 @@ class Watcher:
 
     def unwatch(self, root: str) -> None:
         """Stop watching one root (a reload dropped it)."""
+        self.unwatchable.pop(root, None)
         old = self._watches.pop(root, None)
         if old is not None:
             self._observer.unschedule(old)
@@ -287,3 +352,41 @@ class Watcher:
         self._detector.detach()
         self._observer.stop()
         self._observer.join(timeout=5)
+
+
+class MountWatcher:
+    """A thread that calls `changed()` whenever a filesystem is mounted or unmounted in this
+    mount namespace (poll on /proc/self/mountinfo: POLLPRI), until `stop()`."""
+
+    def __init__(self, changed: Any, path: Path = MOUNTINFO) -> None:
+        self._changed = changed
+        self._path = path
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, name="mountinfo", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread (an unreadable mountinfo leaves the re-watch timer alone to look)."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with open(self._path, "rb") as f:
+                poller = select.poll()
+                poller.register(f.fileno(), select.POLLPRI | select.POLLERR)
+                poller.register(self._stop_r, select.POLLIN)
+                while True:
+                    fds = {fd for fd, _ in poller.poll()}
+                    if self._stop_r in fds:
+                        return
+                    log.info("mount.changed")
+                    self._changed()
+        except OSError as exc:
+            log.warning("mount.unwatched error=%s note=the re-watch timer looks instead", exc)
+
+    def stop(self) -> None:
+        """End the thread and wait for it."""
+        os.write(self._stop_w, b"x")
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        os.close(self._stop_r)
+        os.close(self._stop_w)

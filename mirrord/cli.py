@@ -342,6 +342,10 @@ def format_status(doc: dict[str, Any], now: float) -> str:
             note = f"full pass: {d['full_needed']}"
         if not d.get("watched", True):
             note = (note + "; " if note else "") + "not watched"
+        left = d.get("not_mirrored") or []
+        if left:
+            # Never silently: ok holds for all but these (why: --json, not_mirrored_why).
+            note = (note + "; " if note else "") + f"{len(left)} not mirrored: {left[0]}"
         lines.append(
             f"{d['directory']:<28} {d.get('class', '-'):<7} {_secs(d.get('interval')):>8} "
             f"{d.get('dirty', 0):>6} {_secs(d.get('rpo')):>7} {result:<11} "

@@ -32,7 +32,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -40,14 +40,16 @@ from typing import Any, Final, Protocol
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from mirrord import deletions, guard, orphans, reloadplan, roles, sdnotify, stopping
+from mirrord import deletions, guard, mounts, orphans, reloadplan, roles, sdnotify, stopping
 from mirrord.backups import find_unbackable, prune_backups, unbackable
 from mirrord.changes import (
+    MountWatcher,
     Overflow,
     RawEvent,
     RootGone,
     Watcher,
     appeared,
+    blind_spots,
     coalesce,
     relative,
 )
@@ -101,6 +103,8 @@ CATCH_UP_MARGIN: Final = 2.0
 # rsync's words for a backup path at or past PATH_MAX, and ours for the paths it stops.
 BACKUP_TOO_LONG: Final = ("backup filename too long", "File name too long")
 UNBACKABLE: Final = "path too long for its backup copy on the peer"
+# Why a directory whose absolute path passes PATH_MAX is left out (mirrord.changes).
+UNWATCHABLE: Final = "directory path past PATH_MAX: inotify cannot watch it, rsync cannot read it"
 # Seconds between prunings of the backup areas (what the peer's passes replaced here).
 # (Also what bounds the backup budget's overshoot: a growing file backed up at every pass.)
 PRUNE_INTERVAL: Final = 600.0
@@ -216,7 +220,8 @@ class Tick:
 
 @dataclass(frozen=True)
 class Rewatch:
-    """Try to watch the roots that are not watched."""
+    """Try to watch the roots that are not watched, and look at the watched ones' mounts (the
+    re-watch timer, or /proc/self/mountinfo signalled a mount or an unmount)."""
 
 
 @dataclass(frozen=True)
@@ -246,6 +251,22 @@ class Rewatched:
     """The unwatched roots a re-watch (in a thread) could watch again."""
 
     restored: frozenset[str]
+    # What each restored root is on now (mirrord.mounts).
+    seen: dict[str, mounts.RootMount] = field(default_factory=dict)
+    # The roots it tried (None: every unwatched root).
+    tried: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class MountsMoved:
+    """/proc/self/mountinfo signalled a mount or an unmount: look at the roots now."""
+
+
+@dataclass(frozen=True)
+class MountsSeen:
+    """What the watched roots are on now (looked at in a thread; mirrord.mounts judges)."""
+
+    seen: dict[str, mounts.RootMount]
 
 
 @dataclass(frozen=True)
@@ -371,6 +392,11 @@ async def every(seconds: float, job: Callable[[], object], *, first: float | Non
         if inspect.isawaitable(result):
             await result
         due = max(due + seconds, loop.time())
+
+
+def _below(paths: Iterable[str]) -> tuple[str, ...]:
+    """Return the prefixes of what lies below `paths` (for str.startswith)."""
+    return tuple(p.rstrip("/") + "/" for p in paths)
 
 
 def write_json_atomic(path: Path, document: object) -> None:
@@ -499,6 +525,12 @@ class Daemon:
         self._walks_pending = 0
         self._setting_aside = False
         self._rewatching = False
+        # What each watched root was on when its watches were set, and the roots whose
+        # filesystem is gone (root -> why: an alarm in status until it is back). mirrord.mounts
+        self._seen: dict[str, mounts.RootMount] = {}
+        self._mount_alarm: dict[str, str] = {}
+        self._looking = False
+        self._mount_watch: MountWatcher | None = None
         # Reads the files again on SIGHUP (raises ReloadRefused); None: a reload is logged.
         self.reloader = reloader
         # Roots a reload dropped while their pass ran: dropped once it has ended.
@@ -566,6 +598,12 @@ class Daemon:
         self._unwatched = set(await asyncio.to_thread(self._watcher.start))
         for root in self._unwatched:
             self.planner.need_full(root, "unwatched", now)
+        for root in self.dirs:
+            self._set_blind(root)
+        watched = [r for r in self.dirs if r not in self._unwatched]
+        self._seen = await asyncio.to_thread(lambda: {r: guard.root_mount(r) for r in watched})
+        self._mount_watch = MountWatcher(lambda: sink.put(MountsMoved()))
+        self._mount_watch.start()
         server = await asyncio.start_unix_server(self._serve, path=self.run_dir / SOCKET_NAME)
         os.chmod(self.run_dir / SOCKET_NAME, 0o600)
         self._start_timers(sink)
@@ -698,6 +736,9 @@ class Daemon:
             self.planner.changes(root, paths, now)
         new_dirs = [ev for ev in events if appeared(ev)]
         if new_dirs and not self._direction.receiving:
+            for root, rels in blind_spots(new_dirs).items():
+                if root in self.dirs:
+                    self._set_blind(root, sorted(rels))
             # rsync --files-from sends a listed directory without its contents: they are
             # walked off the loop and come back as a Walked record.
             self._walks_pending += 1
@@ -712,6 +753,14 @@ class Daemon:
                 self._need_full(rec.directory, "root vanished", now)
             elif isinstance(rec, Rewatch):
                 self._rewatch(now)
+                self._look_at_mounts()
+            elif isinstance(rec, MountsMoved):
+                # Cheap (a stat per root), however often mounts change on this host: only
+                # the roots whose filesystem is gone are tried again at once.
+                self._look_at_mounts()
+                self._rewatch(now, only=set(self._mount_alarm))
+            elif isinstance(rec, MountsSeen):
+                self._mounts_seen(rec, now)
             elif isinstance(rec, SyncRequest):
                 self._request(rec, now)
             elif isinstance(rec, PassDone):
@@ -818,6 +867,9 @@ class Daemon:
         self._need_full(root, "reload: new directory", now)
         if self._watcher is None or not (os.path.isdir(root) and self._watcher.watch(root)):
             self._unwatched.add(root)
+        else:
+            self._seen[root] = guard.root_mount(root)
+        self._set_blind(root)
 
     def _retire(self, root: str) -> None:
         """Stop pushing a directory a reload dropped; its data stays as it is on both nodes."""
@@ -835,6 +887,8 @@ class Daemon:
         if self._watcher is not None:
             self._watcher.unwatch(root)
         self._unwatched.discard(root)
+        self._seen.pop(root, None)
+        self._mount_alarm.pop(root, None)
         self.planner.remove_directory(root)
         self.dirs.pop(root, None)
         self._catch_up.pop(root, None)
@@ -858,35 +912,93 @@ class Daemon:
         self.planner.need_full(root, reason, now)
         self.journal.need_full(root, reason, self.wall())
 
-    def _rewatch(self, now: float) -> None:
+    def _rewatch(self, now: float, only: set[str] | None = None) -> None:
         """Try, in a worker thread (a watch walks the whole tree), to watch the unwatched
-        roots again; the result comes back as a Rewatched record."""
-        if self._rewatching or not self._unwatched:
+        roots (`only` these, if given) again; the result comes back as a Rewatched record."""
+        roots = self._unwatched if only is None else self._unwatched & only
+        if self._rewatching or not roots:
             return
         self._rewatching = True
-        self._background(self._watch_again, sorted(self._unwatched))
+        expect = {r: self._expect_mount.get(r, False) for r in roots}
+        tried = None if only is None else frozenset(roots)
+        self._background(self._watch_again, sorted(roots), expect, tried)
 
-    def _watch_again(self, roots: list[str]) -> Rewatched:
-        """In a worker thread: watch each root again; return those now watched."""
+    def _watch_again(
+        self, roots: list[str], expect: dict[str, bool], tried: frozenset[str] | None = None
+    ) -> Rewatched:
+        """In a worker thread: watch each root again, unless it is missing or not mounted
+        (its bare mount point would be watched); return those now watched."""
         assert self._watcher is not None
-        restored = set()
+        restored, seen = set(), {}
         for root in roots:
             try:
+                now = guard.root_mount(root)
+                if mounts.absent(root, expect[root], now) is not None:
+                    continue
                 if os.path.isdir(root) and self._watcher.watch(root):
                     restored.add(root)
+                    seen[root] = now
             except Exception:
                 log.exception("watch.failed root=%s", root)
-        return Rewatched(frozenset(restored))
+        return Rewatched(frozenset(restored), seen, tried)
 
     def _rewatched(self, rec: Rewatched, now: float) -> None:
         self._rewatching = False
-        for root in sorted(self._unwatched):
+        tried = self._unwatched if rec.tried is None else self._unwatched & rec.tried
+        for root in sorted(tried):
             if root in rec.restored:
                 self._unwatched.discard(root)
+                self._seen[root] = rec.seen[root]
+                if self._mount_alarm.pop(root, None) is not None:
+                    log.warning("mount.back dir=%s", root)
+                self._set_blind(root)
                 self._need_full(root, "watch restored", now)
             elif not self.planner.is_running(root):
                 # No inotify here: poll with full passes, spaced by the planner.
                 self.planner.need_full(root, "unwatched", now)
+
+    def _look_at_mounts(self) -> None:
+        """Look, in a worker thread (a stat may hang on a dead mount), at what the watched
+        roots are on; the answer comes back as a MountsSeen record."""
+        if self._looking or not self._seen:
+            return
+        self._looking = True
+        roots = sorted(self._seen)
+        self._background(lambda: MountsSeen({r: guard.root_mount(r) for r in roots}))
+
+    def _mounts_seen(self, rec: MountsSeen, now: float) -> None:
+        """Act on mount changes (mirrord.mounts): a gone root is an alarm at once and is
+        watched no more; a root on another filesystem is watched again with a full pass."""
+        self._looking = False
+        moved = False
+        for root, seen in rec.seen.items():
+            if root not in self._seen or root not in self.dirs:
+                continue
+            expect = self._expect_mount.get(root, False)
+            change, why = mounts.judge(root, expect, self._seen[root], seen)
+            if change is mounts.Change.SAME:
+                continue
+            del self._seen[root]
+            moved = True
+            if self._watcher is not None:
+                self._watcher.unwatch(root)
+            self._unwatched.add(root)
+            if change is mounts.Change.GONE:
+                self._mount_alarm[root] = why
+                log.error("mount.gone dir=%s why=%s", root, why)
+            else:
+                log.warning("mount.changed dir=%s why=%s", root, why)
+                self._need_full(root, "filesystem changed", now)
+        if moved:
+            self._write_status()
+            self._rewatch(now)
+
+    def _set_blind(self, root: str, appeared: Iterable[str] = ()) -> None:
+        """Leave out of every pass, and name, the root's directories too deep to watch (from
+        its last (re)watch, or `appeared` since): rsync cannot read them either (it fails
+        the whole pass, at every retry), and no change below them would ever be seen."""
+        found = self._watcher.unwatchable.get(root, ()) if self._watcher else ()
+        self._skip(root, [*found, *appeared], UNWATCHABLE)
 
     def _request(self, req: SyncRequest, now: float) -> None:
         roots = [req.directory] if req.directory else list(self.dirs)
@@ -1092,6 +1204,21 @@ class Daemon:
         opts = replace(d.options, max_delete=limit)
         renamed = self._departures[d.root].renamed_away()
         if full:
+            first = None
+            if plan.paths:
+                # The watcher saw these paths change, but the full pass's quick check (size and
+                # mtime to the nanosecond) skips a same-size rewrite whose mtime did not move
+                # (put back by the writer, or a coarse clock), and success clears them: send
+                # them first with -I, as an incremental pass would. Deletions stay the full
+                # pass's (guarded) business; its -H then relinks what -I sent as copies.
+                paths = plan.paths
+                if opts.excludes:
+                    paths = frozenset(
+                        await asyncio.to_thread(sendable, d.root, paths, opts.excludes)
+                    )
+                first = await self._incremental(d, paths, replace(opts, delete=False), wall, dest)
+                if first.result is not Result.OK:
+                    return replace(first, detail=f"dirty paths of a full pass: {first.detail}")
             opts = replace(opts, excludes=opts.excludes + tuple(map(literal_pattern, sorted(skip))))
             res = await run_rsync(
                 full_argv(d.root, self.peer, opts, wall, audit=plan.audit, dest=dest),
@@ -1104,26 +1231,54 @@ class Daemon:
                     self._skip(d.root, new)
                     return PassOutcome(Result.RETRY, f"{UNBACKABLE}: {', '.join(new[:5])}; "
                                        "left out from now on", rc=res.rc)  # fmt: skip
-            return self._outcome(res)
-        too_long = unbackable(plan.paths, wall) if opts.backup else []
+            out = self._outcome(res)
+            if out.result is Result.OK and skip:
+                # ok means the peer has what the source has: but for these, named.
+                out = replace(out, detail=f"{out.detail}; not mirrored ({len(skip)}, see "
+                              f"status): {', '.join(sorted(skip)[:5])}")  # fmt: skip
+            if first is None or out.result is not Result.OK:
+                return out
+            return replace(
+                out,
+                changed=out.changed + first.changed,
+                bytes_sent=out.bytes_sent + first.bytes_sent,
+            )
+        return await self._incremental(d, plan.paths, opts, wall, dest)
+
+    async def _incremental(
+        self,
+        d: MirrorDir,
+        paths: frozenset[str],
+        opts: TransferOptions,
+        wall: float,
+        dest: str | None,
+    ) -> PassOutcome:
+        """Send `paths` with -I (never the quick check), leaving out those not mirrored (rsync
+        cannot back them up, or reach them) and what lies below them."""
+        skip = self._not_mirrored[d.root]
+        too_long = unbackable(paths, wall) if opts.backup else []
         self._skip(d.root, too_long)
+        below = _below(skip)
+        left = sorted(p for p in paths if p in skip or p.startswith(below))
         argv = incremental_argv(d.root, self.peer, opts, wall, dest=dest)
         res = await run_rsync(
-            argv, files_from(set(plan.paths) - set(too_long) - set(skip)), renamed=renamed
-        )
+            argv, files_from(set(paths) - set(left)),
+            renamed=self._departures[d.root].renamed_away(),
+        )  # fmt: skip
         out = self._outcome(res)
-        left = sorted(set(too_long) | (set(skip) & plan.paths))
         if left:
-            out = replace(out, detail=f"{out.detail}; not mirrored ({UNBACKABLE}): "
+            why = sorted({skip[p] for p in left if p in skip} or {UNBACKABLE})
+            out = replace(out, detail=f"{out.detail}; not mirrored ({'; '.join(why)}): "
                           f"{', '.join(left[:5])}")  # fmt: skip
         return out
 
-    def _skip(self, root: str, paths: Sequence[str]) -> None:
-        """Leave `paths` of `root` out of every pass from now on, and raise the alarm."""
+    def _skip(self, root: str, paths: Sequence[str], why: str = UNBACKABLE) -> None:
+        """Leave `paths` of `root` (and what lies below them) out of every pass from now on,
+        and name them."""
         for p in paths:
             if p not in self._not_mirrored[root]:
-                self._not_mirrored[root][p] = UNBACKABLE
-                log.error("pass.not_mirrored dir=%s path=%s why=%s", root, p, UNBACKABLE)
+                self._not_mirrored[root][p] = why
+                log.error("pass.not_mirrored dir=%s path=%s why=%s", root, p, why)
 
     @staticmethod
     def _outcome(res: TransferResult, prefix: str = "") -> PassOutcome:
@@ -1210,7 +1365,7 @@ class Daemon:
     def _follow(self, rec: RoleSeen | PeerSeen, now: float) -> None:
         """Apply a role or peer record: recompute the direction and act on the change."""
         assert self.journal is not None
-        before = self._direction
+        before, peer_before = self._direction, self.peer_state
         if isinstance(rec, RoleSeen):
             if rec.role != self.role:
                 log.info("role.seen role=%s old=%s reason=%s", rec.role, self.role, rec.reason)
@@ -1218,27 +1373,29 @@ class Daemon:
             if rec.role != "RELEASING":
                 self._released = False
         else:
-            if self.role in roles.PUSH_ROLES and roles.peer_returned(self.peer_state, rec.peer):
-                # Its tree is unknown (it may have set orphans aside): only a full pass fixes it.
-                for root in self.dirs:
-                    self._need_full(root, f"peer {self.peer_name} returned", now)
             self.peer_state = rec.peer
-        d = roles.direction(self.role, self.peer_state, self.node, self.peer_name, before.receiving)
+        # What to do is decided in one place (mirrord.roles.follow); here it is done.
+        step = roles.follow(
+            self.role, peer_before, self.peer_state, before,
+            marked=self._marked, node=self.node, peer_name=self.peer_name,
+        )  # fmt: skip
+        d = step.direction
+        if step.full_pass is not None:
+            for root in self.dirs:
+                self._need_full(root, step.full_pass, now)
         if d != before:
             log.info("role.direction push=%s receiving=%s why=%s", d.push, d.receiving, d.why)
-        if d.receiving and not before.receiving:
+        if step.set_aside:
             self._quarantine_due = True
-            # The tree is the peer's from now on: what changed here while stopped was its
-            # pushes (they reach this node whether its mirrord runs or not).
             self._catch_up = {}
-        if d.push and not before.push:
+        if step.catch_up:
             self._start_catch_up()
-        if self.role == "ACTIVE" and not self._marked:
-            # From now on, an incoming push is refused here until the orphans are set aside.
+        if step.mark_source:
             for root in self.dirs:
                 orphans.set_source(root, self.node, self.wall())
             self._marked = self._marked_here = True
         self._direction = d
+        # Also when still pushing: a final flush that is over stops them (mirrord.stopping).
         self._stop_passes()
         self._write_status()
 
@@ -1439,6 +1596,8 @@ class Daemon:
             st = asdict(self.planner.status(root, now))
             st.update(
                 {
+                    # A gone filesystem is an alarm at once, before any pass is refused.
+                    "alarm": st["alarm"] or self._mount_alarm.get(root),
                     # The planner's times are monotonic; the file speaks wall-clock time.
                     "last_finished": self._wall_of(st["last_finished"]),
                     "next_due": self._wall_of(st["next_due"]),
@@ -1448,6 +1607,10 @@ class Daemon:
                     "startup": self._vouch.get(root, ""),
                     "last": asdict(self._last[root]),
                     "not_mirrored": sorted(self._not_mirrored[root])[:FLUSH_REPORT],
+                    "not_mirrored_why": {
+                        p: self._not_mirrored[root][p]
+                        for p in sorted(self._not_mirrored[root])[:FLUSH_REPORT]
+                    },
                     "backup_bytes": self._backup_size[root],
                     "max_interval": d.cadence.max_interval,
                     "totals": self._tally.of(root),
@@ -1538,6 +1701,8 @@ class Daemon:
             # A worker thread cannot be cancelled (a re-watch may be adding watches): its
             # record is applied below.
             await asyncio.wait(set(self._bg))
+        if self._mount_watch is not None:
+            await asyncio.to_thread(self._mount_watch.stop)
         if self._watcher is not None:
             await asyncio.to_thread(self._watcher.stop)
         now = self.wall()

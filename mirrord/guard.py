@@ -26,6 +26,8 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from mirrord.mounts import RootMount
+
 log = logging.getLogger(__name__)
 
 
@@ -103,6 +105,15 @@ def inspect_root(root: str) -> RootFacts:
         # Unreadable counts as empty: never mirror what cannot be seen.
         empty = True
     return RootFacts(exists=True, is_dir=True, is_mount=os.path.ismount(root), empty=empty)
+
+
+def root_mount(root: str) -> RootMount:
+    """Look at what `root` is on (mirrord.mounts judges it)."""
+    try:
+        dev = os.stat(root).st_dev
+    except OSError:
+        return RootMount(dev=None, is_mount=False)
+    return RootMount(dev=dev, is_mount=os.path.ismount(root))
 
 
 def missing_paths(root: str, paths: Iterable[str]) -> list[str]:

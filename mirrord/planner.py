@@ -12,6 +12,9 @@ Rules, in the order they matter:
 - passes of one directory start at least the rate spacing apart, and after each pass the
   directory idles for cost * (1 - max_duty) / max_duty, where cost is a moving average of the
   recent passes' durations, so syncing takes at most `max_duty` of the wall time on average;
+  full and incremental passes are averaged apart and the idle before a pass is judged on the
+  cost of its own kind: a 25 s start-up full pass or audit does not space out the 0.2 s
+  incremental passes after it (the first change after it waits as in the steady state);
   one slow pass spreads its idle time over the next passes instead of owing it at once, so
   the idle exceeds the nominal interval only while the average cost itself would break the
   duty at that interval; however late the daemon asks, one plan comes out (missed runs
@@ -155,8 +158,10 @@ class _Dir:
     last_finish: float | None = None
     last_result: Result | None = None
     last_duration: float | None = None
-    # Moving average of pass durations (COST_ALPHA); None before the first pass.
+    # Moving averages of pass durations (COST_ALPHA), incremental and full apart; None before
+    # the first pass of that kind.
     cost: float | None = None
+    full_cost: float | None = None
     last_full_ok: float | None = None
     failures: int = 0
     alarm: str | None = None
@@ -164,6 +169,11 @@ class _Dir:
     forced_full: bool = False
     # Since when a scheduled audit is owed (the policy's cron schedule fired).
     audit_at: float | None = None
+
+
+def _average(average: float | None, duration: float) -> float:
+    """Return the moving average of pass cost with `duration` added (COST_ALPHA)."""
+    return duration if average is None else COST_ALPHA * duration + (1 - COST_ALPHA) * average
 
 
 class Planner:
@@ -292,7 +302,10 @@ class Planner:
         duration = max(0.0, now - d.started_at)
         d.running = d.started_at = None
         d.last_finish, d.last_result, d.last_duration = now, result, duration
-        d.cost = duration if d.cost is None else COST_ALPHA * duration + (1 - COST_ALPHA) * d.cost
+        if plan.kind is PassKind.FULL:
+            d.full_cost = _average(d.full_cost, duration)
+        else:
+            d.cost = _average(d.cost, duration)
         if result is Result.OK:
             # Only the snapshot is done; whatever changed meanwhile is already back in `dirty`.
             d.in_flight = {}
@@ -358,8 +371,12 @@ class Planner:
         return by_rate
 
     @staticmethod
-    def _duty_gap(d: _Dir) -> float:
-        """Return the idle time owed after the last pass: cost * (1 - duty) / duty.
+    def _duty_gap(d: _Dir, full: bool = False) -> float:
+        """Return the idle time owed after the last pass before a pass of the given kind.
+
+        The gap is cost * (1 - duty) / duty, with the cost averaged over passes of that kind
+        only: incremental passes are judged on incremental cost, so a full pass or an audit
+        (which runs at most every few minutes) does not make the next changes wait for it.
 
         `cost` is the moving average of pass durations, not the last one: back-to-back passes
         then spend max_duty of the wall time syncing on average, one slow pass among cheap ones
@@ -370,11 +387,14 @@ class Planner:
         wins over the duty goal.
         """
         c = d.cadence
-        cost = d.cost or 0.0
+        cost = (d.full_cost if full else d.cost) or 0.0
         return min(c.max_interval, cost * (1 - c.max_duty) / c.max_duty)
 
     def _adapt(self, d: _Dir) -> float:
-        """Return the interval `status` reports: the larger of the rate and duty spacings."""
+        """Return the interval `status` reports: the larger of the rate and duty spacings.
+
+        The duty spacing is the incremental passes' (the spacing changes see).
+        """
         c = d.cadence
         by_duty = (d.cost or 0.0) / c.max_duty
         return min(c.max_interval, max(self._by_rate(d), by_duty))
@@ -416,7 +436,8 @@ class Planner:
             if d.last_start is not None:
                 spaced = d.last_start + self._spacing(d)
             if d.last_finish is not None:
-                spaced = max(spaced, d.last_finish + self._duty_gap(d))
+                full = d.full_reason is not None or d.forced_full
+                spaced = max(spaced, d.last_finish + self._duty_gap(d, full))
             candidates.append(max(spaced, min(pending) + d.cadence.settle))
         verify = self._verify_at(d)
         if verify is not None:

@@ -27,6 +27,29 @@ keeps journaling its live writes; a standby whose takeover restarts keeps taking
 "As before" is the previous direction's `receiving` (a node starts not receiving, so changes
 are journaled: the cautious side, a change nobody vouches for is kept, at worst as an orphan).
 Receiving ends only when the node itself becomes the source (ACTIVE or RELEASING).
+
+What mirrord does on each change of takeover's role or of the peer (`follow`, the one place the
+daemon asks; it executes the `Step`). Passes stop whenever the node stops pushing (and are
+confirmed stopped, mirrord.stopping); changes are journaled whenever it does not receive.
+
+    what happened (the new state)            push  receive  set orphans  full pass  catch-up
+                                                            aside        owed       walk
+    takeover restarts on the active           no    no       no           no         no
+      (no role, then STARTING)                (held: passes stop, live writes journaled)
+    ... and comes back ACTIVE, peer STANDBY   yes   no       no           no         yes
+    takeover restarts on the standby          no    yes      no           no         no
+      (it keeps taking the peer's pushes)
+    the peer is lost (ACTIVE, peer unheard)   no    no       no           no         no
+    the peer returns (ACTIVE, peer STANDBY)   yes   no       no           yes        yes
+    the node becomes standby (STANDBY, the    no    yes      yes          no         no
+      peer heard ACTIVE or RELEASING)
+    the node becomes ACTIVE, peer STANDBY     yes   no       no           no         yes
+      (and marks its roots as the source)
+    both ACTIVE (the peer heard ACTIVE)       no    no       no           no         no
+
+"Catch-up walk": the roots a clean stop vouched for are walked for what changed while mirrord
+was stopped, when the node first pushes; on starting to receive that walk is dropped (what
+changed here was the peer's pushes).
 """
 
 from __future__ import annotations
@@ -105,3 +128,43 @@ def peer_returned(before: Peer | None, after: Peer | None) -> bool:
     was = before is not None and before.alive
     now = after is not None and after.alive
     return now and not was and before is not None
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the daemon does on a role or peer change (see the table in the module docstring)."""
+
+    direction: Direction
+    # Began receiving: orphans are set aside before the peer's pushes are accepted, and the
+    # catch-up walk is dropped (what changed here while stopped was the peer's pushes).
+    set_aside: bool
+    # Began pushing: walk for what changed while mirrord was stopped.
+    catch_up: bool
+    # Every root owes a full pass, for this reason (the peer came back: its tree is unknown).
+    full_pass: str | None
+    # The node is ACTIVE and its roots are not marked yet: mark them as this node's (an
+    # incoming push is refused here from now on, until the orphans are set aside).
+    mark_source: bool
+
+
+def follow(
+    role: str | None,
+    peer_before: Peer | None,
+    peer: Peer | None,
+    before: Direction,
+    *,
+    marked: bool,
+    node: str,
+    peer_name: str,
+) -> Step:
+    """Return what to do now that takeover says `role` and the peer is `peer` (was
+    `peer_before`), given the previous direction and whether the roots are marked."""
+    d = direction(role, peer, node, peer_name, before.receiving)
+    returned = role in PUSH_ROLES and peer_returned(peer_before, peer)
+    return Step(
+        direction=d,
+        set_aside=d.receiving and not before.receiving,
+        catch_up=d.push and not before.push,
+        full_pass=f"peer {peer_name} returned" if returned else None,
+        mark_source=role == "ACTIVE" and not marked,
+    )

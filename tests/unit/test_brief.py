@@ -108,6 +108,7 @@ def mirror_doc(**over: Any) -> dict[str, Any]:
         "failures": 0,
         "alarm": None,
         "watched": True,
+        "not_mirrored": [],
     }
     doc: dict[str, Any] = {"follow": {"pushing": True, "peer": "b"}, "directories": [mail]}
     for key, value in over.items():
@@ -139,6 +140,12 @@ MIRROR_CASES = [
     ({"rpo": 45.0}, OK, Plugin.WARNING, "/srv/mail RPO 45s over max_interval 30s"),
     ({"failures": 2}, OK, Plugin.WARNING, "/srv/mail failing (2 in a row)"),
     ({"watched": False}, OK, Plugin.WARNING, "/srv/mail not watched"),
+    (
+        {"not_mirrored": ["deep/x", "deep/y"]},
+        OK,
+        Plugin.WARNING,
+        "/srv/mail: 2 paths not mirrored, e.g. deep/x",
+    ),
     # Receiving: the planner's RPO is not this node's to report.
     (
         {"rpo": 45.0, "follow": {"pushing": False, "receiving": True, "peer": "b"}},

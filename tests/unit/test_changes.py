@@ -12,18 +12,22 @@ import pytest
 
 from mirrord.changes import (
     OVERFLOW_LOGGERS,
+    PATH_MAX,
     Overflow,
     OverflowDetector,
     RawEvent,
     RootGone,
+    Survey,
     Watcher,
     coalesce,
-    count_directories,
     judge_watch_budget,
     paths_of,
     read_max_user_watches,
     relative,
+    survey,
+    too_deep_to_watch,
 )
+from tests.unit.test_transfer import make_at
 
 R = "/srv/mail"
 
@@ -112,11 +116,29 @@ def test_watch_budget(dirs: int, limit: int | None, ok: bool, words: str) -> Non
     assert words in b.message
 
 
-def test_count_directories_skips_backup_area(tmp_path: Path) -> None:
+def test_survey_counts_directories_but_not_the_backup_area(tmp_path: Path) -> None:
     """Every directory needs a watch except those in the backup area."""
     (tmp_path / "a/b").mkdir(parents=True)
     (tmp_path / ".hapair-backup/x").mkdir(parents=True)
-    assert count_directories([str(tmp_path)]) == 3
+    assert survey(str(tmp_path)) == Survey(3, ())
+
+
+def test_survey_names_the_topmost_directories_too_deep_to_watch(tmp_path: Path) -> None:
+    """A directory whose absolute path is PATH_MAX bytes or longer is named (not what lies
+    below it); one a byte shorter is watchable and counted."""
+    root = str(tmp_path)
+    fits = PATH_MAX - 1 - len(root) - 1  # relative length of the longest watchable path
+    parts = ["d" * 200] * ((fits - 2) // 201)
+    last = fits - len("/".join(parts)) - 1
+    shallow = "/".join([*parts, "s" * last])
+    assert len(root) + 1 + len(shallow) == PATH_MAX - 1
+    make_at(tmp_path, f"{shallow}/f", b"x")
+    deep = "/".join([*parts, "t" * (last + 1)])
+    make_at(tmp_path, f"{deep}/below/f", b"x")
+    assert not too_deep_to_watch(f"{root}/{shallow}") and too_deep_to_watch(f"{root}/{deep}")
+    found = survey(root)
+    assert found.unwatchable == (deep,)
+    assert found.directories == 1 + len(parts) + 1
 
 
 def test_read_max_user_watches(tmp_path: Path) -> None:

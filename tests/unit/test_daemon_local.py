@@ -559,3 +559,64 @@ def test_a_directory_moved_out_counts_its_subtree_before_anything_is_deleted(
 
     slow = Cadence(interval=0.2, min_interval=0.1, max_interval=1.0, settle=5.0)
     asyncio.run(with_daemon(env.daemon(max_delete_count=5, cadence=slow), body))
+
+
+def test_a_full_pass_sends_its_dirty_paths_even_when_size_and_mtime_match(
+    tmp_path: Path,
+) -> None:
+    """A same-size rewrite whose mtime is put back (to the nanosecond) reaches the peer on a
+    full pass that carries it as dirty: rsync's quick check would skip it and clear it."""
+    env = Env(tmp_path)
+    (env.src / "a").write_text("AAAA")
+    daemon = env.daemon()
+
+    async def body() -> None:
+        await converge(env)
+        before = os.stat(env.src / "a").st_mtime_ns
+        (env.src / "a").write_text("BBBB")
+        os.utime(env.src / "a", ns=(before, before))
+        await until_dirty(env, 1)
+        reply = await request(env.run, {"cmd": "sync", "full": True, "wait": True})
+        assert reply["results"][str(env.src)]["result"] == "ok"
+        assert (env.mirror / "a").read_text() == "BBBB"
+        await until_clean(env)
+
+    asyncio.run(with_daemon(daemon, body))
+
+
+def test_directories_too_deep_to_watch_are_named_and_the_rest_converges(
+    tmp_path: Path,
+) -> None:
+    """A directory whose absolute path passes PATH_MAX (inotify cannot watch it, rsync cannot
+    read it) is left out and named in status, found at start or as it appears; every other
+    change keeps reaching the peer and the passes succeed."""
+    env = Env(tmp_path)
+    fits = 4095 - len(str(env.src)) - 1
+    parts = ["d" * 200] * ((fits - 2) // 201)
+    blind = "/".join([*parts, "b" * (fits - len("/".join(parts)))])
+    late = blind[:-1] + "c"
+    assert len(str(env.src)) + 1 + len(blind) == 4096
+    make_at(env.src, f"{blind}/f", b"v1")
+    (env.src / "plain").write_text("v1")
+    d = MirrorDir(root=str(env.src), volatility="hot", cadence=FAST,
+                  options=TransferOptions(backup=False))  # fmt: skip
+    daemon = Daemon([d], peer=None, state_dir=env.state, run_dir=env.run, local_dest=env.dest)
+
+    async def body() -> None:
+        reply = await request(env.run, {"cmd": "sync", "wait": True})
+        assert reply["results"][str(env.src)]["result"] in ("ok", "in sync"), reply
+        assert (env.mirror / "plain").read_text() == "v1"
+        make_at(env.src, f"{late}/f", b"late")
+        (env.src / "plain").write_text("v2")
+        await until_dirty(env, 2)
+        for full in (False, True):
+            reply = await request(env.run, {"cmd": "sync", "full": full, "wait": True})
+            assert reply["results"][str(env.src)]["result"] in ("ok", "in sync"), reply
+        assert "not mirrored (2, see status)" in reply["results"][str(env.src)]["detail"]
+        assert (env.mirror / "plain").read_text() == "v2"
+        (status,) = (await request(env.run, {"cmd": "status"}))["directories"]
+        assert status["not_mirrored"] == [blind, late]
+        assert set(status["not_mirrored_why"].values()) == {daemon_module.UNWATCHABLE}
+        assert status["last_result"] == "ok"
+
+    asyncio.run(with_daemon(daemon, body))

@@ -13,7 +13,7 @@ import pytest
 from mirrord import daemon as daemon_module
 from mirrord import orphans
 from mirrord.changes import RawEvent
-from mirrord.daemon import Daemon, Rewatch
+from mirrord.daemon import Daemon, MountsMoved, Rewatch
 from mirrord.follow import PeerSeen, RoleSeen
 from mirrord.planner import Result
 from mirrord.roles import Peer
@@ -124,6 +124,8 @@ def test_re_watching_a_root_does_not_hold_the_loop(tmp_path: Path) -> None:
     class SlowWatcher:
         """Adds a watch as slowly as a large tree does."""
 
+        unwatchable: dict[str, tuple[str, ...]] = {}
+
         def watch(self, path: str) -> bool:
             time.sleep(SLOW)
             return True
@@ -171,3 +173,38 @@ def test_a_failed_walk_owes_a_full_pass_and_blocks_nothing(
     assert daemon.planner.status(str(root), daemon.clock()).full_needed == (
         "the walk of a new directory failed"
     )
+
+
+def test_a_mount_elsewhere_looks_at_the_roots_and_walks_none(tmp_path: Path) -> None:
+    """A mount or unmount signalled on this host stats the watched roots (in a thread) and
+    tries again at once only roots whose filesystem is gone, never an unwatched tree's walk."""
+    daemon, root = follower(tmp_path)
+    walked: list[str] = []
+
+    class CountingWatcher:
+        """Records each root it is asked to watch."""
+
+        unwatchable: dict[str, tuple[str, ...]] = {}
+
+        def watch(self, path: str) -> bool:
+            walked.append(path)
+            return True
+
+        def unwatch(self, path: str) -> None:
+            """Nothing to drop."""
+
+    daemon._watcher = CountingWatcher()  # type: ignore[assignment]
+    daemon._unwatched = {str(root)}
+
+    async def body() -> None:
+        daemon._apply([MountsMoved()])
+        await settle(daemon)
+        assert walked == []
+        # Its filesystem gone, then back: tried at once on the next mount change.
+        daemon._mount_alarm[str(root)] = "source root is not mounted"
+        daemon._apply([MountsMoved()])
+        await settle(daemon)
+
+    asyncio.run(body())
+    assert walked == [str(root)]
+    assert not daemon._unwatched and not daemon._mount_alarm

@@ -45,6 +45,7 @@ REQUIRED_PURE = [
     "takeover/drift.py",
     "takeover/reloadplan.py",
     "mirrord/reloadplan.py",
+    "mirrord/mounts.py",
 ]
 
 

@@ -485,3 +485,65 @@ def test_a_full_pass_owed_anyway_serves_as_the_scheduled_audit() -> None:
     plan = run_pass(p, 11.0, 1.0)
     assert (plan.kind, plan.reason, plan.audit) == (PassKind.FULL, "overflow", True)
     assert p.next_deadline() is None
+
+
+WARM = Cadence(interval=60.0, min_interval=10.0, max_interval=600.0, max_duty=0.2)
+
+
+def wait_for_change(p: Planner, at: float) -> float:
+    """Add a 10-file change at `at`; return how long it waits for its pass (run it, 0.21 s)."""
+    p.changes(D, [f"w{at}-{i}" for i in range(10)], at)
+    deadline = p.next_deadline()
+    assert deadline is not None
+    start = max(at, deadline)
+    plan = run_pass(p, start, 0.21)
+    assert plan.kind is PassKind.INCREMENTAL
+    return start - at
+
+
+def test_full_pass_does_not_slow_the_incremental_passes_after_it() -> None:
+    """After a 24.6 s full pass, 10-file changes wait no longer than in the steady state."""
+    steady = planner(WARM)
+    after_full = planner(WARM)
+    now = 0.0
+    for _ in range(5):
+        for p in (steady, after_full):
+            wait_for_change(p, now)
+        now += 120.0
+    # The one difference: a start-up or audit full pass of 24.6 s in one of them.
+    after_full.need_full(D, "startup", now)
+    (plan,) = after_full.due(now)
+    assert plan.kind is PassKind.FULL
+    after_full.pass_started(plan, now)
+    after_full.pass_finished(D, Result.OK, now + 24.6)
+    now += 24.6
+    # Before the fix these waited 88, 62, ... s (the full pass's cost in the average).
+    for _ in range(5):
+        expected = wait_for_change(steady, now + 1.0)
+        assert wait_for_change(after_full, now + 1.0) <= expected
+        now += 15.0
+    assert after_full.status(D, now).interval <= steady.status(D, now).interval
+
+
+def after_startup_full_pass() -> Planner:
+    """Return a warm planner whose start-up full pass took 24.6 s (0 to 24.6)."""
+    p = planner(WARM)
+    p.need_full(D, "startup", 0.0)
+    (plan,) = p.due(0.0)
+    assert plan.kind is PassKind.FULL
+    p.pass_started(plan, 0.0)
+    p.pass_finished(D, Result.OK, 24.6)
+    return p
+
+
+def test_first_change_after_the_start_up_full_pass_is_sent_at_once() -> None:
+    """With no incremental pass yet, the change right after a 24.6 s full pass is due at once."""
+    p = after_startup_full_pass()
+    assert wait_for_change(p, 25.0) == 0.0
+
+
+def test_full_passes_are_spaced_by_the_full_pass_cost() -> None:
+    """A full pass owed right after a 24.6 s full pass idles on the full passes' own duty."""
+    p = after_startup_full_pass()
+    p.overflow(D, 30.0)
+    assert p.next_deadline() == pytest.approx(24.6 + 24.6 * 0.8 / 0.2)

@@ -164,6 +164,18 @@ def test_format_status_shows_each_directory() -> None:
         assert part in row
 
 
+def test_format_status_names_paths_not_mirrored() -> None:
+    """A directory whose passes leave paths out says how many and names the first."""
+    doc = status_doc(1, 0.0, directories=[{
+        "directory": "/var/mail", "class": "hot", "interval": 5.0, "dirty": 0, "rpo": 0.0,
+        "running": False, "full_needed": None, "last_duration": 0.04, "next_due": None,
+        "alarm": None, "watched": True, "last": {"kind": "full", "result": "ok"},
+        "not_mirrored": ["deep/x", "deep/y"],
+    }])  # fmt: skip
+    row = format_status(doc, 100.0).splitlines()[2]
+    assert "ok/full" in row and "2 not mirrored: deep/x" in row
+
+
 def test_parse_args() -> None:
     """Roots repeat, retention is seconds; anything else is a usage error."""
     assert parse_args(["--root", "/a/", "--root", "/b", "--retention", "60"]) == (
