@@ -231,8 +231,15 @@ class VipProbe:
         self._log: Path | None = None
         self._count = 0
 
-    def start(self, vip: str, *, ready_timeout: float = 5.0) -> None:
-        """Start probing vip (an address without prefix); returns once the agent is sending."""
+    def start(
+        self, vip: str, *, ready_timeout: float = 5.0, arp_every: float | None = None
+    ) -> None:
+        """Start probing vip (an address without prefix); returns once the agent is sending.
+
+        `arp_every`: seconds between ARP census rounds (None: the agent's default; 0: none).
+        The census asks with the client's own addresses, so the answers also refresh the
+        client's neighbour entry: a test of what moves that entry turns it off.
+        """
         if self._proc is not None:
             raise RuntimeError("probe already running")
         self._count += 1
@@ -242,6 +249,8 @@ class VipProbe:
             self.lab.python, str(AGENT), "probe", vip, str(self._log),
             "--interval", str(self.interval),
         ]  # fmt: skip
+        if arp_every is not None:
+            argv += ["--arp-every", str(arp_every)]
         self._proc = self.lab.spawn(self.node, argv)
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:

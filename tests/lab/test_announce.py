@@ -31,8 +31,14 @@ def test_announcement_moves_the_client_to_the_new_mac(
     lab: Lab, vip_probe: VipProbe, vip: str, prefix: int
 ) -> None:
     """Moved silently the client keeps the old MAC; once b announces, b answers the client."""
+    # The client's entry must stay REACHABLE for the whole test (15-45 s by default): on a slow
+    # machine it could go STALE, be re-resolved by broadcast and find b without any announcement.
+    family = "ipv6" if ":" in vip else "ipv4"
+    lab.run("client", ["sysctl", "-qw", f"net.{family}.neigh.lan0.base_reachable_time_ms=600000"])
     effect(lab, "a", "addresses", "add", "--interface", "lan0", f"{vip}/{prefix}")
-    vip_probe.start(vip)
+    # No ARP census: b's answers to it would move the client's entry once a's stop (1 s
+    # locktime), an announcement of sorts that this test must not have.
+    vip_probe.start(vip, arp_every=0)
     assert vip_probe.wait_for(lab.mac("a"), 5)
     _move(lab, vip, prefix, "a", "b")
     assert f"{vip}/{prefix}" in addresses_on(lab, "b")

@@ -29,6 +29,7 @@ def cluster_file(tmp_path: Path, bmcs: dict[str, SimBmc], passwords: dict[str, s
     key.write_text("k" * 64 + "\n")
     key.chmod(0o600)
     text = MINIMAL.replace("/etc/hapair/authkey", str(key))
+    # A generous attempt timeout: each attempt starts a fresh interpreter, slow on a busy machine.
     for name, lan in (("a", 'lan = "192.0.2.11"\n'), ("b", 'lan = "192.0.2.12"\n')):
         bmc = bmcs[name]
         pw = bmc.write_password_file(passwords.get(name))
@@ -36,7 +37,7 @@ def cluster_file(tmp_path: Path, bmcs: dict[str, SimBmc], passwords: dict[str, s
             lan,
             lan + "[node.fencing]\n"
             f'type = "ipmi"\naddress = "{bmc.address}"\nport = {bmc.port}\n'
-            f'user = "{bmc.user}"\npassword_file = "{pw}"\ntimeout = "3s"\n',
+            f'user = "{bmc.user}"\npassword_file = "{pw}"\ntimeout = "15s"\n',
         )
     path = tmp_path / "cluster.toml"
     path.write_text(text)
