@@ -3,7 +3,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: deps lint unit lab e2e test demo bench bench-failover bench-mirror bench-vm bench-pair clean need-root
+.PHONY: deps lint unit lab e2e test demo bench bench-failover bench-mirror bench-vm bench-pair \
+        campaign-short soak clean need-root
 
 deps:
 	@scripts/bootstrap.sh base
@@ -30,10 +31,23 @@ e2e: need-root
 	@scripts/bootstrap.sh base vm
 	$(PYTEST) tests/e2e
 
-# Everything: unit, lab and end-to-end. Root-only tests fail (never skip) without root.
+# Everything: unit, lab and end-to-end (a short fault campaign included). Root-only tests fail
+# (never skip) without root.
 test: need-root
-	@scripts/bootstrap.sh base vm
+	@scripts/bootstrap.sh base vm campaign
 	$(PYTEST) tests
+
+# The fault campaign (tests/campaign): SEED defaults to a random one (printed), MINUTES to 3/30.
+SEED ?=
+SEED_ARG = $(if $(SEED),--seed $(SEED),)
+
+campaign-short: need-root
+	@scripts/bootstrap.sh base campaign
+	$(PY) -m tests.campaign $(SEED_ARG) --minutes $(or $(MINUTES),3)
+
+soak: need-root
+	@scripts/bootstrap.sh base campaign
+	$(PY) -m tests.campaign $(SEED_ARG) --minutes $(or $(MINUTES),30)
 
 demo: need-root deps
 	$(PY) -m tests.lab.demo

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what hapair's targets need, idempotently: Debian packages, then the virtualenv.
-#   scripts/bootstrap.sh [apt-group ...]     groups: base (default), bench, vm
+#   scripts/bootstrap.sh [apt-group ...]     groups: base (default), bench, vm, campaign
 # Safe to run again: packages already present are not reinstalled; the venv is rebuilt only
 # when pyproject.toml changed since the last install.
 set -euo pipefail
@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 declare -A APT=(
   [base]="iproute2 nftables rsync openssh-server openssh-client iputils-ping procps sqlite3 systemd"
   [bench]="keepalived lsyncd"
+  [campaign]="faketime openipmi"
   [vm]="openipmi ipmitool libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 libvirt-dev pkg-config"
 )
 groups=("${@:-base}")
