@@ -38,6 +38,21 @@ def payload(seed: int, rid: int) -> bytes:
     return f"{rid} {digest} {'x' * (rid % 97)}\n".encode()
 
 
+def store(root: str, name: str, data: bytes) -> None:
+    """Write data to ROOT/name and fsync the file and the directory."""
+    fd = os.open(os.path.join(root, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 def serve(node: str, root: str, port: int) -> int:
     """Answer `ID HEX` lines: write HEX's bytes to ROOT/rID, fsync, reply `ok ID NODE`."""
 
@@ -49,18 +64,11 @@ def serve(node: str, root: str, port: int) -> int:
             rid_text, _, data_hex = line.decode().strip().partition(" ")
             rid = int(rid_text)
             data = bytes.fromhex(data_hex)
-            path = os.path.join(root, record_name(rid))
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+                store(root, record_name(rid), data)
+            except OSError as e:  # disk full, a root gone: no answer, so no acknowledgement
+                print(f"record {rid} not stored: {e}", file=sys.stderr, flush=True)
+                return
             self.wfile.write(f"ok {rid} {node}\n".encode())
 
     class Server(socketserver.ThreadingTCPServer):

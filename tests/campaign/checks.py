@@ -68,7 +68,11 @@ def backup_copies(root: Path, name: str) -> list[Path]:
 
 
 def check_writes(
-    seed: int, records: list[dict[str, object]], active: Path | None, others: list[Path]
+    seed: int,
+    records: list[dict[str, object]],
+    active: Path | None,
+    others: list[Path],
+    origin: float = 0.0,
 ) -> tuple[Verdict, int]:
     """Checker 2; returns the verdict and the number of lost writes."""
     v = Verdict("writes")
@@ -96,7 +100,8 @@ def check_writes(
             elsewhere = [str(p) for root in [*(x for x in [active] if x), *others]
                          for p in backup_copies(root, name)]  # fmt: skip
             v.violations.append(
-                f"record {rid} (acked at {rec['t']:.3f} by {rec.get('node')}) is on neither the "
+                f"record {rid} (acked at {float(str(rec['m'])) - origin:.2f} by {rec.get('node')}) "
+                "is on neither the "
                 f"active's tree nor in a recovery area; copies elsewhere: {elsewhere or 'none'}"
             )
         elif active is None or hit.parent != active:

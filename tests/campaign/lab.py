@@ -27,7 +27,7 @@ from tests.e2e.mirrorlab import spawn_sshd
 from tests.e2e.pairlab import PairLab, peer_of
 from tests.lab.bmc import SimBmc, power_off_node_argv
 from tests.lab.faults import Fault as NftFault
-from tests.lab.lab import HA_NODES, IPV4, VIP4, Lab, LabProcess
+from tests.lab.lab import HA_NODES, IPV4, LAN_IFACE, VIP4, Lab, LabProcess
 from tests.lab.pair import PairConfig, takeover_argv
 
 log = logging.getLogger(__name__)
@@ -268,9 +268,14 @@ class CampaignLab:
         self.apply_links()
 
     def power_on(self, node: str) -> None:
-        """Power node on: links back (unless cut), every daemon started again."""
+        """Power node on as a boot would find it: no VIP on its interfaces (the lab's namespace
+        kept them, a real machine does not), then links back (unless cut) and every daemon
+        started again."""
         st = self.state[node]
         self.bmcs[node].set_power(on=True)
+        for vip in self.cfg.vips:
+            subprocess.run(["ip", "-n", self.lab.ns(node), "addr", "del", vip, "dev", LAN_IFACE],
+                           capture_output=True, check=False)  # fmt: skip
         st.off = False
         st.power_on_at = None
         self.apply_links()

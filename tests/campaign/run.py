@@ -129,7 +129,7 @@ def run(seed: int, minutes: float, out: IO[str] = sys.stdout, vms: bool = False)
         writer.stop()
         cl.event("writer.stop")
         res = _quiesce_and_check(cl, seed, minutes, schedule, history, probe, client_log,
-                                 all_healed, injected_at, bound)  # fmt: skip
+                                 all_healed, injected_at, bound, origin)  # fmt: skip
         probing = False
         report(res, out, origin)
         return res
@@ -154,6 +154,7 @@ def _quiesce_and_check(  # noqa: PLR0917  one call site, every piece the checker
     all_healed: list[float],
     injected_at: list[float],
     bound: float,
+    origin: float,
 ) -> Result:
     lab = cl.lab
     macs = {lab.mac(n): n for n in HA_NODES}
@@ -172,7 +173,7 @@ def _quiesce_and_check(  # noqa: PLR0917  one call site, every piece the checker
     v1 = Verdict("census", checked=len(res_probe.arp_rounds))
     for rnd, seen in sorted(res_probe.arp_rounds.items()):
         if len(seen) > 1:
-            t = res_probe.started + rnd * res_probe.arp_every
+            t = res_probe.started + rnd * res_probe.arp_every - origin
             names = sorted(macs.get(m, m) for m in seen)
             v1.violations.append(f"census round {rnd} at {t:.2f}: two MACs answer: {names}")
     verdicts.append(v1)
@@ -181,7 +182,7 @@ def _quiesce_and_check(  # noqa: PLR0917  one call site, every piece the checker
     records = checks.acked(client_log)
     active_tree = trees[active] if active else None
     others = [trees[n] for n in HA_NODES if n != active]
-    v2, lost = checks.check_writes(seed, records, active_tree, others)
+    v2, lost = checks.check_writes(seed, records, active_tree, others, origin)
     verdicts.append(v2)
 
     # 3. vms
@@ -203,13 +204,15 @@ def _quiesce_and_check(  # noqa: PLR0917  one call site, every piece the checker
         if first is not None and first - h <= bound and first < nxt:
             continue
         if first is not None and first < nxt and first - h > bound:
-            v5.violations.append(f"VIP silent {first - h:.1f} s after the heal at {h:.2f} "
+            v5.violations.append(f"VIP silent {first - h:.1f} s after the heal at {h - origin:.2f} "
                                  f"(bound {bound:.1f} s)")  # fmt: skip
         elif nxt - h >= bound:
-            v5.violations.append(f"VIP silent after the heal at {h:.2f} for over {bound:.1f} s")
+            v5.violations.append(
+                f"VIP silent after the heal at {h - origin:.2f} for over {bound:.1f} s"
+            )
         else:
-            v5.notes.append(f"heal at {h:.2f}: next fault came {nxt - h:.1f} s later, before "
-                            "the VIP answered (inside the bound)")  # fmt: skip
+            v5.notes.append(f"heal at {h - origin:.2f}: next fault came {nxt - h:.1f} s "
+                            "later, before the VIP answered (inside the bound)")  # fmt: skip
     verdicts.append(v5)
 
     # 6. daemons
