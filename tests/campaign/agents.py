@@ -61,9 +61,12 @@ def serve(node: str, root: str, port: int) -> int:
 
         def handle(self) -> None:
             line = self.rfile.readline(65536)
-            rid_text, _, data_hex = line.decode().strip().partition(" ")
-            rid = int(rid_text)
-            data = bytes.fromhex(data_hex)
+            rid_text, _, data_hex = line.decode(errors="replace").strip().partition(" ")
+            try:
+                rid = int(rid_text)
+                data = bytes.fromhex(data_hex)
+            except ValueError:  # the client gave up before sending (a timeout): nothing to do
+                return
             try:
                 store(root, record_name(rid), data)
             except OSError as e:  # disk full, a root gone: no answer, so no acknowledgement
