@@ -60,6 +60,12 @@ def serve(node: str, root: str, port: int) -> int:
         timeout = 5.0
 
         def handle(self) -> None:
+            try:
+                self._answer()
+            except OSError as e:  # client gone or silent, disk full: no acknowledgement
+                print(f"no answer: {e!r}", file=sys.stderr, flush=True)
+
+        def _answer(self) -> None:
             line = self.rfile.readline(65536)
             rid_text, _, data_hex = line.decode(errors="replace").strip().partition(" ")
             try:
@@ -67,11 +73,8 @@ def serve(node: str, root: str, port: int) -> int:
                 data = bytes.fromhex(data_hex)
             except ValueError:  # the client gave up before sending (a timeout): nothing to do
                 return
-            try:
-                store(root, record_name(rid), data)
-            except OSError as e:  # disk full, a root gone: no answer, so no acknowledgement
-                print(f"record {rid} not stored: {e}", file=sys.stderr, flush=True)
-                return
+            # OSError here (disk full, a root gone) propagates: no answer, no acknowledgement.
+            store(root, record_name(rid), data)
             self.wfile.write(f"ok {rid} {node}\n".encode())
 
     class Server(socketserver.ThreadingTCPServer):
