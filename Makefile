@@ -3,7 +3,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: deps deb test-systemd lint unit lab e2e test demo bench bench-failover bench-mirror bench-vm bench-pair bench-witness bench-resources clean need-root
+.PHONY: deps deb test-systemd lint unit lab e2e test demo bench bench-failover bench-mirror \
+        bench-vm bench-pair bench-witness bench-resources campaign-short soak clean need-root
 
 deps:
 	@scripts/bootstrap.sh base
@@ -30,10 +31,11 @@ e2e: need-root
 	@scripts/bootstrap.sh base vm resources
 	$(PYTEST) tests/e2e
 
-# Everything: unit, lab and end-to-end. Root-only tests fail (never skip) without root.
+# Everything: unit, lab and end-to-end (a short fault campaign included). Root-only tests
+# fail (never skip) without root.
 # The systemd pair boots two containers and has its own target (CI runs both).
 test: need-root
-	@scripts/bootstrap.sh base vm resources
+	@scripts/bootstrap.sh base vm resources campaign
 	$(PYTEST) tests --ignore=tests/systemd
 
 # The package on two Debian 12 containers running systemd (a few minutes; the containers'
@@ -41,6 +43,18 @@ test: need-root
 test-systemd: need-root deb
 	@scripts/bootstrap.sh base systemd
 	$(PYTEST) tests/systemd
+
+# The fault campaign (tests/campaign): SEED defaults to a random one (printed), MINUTES to 3/30.
+SEED ?=
+SEED_ARG = $(if $(SEED),--seed $(SEED),)
+
+campaign-short: need-root
+	@scripts/bootstrap.sh base campaign
+	$(PY) -m tests.campaign $(SEED_ARG) --minutes $(or $(MINUTES),3)
+
+soak: need-root
+	@scripts/bootstrap.sh base campaign
+	$(PY) -m tests.campaign $(SEED_ARG) --minutes $(or $(MINUTES),30)
 
 demo: need-root deps
 	$(PY) -m tests.lab.demo

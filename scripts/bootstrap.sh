@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what hapair's targets need, idempotently: Debian packages, then the virtualenv.
-#   scripts/bootstrap.sh [apt-group ...]     groups: base (default), bench, vm, resources, deb, systemd, pacemaker
+#   scripts/bootstrap.sh [apt-group ...]     groups: base (default), bench, vm, resources, deb, systemd,
+#                                            pacemaker, campaign
 # Safe to run again: packages already present are not reinstalled; the venv is rebuilt only
 # when pyproject.toml changed since the last install.
 set -euo pipefail
@@ -20,6 +21,8 @@ declare -A APT=(
   [systemd]="debootstrap systemd-container"
   # bench-resources' anchor: Pacemaker 2.1 on Corosync 3 (never started as services here).
   [pacemaker]="pacemaker pacemaker-cli-utils corosync"
+  # The fault campaign: clock steps (libfaketime) and the BMCs fencing goes through.
+  [campaign]="faketime openipmi"
   [vm]="openipmi ipmitool libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 libvirt-dev pkg-config"
 )
 groups=("${@:-base}")

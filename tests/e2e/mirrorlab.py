@@ -8,6 +8,7 @@ the README tells an operator to do. Also used by bench/mirror.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -204,10 +205,10 @@ class MirrorPair:
         return False
 
 
-def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
+def snapshot(root: Path, *, content: bool = False) -> dict[str, tuple[object, ...]]:
     """The root and every entry below it (backup area excluded) with type, mode, owner, size,
     mtime to the nanosecond, link target and hard-link group (the sorted names sharing its
-    inode)."""
+    inode); with content, a regular file's SHA-256 too."""
     entries: dict[str, os.stat_result] = {}
     if not root.is_dir():
         return {}
@@ -235,6 +236,11 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
         group = tuple(sorted(groups.get(st.st_ino, []))) if stat.S_ISREG(st.st_mode) else ()
         out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
                     size, mtime, link, group)  # fmt: skip
+        if content and stat.S_ISREG(st.st_mode):
+            try:
+                out[rel] += (hashlib.sha256((root / rel).read_bytes()).hexdigest(),)
+            except OSError:
+                continue  # gone while reading, as above
     return out
 
 

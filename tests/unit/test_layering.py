@@ -46,6 +46,7 @@ REQUIRED_PURE = [
     "takeover/reloadplan.py",
     "mirrord/reloadplan.py",
     "mirrord/mounts.py",
+    "tests/campaign/schedule.py",
 ]
 
 
