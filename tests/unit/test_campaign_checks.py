@@ -50,10 +50,12 @@ def test_tree_diff_sees_content_behind_equal_size_and_mtime(tmp_path: Path) -> N
         (root / ".hapair-backup" / "only-here").write_text(str(root))
         (root / "f").write_bytes(data)
         os.utime(root / "f", ns=(1_000_000_000, 1_000_000_000))
+        os.utime(root, ns=(2_000_000_000, 2_000_000_000))  # the roots' own times are compared
     diff = tree_diff(a, b)
     assert len(diff) == 1 and diff[0].startswith("f:")
     (b / "f").write_bytes(b"aaaa")
     os.utime(b / "f", ns=(1_000_000_000, 1_000_000_000))
+    os.utime(b, ns=(2_000_000_000, 2_000_000_000))
     assert tree_diff(a, b) == []
 
 
