@@ -3,20 +3,30 @@
     python -m bench.resources [--runs N] [--tools hapair,pacemaker]
 
 One lab per run. Both tools run the same group with the same Debian agents, in the same
-order: `ocf:heartbeat:Dummy` (the storage's stand-in), the VIP, and a web server
-(`ocf:heartbeat:anything` running `python3 -m http.server`). hapair moves the VIP itself;
-Pacemaker 2.1 runs `ocf:heartbeat:IPaddr2` on Corosync 3 (knet over the LAN and the direct
-link, `two_node`). Each node's agents see their own /run/resource-agents (a bind mount in a
-private mount namespace), so the Dummy state and the web server's pid file are per node, as on
-two machines; Pacemaker also gets its own /etc/corosync, /var/lib/pacemaker, /var/lib/corosync
-and logs per node. Neither tool fences (Pacemaker: stonith-enabled=false).
+order: `ocf:heartbeat:Filesystem` (an ext4 image on a loop device, the lab's stand-in for
+shared storage: attached once on the host, mounted by the active node only), the VIP, and a
+web server (`ocf:heartbeat:anything` running `python3 -m http.server`) serving index.html from
+that file system. hapair moves the VIP itself; Pacemaker 2.1 runs `ocf:heartbeat:IPaddr2` on
+Corosync 3 (knet over the LAN and the direct link, `two_node`). Each node's daemons run in a
+private mount namespace (never the host's mounts): the Filesystem mount is seen by that node
+alone, and each has its own /run/resource-agents (the web server's pid file), as on two
+machines; Pacemaker also gets its own /etc/corosync, /var/lib/pacemaker, /var/lib/corosync and
+logs per node.
+
+Fencing, on both tools, through the same lab BMCs (one ipmi_sim per node in the client
+namespace; a is already crashed when fenced, so a power-off only records "off"): hapair's IPMI
+fencing ([node.fencing]), Pacemaker's `stonith:fence_ipmilan` (lanplus, cipher 3: without it
+ipmitool first asks for the cipher suites, which ipmi_sim leaves unanswered, ~15 s per call;
+stonith-action=off as hapair powers off; each device runs on the other node). Both fence the
+crashed node before taking the group over; a run where a's BMC was never powered off does not
+count.
 
 Detection: hapair's deadtime and Corosync's token are both TOKEN_S; Corosync then waits its
 consensus timeout (1.2 x token) before the new membership, as it always does.
 
-The client fetches http://VIP:8080/ every 20 ms (250 ms timeout); node a is crashed (every
-process SIGKILLed, its LAN port and direct link down); the outage is the time from the last
-answer before the crash to the first after it.
+The client fetches http://VIP:8080/index.html every 20 ms (250 ms timeout); node a is crashed
+(every process SIGKILLed, its LAN port and direct link down); the outage is the time from the
+last answer before the crash to the first after it.
 
 Prints a table (median/min/max outage) and, last, one JSON line:
 {"bench": "resources", "outage_s": {"hapair": X, "pacemaker": Y}, "ratio": R}.
@@ -33,13 +43,17 @@ import re
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.lab.bmc import SimBmc
+from tests.lab.disk import ext4_loop
 from tests.lab.lab import HB4, IPV4, VIP4, Lab, LabError, wait_until
 from tests.lab.pair import HapairPair, PairConfig, takeover_argv
+from tests.lab.vm_pair import start_bmcs
 
 log = logging.getLogger("bench.resources")
 
@@ -65,6 +79,20 @@ while True:
 """
 
 
+@dataclass
+class Shared:
+    """What both tools' groups use: the shared disk, its mount point and the nodes' BMCs."""
+
+    device: str
+    mnt: Path
+    bmcs: dict[str, SimBmc]
+
+
+def fs_params(shared: Shared) -> dict[str, str]:
+    """Return the Filesystem agent's params mounting the shared disk."""
+    return {"device": shared.device, "directory": str(shared.mnt), "fstype": "ext4"}
+
+
 def web_params(www: Path) -> dict[str, str]:
     """Return the `anything` agent's params running the web server on www."""
     return {
@@ -75,19 +103,22 @@ def web_params(www: Path) -> dict[str, str]:
 
 
 class HapairGroup:
-    """hapair's takeover with the Dummy + VIP + web group."""
+    """hapair's takeover with the Filesystem + VIP + web group, fencing through the BMCs."""
 
     name = "hapair"
 
-    def __init__(self, lab: Lab, www: Path) -> None:
+    def __init__(self, lab: Lab, shared: Shared) -> None:
         self.lab = lab
-        params = "\n".join(f'{k} = "{v}"' for k, v in web_params(www).items())
+        params = "\n".join(f'{k} = "{v}"' for k, v in web_params(shared.mnt).items())
+        fs = "\n".join(f'{k} = "{v}"' for k, v in fs_params(shared).items())
         extra = f"""
 [[resource]]
 name = "data"
 type = "ocf"
-agent = "heartbeat:Dummy"
+agent = "heartbeat:Filesystem"
 monitor_interval = "2s"
+[resource.params]
+{fs}
 
 [[resource]]
 name = "web"
@@ -101,7 +132,14 @@ monitor_interval = "2s"
 order = ["data", "vips", "web"]
 """
         factor = round(TOKEN_S / HB_INTERVAL_S)
-        cfg = PairConfig(interval=HB_INTERVAL_S, deadtime_factor=factor, extra=extra)
+        fencing = {
+            n: f'[node.fencing]\ntype = "ipmi"\naddress = "{b.address}"\nport = {b.port}\n'
+            f'user = "{b.user}"\npassword_file = "{b.write_password_file()}"\ntimeout = "8s"\n'
+            for n, b in shared.bmcs.items()
+        }
+        cfg = PairConfig(
+            interval=HB_INTERVAL_S, deadtime_factor=factor, extra=extra, node_extra=fencing
+        )
         self.pair = HapairPair(lab, cfg)
 
     def start(self) -> None:
@@ -140,38 +178,55 @@ def corosync_conf() -> str:
     )
 
 
-def pacemaker_group(www: Path) -> str:
-    """Return the CIB <group> of Dummy, IPaddr2 and the web server, monitored every 2 s."""
-
-    def prim(rid: str, kind: str, params: dict[str, str]) -> str:
-        pairs = "".join(
-            f'<nvpair id="{rid}-{k}" name="{k}" value="{v}"/>' for k, v in params.items()
-        )
-        return (
-            f'<primitive id="{rid}" class="ocf" provider="heartbeat" type="{kind}">'
-            f'<instance_attributes id="{rid}-ia">{pairs}</instance_attributes>'
-            f'<operations><op id="{rid}-mon" name="monitor" interval="2s" timeout="20s"/>'
-            "</operations></primitive>"
-        )
-
-    vip = {"ip": VIP4, "cidr_netmask": "24", "nic": "lan0"}
+def primitive(rid: str, kind: str, params: dict[str, str], interval: str = "2s") -> str:
+    """Return a CIB <primitive>: `ocf:heartbeat:KIND`, or `stonith:KIND` for fence_*."""
+    pairs = "".join(f'<nvpair id="{rid}-{k}" name="{k}" value="{v}"/>' for k, v in params.items())
+    cls = 'class="stonith"' if kind.startswith("fence_") else 'class="ocf" provider="heartbeat"'
     return (
-        '<group id="grp">'
-        + prim("data", "Dummy", {})
-        + prim("vip", "IPaddr2", vip)
-        + prim("web", "anything", web_params(www))
-        + "</group>"
+        f'<primitive id="{rid}" {cls} type="{kind}">'
+        f'<instance_attributes id="{rid}-ia">{pairs}</instance_attributes>'
+        f'<operations><op id="{rid}-mon" name="monitor" interval="{interval}" timeout="20s"/>'
+        "</operations></primitive>"
     )
 
 
+def pacemaker_resources(shared: Shared) -> str:
+    """Return the CIB <resources>: the group (Filesystem, IPaddr2, web server, monitored every
+    2 s) and one fence_ipmilan device per node, on its BMC."""
+    vip = {"ip": VIP4, "cidr_netmask": "24", "nic": "lan0"}
+    group = (
+        '<group id="grp">'
+        + primitive("data", "Filesystem", fs_params(shared))
+        + primitive("vip", "IPaddr2", vip)
+        + primitive("web", "anything", web_params(shared.mnt))
+        + "</group>"
+    )
+    fences = ""
+    for n, b in shared.bmcs.items():
+        ipmi = {"ip": b.address, "ipport": str(b.port), "username": b.user}
+        ipmi |= {"password": b.password, "lanplus": "1", "cipher": "3", "pcmk_host_list": n}
+        fences += primitive(f"fence-{n}", "fence_ipmilan", ipmi, interval="60s")
+    return f"<resources>{group}{fences}</resources>"
+
+
+def pacemaker_constraints() -> str:
+    """Return the CIB <constraints>: the group prefers a, each fence device avoids its node."""
+    avoid = "".join(
+        f'<rsc_location id="fence-{n}-avoid" rsc="fence-{n}" node="{n}" score="-INFINITY"/>'
+        for n in ("a", "b")
+    )
+    prefer = '<rsc_location id="prefer-a" rsc="grp" node="a" score="100"/>'
+    return f"<constraints>{prefer}{avoid}</constraints>"
+
+
 class PacemakerGroup:
-    """Pacemaker 2.1 + Corosync 3 with the same group, a preferred."""
+    """Pacemaker 2.1 + Corosync 3 with the same group, a preferred, fence_ipmilan stonith."""
 
     name = "pacemaker"
 
-    def __init__(self, lab: Lab, www: Path) -> None:
+    def __init__(self, lab: Lab, shared: Shared) -> None:
         self.lab = lab
-        self.www = www
+        self.shared = shared
 
     def _dirs(self, node: str) -> dict[str, Path]:
         """Make the node's private copies of the paths Corosync and Pacemaker write."""
@@ -217,11 +272,14 @@ class PacemakerGroup:
         if not wait_until(self._both_online, timeout=120, interval=1.0):
             raise LabError(f"pacemaker: both nodes never online: {self._crm_mon()[-2000:]}")
         for argv in (
-            ["crm_attribute", "-t", "crm_config", "-n", "stonith-enabled", "-v", "false"],
             ["crm_attribute", "-t", "crm_config", "-n", "no-quorum-policy", "-v", "ignore"],
-            ["cibadmin", "--create", "-o", "resources", "--xml-text", pacemaker_group(self.www)],
-            ["cibadmin", "--create", "-o", "constraints", "--xml-text",
-             '<rsc_location id="prefer-a" rsc="grp" node="a" score="100"/>'],
+            # hapair powers the peer off; Pacemaker's default would be a reboot (off, then on).
+            ["crm_attribute", "-t", "crm_config", "-n", "stonith-action", "-v", "off"],
+            ["cibadmin", "--replace", "-o", "resources", "--xml-text",
+             pacemaker_resources(self.shared)],
+            ["cibadmin", "--replace", "-o", "constraints", "--xml-text",
+             pacemaker_constraints()],
+            ["crm_attribute", "-t", "crm_config", "-n", "stonith-enabled", "-v", "true"],
         ):  # fmt: skip
             self.lab.run("a", argv, timeout=60)
 
@@ -234,10 +292,11 @@ class PacemakerGroup:
     def settled(self) -> bool:
         """Return whether the whole group is started on a."""
         text = self._crm_mon()
-        return all(re.search(rf"\b{r}\b.*Started a\b", text) for r in ("data", "vip", "web"))
+        started = {"data": "a", "vip": "a", "web": "a", "fence-a": "b", "fence-b": "a"}
+        return all(re.search(rf"\b{r}\b.*Started {n}\b", text) for r, n in started.items())
 
 
-TOOLS: dict[str, Callable[[Lab, Path], HapairGroup | PacemakerGroup]] = {
+TOOLS: dict[str, Callable[[Lab, Shared], HapairGroup | PacemakerGroup]] = {
     "hapair": HapairGroup,
     "pacemaker": PacemakerGroup,
 }
@@ -274,32 +333,50 @@ def outage(answers: list[tuple[float, float, bool]], crashed: float) -> tuple[fl
 
 
 def one_run(tool: str) -> Sample:
-    """Build a lab, start the group on a, crash a, return what the client saw."""
-    with Lab() as lab:
-        www = lab.workdir / "www"
-        www.mkdir()
-        (www / "index.html").write_text(PAGE)
-        group = TOOLS[tool](lab, www)
-        group.start()
-        if not wait_until(group.settled, timeout=120, interval=0.5):
-            return Sample(tool, float("nan"), False, "the group never settled on a")
-        probe_log = lab.workdir / "probe.log"
-        lab.spawn(
-            "client", [sys.executable, "-c", PROBE, f"http://{VIP4}:{PORT}/"], log_path=probe_log
-        )
+    """Build a lab with a fresh shared disk and BMCs, start the group on a, crash a, return
+    what the client saw."""
+    # The disk outlives the lab: the lab's teardown ends every process (so every mount
+    # namespace holding it) before the loop device is detached.
+    with (
+        tempfile.TemporaryDirectory(prefix="hapair-bench-disk-") as tmp,
+        ext4_loop(Path(tmp) / "shared.img", {"index.html": PAGE}) as device,
+        Lab() as lab,
+    ):
+        # a is already crashed when it is fenced: its BMC only records "off" (the lab's
+        # power-off action, killing a node and waiting for it, holds ipmi_sim meanwhile).
+        bmcs = start_bmcs(lab, crash_on_off=False)
+        try:
+            mnt = lab.workdir / "mnt"
+            mnt.mkdir()
+            return crash_run(tool, lab, Shared(device, mnt, bmcs))
+        finally:
+            for bmc in bmcs.values():
+                bmc.stop()
 
-        def steady() -> bool:
-            recent = probe_answers(probe_log)[-25:]
-            return len(recent) == 25 and all(ok for _, _, ok in recent)
 
-        if not wait_until(steady, timeout=30, interval=0.1):
-            return Sample(tool, float("nan"), False, "the client was never served steadily")
-        lab.kill_node("a")
-        fault = time.monotonic()
-        wait_until(lambda: outage(probe_answers(probe_log), fault)[1], timeout=60, interval=0.1)
-        time.sleep(0.5)
-        gap, converged = outage(probe_answers(probe_log), fault)
-        return Sample(tool, gap, converged)
+def crash_run(tool: str, lab: Lab, shared: Shared) -> Sample:
+    """Start the tool's group on a, wait for a steady client, crash a; return the outage."""
+    group = TOOLS[tool](lab, shared)
+    group.start()
+    if not wait_until(group.settled, timeout=120, interval=0.5):
+        return Sample(tool, float("nan"), False, "the group never settled on a")
+    probe_log = lab.workdir / "probe.log"
+    url = f"http://{VIP4}:{PORT}/index.html"
+    lab.spawn("client", [sys.executable, "-c", PROBE, url], log_path=probe_log)
+
+    def steady() -> bool:
+        recent = probe_answers(probe_log)[-25:]
+        return len(recent) == 25 and all(ok for _, _, ok in recent)
+
+    if not wait_until(steady, timeout=30, interval=0.1):
+        return Sample(tool, float("nan"), False, "the client was never served steadily")
+    lab.kill_node("a")
+    fault = time.monotonic()
+    wait_until(lambda: outage(probe_answers(probe_log), fault)[1], timeout=60, interval=0.1)
+    time.sleep(0.5)
+    gap, converged = outage(probe_answers(probe_log), fault)
+    fenced = shared.bmcs["a"].power() == "off"
+    return Sample(tool, gap, converged and fenced, "" if fenced else "a was never fenced")
 
 
 def load() -> str:

@@ -19,8 +19,9 @@ declare -A APT=(
   [deb]="debhelper dh-virtualenv python3-venv python3-dev build-essential fakeroot lintian"
   # `make test-systemd`: a Debian root file system booted with systemd-nspawn.
   [systemd]="debootstrap systemd-container"
-  # bench-resources' anchor: Pacemaker 2.1 on Corosync 3 (never started as services here).
-  [pacemaker]="pacemaker pacemaker-cli-utils corosync"
+  # bench-resources' anchor: Pacemaker 2.1 on Corosync 3 (never started as services here),
+  # fencing with fence_ipmilan (fence-agents, which runs ipmitool) at the lab's ipmi_sim BMCs.
+  [pacemaker]="pacemaker pacemaker-cli-utils corosync fence-agents ipmitool openipmi"
   # The fault campaign: clock steps (libfaketime) and the BMCs fencing goes through.
   [campaign]="faketime openipmi"
   [vm]="openipmi ipmitool libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 libvirt-dev pkg-config"

@@ -23,13 +23,14 @@ from tests.lab.pair import HapairPair, PairConfig
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
-def start_bmcs(lab: Lab) -> dict[str, SimBmc]:
-    """Start one BMC per HA node in the client namespace; the caller stops them."""
+def start_bmcs(lab: Lab, *, crash_on_off: bool = True) -> dict[str, SimBmc]:
+    """Start one BMC per HA node in the client namespace; the caller stops them. A power-off
+    crashes the node and waits for it (crash_on_off), or only records "off"."""
     bmcs: dict[str, SimBmc] = {}
     try:
         for node in HA_NODES:
             bmcs[node] = SimBmc(
-                on_power_off=power_off_node_argv(lab, node),
+                on_power_off=power_off_node_argv(lab, node) if crash_on_off else None,
                 netns=lab.ns("client"),
                 address=IPV4["client"],
             ).start()

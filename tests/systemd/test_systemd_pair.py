@@ -3,8 +3,9 @@
 The .deb (`make deb`) is installed in both with `apt-get install ./hapair_*.deb`, without
 network; then the README's "Installing on a real pair of servers" is followed step by step
 (install_pair below names each step), and what an administrator relies on is checked on the
-real systemd: readiness, the VIP, mirroring, stop as a handover, the watchdog, a power cut, a
-broken cluster file, and journal priorities. `make test-systemd` runs it (a few minutes: each
+real systemd: readiness, the VIP and a unit that moves with it (a `systemd` resource),
+mirroring, stop as a handover, the watchdog, a crash, a power cut, a broken cluster file, and
+journal priorities. `make test-systemd` runs it (a few minutes: each
 container boots a full systemd); the containers' tree is built once and cached.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,16 @@ pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
 NAMES = {"a": "alpha", "b": "beta"}
 DATA = "/srv/data"
+WEB_UNIT = "hapair-web.service"
+WEB_PORT = 8080
+# The administrator's own unit, not enabled: only takeover starts it, after the VIP it binds.
+WEB_SERVICE = f"""\
+[Unit]
+Description=lab web server, a hapair systemd resource
+
+[Service]
+ExecStart=/usr/bin/python3 -m http.server {WEB_PORT} --bind {VIP4} --directory /srv/web
+"""
 CLUSTER = f"""\
 [cluster]
 name = "pair"
@@ -52,6 +64,16 @@ key_file = "/etc/hapair/authkey"
 
 [[vip]]
 address = "{VIP4}/24"
+
+# A service that moves with the VIP: a unit of its own, started and watched through systemd.
+[[resource]]
+name = "web"
+type = "systemd"
+unit = "{WEB_UNIT}"
+monitor_interval = "1s"
+
+[group]
+order = ["vips", "web"]
 
 # A notify script that fails: the daemon logs it at warning on every transition.
 [[hook]]
@@ -92,7 +114,11 @@ def install_pair(a: Container, b: Container, package: Path) -> None:
         # 1. Install the package (no network: every Depends is already in the tree).
         node.path(f"/root/{package.name}").write_bytes(package.read_bytes())
         node.run(f"cd /root && apt-get install -y ./{package.name}", timeout=600)
-        node.run(f"mkdir -p {DATA}")
+        node.run(f"mkdir -p {DATA} /srv/web")
+        # The service the group moves: its unit, and a page naming the node that serves it.
+        node.path(f"/etc/systemd/system/{WEB_UNIT}").write_text(WEB_SERVICE)
+        node.path("/srv/web/name.txt").write_text(f"{node.name}\n")
+        node.run("systemctl daemon-reload")
     # 2. On one server: the cluster key, the cluster file, the mirror policies; check.
     a.run("head -c 48 /dev/urandom | base64 > /etc/hapair/authkey; chmod 600 /etc/hapair/authkey")
     a.path("/etc/hapair/cluster.toml").write_text(CLUSTER)
@@ -171,6 +197,34 @@ def show(node: Container, unit: str, prop: str) -> str:
     return node.run(f"systemctl show -P {prop} {unit}").stdout.strip()
 
 
+def web_runs(node: Container) -> bool:
+    """Return whether the web unit is active on the node (systemd's ActiveState)."""
+    return node.init_pid() is not None and show(node, WEB_UNIT, "ActiveState") == "active"
+
+
+def web_runners(pair: dict[str, Container]) -> list[str]:
+    """Return the nodes on which the web unit is active."""
+    return [name for name, node in pair.items() if web_runs(node)]
+
+
+def fetch(pair: dict[str, Container]) -> str:
+    """Fetch the page through the VIP from the lab's client namespace; return its text ("" on
+    failure)."""
+    client = pair["alpha"].netns.rsplit("-", 1)[0] + "-client"
+    url = f"http://{VIP4}:{WEB_PORT}/name.txt"
+    code = (
+        f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=3).read().decode())"
+    )
+    argv = ["ip", "netns", "exec", client, sys.executable, "-c", code]
+    res = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+    return res.stdout.strip() if res.returncode == 0 else ""
+
+
+def serving(pair: dict[str, Container], name: str) -> bool:
+    """Return whether `name` alone holds the VIP and runs the web unit, and serves the page."""
+    return holders(pair) == web_runners(pair) == [name] and fetch(pair) == name
+
+
 def active_pair(pair: dict[str, Container]) -> tuple[Container, Container]:
     """Wait for exactly one VIP holder; return (active, standby)."""
     assert wait_for(lambda: len(holders(pair)) == 1, 60, 0.5), holders(pair)
@@ -200,6 +254,15 @@ def test_the_vip_is_on_exactly_one_node(pair: dict[str, Container]) -> None:
     assert len(holders(pair)) == 1
 
 
+def test_the_web_unit_runs_on_the_active_only(pair: dict[str, Container]) -> None:
+    """The group's systemd resource runs on the active only (started after the VIP it binds),
+    and the page is served through the VIP."""
+    active, standby = active_pair(pair)
+    assert wait_for(lambda: serving(pair, active.name), 60, 0.5), web_runners(pair)
+    # The server binds the VIP itself: it could not run had the VIP not come first.
+    assert show(standby, WEB_UNIT, "ActiveState") == "inactive"
+
+
 def test_a_file_written_on_the_active_reaches_the_standby(pair: dict[str, Container]) -> None:
     """mirrord pushes a new file from the active to the standby over the pinned ssh."""
     active, standby = active_pair(pair)
@@ -210,15 +273,17 @@ def test_a_file_written_on_the_active_reaches_the_standby(pair: dict[str, Contai
 
 
 def test_systemctl_stop_hands_over(pair: dict[str, Container]) -> None:
-    """`systemctl stop takeover` on the active moves the VIP to the peer; restarted, the old
-    active comes back as standby (auto_failback = false)."""
+    """`systemctl stop takeover` on the active moves the VIP and the web unit to the peer (the
+    unit stopped here); restarted, the old active comes back as standby (auto_failback = false)."""
     active, standby = active_pair(pair)
+    assert wait_for(lambda: serving(pair, active.name), 60, 0.5), web_runners(pair)
     active.run("systemctl stop takeover", timeout=200)
-    assert wait_for(lambda: holders(pair) == [standby.name], 30, 0.2), holders(pair)
+    assert show(active, WEB_UNIT, "ActiveState") == "inactive"
+    assert wait_for(lambda: serving(pair, standby.name), 30, 0.2), web_runners(pair)
     active.run("systemctl start takeover", timeout=120)
     assert show(active, "takeover", "SubState") == "running"
     time.sleep(3)
-    assert holders(pair) == [standby.name]
+    assert serving(pair, standby.name), web_runners(pair)
 
 
 def test_the_watchdog_restarts_a_frozen_takeover(pair: dict[str, Container]) -> None:
@@ -234,19 +299,40 @@ def test_the_watchdog_restarts_a_frozen_takeover(pair: dict[str, Container]) -> 
     assert "Watchdog timeout" in log
 
 
-def test_power_cut_of_the_active(pair: dict[str, Container]) -> None:
-    """The active loses power: the peer takes the VIP; booted again, the old active comes back
-    as standby by itself (units enabled, cluster file present) and the VIP stays."""
+def test_a_takeover_crash_on_the_active_leaves_the_web_unit_running(
+    pair: dict[str, Container],
+) -> None:
+    """takeover SIGKILLed on the active (a crash; systemd restarts it) stops nothing: the web
+    unit, in its own cgroup, keeps its process, and the VIP and the service stay here."""
     active, standby = active_pair(pair)
+    assert wait_for(lambda: serving(pair, active.name), 60, 0.5), web_runners(pair)
+    web_pid = show(active, WEB_UNIT, "MainPID")
+    restarts = int(show(active, "takeover", "NRestarts"))
+    active.run("systemctl kill --signal=SIGKILL takeover")
+    assert wait_for(lambda: int(show(active, "takeover", "NRestarts")) == restarts + 1, 60, 0.5)
+    assert wait_for(lambda: show(active, "takeover", "SubState") == "running", 60, 0.5)
+    time.sleep(3)
+    assert show(active, WEB_UNIT, "MainPID") == web_pid
+    assert serving(pair, active.name), web_runners(pair)
+    assert show(standby, WEB_UNIT, "ActiveState") == "inactive"
+
+
+def test_power_cut_of_the_active(pair: dict[str, Container]) -> None:
+    """The active loses power: the peer takes the VIP and starts the web unit; booted again, the
+    old active comes back as standby by itself (units enabled, cluster file present), its web
+    unit stays inactive and the VIP and the service stay on the peer."""
+    active, standby = active_pair(pair)
+    assert wait_for(lambda: serving(pair, active.name), 60, 0.5), web_runners(pair)
     active.power_off()
     # A real power cut also loses the addresses; the node's own are restored by its "boot".
     subprocess_ip(active.netns, "addr", "del", f"{VIP4}/24", "dev", "lan0")
-    assert wait_for(lambda: holders(pair) == [standby.name], 30, 0.2), holders(pair)
+    assert wait_for(lambda: serving(pair, standby.name), 30, 0.2), web_runners(pair)
     active.boot()
     assert wait_for(lambda: show(active, "takeover", "SubState") == "running", 120, 0.5)
     assert wait_for(lambda: show(active, "mirrord", "SubState") == "running", 120, 0.5)
     time.sleep(3)
-    assert holders(pair) == [standby.name]
+    assert serving(pair, standby.name), web_runners(pair)
+    assert show(active, WEB_UNIT, "ActiveState") == "inactive"
 
 
 def subprocess_ip(netns: str, *args: str) -> None:
