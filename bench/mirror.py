@@ -191,6 +191,8 @@ class Bench:
         self.adopted: list[tuple[Path, Path]] = []
         self.seq = 0
         self.results: dict[str, Any] = {"sizes": {}, "tradeoff": {"mirrord": [], "lsyncd": []}}
+        if args.resume:
+            self.results = json.loads(args.resume.read_text())
 
     def cpu(self) -> float:
         """CPU seconds so far of everything in nodes a and b."""
@@ -287,12 +289,18 @@ class Bench:
             f'target = "root@{IPV4["b"]}:/srv/{name}/", delay = {delay:g}, '
             f'rsync = {{ archive = true, rsh = "{" ".join(self.ssh(work))}" }} }}\n'
         )
+        log = work / "log"
+        log.unlink(missing_ok=True)
         proc = self.lab.spawn("a", ["lsyncd", str(conf)], binds={"/srv": self.pair.a_srv})
-        # lsyncd's start-up full pass: wait until a probe written after it arrives.
+        # lsyncd's start-up full pass ends with this line in its log. (A probe file is no
+        # sign: the start-up rsync may send it long before it has walked the rest.)
+        done = f"Startup of /srv/{name}/ -> root@{IPV4['b']}:/srv/{name}/ finished."
+        if not wait_until(lambda: log.exists() and done in log.read_text(), 1800, 0.1):
+            raise RuntimeError(f"lsyncd did not sync: {proc.output()}")
         probe = f".probe{self.next_seq()}"
         (self.pair.src(name) / probe).write_text("p")
-        if not wait_until((self.pair.dst(name) / probe).exists, timeout=1800, interval=0.1):
-            raise RuntimeError(f"lsyncd did not sync: {proc.output()}")
+        if not wait_until((self.pair.dst(name) / probe).exists, timeout=600, interval=0.1):
+            raise RuntimeError(f"lsyncd does not sync: {proc.output()}")
         return proc
 
     def stop_lsyncd(self, proc: LabProcess, name: str) -> None:
@@ -378,28 +386,38 @@ class Bench:
 
     def end_to_end(self, files: int) -> None:
         name = self.adopt(files)
-        r: dict[str, Any] = {}
+        r: dict[str, Any] = self.results["sizes"].get(str(files), {})
+        tools = self.args.e2e_tools.split(",")
+        if "mirrord" in tools:
+            self.e2e_mirrord(name, files, r)
+        if "lsyncd" in tools:
+            self.e2e_lsyncd(name, files, r)
+        if "full" in tools:
+            r["full"] = self.e2e_full(name, files)
+        self.results["sizes"][str(files)] = r
+        self.save()
+        for who in tools:
+            x = r[who]
+            print(f"bench: {name} {who}: " + " ".join(f"{s:.3f}" for s in x["s"])
+                  + " s; cpu " + " ".join(f"{c:.2f}" for c in x["cpu_s"])
+                  + (f"; rss {x['rss_mib']:.1f} MiB" if "rss_mib" in x else ""),
+                  file=sys.stderr)  # fmt: skip
+
+    def e2e_mirrord(self, name: str, files: int, r: dict[str, Any]) -> None:
         t0 = time.monotonic()
         proc = self.mirrord([{"path": f"/srv/{name}", "class": "hot"}], 120 + files / 1000)
         r["mirrord_startup_s"] = time.monotonic() - t0
         r["mirrord"] = self.e2e_daemon(name, files, "mirrord")
         r["mirrord"]["rss_mib"] = rss_mib(proc.pid)
         self.pair.stop()
+
+    def e2e_lsyncd(self, name: str, files: int, r: dict[str, Any]) -> None:
         t0 = time.monotonic()
         ls = self.lsyncd(name, 0)
         r["lsyncd_startup_s"] = time.monotonic() - t0
         r["lsyncd"] = self.e2e_daemon(name, files, "lsyncd")
         r["lsyncd"]["rss_mib"] = rss_mib(ls.pid)
         self.stop_lsyncd(ls, name)
-        r["full"] = self.e2e_full(name, files)
-        self.results["sizes"][str(files)] = r
-        self.save()
-        for who in ("mirrord", "lsyncd", "full"):
-            x = r[who]
-            print(f"bench: {name} {who}: " + " ".join(f"{s:.3f}" for s in x["s"])
-                  + " s; cpu " + " ".join(f"{c:.2f}" for c in x["cpu_s"])
-                  + (f"; rss {x['rss_mib']:.1f} MiB" if "rss_mib" in x else ""),
-                  file=sys.stderr)  # fmt: skip
 
     # -- 2. latency after a quiet spell, small hot directory ------------------------------
 
@@ -473,6 +491,7 @@ class Bench:
         return {"p50_s": pct(lat, 50), "p99_s": pct(lat, 99), "cpu_s": cpu, "files": n}
 
     def tradeoff(self) -> None:
+        self.results["tradeoff"] = {"mirrord": [], "lsyncd": []}
         for i, mi in enumerate(self.intervals):
             name = f"churn-m{i}"
             self.root(name)
@@ -677,6 +696,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delays", default="0,1,2,5,10", help="lsyncd's, seconds")
     p.add_argument("--arrival-timeout", type=float, default=300.0)
     p.add_argument("--parts", default="e2e,latency,tradeoff")
+    p.add_argument("--e2e-tools", default="mirrord,lsyncd,full")
+    p.add_argument("--resume", type=Path, help="start from this results.json (parts re-run)")
     p.add_argument("--report-only", type=Path, help="re-read a results.json, print, plot")
     args = p.parse_args(argv)
     if args.report_only:
