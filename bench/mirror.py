@@ -556,7 +556,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
         ("mirrord", "min_interval_s", "mirrord (hot), min_interval", "o-"),
         ("lsyncd", "delay_s", "lsyncd 2.2.3 (default.rsync), delay", "s--"),
     ):
-        pts = sorted(r["tradeoff"][who], key=lambda p: p["cpu_s"])
+        pts = sorted(r["tradeoff"][who], key=lambda p: p[key])  # the knob, turned
         if not pts:
             continue
         ax.plot([p["cpu_s"] for p in pts], [p["p99_s"] for p in pts], style, label=label)
