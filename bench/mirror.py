@@ -1,42 +1,57 @@
-"""`make bench-mirror`: mirrord against a full rsync pass and against lsyncd, on the lab.
+"""`make bench-mirror`: mirrord against lsyncd and a full rsync pass, end to end, on the lab.
 
-Everything runs over the same ssh set-up (sshd in node b, a ControlMaster connection): node a
-pushes its /srv to node b's /srv. mirrord's key is the one `mirrord authorize` restricts to the
-forced rsync daemon (its modules); lsyncd's key runs plain `rsync --server`.
+Node a pushes its /srv to node b's /srv over one sshd in b. mirrord's key is the one
+`mirrord authorize` restricts to the forced rsync daemon; lsyncd (default.rsync) and the full
+`rsync -a --delete` (the cron+rsync baseline) use a key that runs plain `rsync --server`. Every
+tool gets its own ControlMaster connection.
 
-1. Pass cost: on maildir-like trees of 100k and 500k small files, mirrord's pass for a 10-file
-   change (its own start-to-end, from the journal) against a no-change `rsync -a --delete` of the
-   whole tree (the scan every periodic mirror pays). Ratio = full / mirrord.
-2. Latency: a file written in a `hot` directory after a quiet spell, until it is on b:
-   mirrord (class hot) vs lsyncd (default.rsync, delay 0 and its default delay).
-3. Sustained churn: new files at a fixed rate for a while; per-file change->peer time p50/p99
-   (the RPO a crash at a random moment would lose) and CPU seconds of the daemon and its
-   children (rsync, ssh client), mirrord vs lsyncd delay 0.
+What is timed is always the same thing: from the write on a until the change is on b (the
+bench polls b's copy), never a tool's own account of its pass.
 
-Prints a table, then one JSON line (last). Options: --sizes 100000,500000 --churn-rate 200
---churn-seconds 60 --latency-samples 8.
+1. End to end on maildir-like trees (100 messages of 1 KB per directory) of 100k, 500k and 1M
+   files: the same 10-file change (appends to 10 messages in 10 directories), after a quiet
+   spell, with mirrord (class hot, one daemon per tree), lsyncd (delay 0) and a full rsync pass
+   started right after the write (a cron job's wait for its next tick is not counted). The
+   daemons' resident memory (VmRSS) after the samples.
+2. Latency after a quiet spell in a small hot directory: one new file, mirrord vs lsyncd delay 0.
+3. Trade-off: the same churn (new files at a fixed rate) for mirrord at several `min_interval`
+   values and lsyncd at several `delay` values; per file change->peer time (p99 = the RPO p99)
+   against the CPU seconds spent. Plotted to docs/mirror-tradeoff.png.
+
+CPU: everything in the lab's nodes a and b, which run nothing but the tool under test (its
+daemon, rsync, ssh and the ControlMaster on a; sshd, its sessions and the receiving rsync on b).
+The bench sums utime+stime+cutime+cstime (/proc/PID/stat) over every process in the two network
+namespaces before and after: a child that exits in between is in its parent's cutime/cstime.
+A full rsync runs under `sh`, which reports its children's time before it exits.
+
+Generated trees are cached outside the repository (HAPAIR_BENCH_CACHE, default
+/var/tmp/hapair-bench) and moved into the lab and back. Prints a table, then one JSON line
+(last); partial results go to CACHE/results.json as each part ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mirrord.journal import Journal
-from mirrord.transfer import Peer, TransferOptions, full_argv
-from tests.e2e.mirrorlab import MirrorPair
+from tests.e2e.mirrorlab import MirrorPair, write_policies
 from tests.lab.lab import IPV4, Lab, LabProcess, wait_until
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+TREE_CACHE = Path(os.environ.get("HAPAIR_BENCH_CACHE", "/var/tmp/hapair-bench"))
+PLOT = Path(__file__).resolve().parent.parent / "docs" / "mirror-tradeoff.png"
 
 
 def make_tree(root: Path, files: int, per_dir: int = 100) -> None:
@@ -47,164 +62,401 @@ def make_tree(root: Path, files: int, per_dir: int = 100) -> None:
         cur = f"{root}/user{d:05d}/cur"
         os.makedirs(cur)
         for i in range(per_dir):
-            fd = os.open(f"{cur}/{1700000000 + i}.M{i}P{d}.host:2,S", flags, 0o644)
+            fd = os.open(f"{cur}/{message(d, i)}", flags, 0o644)
             os.write(fd, body)
             os.close(fd)
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of pid and its waited-for children, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # After the comm field: state is fields[0]; utime, stime, cutime, cstime are 11..14.
-    return sum(int(x) for x in fields[11:15]) / CLK_TCK
+def message(d: int, i: int) -> str:
+    """Name of message i in mailbox d."""
+    return f"{1700000000 + i}.M{i}P{d}.host:2,S"
 
 
-def pct(values: list[float], p: float) -> float:
+def cached_tree(files: int) -> Path:
+    """TREE_CACHE/tNk with `src` (make_tree) and `dst` (its `cp -a` copy), made once.
+
+    The 1M-file tree takes minutes to write: the bench moves these directories into the lab
+    and back (same filesystem), so later runs reuse them. `.complete` marks a finished pair.
+    """
+    base = TREE_CACHE / f"t{files // 1000}k"
+    if (base / ".complete").exists():
+        return base
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    t0 = time.monotonic()
+    make_tree(base / "src", files)
+    subprocess.run(["cp", "-a", str(base / "src"), str(base / "dst")], check=True)
+    (base / ".complete").touch()
+    print(f"bench: tree {base}: {files} files in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    return base
+
+
+def ns_cpu(inodes: set[int]) -> float:
+    """CPU seconds (utime+stime+cutime+cstime) of every process in the given network namespaces."""
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/net").st_ino not in inodes:
+                continue
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile: its time is in its parent's cutime
+        fields = stat.rsplit(")", 1)[1].split()
+        # After the comm field: state is fields[0]; utime, stime, cutime, cstime are 11..14.
+        ticks += sum(int(x) for x in fields[11:15])
+    return ticks / CLK_TCK
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory (VmRSS) of pid in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def pct(values: Sequence[float], p: float) -> float:
     """The p-th percentile (nearest rank)."""
     s = sorted(values)
     return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))]
 
 
+# -- reading "equal" off two measured frontiers --------------------------------------------
+
+
+def frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (cpu, rpo) points no other point beats on both, by increasing CPU."""
+    out: list[tuple[float, float]] = []
+    for cpu, rpo in sorted(points):
+        if not out or rpo < out[-1][1]:
+            out.append((cpu, rpo))
+    return out
+
+
+def interpolate(curve: Sequence[tuple[float, float]], x: float) -> float:
+    """Piecewise-linear y at x on a curve sorted by x (x within its range)."""
+    for (x0, y0), (x1, y1) in itertools.pairwise(curve):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    if len(curve) == 1 and curve[0][0] == x:
+        return curve[0][1]
+    raise ValueError(f"{x} outside {curve}")
+
+
+def ratio_at_equal(
+    mine: Sequence[tuple[float, float]], theirs: Sequence[tuple[float, float]]
+) -> tuple[float, float] | None:
+    """(worst, best) of mine(x) / theirs(x) over x where both measured curves are defined.
+
+    The curves are piecewise linear through the measured points (sorted by x); x runs over the
+    measured x of both curves that lie in the overlap of their x ranges. None without overlap.
+    """
+    a, b = sorted(mine), sorted(theirs)
+    lo, hi = max(a[0][0], b[0][0]), min(a[-1][0], b[-1][0])
+    if lo > hi:
+        return None
+    xs = sorted({x for x, _ in (*a, *b) if lo <= x <= hi})
+    ratios = [interpolate(a, x) / interpolate(b, x) for x in xs]
+    return max(ratios), min(ratios)
+
+
+def equal_cpu_and_rpo(
+    m: Sequence[tuple[float, float]], ls: Sequence[tuple[float, float]]
+) -> dict[str, tuple[float, float] | None]:
+    """mirrord/lsyncd RPO p99 at equal CPU, and CPU at equal RPO p99, from (cpu, rpo) points."""
+    fm, fl = frontier(m), frontier(ls)
+    return {
+        "rpo_at_equal_cpu": ratio_at_equal(fm, fl),
+        "cpu_at_equal_rpo": ratio_at_equal([(r, c) for c, r in fm], [(r, c) for c, r in fl]),
+    }
+
+
 class Bench:
-    """One lab, one sshd, the trees, and the measurements."""
+    """One lab, one sshd in b, the tools in a, and the measurements."""
 
     def __init__(self, lab: Lab, args: argparse.Namespace) -> None:
         self.lab = lab
         self.args = args
-        self.sizes = [int(s) for s in args.sizes.split(",")]
-        policies: list[dict[str, object]] = [
-            {"path": f"/srv/t{n // 1000}k", "class": "warm", "max_delete": "50%"}
-            for n in self.sizes
-        ]
-        policies += [{"path": "/srv/lat", "class": "hot"}, {"path": "/srv/churn", "class": "hot"}]
-        self.pair = MirrorPair(lab, policies)
-        for name in ("lat-lsyncd0", "lat-lsyncd", "churn-lsyncd"):
-            self.pair.src(name).mkdir()
-            self.pair.dst(name).mkdir()
-        self.results: dict[str, Any] = {}
+        self.sizes = [int(s) for s in args.sizes.split(",") if s]
+        self.intervals = [float(x) for x in args.min_intervals.split(",") if x]
+        self.delays = [float(x) for x in args.delays.split(",") if x]
+        # Every root the bench will use, so that `mirrord authorize` gives each a module on b;
+        # each part then runs mirrord with its own roots only.
+        roots = ["lat", *(f"t{n // 1000}k" for n in self.sizes)]
+        roots += [f"churn-m{i}" for i in range(len(self.intervals))]
+        self.pair = MirrorPair(lab, [{"path": f"/srv/{r}", "class": "hot"} for r in roots])
+        self.inodes = {os.stat(f"/run/netns/{lab.ns(n)}").st_ino for n in ("a", "b")}
+        self.adopted: list[tuple[Path, Path]] = []
+        self.seq = 0
+        self.results: dict[str, Any] = {"sizes": {}, "tradeoff": {"mirrord": [], "lsyncd": []}}
+        if args.resume:
+            self.results = json.loads(args.resume.read_text())
 
-    # -- pass cost ------------------------------------------------------------------------
+    def cpu(self) -> float:
+        """CPU seconds so far of everything in nodes a and b."""
+        return ns_cpu(self.inodes)
 
-    def trees(self) -> None:
-        for n in self.sizes:
-            name = f"t{n // 1000}k"
-            src, dst = self.pair.src(name), self.pair.dst(name)
-            t0 = time.monotonic()
-            make_tree(src, n)
-            # The mirror starts identical (as after mirrord's first full pass).
-            shutil.rmtree(dst)
-            subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
-            print(f"bench: tree {name}: {n} files in {time.monotonic() - t0:.1f}s",
-                  file=sys.stderr)  # fmt: skip
+    def save(self) -> None:
+        TREE_CACHE.mkdir(parents=True, exist_ok=True)
+        (TREE_CACHE / "results.json").write_text(json.dumps(self.results, indent=1))
 
-    def full_rsync_seconds(self, name: str) -> float:
-        """Wall time of a no-change `rsync -a --delete` of /srv/NAME over the same ssh."""
-        opts = tuple(x for o in self.pair.ssh_options() for x in ("-o", o))
-        control = str(self.pair.a_run / "bench-ssh-%C")
-        peer = Peer("root", IPV4["b"], key=str(self.pair.key), control_path=control,
-                    ssh_options=opts)  # fmt: skip
-        argv = full_argv(f"/srv/{name}", peer, TransferOptions(backup=False), time.time())
-        script = 'TIMEFORMAT=%R; { time "$@" >/dev/null; } 2>&1 | tail -1'
-        proc = self.lab.spawn("a", ["bash", "-c", script, "bench", *argv],
-                              binds={"/srv": self.pair.a_srv})  # fmt: skip
-        proc.wait(600)
-        return float(proc.output().strip().splitlines()[-1])
+    def root(self, name: str) -> None:
+        """/srv/NAME on both nodes, alike, with 100 small files in it.
 
-    def mirrord_pass_seconds(self, name: str, files: int) -> float:
-        """mirrord's pass time for 10 changed files of /srv/NAME (journal start-to-end).
-
-        The first change after a quiet spell starts a pass at once, so the 10 changes may be
-        split over two passes: their durations are summed.
+        Not empty: on an empty root main's `max_delete` ("50%" of the peer's tree at the
+        start-up full pass) is 0, and every later pass ends in rsync's code 25 and is retried
+        only at `max_interval` (issue 11, the guard), which would be measured instead.
         """
-        src = self.pair.src(name)
-        t0 = time.time()
-        for i in range(10):
-            msg = next((src / f"user{(i * 7) % (files // 100):05d}" / "cur").iterdir())
-            msg.write_bytes(msg.read_bytes() + b"edited\n")
-        wait_until(lambda: self.pair.dir_status(name)["dirty"] >= 10
-                   or self.pair.dir_status(name)["running"], timeout=10)  # fmt: skip
-        self.pair.sync(name)
-        recs = [r for r in Journal(self.pair.a_state).history(f"/srv/{name}", 10)
-                if r.started >= t0]  # fmt: skip
-        assert recs and all(r.result == "ok" and r.ended for r in recs), recs
-        return sum((r.ended or 0.0) - r.started for r in recs)
+        src, dst = self.pair.src(name), self.pair.dst(name)
+        for d in (src, dst):
+            shutil.rmtree(d, ignore_errors=True)
+        src.mkdir()
+        for i in range(100):
+            (src / f"seed{i:03d}").write_bytes(b"seed\n")
+        subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
 
-    def pass_cost(self) -> None:
-        for n in self.sizes:
-            name = f"t{n // 1000}k"
-            self.full_rsync_seconds(name)  # warm the ControlMaster and the page cache
-            full = statistics.median(self.full_rsync_seconds(name) for _ in range(3))
-            inc = statistics.median(self.mirrord_pass_seconds(name, n) for _ in range(5))
-            self.results[f"full_{name}"] = full
-            self.results[f"pass_{name}"] = inc
-            print(f"bench: {name}: full {full:.3f}s mirrord 10-file pass {inc:.3f}s",
-                  file=sys.stderr)  # fmt: skip
+    # -- trees ----------------------------------------------------------------------------
 
-    # -- lsyncd ---------------------------------------------------------------------------
+    def adopt(self, files: int) -> str:
+        """Move the cached tree pair of `files` files in as /srv/tNk on a and b."""
+        base, name = cached_tree(files), f"t{files // 1000}k"
+        for side, root in (("src", self.pair.src(name)), ("dst", self.pair.dst(name))):
+            if root.exists():
+                root.rmdir()
+            os.rename(base / side, root)
+            self.adopted.append((base / side, root))
+        return name
 
-    def lsyncd_key(self) -> Path:
-        """A second key for lsyncd, without the forced command: default.rsync addresses a path
-        (`host:/srv/...`), not a daemon module. Same sshd, same ControlMaster set-up."""
-        key = self.pair.etc / "lsyncd_key"
+    def give_back(self) -> None:
+        """Move the adopted trees back to the cache (they stay mirrors of each other)."""
+        while self.adopted:
+            cache, root = self.adopted.pop()
+            if root.exists() and not cache.exists():
+                os.rename(root, cache)
+
+    # -- the tools ------------------------------------------------------------------------
+
+    def mirrord(self, policies: list[dict[str, object]], timeout: float = 120) -> LabProcess:
+        """(Re)start mirrord on a with these policies; return once the start-up passes ran."""
+        if self.pair.mirrord_alive():
+            self.pair.stop()
+        write_policies(self.pair.etc, policies)
+        proc = self.pair.start()
+        for p in policies:
+            name = str(p["path"]).removeprefix("/srv/")
+            ok = wait_until(lambda name=name: not self.pair.dir_status(name)["full_needed"]
+                            and not self.pair.dir_status(name)["running"],
+                            timeout=timeout, interval=0.5)  # fmt: skip
+            if not ok:
+                raise RuntimeError(f"mirrord's start-up pass of {name} did not end")
+        return proc
+
+    def plain_key(self) -> Path:
+        """A key for lsyncd and the full rsync without the forced command: they address a path
+        (`host:/srv/...`), not a daemon module. Same sshd."""
+        key = self.pair.etc / "plain_key"
         if not key.exists():
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
                            check=True)  # fmt: skip
-            pub = (self.pair.etc / "lsyncd_key.pub").read_text().strip()
+            pub = (self.pair.etc / "plain_key.pub").read_text().strip()
             with self.pair.authorized_keys.open("a") as f:
                 f.write(f"restrict {pub}\n")
         return key
 
-    def lsyncd(self, name: str, delay: int | None) -> LabProcess:
-        """Start lsyncd (default.rsync over the same ssh, ControlMaster) for /srv/NAME."""
-        work = self.lab.node_dir("a", f"lsyncd-{name}")
-        ssh = ["/usr/bin/ssh", "-i", str(self.lsyncd_key()), "-o", "BatchMode=yes",
-               "-o", "ControlMaster=auto", "-o", f"ControlPath={work}/ssh-%C",
-               "-o", "ControlPersist=10m"]  # fmt: skip
+    def ssh(self, work: Path) -> list[str]:
+        """ssh with the plain key and a ControlMaster in `work`."""
+        argv = ["/usr/bin/ssh", "-i", str(self.plain_key()), "-o", "BatchMode=yes",
+                "-o", "ControlMaster=auto", "-o", f"ControlPath={work}/ssh-%C",
+                "-o", "ControlPersist=10m"]  # fmt: skip
         for o in self.pair.ssh_options():
-            ssh += ["-o", o]
-        delay_line = "" if delay is None else f"delay = {delay},"
+            argv += ["-o", o]
+        return argv
+
+    def close_master(self, work: Path) -> None:
+        """End the ControlMaster of `work` (idle masters would still be counted as the node's)."""
+        self.lab.run("a", [*self.ssh(work), "-O", "exit", f"root@{IPV4['b']}"], check=False)
+
+    def lsyncd(self, name: str, delay: float) -> LabProcess:
+        """Start lsyncd (default.rsync, this delay) for /srv/NAME; return once it synced."""
+        work = self.lab.node_dir("a", f"lsyncd-{name}")
         conf = work / "lsyncd.conf"
         conf.write_text(
             f'settings {{ nodaemon = true, logfile = "{work}/log", '
             f'statusFile = "{work}/status", insist = true }}\n'
             f'sync {{ default.rsync, source = "/srv/{name}", '
-            f'target = "root@{IPV4["b"]}:/srv/{name}/", {delay_line} '
-            f'rsync = {{ archive = true, rsh = "{" ".join(ssh)}" }} }}\n'
+            f'target = "root@{IPV4["b"]}:/srv/{name}/", delay = {delay:g}, '
+            f'rsync = {{ archive = true, rsh = "{" ".join(self.ssh(work))}" }} }}\n'
         )
+        log = work / "log"
+        log.unlink(missing_ok=True)
         proc = self.lab.spawn("a", ["lsyncd", str(conf)], binds={"/srv": self.pair.a_srv})
-        # lsyncd's start-up full pass: wait until a probe file arrives.
-        probe = self.pair.src(name) / ".probe"
-        probe.write_text("p")
-        if not wait_until((self.pair.dst(name) / ".probe").exists, timeout=60):
+        # lsyncd's start-up full pass ends with this line in its log. (A probe file is no
+        # sign: the start-up rsync may send it long before it has walked the rest.)
+        done = f"Startup of /srv/{name}/ -> root@{IPV4['b']}:/srv/{name}/ finished."
+        if not wait_until(lambda: log.exists() and done in log.read_text(), 1800, 0.1):
             raise RuntimeError(f"lsyncd did not sync: {proc.output()}")
+        probe = f".probe{self.next_seq()}"
+        (self.pair.src(name) / probe).write_text("p")
+        if not wait_until((self.pair.dst(name) / probe).exists, timeout=600, interval=0.1):
+            raise RuntimeError(f"lsyncd does not sync: {proc.output()}")
         return proc
 
-    # -- latency --------------------------------------------------------------------------
+    def stop_lsyncd(self, proc: LabProcess, name: str) -> None:
+        proc.stop()
+        self.close_master(self.lab.node_dir("a", f"lsyncd-{name}"))
 
-    def latency(self, name: str, samples: int, gap: float) -> list[float]:
-        """Seconds from writing a file in /srv/NAME on a to seeing it on b."""
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    # -- 1. end to end, 10 files, whole trees ---------------------------------------------
+
+    def change(self, name: str, files: int) -> list[tuple[Path, Path]]:
+        """Append a line to 10 messages in 10 mailboxes of /srv/NAME; return (src, dst) paths."""
+        k, dirs = self.next_seq(), files // 100
         out = []
-        for i in range(samples):
-            time.sleep(gap)  # a quiet spell: the first change after it is measured
-            target = self.pair.dst(name) / f"lat{i}"
+        for i in range(10):
+            d, m = (k * 131 + i * 997) % dirs, (k + i) % 100
+            rel = f"user{d:05d}/cur/{message(d, m)}"
+            src = self.pair.src(name) / rel
+            with src.open("ab") as f:
+                f.write(b"edited %d\n" % k)
+            out.append((src, self.pair.dst(name) / rel))
+        return out
+
+    @staticmethod
+    def arrived(paths: list[tuple[Path, Path]]) -> bool:
+        """Whether every changed file has its new size on b."""
+        try:
+            return all(s.stat().st_size == d.stat().st_size for s, d in paths)
+        except FileNotFoundError:
+            return False  # rsync's rename in flight
+
+    def wait_arrival(self, paths: list[tuple[Path, Path]], t0: float, what: str) -> float:
+        while not self.arrived(paths):
+            time.sleep(0.0005)
+            if time.monotonic() - t0 > self.args.arrival_timeout:
+                raise RuntimeError(f"{what}: the change never arrived")
+        return time.monotonic() - t0
+
+    def e2e_daemon(self, name: str, files: int, what: str) -> dict[str, Any]:
+        """Quiet spell, 10-file change, until on b; per sample seconds and CPU seconds."""
+        lat, cpu = [], []
+        for _ in range(self.args.samples):
+            time.sleep(self.args.quiet)
+            c0, t0 = self.cpu(), time.monotonic()
+            paths = self.change(name, files)
+            lat.append(self.wait_arrival(paths, t0, f"{what} {name}"))
+            time.sleep(1.0)  # the tail of the pass (journal, status) is the tool's too
+            cpu.append(self.cpu() - c0)
+        return {"s": lat, "cpu_s": cpu}
+
+    def e2e_full(self, name: str, files: int) -> dict[str, Any]:
+        """10-file change, then a full `rsync -a --delete` of the tree right away."""
+        work = self.lab.node_dir("a", "full-rsync")
+        argv = ["rsync", "-a", "--delete", "-e", shlex.join(self.ssh(work)),
+                f"/srv/{name}/", f"root@{IPV4['b']}:/srv/{name}/"]  # fmt: skip
+        # sh waits for rsync (and rsync for its ssh), then reports their time: CLK_TCK ticks.
+        script = 'rsync "$@"; rc=$?; cut -d" " -f16,17 /proc/$$/stat; exit $rc'
+        run = ["sh", "-c", script, "full", *argv[1:]]
+
+        def once() -> float:
+            proc = self.lab.spawn("a", run, binds={"/srv": self.pair.a_srv})
+            if proc.wait(3600) != 0:
+                raise RuntimeError(f"full rsync of {name} failed: {proc.output()}")
+            ticks = proc.output().split()[-2:]
+            proc.stop()
+            return sum(int(x) for x in ticks) / CLK_TCK
+
+        once()  # the ControlMaster up, the page cache as warm as the daemons had it
+        lat, cpu = [], []
+        for _ in range(self.args.full_samples):
+            time.sleep(self.args.quiet)
+            c0, t0 = self.cpu(), time.monotonic()
+            paths = self.change(name, files)
+            children = once()
+            lat.append(time.monotonic() - t0)
+            if not self.arrived(paths):
+                raise RuntimeError(f"full rsync of {name}: the change is not on b")
+            cpu.append(self.cpu() - c0 + children)
+        self.close_master(work)
+        return {"s": lat, "cpu_s": cpu}
+
+    def end_to_end(self, files: int) -> None:
+        name = self.adopt(files)
+        r: dict[str, Any] = self.results["sizes"].get(str(files), {})
+        tools = self.args.e2e_tools.split(",")
+        if "mirrord" in tools:
+            self.e2e_mirrord(name, files, r)
+        if "lsyncd" in tools:
+            self.e2e_lsyncd(name, files, r)
+        if "full" in tools:
+            r["full"] = self.e2e_full(name, files)
+        self.results["sizes"][str(files)] = r
+        self.save()
+        for who in tools:
+            x = r[who]
+            print(f"bench: {name} {who}: " + " ".join(f"{s:.3f}" for s in x["s"])
+                  + " s; cpu " + " ".join(f"{c:.2f}" for c in x["cpu_s"])
+                  + (f"; rss {x['rss_mib']:.1f} MiB" if "rss_mib" in x else ""),
+                  file=sys.stderr)  # fmt: skip
+
+    def e2e_mirrord(self, name: str, files: int, r: dict[str, Any]) -> None:
+        t0 = time.monotonic()
+        proc = self.mirrord([{"path": f"/srv/{name}", "class": "hot"}], 120 + files / 1000)
+        r["mirrord_startup_s"] = time.monotonic() - t0
+        r["mirrord"] = self.e2e_daemon(name, files, "mirrord")
+        r["mirrord"]["rss_mib"] = rss_mib(proc.pid)
+        self.pair.stop()
+
+    def e2e_lsyncd(self, name: str, files: int, r: dict[str, Any]) -> None:
+        t0 = time.monotonic()
+        ls = self.lsyncd(name, 0)
+        r["lsyncd_startup_s"] = time.monotonic() - t0
+        r["lsyncd"] = self.e2e_daemon(name, files, "lsyncd")
+        r["lsyncd"]["rss_mib"] = rss_mib(ls.pid)
+        self.stop_lsyncd(ls, name)
+
+    # -- 2. latency after a quiet spell, small hot directory ------------------------------
+
+    def latency_samples(self, name: str) -> list[float]:
+        out = []
+        for _ in range(self.args.latency_samples):
+            time.sleep(self.args.quiet)
+            fname = f"lat{self.next_seq()}"
+            target = self.pair.dst(name) / fname
             t0 = time.monotonic()
-            (self.pair.src(name) / f"lat{i}").write_text(str(i))
+            (self.pair.src(name) / fname).write_text(fname)
             while not target.exists():
                 time.sleep(0.0005)
-                if time.monotonic() - t0 > 120:
-                    raise RuntimeError(f"latency sample {i} of {name} never arrived")
+                if time.monotonic() - t0 > self.args.arrival_timeout:
+                    raise RuntimeError(f"latency sample of {name} never arrived")
             out.append(time.monotonic() - t0)
         return out
 
-    # -- churn ----------------------------------------------------------------------------
+    def latency(self) -> None:
+        self.root("lat")
+        self.mirrord([{"path": "/srv/lat", "class": "hot"}])
+        self.results["lat_mirrord"] = self.latency_samples("lat")
+        self.pair.stop()
+        self.root("lat-lsyncd0")
+        ls = self.lsyncd("lat-lsyncd0", 0)
+        self.results["lat_lsyncd0"] = self.latency_samples("lat-lsyncd0")
+        self.stop_lsyncd(ls, "lat-lsyncd0")
+        self.save()
 
-    def churn(self, name: str, pid: int) -> tuple[list[float], float]:
-        """Write files at the configured rate; return per-file change->peer times and CPU s."""
+    # -- 3. the trade-off: RPO p99 against CPU under the same churn -----------------------
+
+    def churn(self, name: str) -> dict[str, Any]:
+        """Write new files at the configured rate; per file change->peer seconds, CPU seconds."""
         rate, seconds = self.args.churn_rate, self.args.churn_seconds
         written: dict[str, float] = {}
         arrived: dict[str, float] = {}
         done = threading.Event()
         dst = self.pair.dst(name)
+        end = [float("inf")]
 
         def watch() -> None:
             while not done.is_set() or len(arrived) < len(written):
@@ -213,12 +465,11 @@ class Bench:
                     if e.name.startswith("c") and e.name not in arrived:
                         arrived[e.name] = now
                 time.sleep(0.02)
-                if done.is_set() and now - end > 120:
+                if done.is_set() and now - end[0] > 120:
                     break
 
-        end = float("inf")
         watcher = threading.Thread(target=watch, daemon=True)
-        cpu0 = cpu_seconds(pid)
+        c0 = self.cpu()
         watcher.start()
         start = time.monotonic()
         n = 0
@@ -230,99 +481,231 @@ class Bench:
             (self.pair.src(name) / fname).write_bytes(b"churn %d\n" % n)
             written[fname] = time.monotonic()
             n += 1
-        end = time.monotonic()
+        end[0] = time.monotonic()
         done.set()
         watcher.join(180)
-        cpu = cpu_seconds(pid) - cpu0
+        cpu = self.cpu() - c0
         lat = [arrived[k] - written[k] for k in written if k in arrived]
-        missing = len(written) - len(lat)
-        if missing:
-            print(f"bench: {name}: {missing} files never arrived", file=sys.stderr)
-        return lat, cpu
+        if len(lat) < len(written):
+            raise RuntimeError(f"{name}: {len(written) - len(lat)} files never arrived")
+        return {"p50_s": pct(lat, 50), "p99_s": pct(lat, 99), "cpu_s": cpu, "files": n}
+
+    def tradeoff(self) -> None:
+        self.results["tradeoff"] = {"mirrord": [], "lsyncd": []}
+        for i, mi in enumerate(self.intervals):
+            name = f"churn-m{i}"
+            self.root(name)
+            policy: dict[str, object] = {"path": f"/srv/{name}", "class": "hot",
+                                         "min_interval": f"{mi * 1000:g}ms"}  # fmt: skip
+            if mi > 5:
+                policy["interval"] = policy["min_interval"]
+            self.mirrord([policy])
+            r = {"min_interval_s": mi, **self.churn(name)}
+            self.pair.stop()
+            self.results["tradeoff"]["mirrord"].append(r)
+            print(f"bench: churn mirrord min_interval {mi:g}s: {r}", file=sys.stderr)
+            self.save()
+        for i, delay in enumerate(self.delays):
+            name = f"churn-l{i}"
+            self.root(name)
+            ls = self.lsyncd(name, delay)
+            r = {"delay_s": delay, **self.churn(name)}
+            self.stop_lsyncd(ls, name)
+            self.results["tradeoff"]["lsyncd"].append(r)
+            print(f"bench: churn lsyncd delay {delay:g}s: {r}", file=sys.stderr)
+            self.save()
+
+    def all_sizes(self) -> None:
+        for n in self.sizes:
+            self.end_to_end(n)
 
     # -- run ------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        self.trees()
-        mirrord = self.pair.start()
-        for n in self.sizes:
-            name = f"t{n // 1000}k"
-            wait_until(lambda name=name: not self.pair.dir_status(name)["full_needed"]
-                       and not self.pair.dir_status(name)["running"], timeout=1800)  # fmt: skip
-        self.pass_cost()
-        a = self.args
-        self.results["lat_mirrord"] = self.latency("lat", a.latency_samples, 6.0)
-        lat, cpu = self.churn("churn", mirrord.pid)
-        self.results["churn_mirrord"], self.results["cpu_mirrord"] = lat, cpu
-        self.pair.stop()
-        ls0 = self.lsyncd("lat-lsyncd0", 0)
-        self.results["lat_lsyncd0"] = self.latency("lat-lsyncd0", a.latency_samples, 6.0)
-        ls0.stop()
-        lsd = self.lsyncd("lat-lsyncd", None)
-        self.results["lat_lsyncd"] = self.latency("lat-lsyncd", min(3, a.latency_samples), 1.0)
-        lsd.stop()
-        lsc = self.lsyncd("churn-lsyncd", 0)
-        lat, cpu = self.churn("churn-lsyncd", lsc.pid)
-        self.results["churn_lsyncd"], self.results["cpu_lsyncd"] = lat, cpu
-        lsc.stop()
+        parts: dict[str, Callable[[], None]] = {
+            "latency": self.latency,
+            "tradeoff": self.tradeoff,
+            "e2e": self.all_sizes,
+        }
+        try:
+            for part in self.args.parts.split(","):
+                parts[part]()
+        finally:
+            if self.pair.mirrord_alive():
+                self.pair.stop()
+            self.give_back()
         return self.results
 
 
-def report(r: dict[str, Any], sizes: list[int], args: argparse.Namespace) -> dict[str, Any]:
-    """Print the table and return the JSON document."""
-    rows = []
-    ratios: dict[str, float] = {}
-    for n in sizes:
-        name = f"t{n // 1000}k"
-        ratio = r[f"full_{name}"] / r[f"pass_{name}"]
-        ratios[f"full_scan_over_pass_{n // 1000}k"] = round(ratio, 1)
-        rows.append((f"{n // 1000}k files: full rsync -a --delete (no change)",
-                     f"{r[f'full_{name}']:.3f} s", ""))  # fmt: skip
-        rows.append((f"{n // 1000}k files: mirrord pass, 10 files changed",
-                     f"{r[f'pass_{name}']:.3f} s", f"ratio {ratio:.0f}x"))  # fmt: skip
-    lat_m, lat_0 = statistics.median(r["lat_mirrord"]), statistics.median(r["lat_lsyncd0"])
-    lat_d = statistics.median(r["lat_lsyncd"])
-    rows.append(("latency change->peer, hot: mirrord (median)", f"{lat_m * 1000:.0f} ms", ""))
-    rows.append(("latency change->peer: lsyncd delay 0 (median)", f"{lat_0 * 1000:.0f} ms",
-                 f"mirrord/lsyncd {lat_m / lat_0:.2f}"))  # fmt: skip
-    rows.append(("latency change->peer: lsyncd default delay", f"{lat_d:.1f} s", ""))
-    cm, cl = r["churn_mirrord"], r["churn_lsyncd"]
-    churn = f"{args.churn_rate}/s for {args.churn_seconds}s"
-    for who, lat, cpu in (
-        ("mirrord", cm, r["cpu_mirrord"]),
-        ("lsyncd delay 0", cl, r["cpu_lsyncd"]),
+# -- the report -----------------------------------------------------------------------------
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    """RPO p99 against CPU seconds, one curve per tool, each point labelled with its setting."""
+    import matplotlib  # noqa: PLC0415  only the bench needs it (pip group bench)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for who, key, label, style in (
+        ("mirrord", "min_interval_s", "mirrord (hot), min_interval", "o-"),
+        ("lsyncd", "delay_s", "lsyncd 2.2.3 (default.rsync), delay", "s--"),
     ):
-        rows.append((f"churn {churn}: {who} change->peer p50/p99",
-                     f"{pct(lat, 50):.2f} / {pct(lat, 99):.2f} s", f"CPU {cpu:.1f} s"))  # fmt: skip
-    width = max(len(x[0]) for x in rows)
-    for label, value, note in rows:
-        print(f"{label:<{width}}  {value:>14}  {note}")
-    ratios["latency_vs_lsyncd_delay0"] = round(lat_m / lat_0, 2)
-    ratios["cpu_vs_lsyncd_churn"] = round(r["cpu_mirrord"] / max(r["cpu_lsyncd"], 1e-9), 2)
-    return {
-        "bench": "mirror",
-        "ratio": ratios,
-        "rpo_p50_s": round(pct(cm, 50), 3),
-        "rpo_p99_s": round(pct(cm, 99), 3),
-        "lsyncd_rpo_p99_s": round(pct(cl, 99), 3),
-        "latency_ms": {"mirrord": round(lat_m * 1000, 1), "lsyncd_delay0": round(lat_0 * 1000, 1)},
-        "cpu_s": {"mirrord": round(r["cpu_mirrord"], 2), "lsyncd": round(r["cpu_lsyncd"], 2)},
+        pts = sorted(r["tradeoff"][who], key=lambda p: p[key])  # the knob, turned
+        if not pts:
+            continue
+        ax.plot([p["cpu_s"] for p in pts], [p["p99_s"] for p in pts], style, label=label)
+        for p in pts:
+            ax.annotate(f"{p[key]:g}s", (p["cpu_s"], p["p99_s"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)  # fmt: skip
+    ax.set_xlabel("CPU seconds (nodes a and b: daemon, rsync, ssh, sshd)")
+    ax.set_ylabel("RPO p99: change -> peer (s)")
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(left=0)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title(r.get("churn_title", "same churn"), fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+def report(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Print the table and return the JSON document."""
+    rows: list[tuple[str, str, str]] = []
+    ratios: dict[str, float | None] = {}
+    doc: dict[str, Any] = {"bench": "mirror", "ratio": ratios}
+    e2e: dict[str, Any] = {}
+    for n, s in sorted(r["sizes"].items(), key=lambda kv: int(kv[0])):
+        k = f"{int(n) // 1000}k"
+        m, ls, full = (median(s[w]["s"]) for w in ("mirrord", "lsyncd", "full"))
+        mc, lc, fc = (median(s[w]["cpu_s"]) for w in ("mirrord", "lsyncd", "full"))
+        rows.append(
+            (
+                f"{k} files, 10 changed: mirrord hot (median, CPU)",
+                f"{m * 1000:.0f} ms",
+                f"CPU {mc:.2f} s, RSS {s['mirrord']['rss_mib']:.1f} MiB, "
+                f"all: {' '.join(f'{x:.2f}' for x in s['mirrord']['s'])} s",
+            )
+        )
+        rows.append(
+            (
+                f"{k} files, 10 changed: lsyncd delay 0",
+                f"{ls * 1000:.0f} ms",
+                f"CPU {lc:.2f} s, RSS {s['lsyncd']['rss_mib']:.1f} MiB, "
+                f"mirrord/lsyncd {m / ls:.2f}",
+            )
+        )
+        rows.append(
+            (
+                f"{k} files, 10 changed: full rsync -a --delete",
+                f"{full:.3f} s",
+                f"CPU {fc:.2f} s, full/mirrord {full / m:.1f}x",
+            )
+        )
+        e2e[k] = {
+            "mirrord_s": round(m, 4),
+            "lsyncd_s": round(ls, 4),
+            "full_s": round(full, 3),
+            "cpu_s": {"mirrord": round(mc, 2), "lsyncd": round(lc, 2), "full": round(fc, 2)},
+            "rss_mib": {
+                "mirrord": round(s["mirrord"]["rss_mib"], 1),
+                "lsyncd": round(s["lsyncd"]["rss_mib"], 1),
+            },
+            "mirrord_samples_s": [round(x, 3) for x in s["mirrord"]["s"]],
+        }
+    if "500k" in e2e:
+        ratios["e2e_full_over_mirrord_500k"] = round(
+            e2e["500k"]["full_s"] / e2e["500k"]["mirrord_s"], 1
+        )
+    if "lat_mirrord" in r:
+        lm, l0 = median(r["lat_mirrord"]), median(r["lat_lsyncd0"])
+        rows.append(
+            (
+                "1 new file after a quiet spell, small hot dir: mirrord",
+                f"{lm * 1000:.0f} ms",
+                f"lsyncd delay 0: {l0 * 1000:.0f} ms, ratio {lm / l0:.2f}",
+            )
+        )
+        ratios["latency_vs_lsyncd_delay0"] = round(lm / l0, 2)
+        doc["latency_ms"] = {"mirrord": round(lm * 1000, 1), "lsyncd_delay0": round(l0 * 1000, 1)}
+    m_pts = [(p["cpu_s"], p["p99_s"]) for p in r["tradeoff"]["mirrord"]]
+    l_pts = [(p["cpu_s"], p["p99_s"]) for p in r["tradeoff"]["lsyncd"]]
+    churn = f"churn {args.churn_rate} new files/s for {args.churn_seconds} s"
+    for who, key in (("mirrord", "min_interval_s"), ("lsyncd", "delay_s")):
+        for p in r["tradeoff"][who]:
+            rows.append(
+                (
+                    f"{churn}: {who} {key.removesuffix('_s')} {p[key]:g}s",
+                    f"p99 {p['p99_s']:.2f} s",
+                    f"p50 {p['p50_s']:.2f} s, CPU {p['cpu_s']:.1f} s",
+                )
+            )
+    if m_pts and l_pts:
+        eq = equal_cpu_and_rpo(m_pts, l_pts)
+        rpo, cpu = eq["rpo_at_equal_cpu"], eq["cpu_at_equal_rpo"]
+        ratios["rpo_p99_vs_lsyncd_at_equal_cpu"] = round(rpo[0], 2) if rpo else None
+        ratios["cpu_vs_lsyncd_at_equal_rpo"] = round(cpu[0], 2) if cpu else None
+        doc["equal_range"] = {
+            "rpo_at_equal_cpu": [round(x, 2) for x in rpo] if rpo else None,
+            "cpu_at_equal_rpo": [round(x, 2) for x in cpu] if cpu else None,
+        }
+        r["churn_title"] = churn
+        plot(r, PLOT)
+        doc["plot"] = str(PLOT.relative_to(PLOT.parent.parent))
+    hot = [p for p in r["tradeoff"]["mirrord"] if p["min_interval_s"] == 1.0]
+    if hot:
+        doc["rpo_p99_s"] = round(hot[0]["p99_s"], 3)
+    if "1000k" in e2e:
+        ratios["latency_vs_lsyncd_1m"] = round(
+            e2e["1000k"]["mirrord_s"] / e2e["1000k"]["lsyncd_s"], 2
+        )
+        rss = e2e["1000k"]["rss_mib"]
+        ratios["rss_vs_lsyncd_1m"] = round(rss["mirrord"] / rss["lsyncd"], 2)
+    doc["e2e"] = e2e
+    doc["tradeoff"] = {
+        w: [
+            {k: round(v, 3) if isinstance(v, float) else v for k, v in p.items()}
+            for p in r["tradeoff"][w]
+        ]
+        for w in ("mirrord", "lsyncd")
     }
+    width = max((len(x[0]) for x in rows), default=0)
+    for label, value, note in rows:
+        print(f"{label:<{width}}  {value:>12}  {note}")
+    return doc
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark on a fresh lab and print the table and the JSON line."""
-    p = argparse.ArgumentParser(prog="bench.mirror", description=__doc__)
-    p.add_argument("--sizes", default="100000,500000")
-    p.add_argument("--churn-rate", type=int, default=200)
-    p.add_argument("--churn-seconds", type=int, default=60)
+    p = argparse.ArgumentParser(prog="bench.mirror", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--sizes", default="100000,500000,1000000")
+    p.add_argument("--samples", type=int, default=5, help="10-file changes per tool and size")
+    p.add_argument("--full-samples", type=int, default=3, help="full rsync passes per size")
+    p.add_argument("--quiet", type=float, default=3.0, help="quiet spell before a change (s)")
     p.add_argument("--latency-samples", type=int, default=8)
+    p.add_argument("--churn-rate", type=int, default=200)
+    p.add_argument("--churn-seconds", type=int, default=30)
+    p.add_argument("--min-intervals", default="0.25,0.5,1,2,5", help="mirrord's, seconds")
+    p.add_argument("--delays", default="0,1,2,5,10", help="lsyncd's, seconds")
+    p.add_argument("--arrival-timeout", type=float, default=300.0)
+    p.add_argument("--parts", default="e2e,latency,tradeoff")
+    p.add_argument("--e2e-tools", default="mirrord,lsyncd,full")
+    p.add_argument("--resume", type=Path, help="start from this results.json (parts re-run)")
+    p.add_argument("--report-only", type=Path, help="re-read a results.json, print, plot")
     args = p.parse_args(argv)
-    with Lab() as lab:
-        bench = Bench(lab, args)
-        results = bench.run()
-    doc = report(results, bench.sizes, args)
-    print(json.dumps(doc))
+    if args.report_only:
+        results = json.loads(args.report_only.read_text())
+    else:
+        with Lab() as lab:
+            results = Bench(lab, args).run()
+    print(json.dumps(report(results, args)))
     return 0
 
 

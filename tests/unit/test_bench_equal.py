@@ -1,0 +1,45 @@
+"""bench.mirror reads "equal CPU" and "equal RPO" off two measured frontiers."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.mirror import equal_cpu_and_rpo, frontier, interpolate, ratio_at_equal
+
+
+def test_frontier_drops_points_beaten_on_both_axes() -> None:
+    """A point with more CPU and no better RPO than another is not on the frontier."""
+    pts = [(11.5, 2.37), (7.44, 1.46), (8.45, 2.40), (10.2, 3.10), (10.1, 10.6)]
+    assert frontier(pts) == [(7.44, 1.46)]
+    assert frontier([(3.0, 1.0), (1.0, 3.0), (2.0, 2.0)]) == [(1.0, 3.0), (2.0, 2.0), (3.0, 1.0)]
+
+
+def test_interpolate_is_linear_between_neighbours_and_refuses_outside() -> None:
+    """y at x comes from the two measured points around x, never from beyond the range."""
+    curve = [(1.0, 4.0), (3.0, 2.0)]
+    assert interpolate(curve, 2.0) == pytest.approx(3.0)
+    assert interpolate(curve, 1.0) == 4.0
+    with pytest.raises(ValueError):
+        interpolate(curve, 3.5)
+
+
+def test_ratio_at_equal_takes_worst_and_best_over_the_overlap() -> None:
+    """The ratio is evaluated at every measured x in the overlap; no overlap gives None."""
+    mine = [(1.0, 2.0), (3.0, 1.0)]
+    theirs = [(2.0, 1.0), (4.0, 0.5)]
+    # Overlap [2, 3]: at 2, 1.5 / 1.0; at 3, 1.0 / 0.75.
+    worst, best = ratio_at_equal(mine, theirs) or (0.0, 0.0)
+    assert worst == pytest.approx(1.5)
+    assert best == pytest.approx(4 / 3)
+    assert ratio_at_equal([(1.0, 1.0), (2.0, 0.5)], [(3.0, 1.0), (4.0, 0.5)]) is None
+
+
+def test_equal_cpu_and_rpo_on_a_measured_run() -> None:
+    """The 2026-12-02 run: RPO at equal CPU 1.47 times lsyncd's, no overlap in RPO."""
+    m = [(9.36, 3.069), (7.61, 2.123), (7.76, 1.694), (6.64, 2.3), (6.65, 5.463)]
+    ls = [(11.53, 2.374), (7.44, 1.465), (8.45, 2.399), (10.2, 3.104), (10.12, 10.64)]
+    eq = equal_cpu_and_rpo(m, ls)
+    rpo = eq["rpo_at_equal_cpu"]
+    assert rpo is not None
+    assert rpo[0] == pytest.approx(1.47, abs=0.01)
+    assert eq["cpu_at_equal_rpo"] is None
