@@ -13,7 +13,7 @@ import pytest
 
 from tests.lab import faults
 from tests.lab.lab import HB4, IPV4, IPV6, TARGETS, VIP4, VIP6, Lab, LabError, wait_until
-from tests.lab.probe import DUAL_WINDOW, Reply, VipProbe, analyse
+from tests.lab.probe import AGENT, DUAL_WINDOW, Reply, VipProbe, analyse
 
 netns = pytest.mark.netns
 
@@ -260,6 +260,28 @@ def test_arp_census_sees_two_owners_only_while_both_hold_the_vip(
     res = vip_probe.stop()
     assert {lab.mac("a"), lab.mac("b")} in [m for m in res.arp_rounds.values() if len(m) > 1]
     assert res.dual_owner_time >= 3 * res.arp_every
+
+
+@netns
+def test_udp_probe_sees_a_frozen_service_dark_while_the_kernel_still_pings(lab: Lab) -> None:
+    """The service probe gets no reply while a's echo service is stopped; ICMP still does."""
+    lab.run("a", ["ip", "addr", "add", f"{VIP4}/24", "dev", "lan0"])
+    service = lab.spawn("a", [lab.python, str(AGENT), "echo", VIP4, "7407"])
+    udp, icmp = VipProbe(lab, udp=7407), VipProbe(lab)
+    udp.start(VIP4)
+    icmp.start(VIP4)
+    assert udp.wait_for(lab.mac("a"), 10)
+    service.signal(signal.SIGSTOP)
+    t_stop = time.monotonic()
+    time.sleep(1.0)
+    service.signal(signal.SIGCONT)
+    t_cont = time.monotonic()
+    assert udp.wait_for(lab.mac("a"), udp.snapshot().replies_per_mac[lab.mac("a")] + 10)
+    served, pinged = udp.stop(), icmp.stop()
+    assert served.outage >= 0.9
+    gap_start, gap_end = served.outage_span
+    assert t_stop - 0.1 <= gap_start and gap_end >= t_cont - 0.1
+    assert pinged.outage < 0.6  # generous: the kernel answered throughout
 
 
 def test_analyse_clean_handover_is_not_dual() -> None:
