@@ -7,7 +7,8 @@ One lab per run (0.2 s to build): the pair starts with node a active, the client
 every 10 ms, a fault is injected on the active, and the probe records who answered and for how
 long nobody did. Faults:
 
-- crash     every process of the active SIGKILLed, its switch port and heartbeat link down;
+- crash     every process of the active stopped (SIGSTOP, by PID), then SIGKILLed, its switch
+            port and heartbeat link down;
 - lan_down  the active's switch port down (the heartbeat link stays up);
 - hb_cut    every heartbeat path silently dropped on both nodes for HB_CUT_S seconds while both
             still reach the LAN, then healed; the right answer is that nothing moves;
@@ -60,6 +61,8 @@ HB_CUT_S = 4.0
 HEAL_WATCH_S = 3.0
 # The UDP echo service on both nodes that the hang's client probes (agent.py echo).
 SERVICE_PORT = 7407
+# The standby's own view is read this long before the hang ends.
+VIEW_BEFORE_THAW_S = 1.5
 # keepalived's fastest honest setting: the highest priorities a non-owner may take.
 FAST_MASTER, FAST_BACKUP = 254, 253
 # The earlier setting, kept for comparison on the faults where the priority sets the time.
@@ -271,6 +274,10 @@ def one_run(tool: str, interval: float, fault: str) -> Sample:
         sample = Sample(tool, interval, fault, 0, 0, True)
         t_fault = time.monotonic()
         if fault == "crash":
+            # Everything stops at once, as in a power loss: frozen first, then killed. Killed in
+            # PID order, a child may see its parent die and act on it: keepalived's VRRP child
+            # then sends a priority-0 advert (a clean release, not a crash).
+            freeze(lab, "a")
             lab.kill_node("a")
         elif fault == "lan_down":
             lab.set_link("lan-a", False)
@@ -282,9 +289,13 @@ def one_run(tool: str, interval: float, fault: str) -> Sample:
         elif fault == "hang":
             frozen = freeze(lab, "a")
             try:
-                time.sleep(hang_seconds(interval))
+                # The standby's view is read before the end (`takeover status` takes a while
+                # under load), so that the hang lasts the same for every tool.
+                end = t_fault + hang_seconds(interval)
+                time.sleep(max(0.0, end - VIEW_BEFORE_THAW_S - time.monotonic()))
                 sample.took_over = holds(lab, "b")
                 sample.standby_view = pair.view("b")
+                time.sleep(max(0.0, end - time.monotonic()))
             finally:
                 thaw(frozen)
                 sample.hang_s = time.monotonic() - t_fault
