@@ -61,6 +61,8 @@ HB_CUT_S = 4.0
 HEAL_WATCH_S = 3.0
 # The UDP echo service on both nodes that the hang's client probes (agent.py echo).
 SERVICE_PORT = 7407
+# Gaps longer than this count as dark time (five echoes lost in a row).
+DARK_GAP_S = 0.05
 # The standby's own view is read this long before the hang ends.
 VIEW_BEFORE_THAW_S = 1.5
 # keepalived's fastest honest setting: the highest priorities a non-owner may take.
@@ -242,6 +244,9 @@ class Sample:
     # the active stayed frozen.
     gap_at_s: float = float("nan")
     hang_s: float = float("nan")
+    # All the time the client went unanswered, in gaps over DARK_GAP_S (a client sent back and
+    # forth between two owners is dark more than once).
+    dark_s: float = float("nan")
 
 
 def one_run(tool: str, interval: float, fault: str) -> Sample:
@@ -316,6 +321,7 @@ def one_run(tool: str, interval: float, fault: str) -> Sample:
             converged = bool(res.replies) and res.replies[-1].t > res.stopped - 0.5
         sample.outage_s = res.outage
         sample.gap_at_s = res.outage_span[0] - t_fault
+        sample.dark_s = sum(b - a for a, b in res.gaps(DARK_GAP_S))
         sample.dual_s = max(res.dual_time, res.dual_owner_time)
         sample.converged = converged
         sample.note = res.summary()
@@ -338,6 +344,7 @@ def run(tools: list[str], intervals: list[float], faults: list[str], runs: int) 
                     extra = ""
                     if fault == "hang":
                         extra = (
+                            f"  dark in all {s.dark_s * 1000:5.0f} ms"
                             f"  ping {s.ping_outage_s * 1000:5.0f} ms  gap at "
                             f"{s.gap_at_s:.2f} s of a {s.hang_s:.2f} s hang"
                             f"  b took over: {s.took_over}"
@@ -367,10 +374,13 @@ def describe_hang(samples: list[Sample], tool: str) -> str:
             per_interval.append(f"{interval:g} s: no result")
             continue
         frozen = [s.hang_s for s in ss if s.interval == interval and not math.isnan(s.hang_s)]
+        dark = [s.dark_s for s in ss if s.interval == interval and not math.isnan(s.dark_s)]
         per_interval.append(
-            f"at {interval:g} s the service was dark {statistics.median(outs) * 1000:.0f} ms "
-            f"in a {statistics.median(frozen) * 1000:.0f} ms freeze, pings "
-            f"{statistics.median(pings) * 1000:.0f} ms"
+            f"at {interval:g} s the service's longest gap was "
+            f"{statistics.median(outs) * 1000:.0f} ms and it was dark "
+            f"{statistics.median(dark) * 1000:.0f} ms in all, in a "
+            f"{statistics.median(frozen) * 1000:.0f} ms freeze (pings: longest gap "
+            f"{statistics.median(pings) * 1000:.0f} ms)"
         )
     dual = max(s.dual_s for s in ss)
     back = sum(s.converged for s in ss)
