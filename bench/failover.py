@@ -33,13 +33,10 @@ JSON line.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import logging
 import math
-import os
-import signal
 import statistics
 import sys
 import time
@@ -188,41 +185,6 @@ TOOLS: dict[str, Callable[[Lab, float], Pair]] = {
 }
 
 
-def _children(pid: int) -> list[int]:
-    """Direct children of pid, from /proc (every thread's list)."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            out += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
-def freeze(lab: Lab, node: str) -> list[int]:
-    """SIGSTOP every process the bench started on node and all their descendants, by PID.
-
-    Parents first, then their children as found, until no new PID shows up: a process cannot
-    start a child it is not yet stopped to miss. Returns the PIDs stopped, for thaw().
-    """
-    stopped: list[int] = []
-    todo = [p.pid for p in lab.processes if p.node == node and p.alive()]
-    while todo:
-        pid = todo.pop(0)
-        if pid in stopped:
-            continue
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGSTOP)
-            stopped.append(pid)
-            todo += _children(pid)
-    return stopped
-
-
-def thaw(pids: list[int]) -> None:
-    """SIGCONT the PIDs freeze() stopped."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-
-
 @dataclass
 class Sample:
     """One run's result."""
@@ -282,7 +244,7 @@ def one_run(tool: str, interval: float, fault: str) -> Sample:
             # Everything stops at once, as in a power loss: frozen first, then killed. Killed in
             # PID order, a child may see its parent die and act on it: keepalived's VRRP child
             # then sends a priority-0 advert (a clean release, not a crash).
-            freeze(lab, "a")
+            lab.freeze("a")
             lab.kill_node("a")
         elif fault == "lan_down":
             lab.set_link("lan-a", False)
@@ -292,7 +254,7 @@ def one_run(tool: str, interval: float, fault: str) -> Sample:
             heal()
             time.sleep(HEAL_WATCH_S)
         elif fault == "hang":
-            frozen = freeze(lab, "a")
+            frozen = lab.freeze("a")
             try:
                 # The standby's view is read before the end (`takeover status` takes a while
                 # under load), so that the hang lasts the same for every tool.
@@ -302,7 +264,7 @@ def one_run(tool: str, interval: float, fault: str) -> Sample:
                 sample.standby_view = pair.view("b")
                 time.sleep(max(0.0, end - time.monotonic()))
             finally:
-                thaw(frozen)
+                lab.thaw(frozen)
                 sample.hang_s = time.monotonic() - t_fault
             sample.frozen = len(frozen)
             time.sleep(HEAL_WATCH_S)

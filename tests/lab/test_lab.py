@@ -188,6 +188,33 @@ def test_kill_node_makes_it_unreachable_and_ends_its_processes(lab: Lab) -> None
     assert wait_until(lambda: lab.ping("b", HB4["a"], timeout=0.5), timeout=5)
 
 
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
+
+
+def _kids(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@netns
+def test_freeze_stops_every_process_of_the_node_and_its_children_and_thaw_resumes(
+    lab: Lab,
+) -> None:
+    """freeze stops a node's processes and their children (found by PID), not other nodes'."""
+    parent = lab.spawn("a", ["sh", "-c", "sleep 60 & wait"])
+    other = lab.spawn("b", ["sleep", "60"])
+    assert wait_until(lambda: bool(_kids(parent.pid)), 5)
+    stopped = lab.freeze("a")
+    child = _kids(parent.pid)[0]
+    assert sorted(stopped) == sorted([parent.pid, child])
+    assert wait_until(lambda: _state(parent.pid) == "T" and _state(child) == "T", 5)
+    assert _state(other.pid) != "T"
+    assert lab.ping("client", IPV4["a"])  # the kernel still answers
+    lab.thaw(stopped)
+    assert wait_until(lambda: _state(parent.pid) != "T" and _state(child) != "T", 5)
+
+
 @netns
 def test_spawn_with_binds_sees_its_own_dir(lab: Lab, tmp_path: Path) -> None:
     """Processes in a and b given different binds for one path each see their own files."""
