@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--intervals", default="0.1,1")
     p.add_argument("--faults", default=",".join(FAULTS))
     p.add_argument("--tools", default=",".join(TOOLS))
-    p.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="PNG to draw ('' for none)")
+    p.add_argument("--plot", default=str(DEFAULT_PLOT), help="PNG to draw ('' for none)")
     p.add_argument("--samples", type=Path, help="write every run's result here (JSON)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -500,9 +500,9 @@ def main(argv: list[str] | None = None) -> int:
         a.samples.write_text(json.dumps([s.__dict__ for s in samples], indent=1) + "\n")
     summary = summarize(samples, a.runs)
     drawn = True
-    if str(a.plot):
+    if a.plot:
         try:
-            plot(samples, a.runs, a.plot)
+            plot(samples, a.runs, Path(a.plot))
             print(f"picture: {a.plot}")
         except ImportError as e:
             drawn = False
