@@ -455,6 +455,16 @@ def plot(samples: list[Sample], runs: int, path: Path) -> None:
                         x, 0.97, f"two owners\nup to {dual * 1000:.0f} ms", ha="center", va="top",
                         fontsize=7, color="red", transform=ax.get_xaxis_transform(),
                     )  # fmt: skip
+            frozen = [
+                s.hang_s * 1000
+                for s in samples
+                if (s.interval, s.fault) == (interval, fault) and not math.isnan(s.hang_s)
+            ]
+            if frozen:
+                # The hang's own length: an outage up to it means nobody took over.
+                ax.axhline(statistics.median(frozen), color="gray", linestyle="--", linewidth=0.8)
+                ax.text(len(shown) - 0.45, statistics.median(frozen), "freeze", ha="right",
+                        va="bottom", fontsize=7, color="gray")  # fmt: skip
             ax.set_xticks(range(len(shown)), shown, fontsize=8)
             ax.set_xlim(-0.6, len(shown) - 0.4)
             ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1] * 1.3, 50))
