@@ -26,8 +26,8 @@ keepalived-100, the earlier setting (backup 100 under 150: a skew of 156/256 adv
 OLD_SETTING_FAULTS only, for comparison. The ratios compare hapair with the fastest setting.
 
 Prints a table (median/min/max outage, worst time with two owners), what each tool did in the
-hang, draws the outages (one strip per tool, per fault and interval) to --plot, and, last, one
-JSON line.
+hang, draws the outages (one strip per tool, per fault and interval) to --plot, keeps every
+run's numbers in --samples (bench/results/), and prints, last, one JSON line.
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ FAST_MASTER, FAST_BACKUP = 254, 253
 OLD_MASTER, OLD_BACKUP = 150, 100
 OLD_SETTING_FAULTS = ("crash", "lan_down")
 DEFAULT_PLOT = Path(__file__).resolve().parent.parent / "docs" / "bench-failover.png"
+# Every run's numbers, kept out of git (bench/results/ is ignored); {time} is the UTC time.
+DEFAULT_SAMPLES = Path(__file__).resolve().parent / "results" / "failover-{time}.json"
 
 
 def hang_seconds(interval: float) -> float:
@@ -209,6 +211,8 @@ class Sample:
     # All the time the client went unanswered, in gaps over DARK_GAP_S (a client sent back and
     # forth between two owners is dark more than once).
     dark_s: float = float("nan")
+    # Which node answered last ("a", "b"; "" if nobody).
+    last_owner: str = ""
 
 
 def one_run(tool: str, interval: float, fault: str) -> Sample:
@@ -284,6 +288,8 @@ def one_run(tool: str, interval: float, fault: str) -> Sample:
         sample.outage_s = res.outage
         sample.gap_at_s = res.outage_span[0] - t_fault
         sample.dark_s = sum(b - a for a, b in res.gaps(DARK_GAP_S))
+        if res.replies:
+            sample.last_owner = {mac_a: "a", mac_b: "b"}.get(res.replies[-1].mac, "?")
         sample.dual_s = max(res.dual_time, res.dual_owner_time)
         sample.converged = converged
         sample.note = res.summary()
@@ -309,7 +315,7 @@ def run(tools: list[str], intervals: list[float], faults: list[str], runs: int) 
                             f"  dark in all {s.dark_s * 1000:5.0f} ms"
                             f"  ping {s.ping_outage_s * 1000:5.0f} ms  gap at "
                             f"{s.gap_at_s:.2f} s of a {s.hang_s:.2f} s hang"
-                            f"  b took over: {s.took_over}"
+                            f"  b took over: {s.took_over}  last served by {s.last_owner}"
                             f"  b: {s.standby_view}  ({s.frozen} PIDs frozen)"
                         )
                     print(
@@ -346,10 +352,12 @@ def describe_hang(samples: list[Sample], tool: str) -> str:
         )
     dual = max(s.dual_s for s in ss)
     back = sum(s.converged for s in ss)
+    owners = Counter(s.last_owner for s in ss if s.converged)
+    back_by = ", ".join(f"{n} by {o}" for o, n in sorted(owners.items()))
     return (
         f"standby took over in {took}/{len(ss)} runs (its view at the end: {views}); "
         f"{'; '.join(per_interval)} (medians); two owners up to {dual * 1000:.0f} ms; "
-        f"service answering after the thaw in {back}/{len(ss)}"
+        f"service answering after the thaw in {back}/{len(ss)} ({back_by})"
     )
 
 
@@ -493,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faults", default=",".join(FAULTS))
     p.add_argument("--tools", default=",".join(TOOLS))
     p.add_argument("--plot", default=str(DEFAULT_PLOT), help="PNG to draw ('' for none)")
-    p.add_argument("--samples", type=Path, help="write every run's result here (JSON)")
+    p.add_argument("--samples", default=str(DEFAULT_SAMPLES),
+                   help="write every run's result here (JSON; '' for nowhere)")  # fmt: skip
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     tools = a.tools.split(",")
@@ -507,7 +516,10 @@ def main(argv: list[str] | None = None) -> int:
     intervals = [float(x) for x in a.intervals.split(",")]
     samples = run(tools, intervals, faults, a.runs)
     if a.samples:
-        a.samples.write_text(json.dumps([s.__dict__ for s in samples], indent=1) + "\n")
+        path = Path(a.samples.replace("{time}", time.strftime("%Y%m%d-%H%M%S", time.gmtime())))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"samples: {path}")
+        path.write_text(json.dumps([s.__dict__ for s in samples], indent=1) + "\n")
     summary = summarize(samples, a.runs)
     drawn = True
     if a.plot:
