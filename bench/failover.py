@@ -60,6 +60,8 @@ HEAL_WATCH_S = 3.0
 SERVICE_PORT = 7407
 # Gaps longer than this count as dark time (five echoes lost in a row).
 DARK_GAP_S = 0.05
+# The outage of a run whose set-up failed: no measurement, left out of every median.
+NAN = float("nan")
 # The standby's own view is read this long before the hang ends.
 VIEW_BEFORE_THAW_S = 1.5
 # keepalived's fastest honest setting: the highest priorities a non-owner may take.
@@ -246,7 +248,7 @@ def one_run(tool: str, interval: float, fault: str) -> Sample:
         # a must serve steadily before the fault (initdead, election).
         if not probe.wait_for(mac_a, 50, timeout=30):
             res = probe.stop()
-            return Sample(tool, interval, fault, 0, 0, False, f"a never served: {res.summary()}")
+            return Sample(tool, interval, fault, NAN, 0, False, f"a never served: {res.summary()}")
         # Measure the fault only: a fresh probe, a steady second of a serving, then the fault.
         probe.stop()
         probe.start(VIP4)
@@ -256,7 +258,9 @@ def one_run(tool: str, interval: float, fault: str) -> Sample:
             pings.start(VIP4)
         if not probe.wait_for(mac_a, 20, timeout=10):
             res = probe.stop()
-            return Sample(tool, interval, fault, 0, 0, False, f"a stopped serving: {res.summary()}")
+            return Sample(
+                tool, interval, fault, NAN, 0, False, f"a stopped serving: {res.summary()}"
+            )
         time.sleep(1.0)
         sample = Sample(tool, interval, fault, 0, 0, True)
         t_fault = time.monotonic()
@@ -341,7 +345,7 @@ def run(tools: list[str], intervals: list[float], faults: list[str], runs: int) 
 
 def describe_hang(samples: list[Sample], tool: str) -> str:
     """What tool did in the hang, in one sentence built from its samples."""
-    ss = [s for s in samples if s.tool == tool and s.fault == "hang"]
+    ss = [s for s in samples if s.tool == tool and s.fault == "hang" and not math.isnan(s.outage_s)]
     if not ss:
         return "not run"
     took = sum(bool(s.took_over) for s in ss)
