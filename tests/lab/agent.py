@@ -9,6 +9,12 @@
         (0 = off) and records every ARP reply for VIP as {"arp": round, "t": .., "mac": ..}: two
         MACs answering one round means two nodes hold the address at once, whichever one the
         client's own neighbour entry happens to point at.
+        With --udp PORT it probes a service instead of the kernel: each echo is a UDP datagram
+        to VIP:PORT carrying the sequence number, and a reply is the datagram `agent.py echo`
+        sends back (a kernel whose processes are frozen still answers pings, not this).
+    agent.py echo ADDRESS PORT
+        A UDP echo service bound to ADDRESS even while the node does not hold it (IP_FREEBIND):
+        it answers from the node that holds ADDRESS, and only while it runs.
     agent.py garp IFACE ADDRESS [--count 1]
         Announce ADDRESS from IFACE's MAC: the ARP request form (sender IP = target IP,
         broadcast), which a Linux neighbour in its locktime still accepts.
@@ -38,6 +44,7 @@ PACKET_OUTGOING = 4
 SOL_RAW = 255  # linux/socket.h; Python does not export it
 ICMP_FILTER = 1  # linux/icmp.h: SOL_RAW option, bitmask of ICMP types to drop
 ICMP6_FILTER = 1  # linux/icmpv6.h
+IP_FREEBIND = 15  # linux/in.h; Python exports it only from 3.12
 
 
 def _checksum(data: bytes) -> int:
@@ -59,6 +66,21 @@ def _echo(v6: bool, ident: int, seq: int) -> bytes:
         return header + payload
     csum = _checksum(header + payload)
     return struct.pack("!BBHHH", kind, 0, csum, ident, seq) + payload
+
+
+def _parse_udp_reply(frame: bytes, vip: bytes, port: int) -> int | None:
+    """Return the sequence number if frame is an IPv4 UDP reply from vip:port, else None."""
+    if len(frame) < 14 + 20 + 8 + 4 or struct.unpack("!H", frame[12:14])[0] != ETH_P_IP:
+        return None
+    ip = frame[14:]
+    ihl = (ip[0] & 0x0F) * 4
+    if ip[9] != 17 or ip[12:16] != vip or len(ip) < ihl + 8 + 4:
+        return None
+    udp = ip[ihl:]
+    if struct.unpack("!H", udp[0:2])[0] != port:
+        return None
+    seq: int = struct.unpack("!I", udp[8:12])[0]
+    return seq & 0xFFFF
 
 
 def _parse_reply(frame: bytes, v6: bool, vip: bytes, ident: int) -> int | None:
@@ -120,10 +142,14 @@ def _own_ipv4(iface: str) -> bytes:
         return fcntl.ioctl(s.fileno(), 0x8915, req)[20:24]
 
 
-def probe(vip_text: str, out_path: str, interval: float, iface: str, arp_every: float) -> int:
-    """Ping vip every interval until SIGTERM, writing one JSON line per reply to out_path."""
+def probe(
+    vip_text: str, out_path: str, interval: float, iface: str, arp_every: float, *, udp: int = 0
+) -> int:
+    """Ping vip (or its UDP echo service) every interval until SIGTERM, one JSON line a reply."""
     vip = ipaddress.ip_address(vip_text)
     v6 = vip.version == 6
+    if udp and v6:
+        raise SystemExit("agent.py probe: --udp is for an IPv4 VIP")
     ident = os.getpid() & 0xFFFF
     stop = False
 
@@ -134,7 +160,9 @@ def probe(vip_text: str, out_path: str, interval: float, iface: str, arp_every: 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
 
-    if v6:
+    if udp:
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    elif v6:
         tx = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
         # Block every ICMPv6 type on the send socket: replies are read on the packet socket.
         tx.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, b"\xff" * 32)
@@ -145,7 +173,7 @@ def probe(vip_text: str, out_path: str, interval: float, iface: str, arp_every: 
         socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IPV6 if v6 else ETH_P_IP)
     )
     rx.bind((iface, 0))
-    dest = (vip_text, 0, 0, 0) if v6 else (vip_text, 0)
+    dest = (vip_text, 0, 0, 0) if v6 else (vip_text, udp)
     arp_sock: socket.socket | None = None
     arp_frame = b""
     arp_round = 0
@@ -181,8 +209,9 @@ def probe(vip_text: str, out_path: str, interval: float, iface: str, arp_every: 
             now = time.monotonic()
             if now >= deadline:
                 # No route or neighbour failure while the VIP moves: it counts as a lost echo.
+                msg = struct.pack("!I", sent) if udp else _echo(v6, ident, sent & 0xFFFF)
                 with contextlib.suppress(OSError):
-                    tx.sendto(_echo(v6, ident, sent & 0xFFFF), dest)
+                    tx.sendto(msg, dest)
                 sent += 1
                 deadline += interval
                 if deadline < now:
@@ -209,13 +238,28 @@ def probe(vip_text: str, out_path: str, interval: float, iface: str, arp_every: 
             t = time.monotonic()
             if addr[2] == PACKET_OUTGOING:
                 continue
-            seq = _parse_reply(frame, v6, vip.packed, ident)
+            if udp:
+                seq = _parse_udp_reply(frame, vip.packed, udp)
+            else:
+                seq = _parse_reply(frame, v6, vip.packed, ident)
             if seq is None:
                 continue
             mac = frame[6:12].hex(":")
             out.write(json.dumps({"t": t, "mac": mac, "seq": seq}) + "\n")
         out.write(json.dumps({"event": "stop", "t": time.monotonic(), "sent": sent}) + "\n")
     return 0
+
+
+def echo(address: str, port: int) -> int:
+    """Send every datagram arriving at address:port back to its sender, until SIGTERM."""
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+        s.bind((address, port))
+        while True:
+            data, peer = s.recvfrom(2048)
+            with contextlib.suppress(OSError):
+                s.sendto(data, peer)
 
 
 def garp(iface: str, address: str, count: int) -> int:
@@ -245,13 +289,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=0.01)
     p.add_argument("--iface", default="lan0")
     p.add_argument("--arp-every", type=float, default=0.05)
+    p.add_argument("--udp", type=int, default=0, metavar="PORT")
+    e = sub.add_parser("echo")
+    e.add_argument("address")
+    e.add_argument("port", type=int)
     g = sub.add_parser("garp")
     g.add_argument("iface")
     g.add_argument("address")
     g.add_argument("--count", type=int, default=1)
     args = parser.parse_args(argv)
     if args.cmd == "probe":
-        return probe(args.vip, args.out, args.interval, args.iface, args.arp_every)
+        return probe(args.vip, args.out, args.interval, args.iface, args.arp_every, udp=args.udp)
+    if args.cmd == "echo":
+        return echo(args.address, args.port)
     return garp(args.iface, args.address, args.count)
 
 

@@ -148,6 +148,15 @@ def _alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+def _children(pid: int) -> list[int]:
+    """Direct children of pid, from /proc (every thread's list)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
 class LabProcess:
     """A process the lab started in a node; `stop()` ends it by PID."""
 
@@ -618,6 +627,33 @@ class Lab(Managed):
             # Also drops carrier at the peer's end: a link failure both sides notice.
             self._ip(node, "link", "set", HB_IFACE, "down")
         log.info("lab.kill_node node=%s", node)
+
+    def freeze(self, node: str) -> list[int]:
+        """SIGSTOP every process the lab started in node and all their descendants, by PID.
+
+        Parents first, then the children found under each: a process cannot start a child it
+        is not yet stopped to miss. Links and kernel stay up (a hung node). Returns the PIDs
+        stopped, for thaw().
+        """
+        stopped: list[int] = []
+        todo = [p.pid for p in self.processes if p.node == node and p.alive()]
+        while todo:
+            pid = todo.pop(0)
+            if pid in stopped:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+                todo += _children(pid)
+        log.info("lab.freeze node=%s pids=%s", node, stopped)
+        return stopped
+
+    def thaw(self, pids: Sequence[int]) -> None:
+        """SIGCONT the PIDs freeze() stopped."""
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        log.info("lab.thaw pids=%s", list(pids))
 
     def revive_node(self, node: str) -> None:
         """Undo kill_node's links (processes stay dead: start them again)."""

@@ -221,12 +221,19 @@ def read_log(path: Path) -> ProbeResult:
 
 
 class VipProbe:
-    """Ping a VIP from the client namespace every `interval` and record which MAC answers."""
+    """Ping a VIP from the client namespace every `interval` and record which MAC answers.
 
-    def __init__(self, lab: Lab, *, node: str = "client", interval: float = 0.01) -> None:
+    With `udp` (a port) it probes the VIP's UDP echo service (`agent.py echo`) instead of the
+    kernel's ICMP: what a client of a frozen service sees, although the kernel still answers.
+    """
+
+    def __init__(
+        self, lab: Lab, *, node: str = "client", interval: float = 0.01, udp: int = 0
+    ) -> None:
         self.lab = lab
         self.node = node
         self.interval = interval
+        self.udp = udp
         self._proc: LabProcess | None = None
         self._log: Path | None = None
         self._count = 0
@@ -251,6 +258,8 @@ class VipProbe:
         ]  # fmt: skip
         if arp_every is not None:
             argv += ["--arp-every", str(arp_every)]
+        if self.udp:
+            argv += ["--udp", str(self.udp)]
         self._proc = self.lab.spawn(self.node, argv)
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.lab import faults
 from tests.lab.lab import HB4, IPV4, IPV6, TARGETS, VIP4, VIP6, Lab, LabError, wait_until
-from tests.lab.probe import DUAL_WINDOW, Reply, VipProbe, analyse
+from tests.lab.probe import AGENT, DUAL_WINDOW, Reply, VipProbe, analyse
 
 netns = pytest.mark.netns
 
@@ -188,6 +188,33 @@ def test_kill_node_makes_it_unreachable_and_ends_its_processes(lab: Lab) -> None
     assert wait_until(lambda: lab.ping("b", HB4["a"], timeout=0.5), timeout=5)
 
 
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
+
+
+def _kids(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@netns
+def test_freeze_stops_every_process_of_the_node_and_its_children_and_thaw_resumes(
+    lab: Lab,
+) -> None:
+    """freeze stops a node's processes and their children (found by PID), not other nodes'."""
+    parent = lab.spawn("a", ["sh", "-c", "sleep 60 & wait"])
+    other = lab.spawn("b", ["sleep", "60"])
+    assert wait_until(lambda: bool(_kids(parent.pid)), 5)
+    stopped = lab.freeze("a")
+    child = _kids(parent.pid)[0]
+    assert sorted(stopped) == sorted([parent.pid, child])
+    assert wait_until(lambda: _state(parent.pid) == "T" and _state(child) == "T", 5)
+    assert _state(other.pid) != "T"
+    assert lab.ping("client", IPV4["a"])  # the kernel still answers
+    lab.thaw(stopped)
+    assert wait_until(lambda: _state(parent.pid) != "T" and _state(child) != "T", 5)
+
+
 @netns
 def test_spawn_with_binds_sees_its_own_dir(lab: Lab, tmp_path: Path) -> None:
     """Processes in a and b given different binds for one path each see their own files."""
@@ -260,6 +287,28 @@ def test_arp_census_sees_two_owners_only_while_both_hold_the_vip(
     res = vip_probe.stop()
     assert {lab.mac("a"), lab.mac("b")} in [m for m in res.arp_rounds.values() if len(m) > 1]
     assert res.dual_owner_time >= 3 * res.arp_every
+
+
+@netns
+def test_udp_probe_sees_a_frozen_service_dark_while_the_kernel_still_pings(lab: Lab) -> None:
+    """The service probe gets no reply while a's echo service is stopped; ICMP still does."""
+    lab.run("a", ["ip", "addr", "add", f"{VIP4}/24", "dev", "lan0"])
+    service = lab.spawn("a", [lab.python, str(AGENT), "echo", VIP4, "7407"])
+    udp, icmp = VipProbe(lab, udp=7407), VipProbe(lab)
+    udp.start(VIP4)
+    icmp.start(VIP4)
+    assert udp.wait_for(lab.mac("a"), 10)
+    service.signal(signal.SIGSTOP)
+    t_stop = time.monotonic()
+    time.sleep(1.0)
+    service.signal(signal.SIGCONT)
+    t_cont = time.monotonic()
+    assert udp.wait_for(lab.mac("a"), udp.snapshot().replies_per_mac[lab.mac("a")] + 10)
+    served, pinged = udp.stop(), icmp.stop()
+    assert served.outage >= 0.9
+    gap_start, gap_end = served.outage_span
+    assert t_stop - 0.1 <= gap_start and gap_end >= t_cont - 0.1
+    assert pinged.outage < 0.6  # generous: the kernel answered throughout
 
 
 def test_analyse_clean_handover_is_not_dual() -> None:
