@@ -211,10 +211,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print_problems(PROG, err.problems)
         return config_exit(err)
-    witness_problems = witness_key_problems(cluster)
-    if witness_problems:
-        print_problems(PROG, witness_problems)
-        return int(Exit.CONFIG)
     # Imported here: the effect modules pull in pyroute2, which `status` does not need.
     from takeover import runtime  # noqa: PLC0415
 
