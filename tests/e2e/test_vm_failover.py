@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import libvirt
 import pytest
@@ -19,7 +20,7 @@ from tests.lab import fixtures
 from tests.lab.fixtures import require_root
 from tests.lab.lab import Lab
 from tests.lab.libvirt_hosts import LibvirtPair
-from tests.lab.pair import takeover_argv
+from tests.lab.pair import PairConfig, cluster_toml, takeover_argv
 from tests.lab.vm_pair import VmLab, VmPair, start_bmcs
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
@@ -165,3 +166,38 @@ def test_takeover_restart_on_the_active_keeps_the_guest_running(vmpair: VmPair) 
     assert host.qemu_pid(vp.name) == pid, vp.pair.log("a")[-5000:]
     assert vp.running_on() == ["a"]
     assert vp.pair.role("b") == "STANDBY"
+
+
+def test_reload_removes_then_adds_the_vm_on_the_active_only(vmpair: VmPair) -> None:
+    """A reload without the [[vm]] stops the guest on the active (b never starts it); a reload
+    with it again starts it on the active only, the VIP held throughout."""
+    vp, lab = vmpair, vmpair.vl.lab
+    pair = vp.pair
+    key = pair.cluster.parent / "authkey"
+
+    def reload_with(cfg: PairConfig) -> None:
+        pair.cluster.write_text(cluster_toml(lab, cfg, key))
+        for node in ("a", "b"):
+            p = lab.run(node, takeover_argv(pair.cluster, node, "check"), check=False)
+            assert p.returncode == 0, p.stderr
+            pair.procs[node].signal(signal.SIGHUP)
+
+    reload_with(replace(pair.cfg, extra=""))
+    wait_for(
+        lambda: vp.running_on() == [] and "reload.applied" in pair.log("b"),
+        "the guest to stop on a",
+        context=lambda: pair.log("a")[-4000:],
+    )
+    assert f"reload.vm_removed name=vm {vp.name} held=True" in pair.log("a"), pair.log("a")
+    assert vp.vm_status("a") == {} and vp.vm_status("b") == {}
+    assert pair.role("a") == "ACTIVE" and pair.role("b") == "STANDBY" and pair.holds("a")
+
+    reload_with(pair.cfg)
+    wait_for(
+        lambda: vp.vm_status("a").get("holder") == "a",
+        "a to start the guest again",
+        context=lambda: pair.log("a")[-4000:],
+    )
+    assert vp.running_on() == ["a"] and vp.state("b") != "running"
+    assert pair.role("a") == "ACTIVE" and pair.role("b") == "STANDBY" and pair.holds("a")
+    assert not pair.holds("b")
