@@ -94,6 +94,10 @@ class FencingConfig:
     # When fencing fails: "refuse" to take over, or take over only if the "vip-guard"
     # finds every VIP unanswered on the LAN.
     on_failure: str = "refuse"
+    # Seconds this node may stay silent on every heartbeat link while its VIPs still answer
+    # (a hung user space over a live kernel) before its peer fences it and takes over;
+    # 0: never (the peer waits for it to thaw).
+    hung_after: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -557,7 +561,14 @@ def _parse(root: Table, source: Path) -> Cluster:
     heartbeat = _heartbeat(root)
     mirror_table = root.table("mirror")
     mirror = _mirror(mirror_table) if mirror_table is not None else None
-    nodes = _nodes(root, heartbeat.links, run_dir, state_dir, needs_mirror=mirror is not None)
+    nodes = _nodes(
+        root,
+        heartbeat.links,
+        run_dir,
+        state_dir,
+        needs_mirror=mirror is not None,
+        deadtime=heartbeat.deadtime,
+    )
     arbitration = _arbitration(root)
     announce = _announce(root)
     vips = _vips(root, nodes)
@@ -667,6 +678,7 @@ def _nodes(
     state_dir: Path,
     *,
     needs_mirror: bool,
+    deadtime: float,
 ) -> tuple[Node, ...]:
     tables = root.tables("node")
     if len(tables) != 2 and not root.bad("node"):
@@ -685,7 +697,7 @@ def _nodes(
         node_state = t.path("state_dir", str(state_dir))
         heartbeat = _node_heartbeat(t, links)
         fencing_table = t.table("fencing")
-        fencing = _fencing(fencing_table) if fencing_table is not None else None
+        fencing = _fencing(fencing_table, deadtime) if fencing_table is not None else None
         t.finish()
         nodes.append(
             Node(
@@ -742,9 +754,18 @@ def _cross_check_nodes(root: Table, nodes: list[Node], links: tuple[str, ...]) -
         root.problem("node[1].mirror_address", f"same address as node[0] ({a.mirror_address})")
 
 
-def _fencing(t: Table) -> FencingConfig:
+def _fencing(t: Table, deadtime: float) -> FencingConfig:
     kind = t.string("type", choices=["ipmi"])
     address = t.address("address")
+    # Past any pause a healthy node has (a stun, a slow disk) and past systemd's restart of
+    # a hung takeover alone (WatchdogSec=5s): only a node that stays hung is fenced.
+    hung_after = t.duration("hung_after", max(10.0, 2 * deadtime), minimum=0.0)
+    if not t.bad("hung_after") and 0 < hung_after < deadtime:
+        t.problem(
+            "hung_after",
+            f"must be 0 (never) or at least heartbeat.deadtime ({format_seconds(deadtime)}), "
+            f"got {format_seconds(hung_after)}",
+        )
     config = FencingConfig(
         type=kind,
         address=address or ipaddress.IPv4Address(0),
@@ -753,6 +774,7 @@ def _fencing(t: Table) -> FencingConfig:
         port=t.integer("port", 623, lo=1, hi=65535),
         timeout=t.duration("timeout", 10.0, positive=True),
         on_failure=t.string("on_failure", "refuse", choices=["refuse", "vip-guard"]),
+        hung_after=hung_after,
     )
     t.finish()
     return config

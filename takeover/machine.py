@@ -92,6 +92,9 @@ class MachineParams:
     fencing: bool = False
     # What to do when fencing fails: "refuse" (stay standby) or "vip-guard" (re-probe, then decide).
     fencing_policy: str = "refuse"
+    # Seconds a peer heard since our start may stay silent while its VIPs still answer (hung)
+    # before it is fenced, with fencing only; 0: never, the guard alone decides.
+    hung_after: float = 0.0
     # Probe the LAN for the VIPs before taking over after a peer loss.
     guard: bool = True
     # Seconds between re-arbitrations while the peer is lost but not taken over from.
@@ -1142,13 +1145,29 @@ def _recheck(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
             return replace(s, probing_since=None, recheck_at=now + _recheck_delay(s, now)), []
         return s, []
     down = max(s.fresh_down or 0, own_score(s))
-    if s.guard_answered and not should_surrender(down, s.params.max_unreachable):
+    hung = _peer_hung(s, now) is not None
+    if s.guard_answered and not hung and not should_surrender(down, s.params.max_unreachable):
         # Nothing changed: the VIP still answers. Stay, and look again later.
         return replace(s, probing_since=None, recheck_at=now + _recheck_delay(s, now)), []
     # STANDBY -> ARBITRATING: this round calls for a decision; make it with these results.
     new = s.to(Role.ARBITRATING, now, "peer lost, re-check")
     new = replace(new, fresh_down=s.fresh_down, guard_answered=s.guard_answered)
     return _on_arbitrating(new, Tick(), now)
+
+
+def _peer_hung(s: State, now: float) -> float | None:
+    """Return how long the peer has been silent if that makes it hung, else None.
+
+    Hung: heard since our start, silent on every link for `hung_after` while its VIPs still
+    answer (the caller's guard result), and fencing configured. A node that never heard its
+    peer (it started while the heartbeats were cut) never calls it hung: two nodes that cannot
+    hear each other then fence at most once, never in turn at every restart.
+    """
+    p = s.params
+    if not p.fencing or p.hung_after <= 0 or s.peer is None or s.hold_standby:
+        return None
+    silent = now - s.peer.heard_at
+    return silent if silent >= p.hung_after else None
 
 
 def _on_arbitrating(s: State, ev: Event, now: float) -> tuple[State, list[Action]]:
@@ -1165,6 +1184,12 @@ def _on_arbitrating(s: State, ev: Event, now: float) -> tuple[State, list[Action
         new, actions = _go_passive(s, Role.ISOLATED, now, f"{max(down, own_score(s))} targets down")
         return replace(new, condition="surrendered: ping score too bad"), actions
     if s.guard_answered:
+        silent = _peer_hung(s, now)
+        if silent is not None:
+            # ARBITRATING -> FENCING: silent for hung_after, yet its VIPs answer: its kernel
+            # runs, its user space does not. Powered off, it answers nothing any more.
+            reason = f"peer hung: silent {silent:.1f}s, its VIPs still answer"
+            return s.to(Role.FENCING, now, reason), [Fence(s.params.peer)]
         # ARBITRATING -> STANDBY: another MAC answers for the VIP; only heartbeats are broken.
         return _back_off(s, now, PEER_STILL_SERVING, PEER_STILL_SERVING)
     guard_done = s.guard_answered is not None or not s.params.guard

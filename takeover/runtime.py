@@ -102,6 +102,7 @@ def machine_params(cluster: Cluster, node: Node) -> MachineParams:
         # on_failure policy decides, which is the safe reading of the operator's intent.
         fencing=fencing is not None,
         fencing_policy=fencing.on_failure if fencing is not None else "refuse",
+        hung_after=fencing.hung_after if fencing is not None else 0.0,
         guard=bool(cluster.vips),
         # Longest pause between looks while the peer is silent but its VIP still answers.
         recheck=max(arb.probe_interval, hb.deadtime),

@@ -19,6 +19,7 @@ from tests.lab.effects import neigh_mac
 from tests.lab.lab import IPV4, VIP4, Lab, wait_until
 from tests.lab.pair import HB_PORT, HapairPair, PairConfig
 from tests.lab.probe import ProbeResult, VipProbe
+from tests.lab.vm_pair import start_bmcs
 
 pytestmark = pytest.mark.e2e
 
@@ -354,3 +355,39 @@ def test_owner_reannounces_when_another_mac_claims_its_vip(
     # The status file is rewritten every status_interval (1 s here).
     assert wait_until(counted, 5, 0.2), status(pair, "a")
     assert pair.role("a") == "ACTIVE" and pair.role("b") == "STANDBY"
+
+
+def test_a_hung_active_is_fenced_after_hung_after_and_the_standby_serves(
+    lab: Lab, vip_probe: VipProbe
+) -> None:
+    """Every process of a frozen (its kernel still answers for the VIP): b waits hung_after,
+    fences a through its BMC, and serves; the VIP never had two owners."""
+    bmcs = start_bmcs(lab)
+    try:
+        fencing = {
+            n: f'[node.fencing]\ntype = "ipmi"\naddress = "{b.address}"\nport = {b.port}\n'
+            f'user = "{b.user}"\npassword_file = "{b.write_password_file()}"\n'
+            'timeout = "8s"\nhung_after = "2s"\n'
+            for n, b in bmcs.items()
+        }
+        pair = HapairPair(lab, PairConfig(node_extra=fencing))
+        pair.start()
+        assert pair.wait_role("a", "ACTIVE", 30), pair.log("a")
+        assert pair.wait_role("b", "STANDBY", 30), pair.log("b")
+        serving(lab, vip_probe, "a")
+        frozen = lab.freeze("a")
+        frozen_at = time.monotonic()
+        assert vip_probe.wait_for(lab.mac("b"), 30, timeout=20), pair.log("b")[-4000:]
+        waited = time.monotonic() - frozen_at
+        lab.thaw(frozen)
+        res = vip_probe.stop()
+        assert single_owner(res), res.summary()
+        assert bmcs["a"].power() == "off" and "set power 0" in bmcs["a"].calls()
+        assert pair.role("b") == "ACTIVE" and pair.holds("b")
+        log_b = pair.log("b")
+        assert "peer hung: silent" in log_b, log_b[-4000:]
+        # Not before hung_after: a short pause is not a hang.
+        assert waited >= 2.0, waited
+    finally:
+        for bmc in bmcs.values():
+            bmc.stop()

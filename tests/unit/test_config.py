@@ -630,3 +630,21 @@ def test_check_refuses_a_bad_witness_key_and_run_too(
     wkey.chmod(0o600)
     assert takeover_cli.main(["-c", str(path), "--node", "a", "check"]) == 0
     assert "witness 203.0.113.10" in capsys.readouterr().out
+
+
+def test_hung_after_defaults_past_two_deadtimes_and_zero_means_never(tmp_path: Path) -> None:
+    """[node.fencing] hung_after is max(10 s, 2 x deadtime) unless given; 0 is allowed (never)."""
+    fencing = (
+        '[node.fencing]\ntype = "ipmi"\naddress = "192.0.2.201"\nuser = "u"\n'
+        'password_file = "/etc/hapair/a.ipmi"\n'
+    )
+    text = MINIMAL.read_text().replace('[[node]]\nname = "b"', fencing + '\n[[node]]\nname = "b"')
+    assert text.count("[node.fencing]") == 1
+    for interval, given, want in [("200ms", "", 10.0), ("5s", "", 30.0), ("1s", "0s", 0.0)]:
+        body = text.replace("[heartbeat]\n", f'[heartbeat]\ninterval = "{interval}"\n', 1)
+        if given:
+            body = body.replace("[node.fencing]\n", f'[node.fencing]\nhung_after = "{given}"\n')
+        path = tmp_path / "cluster.toml"
+        path.write_text(body)
+        fencing_cfg = load_cluster(path).nodes[0].fencing
+        assert fencing_cfg is not None and fencing_cfg.hung_after == want, (interval, given)

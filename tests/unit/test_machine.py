@@ -1357,3 +1357,76 @@ def test_scenario_hung_release_is_fenced_by_the_peer_then_taken_over() -> None:
     out = b.feed(FenceResult(ok=True), now)
     assert b.role is Role.ACTIVE
     assert any(isinstance(x, AcquireResources) for x in out)
+
+
+HUNG = 4.0
+
+
+@pytest.mark.parametrize(
+    ("fencing", "hung_after", "hung_for", "fenced"),
+    [
+        (True, HUNG, 6.0, True),  # fencing, silent past hung_after: fenced, then taken over
+        (True, HUNG, 3.0, False),  # silent, but not yet for hung_after: a pause, not a hang
+        (True, 0.0, 8.0, False),  # hung_after 0: never, the guard alone decides
+        (False, HUNG, 8.0, False),  # no fencing: nothing can make the peer stop answering
+    ],
+)
+def test_scenario_hung_peer_is_fenced_only_past_hung_after_with_fencing(
+    fencing: bool, hung_after: float, hung_for: float, fenced: bool
+) -> None:
+    """The active freezes (no heartbeat, its kernel still answers for the VIP): the standby
+    fences it once hung_after has passed, with fencing configured, and then takes over."""
+    pair = Pair(
+        replace(PA, fencing=fencing, hung_after=hung_after),
+        replace(PB, fencing=fencing, hung_after=hung_after),
+    )
+    pair.run(3.0)
+    pair.alive["a"] = False
+    pair.run(hung_for, guard={"b": True})
+    fences = [x for x in pair.b.actions if isinstance(x, Fence)]
+    if fenced:
+        assert fences == [Fence("alpha")]
+        assert pair.b.role is Role.ACTIVE and pair.b.state.epoch == 2
+        assert (Role.FENCING, Role.ACTIVE) in pair.b.transitions()
+    else:
+        assert fences == []
+        assert pair.b.role is Role.STANDBY and pair.b.state.condition == PEER_STILL_SERVING
+
+
+def test_a_node_that_never_heard_its_peer_never_calls_it_hung() -> None:
+    """Started while every heartbeat is cut and the VIP answers: long past hung_after, this
+    node fences nobody (two nodes that cannot hear each other must not fence in turn)."""
+    pb = replace(PB, fencing=True, hung_after=HUNG)
+    b = Node(pb, T0)
+    now = T0
+    for _ in range(200):
+        now = round(now + pb.interval, 6)
+        complete(b, b.feed(Tick(), now), now, guard_answered=True)
+    assert now - T0 > 4 * HUNG
+    assert not [x for x in b.actions if isinstance(x, Fence)]
+    assert b.role is Role.STANDBY
+
+
+def test_a_hung_peer_whose_fencing_fails_is_not_taken_over() -> None:
+    """Fencing a hung peer fails (policy refuse): the standby stays standby, VIP untouched."""
+    pb = replace(PB, fencing=True, hung_after=HUNG)
+    b = Node(pb, T0)
+    b.state = mk(Role.STANDBY, pb, peer=peer(Role.ACTIVE, ago=0.0, priority=100))
+    now = T0
+
+    def answer(out: list[Action]) -> None:
+        for action in out:
+            if isinstance(action, ProbeTargets):
+                answer(b.feed(TargetsProbed(down=0), now))
+            elif isinstance(action, ProbeVipGuard):
+                answer(b.feed(VipGuardResult(True, round=action.round), now))
+            elif isinstance(action, Fence):
+                answer(b.feed(FenceResult(ok=False, detail="BMC unreachable"), now))
+
+    for _ in range(60):
+        now = round(now + pb.interval, 6)
+        answer(b.feed(Tick(), now))
+    assert [x for x in b.actions if isinstance(x, Fence)]
+    assert "fencing failed" in b.state.condition
+    assert b.role is Role.STANDBY
+    assert not any(isinstance(x, AcquireResources) for x in b.actions)
