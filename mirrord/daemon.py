@@ -865,11 +865,11 @@ class Daemon:
         self._vouch[root] = "added by a reload"
         self._expect_mount[root] = os.path.ismount(root)
         self._need_full(root, "reload: new directory", now)
-        if self._watcher is None or not (os.path.isdir(root) and self._watcher.watch(root)):
-            self._unwatched.add(root)
-        else:
-            self._seen[root] = guard.root_mount(root)
-        self._set_blind(root)
+        # Watching walks the whole tree: in a worker thread, as every re-watch; until it is
+        # watched, full passes poll it (and one more follows once the watch is in place).
+        self._unwatched.add(root)
+        if self._watcher is not None:
+            self._rewatch(now, only={root})
 
     def _retire(self, root: str) -> None:
         """Stop pushing a directory a reload dropped; its data stays as it is on both nodes."""

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from mirrord import daemon as daemon_module
 from mirrord import orphans
 from mirrord.changes import RawEvent
-from mirrord.daemon import Daemon, MountsMoved, Rewatch
+from mirrord.daemon import Daemon, MountsMoved, Reloaded, Rewatch
 from mirrord.follow import PeerSeen, RoleSeen
 from mirrord.planner import Result
 from mirrord.roles import Peer
@@ -208,3 +209,35 @@ def test_a_mount_elsewhere_looks_at_the_roots_and_walks_none(tmp_path: Path) -> 
     asyncio.run(body())
     assert walked == [str(root)]
     assert not daemon._unwatched and not daemon._mount_alarm
+
+
+def test_a_directory_added_by_a_reload_is_watched_off_the_loop(tmp_path: Path) -> None:
+    """A reload adding a directory (its watch walks the whole tree) keeps the loop ticking;
+    the new root ends up watched and owes a full pass."""
+    daemon, _root = follower(tmp_path)
+    new = tmp_path / "new"
+    new.mkdir()
+    watched: list[str] = []
+
+    class SlowWatcher:
+        """Adds a watch as slowly as a large tree does."""
+
+        unwatchable: dict[str, tuple[str, ...]] = {}
+
+        def watch(self, path: str) -> bool:
+            time.sleep(SLOW)
+            watched.append(path)
+            return True
+
+    daemon._watcher = SlowWatcher()  # type: ignore[assignment]
+    (d,) = daemon.dirs.values()
+    daemon.reloader = lambda: Reloaded((d, replace(d, root=str(new))), 20.0, None)
+
+    async def body() -> None:
+        daemon._reload(daemon.clock())
+        await settle(daemon)
+
+    gap = asyncio.run(loop_gaps(body))
+    assert gap < MAX_GAP
+    assert watched == [str(new)] and str(new) not in daemon._unwatched
+    assert daemon.planner.status(str(new), daemon.clock()).full_needed is not None
