@@ -540,8 +540,13 @@ class Bench:
 # -- the report -----------------------------------------------------------------------------
 
 
-# The tools the end-to-end part can measure (--e2e-tools).
-TOOLS = ("mirrord", "lsyncd", "full")
+# The tools the end-to-end part can measure (--e2e-tools), as the report names them.
+LABELS = {
+    "mirrord": "mirrord hot (median, CPU)",
+    "lsyncd": "lsyncd delay 0",
+    "full": "full rsync -a --delete",
+}
+TOOLS = tuple(LABELS)
 
 
 def median(xs: Sequence[float]) -> float:
@@ -590,25 +595,23 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         k = f"{int(n) // 1000}k"
         t = {w: (median(s[w]["s"]), median(s[w]["cpu_s"])) for w in TOOLS if w in s}
         row: dict[str, Any] = {"cpu_s": {w: round(c, 2) for w, (_, c) in t.items()}}
-        if "mirrord" in t:
-            m, mc = t["mirrord"]
-            rows.append((f"{k} files, 10 changed: mirrord hot (median, CPU)", f"{m * 1000:.0f} ms",
-                         f"CPU {mc:.2f} s, RSS {s['mirrord']['rss_mib']:.1f} MiB, "
-                         f"all: {' '.join(f'{x:.2f}' for x in s['mirrord']['s'])} s"))  # fmt: skip
-            row["mirrord_s"] = round(m, 4)
-            row["mirrord_samples_s"] = [round(x, 3) for x in s["mirrord"]["s"]]
-        if "lsyncd" in t:
-            ls, lc = t["lsyncd"]
-            vs = f", mirrord/lsyncd {t['mirrord'][0] / ls:.2f}" if "mirrord" in t else ""
-            rows.append((f"{k} files, 10 changed: lsyncd delay 0", f"{ls * 1000:.0f} ms",
-                         f"CPU {lc:.2f} s, RSS {s['lsyncd']['rss_mib']:.1f} MiB{vs}"))  # fmt: skip
-            row["lsyncd_s"] = round(ls, 4)
-        if "full" in t:
-            full, fc = t["full"]
-            vs = f", full/mirrord {full / t['mirrord'][0]:.1f}x" if "mirrord" in t else ""
-            rows.append((f"{k} files, 10 changed: full rsync -a --delete", f"{full:.3f} s",
-                         f"CPU {fc:.2f} s{vs}"))  # fmt: skip
-            row["full_s"] = round(full, 3)
+        m = t["mirrord"][0] if "mirrord" in t else None
+        for w, (x, c) in t.items():
+            label, shown = LABELS[w], f"{x * 1000:.0f} ms" if w != "full" else f"{x:.3f} s"
+            note = f"CPU {c:.2f} s"
+            if w != "full":
+                note += f", RSS {s[w]['rss_mib']:.1f} MiB"
+            if w == "mirrord":
+                note += f", all: {' '.join(f'{y:.2f}' for y in s[w]['s'])} s"
+                row["mirrord_samples_s"] = [round(y, 3) for y in s[w]["s"]]
+            elif m is not None:
+                note += (
+                    f", mirrord/lsyncd {m / x:.2f}"
+                    if w == "lsyncd"
+                    else f", full/mirrord {x / m:.1f}x"
+                )
+            rows.append((f"{k} files, 10 changed: {label}", shown, note))
+            row[f"{w}_s"] = round(x, 4 if w != "full" else 3)
         row["rss_mib"] = {w: round(s[w]["rss_mib"], 1) for w in ("mirrord", "lsyncd") if w in s}
         e2e[k] = row
     if {"full_s", "mirrord_s"} <= e2e.get("500k", {}).keys():
