@@ -421,29 +421,32 @@ class Bench:
 
     # -- 2. latency after a quiet spell, small hot directory ------------------------------
 
-    def latency_samples(self, name: str) -> list[float]:
-        out = []
-        for _ in range(self.args.latency_samples):
-            time.sleep(self.args.quiet)
-            fname = f"lat{self.next_seq()}"
-            target = self.pair.dst(name) / fname
-            t0 = time.monotonic()
-            (self.pair.src(name) / fname).write_text(fname)
-            while not target.exists():
-                time.sleep(0.0005)
-                if time.monotonic() - t0 > self.args.arrival_timeout:
-                    raise RuntimeError(f"latency sample of {name} never arrived")
-            out.append(time.monotonic() - t0)
-        return out
+    def latency_sample(self, name: str) -> float:
+        """A quiet spell, then one new file in /srv/NAME; seconds until it is on b."""
+        time.sleep(self.args.quiet)
+        fname = f"lat{self.next_seq()}"
+        target = self.pair.dst(name) / fname
+        t0 = time.monotonic()
+        (self.pair.src(name) / fname).write_text(fname)
+        while not target.exists():
+            time.sleep(0.0005)
+            if time.monotonic() - t0 > self.args.arrival_timeout:
+                raise RuntimeError(f"latency sample of {name} never arrived")
+        return time.monotonic() - t0
 
     def latency(self) -> None:
+        """Both tools run at once, each on its own small root, and their samples alternate:
+        a change in the machine's load (other work on the same cores) falls on both alike,
+        where one tool's samples after the other's would each see another load."""
         self.root("lat")
-        self.mirrord([{"path": "/srv/lat", "class": "hot"}])
-        self.results["lat_mirrord"] = self.latency_samples("lat")
-        self.pair.stop()
         self.root("lat-lsyncd0")
+        self.mirrord([{"path": "/srv/lat", "class": "hot"}])
         ls = self.lsyncd("lat-lsyncd0", 0)
-        self.results["lat_lsyncd0"] = self.latency_samples("lat-lsyncd0")
+        self.results["lat_mirrord"], self.results["lat_lsyncd0"] = [], []
+        for _ in range(self.args.latency_samples):
+            self.results["lat_mirrord"].append(self.latency_sample("lat"))
+            self.results["lat_lsyncd0"].append(self.latency_sample("lat-lsyncd0"))
+        self.pair.stop()
         self.stop_lsyncd(ls, "lat-lsyncd0")
         self.save()
 

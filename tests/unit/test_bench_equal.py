@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import types
 
 import pytest
 
-from bench.mirror import equal_cpu_and_rpo, frontier, interpolate, ratio_at_equal, report
+from bench.mirror import (
+    Bench,
+    equal_cpu_and_rpo,
+    frontier,
+    interpolate,
+    ratio_at_equal,
+    report,
+)
 
 
 def test_frontier_drops_points_beaten_on_both_axes() -> None:
@@ -59,3 +67,25 @@ def test_report_of_a_run_without_the_full_rsync() -> None:
     doc = report(results, argparse.Namespace(churn_rate=200, churn_seconds=30))
     assert doc["ratio"] == {"latency_vs_lsyncd_1m": 0.5, "rss_vs_lsyncd_1m": 1.5}
     assert "full_s" not in doc["e2e"]["1000k"]
+
+
+def test_latency_samples_of_the_two_tools_alternate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quiet-spell latency runs mirrord and lsyncd at once and alternates their samples
+    (one tool's samples all after the other's saw another load on the shared cores)."""
+    order: list[str] = []
+    bench = Bench.__new__(Bench)
+    bench.args = argparse.Namespace(latency_samples=3)
+    bench.results = {}
+    bench.pair = types.SimpleNamespace(stop=lambda: order.append("stop mirrord"))
+    monkeypatch.setattr(bench, "root", lambda name: None, raising=False)
+    monkeypatch.setattr(bench, "mirrord", lambda p: order.append("mirrord"), raising=False)
+    monkeypatch.setattr(bench, "lsyncd", lambda n, d: order.append("lsyncd"), raising=False)
+    monkeypatch.setattr(bench, "stop_lsyncd", lambda p, n: order.append("stop lsyncd"),
+                        raising=False)  # fmt: skip
+    monkeypatch.setattr(bench, "save", lambda: None, raising=False)
+    monkeypatch.setattr(bench, "latency_sample", lambda name: order.append(name) or 0.1,
+                        raising=False)  # fmt: skip
+    bench.latency()
+    assert order == ["mirrord", "lsyncd", *["lat", "lat-lsyncd0"] * 3, "stop mirrord",
+                     "stop lsyncd"]  # fmt: skip
+    assert bench.results["lat_mirrord"] == bench.results["lat_lsyncd0"] == [0.1] * 3
