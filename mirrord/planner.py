@@ -56,9 +56,6 @@ RATE_ALPHA: Final = 0.3
 COST_ALPHA: Final = 0.3
 # Consecutive failed passes after which a retrying directory also reports an alarm.
 ALARM_AFTER_FAILURES: Final = 5
-# Why a pass skips the rate spacing (`_Dir.prompt`).
-QUIET: Final = "quiet"
-COMPANION: Final = "companion"
 
 
 class PassKind(enum.Enum):
@@ -68,6 +65,15 @@ class PassKind(enum.Enum):
     INCREMENTAL = "incremental"
     # The whole tree (rsync --delete), optionally with --checksum as an audit.
     FULL = "full"
+
+
+class Prompt(enum.Enum):
+    """Why the next pass skips the rate spacing."""
+
+    # Its first change ended a quiet spell (no change for min_interval).
+    QUIET = "quiet"
+    # Its changes came while a QUIET pass ran (the rest of that burst): one pass, no more.
+    COMPANION = "companion"
 
 
 class Result(enum.Enum):
@@ -180,9 +186,8 @@ class _Dir:
     audit_at: float | None = None
     # Time of the latest change recorded (a quiet spell is measured from it).
     last_change: float | None = None
-    # Why the next pass skips the rate spacing: QUIET (its first change ended a quiet spell)
-    # or COMPANION (its changes came while a QUIET pass ran); None: it is spaced.
-    prompt: str | None = None
+    # Why the next pass skips the rate spacing; None: it is spaced.
+    prompt: Prompt | None = None
     # Whether the running pass is a QUIET one (changes meanwhile are its companions).
     quiet_running: bool = False
 
@@ -247,10 +252,10 @@ class Planner:
         quiet = d.last_change is None or now - d.last_change >= d.cadence.min_interval
         if quiet:
             # quiet spell -> QUIET: the pass goes without the rate spacing
-            d.prompt = QUIET
+            d.prompt = Prompt.QUIET
         elif d.running is not None and d.quiet_running and d.prompt is None:
             # during a QUIET pass -> COMPANION: one more pass right after it
-            d.prompt = COMPANION
+            d.prompt = Prompt.COMPANION
         d.last_change = now
         for p in paths:
             d.dirty.setdefault(p, now)
@@ -299,7 +304,7 @@ class Planner:
             raise RuntimeError(f"planner: a pass of {plan.directory} is already running")
         d.running, d.started_at = plan, now
         d.in_flight = {p: d.dirty.pop(p) for p in plan.paths if p in d.dirty}
-        d.quiet_running, d.prompt = d.prompt == QUIET, None
+        d.quiet_running, d.prompt = d.prompt is Prompt.QUIET, None
         if plan.kind is PassKind.FULL:
             if d.full_reason is not None and d.full_since is not None:
                 d.in_flight_full = (d.full_reason, d.full_since)
