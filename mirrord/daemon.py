@@ -35,10 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final, Protocol
-
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from mirrord import deletions, guard, mounts, orphans, reloadplan, roles, sdnotify, stopping
 from mirrord.backups import find_unbackable, prune_backups, unbackable
@@ -72,6 +69,9 @@ from mirrord.transfer import (
 from takeover.fsutil import write_atomic
 from takeover.reloadplan import ReloadRefused
 from takeover.status import process_start
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 log = logging.getLogger(__name__)
 
@@ -648,6 +648,10 @@ class Daemon:
         scheduled = {root: d.schedule for root, d in self.dirs.items() if d.schedule}
         if not scheduled:
             return None
+        # Imported only when a policy has a schedule (mirrord.policy says why).
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler  # noqa: PLC0415
+        from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415
+
         sched = AsyncIOScheduler(event_loop=loop)
         for root, line in scheduled.items():
 

@@ -23,7 +23,13 @@ Rules, in the order they matter:
   when the pass started is cleared when it succeeds, and it goes back on retry or alarm;
 - the interval adapts between `min_interval` and `max_interval`: busier directories sync more
   often, and a burst counts from its first changes, not from the next pass's rate sample;
-  a change after a quiet spell is sent at once (its idle time is already paid);
+- a change after a quiet spell (no change for `min_interval`) is sent at once, without the
+  rate spacing, and so are its companions (the changes seen while that pass ran: the writer
+  that ended the quiet spell is usually still at it), in one more pass; the rate spacing
+  batches changes that come closer together than that. Waiting for the rate spacing there
+  batches nothing: a directory quiet for min_interval has fewer than one change per
+  min_interval to gather, and its passes cost one per change either way. The duty gap,
+  `settle` and the back-off still apply;
 - a scheduled audit (the policy's cron `schedule`, fired by the daemon at calendar times) is
   due at once and makes the next full pass an audit.
 
@@ -59,6 +65,15 @@ class PassKind(enum.Enum):
     INCREMENTAL = "incremental"
     # The whole tree (rsync --delete), optionally with --checksum as an audit.
     FULL = "full"
+
+
+class Prompt(enum.Enum):
+    """Why the next pass skips the rate spacing."""
+
+    # Its first change ended a quiet spell (no change for min_interval).
+    QUIET = "quiet"
+    # Its changes came while a QUIET pass ran (the rest of that burst): one pass, no more.
+    COMPANION = "companion"
 
 
 class Result(enum.Enum):
@@ -169,6 +184,12 @@ class _Dir:
     forced_full: bool = False
     # Since when a scheduled audit is owed (the policy's cron schedule fired).
     audit_at: float | None = None
+    # Time of the latest change recorded (a quiet spell is measured from it).
+    last_change: float | None = None
+    # Why the next pass skips the rate spacing; None: it is spaced.
+    prompt: Prompt | None = None
+    # Whether the running pass is a QUIET one (changes meanwhile are its companions).
+    quiet_running: bool = False
 
 
 def _average(average: float | None, duration: float) -> float:
@@ -225,6 +246,17 @@ class Planner:
     def changes(self, directory: str, paths: Iterable[str], now: float) -> None:
         """Record changed relative paths (first change time is kept for the RPO)."""
         d = self._get(directory)
+        paths = list(paths)
+        if not paths:
+            return
+        quiet = d.last_change is None or now - d.last_change >= d.cadence.min_interval
+        if quiet:
+            # quiet spell -> QUIET: the pass goes without the rate spacing
+            d.prompt = Prompt.QUIET
+        elif d.running is not None and d.quiet_running and d.prompt is None:
+            # during a QUIET pass -> COMPANION: one more pass right after it
+            d.prompt = Prompt.COMPANION
+        d.last_change = now
         for p in paths:
             d.dirty.setdefault(p, now)
             d.rate_count += 1
@@ -272,6 +304,7 @@ class Planner:
             raise RuntimeError(f"planner: a pass of {plan.directory} is already running")
         d.running, d.started_at = plan, now
         d.in_flight = {p: d.dirty.pop(p) for p in plan.paths if p in d.dirty}
+        d.quiet_running, d.prompt = d.prompt is Prompt.QUIET, None
         if plan.kind is PassKind.FULL:
             if d.full_reason is not None and d.full_since is not None:
                 d.in_flight_full = (d.full_reason, d.full_since)
@@ -301,6 +334,7 @@ class Planner:
             raise RuntimeError(f"planner: no pass of {directory} is running")
         duration = max(0.0, now - d.started_at)
         d.running = d.started_at = None
+        d.quiet_running = False
         d.last_finish, d.last_result, d.last_duration = now, result, duration
         if plan.kind is PassKind.FULL:
             d.full_cost = _average(d.full_cost, duration)
@@ -433,7 +467,7 @@ class Planner:
             pending.append(d.full_since)
         if pending:
             spaced = -math.inf
-            if d.last_start is not None:
+            if d.last_start is not None and d.prompt is None:
                 spaced = d.last_start + self._spacing(d)
             if d.last_finish is not None:
                 full = d.full_reason is not None or d.forced_full

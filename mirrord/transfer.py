@@ -22,8 +22,13 @@ stamped within the same second as the source's change kept the peer's time, and 
 never fixed it). --relative sends the parents of every listed path along as implied
 directories, and rsync sets their times again after it has deleted or created entries in
 them. The root itself is nobody's implied parent, and listing `.` would send its whole first
-level: an incremental pass lists `./.hapair-backup` first, whose implied parent `./` carries
-the root's times and modes, while the name itself is excluded like the whole backup area.
+level: an incremental pass lists `./.hapair-root` first, whose implied parent `./` carries the
+root's times and modes. The name is an ordinary path (sent if it exists, deleted on the peer
+if only the peer has it), so it may be missing on both sides and nothing happens. It must not
+be the backup area: a receiver that is rsync's daemon or `rsync --server` (every real peer) is
+not sent the sender's excludes when only --delete-missing-args deletes, so a listed
+`./.hapair-backup`, missing on the source, was deleted there at every pass (moved, with
+everything kept so far, into the new pass's backup dir inside itself).
 
 On the receiving side, whatever a pass overwrites or deletes is kept under
 `<root>/.hapair-backup/<UTC hour>/<MMSS.mmm>/`, one directory per pass, under its own name (no
@@ -212,7 +217,7 @@ def _common(opts: TransferOptions, now: float) -> list[str]:
     if opts.sparse:
         argv.append("-S")
     # Anchored, so only the root's own backup area is skipped (and protected from --delete);
-    # whatever its type, so neither ROOT_CARRIER nor a symlink by that name is ever sent.
+    # whatever its type, so a symlink by that name is never sent.
     argv.append(f"--exclude=/{BACKUP_DIR}")
     argv += [f"--exclude={p}" for p in opts.excludes]
     if opts.bwlimit > 0:
@@ -239,7 +244,8 @@ def literal_pattern(rel: str) -> str:
 
 
 # Listed first in every incremental pass: its implied parent is the root (module docstring).
-ROOT_CARRIER: Final = f"./{BACKUP_DIR}"
+# An ordinary name, never the backup area: the peer deletes a listed path missing here.
+ROOT_CARRIER: Final = "./.hapair-root"
 
 
 def files_from(paths: Iterable[str]) -> list[str]:

@@ -408,3 +408,25 @@ def test_a_255_byte_name_is_updated_and_backed_up_under_its_own_name(lab: Lab) -
     kept = [p for p in (dst / ".hapair-backup").rglob(name) if p.is_file()]
     assert [p.read_text() for p in kept] == ["first"]
     assert pair.dir_status("data")["last"]["result"] == "ok"
+
+
+def test_incremental_passes_leave_the_peers_backup_area_in_place(lab: Lab) -> None:
+    """Through ssh and the rsync daemon, incremental passes delete nothing on the peer (before
+    the fix each deleted the backup area, and max_delete refused them): what an earlier pass
+    kept stays where it was put, never moved into a later pass's backup dir."""
+    pair = MirrorPair(lab, [{"path": "/srv/data", **FAST}])
+    src, dst = pair.src("data"), pair.dst("data")
+    write(src, "a", "0")
+    pair.start()
+    assert pair.converge("data")
+    write(src, "a", "1")
+    assert wait_until(lambda: (dst / "a").read_text() == "1", timeout=30)
+    (kept,) = [p for p in (dst / ".hapair-backup").rglob("a") if p.is_file()]
+    for i in range(2, 5):
+        write(src, "a", str(i))
+        assert wait_until(lambda i=i: (dst / "a").read_text() == str(i), timeout=30)
+        assert wait_until(lambda: not pair.dir_status("data")["running"], timeout=30)
+        last = pair.dir_status("data")["last"]
+        assert (last["result"], last["deleted"]) == ("ok", 0), last
+    assert kept.read_text() == "0"
+    assert not list((dst / ".hapair-backup").rglob("*/.hapair-backup"))

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import types
+
 import pytest
 
-from bench.mirror import equal_cpu_and_rpo, frontier, interpolate, ratio_at_equal
+from bench.mirror import (
+    Bench,
+    equal_cpu_and_rpo,
+    frontier,
+    interpolate,
+    ratio_at_equal,
+    report,
+)
 
 
 def test_frontier_drops_points_beaten_on_both_axes() -> None:
@@ -43,3 +53,39 @@ def test_equal_cpu_and_rpo_on_a_measured_run() -> None:
     assert rpo is not None
     assert rpo[0] == pytest.approx(1.47, abs=0.01)
     assert eq["cpu_at_equal_rpo"] is None
+
+
+def test_report_of_a_run_without_the_full_rsync() -> None:
+    """A run with `--e2e-tools mirrord,lsyncd` is reported (it raised KeyError 'full'), with
+    the 1M ratios it can give and none it cannot."""
+    sample = {"s": [0.3, 0.4, 0.5], "cpu_s": [0.1, 0.2, 0.3]}
+    results = {
+        "sizes": {"1000000": {"mirrord": {**sample, "rss_mib": 30.0},
+                              "lsyncd": {**sample, "s": [0.8], "rss_mib": 20.0}}},
+        "tradeoff": {"mirrord": [], "lsyncd": []},
+    }  # fmt: skip
+    doc = report(results, argparse.Namespace(churn_rate=200, churn_seconds=30))
+    assert doc["ratio"] == {"latency_vs_lsyncd_1m": 0.5, "rss_vs_lsyncd_1m": 1.5}
+    assert "full_s" not in doc["e2e"]["1000k"]
+
+
+def test_latency_samples_of_the_two_tools_alternate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quiet-spell latency runs mirrord and lsyncd at once and alternates their samples
+    (one tool's samples all after the other's saw another load on the shared cores)."""
+    order: list[str] = []
+    bench = Bench.__new__(Bench)
+    bench.args = argparse.Namespace(latency_samples=3)
+    bench.results = {}
+    bench.pair = types.SimpleNamespace(stop=lambda: order.append("stop mirrord"))
+    monkeypatch.setattr(bench, "root", lambda name: None, raising=False)
+    monkeypatch.setattr(bench, "mirrord", lambda p: order.append("mirrord"), raising=False)
+    monkeypatch.setattr(bench, "lsyncd", lambda n, d: order.append("lsyncd"), raising=False)
+    monkeypatch.setattr(bench, "stop_lsyncd", lambda p, n: order.append("stop lsyncd"),
+                        raising=False)  # fmt: skip
+    monkeypatch.setattr(bench, "save", lambda: None, raising=False)
+    monkeypatch.setattr(bench, "latency_sample", lambda name: order.append(name) or 0.1,
+                        raising=False)  # fmt: skip
+    bench.latency()
+    assert order == ["mirrord", "lsyncd", *["lat", "lat-lsyncd0"] * 3, "stop mirrord",
+                     "stop lsyncd"]  # fmt: skip
+    assert bench.results["lat_mirrord"] == bench.results["lat_lsyncd0"] == [0.1] * 3

@@ -282,8 +282,8 @@ def test_a_full_pass_fixes_sub_second_drift(tmp_path: Path) -> None:
 
 
 def test_the_carrier_of_the_roots_times_is_never_sent_nor_deleted(tmp_path: Path) -> None:
-    """The backup area named as the root's carrier stays out of the pass on both sides,
-    whether it is a directory, a symlink or missing on the source."""
+    """The backup area stays out of an incremental pass on both sides, whether it is a
+    directory, a symlink or missing on the source."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     tree(dst, {f"{BACKUP_DIR}/2026-11-18T11Z/kept~": "old"})
     src.mkdir()
@@ -298,6 +298,36 @@ def test_the_carrier_of_the_roots_times_is_never_sent_nor_deleted(tmp_path: Path
               files_from({"."}))  # fmt: skip
     assert res.outcome.result is Result.OK, res.stderr
     assert (dst / f"{BACKUP_DIR}/2026-11-18T11Z/kept~").read_text() == "old"
+
+
+def through_an_rsync_daemon(argv: list[str], tmp_path: Path, dst: Path) -> list[str]:
+    """Return `argv` pushing into `dst` as a module of rsync's daemon over a remote shell (the
+    real peers' receiver: it is not sent the sender's excludes), not as a local copy."""
+    conf = tmp_path / "rsyncd.conf"
+    conf.write_text(f"use chroot = no\nuid = {os.getuid()}\ngid = {os.getgid()}\n"
+                    f"read only = no\nlog file = /dev/null\n[m]\npath = {dst}\n")  # fmt: skip
+    rsh = tmp_path / "rsh"
+    rsh.write_text(f"#!/bin/sh\nexec rsync --server --daemon --config={conf} .\n")
+    rsh.chmod(0o755)
+    return [*argv[:-1], "-e", str(rsh), "x::m/"]
+
+
+def test_incremental_passes_leave_the_peers_backup_area_alone(tmp_path: Path) -> None:
+    """Through rsync's daemon, an incremental pass deletes nothing and leaves what earlier
+    passes kept where it is (the old carrier, the backup area, was deleted at every pass)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tree(src, {"a": "1"})
+    tree(dst, {"a": "1", f"{BACKUP_DIR}/2026-11-18T11Z/0640.000/old": "kept"})
+    for when in (NOW, NOW + 1):
+        (src / "a").write_text(f"edited at {when}")
+        argv = incremental_argv(str(src), None, TransferOptions(), when, dest=str(dst))
+        res = run(through_an_rsync_daemon(argv, tmp_path, dst), files_from({"a"}))
+        assert res.outcome.result is Result.OK, res.stderr
+        assert res.stats.deleted == 0
+        assert (dst / "a").read_text() == f"edited at {when}"
+    assert (dst / f"{BACKUP_DIR}/2026-11-18T11Z/0640.000/old").read_text() == "kept"
+    assert not list((dst / BACKUP_DIR).rglob(f"*/{BACKUP_DIR}"))
+    assert os.stat(dst).st_mtime_ns == os.stat(src).st_mtime_ns
 
 
 def test_full_pass_keeps_the_backup_area(tmp_path: Path) -> None:
