@@ -7,9 +7,11 @@ acknowledged write ended up.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -76,6 +78,62 @@ def test_planned_switchover_loses_nothing(pair: PairLab) -> None:
     (pair.tree("b", "data") / "after").write_text("after\n")
     assert wait_until((pair.tree("a", "data") / "after").exists, 20, 0.1)
     assert not pair.pushing("a")
+
+
+def follow_state(pair: PairLab, node: str) -> dict[str, Any]:
+    """The "follow" part of node's mirrord status file ({} if there is none)."""
+    return dict((pair.mirror_status(node) or {}).get("follow") or {})
+
+
+def test_standby_whose_takeover_restarts_and_serves_before_mirrord_is_back(
+    pair: PairLab,
+) -> None:
+    """Seed 7: takeover dies on the standby, comes back and serves while mirrord is not
+    subscribed (held back as its reconnect back-off did), then `takeover standby`: the release
+    waits for mirrord, which finds RELEASING and flushes what was written; every
+    acknowledged write ends on the new active or on the old one's orphan list."""
+    takeover_cmd(pair, "a", "standby")
+    assert wait_until(lambda: pair.active() == "b" and pair.pushing("b"), 30, 0.1)
+    assert wait_until(lambda: follow_state(pair, "a").get("receiving"), 30, 0.1)
+    pair.takeover.procs["a"].signal(signal.SIGKILL)
+    pair.takeover.procs["a"].wait(10)
+    gone = wait_until(
+        lambda: "role" in (f := follow_state(pair, "a")) and f["role"] is None, 10, 0.1
+    )
+    assert gone, pair.log("a")[-2000:]
+    assert follow_state(pair, "a").get("gap")
+    # The peer's pushes wait until mirrord has looked at what changed meanwhile.
+    assert (pair.tree("a", "data") / ".hapair-backup" / "source").exists()
+    pair.mirrord["a"].signal(signal.SIGSTOP)
+    try:
+        # b lets go (a is unheard: --force) and a's takeover comes back and wins.
+        takeover_cmd(pair, "b", "standby", "--force")
+        assert pair.takeover.wait_role("b", "STANDBY", 30), pair.takeover.log("b")[-2000:]
+        pair.takeover.start("a")
+        assert pair.takeover.wait_role("a", "ACTIVE", 30), pair.takeover.log("a")[-2000:]
+        writer = Writer(pair.tree("a", "data")).start()
+        time.sleep(2.0)
+        takeover_cmd(pair, "a", "standby")
+        acked = writer.stop()
+        time.sleep(1.0)
+        # Without mirrord's say the release does not end (bounded by inhibit_timeout, 30 s).
+        assert pair.takeover.role("a") == "RELEASING", pair.takeover.log("a")[-2000:]
+    finally:
+        pair.mirrord["a"].signal(signal.SIGCONT)
+    assert wait_until(lambda: pair.active() == "b", 40, 0.1), pair.takeover.log("a")[-2000:]
+    names = [n for n, _ in acked]
+    assert len(names) > 20
+    # The final flush carried them: every acknowledged write is on the new active.
+    on_b = present(pair.tree("b", "data"), names)
+    assert set(names) <= on_b, (sorted(set(names) - on_b)[:5], pair.log("a")[-3000:])
+    flush = follow_state(pair, "a")["last_flush"]
+    assert flush["ok"], flush
+    totals: Any = pair.takeover.status("a").get("totals") or {}
+    assert not totals.get("inhibitor_timeouts"), totals
+    # The pair mirrors on: b pushes into a again (the marker is gone).
+    (pair.tree("b", "data") / "after").write_text("after\n")
+    assert wait_until((pair.tree("a", "data") / "after").exists, 30, 0.1), pair.log("a")[-2000:]
+    assert not pair.pushing("a") and not follow_state(pair, "a").get("gap")
 
 
 def test_active_crash_orphans_and_return(pair: PairLab) -> None:
