@@ -11,7 +11,8 @@ starting to receive was never confirmed by the peer: those are orphans, set asid
 recovery area) before the peer's pushes are accepted. Unknown is not receiving: a role that
 says nothing about who the source is (takeover restarting: no role, then STARTING; the peer
 unheard or itself passive) keeps what the node was doing. An active whose takeover restarts
-keeps journaling its live writes; a standby whose takeover restarts keeps taking the pushes.
+keeps journaling its live writes; a standby whose takeover restarts keeps receiving, but
+refuses the pushes until takeover is back (the gap, below).
 
     this node's role                  peer heard ACTIVE/RELEASING   otherwise (peer passive,
                                                                     unheard, or unknown)
@@ -38,7 +39,7 @@ confirmed stopped, mirrord.stopping); changes are journaled whenever it does not
       (no role, then STARTING)                (held: passes stop, live writes journaled)
     ... and comes back ACTIVE, peer STANDBY   yes   no       no           no         yes
     takeover restarts on the standby          no    yes      no           no         no
-      (it keeps taking the peer's pushes)
+      (pushes refused until it is back: the gap, below)
     the peer is lost (ACTIVE, peer unheard)   no    no       no           no         no
     the peer returns (ACTIVE, peer STANDBY)   yes   no       no           yes        yes
     the node becomes standby (STANDBY, the    no    yes      yes          no         no
