@@ -18,7 +18,7 @@ import pytest
 from mirrord.cli import control_request
 from tests.e2e.pairlab import PairLab, Writer, present
 from tests.lab.lab import Lab, wait_until
-from tests.lab.pair import HB_PORT
+from tests.lab.pair import HB_PORT, PairConfig
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
@@ -134,6 +134,54 @@ def test_standby_whose_takeover_restarts_and_serves_before_mirrord_is_back(
     (pair.tree("b", "data") / "after").write_text("after\n")
     assert wait_until((pair.tree("a", "data") / "after").exists, 30, 0.1), pair.log("a")[-2000:]
     assert not pair.pushing("a") and not follow_state(pair, "a").get("gap")
+
+
+def test_standby_that_served_while_mirrord_was_away_keeps_its_writes_as_orphans(
+    lab: Lab,
+) -> None:
+    """Seed 7 past the bound: mirrord stays away longer than inhibit_timeout, so the
+    release goes on without it (counted); the peer's pushes are refused until mirrord is back,
+    sees STANDBY with a new epoch and sets the writes aside: each is on the new active or on
+    the old one's orphan list."""
+    pair = PairLab(lab, [DATA], PairConfig(inhibit_timeout=3.0), flush_timeout=2.0)
+    pair.start()
+    assert wait_until(lambda: pair.active() == "a" and settled(pair, "a"), 30, 0.1)
+    takeover_cmd(pair, "a", "standby")
+    assert wait_until(lambda: pair.active() == "b" and pair.pushing("b"), 30, 0.1)
+    assert wait_until(lambda: follow_state(pair, "a").get("receiving"), 30, 0.1)
+    pair.takeover.procs["a"].signal(signal.SIGKILL)
+    pair.takeover.procs["a"].wait(10)
+    assert wait_until(lambda: follow_state(pair, "a").get("gap"), 10, 0.1), pair.log("a")[-2000:]
+    pair.mirrord["a"].signal(signal.SIGSTOP)
+    try:
+        takeover_cmd(pair, "b", "standby", "--force")
+        assert pair.takeover.wait_role("b", "STANDBY", 30), pair.takeover.log("b")[-2000:]
+        pair.takeover.start("a")
+        assert pair.takeover.wait_role("a", "ACTIVE", 30), pair.takeover.log("a")[-2000:]
+        writer = Writer(pair.tree("a", "data")).start()
+        time.sleep(2.0)
+        takeover_cmd(pair, "a", "standby")
+        acked = writer.stop()
+        assert wait_until(lambda: pair.active() == "b", 30, 0.1), pair.takeover.log("a")[-2000:]
+        totals: Any = pair.takeover.status("a").get("totals") or {}
+        assert totals.get("inhibitor_timeouts") == {"mirrord": 1}, totals
+        # b pushes (a full pass: a was lost) and is refused: a's writes are all still there.
+        time.sleep(2.0)
+        names = [n for n, _ in acked]
+        assert present(pair.tree("a", "data"), names) == set(names)
+    finally:
+        pair.mirrord["a"].signal(signal.SIGCONT)
+
+    def kept() -> bool:
+        orphaned = {o["path"] for o in pair.orphans("a")}
+        return set(names) <= present(pair.tree("b", "data"), names) | orphaned
+
+    assert wait_until(kept, 30, 0.5), pair.log("a")[-3000:]
+    assert len(names) > 20
+    # Then the pushes are let in again.
+    (pair.tree("b", "data") / "after").write_text("after\n")
+    assert wait_until((pair.tree("a", "data") / "after").exists, 30, 0.1), pair.log("a")[-2000:]
+    assert not follow_state(pair, "a").get("gap")
 
 
 def test_active_crash_orphans_and_return(pair: PairLab) -> None:
