@@ -1476,11 +1476,14 @@ class Daemon:
             if found.paths:
                 self.journal.record_changes(root, found.paths, self.wall())
                 self.planner.changes(root, found.paths, now)
-            if self._direction.receiving:
-                continue  # the gap marker stays for the set-aside
-            if found.directories:
+            if found.directories and not self._direction.receiving:
                 why = f"changed while takeover was away: directory {found.directories[0]}"
                 self._need_full(root, why, now)
+        if self._direction.receiving:
+            return  # the gap markers stay for the set-aside
+        for root in self.dirs:
+            # The gap is over and this node is the source (also where no marker could be
+            # written as the gap began).
             orphans.set_source(root, self.node, self.wall())
 
     def _running(self) -> list[str]:
