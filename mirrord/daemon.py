@@ -100,9 +100,10 @@ FLUSH_REPORT: Final = 50
 # A change this many seconds before the recorded stop counts as made while stopped: file
 # systems store times as coarse as 1 s (ext3) or 2 s (FAT), truncated.
 CATCH_UP_MARGIN: Final = 2.0
-# Seconds before its marker's change time from which a gap's walk looks (mirrord.roles: the
-# writes it looks for came after takeover was lost; this covers timestamp granularity).
-GAP_MARGIN: Final = 1.0
+# Seconds before its marker's change time from which a gap's walk looks: none. The writes it
+# looks for came after takeover was lost, later than the marker by the kernel's own clock; a
+# margin would only catch the peer's last pushes (mirrord.roles).
+GAP_MARGIN: Final = 0.0
 # rsync's words for a backup path at or past PATH_MAX, and ours for the paths it stops.
 BACKUP_TOO_LONG: Final = ("backup filename too long", "File name too long")
 UNBACKABLE: Final = "path too long for its backup copy on the peer"
@@ -514,6 +515,8 @@ class Daemon:
         # This node's takeover epoch as takeover last told it, and the gap (takeover lost while
         # receiving, mirrord.roles) while it lasts.
         self._epoch: int | None = None
+        # The peer's epoch as takeover last heard it (kept while the peer is unknown).
+        self._peer_epoch: int | None = None
         self._gap: roles.Gap | None = None
         # Whether the next set-aside walks a gap marker's root for what changed since (False
         # only when the gap ended with the node having served nobody).
@@ -1395,11 +1398,13 @@ class Daemon:
                 self._released = False
         else:
             self.peer_state = rec.peer
+            if rec.peer is not None and rec.peer.epoch is not None:
+                self._peer_epoch = rec.peer.epoch
         # What to do is decided in one place (mirrord.roles.follow); here it is done.
         step = roles.follow(
             self.role, peer_before, self.peer_state, before,
             marked=self._marked, node=self.node, peer_name=self.peer_name,
-            gap=self._gap, epoch=self._epoch,
+            gap=self._gap, epoch=self._epoch, peer_epoch=self._peer_epoch,
         )  # fmt: skip
         d = step.direction
         self._gap = step.gap

@@ -82,7 +82,12 @@ def peer_from_status(doc: Any, now: float) -> Peer | None:
     if not isinstance(peer, dict):
         return Peer(alive=False, role=None)
     role = peer.get("role")
-    return Peer(alive=bool(peer.get("alive")), role=role if isinstance(role, str) else None)
+    epoch = peer.get("epoch")
+    return Peer(
+        alive=bool(peer.get("alive")),
+        role=role if isinstance(role, str) else None,
+        epoch=epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None,
+    )
 
 
 def _epoch(doc: dict[str, Any]) -> int | None:

@@ -60,18 +60,22 @@ while receiving, every root gets the source marker (the peer's pushes are refuse
 on, mirrord.orphans), and the gap ends once takeover tells a role that settles where the node
 stands (`GAP_SETTLED`); what changed in the root since the marker was written is then:
 
-    role at the end of the gap        the node's epoch       what changed in the gap
-    ACTIVE, RELEASING                 any                    walked and journaled: sent by the
-                                                             next pass (or the final flush)
-    STANDBY, ISOLATED, FAULT          changed, or unknown    walked and set aside as orphans
-                                                             before the peer's pushes are let in
-    STANDBY, ISOLATED, FAULT          the same               nothing (the node never served:
-                                                             the marker goes, pushes resume)
+    role at the end of the gap        the node's epoch          what changed in the gap
+    ACTIVE, RELEASING                 any                       walked and journaled: sent by
+                                                                the next pass (or the flush)
+    STANDBY, ISOLATED, FAULT          above every epoch known   walked and set aside as orphans
+                                      as the gap began, or      before the peer's pushes are
+                                      unknown                   let in
+    STANDBY, ISOLATED, FAULT          not above                 nothing (the node never served:
+                                                                the marker goes, pushes resume)
 
 STARTING, ARBITRATING and FENCING (or no role again) keep the gap open: the node may still take
-over. The epoch grows with every takeover of this node, so an unchanged one says it served
-nobody in the gap (a changed one may also be a higher epoch only heard from the peer: the
-cautious side, at worst a file the peer pushed as the gap began is listed as an orphan).
+over. A node that takes over numbers itself above every epoch it knows (its own and the
+peer's); one that does not only ever adopts an epoch it heard (takeover persists the highest
+epoch heard and a restarted takeover loads it as its own). So an epoch above both epochs known
+as the gap began says the node served in the gap; anything else says it did not (short of the
+peer taking over anew in the gap: the cautious side, at worst a file the peer pushed as the gap
+began is listed as an orphan, and the peer's full pass sends it again).
 """
 
 from __future__ import annotations
@@ -105,6 +109,8 @@ class Peer:
     alive: bool
     # Its role as it advertises it (None: never heard).
     role: str | None
+    # Its takeover epoch as it advertises it (None: not known).
+    epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -162,7 +168,8 @@ def peer_returned(before: Peer | None, after: Peer | None) -> bool:
 class Gap:
     """takeover was lost while this node received (see "the gap" in the module docstring)."""
 
-    # This node's takeover epoch when takeover was lost (None: takeover never told it).
+    # The highest epoch known when takeover was lost: this node's and the peer's (None:
+    # takeover never told this node's).
     epoch: int | None
 
 
@@ -173,7 +180,7 @@ def gap_end(role: str | None, gap: Gap, epoch: int | None) -> str | None:
         return None
     if role in PUSH_ROLES:
         return GAP_SEND
-    if gap.epoch is not None and epoch == gap.epoch:
+    if gap.epoch is not None and epoch is not None and epoch <= gap.epoch:
         return GAP_NOTHING
     return GAP_SET_ASIDE
 
@@ -211,16 +218,18 @@ def follow(
     peer_name: str,
     gap: Gap | None = None,
     epoch: int | None = None,
+    peer_epoch: int | None = None,
 ) -> Step:
     """Return what to do now that takeover says `role` and the peer is `peer` (was
     `peer_before`), given the previous direction, whether the roots are marked, the gap
-    (if takeover was lost while receiving) and the node's epoch as takeover last told it."""
+    (if takeover was lost while receiving), the node's epoch as takeover last told it and the
+    peer's as takeover last heard it."""
     d = direction(role, peer, node, peer_name, before.receiving)
     returned = role in PUSH_ROLES and peer_returned(peer_before, peer)
     open_gap = gap is None and role is None and d.receiving
     end = gap_end(role, gap, epoch) if gap is not None else None
     if open_gap:
-        gap = Gap(epoch)
+        gap = Gap(None if epoch is None else max(epoch, peer_epoch or 0))
     elif end is not None:
         gap = None
     return Step(
