@@ -54,7 +54,7 @@ from mirrord.follow import Follower, PeerSeen, RoleSeen
 from mirrord.journal import Journal
 from mirrord.metrics import PassTally
 from mirrord.planner import Cadence, PassKind, PassPlan, Planner, Result
-from mirrord.scan import changed_since
+from mirrord.scan import Changed, changed_since
 from mirrord.transfer import (
     Peer,
     TransferOptions,
@@ -100,6 +100,10 @@ FLUSH_REPORT: Final = 50
 # A change this many seconds before the recorded stop counts as made while stopped: file
 # systems store times as coarse as 1 s (ext3) or 2 s (FAT), truncated.
 CATCH_UP_MARGIN: Final = 2.0
+# Seconds before its marker's change time from which a gap's walk looks: none. The writes it
+# looks for came after takeover was lost, later than the marker by the kernel's own clock; a
+# margin would only catch the peer's last pushes (mirrord.roles).
+GAP_MARGIN: Final = 0.0
 # rsync's words for a backup path at or past PATH_MAX, and ours for the paths it stops.
 BACKUP_TOO_LONG: Final = ("backup filename too long", "File name too long")
 UNBACKABLE: Final = "path too long for its backup copy on the peer"
@@ -244,6 +248,13 @@ class SetAside:
 
     moved: dict[str, list[orphans.Orphan]]
     failed: dict[str, int]
+
+
+@dataclass(frozen=True)
+class GapWalked:
+    """What changed in each root while takeover was lost (walked from its gap marker's time)."""
+
+    found: dict[str, Changed]
 
 
 @dataclass(frozen=True)
@@ -501,6 +512,15 @@ class Daemon:
         self._catch_up: dict[str, float] = {}
         self._walking: set[str] = set()
         self._quarantine_due = False
+        # This node's takeover epoch as takeover last told it, and the gap (takeover lost while
+        # receiving, mirrord.roles) while it lasts.
+        self._epoch: int | None = None
+        # The peer's epoch as takeover last heard it (kept while the peer is unknown).
+        self._peer_epoch: int | None = None
+        self._gap: roles.Gap | None = None
+        # Whether the next set-aside walks a gap marker's root for what changed since (False
+        # only when the gap ended with the node having served nobody).
+        self._gap_walk = True
         self._marked = False
         # Whether this run itself marked the roots (a marker it did not set is a crash's).
         self._marked_here = False
@@ -781,6 +801,8 @@ class Daemon:
                 self._walked_dirs(rec, now)
             elif isinstance(rec, SetAside):
                 self._set_aside(rec)
+            elif isinstance(rec, GapWalked):
+                self._gap_walked(rec, now)
             elif isinstance(rec, Rewatched):
                 self._rewatched(rec, now)
 
@@ -1374,16 +1396,26 @@ class Daemon:
             if rec.role != self.role:
                 log.info("role.seen role=%s old=%s reason=%s", rec.role, self.role, rec.reason)
             self.role, self.role_reason = rec.role, rec.reason
+            if rec.epoch is not None:
+                self._epoch = rec.epoch
             if rec.role != "RELEASING":
                 self._released = False
         else:
             self.peer_state = rec.peer
+            if rec.peer is not None and rec.peer.epoch is not None:
+                self._peer_epoch = rec.peer.epoch
         # What to do is decided in one place (mirrord.roles.follow); here it is done.
         step = roles.follow(
             self.role, peer_before, self.peer_state, before,
             marked=self._marked, node=self.node, peer_name=self.peer_name,
+            gap=self._gap, epoch=self._epoch, peer_epoch=self._peer_epoch,
         )  # fmt: skip
         d = step.direction
+        self._gap = step.gap
+        if step.open_gap:
+            self._open_gap()
+        if step.end_gap is not None:
+            self._end_gap(step.end_gap)
         if step.full_pass is not None:
             for root in self.dirs:
                 self._need_full(root, step.full_pass, now)
@@ -1402,6 +1434,66 @@ class Daemon:
         # Also when still pushing: a final flush that is over stops them (mirrord.stopping).
         self._stop_passes()
         self._write_status()
+
+    def _open_gap(self) -> None:
+        """takeover is lost while receiving: refuse the peer's pushes until it is back and
+        what this node may have served meanwhile is sent or set aside (mirrord.roles)."""
+        wall = self.wall()
+        for root in self.dirs:
+            orphans.set_source(root, self.node, wall, gap=True)
+        self._marked = self._marked_here = True
+        log.warning("gap.begins dirs=%d why=takeover lost while receiving: pushes wait",
+                    len(self.dirs))  # fmt: skip
+
+    def _end_gap(self, how: str) -> None:
+        """takeover told a role that settles the gap: send, set aside, or only unmark."""
+        log.warning("gap.ends how=%s role=%s epoch=%s", how, self.role, self._epoch)
+        if how == roles.GAP_SEND:
+            # The walk comes back as a GapWalked record; a final flush waits for it.
+            self._walks_pending += 1
+            self._background(self._walk_gap, list(self.dirs))
+            return
+        # The set-aside walks (or not) from the marker, then removes it: pushes resume.
+        self._gap_walk = how == roles.GAP_SET_ASIDE
+        self._quarantine_due = True
+
+    @staticmethod
+    def _walk_gap(roots: list[str]) -> GapWalked:
+        """In a worker thread: what changed in each root since its gap marker was written."""
+        found: dict[str, Changed] = {}
+        for root in roots:
+            began = orphans.gap_began(root)
+            if began is None:
+                continue
+            try:
+                found[root] = changed_since(root, began - GAP_MARGIN)
+            except Exception:
+                log.exception("gap.walk_failed dir=%s", root)
+                found[root] = Changed(directories=["."])
+        return GapWalked(found)
+
+    def _gap_walked(self, rec: GapWalked, now: float) -> None:
+        """Journal what changed in the gap: the node's own writes (sent, or set aside if it
+        receives by now: the set-aside waits for this record); then it is the source."""
+        assert self.journal is not None
+        self._walks_pending -= 1
+        for root, found in rec.found.items():
+            if root not in self.dirs:
+                continue
+            log.info("gap.walked dir=%s changed=%d directories=%d", root, len(found.paths),
+                     len(found.directories))  # fmt: skip
+            if found.paths:
+                self.journal.record_changes(root, found.paths, self.wall())
+                self.planner.changes(root, found.paths, now)
+            if found.directories and not self._direction.receiving:
+                why = f"changed while takeover was away: directory {found.directories[0]}"
+                self._need_full(root, why, now)
+        if self._direction.receiving:
+            return  # the gap markers stay for the set-aside
+        for root in self.dirs:
+            # The gap is over and this node is the source (also where no marker could be
+            # written as the gap began).
+            orphans.set_source(root, self.node, self.wall())
 
     def _running(self) -> list[str]:
         return [root for root, (task, _id) in self._tasks.items() if not task.done()]
@@ -1478,7 +1570,7 @@ class Daemon:
         assert self.journal is not None
         self._quarantine_due = False
         self._marked = False
-        jobs: list[tuple[str, set[str], float | None]] = []
+        jobs: list[tuple[str, set[str], float | None, bool]] = []
         for root in self.dirs:
             candidates = set(self.journal.dirty(root))
             crashed = self._vouch.get(root) != "clean shutdown" and not self._marked_here
@@ -1489,20 +1581,28 @@ class Daemon:
                 confirmed = [p.started for p in self.journal.history(root, 200)
                              if p.result == "ok"]  # fmt: skip
                 since = confirmed[0] if confirmed else 0.0
-            jobs.append((root, candidates, since))
+            jobs.append((root, candidates, since, self._gap_walk))
+        self._gap_walk = True
         self._setting_aside = True
         self._background(self._move_aside, jobs, self.wall(), f"role {self.role}")
 
     @staticmethod
-    def _move_aside(jobs: list[tuple[str, set[str], float | None]], wall: float,
+    def _move_aside(jobs: list[tuple[str, set[str], float | None, bool]], wall: float,
                     reason: str) -> SetAside:  # fmt: skip
-        """In a worker thread: walk for what a crash left unjournaled, move the orphans."""
+        """In a worker thread: walk for what a crash or a gap left unjournaled, move the
+        orphans."""
         moved: dict[str, list[orphans.Orphan]] = {}
         failed: dict[str, int] = {}
-        for root, dirty, since in jobs:
+        for root, dirty, since, walk_gap in jobs:
             candidates = set(dirty)
             try:
-                if since is not None:
+                began = orphans.gap_began(root)
+                if began is not None:
+                    # A gap's marker, not a crashed source's: what changed since takeover was
+                    # lost is this node's (unless it served nobody meanwhile).
+                    if walk_gap:
+                        candidates |= changed_since(root, began - GAP_MARGIN).paths
+                elif since is not None:
                     candidates |= changed_since(root, since, by_ctime=False).paths
                 moved[root], unmovable = orphans.quarantine(root, candidates, wall, reason)
             except Exception:
@@ -1643,6 +1743,8 @@ class Daemon:
                 "receiving": self._direction.receiving,
                 "why": self._direction.why,
                 "received_changes": self._received,
+                # takeover was lost while receiving: the peer's pushes wait (mirrord.roles).
+                "gap": self._gap is not None,
                 "last_flush": self._flush,
             },
         }

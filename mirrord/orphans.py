@@ -19,6 +19,11 @@ into a root that has it. A node that crashed as the active keeps the marker, so 
 pushes are refused until the returning node's mirrord has set its orphans aside and removed it:
 the order is on disk, not a race. Two nodes that both believe they are active refuse each
 other: no mirroring either way.
+
+A receiving node whose takeover is lost writes the marker too, as a *gap* marker
+(mirrord.roles, "the gap"): takeover may serve from this node before mirrord hears it again,
+so the peer's pushes wait; the marker's own change time (the kernel's clock, not mirrord's)
+dates the gap, and what changed in the root since then is sent or set aside when it ends.
 """
 
 from __future__ import annotations
@@ -77,14 +82,19 @@ def _unsafe(root: str, exc: UnsafeArea) -> None:
     log.error("backups.unsafe_area dir=%s error=%s", root, exc)
 
 
-def set_source(root: str, node: str, now: float) -> bool:
-    """Mark `root` as pushed from this node (the peer's pushes are refused); return success."""
+def set_source(root: str, node: str, now: float, gap: bool = False) -> bool:
+    """Mark `root` as pushed from this node (the peer's pushes are refused); return success.
+
+    `gap`: takeover was lost while this node received (the marker dates the gap)."""
     try:
         if not Path(root).is_dir():
             return False
         area = open_area(root)
         try:
-            text = json.dumps({"node": node, "since": now}) + "\n"
+            doc: dict[str, Any] = {"node": node, "since": now}
+            if gap:
+                doc["gap"] = True
+            text = json.dumps(doc) + "\n"
             write_atomic(SOURCE_MARKER, text, dir_fd=area)
         finally:
             os.close(area)
@@ -130,6 +140,28 @@ def has_source(root: str) -> bool:
     finally:
         os.close(area)
     return True
+
+
+def gap_began(root: str) -> float | None:
+    """Return when the gap of `root` began (its gap marker's change time, by the kernel's
+    clock), or None if its marker is none or not a gap's."""
+    try:
+        area = open_area(root, create=False)
+    except (FileNotFoundError, UnsafeArea):
+        return None
+    try:
+        fd = os.open(SOURCE_MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=area)
+    except OSError:
+        return None
+    finally:
+        os.close(area)
+    try:
+        with open(fd, "rb") as f:
+            when = os.fstat(f.fileno()).st_ctime
+            doc = json.loads(f.read(4096) or b"{}")
+    except (OSError, ValueError):
+        return None
+    return when if isinstance(doc, dict) and doc.get("gap") is True else None
 
 
 def quarantine(

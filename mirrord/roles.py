@@ -11,7 +11,8 @@ starting to receive was never confirmed by the peer: those are orphans, set asid
 recovery area) before the peer's pushes are accepted. Unknown is not receiving: a role that
 says nothing about who the source is (takeover restarting: no role, then STARTING; the peer
 unheard or itself passive) keeps what the node was doing. An active whose takeover restarts
-keeps journaling its live writes; a standby whose takeover restarts keeps taking the pushes.
+keeps journaling its live writes; a standby whose takeover restarts keeps receiving, but
+refuses the pushes until takeover is back (the gap, below).
 
     this node's role                  peer heard ACTIVE/RELEASING   otherwise (peer passive,
                                                                     unheard, or unknown)
@@ -38,7 +39,7 @@ confirmed stopped, mirrord.stopping); changes are journaled whenever it does not
       (no role, then STARTING)                (held: passes stop, live writes journaled)
     ... and comes back ACTIVE, peer STANDBY   yes   no       no           no         yes
     takeover restarts on the standby          no    yes      no           no         no
-      (it keeps taking the peer's pushes)
+      (pushes refused until it is back: the gap, below)
     the peer is lost (ACTIVE, peer unheard)   no    no       no           no         no
     the peer returns (ACTIVE, peer STANDBY)   yes   no       no           yes        yes
     the node becomes standby (STANDBY, the    no    yes      yes          no         no
@@ -50,6 +51,31 @@ confirmed stopped, mirrord.stopping); changes are journaled whenever it does not
 "Catch-up walk": the roots a clean stop vouched for are walked for what changed while mirrord
 was stopped, when the node first pushes; on starting to receive that walk is dropped (what
 changed here was the peer's pushes).
+
+Takeover lost while receiving (the gap). A receiving node whose takeover goes away keeps
+receiving, but takeover may come back, win the start-up election and serve before mirrord has
+subscribed again: what the service writes then is not journaled (mirrord still receives), and
+the peer's next push would overwrite it. So the gap is guarded on disk: when takeover is lost
+while receiving, every root gets the source marker (the peer's pushes are refused from then
+on, mirrord.orphans), and the gap ends once takeover tells a role that settles where the node
+stands (`GAP_SETTLED`); what changed in the root since the marker was written is then:
+
+    role at the end of the gap        the node's epoch          what changed in the gap
+    ACTIVE, RELEASING                 any                       walked and journaled: sent by
+                                                                the next pass (or the flush)
+    STANDBY, ISOLATED, FAULT          above every epoch known   walked and set aside as orphans
+                                      as the gap began, or      before the peer's pushes are
+                                      unknown                   let in
+    STANDBY, ISOLATED, FAULT          not above                 nothing (the node never served:
+                                                                the marker goes, pushes resume)
+
+STARTING, ARBITRATING and FENCING (or no role again) keep the gap open: the node may still take
+over. A node that takes over numbers itself above every epoch it knows (its own and the
+peer's); one that does not only ever adopts an epoch it heard (takeover persists the highest
+epoch heard and a restarted takeover loads it as its own). So an epoch above both epochs known
+as the gap began says the node served in the gap; anything else says it did not (short of the
+peer taking over anew in the gap: the cautious side, at worst a file the peer pushed as the gap
+began is listed as an orphan, and the peer's full pass sends it again).
 """
 
 from __future__ import annotations
@@ -67,6 +93,12 @@ PASSIVE_ROLES: Final = frozenset(
 PEER_RECEIVES: Final = frozenset({"STANDBY"})
 # The peer roles that make it the source (it pushes to a STANDBY; RELEASING for its flush).
 PEER_PUSHES: Final = PUSH_ROLES
+# Roles that end a gap: the node is the source, or holds nothing and is not taking over.
+GAP_SETTLED: Final = PUSH_ROLES | frozenset({"STANDBY", "ISOLATED", "FAULT"})
+# How a gap ends (see the module docstring).
+GAP_SEND: Final = "send"
+GAP_SET_ASIDE: Final = "set aside"
+GAP_NOTHING: Final = "nothing"
 
 
 @dataclass(frozen=True)
@@ -77,6 +109,8 @@ class Peer:
     alive: bool
     # Its role as it advertises it (None: never heard).
     role: str | None
+    # Its takeover epoch as it advertises it (None: not known).
+    epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +165,27 @@ def peer_returned(before: Peer | None, after: Peer | None) -> bool:
 
 
 @dataclass(frozen=True)
+class Gap:
+    """takeover was lost while this node received (see "the gap" in the module docstring)."""
+
+    # The highest epoch known when takeover was lost: this node's and the peer's (None:
+    # takeover never told this node's).
+    epoch: int | None
+
+
+def gap_end(role: str | None, gap: Gap, epoch: int | None) -> str | None:
+    """Return how the gap ends now that takeover says `role` (None: it goes on), given the
+    node's epoch as takeover tells it now (None: not told)."""
+    if role not in GAP_SETTLED:
+        return None
+    if role in PUSH_ROLES:
+        return GAP_SEND
+    if gap.epoch is not None and epoch is not None and epoch <= gap.epoch:
+        return GAP_NOTHING
+    return GAP_SET_ASIDE
+
+
+@dataclass(frozen=True)
 class Step:
     """What the daemon does on a role or peer change (see the table in the module docstring)."""
 
@@ -145,6 +200,11 @@ class Step:
     # The node is ACTIVE and its roots are not marked yet: mark them as this node's (an
     # incoming push is refused here from now on, until the orphans are set aside).
     mark_source: bool
+    # The gap after this step (None: none), whether it began now (the roots get the marker),
+    # and how it ended if it ended now (GAP_SEND, GAP_SET_ASIDE, GAP_NOTHING).
+    gap: Gap | None = None
+    open_gap: bool = False
+    end_gap: str | None = None
 
 
 def follow(
@@ -156,15 +216,30 @@ def follow(
     marked: bool,
     node: str,
     peer_name: str,
+    gap: Gap | None = None,
+    epoch: int | None = None,
+    peer_epoch: int | None = None,
 ) -> Step:
     """Return what to do now that takeover says `role` and the peer is `peer` (was
-    `peer_before`), given the previous direction and whether the roots are marked."""
+    `peer_before`), given the previous direction, whether the roots are marked, the gap
+    (if takeover was lost while receiving), the node's epoch as takeover last told it and the
+    peer's as takeover last heard it."""
     d = direction(role, peer, node, peer_name, before.receiving)
     returned = role in PUSH_ROLES and peer_returned(peer_before, peer)
+    open_gap = gap is None and role is None and d.receiving
+    end = gap_end(role, gap, epoch) if gap is not None else None
+    if open_gap:
+        gap = Gap(None if epoch is None else max(epoch, peer_epoch or 0))
+    elif end is not None:
+        gap = None
     return Step(
         direction=d,
         set_aside=d.receiving and not before.receiving,
         catch_up=d.push and not before.push,
         full_pass=f"peer {peer_name} returned" if returned else None,
+        # A gap's marker is the source marker already (rewritten as this node's by the walk).
         mark_source=role == "ACTIVE" and not marked,
+        gap=gap,
+        open_gap=open_gap,
+        end_gap=end,
     )

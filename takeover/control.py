@@ -15,6 +15,10 @@ Requests are one JSON object per line with a "cmd" key; each gets one JSON reply
            With "inhibitor", every transition into RELEASING holds an inhibitor of that name
            for this subscriber until it sends {"cmd": "release", "name": ...} on the same
            connection (or disconnects): mirrord's final flush needs no race to win.
+           An *expected* inhibitor (mirrord's, when the cluster file has `[mirror]`) is
+           waited for even when nobody holds it as RELEASING starts: a subscriber naming it
+           during RELEASING holds it at once (the reply's role says RELEASING), until its
+           release (takeover.deadlines.release_waits_for).
 
 The socket lives in the run directory with mode 0600: whoever can connect can move the service.
 """
@@ -27,13 +31,17 @@ import json
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from takeover.deadlines import release_waits_for
+
 log = logging.getLogger(__name__)
 
+# The inhibitor mirrord's subscription names (mirrord.follow uses it too).
+MIRROR_INHIBITOR = "mirrord"
 SOCKET_NAME = "takeover.sock"
 # One request line may not exceed this; a longer one closes the connection.
 MAX_LINE = 64 * 1024
@@ -73,23 +81,42 @@ class _Conn:
 
 
 class Inhibitors:
-    """Named release inhibitors, each tied to the connection that holds it."""
+    """Named release inhibitors, each tied to the connection that holds it.
 
-    def __init__(self) -> None:
-        """Start with none held."""
+    Between `begin()` (the node entered RELEASING) and `end()`, the release waits for every
+    inhibitor held and every expected one that has not been released by its holder since
+    (`awaited()`); the machine bounds the wait by `inhibit_timeout`.
+    """
+
+    def __init__(self, expected: Iterable[str] = ()) -> None:
+        """Start with none held; `expected` are waited for on every release."""
+        self.expected = frozenset(expected)
         self._held: dict[str, set[_Conn]] = {}
+        # Names whose holder released them since RELEASING began; None: not releasing.
+        self._said: set[str] | None = None
         self._clear = asyncio.Event()
         self._clear.set()
+
+    def begin(self) -> None:
+        """The node entered RELEASING: expected inhibitors have not had their say yet."""
+        self._said = set()
+        self._changed()
+
+    def end(self) -> None:
+        """RELEASING is over (done, timed out or failed)."""
+        self._said = None
+        self._changed()
 
     def hold(self, name: str, conn: _Conn) -> None:
         """Hold `name` for `conn`."""
         self._held.setdefault(name, set()).add(conn)
         conn.holds.add(name)
-        self._clear.clear()
+        self._changed()
         log.info("inhibitor.hold name=%s", name)
 
-    def release(self, name: str, conn: _Conn) -> None:
-        """Drop `conn`'s hold of `name` (no error if it held none)."""
+    def release(self, name: str, conn: _Conn, said: bool = True) -> None:
+        """Drop `conn`'s hold of `name` (no error if it held none); `said`: its holder released
+        it (a closed connection did not)."""
         holders = self._held.get(name)
         conn.holds.discard(name)
         if holders is None or conn not in holders:
@@ -97,32 +124,51 @@ class Inhibitors:
         holders.discard(conn)
         if not holders:
             del self._held[name]
-        log.info("inhibitor.release name=%s", name)
-        if not self._held:
-            self._clear.set()
+        if said and self._said is not None:
+            self._said.add(name)
+        log.info("inhibitor.release name=%s said=%s", name, said)
+        self._changed()
 
     def drop(self, conn: _Conn) -> None:
         """Drop every hold of a closed connection."""
         for name in list(conn.holds):
-            self.release(name, conn)
+            self.release(name, conn, said=False)
+
+    def owed(self, name: str) -> bool:
+        """Return whether a subscriber naming `name` must hold it now: a release is under way
+        and that expected inhibitor has not had its say."""
+        return self._said is not None and name in self.expected and name not in self._said
 
     def names(self) -> list[str]:
         """Return the names currently held."""
         return sorted(self._held)
 
+    def awaited(self) -> list[str]:
+        """Return the names a release under way still waits for (none when not releasing)."""
+        if self._said is None:
+            return []
+        return sorted(release_waits_for(self.expected, self._held, self._said))
+
+    def _changed(self) -> None:
+        if self.awaited() or (self._said is None and self._held):
+            self._clear.clear()
+        else:
+            self._clear.set()
+
     async def wait_clear(self) -> None:
-        """Return once no inhibitor is held."""
+        """Return once no inhibitor is held (during a release: none is awaited)."""
         await self._clear.wait()
 
 
 class ControlServer:
     """Serve the control protocol on a Unix socket."""
 
-    def __init__(self, path: Path, handler: Handler) -> None:
-        """Serve at `path` (created on start, removed on close) for `handler`."""
+    def __init__(self, path: Path, handler: Handler, expected: Iterable[str] = ()) -> None:
+        """Serve at `path` (created on start, removed on close) for `handler`; `expected`:
+        the inhibitors every planned release waits for, subscribed or not."""
         self.path = path
         self.handler = handler
-        self.inhibitors = Inhibitors()
+        self.inhibitors = Inhibitors(expected)
         self._conns: set[_Conn] = set()
         self._server: asyncio.AbstractServer | None = None
 
@@ -156,6 +202,10 @@ class ControlServer:
     def publish(self, event: dict[str, Any]) -> None:
         """Send an event line to every subscriber; take subscriber inhibitors on RELEASING."""
         line = (json.dumps(event) + "\n").encode()
+        if event.get("new") == "RELEASING":
+            self.inhibitors.begin()
+        elif event.get("old") == "RELEASING":
+            self.inhibitors.end()
         for conn in list(self._conns):
             if not conn.subscribed:
                 continue
@@ -223,6 +273,10 @@ class ControlServer:
                 return {"ok": False, "error": '"inhibitor" must be a non-empty string'}
             conn.subscribed = True
             conn.inhibitor = inhibitor
+            if inhibitor is not None and self.inhibitors.owed(inhibitor):
+                # A release is waiting for this one: it holds it from now, and learns from
+                # the reply's role (RELEASING) that it must flush, then release.
+                self.inhibitors.hold(inhibitor, conn)
             status = self.handler.status()
             local = status.get("local") or {}
             return {"ok": True, "role": local.get("role"), "epoch": status.get("epoch")}

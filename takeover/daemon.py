@@ -322,6 +322,9 @@ class DaemonConfig:
     # Keyed digest of each section of the cluster file (takeover.drift), told to a peer
     # whose configuration digest differs.
     sections: Mapping[str, bytes] = field(default_factory=dict)
+    # Release inhibitors every planned release waits for, subscribed or not (mirrord's, when
+    # the cluster file has a [mirror] table).
+    expected_inhibitors: tuple[str, ...] = ()
 
 
 @dataclass
@@ -402,6 +405,8 @@ class Daemon:
         self.totals: dict[str, Counter[str]] = {
             "transitions": Counter(),
             "fence_attempts": Counter(),
+            # Planned releases that went on without an inhibitor's say, by its name.
+            "inhibitor_timeouts": Counter(),
         }
         self.drift = drift.DriftExchange(cfg.sections)
         # The status document last written: what the metrics exporter maps at each scrape.
@@ -409,7 +414,9 @@ class Daemon:
         self.queue: asyncio.Queue[m.Event] = asyncio.Queue()
         self.hooks = HookRunner(cfg.hooks, node=p.node, peer=p.peer)
         self.health = HealthMonitor(cfg.checks, self._health_changed)
-        self.control = ControlServer(socket_path(cfg.run_dir), self)
+        self.control = ControlServer(
+            socket_path(cfg.run_dir), self, expected=cfg.expected_inhibitors
+        )
         self.stop_requested = False
         self.reload_requested = False
         # The last reload's outcome for status: when, ok, what changed or the problems.
@@ -676,6 +683,8 @@ class Daemon:
         """Run on with `cfg`: the machine's parameters, ping list, hooks and checks."""
         self.cfg = cfg
         self.state = replace(self.state, params=cfg.params)
+        # A [mirror] table added or removed: the next release waits for mirrord, or not.
+        self.control.inhibitors.expected = frozenset(cfg.expected_inhibitors)
         self.receiver.digest = cfg.digest
         self.drift.ours = dict(cfg.sections)
         self.reach.retarget(self.fx.prober.targets, cfg.dampen)
@@ -879,6 +888,15 @@ class Daemon:
             {"time": wall, "old": a.old.value, "new": a.new.value, "reason": a.reason}
         )
         self.totals["transitions"][f"{a.old.value}->{a.new.value}"] += 1
+        if a.old is m.Role.RELEASING and s.condition == m.INHIBITORS_TIMED_OUT:
+            missing = self.control.inhibitors.awaited()
+            for name in missing:
+                self.totals["inhibitor_timeouts"][name] += 1
+            log.warning(
+                "inhibitors.timed_out names=%s timeout=%s",
+                ",".join(missing),
+                s.params.inhibit_timeout,
+            )
         self.hooks.submit(a.old.value, a.new.value, a.reason, s.epoch)
         self.control.publish(role_event(a.old.value, a.new.value, a.reason, s.epoch, wall))
         self._write_status()
@@ -983,7 +1001,7 @@ class Daemon:
         self._emit(m.FenceResult(ok=ok, detail=detail))
 
     async def _wait_inhibitors(self) -> None:
-        held = self.control.inhibitors.names()
+        held = self.control.inhibitors.awaited()
         if held:
             log.info("inhibitors.waiting names=%s", ",".join(held))
         await self.control.inhibitors.wait_clear()
@@ -1157,6 +1175,8 @@ class Daemon:
             "fencing": self._fencing(),
             "checks": self.health.states(),
             "inhibitors": self.control.inhibitors.names(),
+            # What a release under way still waits for: held, or expected and not subscribed.
+            "inhibitors_awaited": self.control.inhibitors.awaited(),
             "heartbeat": counters,
             "conditions": link_conditions(p.peer, links)
             + reload_conditions(self.last_reload)

@@ -15,7 +15,10 @@ What waits for what, from the resources' own limits:
   machine's RELEASING gives up after both budgets and enters FAULT, where the fencing
   policy decides;
 - after the release, a planned switchover waits for the release inhibitors (mirrord's final
-  flush, which must end before `inhibit_timeout`);
+  flush, which must end before `inhibit_timeout`): each one held, and each one *expected*
+  (mirrord, when the cluster file has a `[mirror]` table) that has not had its say since the
+  release began, even if it is not subscribed (yet) when RELEASING starts
+  (`release_waits_for`);
 - `systemctl stop` ends the daemon after all of it plus EXIT_MARGIN: the stop deadline, which
   the daemon hands to systemd (EXTEND_TIMEOUT_USEC) so that systemd does not kill it sooner.
 
@@ -24,7 +27,7 @@ What waits for what, from the resources' own limits:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -161,6 +164,20 @@ def problems(
     return out
 
 
+def release_waits_for(
+    expected: Iterable[str], held: Iterable[str], said: Iterable[str]
+) -> frozenset[str]:
+    """Return the inhibitors a planned release still waits for (until `inhibit_timeout`).
+
+    `held`: the inhibitors held now; `said`: those released by their holder since RELEASING
+    began (a holder whose connection closed has not had its say). An expected inhibitor whose
+    daemon is not subscribed (restarting, or reconnecting after takeover itself restarted) is
+    waited for all the same: it holds the mirror's last changes, and it flushes them when it
+    subscribes and learns the node is RELEASING.
+    """
+    return frozenset(held) | (frozenset(expected) - frozenset(said))
+
+
 def extend_timeout_usec(seconds: float) -> int:
     """Return `seconds` as sd_notify's EXTEND_TIMEOUT_USEC value (whole microseconds)."""
     return int(seconds * 1_000_000)
@@ -180,5 +197,6 @@ __all__ = [
     "derive",
     "extend_timeout_usec",
     "problems",
+    "release_waits_for",
     "stop_deadline",
 ]

@@ -54,6 +54,9 @@ PASSIVE: Final[frozenset[Role]] = frozenset({Role.STARTING, Role.STANDBY})
 # wire saturates at 255), so it loses every comparison at once, without dampening.
 LAN_DOWN_SCORE: Final = 255
 
+# The condition of the passive role a planned release entered without every inhibitor's say.
+INHIBITORS_TIMED_OUT: Final = "release inhibitors timed out"
+
 # Written into the STANDBY condition so `takeover status` and the lab can read it verbatim.
 PEER_STILL_SERVING: Final = "heartbeat lost, peer still serving"
 
@@ -1346,7 +1349,7 @@ def _on_releasing(s: State, ev: Event, now: float) -> tuple[State, list[Action]]
     if now - s.since >= s.params.inhibit_timeout:
         # RELEASING -> STANDBY/ISOLATED: inhibitors held past the timeout; go on without them.
         new = s.to(s.release_to, now, s.reason)
-        return replace(new, condition="release inhibitors timed out"), []
+        return replace(new, condition=INHIBITORS_TIMED_OUT), []
     return s, []
 
 
@@ -1498,6 +1501,7 @@ def next_deadline(s: State) -> float | None:
 
 __all__ = [
     "BLOCKED",
+    "INHIBITORS_TIMED_OUT",
     "MAINTENANCE",
     "PASSIVE",
     "PEER_STILL_SERVING",

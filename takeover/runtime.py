@@ -38,6 +38,7 @@ from takeover.config import (
     vm_limits,
 )
 from takeover.configparse import ConfigError
+from takeover.control import MIRROR_INHIBITOR
 from takeover.daemon import (
     Daemon,
     DaemonConfig,
@@ -665,6 +666,9 @@ def daemon_config(cluster: Cluster, node: Node, key: bytes) -> DaemonConfig:
         hooks=tuple(Hook(h.command, h.timeout) for h in cluster.hooks),
         checks=cluster.checks,
         sections=section_digests(config_sections(cluster), key),
+        # With [mirror], mirrord is part of the pair: a planned release waits for its final
+        # flush even when it is not subscribed as RELEASING starts (takeover just restarted).
+        expected_inhibitors=(MIRROR_INHIBITOR,) if cluster.mirror is not None else (),
     )
 
 

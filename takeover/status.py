@@ -244,9 +244,18 @@ def render(doc: dict[str, Any], wall_now: float) -> str:
         for name, check in checks.items():
             lines.append(f"  {name:<20} {'ok' if check.get('ok') else 'FAILING'}")
     inhibitors = doc.get("inhibitors") or []
-    if inhibitors:
+    awaited = [n for n in doc.get("inhibitors_awaited") or [] if n not in inhibitors]
+    timeouts = (doc.get("totals") or {}).get("inhibitor_timeouts") or {}
+    if inhibitors or awaited or timeouts:
         lines.append("")
-        lines.append("Release inhibitors: " + ", ".join(inhibitors))
+    if inhibitors or awaited:
+        lines.append(
+            "Release inhibitors: "
+            + ", ".join([*inhibitors, *(f"{n} (not subscribed yet)" for n in awaited)])
+        )
+    if timeouts:
+        told = ", ".join(f"{n} {c}x" for n, c in sorted(timeouts.items()))
+        lines.append(f"Releases that went on without an inhibitor: {told}")
     counters = doc.get("heartbeat") or {}
     not_drops = ("accepted", "sent", "digest_mismatched")
     dropped = {k: v for k, v in counters.items() if k not in not_drops and v}

@@ -20,7 +20,7 @@ from typing import Any
 
 from tests.e2e.mirrorlab import rsync_daemon_answers, spawn_sshd, write_policies
 from tests.lab.lab import IPV4, Lab, LabProcess, wait_until
-from tests.lab.pair import HapairPair, PairConfig
+from tests.lab.pair import HapairPair, PairConfig, fmt_duration
 
 NODES = ("a", "b")
 
@@ -55,6 +55,7 @@ class PairLab:
         cfg.extra += (
             '\n[mirror]\npolicies = ["mirror.d/*.toml"]\nssh_user = "root"\n'
             f'ssh_key = "{self.key}"\nbackup_retention = "1d"\n'
+            f'flush_timeout = "{fmt_duration(flush_timeout)}"\n'
         )
         write_policies(self.etc, self.policies)
         self.takeover = HapairPair(lab, cfg)

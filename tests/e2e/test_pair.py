@@ -7,16 +7,18 @@ acknowledged write ended up.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from mirrord.cli import control_request
 from tests.e2e.pairlab import PairLab, Writer, present
 from tests.lab.lab import Lab, wait_until
-from tests.lab.pair import HB_PORT
+from tests.lab.pair import HB_PORT, PairConfig
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
@@ -76,6 +78,102 @@ def test_planned_switchover_loses_nothing(pair: PairLab) -> None:
     (pair.tree("b", "data") / "after").write_text("after\n")
     assert wait_until((pair.tree("a", "data") / "after").exists, 20, 0.1)
     assert not pair.pushing("a")
+
+
+def follow_state(pair: PairLab, node: str) -> dict[str, Any]:
+    """The "follow" part of node's mirrord status file ({} if there is none)."""
+    return dict((pair.mirror_status(node) or {}).get("follow") or {})
+
+
+def serve_while_mirrord_is_away(pair: PairLab) -> list[tuple[str, float]]:
+    """Seed 7's sequence: a hands over to b; takeover dies on the standby a (mirrord sees it
+    go: the gap marker refuses b's pushes), mirrord is held back (SIGSTOP, as its reconnect
+    back-off did); b lets go, a's takeover comes back and serves; a writer writes on a for
+    2 s, then `takeover standby` on a. Return the acknowledged writes (mirrord still stopped)."""
+    takeover_cmd(pair, "a", "standby")
+    assert wait_until(lambda: pair.active() == "b" and pair.pushing("b"), 30, 0.1)
+    assert wait_until(lambda: follow_state(pair, "a").get("receiving"), 30, 0.1)
+    pair.takeover.procs["a"].signal(signal.SIGKILL)
+    pair.takeover.procs["a"].wait(10)
+    gone = wait_until(
+        lambda: "role" in (f := follow_state(pair, "a")) and f["role"] is None, 10, 0.1
+    )
+    assert gone, pair.log("a")[-2000:]
+    assert follow_state(pair, "a").get("gap")
+    # The peer's pushes wait until mirrord has looked at what changed meanwhile.
+    assert (pair.tree("a", "data") / ".hapair-backup" / "source").exists()
+    pair.mirrord["a"].signal(signal.SIGSTOP)
+    # b lets go (a is unheard: --force) and a's takeover comes back and wins.
+    takeover_cmd(pair, "b", "standby", "--force")
+    assert pair.takeover.wait_role("b", "STANDBY", 30), pair.takeover.log("b")[-2000:]
+    pair.takeover.start("a")
+    assert pair.takeover.wait_role("a", "ACTIVE", 30), pair.takeover.log("a")[-2000:]
+    writer = Writer(pair.tree("a", "data")).start()
+    time.sleep(2.0)
+    takeover_cmd(pair, "a", "standby")
+    acked = writer.stop()
+    assert len(acked) > 20
+    return acked
+
+
+def test_standby_whose_takeover_restarts_and_serves_before_mirrord_is_back(
+    pair: PairLab,
+) -> None:
+    """Seed 7: takeover dies on the standby, comes back and serves while mirrord is not
+    subscribed, then `takeover standby`: the release waits for mirrord, which finds RELEASING
+    and flushes what was written; every acknowledged write is on the new active."""
+    try:
+        names = [n for n, _ in serve_while_mirrord_is_away(pair)]
+        time.sleep(1.0)
+        # Without mirrord's say the release does not end (bounded by inhibit_timeout, 30 s).
+        assert pair.takeover.role("a") == "RELEASING", pair.takeover.log("a")[-2000:]
+    finally:
+        pair.mirrord["a"].signal(signal.SIGCONT)
+    assert wait_until(lambda: pair.active() == "b", 40, 0.1), pair.takeover.log("a")[-2000:]
+    # The final flush carried them: every acknowledged write is on the new active.
+    on_b = present(pair.tree("b", "data"), names)
+    assert set(names) <= on_b, (sorted(set(names) - on_b)[:5], pair.log("a")[-3000:])
+    flush = follow_state(pair, "a")["last_flush"]
+    assert flush["ok"], flush
+    totals: Any = pair.takeover.status("a").get("totals") or {}
+    assert not totals.get("inhibitor_timeouts"), totals
+    mirrors_on(pair)
+
+
+def mirrors_on(pair: PairLab) -> None:
+    """Assert that b's pushes reach a again (the gap is over, its marker gone)."""
+    (pair.tree("b", "data") / "after").write_text("after\n")
+    assert wait_until((pair.tree("a", "data") / "after").exists, 30, 0.1), pair.log("a")[-2000:]
+    assert not pair.pushing("a") and not follow_state(pair, "a").get("gap")
+
+
+def test_standby_that_served_while_mirrord_was_away_keeps_its_writes_as_orphans(
+    lab: Lab,
+) -> None:
+    """Seed 7 past the bound: mirrord stays away longer than inhibit_timeout, so the
+    release goes on without it (counted); the peer's pushes are refused until mirrord is back,
+    sees STANDBY with a new epoch and sets the writes aside: each is on the new active or on
+    the old one's orphan list."""
+    pair = PairLab(lab, [DATA], PairConfig(inhibit_timeout=3.0), flush_timeout=2.0)
+    pair.start()
+    assert wait_until(lambda: pair.active() == "a" and settled(pair, "a"), 30, 0.1)
+    try:
+        names = [n for n, _ in serve_while_mirrord_is_away(pair)]
+        assert wait_until(lambda: pair.active() == "b", 30, 0.1), pair.takeover.log("a")[-2000:]
+        totals: Any = pair.takeover.status("a").get("totals") or {}
+        assert totals.get("inhibitor_timeouts") == {"mirrord": 1}, totals
+        # b pushes (a full pass: a was lost) and is refused: a's writes are all still there.
+        time.sleep(2.0)
+        assert present(pair.tree("a", "data"), names) == set(names)
+    finally:
+        pair.mirrord["a"].signal(signal.SIGCONT)
+
+    def kept() -> bool:
+        orphaned = {o["path"] for o in pair.orphans("a")}
+        return set(names) <= present(pair.tree("b", "data"), names) | orphaned
+
+    assert wait_until(kept, 30, 0.5), pair.log("a")[-3000:]
+    mirrors_on(pair)
 
 
 def test_active_crash_orphans_and_return(pair: PairLab) -> None:

@@ -43,6 +43,8 @@ class PairConfig:
     extra: str = ""
     # Extra TOML inside each node's [[node]] table, by node name (e.g. its [node.fencing]).
     node_extra: dict[str, str] = field(default_factory=dict)
+    # [cluster] inhibit_timeout in seconds (None: the default).
+    inhibit_timeout: float | None = None
 
 
 def cluster_toml(lab: Lab, cfg: PairConfig, key_file: Path) -> str:
@@ -52,8 +54,10 @@ def cluster_toml(lab: Lab, cfg: PairConfig, key_file: Path) -> str:
         "[cluster]",
         'name = "lab"',
         f"auto_failback = {str(cfg.auto_failback).lower()}",
-        "",
     ]
+    if cfg.inhibit_timeout is not None:
+        lines.append(f'inhibit_timeout = "{fmt_duration(cfg.inhibit_timeout)}"')
+    lines.append("")
     for node in ("a", "b"):
         lines += [
             "[[node]]",

@@ -55,6 +55,7 @@ class Rig:
         network: FakeNetwork | None = None,
         stale: bool = False,
         fx_extra: dict[str, object] | None = None,
+        expected: tuple[str, ...] = (),
         **over: object,
     ) -> None:
         self.clock = FakeClock()
@@ -67,6 +68,7 @@ class Rig:
             digest=DIGEST,
             run_dir=tmp / "run",
             state_dir=tmp / "state",
+            expected_inhibitors=expected,
         )
         # stale: a killed predecessor left the VIP on the interface.
         self.resources = FakeResources(held=stale)
@@ -267,6 +269,106 @@ def test_subscriber_inhibitor_holds_releasing_until_released(tmp_path: Path) -> 
                 break
         assert rig.daemon.state.role is Role.STANDBY
         sub.close()
+
+    run(tmp_path, body)
+
+
+async def release_until(rig: Rig, role: Role, seconds: float) -> None:
+    """Advance the fake clock in small steps until the daemon is in `role` (or time is up)."""
+    for _ in range(round(seconds / 0.05)):
+        # A real moment for the control server's reader to take a release line in.
+        await asyncio.sleep(0.01)
+        await rig.advance(0.05, step=0.05)
+        if rig.daemon.state.role is role:
+            return
+
+
+def test_expected_inhibitor_holds_releasing_until_a_late_subscriber_releases(
+    tmp_path: Path,
+) -> None:
+    """With mirrord expected but not subscribed, a planned release waits; mirrord subscribing
+    during RELEASING holds the inhibitor, learns RELEASING, and its release lets it finish."""
+
+    async def body(rig: Rig) -> None:
+        await rig.advance(1.2)
+        assert rig.daemon.state.role is Role.ACTIVE
+        path = control.socket_path(rig.cfg.run_dir)
+        await asyncio.to_thread(control.call, path, {"cmd": "standby", "force": True})
+        await rig.advance(1.0)
+        assert rig.daemon.state.role is Role.RELEASING
+        assert rig.daemon.status()["inhibitors_awaited"] == ["mirrord"]
+        doc = rig.daemon.status()
+        assert "mirrord (not subscribed yet)" in render(doc, doc["written"])
+        sub = await control.Subscription.open(path, inhibitor="mirrord")
+        assert sub.first["role"] == "RELEASING"
+        assert rig.daemon.status()["inhibitors"] == ["mirrord"]
+        await rig.advance(0.3)
+        assert rig.daemon.state.role is Role.RELEASING
+        await sub.release("mirrord")
+        await release_until(rig, Role.STANDBY, 0.5)
+        assert rig.daemon.state.role is Role.STANDBY
+        assert rig.daemon.state.condition != "release inhibitors timed out"
+        assert rig.daemon.status()["totals"]["inhibitor_timeouts"] == {}
+        sub.close()
+
+    drive((rig := Rig(tmp_path, expected=("mirrord",))).daemon, lambda: body(rig))
+
+
+def test_expected_inhibitor_never_subscribing_times_out_counted(tmp_path: Path) -> None:
+    """An expected inhibitor that never subscribes holds a planned release for inhibit_timeout,
+    then the release goes on, counted and shown."""
+
+    async def body(rig: Rig) -> None:
+        await rig.advance(1.2)
+        path = control.socket_path(rig.cfg.run_dir)
+        await asyncio.to_thread(control.call, path, {"cmd": "standby", "force": True})
+        await rig.advance(1.5)
+        assert rig.daemon.state.role is Role.RELEASING
+        await release_until(rig, Role.STANDBY, 2.0)
+        assert rig.daemon.state.role is Role.STANDBY
+        doc = rig.daemon.status()
+        assert doc["totals"]["inhibitor_timeouts"] == {"mirrord": 1}
+        assert doc["inhibitors_awaited"] == []
+        assert "without an inhibitor: mirrord 1x" in render(doc, doc["written"])
+
+    drive((rig := Rig(tmp_path, expected=("mirrord",))).daemon, lambda: body(rig))
+
+
+def test_subscriber_closing_before_its_release_has_not_had_its_say(tmp_path: Path) -> None:
+    """An expected subscriber whose connection closes mid-flush (mirrord killed) is waited
+    for again: its restarted self subscribes, holds it, and releases."""
+
+    async def body(rig: Rig) -> None:
+        await rig.advance(1.2)
+        path = control.socket_path(rig.cfg.run_dir)
+        first = await control.Subscription.open(path, inhibitor="mirrord")
+        await asyncio.to_thread(control.call, path, {"cmd": "standby", "force": True})
+        await rig.advance(0.5)
+        first.close()
+        await rig.advance(0.5)
+        assert rig.daemon.state.role is Role.RELEASING
+        assert rig.daemon.status()["inhibitors_awaited"] == ["mirrord"]
+        again = await control.Subscription.open(path, inhibitor="mirrord")
+        assert again.first["role"] == "RELEASING"
+        await again.release("mirrord")
+        await release_until(rig, Role.STANDBY, 0.5)
+        assert rig.daemon.state.role is Role.STANDBY
+        assert rig.daemon.state.condition != "release inhibitors timed out"
+        again.close()
+
+    drive((rig := Rig(tmp_path, expected=("mirrord",))).daemon, lambda: body(rig))
+
+
+def test_without_expected_inhibitors_a_release_waits_for_nobody(tmp_path: Path) -> None:
+    """Without [mirror] nothing is expected: a planned release with no subscriber ends at once."""
+
+    async def body(rig: Rig) -> None:
+        await rig.advance(1.2)
+        path = control.socket_path(rig.cfg.run_dir)
+        await asyncio.to_thread(control.call, path, {"cmd": "standby", "force": True})
+        await release_until(rig, Role.STANDBY, 0.5)
+        assert rig.daemon.state.role is Role.STANDBY
+        assert rig.daemon.state.condition != "release inhibitors timed out"
 
     run(tmp_path, body)
 

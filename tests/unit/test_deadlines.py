@@ -52,6 +52,29 @@ def test_without_vms_the_stop_deadline_is_the_vips_and_the_inhibitors() -> None:
 
 
 @pytest.mark.parametrize(
+    ("expected", "held", "said", "waits"),
+    [
+        # Nothing expected: only what is held (the behaviour without [mirror]).
+        ((), (), (), set()),
+        ((), ("flush",), (), {"flush"}),
+        # mirrord expected and not subscribed as RELEASING began: waited for.
+        (("mirrord",), (), (), {"mirrord"}),
+        # It subscribed and holds it: still waited for, until it releases.
+        (("mirrord",), ("mirrord",), (), {"mirrord"}),
+        # It released it: done.
+        (("mirrord",), (), ("mirrord",), set()),
+        # Another holder keeps the release waiting after mirrord's say.
+        (("mirrord",), ("flush",), ("mirrord",), {"flush"}),
+    ],
+)
+def test_release_waits_for_held_and_expected_not_yet_said(
+    expected: tuple[str, ...], held: tuple[str, ...], said: tuple[str, ...], waits: set[str]
+) -> None:
+    """A planned release waits for every held inhibitor and every expected one without its say."""
+    assert d.release_waits_for(expected, held, said) == waits
+
+
+@pytest.mark.parametrize(
     ("inhibit", "flush", "keys"),
     [
         (30.0, 20.0, []),

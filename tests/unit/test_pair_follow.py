@@ -97,8 +97,8 @@ def test_takeover_restart_on_the_active_keeps_journaling(tmp_path: Path) -> None
 
 
 def test_takeover_restart_on_the_standby_keeps_receiving(tmp_path: Path) -> None:
-    """A standby whose takeover restarts keeps taking the peer's pushes: nothing journaled, no
-    second quarantine."""
+    """A standby whose takeover restarts keeps receiving: nothing journaled, no second
+    quarantine while takeover is STARTING."""
     daemon, root = follower(tmp_path)
     assert daemon.journal is not None
     daemon._apply([RoleSeen("STANDBY", "t"), PeerSeen(ACTIVE_PEER)])
@@ -114,6 +114,83 @@ def test_takeover_restart_on_the_standby_keeps_receiving(tmp_path: Path) -> None
     assert daemon._direction.receiving and not daemon._quarantine_due
     assert daemon.journal.dirty(str(root)) == {}
     assert (root / "x").exists() and (root / "y").exists()
+
+
+async def receiving_standby(tmp: Path, epoch: int) -> tuple[Daemon, Path]:
+    """Return a daemon receiving as STANDBY under an active peer (its set-aside done)."""
+    daemon, root = follower(tmp)
+    daemon._apply([RoleSeen("STANDBY", "t", epoch), PeerSeen(ACTIVE_PEER)])
+    await run_records(daemon)
+    assert daemon._direction.receiving and not orphans.has_source(str(root))
+    return daemon, root
+
+
+async def run_records(daemon: Daemon) -> None:
+    """Start what is due and apply the records worker threads send back until none is owed."""
+    daemon._start_due()
+    while daemon._bg or not daemon._q.empty():
+        daemon._apply([await asyncio.wait_for(daemon._q.get(), 10)])
+        daemon._start_due()
+
+
+def test_takeover_lost_on_the_standby_refuses_pushes_until_it_is_back(tmp_path: Path) -> None:
+    """takeover lost while receiving: the roots get the gap marker (the peer's pushes are
+    refused); back STANDBY with the same epoch, it served nobody: nothing is set aside and
+    the marker goes."""
+
+    async def main() -> None:
+        daemon, root = await receiving_standby(tmp_path, epoch=3)
+        daemon._apply([RoleSeen(None, "takeover not running"), PeerSeen(None)])
+        assert orphans.has_source(str(root)) and orphans.gap_began(str(root)) is not None
+        assert daemon.status()["follow"]["gap"]
+        daemon._apply([RoleSeen("STARTING", "subscribed", 3), created(root, "pushed-before")])
+        assert orphans.has_source(str(root))  # STARTING: it may still take over
+        daemon._apply([RoleSeen("STANDBY", "start-up election lost", 3), PeerSeen(ACTIVE_PEER)])
+        await run_records(daemon)
+        assert not orphans.has_source(str(root))
+        assert (root / "pushed-before").exists() and orphans.load(daemon.state_dir) == []
+        assert not daemon.status()["follow"]["gap"]
+
+    asyncio.run(main())
+
+
+def test_standby_that_served_while_mirrord_was_away_sets_its_writes_aside(tmp_path: Path) -> None:
+    """Seed 7, ending STANDBY: takeover died on the standby, came back, served (a new epoch)
+    and handed over before mirrord heard it; the writes of that time are set aside (listed
+    by `mirrord orphans`) before the marker lets the peer's pushes in."""
+
+    async def main() -> None:
+        daemon, root = await receiving_standby(tmp_path, epoch=3)
+        daemon._apply([RoleSeen(None, "takeover not running"), PeerSeen(None)])
+        # Served while mirrord was away: inotify saw it as received, nothing journaled.
+        daemon._apply([created(root, "acked-1"), created(root, "acked-2")])
+        assert daemon.journal is not None and daemon.journal.dirty(str(root)) == {}
+        daemon._apply([RoleSeen("STANDBY", "subscribed", 4), PeerSeen(ACTIVE_PEER)])
+        assert orphans.has_source(str(root))  # pushes still refused until the set-aside is done
+        await run_records(daemon)
+        assert sorted(o.path for o in orphans.load(daemon.state_dir)) == ["acked-1", "acked-2"]
+        assert not (root / "acked-1").exists()
+        assert not orphans.has_source(str(root))
+
+    asyncio.run(main())
+
+
+def test_node_releasing_after_the_gap_journals_its_writes_for_the_flush(tmp_path: Path) -> None:
+    """Seed 7, ending RELEASING: the writes made while mirrord was away are walked and
+    journaled (the final flush waits for the walk), and the marker becomes this node's."""
+
+    async def main() -> None:
+        daemon, root = await receiving_standby(tmp_path, epoch=3)
+        daemon._apply([RoleSeen(None, "takeover not running"), PeerSeen(None)])
+        daemon._apply([created(root, "acked")])
+        daemon._apply([RoleSeen("RELEASING", "subscribed", 4), PeerSeen(STANDBY_PEER)])
+        assert daemon._direction.push and daemon._walks_pending == 1
+        assert not daemon._flushed(str(root), NOW)  # the flush waits for the walk
+        await run_records(daemon)
+        assert daemon.journal is not None and "acked" in daemon.journal.dirty(str(root))
+        assert orphans.has_source(str(root)) and orphans.gap_began(str(root)) is None
+
+    asyncio.run(main())
 
 
 def test_peer_returned_only_after_it_was_lost() -> None:
@@ -295,6 +372,19 @@ class StatusHandler:
         return None
 
 
+class GatedFlush:
+    """A final flush that says it began and returns only once `proceed` is set."""
+
+    def __init__(self) -> None:
+        self.flushed = asyncio.Event()
+        self.proceed = asyncio.Event()
+
+    async def __call__(self) -> None:
+        """Run the flush."""
+        self.flushed.set()
+        await self.proceed.wait()
+
+
 def test_follower_flushes_under_the_inhibitor_and_sees_takeover_go(tmp_path: Path) -> None:
     """The follower posts the role, holds takeover's release until its flush returned, and
     posts "takeover not running" when the control server goes away."""
@@ -303,13 +393,7 @@ def test_follower_flushes_under_the_inhibitor_and_sees_takeover_go(tmp_path: Pat
         server = control.ControlServer(control.socket_path(tmp_path), StatusHandler())
         await server.start()
         posted: asyncio.Queue[Any] = asyncio.Queue()
-        flushed = asyncio.Event()
-        proceed = asyncio.Event()
-
-        async def flush() -> None:
-            flushed.set()
-            await proceed.wait()
-
+        flush = GatedFlush()
         follower = Follower(tmp_path, posted.put_nowait, flush, lambda: NOW)
         task = asyncio.ensure_future(follower.run())
 
@@ -322,9 +406,9 @@ def test_follower_flushes_under_the_inhibitor_and_sees_takeover_go(tmp_path: Pat
         assert (await next_role()).role == "ACTIVE"
         server.publish(control.role_event("ACTIVE", "RELEASING", "operator standby", 1, NOW))
         assert (await next_role()).role == "RELEASING"
-        await asyncio.wait_for(flushed.wait(), 10)
+        await asyncio.wait_for(flush.flushed.wait(), 10)
         assert server.inhibitors.names() == ["mirrord"]  # held while the flush runs
-        proceed.set()
+        flush.proceed.set()
         await asyncio.wait_for(server.inhibitors.wait_clear(), 10)
         await server.close()
         gone = await next_role()
@@ -332,6 +416,44 @@ def test_follower_flushes_under_the_inhibitor_and_sees_takeover_go(tmp_path: Pat
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+    asyncio.run(main())
+
+
+class ReleasingHandler(StatusHandler):
+    """A control handler whose node is RELEASING (takeover restarted, served, hands over)."""
+
+    def status(self) -> dict[str, Any]:
+        """Return a minimal status document."""
+        return {"local": {"role": "RELEASING"}, "epoch": 4}
+
+
+def test_follower_subscribing_during_releasing_flushes_then_releases(tmp_path: Path) -> None:
+    """A follower that subscribes while takeover already waits in RELEASING (it was not
+    subscribed as the release began) holds the inhibitor, flushes, then releases it."""
+
+    async def main() -> None:
+        server = control.ControlServer(
+            control.socket_path(tmp_path), ReleasingHandler(), expected=["mirrord"]
+        )
+        await server.start()
+        server.publish(control.role_event("ACTIVE", "RELEASING", "operator standby", 4, NOW))
+        assert server.inhibitors.awaited() == ["mirrord"]
+        posted: asyncio.Queue[Any] = asyncio.Queue()
+        flush = GatedFlush()
+        task = asyncio.ensure_future(Follower(tmp_path, posted.put_nowait, flush, time.time).run())
+        await asyncio.wait_for(flush.flushed.wait(), 10)
+        assert server.inhibitors.names() == ["mirrord"]
+        seen = [r for r in [posted.get_nowait() for _ in range(posted.qsize())]
+                if isinstance(r, RoleSeen)]  # fmt: skip
+        assert seen[0] == RoleSeen("RELEASING", "subscribed", 4)
+        flush.proceed.set()
+        await asyncio.wait_for(server.inhibitors.wait_clear(), 10)
+        assert server.inhibitors.awaited() == []
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await server.close()
 
     asyncio.run(main())
 
