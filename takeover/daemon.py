@@ -424,6 +424,8 @@ class Daemon:
         self._written_key: tuple[object, ...] = ()
         self._sent_key: tuple[object, ...] = ()
         self._last_iter: float | None = None
+        # When the machine was last ticked: deadlines up to then have had their Tick.
+        self._ticked: float | None = None
         self._watchdog = watchdog_period()
         self._last_watchdog = -math.inf
 
@@ -592,6 +594,7 @@ class Daemon:
             else:
                 self._deciding_begun = True
                 self._spawn(self._begin_deciding(after_maintenance=True))
+        self._ticked = self.clock()
         self.handle(m.Tick())
         now = self.clock()
         if now >= self._next_send or self._advert_key() != self._sent_key:
@@ -617,7 +620,7 @@ class Daemon:
             times.append(self._next_witness)
         if self.state.deciding:
             times.append(self.state.started + self.cfg.params.deadtime)
-        d = m.next_deadline(self.state)
+        d = m.next_deadline(self.state, self._ticked)
         if d is not None:
             times.append(d)
         return min(times)

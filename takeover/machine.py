@@ -1428,8 +1428,19 @@ _HANDLERS = {
 }
 
 
-def next_deadline(s: State) -> float | None:
-    """Return when the machine next needs a Tick even if nothing else happens, if ever."""
+# How long after deadtime the loop wakes to declare the peer lost: it is alive up to and
+# including heard_at + deadtime, so the wake-up must fall just after, not an interval later.
+PAST_DEADTIME: Final = 0.001
+
+
+def next_deadline(s: State, ticked: float | None = None) -> float | None:
+    """Return when the machine next needs a Tick even if nothing else happens, if ever.
+
+    `ticked`: when the machine was last stepped with a Tick. A deadline at or before it has
+    had its Tick: what it called for is done, or waits on something else (a peer declared
+    lost stays lost, a pre-probe the witness holds back), and waking for it again would
+    spin the loop.
+    """
     if s.maintenance:
         # No timer acts in maintenance: the daemon's heartbeat interval ticks us anyway.
         return None
@@ -1438,8 +1449,7 @@ def next_deadline(s: State) -> float | None:
     if s.role is Role.STARTING:
         times.append(s.started + p.initdead)
     if s.peer is not None:
-        # Just past deadtime: the peer is alive up to and including heard_at + deadtime.
-        times.append(s.peer.heard_at + p.deadtime + p.interval / 10)
+        times.append(s.peer.heard_at + p.deadtime + PAST_DEADTIME)
         if p.prearbitrate > 0 and s.role is Role.STANDBY and s.probing_since is None:
             times.append(s.peer.heard_at + p.deadtime - p.prearbitrate)
     if s.last_stall is not None:
@@ -1468,6 +1478,8 @@ def next_deadline(s: State) -> float | None:
         # Only while it may still bind (see _lease_lapsing): a past one would spin the loop.
         if s.peer is None or due > s.peer.heard_at:
             times.append(due)
+    if ticked is not None:
+        times = [t for t in times if t > ticked]
     return min(times) if times else None
 
 
@@ -1475,6 +1487,7 @@ __all__ = [
     "BLOCKED",
     "MAINTENANCE",
     "PASSIVE",
+    "PAST_DEADTIME",
     "PEER_STILL_SERVING",
     "TRANSITIONS",
     "WITNESS_LOST_TOGETHER",

@@ -168,6 +168,19 @@ def test_heartbeat_says_holding_until_stale_vip_released(tmp_path: Path) -> None
     run(tmp_path, body, stale=True)
 
 
+def test_active_with_a_lost_peer_waits_for_a_future_wake(tmp_path: Path) -> None:
+    """After taking over from a silent peer, the loop's next wake is ahead (it does not spin)."""
+
+    async def body(rig: Rig) -> None:
+        rig.links.inject("lan", rig.peer_heartbeat(Role.STANDBY))
+        await rig.advance(0.1)
+        await rig.advance(2.0)
+        assert rig.daemon.state.role is Role.ACTIVE
+        assert rig.daemon.next_wake() > rig.clock()
+
+    run(tmp_path, body)
+
+
 def test_forged_heartbeat_is_counted_and_ignored(tmp_path: Path) -> None:
     """A heartbeat signed with another key changes nothing and is counted as bad_mac."""
 

@@ -1223,6 +1223,35 @@ def test_next_deadline_covers_initdead_and_deadtime() -> None:
     assert step(s, Tick(), d)[0].role is Role.ARBITRATING
 
 
+@pytest.mark.parametrize("interval", [0.05, 0.1, 1.0])
+def test_standby_to_arbitrating_wakes_just_past_deadtime(interval: float) -> None:
+    """The loop wakes for a silent peer within a few ms of deadtime, at any interval."""
+    params = replace(P, interval=interval, deadtime=3 * interval)
+    s = mk(Role.STANDBY, params, peer=peer(Role.ACTIVE, ago=0.0))
+    d = next_deadline(s)
+    assert d is not None and T0 + params.deadtime < d <= T0 + params.deadtime + 0.002
+    assert step(s, Tick(), d)[0].role is Role.ARBITRATING
+
+
+# (role, what else the state holds): a peer silent past deadtime, already acted on.
+LOST_PEER_SETTLED = [
+    (Role.ACTIVE, {}),
+    (Role.STANDBY, {"hold_standby": True}),
+    (Role.STANDBY, {"recheck_at": T0 + 5.0, "condition": "heartbeat lost, peer still serving"}),
+    (Role.ISOLATED, {}),
+]
+
+
+@pytest.mark.parametrize("role, kw", LOST_PEER_SETTLED)
+def test_next_deadline_after_a_tick_is_in_the_future(role: Role, kw: dict[str, Any]) -> None:
+    """Once ticked, a peer silent for long gives no deadline at or before that Tick (no spin)."""
+    params = replace(EARLY, witness_lease=None)
+    s = mk(role, params, peer=peer(Role.ACTIVE, ago=10.0), **kw)
+    s, _ = step(s, Tick(), T0)
+    d = next_deadline(s, T0)
+    assert d is None or d > T0
+
+
 # ---------------------------------------------------------------------------------------------
 # Link flapping on the active's side: both heartbeat paths and the LAN carrier go down and up.
 
