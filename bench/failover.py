@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from tests.lab.lab import HB_IFACE, LAN_IFACE, VIP4, Lab, LabError
+from tests.lab.lab import VIP4, Lab, LabError
 from tests.lab.pair import HB_PORT, HapairPair, PairConfig
 from tests.lab.probe import AGENT, ProbeResult, VipProbe
 
@@ -192,16 +192,13 @@ TOOLS: dict[str, Callable[[Lab, float], Pair]] = {
 def crash(lab: Lab, node: str) -> None:
     """Make node vanish at one instant, as a power loss does, then end its processes.
 
-    Both links go down first, from inside the node in one `ip -batch`: whatever its processes
-    do next reaches nobody. Stopping or killing them first would leave the kernel answering
+    Lab.kill_node: both links down first, from inside the node in one `ip -batch`, so that
+    whatever its processes do next reaches nobody; then they are stopped and SIGKILLed, and its
+    switch port goes down. Stopping or killing them first would leave the kernel answering
     pings and ARP for the VIP, with the daemons silent, for as long as the link commands take
     (100-300 ms on a loaded machine): a short hang, which the peer's VIP guard rightly reads as
     "still served", and which shortens VRRP's outage by as much.
     """
-    lab.run(
-        node, ["ip", "-batch", "-"], input=f"link set {LAN_IFACE} down\nlink set {HB_IFACE} down\n"
-    )
-    lab.freeze(node)
     lab.kill_node(node)
 
 
