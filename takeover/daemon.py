@@ -343,6 +343,8 @@ class Effects:
     reloader: Reloader | None = None
     # The witness; None without a [witness] table.
     witness: WitnessFactory | None = None
+    # Stores the epoch durably; runs in a thread (store_epoch; a test slows it down).
+    epoch_store: Callable[[Path, int], None] = store_epoch
 
 
 class Daemon:
@@ -424,6 +426,8 @@ class Daemon:
         self._written_key: tuple[object, ...] = ()
         self._sent_key: tuple[object, ...] = ()
         self._last_iter: float | None = None
+        # Epoch writes run in a thread, one at a time and in the order asked.
+        self._epoch_lock = asyncio.Lock()
         # When the machine was last ticked: deadlines up to then have had their Tick.
         self._ticked: float | None = None
         self._watchdog = watchdog_period()
@@ -810,14 +814,8 @@ class Daemon:
         elif isinstance(a, m.WaitInhibitors):
             self._spawn(self._wait_inhibitors())
         elif isinstance(a, m.PersistEpoch):
-            try:
-                store_epoch(self.cfg.state_dir, a.epoch)
-            except OSError as err:
-                # Serving matters more than the record: the epoch in memory is right, only a
-                # restart before the next successful write could reuse an older one.
-                log.error("epoch.store_failed epoch=%s error=%s", a.epoch, err)
-            else:
-                log.info("epoch.stored epoch=%s", a.epoch)
+            # Off the loop: a takeover adds its VIPs meanwhile; heartbeats wait for it.
+            self._spawn(self._persist_epoch(a.epoch))
         elif isinstance(a, m.PersistMaintenance):
             self._maintenance_changed(a.on)
         elif isinstance(a, m.Refused):
@@ -939,6 +937,19 @@ class Daemon:
                 return
         log.info("resources.released reason=%s handover=%s", reason, handover)
         self._emit(m.ReleaseDone())
+
+    async def _persist_epoch(self, epoch: int) -> None:
+        """Store `epoch` durably in a thread (in order: one write at a time), then say so."""
+        async with self._epoch_lock:
+            try:
+                await asyncio.to_thread(self.fx.epoch_store, self.cfg.state_dir, epoch)
+            except OSError as err:
+                # Serving matters more than the record: the epoch in memory is right, only a
+                # restart before the next successful write could reuse an older one.
+                log.error("epoch.store_failed epoch=%s error=%s", epoch, err)
+            else:
+                log.info("epoch.stored epoch=%s", epoch)
+        self._emit(m.EpochStored(epoch))
 
     async def _announce(self) -> None:
         try:
@@ -1062,6 +1073,9 @@ class Daemon:
                 s.maintenance, s.blocked)  # fmt: skip
 
     def _send_heartbeats(self) -> None:
+        if not m.advertisable(self.state):
+            # The epoch is still being written: the pump sends once EpochStored is in.
+            return
         self._sent_key = self._advert_key()
         self.sent += self.links.send(self._next_datagram)
         if self.drift.due(self.clock()):

@@ -339,6 +339,13 @@ class ResourceBlocked:
     resource: str
 
 
+@dataclass(frozen=True)
+class EpochStored:
+    """The daemon has stored `epoch` durably (or failed to and logged it: serving comes first)."""
+
+    epoch: int
+
+
 Event = (
     Tick
     | HeartbeatSeen
@@ -360,6 +367,7 @@ Event = (
     | MaintenanceSet
     | WitnessAnswer
     | ResourceBlocked
+    | EpochStored
 )
 
 
@@ -477,6 +485,8 @@ class State:
     epoch: int
     # Highest epoch seen from anyone: a new takeover numbers itself above it.
     seen_epoch: int = 0
+    # Highest epoch the daemon has stored durably (EpochStored); see advertisable().
+    stored_epoch: int = 0
     # Own damped ping score (see own_score() for the one that decides).
     score: int = 0
     healthy: bool = True
@@ -595,6 +605,7 @@ def initial_state(
         reason="start",
         started=now,
         epoch=epoch,
+        stored_epoch=epoch,
         healthy=healthy,
         clean=clean,
         deciding=deciding,
@@ -720,6 +731,8 @@ def _absorb(s: State, ev: Event, now: float) -> State:
         s = replace(s, witness=_witness_view(s, ev, now))
     elif isinstance(ev, ResourceBlocked):
         s = replace(s, blocked=ev.resource)
+    elif isinstance(ev, EpochStored):
+        s = replace(s, stored_epoch=max(s.stored_epoch, ev.epoch))
     if s.carrier and not s.lan_up and _carrier_settled(s, now):
         s = replace(s, lan_up=True)
     return s
@@ -1428,6 +1441,16 @@ _HANDLERS = {
 }
 
 
+def advertisable(s: State) -> bool:
+    """Return whether a heartbeat may carry this state: only once its epoch is durable.
+
+    A takeover adds its VIPs while the new epoch is being written; no heartbeat may carry
+    the epoch before that, or a crash and restart here could number a later takeover at or
+    below what the peer has already heard (the epoch settles who yields to whom).
+    """
+    return s.epoch <= s.stored_epoch
+
+
 # How long after deadtime the loop wakes to declare the peer lost: it is alive up to and
 # including heard_at + deadtime, so the wake-up must fall just after, not an interval later.
 PAST_DEADTIME: Final = 0.001
@@ -1500,6 +1523,7 @@ __all__ = [
     "State",
     "WitnessAnswer",
     "WitnessView",
+    "advertisable",
     "blocked_by_config",
     "initial_state",
     "next_deadline",

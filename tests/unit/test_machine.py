@@ -16,6 +16,7 @@ from takeover.machine import (
     Action,
     Announce,
     Candidate,
+    EpochStored,
     Event,
     Fence,
     FenceResult,
@@ -44,6 +45,7 @@ from takeover.machine import (
     Tick,
     VipGuardResult,
     WaitInhibitors,
+    advertisable,
     initial_state,
     next_deadline,
     own_score,
@@ -1250,6 +1252,19 @@ def test_next_deadline_after_a_tick_is_in_the_future(role: Role, kw: dict[str, A
     s, _ = step(s, Tick(), T0)
     d = next_deadline(s, T0)
     assert d is None or d > T0
+
+
+def test_takeover_epoch_is_advertisable_only_once_stored() -> None:
+    """A takeover's new epoch may go out in heartbeats only after EpochStored says it is durable."""
+    s = mk(Role.ARBITRATING, fresh_down=0, guard_answered=False, since=T0 - 0.1)
+    assert advertisable(s)
+    s, out = step(s, Tick(), T0)
+    assert s.role is Role.ACTIVE and s.epoch == 2
+    assert PersistEpoch(2) in out and not advertisable(s)
+    s, _ = step(s, EpochStored(1), T0 + 0.01)
+    assert not advertisable(s)
+    s, _ = step(s, EpochStored(2), T0 + 0.02)
+    assert advertisable(s) and s.role is Role.ACTIVE
 
 
 # ---------------------------------------------------------------------------------------------
