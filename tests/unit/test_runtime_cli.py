@@ -34,6 +34,7 @@ from takeover.runtime import (
     carrier_of_all,
     carrier_verdict,
     daemon_config,
+    guard_window,
     placements,
 )
 from takeover.status import write_status
@@ -117,6 +118,16 @@ def test_daemon_config_maps_cluster_file(tmp_path: Path) -> None:
         ("192.0.2.100/24", "lan0", None),
         ("2001:db8::100/64", "lan1", "02:00:5e:10:00:01"),
     ]
+
+
+def test_guard_verdict_is_due_before_deadtime_at_three_intervals(tmp_path: Path) -> None:
+    """At deadtime = 3 intervals the early guard's window ends well before the peer is lost."""
+    path = tmp_path / "cluster.toml"
+    path.write_text(CLUSTER.replace('deadtime = "400ms"', 'deadtime = "300ms"'))
+    cluster = load_cluster(path)
+    p = daemon_config(cluster, cluster.node("b"), b"k" * 32).params
+    verdict = p.deadtime - p.prearbitrate + guard_window(cluster)
+    assert p.prearbitrate > 0 and verdict <= p.deadtime - 0.025
 
 
 class FakePinger:
