@@ -262,11 +262,10 @@ class Addresses:
             # Route before address: the first echo the VIP answers must already leave through
             # the macvlan, or the client sees the parent's MAC answer once.
             changed |= await self._ensure_source_route(vip, index)
-        if await self._has_address(index, vip):
-            log.debug("vip.already_held vip=%s device=%s", vip.address, vip.device)
-        else:
-            flags = IFA_F_NODAD if vip.address.version == 6 else 0
-            changed |= await self._change_address("add", vip, index, errno.EEXIST, flags=flags)
+        # No dump first: on the takeover's path every netlink round trip delays the VIP, and
+        # the kernel's EEXIST says "already held" as well.
+        flags = IFA_F_NODAD if vip.address.version == 6 else 0
+        changed |= await self._change_address("add", vip, index, errno.EEXIST, flags=flags)
         return changed
 
     async def remove_vip(self, vip: VipPlacement) -> bool:
@@ -303,6 +302,7 @@ class Addresses:
             )
         except NetlinkError as e:
             if e.code == harmless:
+                log.debug("vip.already_%s vip=%s device=%s", op, vip.address, vip.device)
                 return False
             raise AddressError(f"{op} {vip}: {e.args[-1]}") from None
         log.info(
