@@ -788,6 +788,8 @@ class Daemon:
         """Step the machine with `ev` and execute the actions; return them."""
         old = self.state
         self.state, actions = m.step(old, ev, self.clock())
+        if any(isinstance(a, m.AcquireResources) for a in actions):
+            self._claim_now()
         for action in actions:
             self.execute(action)
         if isinstance(ev, _HOLDINGS_CHANGED):
@@ -820,6 +822,24 @@ class Daemon:
             self._maintenance_changed(a.on)
         elif isinstance(a, m.Refused):
             log.info("command.refused command=%s reason=%s", a.command, a.reason)
+
+    def _claim_now(self) -> None:
+        """Take the leading VIPs before anything else of a takeover (ResourceList.claim_now).
+
+        Clients wait for the address; the transition's hooks, status and epoch wait for it.
+        Not while a release or an acquire still runs: the acquire task then goes in order.
+        """
+        claim = getattr(self.fx.resources, "claim_now", None)
+        if claim is None or self._resource_lock.locked():
+            return
+        try:
+            names = claim()
+        except Exception as err:
+            # The acquire task tries again, and reports what fails.
+            log.error("resources.claim_failed error=%s", err)
+            return
+        if names:
+            log.info("resources.claimed names=%s", ",".join(names))
 
     def _check_blocked(self) -> None:
         """Tell the machine when a resource became blocked by a configuration error, or not."""

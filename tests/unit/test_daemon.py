@@ -177,6 +177,38 @@ def test_takeover_acquires_while_the_epoch_is_written_and_advertises_it_after(
     drive(rig.daemon, lambda: body(rig))
 
 
+@dataclass
+class ClaimingResources(FakeResources):
+    """FakeResources that can claim the VIP at once, noting what systemd was told by then."""
+
+    notifier: RecordingNotifier = field(default_factory=RecordingNotifier)
+    told_at_claim: list[str] | None = None
+
+    def claim_now(self) -> list[str]:
+        """Record the claim and what the notifier had heard at that moment."""
+        self.calls.append("claim")
+        self.told_at_claim = list(self.notifier.messages)
+        self.held = True
+        return [f"vip {self.vip}"]
+
+
+def test_takeover_claims_the_vip_before_telling_anyone(tmp_path: Path) -> None:
+    """The VIP is claimed in the step that decides the takeover, before hooks, status or systemd
+    hear of the transition; the acquire task follows."""
+
+    async def body(rig: Rig) -> None:
+        claiming = ClaimingResources(notifier=rig.notifier)
+        rig.daemon.fx.resources = rig.resources = claiming
+        await rig.advance(1.2)
+        assert rig.daemon.state.role is Role.ACTIVE
+        assert claiming.calls == ["claim", "acquire"]
+        assert claiming.told_at_claim is not None
+        assert not any("ACTIVE" in m for m in claiming.told_at_claim)
+        assert any("ACTIVE" in m for m in rig.notifier.messages)
+
+    run(tmp_path, body)
+
+
 def test_heartbeats_sent_on_every_link_with_distinct_sequences(tmp_path: Path) -> None:
     """Each round sends one datagram per link, each with its own sequence number."""
 

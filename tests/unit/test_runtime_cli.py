@@ -286,6 +286,74 @@ class RecordingOther:
         return {"held": True}
 
 
+class QuickAddresses(FakeAddresses):
+    """FakeAddresses that can also add at once (Addresses.add_now), except those in `slow`."""
+
+    def __init__(self, log: list[str], slow: set[str] | None = None) -> None:
+        super().__init__(log)
+        self.slow = slow or set()
+
+    def add_now(self, vip: VipPlacement) -> bool:
+        if str(vip.address) in self.slow:
+            return False
+        self.log.append(f"add_now {vip.address}")
+        return True
+
+
+def quick_vip(log: list[str], address: str, slow: set[str] | None = None) -> VipResource:
+    """Return one VIP resource whose addresses can add at once."""
+    placement = VipPlacement(ipaddress.ip_interface(address), "lan0")
+    addrs = QuickAddresses(log, slow)
+    return VipResource(placement, addrs, FakeAnnouncer(log), count=1, interval=0.0)  # type: ignore[arg-type]
+
+
+class BlockedOther(RecordingOther):
+    """A resource blocked by a configuration error."""
+
+    blocked = "OCF_ERR_CONFIGURED"
+
+
+# (resources in order: "vip" plain, "slow" a VIP that cannot add at once, "vm", "blocked")
+# -> the VIPs claimed at once.
+CLAIMS = [
+    (("vip", "vip", "vm"), ["192.0.2.100/24", "192.0.2.101/24"]),
+    (("vip", "vm", "vip"), ["192.0.2.100/24"]),
+    (("vm", "vip"), []),
+    (("vip", "slow", "vip"), ["192.0.2.100/24"]),
+    (("vip", "vip", "blocked"), []),
+]
+
+
+@pytest.mark.parametrize("kinds, claimed", CLAIMS)
+def test_claim_now_takes_only_the_leading_vips(kinds: tuple[str, ...], claimed: list[str]) -> None:
+    """A takeover's quick claim adds and announces the VIPs that come first, and nothing past
+    a resource that is no quick VIP; nothing at all when one is blocked."""
+    log: list[str] = []
+    items: list[Any] = []
+    for n, kind in enumerate(kinds):
+        address = f"192.0.2.{100 + n}/24"
+        if kind in ("vip", "slow"):
+            items.append(quick_vip(log, address, {address} if kind == "slow" else None))
+        else:
+            items.append(BlockedOther() if kind == "blocked" else RecordingOther())
+    res = ResourceList(items)
+    assert res.claim_now() == [f"vip {a}" for a in claimed]
+    assert log == [x for a in claimed for x in (f"add_now {a}", f"garp {a.split('/')[0]}")]
+
+
+def test_acquire_after_a_claim_does_not_announce_again() -> None:
+    """A VIP claimed at once is confirmed by acquire() without a second announcement round."""
+    log: list[str] = []
+    vip = quick_vip(log, "192.0.2.100/24")
+    assert vip.claim_now()
+    asyncio.run(vip.acquire())
+    assert log == ["add_now 192.0.2.100/24", "garp 192.0.2.100", "add 192.0.2.100/24"]
+    # Released, then acquired the slow way: announced again.
+    asyncio.run(vip.release())
+    asyncio.run(vip.acquire())
+    assert log[-2:] == ["add 192.0.2.100/24", "garp 192.0.2.100"]
+
+
 def test_acquire_in_order_announcing_each_at_once() -> None:
     """VIPs are added in order, each announced right after it is added."""
     log: list[str] = []
