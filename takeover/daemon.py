@@ -346,6 +346,8 @@ class Effects:
     reloader: Reloader | None = None
     # The witness; None without a [witness] table.
     witness: WitnessFactory | None = None
+    # Stores the epoch durably; runs in a thread (store_epoch; a test slows it down).
+    epoch_store: Callable[[Path, int], None] = store_epoch
 
 
 class Daemon:
@@ -431,6 +433,10 @@ class Daemon:
         self._written_key: tuple[object, ...] = ()
         self._sent_key: tuple[object, ...] = ()
         self._last_iter: float | None = None
+        # Epoch writes run in a thread, one at a time and in the order asked.
+        self._epoch_lock = asyncio.Lock()
+        # When the machine was last ticked: deadlines up to then have had their Tick.
+        self._ticked: float | None = None
         self._watchdog = watchdog_period()
         self._last_watchdog = -math.inf
 
@@ -599,6 +605,7 @@ class Daemon:
             else:
                 self._deciding_begun = True
                 self._spawn(self._begin_deciding(after_maintenance=True))
+        self._ticked = self.clock()
         self.handle(m.Tick())
         now = self.clock()
         if now >= self._next_send or self._advert_key() != self._sent_key:
@@ -624,7 +631,7 @@ class Daemon:
             times.append(self._next_witness)
         if self.state.deciding:
             times.append(self.state.started + self.cfg.params.deadtime)
-        d = m.next_deadline(self.state)
+        d = m.next_deadline(self.state, self._ticked)
         if d is not None:
             times.append(d)
         return min(times)
@@ -790,6 +797,8 @@ class Daemon:
         """Step the machine with `ev` and execute the actions; return them."""
         old = self.state
         self.state, actions = m.step(old, ev, self.clock())
+        if any(isinstance(a, m.AcquireResources) for a in actions):
+            self._claim_now()
         for action in actions:
             self.execute(action)
         if isinstance(ev, _HOLDINGS_CHANGED):
@@ -816,18 +825,30 @@ class Daemon:
         elif isinstance(a, m.WaitInhibitors):
             self._spawn(self._wait_inhibitors())
         elif isinstance(a, m.PersistEpoch):
-            try:
-                store_epoch(self.cfg.state_dir, a.epoch)
-            except OSError as err:
-                # Serving matters more than the record: the epoch in memory is right, only a
-                # restart before the next successful write could reuse an older one.
-                log.error("epoch.store_failed epoch=%s error=%s", a.epoch, err)
-            else:
-                log.info("epoch.stored epoch=%s", a.epoch)
+            # Off the loop: a takeover adds its VIPs meanwhile; heartbeats wait for it.
+            self._spawn(self._persist_epoch(a.epoch))
         elif isinstance(a, m.PersistMaintenance):
             self._maintenance_changed(a.on)
         elif isinstance(a, m.Refused):
             log.info("command.refused command=%s reason=%s", a.command, a.reason)
+
+    def _claim_now(self) -> None:
+        """Take the leading VIPs before anything else of a takeover (ResourceList.claim_now).
+
+        Clients wait for the address; the transition's hooks, status and epoch wait for it.
+        Not while a release or an acquire still runs: the acquire task then goes in order.
+        """
+        claim = getattr(self.fx.resources, "claim_now", None)
+        if claim is None or self._resource_lock.locked():
+            return
+        try:
+            names = claim()
+        except Exception as err:
+            # The acquire task tries again, and reports what fails.
+            log.error("resources.claim_failed error=%s", err)
+            return
+        if names:
+            log.info("resources.claimed names=%s", ",".join(names))
 
     def _check_blocked(self) -> None:
         """Tell the machine when a resource became blocked by a configuration error, or not."""
@@ -955,6 +976,19 @@ class Daemon:
         log.info("resources.released reason=%s handover=%s", reason, handover)
         self._emit(m.ReleaseDone())
 
+    async def _persist_epoch(self, epoch: int) -> None:
+        """Store `epoch` durably in a thread (in order: one write at a time), then say so."""
+        async with self._epoch_lock:
+            try:
+                await asyncio.to_thread(self.fx.epoch_store, self.cfg.state_dir, epoch)
+            except OSError as err:
+                # Serving matters more than the record: the epoch in memory is right, only a
+                # restart before the next successful write could reuse an older one.
+                log.error("epoch.store_failed epoch=%s error=%s", epoch, err)
+            else:
+                log.info("epoch.stored epoch=%s", epoch)
+        self._emit(m.EpochStored(epoch))
+
     async def _announce(self) -> None:
         try:
             await self.fx.resources.announce()
@@ -1077,6 +1111,9 @@ class Daemon:
                 s.maintenance, s.blocked)  # fmt: skip
 
     def _send_heartbeats(self) -> None:
+        if not m.advertisable(self.state):
+            # The epoch is still being written: the pump sends once EpochStored is in.
+            return
         self._sent_key = self._advert_key()
         self.sent += self.links.send(self._next_datagram)
         if self.drift.due(self.clock()):

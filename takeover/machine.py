@@ -345,6 +345,13 @@ class ResourceBlocked:
     resource: str
 
 
+@dataclass(frozen=True)
+class EpochStored:
+    """The daemon has stored `epoch` durably (or failed to and logged it: serving comes first)."""
+
+    epoch: int
+
+
 Event = (
     Tick
     | HeartbeatSeen
@@ -366,6 +373,7 @@ Event = (
     | MaintenanceSet
     | WitnessAnswer
     | ResourceBlocked
+    | EpochStored
 )
 
 
@@ -483,6 +491,8 @@ class State:
     epoch: int
     # Highest epoch seen from anyone: a new takeover numbers itself above it.
     seen_epoch: int = 0
+    # Highest epoch the daemon has stored durably (EpochStored); see advertisable().
+    stored_epoch: int = 0
     # Own damped ping score (see own_score() for the one that decides).
     score: int = 0
     healthy: bool = True
@@ -601,6 +611,7 @@ def initial_state(
         reason="start",
         started=now,
         epoch=epoch,
+        stored_epoch=epoch,
         healthy=healthy,
         clean=clean,
         deciding=deciding,
@@ -726,6 +737,8 @@ def _absorb(s: State, ev: Event, now: float) -> State:
         s = replace(s, witness=_witness_view(s, ev, now))
     elif isinstance(ev, ResourceBlocked):
         s = replace(s, blocked=ev.resource)
+    elif isinstance(ev, EpochStored):
+        s = replace(s, stored_epoch=max(s.stored_epoch, ev.epoch))
     if s.carrier and not s.lan_up and _carrier_settled(s, now):
         s = replace(s, lan_up=True)
     return s
@@ -1456,8 +1469,29 @@ _HANDLERS = {
 }
 
 
-def next_deadline(s: State) -> float | None:
-    """Return when the machine next needs a Tick even if nothing else happens, if ever."""
+def advertisable(s: State) -> bool:
+    """Return whether a heartbeat may carry this state: only once its epoch is durable.
+
+    A takeover adds its VIPs while the new epoch is being written; no heartbeat may carry
+    the epoch before that, or a crash and restart here could number a later takeover at or
+    below what the peer has already heard (the epoch settles who yields to whom).
+    """
+    return s.epoch <= s.stored_epoch
+
+
+# How long after deadtime the loop wakes to declare the peer lost: it is alive up to and
+# including heard_at + deadtime, so the wake-up must fall just after, not an interval later.
+PAST_DEADTIME: Final = 0.001
+
+
+def next_deadline(s: State, ticked: float | None = None) -> float | None:
+    """Return when the machine next needs a Tick even if nothing else happens, if ever.
+
+    `ticked`: when the machine was last stepped with a Tick. A deadline at or before it has
+    had its Tick: what it called for is done, or waits on something else (a peer declared
+    lost stays lost, a pre-probe the witness holds back), and waking for it again would
+    spin the loop.
+    """
     if s.maintenance:
         # No timer acts in maintenance: the daemon's heartbeat interval ticks us anyway.
         return None
@@ -1466,8 +1500,7 @@ def next_deadline(s: State) -> float | None:
     if s.role is Role.STARTING:
         times.append(s.started + p.initdead)
     if s.peer is not None:
-        # Just past deadtime: the peer is alive up to and including heard_at + deadtime.
-        times.append(s.peer.heard_at + p.deadtime + p.interval / 10)
+        times.append(s.peer.heard_at + p.deadtime + PAST_DEADTIME)
         if p.prearbitrate > 0 and s.role is Role.STANDBY and s.probing_since is None:
             times.append(s.peer.heard_at + p.deadtime - p.prearbitrate)
     if s.last_stall is not None:
@@ -1496,6 +1529,8 @@ def next_deadline(s: State) -> float | None:
         # Only while it may still bind (see _lease_lapsing): a past one would spin the loop.
         if s.peer is None or due > s.peer.heard_at:
             times.append(due)
+    if ticked is not None:
+        times = [t for t in times if t > ticked]
     return min(times) if times else None
 
 
@@ -1504,6 +1539,7 @@ __all__ = [
     "INHIBITORS_TIMED_OUT",
     "MAINTENANCE",
     "PASSIVE",
+    "PAST_DEADTIME",
     "PEER_STILL_SERVING",
     "TRANSITIONS",
     "WITNESS_LOST_TOGETHER",
@@ -1516,6 +1552,7 @@ __all__ = [
     "State",
     "WitnessAnswer",
     "WitnessView",
+    "advertisable",
     "blocked_by_config",
     "initial_state",
     "next_deadline",

@@ -97,6 +97,24 @@ class ResourceList:
                 raise ResourceError(f"{item.name}: {err}") from err
             taken.append(item)
 
+    def claim_now(self) -> list[str]:
+        """Take the leading VIPs at once, synchronously (VipResource.claim_now); return them.
+
+        A takeover's clients wait for the address and its announcement; the loop coming
+        round to the acquire task takes 5-25 ms under load. Only the VIPs that come first in
+        the order are claimed, so the order holds; nothing when a resource is blocked (the
+        acquire fails before it takes anything). acquire() then goes through every item.
+        """
+        if any(getattr(item, "blocked", "") for item in self.items):
+            return []
+        claimed: list[str] = []
+        for item in self.items:
+            claim = getattr(item, "claim_now", None)
+            if claim is None or not claim():
+                break
+            claimed.append(item.name)
+        return claimed
+
     async def release(self, handover: bool = False) -> None:
         """Release each in reverse; try them all; raise ResourceError naming the failures.
 
@@ -201,12 +219,27 @@ class VipResource:
         self.conflicts = 0
         self._burst: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
+        # claim_now() added it and announced: acquire() does the rest, not the burst again.
+        self._claimed = False
+
+    def claim_now(self) -> bool:
+        """Add a plain VIP and send its first announcement round now, blocking; return whether
+        it did (the addresses say whether they can: Addresses.add_now)."""
+        add_now = getattr(self.addresses, "add_now", None)
+        if self.held or add_now is None or not add_now(self.placement):
+            return False
+        self.held = self.defended = self._claimed = True
+        self._announce_now()
+        return True
 
     async def acquire(self) -> None:
         """Add the address, send the first announcement round now and the rest in background."""
         await self.addresses.add_vip(self.placement)
         self.held = self.defended = True
-        self._announce_now()
+        if self._claimed:
+            self._claimed = False
+        else:
+            self._announce_now()
         if self.refresh > 0 and self._refresh is None:
             self._refresh = asyncio.ensure_future(self._refresh_loop())
 
@@ -216,7 +249,7 @@ class VipResource:
             if task is not None:
                 task.cancel()
         self._burst = self._refresh = None
-        self.defended = False
+        self.defended = self._claimed = False
         await self.addresses.remove_vip(self.placement)
         self.held = False
 

@@ -107,12 +107,8 @@ def machine_params(cluster: Cluster, node: Node) -> MachineParams:
         guard=bool(cluster.vips),
         # Longest pause between looks while the peer is silent but its VIP still answers.
         recheck=max(arb.probe_interval, hb.deadtime),
-        # Start the guard early enough that its window has passed when the peer is lost, but
-        # only once a heartbeat is missed by half an interval: a merely late one must not send
-        # ARP probes and pings every interval.
-        prearbitrate=max(
-            0.0, min(guard_window(cluster) + hb.interval / 2, hb.deadtime - 1.5 * hb.interval)
-        ),
+        # The guard's window has passed when the peer is lost (takeover.deadlines).
+        prearbitrate=deadlines.prearbitrate(hb.interval, hb.deadtime, arb.probe_timeout),
         arbitrate_timeout=max(5.0, 4 * (arb.probe_timeout + hb.deadtime)),
         # A carrier back for less than this does not count: a flapping port keeps this node at
         # the worst score, so the peer takes over once and the service stays there.
@@ -164,12 +160,9 @@ def carrier_hold(cluster: Cluster) -> float:
 
 
 def guard_window(cluster: Cluster) -> float:
-    """Return how long the VIP guard listens for an answer.
-
-    A holder on the same LAN answers an ARP probe within milliseconds; the window is the
-    probe timeout, but at most half a deadtime so it fits before the peer counts as lost.
-    """
-    return min(cluster.arbitration.probe_timeout, cluster.heartbeat.deadtime / 2)
+    """Return how long the VIP guard listens for an answer (takeover.deadlines.guard_window)."""
+    hb = cluster.heartbeat
+    return deadlines.guard_window(hb.interval, hb.deadtime, cluster.arbitration.probe_timeout)
 
 
 def placements(cluster: Cluster, node: Node) -> list[VipPlacement]:

@@ -251,6 +251,9 @@ class CampaignLab:
             hb = "down" if st.off or st.cut.get("hb") else "up"
             subprocess.run(["ip", "-n", sw, "link", "set", self.lab.port(n), lan], check=False)
             subprocess.run(["ip", "-n", self.lab.ns(n), "link", "set", "hb0", hb], check=False)
+            # Lab.kill_node takes the node's own LAN interface down too; power brings it back.
+            own = "down" if st.off else "up"
+            subprocess.run(["ip", "-n", self.lab.ns(n), "link", "set", LAN_IFACE, own], check=False)
 
     # -- power ------------------------------------------------------------------------------
 

@@ -58,14 +58,15 @@ elif args[:2] == ["set", "power"] and len(args) > 2:
 def power_off_node_argv(lab: Lab, node: str) -> list[str]:
     """A power-off action that crashes a lab node as Lab.kill_node does, and waits for it.
 
-    Every process in the node is SIGKILLed, its switch port and heartbeat link go down, and the
-    command returns only once no process is left in the node (a BMC reports "off" after that).
+    Its LAN and heartbeat links go down first (one `ip -batch`), then every process in the
+    node is SIGKILLed and its switch port goes down; the command returns only once no process
+    is left in the node (a BMC reports "off" after that).
     """
     ns = lab.ns(node)
     script = (
+        f"printf 'link set lan0 down\\nlink set hb0 down\\n' | ip -n {ns} -batch -; "
         f"for p in $(ip netns pids {ns}); do kill -KILL $p; done; "
         f"ip -n {lab.ns('sw')} link set {lab.port(node)} down; "
-        f"ip -n {ns} link set hb0 down; "
         f'i=0; while [ -n "$(ip netns pids {ns})" ] && [ $i -lt 200 ]; do '
         "sleep 0.02; i=$((i+1)); done"
     )

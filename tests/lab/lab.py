@@ -620,12 +620,20 @@ class Lab(Managed):
         log.info("lab.link link=%s state=%s", link, state)
 
     def kill_node(self, node: str) -> None:
-        """Crash node: SIGKILL every process in it, then take its switch port and hb0 down."""
+        """Crash node as a power loss looks from the LAN, then end every process in it.
+
+        Its links go down first, at one instant, from inside it (one `ip -batch`): whatever
+        its processes do next reaches nobody. Killing them first would leave its kernel
+        answering pings and ARP for a VIP, with the daemons dead, for as long as the link
+        commands take (100-300 ms under load): a short hang, which the peer's VIP guard
+        rightly reads as "still served". Then every process is stopped (parents first, so
+        none sees another die and says goodbye) and SIGKILLed, and its switch port goes down.
+        """
+        links = [LAN_IFACE, HB_IFACE] if node in HA_NODES else [LAN_IFACE]
+        self.run(node, ["ip", "-batch", "-"], input="".join(f"link set {i} down\n" for i in links))
+        self.freeze(node)
         self._kill_ns(self.ns(node))
         self._ip(SWITCH, "link", "set", self.port(node), "down")
-        if node in HA_NODES:
-            # Also drops carrier at the peer's end: a link failure both sides notice.
-            self._ip(node, "link", "set", HB_IFACE, "down")
         log.info("lab.kill_node node=%s", node)
 
     def freeze(self, node: str) -> list[int]:
@@ -658,6 +666,7 @@ class Lab(Managed):
     def revive_node(self, node: str) -> None:
         """Undo kill_node's links (processes stay dead: start them again)."""
         self._ip(SWITCH, "link", "set", self.port(node), "up")
+        self._ip(node, "link", "set", LAN_IFACE, "up")
         if node in HA_NODES:
             self._ip(node, "link", "set", HB_IFACE, "up")
         log.info("lab.revive_node node=%s", node)

@@ -143,3 +143,26 @@ def test_muted_vip_is_not_answered_but_cached_clients_keep_reaching_it(lab: Lab)
     assert effect(lab, "a", "addresses", "unmute", "--interface", "lan0", V4)["ok"]
     assert lab.ping("client", VIP4) and lab.ping("client", VIP6)
     assert neigh_mac(lab, "client", VIP4) == lab.mac("a")
+
+
+# Adds V4 and V6 to lan0 with QuickAdder, twice; prints what each add returned.
+QUICK_ADD = """
+import ipaddress, json, socket, sys
+from takeover.addresses import QuickAdder
+q = QuickAdder()
+index = socket.if_nametoindex("lan0")
+vips = [ipaddress.ip_interface(a) for a in sys.argv[1:]]
+print(json.dumps([q.add(index, v) for v in vips] + [q.add(index, v) for v in vips]
+                 + [q.add(999999, vips[0])]))
+"""
+
+
+def test_quick_add_puts_the_vip_on_at_once_and_eexist_counts_as_held(lab: Lab) -> None:
+    """The takeover's quick add (one blocking RTM_NEWADDR) places both VIPs as add_vip does;
+    a second add finds them held; a missing interface is a failure, not an exception."""
+    out = lab.run("a", [lab.python, "-c", QUICK_ADD, V4, V6]).stdout
+    assert json.loads(out) == [True, True, True, True, False]
+    held = addresses_on(lab, "a")
+    assert V4 in held and V6 in held
+    assert held[V6].get("nodad") is True
+    assert lab.ping("client", VIP4) and lab.ping("client", VIP6)

@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import stat
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from takeover.testing import (
     RecordingNotifier,
     drive,
 )
-from takeover.wire import Heartbeat, config_digest, encode
+from takeover.wire import Heartbeat, config_digest, decode, encode
 
 KEY = b"0123456789abcdef0123456789abcdef"
 DIGEST = config_digest(b"cluster")
@@ -120,11 +121,92 @@ def test_alone_after_initdead_takes_over_and_persists_epoch(tmp_path: Path) -> N
         assert rig.daemon.state.role is Role.ACTIVE
         assert rig.resources.calls == ["acquire"]
         assert rig.guard.calls == 1
-        assert load_epoch(rig.cfg.state_dir) == 1
+        assert await _pump_until(rig, lambda: load_epoch(rig.cfg.state_dir) == 1)
         assert "READY=1" in rig.notifier.messages
         doc = read_status(status_path(rig.cfg.run_dir))
         assert doc is not None and doc["local"]["role"] == "ACTIVE" and doc["epoch"] == 1
         assert [t["new"] for t in doc["transitions"]] == ["ARBITRATING", "ACTIVE"]
+
+    run(tmp_path, body)
+
+
+async def _pump_until(rig: Rig, cond: Callable[[], bool], limit: float = 10.0) -> bool:
+    """Pump the daemon (real time passing, the fake clock not) until `cond` holds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while not cond() and loop.time() < end:
+        await asyncio.sleep(0.01)
+        rig.daemon.pump()
+    return cond()
+
+
+class GatedStore:
+    """An epoch store that waits in its thread until the test opens the gate (at most 2 s)."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.waited_out = False
+
+    def __call__(self, state_dir: Path, epoch: int) -> None:
+        if not self.gate.wait(2.0):
+            self.waited_out = True
+        store_epoch(state_dir, epoch)
+
+
+def epochs_sent(rig: Rig) -> set[int]:
+    """Return the epochs carried by every heartbeat the daemon sent."""
+    got = (decode(data, KEY, {"alpha", "beta"}) for _, data in rig.links.sent)
+    return {hb.epoch for hb in got if isinstance(hb, Heartbeat)}
+
+
+def test_takeover_acquires_while_the_epoch_is_written_and_advertises_it_after(
+    tmp_path: Path,
+) -> None:
+    """The VIPs are acquired while the new epoch is being stored; no heartbeat carries it before."""
+    gated = GatedStore()
+
+    async def body(rig: Rig) -> None:
+        await rig.advance(1.2)
+        assert rig.daemon.state.role is Role.ACTIVE and rig.daemon.state.epoch == 1
+        assert rig.resources.calls == ["acquire"]
+        assert 1 not in epochs_sent(rig)
+        gated.gate.set()
+        assert await _pump_until(rig, lambda: 1 in epochs_sent(rig))
+        assert load_epoch(rig.cfg.state_dir) == 1
+        assert not gated.waited_out
+
+    rig = Rig(tmp_path, fx_extra={"epoch_store": gated})
+    drive(rig.daemon, lambda: body(rig))
+
+
+@dataclass
+class ClaimingResources(FakeResources):
+    """FakeResources that can claim the VIP at once, noting what systemd was told by then."""
+
+    notifier: RecordingNotifier = field(default_factory=RecordingNotifier)
+    told_at_claim: list[str] | None = None
+
+    def claim_now(self) -> list[str]:
+        """Record the claim and what the notifier had heard at that moment."""
+        self.calls.append("claim")
+        self.told_at_claim = list(self.notifier.messages)
+        self.held = True
+        return [f"vip {self.vip}"]
+
+
+def test_takeover_claims_the_vip_before_telling_anyone(tmp_path: Path) -> None:
+    """The VIP is claimed in the step that decides the takeover, before hooks, status or systemd
+    hear of the transition; the acquire task follows."""
+
+    async def body(rig: Rig) -> None:
+        claiming = ClaimingResources(notifier=rig.notifier)
+        rig.daemon.fx.resources = rig.resources = claiming
+        await rig.advance(1.2)
+        assert rig.daemon.state.role is Role.ACTIVE
+        assert claiming.calls == ["claim", "acquire"]
+        assert claiming.told_at_claim is not None
+        assert not any("ACTIVE" in m for m in claiming.told_at_claim)
+        assert any("ACTIVE" in m for m in rig.notifier.messages)
 
     run(tmp_path, body)
 
@@ -150,7 +232,7 @@ def test_active_peer_makes_starting_node_standby_and_reconcile(tmp_path: Path) -
         await rig.advance(0.1)
         assert rig.daemon.state.role is Role.STANDBY
         assert rig.resources.calls == ["release"]
-        assert load_epoch(rig.cfg.state_dir) == 4
+        assert await _pump_until(rig, lambda: load_epoch(rig.cfg.state_dir) == 4)
         doc = rig.daemon.status()
         assert doc["links"]["lan"]["up"] and not doc["links"]["direct"]["up"]
         assert doc["peer"]["role"] == "ACTIVE" and doc["vips"][0]["holder"] == "beta"
@@ -168,6 +250,19 @@ def test_heartbeat_says_holding_until_stale_vip_released(tmp_path: Path) -> None
         assert not rig.daemon.heartbeat().holding
 
     run(tmp_path, body, stale=True)
+
+
+def test_active_with_a_lost_peer_waits_for_a_future_wake(tmp_path: Path) -> None:
+    """After taking over from a silent peer, the loop's next wake is ahead (it does not spin)."""
+
+    async def body(rig: Rig) -> None:
+        rig.links.inject("lan", rig.peer_heartbeat(Role.STANDBY))
+        await rig.advance(0.1)
+        await rig.advance(2.0)
+        assert rig.daemon.state.role is Role.ACTIVE
+        assert rig.daemon.next_wake() > rig.clock()
+
+    run(tmp_path, body)
 
 
 def test_forged_heartbeat_is_counted_and_ignored(tmp_path: Path) -> None:

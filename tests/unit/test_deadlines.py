@@ -193,3 +193,32 @@ def test_vips_are_released_when_a_vm_is_past_its_budget(handover: bool) -> None:
 
     asyncio.run(main())
     assert vip.released
+
+
+# (interval, deadtime, probe_timeout) -> (prearbitrate lead, guard window)
+GUARD_TIMING = [
+    # The lab's and the bench's 3 x interval: the window ends a fifth of the lead early.
+    ((0.1, 0.3, 0.3), (0.15, 0.12)),
+    ((1.0, 3.0, 0.3), (0.8, 0.3)),
+    ((0.05, 0.15, 0.3), (0.075, 0.06)),
+    # The defaults (200 ms, 3 x): a 240 ms window from 300 ms before deadtime.
+    ((0.2, 0.6, 0.3), (0.3, 0.24)),
+    # A long deadtime: the probe timeout sets both.
+    ((0.1, 0.4, 0.3), (0.25, 0.2)),
+    # Deadtime too short for an early start: the probes start at deadtime, as before.
+    ((0.1, 0.12, 0.3), (0.0, 0.06)),
+]
+
+
+@pytest.mark.parametrize("given, expected", GUARD_TIMING)
+def test_guard_timing_from_interval_deadtime_and_probe_timeout(
+    given: tuple[float, float, float], expected: tuple[float, float]
+) -> None:
+    """The probes start before deadtime and the guard's verdict is due before it, with room."""
+    lead, window = d.prearbitrate(*given), d.guard_window(*given)
+    assert (lead, window) == pytest.approx(expected)
+    interval, deadtime, _ = given
+    if lead > 0:
+        # Not before a heartbeat is missed by half an interval; the verdict in before deadtime.
+        assert deadtime - lead >= 1.5 * interval - 1e-9
+        assert lead - window >= (1 - d.GUARD_SHARE) * lead - 1e-9

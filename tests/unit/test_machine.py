@@ -16,6 +16,7 @@ from takeover.machine import (
     Action,
     Announce,
     Candidate,
+    EpochStored,
     Event,
     Fence,
     FenceResult,
@@ -44,6 +45,7 @@ from takeover.machine import (
     Tick,
     VipGuardResult,
     WaitInhibitors,
+    advertisable,
     initial_state,
     next_deadline,
     own_score,
@@ -1221,6 +1223,48 @@ def test_next_deadline_covers_initdead_and_deadtime() -> None:
     d = next_deadline(s)
     assert d is not None and T0 + P.deadtime < d <= T0 + P.deadtime + P.interval
     assert step(s, Tick(), d)[0].role is Role.ARBITRATING
+
+
+@pytest.mark.parametrize("interval", [0.05, 0.1, 1.0])
+def test_standby_to_arbitrating_wakes_just_past_deadtime(interval: float) -> None:
+    """The loop wakes for a silent peer within a few ms of deadtime, at any interval."""
+    params = replace(P, interval=interval, deadtime=3 * interval)
+    s = mk(Role.STANDBY, params, peer=peer(Role.ACTIVE, ago=0.0))
+    d = next_deadline(s)
+    assert d is not None and T0 + params.deadtime < d <= T0 + params.deadtime + 0.002
+    assert step(s, Tick(), d)[0].role is Role.ARBITRATING
+
+
+# (role, what else the state holds): a peer silent past deadtime, already acted on.
+LOST_PEER_SETTLED = [
+    (Role.ACTIVE, {}),
+    (Role.STANDBY, {"hold_standby": True}),
+    (Role.STANDBY, {"recheck_at": T0 + 5.0, "condition": "heartbeat lost, peer still serving"}),
+    (Role.ISOLATED, {}),
+]
+
+
+@pytest.mark.parametrize("role, kw", LOST_PEER_SETTLED)
+def test_next_deadline_after_a_tick_is_in_the_future(role: Role, kw: dict[str, Any]) -> None:
+    """Once ticked, a peer silent for long gives no deadline at or before that Tick (no spin)."""
+    params = replace(EARLY, witness_lease=None)
+    s = mk(role, params, peer=peer(Role.ACTIVE, ago=10.0), **kw)
+    s, _ = step(s, Tick(), T0)
+    d = next_deadline(s, T0)
+    assert d is None or d > T0
+
+
+def test_takeover_epoch_is_advertisable_only_once_stored() -> None:
+    """A takeover's new epoch may go out in heartbeats only after EpochStored says it is durable."""
+    s = mk(Role.ARBITRATING, fresh_down=0, guard_answered=False, since=T0 - 0.1)
+    assert advertisable(s)
+    s, out = step(s, Tick(), T0)
+    assert s.role is Role.ACTIVE and s.epoch == 2
+    assert PersistEpoch(2) in out and not advertisable(s)
+    s, _ = step(s, EpochStored(1), T0 + 0.01)
+    assert not advertisable(s)
+    s, _ = step(s, EpochStored(2), T0 + 0.02)
+    assert advertisable(s) and s.role is Role.ACTIVE
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from takeover.runtime import (
     carrier_of_all,
     carrier_verdict,
     daemon_config,
+    guard_window,
     placements,
 )
 from takeover.status import write_status
@@ -117,6 +118,16 @@ def test_daemon_config_maps_cluster_file(tmp_path: Path) -> None:
         ("192.0.2.100/24", "lan0", None),
         ("2001:db8::100/64", "lan1", "02:00:5e:10:00:01"),
     ]
+
+
+def test_guard_verdict_is_due_before_deadtime_at_three_intervals(tmp_path: Path) -> None:
+    """At deadtime = 3 intervals the early guard's window ends well before the peer is lost."""
+    path = tmp_path / "cluster.toml"
+    path.write_text(CLUSTER.replace('deadtime = "400ms"', 'deadtime = "300ms"'))
+    cluster = load_cluster(path)
+    p = daemon_config(cluster, cluster.node("b"), b"k" * 32).params
+    verdict = p.deadtime - p.prearbitrate + guard_window(cluster)
+    assert p.prearbitrate > 0 and verdict <= p.deadtime - 0.025
 
 
 class FakePinger:
@@ -273,6 +284,74 @@ class RecordingOther:
     def describe(self) -> dict[str, Any]:
         """Held."""
         return {"held": True}
+
+
+class QuickAddresses(FakeAddresses):
+    """FakeAddresses that can also add at once (Addresses.add_now), except those in `slow`."""
+
+    def __init__(self, log: list[str], slow: set[str] | None = None) -> None:
+        super().__init__(log)
+        self.slow = slow or set()
+
+    def add_now(self, vip: VipPlacement) -> bool:
+        if str(vip.address) in self.slow:
+            return False
+        self.log.append(f"add_now {vip.address}")
+        return True
+
+
+def quick_vip(log: list[str], address: str, slow: set[str] | None = None) -> VipResource:
+    """Return one VIP resource whose addresses can add at once."""
+    placement = VipPlacement(ipaddress.ip_interface(address), "lan0")
+    addrs = QuickAddresses(log, slow)
+    return VipResource(placement, addrs, FakeAnnouncer(log), count=1, interval=0.0)  # type: ignore[arg-type]
+
+
+class BlockedOther(RecordingOther):
+    """A resource blocked by a configuration error."""
+
+    blocked = "OCF_ERR_CONFIGURED"
+
+
+# (resources in order: "vip" plain, "slow" a VIP that cannot add at once, "vm", "blocked")
+# -> the VIPs claimed at once.
+CLAIMS = [
+    (("vip", "vip", "vm"), ["192.0.2.100/24", "192.0.2.101/24"]),
+    (("vip", "vm", "vip"), ["192.0.2.100/24"]),
+    (("vm", "vip"), []),
+    (("vip", "slow", "vip"), ["192.0.2.100/24"]),
+    (("vip", "vip", "blocked"), []),
+]
+
+
+@pytest.mark.parametrize("kinds, claimed", CLAIMS)
+def test_claim_now_takes_only_the_leading_vips(kinds: tuple[str, ...], claimed: list[str]) -> None:
+    """A takeover's quick claim adds and announces the VIPs that come first, and nothing past
+    a resource that is no quick VIP; nothing at all when one is blocked."""
+    log: list[str] = []
+    items: list[Any] = []
+    for n, kind in enumerate(kinds):
+        address = f"192.0.2.{100 + n}/24"
+        if kind in ("vip", "slow"):
+            items.append(quick_vip(log, address, {address} if kind == "slow" else None))
+        else:
+            items.append(BlockedOther() if kind == "blocked" else RecordingOther())
+    res = ResourceList(items)
+    assert res.claim_now() == [f"vip {a}" for a in claimed]
+    assert log == [x for a in claimed for x in (f"add_now {a}", f"garp {a.split('/')[0]}")]
+
+
+def test_acquire_after_a_claim_does_not_announce_again() -> None:
+    """A VIP claimed at once is confirmed by acquire() without a second announcement round."""
+    log: list[str] = []
+    vip = quick_vip(log, "192.0.2.100/24")
+    assert vip.claim_now()
+    asyncio.run(vip.acquire())
+    assert log == ["add_now 192.0.2.100/24", "garp 192.0.2.100", "add 192.0.2.100/24"]
+    # Released, then acquired the slow way: announced again.
+    asyncio.run(vip.release())
+    asyncio.run(vip.acquire())
+    assert log[-2:] == ["add 192.0.2.100/24", "garp 192.0.2.100"]
 
 
 def test_acquire_in_order_announcing_each_at_once() -> None:
