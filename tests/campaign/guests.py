@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -111,6 +111,18 @@ def excuses(
     return sorted(spans, key=lambda s: s.start)
 
 
+def _ends(samples: Sequence[Sample]) -> Iterator[tuple[Sample, Sample, str, int]]:
+    """Each end of a QEMU seen: (sample before, sample after, node, its PID)."""
+    for s0, s1 in itertools.pairwise(samples):
+        for n, ns0 in s0.nodes.items():
+            if ns0.pid is not None and s1.nodes.get(n, NodeSample()).pid != ns0.pid:
+                yield s0, s1, n, ns0.pid
+
+
+def _excused(spans: Sequence[Span], node: str, t0: float, t1: float) -> bool:
+    return any(sp.node == node and sp.start <= t1 and t0 <= sp.end for sp in spans)
+
+
 def _fmt(s: Sample, origin: float) -> str:
     return (
         ", ".join(
@@ -142,23 +154,36 @@ def judge(
                 f"{both[-1].t - origin:.2f} ({len(both)} samples): {_fmt(both[0], origin)}"
             )
             both = []
-    for s0, s1 in itertools.pairwise(samples):
-        for n, ns0 in s0.nodes.items():
-            ns1 = s1.nodes.get(n, NodeSample())
-            if ns0.pid is None or ns1.pid == ns0.pid:
-                continue
-            seen = [t for t in answered.get(n, ()) if s1.t <= t <= s1.t + hold]
-            if not seen:
-                continue
-            if any(sp.node == n and sp.start <= s1.t and s0.t <= sp.end for sp in spans):
-                continue
-            out.append(
-                f"(b) the guest's QEMU (pid {ns0.pid}) on {n} is gone between "
-                f"{s0.t - origin:.2f} and {s1.t - origin:.2f} while {n} keeps serving "
-                f"({n}'s MAC answered the VIP at {seen[0] - origin:.2f}; no crash, fence or "
-                f"planned release of {n}): before {_fmt(s0, origin)}; after {_fmt(s1, origin)}"
-            )
+    for s0, s1, n, pid in _ends(samples):
+        seen = [t for t in answered.get(n, ()) if s1.t <= t <= s1.t + hold]
+        if not seen or _excused(spans, n, s0.t, s1.t):
+            continue
+        out.append(
+            f"(b) the guest's QEMU (pid {pid}) on {n} is gone between "
+            f"{s0.t - origin:.2f} and {s1.t - origin:.2f} while {n} keeps serving "
+            f"({n}'s MAC answered the VIP at {seen[0] - origin:.2f}; no crash, fence or "
+            f"planned release of {n}): before {_fmt(s0, origin)}; after {_fmt(s1, origin)}"
+        )
     return out
+
+
+def summary(
+    samples: Sequence[Sample], answered: Mapping[str, Sequence[float]], spans: Sequence[Span]
+) -> str:
+    """What checker 3 saw, in one line: the QEMU ends per node, how many fell in an excused
+    span, and the samples with a QEMU on both nodes (a migration's paused destination)."""
+    ends: dict[str, int] = {}
+    excused = 0
+    for s0, s1, n, _pid in _ends(samples):
+        ends[n] = ends.get(n, 0) + 1
+        excused += _excused(spans, n, s0.t, s1.t)
+    two = sum(all(ns.pid is not None for ns in s.nodes.values()) for s in samples)
+    per_node = ", ".join(f"{n} {c}" for n, c in sorted(ends.items())) or "none"
+    answers = ", ".join(f"{n} {len(t)}" for n, t in sorted(answered.items()))
+    return (
+        f"{len(samples)} samples; QEMU ends: {per_node} ({excused} in an excused span); "
+        f"samples with a QEMU on both nodes: {two}; VIP answers per node: {answers}"
+    )
 
 
 def final(sample: Sample | None, active: str | None, origin: float = 0.0) -> list[str]:

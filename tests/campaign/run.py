@@ -213,7 +213,8 @@ def _quiesce_and_check(  # noqa: PLR0917  one call site, every piece the checker
         v3 = Verdict("vms", checked=len(samples))
         v3.violations += guests.judge(samples, answered, spans, origin)
         v3.violations += guests.final(samples[-1] if samples else None, active, origin)
-        v3.notes.append(f"{len(samples)} samples; excused spans: " + "; ".join(
+        v3.notes.append(guests.summary(samples, answered, spans))
+        v3.notes.append("excused spans: " + "; ".join(
             f"{sp.node} {sp.why} {sp.start - origin:.1f}-{sp.end - origin:.1f}" for sp in spans
         ))  # fmt: skip
         verdicts.append(v3)
@@ -319,6 +320,9 @@ def report(res: Result, out: IO[str], origin: float) -> None:
     print(f"  {'checker':<10} {'checked':>8} {'violations':>10}", file=out)
     for v in res.verdicts:
         print(f"  {v.name:<10} {v.checked:8d} {len(v.violations):10d}", file=out)
+    for v in res.verdicts:
+        if v.name == "vms" and v.checked:
+            print(f"\nguests: {v.notes[0]}", file=out)
     print(f"\nacked writes {res.acked_writes}, lost {res.lost_writes}; two owners "
           f"{res.dual_owner_ms:.0f} ms; longest VIP silence {res.max_unavailable_s:.1f} s; "
           f"active at the end {res.extra.get('active')}", file=out)  # fmt: skip

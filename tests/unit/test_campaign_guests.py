@@ -15,6 +15,7 @@ from tests.campaign.guests import (
     excuses,
     final,
     judge,
+    summary,
 )
 
 RUN = NodeSample(pid=100, running=True, state="running")
@@ -136,3 +137,13 @@ def test_excuses_spans() -> None:
 def test_final(row: tuple[NodeSample, NodeSample], active: str | None, violations: int) -> None:
     """After quiesce exactly one node runs the guest, the active one."""
     assert len(final(timeline(row)[0], active)) == violations
+
+
+def test_summary_counts_ends_and_overlaps() -> None:
+    """The summary counts a's QEMU end (excused by a planned standby) and the migration's
+    overlap sample."""
+    samples = timeline((RUN, NONE), (RUN, PAUSED_B), (NONE, RUN_B))
+    spans = excuses([Ev(0.5, "inject", "#4 planned op=standby -> node=a")], end=9.0)
+    line = summary(samples, {"a": [0.1], "b": [2.1]}, spans)
+    assert "QEMU ends: a 1 (1 in an excused span)" in line
+    assert "samples with a QEMU on both nodes: 1" in line
