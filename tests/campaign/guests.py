@@ -177,12 +177,21 @@ def summary(
     for s0, s1, n, _pid in _ends(samples):
         ends[n] = ends.get(n, 0) + 1
         excused += _excused(spans, n, s0.t, s1.t)
-    two = sum(all(ns.pid is not None for ns in s.nodes.values()) for s in samples)
+    two = [s for s in samples if all(ns.pid is not None for ns in s.nodes.values())]
+    # The other copy in those samples: paused (migration), stopped (a frozen node), or running.
+    other: dict[str, int] = {}
+    for s in two:
+        for ns in s.nodes.values():
+            if not ns.running:
+                what = "stopped" if ns.state in ("running", "?") else ns.state
+                other[what] = other.get(what, 0) + 1
     per_node = ", ".join(f"{n} {c}" for n, c in sorted(ends.items())) or "none"
     answers = ", ".join(f"{n} {len(t)}" for n, t in sorted(answered.items()))
     return (
         f"{len(samples)} samples; QEMU ends: {per_node} ({excused} in an excused span); "
-        f"samples with a QEMU on both nodes: {two}; VIP answers per node: {answers}"
+        f"samples with a QEMU on both nodes: {len(two)} (the other copy: "
+        f"{', '.join(f'{k} {v}' for k, v in sorted(other.items())) or 'none'}); "
+        f"VIP answers per node: {answers}"
     )
 
 

@@ -146,4 +146,4 @@ def test_summary_counts_ends_and_overlaps() -> None:
     spans = excuses([Ev(0.5, "inject", "#4 planned op=standby -> node=a")], end=9.0)
     line = summary(samples, {"a": [0.1], "b": [2.1]}, spans)
     assert "QEMU ends: a 1 (1 in an excused span)" in line
-    assert "samples with a QEMU on both nodes: 1" in line
+    assert "samples with a QEMU on both nodes: 1 (the other copy: paused 1)" in line
