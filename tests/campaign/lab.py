@@ -6,6 +6,10 @@ RESTART_SEC unless the nemesis holds it down (a kill fault, sshd down) or its no
 off; a death the nemesis did not cause is recorded (`unexpected`). A node the BMC powered off
 (fencing) is powered on again after a delay drawn from the seed. Each node's /srv is a small
 tmpfs mounted under the lab's work dir (never a host path), so "disk full" fills that.
+
+With --vms a real libvirtd runs in nodes a and b (tests/lab/libvirt_hosts.py) and takeover
+manages one tiny guest (tests/lab/vm_pair.vm_toml); a node powered on again (after a crash or a
+fence) starts its libvirtd before its daemons, as a boot would.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from tests.e2e.pairlab import PairLab, peer_of
 from tests.lab.bmc import SimBmc, power_off_node_argv
 from tests.lab.faults import Fault as NftFault
 from tests.lab.lab import HA_NODES, IPV4, LAN_IFACE, VIP4, Lab, LabProcess
+from tests.lab.libvirt_hosts import LibvirtPair
 from tests.lab.pair import PairConfig, takeover_argv
+from tests.lab.vm_pair import vm_toml
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +83,17 @@ class NodeState:
 class CampaignLab:
     """takeover, mirrord, sshd and the service on both nodes, with fencing through ipmi_sim."""
 
-    def __init__(self, lab: Lab, seed: int, on_event: Callable[[Event], None]) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        seed: int,
+        on_event: Callable[[Event], None],
+        libvirt: LibvirtPair | None = None,
+    ) -> None:
         self.lab = lab
+        self.libvirt = libvirt
+        # The guest takeover manages (--vms), named by the seed.
+        self.guest = f"g-campaign-{seed}" if libvirt is not None else None
         self.seed = seed
         self.rng = random.Random(seed ^ 0x5EED)
         self.on_event = on_event
@@ -111,7 +126,10 @@ class CampaignLab:
             f'timeout = "{FENCE_TIMEOUT:.0f}s"\n'
             for n, b in self.bmcs.items()
         }
-        self.cfg = PairConfig(interval=0.2, deadtime_factor=5, initdead=2.0, node_extra=fencing)
+        vm = vm_toml(libvirt, self.guest) if libvirt is not None and self.guest else ""
+        self.cfg = PairConfig(
+            interval=0.2, deadtime_factor=5, initdead=2.0, node_extra=fencing, extra=vm
+        )
         self.pair = PairLab(lab, [HOT], self.cfg, flush_timeout=FLUSH_TIMEOUT)
         self.authorized = {
             n: self.pair.mirrord_cli(n, "authorize", f"{self.pair.key}.pub", "--rsyncd-conf",
@@ -282,6 +300,9 @@ class CampaignLab:
         st.off = False
         st.power_on_at = None
         self.apply_links()
+        if self.libvirt is not None:
+            self.libvirt[node].start()
+            self.event("libvirtd.start", f"node={node}")
         for daemon in DAEMONS:
             if daemon not in st.held:
                 self.start(node, daemon)

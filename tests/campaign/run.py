@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from tests.campaign import checks
+from tests.campaign import checks, guests
 from tests.campaign.checks import Verdict
+from tests.campaign.guestwatch import GuestWatch
 from tests.campaign.lab import AGENTS, DAEMONS, SERVICE_PORT, CampaignLab, Event
 from tests.campaign.nemesis import Nemesis
 from tests.campaign.schedule import Fault, draw
 from tests.lab.lab import HA_NODES, VIP4, Lab, wait_until
+from tests.lab.libvirt_hosts import LibvirtPair
 from tests.lab.probe import VipProbe
 
 # Seconds the client keeps writing once the VIP answers after the last heal.
@@ -61,8 +63,6 @@ class Result:
 
 def run(seed: int, minutes: float, out: IO[str] = sys.stdout, vms: bool = False) -> Result:
     """Run one campaign of `minutes` minutes of faults; print its report to out."""
-    if vms:
-        raise SystemExit("campaign: --vms is not built yet (checker 3 needs guests in the lab)")
     seconds = minutes * 60
     schedule = draw(seed, seconds)
     history: list[Event] = []
@@ -76,16 +76,23 @@ def run(seed: int, minutes: float, out: IO[str] = sys.stdout, vms: bool = False)
     lab = Lab()
     lab.up()
     cl: CampaignLab | None = None
+    lv: LibvirtPair | None = None
+    watch: GuestWatch | None = None
     probe = VipProbe(lab)
     probing = False
     try:
-        cl = CampaignLab(lab, seed, say)
+        lv = LibvirtPair(lab).start() if vms else None
+        cl = CampaignLab(lab, seed, say, libvirt=lv)
         cl.start_all()
         if not wait_until(lambda: len(cl.holders()) == 1, 60, 0.2):
             raise RuntimeError("no node took the VIP at start-up")
         active = cl.holders()[0]
         if not wait_until(lambda: cl.mirrord_answers(active), 60, 0.2):
             raise RuntimeError(f"mirrord on {active} did not answer at start-up")
+        if lv is not None and cl.guest is not None:
+            watch = GuestWatch(lv, cl.guest).start()
+            if not wait_until(lambda: watch.running_on() == [active], 60, 0.2):
+                raise RuntimeError(f"the guest does not run on {active} at start-up")
         probe.start(VIP4)
         probing = True
         client_log = lab.workdir / "client.jsonl"
@@ -129,15 +136,19 @@ def run(seed: int, minutes: float, out: IO[str] = sys.stdout, vms: bool = False)
         writer.stop()
         cl.event("writer.stop")
         res = _quiesce_and_check(cl, seed, minutes, schedule, history, probe, client_log,
-                                 all_healed, injected_at, bound, origin)  # fmt: skip
+                                 all_healed, injected_at, bound, origin, watch)  # fmt: skip
         probing = False
         report(res, out, origin)
         return res
     finally:
         if probing:
             probe.stop()
+        if watch is not None:
+            watch.stop()
         if cl is not None:
             cl.close()
+        if lv is not None:
+            lv.stop()
         lab.teardown()
         if cl is not None:
             cl.unmount()
@@ -155,6 +166,7 @@ def _quiesce_and_check(  # noqa: PLR0917  one call site, every piece the checker
     injected_at: list[float],
     bound: float,
     origin: float,
+    watch: GuestWatch | None = None,
 ) -> Result:
     lab = cl.lab
     macs = {lab.mac(n): n for n in HA_NODES}
@@ -165,8 +177,12 @@ def _quiesce_and_check(  # noqa: PLR0917  one call site, every piece the checker
     converged = False
     if active is not None:
         converged = wait_until(lambda: not checks.tree_diff(trees["a"], trees["b"]), QUIESCE, 1.0)
+    if watch is not None and active is not None:
+        # The guest follows the VIP (a start or a migration): give it the same time.
+        wait_until(lambda: watch.running_on() == [active], bound, 0.5)
     cl.event("quiesce", f"active={active} converged={converged}")
     res_probe = probe.stop()
+    samples = watch.stop() if watch is not None else []
     verdicts: list[Verdict] = []
 
     # 1. census
@@ -186,7 +202,22 @@ def _quiesce_and_check(  # noqa: PLR0917  one call site, every piece the checker
     verdicts.append(v2)
 
     # 3. vms
-    verdicts.append(Verdict("vms", notes=["not run (no --vms)"]))
+    if watch is None:
+        verdicts.append(Verdict("vms", notes=["not run (no --vms)"]))
+    else:
+        answered: dict[str, list[float]] = {n: [] for n in HA_NODES}
+        for r in res_probe.replies:
+            if r.mac in macs:
+                answered[macs[r.mac]].append(r.t)
+        spans = guests.excuses(history, time.monotonic())
+        v3 = Verdict("vms", checked=len(samples))
+        v3.violations += guests.judge(samples, answered, spans, origin)
+        v3.violations += guests.final(samples[-1] if samples else None, active, origin)
+        v3.notes.append(guests.summary(samples, answered, spans))
+        v3.notes.append("excused spans: " + "; ".join(
+            f"{sp.node} {sp.why} {sp.start - origin:.1f}-{sp.end - origin:.1f}" for sp in spans
+        ))  # fmt: skip
+        verdicts.append(v3)
 
     # 4. trees
     v4 = Verdict("trees", checked=1)
@@ -289,6 +320,9 @@ def report(res: Result, out: IO[str], origin: float) -> None:
     print(f"  {'checker':<10} {'checked':>8} {'violations':>10}", file=out)
     for v in res.verdicts:
         print(f"  {v.name:<10} {v.checked:8d} {len(v.violations):10d}", file=out)
+    for v in res.verdicts:
+        if v.name == "vms" and v.checked:
+            print(f"\nguests: {v.notes[0]}", file=out)
     print(f"\nacked writes {res.acked_writes}, lost {res.lost_writes}; two owners "
           f"{res.dual_owner_ms:.0f} ms; longest VIP silence {res.max_unavailable_s:.1f} s; "
           f"active at the end {res.extra.get('active')}", file=out)  # fmt: skip

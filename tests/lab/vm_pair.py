@@ -41,6 +41,19 @@ def start_bmcs(lab: Lab, *, crash_on_off: bool = True) -> dict[str, SimBmc]:
     return bmcs
 
 
+def vm_toml(lv: LibvirtPair, name: str) -> str:
+    """A `[[vm]]` table for a fresh tiny guest `name` on lv's shared storage (XML written)."""
+    xml = lv.write_guest(name)
+    uris = ", ".join(f'{n} = "{lv[n].uri}"' for n in HA_NODES)
+    migrate = ", ".join(f'{n} = "{lv[n].tcp_uri}"' for n in HA_NODES)
+    return (
+        f'\n[[vm]]\nname = "{name}"\nxml = "{xml}"\nuri = {{ {uris} }}\n'
+        f"migrate = true\nmigrate_uri = {{ {migrate} }}\n"
+        # The BIOS-only guest ignores ACPI: a short grace before destroy.
+        'stop_timeout = "1s"\nstart_timeout = "20s"\nmax_restarts = 2\n'
+    )
+
+
 @dataclass
 class VmLab:
     """A lab with libvirtd in nodes a and b and one BMC per node in the client namespace."""
@@ -56,15 +69,7 @@ class VmPair:
     def __init__(self, vl: VmLab) -> None:
         self.vl = vl
         self.name = f"g-{uuid.uuid4().hex[:8]}"
-        xml = vl.libvirt.write_guest(self.name)
-        uris = ", ".join(f'{n} = "{vl.libvirt[n].uri}"' for n in HA_NODES)
-        migrate = ", ".join(f'{n} = "{vl.libvirt[n].tcp_uri}"' for n in HA_NODES)
-        vm = (
-            f'\n[[vm]]\nname = "{self.name}"\nxml = "{xml}"\nuri = {{ {uris} }}\n'
-            f"migrate = true\nmigrate_uri = {{ {migrate} }}\n"
-            # The BIOS-only guest ignores ACPI: a short grace before destroy.
-            'stop_timeout = "1s"\nstart_timeout = "20s"\nmax_restarts = 2\n'
-        )
+        vm = vm_toml(vl.libvirt, self.name)
         fencing = {
             n: f'[node.fencing]\ntype = "ipmi"\naddress = "{b.address}"\nport = {b.port}\n'
             f'user = "{b.user}"\npassword_file = "{b.write_password_file()}"\n'

@@ -47,6 +47,7 @@ REQUIRED_PURE = [
     "mirrord/reloadplan.py",
     "mirrord/mounts.py",
     "tests/campaign/schedule.py",
+    "tests/campaign/guests.py",
 ]
 
 
