@@ -912,12 +912,15 @@ class Daemon:
 
     def _on_transition(self, a: m.Notify) -> None:
         s = self.state
+        # How long the peer had been silent: a takeover's own measure of its detection time.
+        silent = f"{self.clock() - s.peer.heard_at:.3f}" if s.peer is not None else "-"
         log.info(
-            "transition from=%s to=%s reason=%s epoch=%s",
+            "transition from=%s to=%s reason=%s epoch=%s silent=%s",
             a.old.value,
             a.new.value,
             a.reason,
             s.epoch,
+            silent,
         )
         wall = self.wall()
         self.history.append(
