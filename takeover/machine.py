@@ -1149,6 +1149,12 @@ def _pre_probe(s: State, now: float) -> tuple[State, list[Action]]:
     if s.probing_since is not None and s.probing_since < heard_at:
         # A heartbeat arrived after these probes started: they are moot.
         s = replace(s, probing_since=None, fresh_down=None, guard_answered=None)
+    if s.probing_since is not None and s.suspected() and s.guard_answered:
+        # Suspected, and a frame still in flight from the peer answered the round taken at
+        # the carrier loss: probe again at once, back to back until the peer is lost or
+        # heard, so the verdict at the shortened deadline is at most one guard window old.
+        s, actions = _probe_round(s)
+        return replace(s, probing_since=now), actions
     if s.probing_since is not None:
         return s, []
     if s.hold_standby:

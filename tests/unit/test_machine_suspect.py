@@ -125,3 +125,17 @@ def test_a_later_loss_does_not_move_the_first() -> None:
     s, _ = run(s, [(0.15, HeartbeatCarrier(False))])
     assert s.hb_carrier_lost == T0 + 0.05
     assert not s.suspected()
+
+
+def test_guard_answered_at_the_carrier_loss_is_probed_again_at_once() -> None:
+    """A VIP answer caught at the carrier loss (a frame in flight) starts a new round at once."""
+    s, _ = run(standby(), [(0.05, HeartbeatCarrier(False))])
+    first = s.probe_round
+    s, _ = run(s, [(0.06, TargetsProbed(0, first))])
+    s, actions = run(s, [(0.07, VipGuardResult(True, round=first))])
+    assert s.probe_round == first + 1
+    assert {type(a) for a in probes(actions)} == {ProbeTargets, ProbeVipGuard}
+    n = s.probe_round
+    s, _ = run(s, [(0.08, TargetsProbed(0, n)), (0.2, VipGuardResult(False, round=n))])
+    s, _ = run(s, [(SHORT + PAST_DEADTIME, Tick())])
+    assert s.role is Role.ACTIVE
