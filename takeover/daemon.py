@@ -797,6 +797,8 @@ class Daemon:
         """Step the machine with `ev` and execute the actions; return them."""
         old = self.state
         self.state, actions = m.step(old, ev, self.clock())
+        if self.state.suspected() != old.suspected():
+            self._log_suspicion(ev)
         if any(isinstance(a, m.AcquireResources) for a in actions):
             self._claim_now()
         for action in actions:
@@ -805,6 +807,19 @@ class Daemon:
             # Who holds the VIPs changed without a transition: status must say so now.
             self._write_status()
         return actions
+
+    def _log_suspicion(self, ev: m.Event) -> None:
+        """Log the start or end of the peer's suspicion (machine.State.suspected)."""
+        if self.state.suspected():
+            link = ev.link if isinstance(ev, m.HeartbeatCarrier) else ""
+            log.warning(
+                "peer.suspected link=%s reason=carrier dead_after=%.3f",
+                link or "?",
+                self.state.dead_after(),
+            )
+        else:
+            why = "carrier_back" if isinstance(ev, m.HeartbeatCarrier) else "heartbeat"
+            log.info("peer.unsuspected reason=%s", why)
 
     def execute(self, a: m.Action) -> None:
         """Carry out one action (slow ones as tasks that report back as events)."""
@@ -897,12 +912,15 @@ class Daemon:
 
     def _on_transition(self, a: m.Notify) -> None:
         s = self.state
+        # How long the peer had been silent: a takeover's own measure of its detection time.
+        silent = f"{self.clock() - s.peer.heard_at:.3f}" if s.peer is not None else "-"
         log.info(
-            "transition from=%s to=%s reason=%s epoch=%s",
+            "transition from=%s to=%s reason=%s epoch=%s silent=%s",
             a.old.value,
             a.new.value,
             a.reason,
             s.epoch,
+            silent,
         )
         wall = self.wall()
         self.history.append(
@@ -1108,7 +1126,7 @@ class Daemon:
     def _advert_key(self) -> tuple[object, ...]:
         s = self.state
         return (s.role, s.clean, s.epoch, m.own_score(s), s.healthy, s.promote, s.hold_standby,
-                s.maintenance, s.blocked)  # fmt: skip
+                s.maintenance, s.blocked, s.suspected())  # fmt: skip
 
     def _send_heartbeats(self) -> None:
         if not m.advertisable(self.state):
@@ -1188,6 +1206,7 @@ class Daemon:
             "priority": p.priority,
             "score": m.own_score(s),
             "lan_up": s.lan_up,
+            "peer_suspected": s.suspected(),
             "healthy": s.healthy,
             "promote": s.promote,
             "hold_standby": s.hold_standby,
@@ -1218,7 +1237,8 @@ class Daemon:
             "conditions": link_conditions(p.peer, links)
             + reload_conditions(self.last_reload)
             + self._witness_conditions(now)
-            + [c for c in (m.blocked_by_config(s, now),) if c],
+            + [c for c in (m.blocked_by_config(s, now),) if c]
+            + ([m.PEER_SUSPECTED] if s.suspected() else []),
             "witness": self._witness_status(now),
             "transitions": list(self.history),
             "totals": {k: dict(v) for k, v in self.totals.items()},

@@ -61,6 +61,13 @@ INHIBITORS_TIMED_OUT: Final = "release inhibitors timed out"
 PEER_STILL_SERVING: Final = "heartbeat lost, peer still serving"
 
 
+# The status condition while the peer is suspected (State.suspected).
+PEER_SUSPECTED: Final = (
+    "peer suspected: a heartbeat-only link lost carrier and nothing was heard since "
+    "(lost after 2 intervals of silence, not deadtime)"
+)
+
+
 class IllegalTransition(RuntimeError):
     """An edge that TRANSITIONS does not allow: a bug in `step`, never an input error."""
 
@@ -295,6 +302,16 @@ class LinkState:
 
 
 @dataclass(frozen=True)
+class HeartbeatCarrier:
+    """Carrier of the heartbeat-only interfaces (a direct cable, no VIP on it): up only if
+    every one of them has carrier. A loss makes a silent peer suspected (State.suspected)."""
+
+    up: bool
+    # The interfaces without carrier, for the log ("" when up).
+    link: str = ""
+
+
+@dataclass(frozen=True)
 class LoopStalled:
     """The daemon's loop ran late by `lag` seconds: timers are stale, heartbeats may be queued."""
 
@@ -368,6 +385,7 @@ Event = (
     | OperatorPromote
     | HealthChanged
     | LinkState
+    | HeartbeatCarrier
     | LoopStalled
     | StartupDecided
     | MaintenanceSet
@@ -504,6 +522,8 @@ class State:
     carrier: bool = True
     carrier_back: float | None = None
     peer: PeerView | None = None
+    # When a heartbeat-only interface last lost carrier; None while all have it (see suspected).
+    hb_carrier_lost: float | None = None
     # When the daemon last reported a loop stall.
     last_stall: float | None = None
     # Operator flags, carried in our heartbeats.
@@ -564,9 +584,25 @@ class State:
             fence_failed=False,
         )
 
+    def suspected(self) -> bool:
+        """Return whether the peer is suspected: a heartbeat-only interface lost carrier and
+        nothing was heard from the peer since (a peer that lost power cuts the direct cable).
+
+        The first heartbeat after the loss ends it (the cable alone is cut), and so does the
+        carrier coming back: a cable left cut does not make the pair any jumpier.
+        """
+        lost = self.hb_carrier_lost
+        return lost is not None and self.peer is not None and self.peer.heard_at <= lost
+
+    def dead_after(self) -> float:
+        """Return the silence after which the peer counts as lost: deadtime, or while it is
+        suspected min(deadtime, 2 intervals) (one heartbeat lost on the remaining link)."""
+        p = self.params
+        return min(p.deadtime, 2 * p.interval) if self.suspected() else p.deadtime
+
     def peer_alive(self, now: float) -> bool:
-        """Return whether a valid heartbeat arrived within deadtime."""
-        return self.peer is not None and now - self.peer.heard_at <= self.params.deadtime
+        """Return whether a valid heartbeat arrived within dead_after()."""
+        return self.peer is not None and now - self.peer.heard_at <= self.dead_after()
 
     def peer_lost(self, now: float) -> bool:
         """Return whether the peer counts as lost.
@@ -729,6 +765,10 @@ def _absorb(s: State, ev: Event, now: float) -> State:
         s = replace(s, lan_up=False, carrier=False)
     elif isinstance(ev, LinkState) and not s.carrier:
         s = replace(s, carrier=True, carrier_back=now)
+    elif isinstance(ev, HeartbeatCarrier):
+        # The first loss counts (an older loss is what the peer's silence is measured from).
+        lost = None if ev.up else (s.hb_carrier_lost if s.hb_carrier_lost is not None else now)
+        s = replace(s, hb_carrier_lost=lost)
     elif isinstance(ev, LoopStalled):
         s = replace(s, last_stall=now)
     elif isinstance(ev, ReleaseDone):
@@ -1109,9 +1149,19 @@ def _pre_probe(s: State, now: float) -> tuple[State, list[Action]]:
     if s.probing_since is not None and s.probing_since < heard_at:
         # A heartbeat arrived after these probes started: they are moot.
         s = replace(s, probing_since=None, fresh_down=None, guard_answered=None)
+    if s.probing_since is not None and s.suspected() and s.guard_answered:
+        # Suspected, and a frame still in flight from the peer answered the round taken at
+        # the carrier loss: probe again at once, back to back until the peer is lost or
+        # heard, so the verdict at the shortened deadline is at most one guard window old.
+        s, actions = _probe_round(s)
+        return replace(s, probing_since=now), actions
     if s.probing_since is not None:
         return s, []
-    if lead <= 0 or s.hold_standby or now - heard_at < s.params.deadtime - lead:
+    if s.hold_standby:
+        return s, []
+    # Suspected (the direct cable died with no heartbeat since): the probes start at once,
+    # so their verdict is in when the shortened deadline passes.
+    if not s.suspected() and (lead <= 0 or now - heard_at < s.params.deadtime - lead):
         return s, []
     if _witness_gate(s, now) is not None:
         # The witness will decide first; the guard is asked only once it granted the lease.
@@ -1500,7 +1550,7 @@ def next_deadline(s: State, ticked: float | None = None) -> float | None:
     if s.role is Role.STARTING:
         times.append(s.started + p.initdead)
     if s.peer is not None:
-        times.append(s.peer.heard_at + p.deadtime + PAST_DEADTIME)
+        times.append(s.peer.heard_at + s.dead_after() + PAST_DEADTIME)
         if p.prearbitrate > 0 and s.role is Role.STANDBY and s.probing_since is None:
             times.append(s.peer.heard_at + p.deadtime - p.prearbitrate)
     if s.last_stall is not None:
@@ -1541,6 +1591,7 @@ __all__ = [
     "PASSIVE",
     "PAST_DEADTIME",
     "PEER_STILL_SERVING",
+    "PEER_SUSPECTED",
     "TRANSITIONS",
     "WITNESS_LOST_TOGETHER",
     "WITNESS_UNREACHABLE_HOLD",

@@ -53,7 +53,7 @@ from takeover.drift import section_digests
 from takeover.exporter import serve
 from takeover.heartbeat import HeartbeatLinks, KeyFileError, LinkSpec, load_key
 from takeover.hooks import Hook
-from takeover.machine import Event, LinkState, MachineParams, OperatorStandby
+from takeover.machine import Event, HeartbeatCarrier, LinkState, MachineParams, OperatorStandby
 from takeover.metrics import SnapshotCollector, takeover_families
 from takeover.probe import ClaimListener, PingProber, VipGuard
 from takeover.reloadplan import Plan, ReloadRefused, plan
@@ -304,6 +304,37 @@ def carrier_of_all(known: Mapping[str, bool | None]) -> bool | None:
     return True
 
 
+def heartbeat_only(
+    address_interfaces: Mapping[str, str], locals_: Sequence[object], service: Sequence[str]
+) -> list[str]:
+    """Return the interfaces carrying a heartbeat link's local address and no VIP.
+
+    `address_interfaces` maps each local address (as text) to its interface. A heartbeat
+    link sharing the LAN with the VIPs says nothing of the peer when its carrier drops (this
+    node's own port may have died); a direct cable does: its carrier dies with the peer.
+    """
+    found = [address_interfaces.get(ipaddress.ip_address(str(a)).compressed) for a in locals_]
+    return list(dict.fromkeys(i for i in found if i is not None and i not in set(service)))
+
+
+async def address_interfaces(
+    open_netlink: Callable[[], Awaitable[Any]] | None = None,
+) -> dict[str, str]:
+    """Return every local address (as text) with the name of the interface that carries it."""
+    ipr = await (open_netlink or _open_netlink)()
+    try:
+        names = {link["index"]: link.get("IFLA_IFNAME") async for link in await ipr.link("dump")}
+        out: dict[str, str] = {}
+        async for msg in await ipr.addr("dump"):
+            addr, name = msg.get("IFA_ADDRESS"), names.get(msg["index"])
+            if addr is not None and name is not None:
+                out[ipaddress.ip_address(addr).compressed] = name
+        return out
+    finally:
+        with contextlib.suppress(Exception):
+            ipr.close()
+
+
 class CarrierWatch:
     """Watch the carrier of the service interfaces; report LinkState when it changes.
 
@@ -311,6 +342,9 @@ class CarrierWatch:
     dampening: carrier is certain at once. The kernel's link events (RTM_NEWLINK on the
     RTMGRP_LINK group) wake the watch; a read every CARRIER_RESYNC seconds covers a lost
     event, and without events the watch falls back to polling every `interval`.
+
+    With `heartbeat=True` it watches the heartbeat-only interfaces (a direct cable) and
+    reports HeartbeatCarrier instead: their carrier dies with a peer that loses power.
     """
 
     def __init__(
@@ -320,9 +354,12 @@ class CarrierWatch:
         open_netlink: Callable[[], Awaitable[Any]] | None = None,
         open_events: Callable[[], Awaitable[Any]] | None = None,
         resync: float = CARRIER_RESYNC,
+        *,
+        heartbeat: bool = False,
     ) -> None:
         """Watch `interfaces`; poll every `interval` seconds when link events are unavailable."""
         self.interfaces = tuple(dict.fromkeys(interfaces))
+        self.heartbeat = heartbeat
         self.interval = interval
         self.resync = resync
         self._open_netlink = open_netlink or _open_netlink
@@ -355,11 +392,12 @@ class CarrierWatch:
                 up = carrier_of_all(self.known)
                 if up is not None and up != last:
                     log.info(
-                        "carrier.changed up=%s interfaces=%s",
+                        "carrier.changed up=%s interfaces=%s heartbeat_only=%s",
                         up,
                         ",".join(f"{n}:{v}" for n, v in self.known.items()),
+                        self.heartbeat,
                     )
-                    emit(LinkState(up))
+                    emit(self._event(up))
                     last = up
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), period)
@@ -372,6 +410,12 @@ class CarrierWatch:
                 if sock is not None:
                     with contextlib.suppress(Exception):
                         sock.close()
+
+    def _event(self, up: bool) -> Event:
+        if not self.heartbeat:
+            return LinkState(up)
+        down = ",".join(n for n, v in self.known.items() if v is False)
+        return HeartbeatCarrier(up, "" if up else down)
 
     async def _listen(self, events: Any, woken: asyncio.Event) -> None:
         names = set(self.interfaces)
@@ -756,6 +800,20 @@ async def run(cluster: Cluster, node: Node) -> int:
             # Kernel link events wake the watch; without them carrier is polled every 50 ms at
             # most: a dead LAN port is the one failure that needs no confirmation.
             watchers.append(CarrierWatch([v.interface for v in vips], min(hb.interval, 0.05)))
+        # The heartbeat-only interfaces (a direct cable): found once, as links and addresses
+        # cannot change on reload. A carrier loss there makes a silent peer suspected.
+        direct = heartbeat_only(
+            await address_interfaces(), [node.heartbeat[link] for link in hb.links],
+            [v.interface for v in vips],
+        )  # fmt: skip
+        log.info("carrier.heartbeat_only interfaces=%s", ",".join(direct) or "-")
+        if direct:
+            # Read every quarter interval (50 ms at most) besides the link events: the kernel
+            # flags carrier loss at once, but sends its event through linkwatch, which holds a
+            # carrier-down back for up to 1 s after any other link event on the host (650 ms
+            # seen in the lab); one read of one interface costs a netlink round trip.
+            poll = min(hb.interval / 4, 0.05)
+            watchers.append(CarrierWatch(direct, poll, resync=poll, heartbeat=True))
         fencer = ipmi_fencer(cluster, node)
         if fencer is not None:
             # A worker waits ready: fencing skips the interpreter's start-up on the way.

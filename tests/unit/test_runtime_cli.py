@@ -23,7 +23,7 @@ from takeover.arbitration import Outcome
 from takeover.config import load_cluster
 from takeover.daemon import SdNotify
 from takeover.exits import Exit, StatusExit
-from takeover.machine import Event, LinkState
+from takeover.machine import Event, HeartbeatCarrier, LinkState
 from takeover.resources import ResourceError, ResourceList, ThreadResource, VipResource
 from takeover.runtime import (
     ENODEV,
@@ -35,6 +35,7 @@ from takeover.runtime import (
     carrier_verdict,
     daemon_config,
     guard_window,
+    heartbeat_only,
     placements,
 )
 from takeover.status import write_status
@@ -599,7 +600,7 @@ class ScriptedNetlink:
         self.closed = True
 
 
-def watch_carrier(script: list[int | Exception]) -> list[Event]:
+def watch_carrier(script: list[int | Exception], heartbeat: bool = False) -> list[Event]:
     """Run a polling CarrierWatch over `script` (no link events); return what it emitted."""
 
     async def main() -> list[Event]:
@@ -613,7 +614,9 @@ def watch_carrier(script: list[int | Exception]) -> list[Event]:
             return nl
 
         got: list[Event] = []
-        watch = CarrierWatch(["lan0"], 0.001, open_netlink=netlink, open_events=no_events)
+        watch = CarrierWatch(
+            ["lan0"], 0.001, open_netlink=netlink, open_events=no_events, heartbeat=heartbeat
+        )
         task = asyncio.ensure_future(watch(got.append))
         await asyncio.wait_for(done.wait(), 5)
         task.cancel()
@@ -635,6 +638,29 @@ def test_carrier_watch_reports_a_missing_interface_as_down() -> None:
     """An interface that disappears counts as no carrier, and its return as carrier again."""
     got = watch_carrier([1, NetlinkError(ENODEV), 1])
     assert got == [LinkState(True), LinkState(False), LinkState(True)]
+
+
+def test_heartbeat_carrier_watch_reports_heartbeat_carrier_with_the_link() -> None:
+    """Watching a heartbeat-only interface reports HeartbeatCarrier naming it, not LinkState."""
+    got = watch_carrier([1, 0, 1], heartbeat=True)
+    assert got == [HeartbeatCarrier(True), HeartbeatCarrier(False, "lan0"), HeartbeatCarrier(True)]
+
+
+@pytest.mark.parametrize(
+    ("locals_", "service", "expected"),
+    [
+        (["192.0.2.1", "198.51.100.1"], ["eth0"], ["hb0"]),
+        (["192.0.2.1"], ["eth0"], []),
+        (["2001:db8:0::1", "203.0.113.9"], [], ["hb1"]),
+    ],
+    ids=["direct_cable", "lan_only", "no_vip_unknown_address_skipped"],
+)
+def test_heartbeat_only_interfaces(
+    locals_: list[str], service: list[str], expected: list[str]
+) -> None:
+    """Only interfaces holding a heartbeat link's local address and no VIP are watched."""
+    where = {"192.0.2.1": "eth0", "198.51.100.1": "hb0", "2001:db8::1": "hb1"}
+    assert heartbeat_only(where, locals_, service) == expected
 
 
 def test_carrier_watch_reads_again_on_a_link_event() -> None:
