@@ -1193,7 +1193,9 @@ class Daemon:
         links: dict[str, dict[str, object]] = {}
         for name, st in self.links.stats().items():
             age = st.get("last_seen_age")
-            links[name] = {**st, "up": isinstance(age, float | int) and age <= p.deadtime}
+            # Up: heard within the silence that makes the peer lost (shorter while suspected).
+            up = isinstance(age, float | int) and age <= s.dead_after()
+            links[name] = {**st, "up": up}
         counters = self.receiver.counters()
         counters["sent"] = self.sent
         resources = self._vips()

@@ -15,7 +15,7 @@ import pytest
 
 from takeover import control
 from takeover.daemon import Daemon, DaemonConfig, Effects, load_epoch, store_epoch
-from takeover.machine import PEER_STILL_SERVING, MachineParams, Role, Tick
+from takeover.machine import PEER_STILL_SERVING, HeartbeatCarrier, MachineParams, Role, Tick
 from takeover.status import read_status, render, status_path
 from takeover.testing import (
     FakeClock,
@@ -740,3 +740,26 @@ def test_vip_of_a_releasing_peer_heard_now_says_it_may_still_hold(tmp_path: Path
         assert vip["holder_seen"] == "beta? (RELEASING, may still hold it)"
 
     run(tmp_path, body)
+
+
+def test_links_are_down_once_a_suspected_peer_is_silent_for_two_intervals(
+    tmp_path: Path,
+) -> None:
+    """While the peer is suspected (a heartbeat-only interface lost carrier), a link counts as
+    up only within the shortened silence (2 intervals), as the peer counts as lost: status never
+    shows a lost peer over links that are up."""
+
+    async def body(rig: Rig) -> None:
+        for link in LINKS:
+            rig.links.inject(link, rig.peer_heartbeat(Role.ACTIVE, epoch=4))
+        await rig.advance(0.05)
+        doc = rig.daemon.status()
+        assert doc["links"]["direct"]["up"] and doc["links"]["lan"]["up"]
+        rig.daemon.queue.put_nowait(HeartbeatCarrier(False, "hb0"))
+        # Past 2 intervals (0.4 s), within deadtime (0.6 s).
+        await rig.advance(0.45)
+        doc = rig.daemon.status()
+        assert not doc["peer"]["alive"]
+        assert not doc["links"]["direct"]["up"] and not doc["links"]["lan"]["up"], doc["links"]
+
+    run(tmp_path, body, stale=True)
