@@ -260,12 +260,18 @@ def sweep_stale() -> list[str]:
     return swept
 
 
+def _random_prefix() -> str:
+    """Return "hp" + 5 hex digits: "<prefix>-client" stays within 15 characters."""
+    return "hp" + secrets.token_hex(3)[:5]
+
+
 class Lab(Managed):
     """The two-node lab. Use as `with Lab() as lab:` or call `up()` and `teardown()`."""
 
     def __init__(self, *, prefix: str | None = None, keep: bool | None = None) -> None:
         # "hp" + 5 hex: the longest interface name, "<prefix>-client", stays within 15 chars.
-        self.prefix = prefix or "hp" + secrets.token_hex(3)[:5]
+        self.prefix = prefix or _random_prefix()
+        self._prefix_given = prefix is not None
         if len(f"{self.prefix}-client") > 15:
             raise LabError(f"lab prefix too long for interface names: {self.prefix!r}")
         # Keep the work dir (logs, probe output) after teardown; HAPAIR_LAB_KEEP=1 sets it.
@@ -328,6 +334,7 @@ class Lab(Managed):
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, nftables, raw sockets)")
         sweep_stale()
+        self._claim()
         t0 = time.monotonic()
         with _LIVE_LOCK:
             _LIVE[id(self)] = self
@@ -357,10 +364,24 @@ class Lab(Managed):
             raise LabError(f"lab.cmd.failed argv={' '.join(argv)} stderr={p.stderr.strip()!r}")
         return p.stdout
 
+    def _claim(self) -> None:
+        """Create the work dir, exclusively: it is this lab's claim on its prefix. A random
+        prefix another lab holds (its dir or its namespaces) is drawn again; nothing is built
+        or torn down before the claim, so another lab's dir is never touched."""
+        for _ in range(8):
+            if not any(self.namespaces()):
+                try:
+                    self.workdir.mkdir(mode=0o755)
+                    return
+                except FileExistsError:
+                    pass
+            if self._prefix_given:
+                raise LabError(f"lab prefix {self.prefix} is in use (its dir or namespaces)")
+            self.prefix = _random_prefix()
+            self.workdir = WORK_ROOT / f"hapair-lab-{self.prefix}"
+        raise LabError("no free lab prefix after 8 draws")
+
     def _build(self) -> None:
-        if any(self.namespaces()):
-            raise LabError(f"namespaces with prefix {self.prefix} already exist")
-        self.workdir.mkdir(mode=0o755)
         (self.workdir / "lab.json").write_text(
             json.dumps({"prefix": self.prefix, "owner_pid": os.getpid()}) + "\n"
         )

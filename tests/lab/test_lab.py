@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -468,3 +469,24 @@ def test_half_built_lab_is_torn_down() -> None:
         lab.up()
     assert lab.namespaces() == []
     assert not lab.workdir.exists()
+
+
+@netns
+def test_a_prefix_in_use_is_drawn_again_and_its_dir_left_alone() -> None:
+    """A lab whose random prefix another lab holds (its work dir) draws another and never
+    touches that dir; an explicit prefix in use is refused, the dir left as it was."""
+    taken = Lab()
+    taken.workdir.mkdir(mode=0o755)
+    (taken.workdir / "theirs").write_text("x")
+    try:
+        lab = Lab()
+        lab.prefix, lab.workdir = taken.prefix, taken.workdir
+        with lab:
+            assert lab.prefix != taken.prefix and lab.workdir.is_dir()
+            assert all(not n.startswith(f"{taken.prefix}-") for n in _netns_names())
+        assert (taken.workdir / "theirs").read_text() == "x"
+        with pytest.raises(LabError, match="in use"):
+            Lab(prefix=taken.prefix).up()
+        assert (taken.workdir / "theirs").read_text() == "x"
+    finally:
+        shutil.rmtree(taken.workdir, ignore_errors=True)
