@@ -1185,7 +1185,7 @@ class Daemon:
                 # A directory takes its subtree from the peer: only a dry run knows how much.
                 dry_res = await run_rsync(
                     incremental_argv(d.root, self.peer, d.options, wall, dest=dest, dry_run=True),
-                    files_from(plan.paths), keep_deleted=REPORT_PATHS, renamed=renamed,
+                    files_from(plan.paths, d.root), keep_deleted=REPORT_PATHS, renamed=renamed,
                 )  # fmt: skip
                 if dry_res.outcome.result is not Result.OK:
                     return self._outcome(dry_res, "dry run: ")
@@ -1288,7 +1288,7 @@ class Daemon:
         left = sorted(p for p in paths if p in skip or p.startswith(below))
         argv = incremental_argv(d.root, self.peer, opts, wall, dest=dest)
         res = await run_rsync(
-            argv, files_from(set(paths) - set(left)),
+            argv, files_from(set(paths) - set(left), d.root),
             renamed=self._departures[d.root].renamed_away(),
         )  # fmt: skip
         out = self._outcome(res)

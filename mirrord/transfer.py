@@ -22,13 +22,14 @@ stamped within the same second as the source's change kept the peer's time, and 
 never fixed it). --relative sends the parents of every listed path along as implied
 directories, and rsync sets their times again after it has deleted or created entries in
 them. The root itself is nobody's implied parent, and listing `.` would send its whole first
-level: an incremental pass lists `./.hapair-root` first, whose implied parent `./` carries the
-root's times and modes. The name is an ordinary path (sent if it exists, deleted on the peer
-if only the peer has it), so it may be missing on both sides and nothing happens. It must not
-be the backup area: a receiver that is rsync's daemon or `rsync --server` (every real peer) is
-not sent the sender's excludes when only --delete-missing-args deletes, so a listed
-`./.hapair-backup`, missing on the source, was deleted there at every pass (moved, with
-everything kept so far, into the new pass's backup dir inside itself).
+level: an incremental pass lists the root's own backup area `./.hapair-backup` first, when the
+source has one (a pushing node keeps its source marker there), and its implied parent `./`
+carries the root's times and modes. Never a path missing on the source: a receiver that is
+rsync's daemon or `rsync --server` (every real peer) is not sent the sender's excludes when only
+--delete-missing-args deletes, so a listed backup area missing here was deleted there (moved,
+with everything kept so far, into the new pass's backup dir inside itself); and Debian 12's
+rsync 3.2.7 refuses any missing argument ("invalid file mode 00", protocol incompatibility),
+which failed every incremental pass while the carrier was a name missing on both sides.
 
 On the receiving side, whatever a pass overwrites or deletes is kept under
 `<root>/.hapair-backup/<UTC hour>/<MMSS.mmm>/`, one directory per pass, under its own name (no
@@ -243,15 +244,23 @@ def literal_pattern(rel: str) -> str:
     return "/" + _WILDCARDS.sub(r"\\\1", rel)
 
 
-# Listed first in every incremental pass: its implied parent is the root (module docstring).
-# An ordinary name, never the backup area: the peer deletes a listed path missing here.
-ROOT_CARRIER: Final = "./.hapair-root"
+# Listed first in an incremental pass when the source has it: its implied parent is the root
+# (module docstring). Never listed when missing here: the peer would delete its own.
+ROOT_CARRIER: Final = f"./{BACKUP_DIR}"
 
 
-def files_from(paths: Iterable[str]) -> list[str]:
-    """Return what an incremental pass lists for the dirty `paths`: the root's carrier, then
-    the paths in order (the root's own `.` is carried, never listed)."""
-    return [ROOT_CARRIER, *sorted(p for p in paths if p != ".")]
+def files_from(paths: Iterable[str], root: str | None = None) -> list[str]:
+    """Return what an incremental pass of `root` lists for the dirty `paths`: the root's
+    carrier if `root` has its backup area (a real directory), then the paths in order (the
+    root's own `.` is carried, never listed)."""
+    listed = sorted(p for p in paths if p != ".")
+    if root is None:
+        return listed
+    try:
+        carried = stat.S_ISDIR(os.lstat(os.path.join(root, BACKUP_DIR)).st_mode)
+    except OSError:
+        carried = False
+    return [ROOT_CARRIER, *listed] if carried else listed
 
 
 def incremental_argv(

@@ -228,6 +228,7 @@ def test_an_incremental_pass_leaves_every_time_as_the_sources(tmp_path: Path) ->
     the paths the watcher lists leaves no difference, directory and root times included."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     tree(src, {"top": "1", "gone": "2", "d/x": "3", "d/y": "4", "d/e/z": "5"})
+    (src / BACKUP_DIR).mkdir(mode=0o700)  # a pushing node keeps its source marker there
     dst.mkdir()
     run(full_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)))
     assert differences(src, dst) == []
@@ -239,7 +240,7 @@ def test_an_incremental_pass_leaves_every_time_as_the_sources(tmp_path: Path) ->
     (src / "d/y").rename(src / "d/e/y")
     (src / "new").write_text("6")
     res = run(incremental_argv(str(src), None, TransferOptions(), NOW + 1, dest=str(dst)),
-              files_from({"gone", "d/x", "d/y", "d/e/y", "new"}))  # fmt: skip
+              files_from({"gone", "d/x", "d/y", "d/e/y", "new"}, str(src)))  # fmt: skip
     assert res.outcome.result is Result.OK, res.stderr
     assert differences(src, dst) == []
     for rel in (".", "d", "d/e"):
@@ -253,15 +254,18 @@ def test_only_the_roots_own_times_change_send_it_alone(tmp_path: Path) -> None:
     tree(src, {"a": "1", "b": "2"})
     dst.mkdir()
     run(full_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)))
+    for side in (src, dst):
+        (side / BACKUP_DIR).mkdir(mode=0o700)
+        os.utime(side / BACKUP_DIR, ns=(0, 1_500_000_000_000_000_000))
     os.chmod(src, 0o750)
     os.utime(src, ns=(0, 1_600_000_000_123_456_789))
     res = run(incremental_argv(str(src), None, TransferOptions(), NOW + 1, dest=str(dst)),
-              files_from({"."}))  # fmt: skip
+              files_from({"."}, str(src)))  # fmt: skip
     assert res.outcome.result is Result.OK, res.stderr
     assert res.stats.changed == 1
     assert os.stat(dst).st_mtime_ns == 1_600_000_000_123_456_789
     assert os.stat(dst).st_mode & 0o777 == 0o750
-    assert not (dst / BACKUP_DIR).exists()
+    assert list((dst / BACKUP_DIR).iterdir()) == []
 
 
 def test_a_full_pass_fixes_sub_second_drift(tmp_path: Path) -> None:
@@ -288,14 +292,21 @@ def test_the_carrier_of_the_roots_times_is_never_sent_nor_deleted(tmp_path: Path
     tree(dst, {f"{BACKUP_DIR}/2026-11-18T11Z/kept~": "old"})
     src.mkdir()
     os.symlink("/", src / BACKUP_DIR)
+    assert files_from({"."}, str(src)) == []
     res = run(incremental_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)),
-              files_from({"."}))  # fmt: skip
+              files_from({"."}, str(src)))  # fmt: skip
     assert res.outcome.result is Result.OK, res.stderr
     assert (dst / BACKUP_DIR).is_dir() and not (dst / BACKUP_DIR).is_symlink()
     assert (dst / f"{BACKUP_DIR}/2026-11-18T11Z/kept~").read_text() == "old"
     (src / BACKUP_DIR).unlink()
+    assert files_from({"."}, str(src)) == []
     res = run(incremental_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)),
-              files_from({"."}))  # fmt: skip
+              files_from({"."}, str(src)))  # fmt: skip
+    assert res.outcome.result is Result.OK, res.stderr
+    assert (dst / f"{BACKUP_DIR}/2026-11-18T11Z/kept~").read_text() == "old"
+    (src / BACKUP_DIR).mkdir(mode=0o700)
+    res = run(incremental_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)),
+              files_from({"."}, str(src)))  # fmt: skip
     assert res.outcome.result is Result.OK, res.stderr
     assert (dst / f"{BACKUP_DIR}/2026-11-18T11Z/kept~").read_text() == "old"
 
@@ -316,12 +327,12 @@ def test_incremental_passes_leave_the_peers_backup_area_alone(tmp_path: Path) ->
     """Through rsync's daemon, an incremental pass deletes nothing and leaves what earlier
     passes kept where it is (the old carrier, the backup area, was deleted at every pass)."""
     src, dst = tmp_path / "src", tmp_path / "dst"
-    tree(src, {"a": "1"})
+    tree(src, {"a": "1", f"{BACKUP_DIR}/source": "a pushing node's marker"})
     tree(dst, {"a": "1", f"{BACKUP_DIR}/2026-11-18T11Z/0640.000/old": "kept"})
     for when in (NOW, NOW + 1):
         (src / "a").write_text(f"edited at {when}")
         argv = incremental_argv(str(src), None, TransferOptions(), when, dest=str(dst))
-        res = run(through_an_rsync_daemon(argv, tmp_path, dst), files_from({"a"}))
+        res = run(through_an_rsync_daemon(argv, tmp_path, dst), files_from({"a"}, str(src)))
         assert res.outcome.result is Result.OK, res.stderr
         assert res.stats.deleted == 0
         assert (dst / "a").read_text() == f"edited at {when}"
@@ -529,3 +540,15 @@ def test_a_pass_killed_mid_file_leaves_the_old_or_the_new_file_never_a_torn_one(
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (dst / "big").read_bytes() in (old, new)
+
+
+def test_a_carrier_missing_on_the_source_is_never_listed(tmp_path: Path) -> None:
+    """An incremental pass lists no path the source lacks for the root's times: Debian 12's
+    rsync 3.2.7 refuses any missing argument ("invalid file mode 00", protocol
+    incompatibility), which failed every pass while the carrier was a name missing here."""
+    root = tmp_path / "src"
+    root.mkdir()
+    assert files_from({"b", "a", "."}, str(root)) == ["a", "b"]
+    (root / BACKUP_DIR).mkdir()
+    assert files_from({"b", "a", "."}, str(root)) == [f"./{BACKUP_DIR}", "a", "b"]
+    assert files_from({"a"}) == ["a"]
