@@ -53,6 +53,7 @@ from mirrord.changes import (
 from mirrord.follow import Follower, PeerSeen, RoleSeen
 from mirrord.journal import Journal
 from mirrord.metrics import PassTally
+from mirrord.outcome import MISSING_ARGS_REFUSED
 from mirrord.planner import Cadence, PassKind, PassPlan, Planner, Result
 from mirrord.scan import Changed, changed_since
 from mirrord.transfer import (
@@ -1188,6 +1189,7 @@ class Daemon:
                     files_from(plan.paths, d.root), keep_deleted=REPORT_PATHS, renamed=renamed,
                 )  # fmt: skip
                 if dry_res.outcome.result is not Result.OK:
+                    self._full_if_refused(d.root, dry_res)
                     return self._outcome(dry_res, "dry run: ")
                 count = dry_res.stats.deleted - dry_res.stats.renamed
                 renames = dry_res.stats.renamed
@@ -1291,12 +1293,19 @@ class Daemon:
             argv, files_from(set(paths) - set(left), d.root),
             renamed=self._departures[d.root].renamed_away(),
         )  # fmt: skip
+        self._full_if_refused(d.root, res)
         out = self._outcome(res)
         if left:
             why = sorted({skip[p] for p in left if p in skip} or {UNBACKABLE})
             out = replace(out, detail=f"{out.detail}; not mirrored ({'; '.join(why)}): "
                           f"{', '.join(left[:5])}")  # fmt: skip
         return out
+
+    def _full_if_refused(self, root: str, res: TransferResult) -> None:
+        """An incremental pass the peer's rsync refused for a deleted path: the next pass is
+        a full one, which carries the deletions without listing them."""
+        if res.outcome.reason.startswith(MISSING_ARGS_REFUSED):
+            self._need_full(root, MISSING_ARGS_REFUSED, self.clock())
 
     def _skip(self, root: str, paths: Sequence[str], why: str = UNBACKABLE) -> None:
         """Leave `paths` of `root` (and what lies below them) out of every pass from now on,

@@ -48,9 +48,19 @@ def _retry(reason: str) -> Outcome:
     return Outcome(Result.RETRY, reason)
 
 
+# Debian 12's rsync 3.2.7 (with its 2025 security fixes) refuses a listed path missing on the
+# source ("invalid file mode 00 for NAME [Receiver]", protocol incompatibility): every deletion
+# an incremental pass sends with --delete-missing-args. A full pass (--delete over the walked
+# tree, no missing argument) carries the same deletions.
+MISSING_ARGS_REFUSED: Final = (
+    "the peer's rsync refuses deleted paths in an incremental pass (Debian 12's rsync 3.2.7): "
+    "a full pass carries them"
+)
+
 # First match in this order wins: the more specific and the more decisive come first (a full
 # disk also breaks the pipe; a refusal by the push check also fails the pre-xfer exec).
 CAUSES: Final[tuple[Cause, ...]] = (
+    Cause("invalid file mode 00", _retry(MISSING_ARGS_REFUSED)),
     # The peer's push check (mirrord/pushcheck.sh, for both receivers).
     Cause(
         "does not exist on this node",

@@ -16,6 +16,10 @@ rsync error: error in file IO (code 11) at receiver.c(657) [receiver=3.2.7]
 rsync: [sender] write error: Broken pipe (32)
 rsync error: error in rsync protocol data stream (code 12) at io.c(848) [sender=3.2.7]
 """
+MISSING_ARG = """\
+invalid file mode 00 for gone.txt [Receiver]
+rsync error: protocol incompatibility (code 2) at flist.c(874) [Receiver=3.2.7]
+"""
 CHROOT = """\
 @ERROR: chroot failed
 rsync error: error starting client-server protocol (code 5) at main.c(1863) [sender=3.2.7]
@@ -68,6 +72,8 @@ TABLE = [
      "connection unexpectedly closed"),
     (4, "rsync: [receiver] ACLs are not supported\n", Result.ALARM, "action not supported",
      "ACLs are not supported"),
+    # Debian 12's rsync 3.2.7 refuses a deleted path: retried as a full pass (mirrord.daemon).
+    (2, MISSING_ARG, Result.RETRY, "a full pass carries them", "invalid file mode 00"),
     # A success, a vanished file and an interrupted run keep their meaning.
     (0, HOST_KEY, Result.OK, "success", ""),
     (24, DISK_FULL, Result.OK, "vanished", ""),

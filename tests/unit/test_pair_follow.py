@@ -16,9 +16,10 @@ from mirrord import orphans
 from mirrord.changes import RawEvent
 from mirrord.daemon import Daemon, MirrorDir
 from mirrord.follow import Follower, PeerSeen, RoleSeen, peer_from_status
+from mirrord.outcome import MISSING_ARGS_REFUSED
 from mirrord.planner import Cadence, Result
 from mirrord.roles import Peer, direction, peer_returned
-from mirrord.transfer import TransferOptions
+from mirrord.transfer import Stats, TransferOptions, TransferResult, classify
 from takeover import control
 from takeover.status import read_mirror, render_mirror
 
@@ -565,3 +566,21 @@ def test_a_pass_stops_when_the_node_stops_pushing_without_a_flush(tmp_path: Path
             await stop_daemon(server, daemon, task)
 
     asyncio.run(main())
+
+
+def test_a_pass_refused_for_a_deleted_path_owes_a_full_pass(tmp_path: Path) -> None:
+    """The peer's rsync refusing a deleted path (Debian 12's 3.2.7) makes the next pass a full
+    one, which carries the deletion without listing it; other failures do not."""
+    daemon, root = follower(tmp_path)
+
+    def result(stderr: str) -> TransferResult:
+        return TransferResult(rc=2, outcome=classify(2, stderr), stats=Stats(), duration=0.1,
+                              stderr=stderr)  # fmt: skip
+
+    owed: list[tuple[str, str]] = []
+    daemon._need_full = lambda r, why, _now: owed.append((r, why))  # type: ignore[method-assign]
+    daemon._full_if_refused(str(root), result("rsync error: protocol version mismatch\n"))
+    assert owed == []
+    refused = "invalid file mode 00 for gone [Receiver]\nrsync error: protocol incompatibility\n"
+    daemon._full_if_refused(str(root), result(refused))
+    assert owed == [(str(root), MISSING_ARGS_REFUSED)]
