@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from mirrord import deletions, guard, mounts, orphans, reloadplan, roles, sdnotify, stopping
-from mirrord.backups import find_unbackable, prune_backups, unbackable
+from mirrord.backups import UnsafeArea, find_unbackable, open_area, prune_backups, unbackable
 from mirrord.changes import (
     MountWatcher,
     Overflow,
@@ -404,6 +404,16 @@ async def every(seconds: float, job: Callable[[], object], *, first: float | Non
         if inspect.isawaitable(result):
             await result
         due = max(due + seconds, loop.time())
+
+
+def _keep_carrier(root: str) -> None:
+    """Make sure the source root has its backup area, the carrier an incremental pass lists
+    for the root's own times (mirrord.transfer): a pushing node following takeover has it
+    already (its source marker lives there); a standalone one creates it here. An unsafe area
+    (a symlink, another owner's) stays as it is: it is not listed, and the root's times wait
+    for the next full pass."""
+    with contextlib.suppress(OSError, UnsafeArea):
+        os.close(open_area(root, create=True))
 
 
 def _below(paths: Iterable[str]) -> tuple[str, ...]:
@@ -1289,6 +1299,7 @@ class Daemon:
         below = _below(skip)
         left = sorted(p for p in paths if p in skip or p.startswith(below))
         argv = incremental_argv(d.root, self.peer, opts, wall, dest=dest)
+        await asyncio.to_thread(_keep_carrier, d.root)
         res = await run_rsync(
             argv, files_from(set(paths) - set(left), d.root),
             renamed=self._departures[d.root].renamed_away(),
