@@ -498,10 +498,12 @@ async def slow_pass_under_takeover(
     daemon = Daemon([d], peer=None, state_dir=tmp / "state", run_dir=run, local_dest=tmp / "dest",
                     follow=True, node="a", peer_name="b", flush_timeout=flush_timeout)  # fmt: skip
     task = asyncio.ensure_future(daemon.run())
-    for _ in range(1000):
+    for _ in range(3000):  # generous: 60 s on a loaded host
         if rsync_of(root) or task.done():
             break
         await asyncio.sleep(0.02)
+    if not rsync_of(root):
+        await server.close()
     assert rsync_of(root), "the start-up full pass never started"
     return server, daemon, root, task
 
