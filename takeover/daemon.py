@@ -1126,7 +1126,7 @@ class Daemon:
     def _advert_key(self) -> tuple[object, ...]:
         s = self.state
         return (s.role, s.clean, s.epoch, m.own_score(s), s.healthy, s.promote, s.hold_standby,
-                s.maintenance, s.blocked, s.suspected())  # fmt: skip
+                s.maintenance, s.blocked)  # fmt: skip
 
     def _send_heartbeats(self) -> None:
         if not m.advertisable(self.state):
@@ -1342,7 +1342,7 @@ class Daemon:
             (peer.role, peer.epoch, peer.holding, alive, peer.blocked) if peer is not None else None
         )
         return (s.role, s.condition, s.healthy, s.lan_up, s.hold_standby, s.promote, peer_key,
-                s.maintenance, s.blocked)  # fmt: skip
+                s.maintenance, s.blocked, s.suspected())  # fmt: skip
 
     def _write_status(self) -> None:
         self._written_key = self._status_key()

@@ -314,7 +314,7 @@ def heartbeat_only(
     node's own port may have died); a direct cable does: its carrier dies with the peer.
     """
     found = [address_interfaces.get(ipaddress.ip_address(str(a)).compressed) for a in locals_]
-    return list(dict.fromkeys(i for i in found if i is not None and i not in set(service)))
+    return list(dict.fromkeys(i for i in found if i is not None and i not in service))
 
 
 async def address_interfaces(
