@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from mirrord import deletions, guard, mounts, orphans, reloadplan, roles, sdnotify, stopping
-from mirrord.backups import UnsafeArea, find_unbackable, open_area, prune_backups, unbackable
+from mirrord.backups import find_unbackable, open_area, prune_backups, unbackable
 from mirrord.changes import (
     MountWatcher,
     Overflow,
@@ -101,10 +101,6 @@ FLUSH_REPORT: Final = 50
 # A change this many seconds before the recorded stop counts as made while stopped: file
 # systems store times as coarse as 1 s (ext3) or 2 s (FAT), truncated.
 CATCH_UP_MARGIN: Final = 2.0
-# Seconds before its marker's change time from which a gap's walk looks: none. The writes it
-# looks for came after takeover was lost, later than the marker by the kernel's own clock; a
-# margin would only catch the peer's last pushes (mirrord.roles).
-GAP_MARGIN: Final = 0.0
 # rsync's words for a backup path at or past PATH_MAX, and ours for the paths it stops.
 BACKUP_TOO_LONG: Final = ("backup filename too long", "File name too long")
 UNBACKABLE: Final = "path too long for its backup copy on the peer"
@@ -406,14 +402,17 @@ async def every(seconds: float, job: Callable[[], object], *, first: float | Non
         due = max(due + seconds, loop.time())
 
 
-def _keep_carrier(root: str) -> None:
+def _keep_carrier(root: str) -> bool:
     """Make sure the source root has its backup area, the carrier an incremental pass lists
-    for the root's own times (mirrord.transfer): a pushing node following takeover has it
-    already (its source marker lives there); a standalone one creates it here. An unsafe area
-    (a symlink, another owner's) stays as it is: it is not listed, and the root's times wait
-    for the next full pass."""
-    with contextlib.suppress(OSError, UnsafeArea):
+    for the root's own times (mirrord.transfer); return whether it has. A pushing node
+    following takeover has it already (its source marker lives there); a standalone one
+    creates it here. An unsafe area (a symlink, another owner's) stays as it is: it is not
+    listed, and the root's times wait for the next full pass."""
+    try:
         os.close(open_area(root, create=True))
+    except OSError:  # UnsafeArea too
+        return False
+    return True
 
 
 def _below(paths: Iterable[str]) -> tuple[str, ...]:
@@ -1194,9 +1193,10 @@ class Daemon:
             count, renames, dry_res = tally.deletions, tally.renamed, None
             if tally.unsure:
                 # A directory takes its subtree from the peer: only a dry run knows how much.
+                carried = await asyncio.to_thread(_keep_carrier, d.root)
                 dry_res = await run_rsync(
                     incremental_argv(d.root, self.peer, d.options, wall, dest=dest, dry_run=True),
-                    files_from(plan.paths, d.root), keep_deleted=REPORT_PATHS, renamed=renamed,
+                    files_from(plan.paths, carried), keep_deleted=REPORT_PATHS, renamed=renamed,
                 )  # fmt: skip
                 if dry_res.outcome.result is not Result.OK:
                     self._full_if_refused(d.root, dry_res)
@@ -1299,9 +1299,9 @@ class Daemon:
         below = _below(skip)
         left = sorted(p for p in paths if p in skip or p.startswith(below))
         argv = incremental_argv(d.root, self.peer, opts, wall, dest=dest)
-        await asyncio.to_thread(_keep_carrier, d.root)
+        carried = await asyncio.to_thread(_keep_carrier, d.root)
         res = await run_rsync(
-            argv, files_from(set(paths) - set(left), d.root),
+            argv, files_from(set(paths) - set(left), carried),
             renamed=self._departures[d.root].renamed_away(),
         )  # fmt: skip
         self._full_if_refused(d.root, res)
@@ -1486,7 +1486,9 @@ class Daemon:
             if began is None:
                 continue
             try:
-                found[root] = changed_since(root, began - GAP_MARGIN)
+                # From the marker's own change time, no margin: the writes sought came after
+                # it by the kernel's clock; a margin would only catch the peer's last pushes.
+                found[root] = changed_since(root, began)
             except Exception:
                 log.exception("gap.walk_failed dir=%s", root)
                 found[root] = Changed(directories=["."])
@@ -1621,7 +1623,7 @@ class Daemon:
                     # A gap's marker, not a crashed source's: what changed since takeover was
                     # lost is this node's (unless it served nobody meanwhile).
                     if walk_gap:
-                        candidates |= changed_since(root, began - GAP_MARGIN).paths
+                        candidates |= changed_since(root, began).paths
                 elif since is not None:
                     candidates |= changed_since(root, since, by_ctime=False).paths
                 moved[root], unmovable = orphans.quarantine(root, candidates, wall, reason)

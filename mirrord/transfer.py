@@ -249,17 +249,11 @@ def literal_pattern(rel: str) -> str:
 ROOT_CARRIER: Final = f"./{BACKUP_DIR}"
 
 
-def files_from(paths: Iterable[str], root: str | None = None) -> list[str]:
-    """Return what an incremental pass of `root` lists for the dirty `paths`: the root's
-    carrier if `root` has its backup area (a real directory), then the paths in order (the
-    root's own `.` is carried, never listed)."""
+def files_from(paths: Iterable[str], carried: bool = False) -> list[str]:
+    """Return what an incremental pass lists for the dirty `paths`: the root's carrier if
+    `carried` (the source has its backup area as a real directory), then the paths in order
+    (the root's own `.` is carried, never listed)."""
     listed = sorted(p for p in paths if p != ".")
-    if root is None:
-        return listed
-    try:
-        carried = stat.S_ISDIR(os.lstat(os.path.join(root, BACKUP_DIR)).st_mode)
-    except OSError:
-        carried = False
     return [ROOT_CARRIER, *listed] if carried else listed
 
 

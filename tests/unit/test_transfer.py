@@ -7,6 +7,7 @@ import contextlib
 import os
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mirrord.backups import BACKUP_DIR, find_unbackable, unbackable
+from mirrord.daemon import _keep_carrier
 from mirrord.planner import Result
 from mirrord.rsyncd import module_name
 from mirrord.transfer import (
@@ -239,8 +241,9 @@ def test_an_incremental_pass_leaves_every_time_as_the_sources(tmp_path: Path) ->
     (src / "d/x").unlink()
     (src / "d/y").rename(src / "d/e/y")
     (src / "new").write_text("6")
+    listed = files_from({"gone", "d/x", "d/y", "d/e/y", "new"}, _keep_carrier(str(src)))
     res = run(incremental_argv(str(src), None, TransferOptions(), NOW + 1, dest=str(dst)),
-              files_from({"gone", "d/x", "d/y", "d/e/y", "new"}, str(src)))  # fmt: skip
+              listed)  # fmt: skip
     assert res.outcome.result is Result.OK, res.stderr
     assert differences(src, dst) == []
     for rel in (".", "d", "d/e"):
@@ -260,7 +263,7 @@ def test_only_the_roots_own_times_change_send_it_alone(tmp_path: Path) -> None:
     os.chmod(src, 0o750)
     os.utime(src, ns=(0, 1_600_000_000_123_456_789))
     res = run(incremental_argv(str(src), None, TransferOptions(), NOW + 1, dest=str(dst)),
-              files_from({"."}, str(src)))  # fmt: skip
+              files_from({"."}, _keep_carrier(str(src))))  # fmt: skip
     assert res.outcome.result is Result.OK, res.stderr
     assert res.stats.changed == 1
     assert os.stat(dst).st_mtime_ns == 1_600_000_000_123_456_789
@@ -292,21 +295,21 @@ def test_the_carrier_of_the_roots_times_is_never_sent_nor_deleted(tmp_path: Path
     tree(dst, {f"{BACKUP_DIR}/2026-11-18T11Z/kept~": "old"})
     src.mkdir()
     os.symlink("/", src / BACKUP_DIR)
-    assert files_from({"."}, str(src)) == []
+    assert not _keep_carrier(str(src)) and (src / BACKUP_DIR).is_symlink()
     res = run(incremental_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)),
-              files_from({"."}, str(src)))  # fmt: skip
+              files_from({"."}, False))  # fmt: skip
     assert res.outcome.result is Result.OK, res.stderr
     assert (dst / BACKUP_DIR).is_dir() and not (dst / BACKUP_DIR).is_symlink()
     assert (dst / f"{BACKUP_DIR}/2026-11-18T11Z/kept~").read_text() == "old"
     (src / BACKUP_DIR).unlink()
-    assert files_from({"."}, str(src)) == []
+    assert files_from({"."}, False) == []
     res = run(incremental_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)),
-              files_from({"."}, str(src)))  # fmt: skip
+              files_from({"."}, False))  # fmt: skip
     assert res.outcome.result is Result.OK, res.stderr
     assert (dst / f"{BACKUP_DIR}/2026-11-18T11Z/kept~").read_text() == "old"
     (src / BACKUP_DIR).mkdir(mode=0o700)
     res = run(incremental_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)),
-              files_from({"."}, str(src)))  # fmt: skip
+              files_from({"."}, _keep_carrier(str(src))))  # fmt: skip
     assert res.outcome.result is Result.OK, res.stderr
     assert (dst / f"{BACKUP_DIR}/2026-11-18T11Z/kept~").read_text() == "old"
 
@@ -332,7 +335,8 @@ def test_incremental_passes_leave_the_peers_backup_area_alone(tmp_path: Path) ->
     for when in (NOW, NOW + 1):
         (src / "a").write_text(f"edited at {when}")
         argv = incremental_argv(str(src), None, TransferOptions(), when, dest=str(dst))
-        res = run(through_an_rsync_daemon(argv, tmp_path, dst), files_from({"a"}, str(src)))
+        listed = files_from({"a"}, _keep_carrier(str(src)))
+        res = run(through_an_rsync_daemon(argv, tmp_path, dst), listed)
         assert res.outcome.result is Result.OK, res.stderr
         assert res.stats.deleted == 0
         assert (dst / "a").read_text() == f"edited at {when}"
@@ -548,7 +552,9 @@ def test_a_carrier_missing_on_the_source_is_never_listed(tmp_path: Path) -> None
     incompatibility), which failed every pass while the carrier was a name missing here."""
     root = tmp_path / "src"
     root.mkdir()
-    assert files_from({"b", "a", "."}, str(root)) == ["a", "b"]
-    (root / BACKUP_DIR).mkdir()
-    assert files_from({"b", "a", "."}, str(root)) == [f"./{BACKUP_DIR}", "a", "b"]
+    assert files_from({"b", "a", "."}, False) == ["a", "b"]
+    assert files_from({"b", "a", "."}, True) == [f"./{BACKUP_DIR}", "a", "b"]
     assert files_from({"a"}) == ["a"]
+    # The daemon lists it only once the source has it: made here (0700) if missing.
+    assert _keep_carrier(str(root)) and (root / BACKUP_DIR).is_dir()
+    assert stat.S_IMODE(os.lstat(root / BACKUP_DIR).st_mode) == 0o700
