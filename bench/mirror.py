@@ -32,6 +32,7 @@ Generated trees are cached outside the repository (HAPAIR_BENCH_CACHE, default
 from __future__ import annotations
 
 import argparse
+import compileall
 import itertools
 import json
 import os
@@ -679,6 +680,15 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
+def compile_daemons() -> None:
+    """Byte-compile hapair's packages, as the Debian package's postinst does: a daemon that
+    compiles its modules at every start (PYTHONDONTWRITEBYTECODE, a read-only tree) keeps the
+    compiler's leftovers resident, about 3 MiB that no installed mirrord carries."""
+    top = Path(__file__).resolve().parent.parent
+    for package in ("mirrord", "takeover"):
+        compileall.compile_dir(top / package, quiet=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark on a fresh lab and print the table and the JSON line."""
     p = argparse.ArgumentParser(prog="bench.mirror", description=__doc__,
@@ -701,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         results = json.loads(args.report_only.read_text())
     else:
+        compile_daemons()
         with Lab() as lab:
             results = Bench(lab, args).run()
     print(json.dumps(report(results, args)))

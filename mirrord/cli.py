@@ -16,15 +16,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mirrord import orphans, reloadplan
+from mirrord import lean, orphans, reloadplan
 from mirrord.brief import mirrord_brief
 from mirrord.daemon import Daemon, DaemonError, Reloaded, mirror_dir
 from mirrord.journal import JournalError
-from mirrord.metrics import mirrord_families
 from mirrord.orphans import Orphan
 from mirrord.pairsetup import DROPIN, pinned_options, run_pair_setup
 from mirrord.policy import Policy, load_policies
@@ -43,12 +43,10 @@ from takeover.cliutil import (
     report_check,
     setup_daemon_logging,
 )
-from takeover.config import Cluster, Node
+from takeover.config import Cluster, MetricsConfig, Node
 from takeover.configparse import ConfigError
 from takeover.exits import Exit, StatusExit
-from takeover.exporter import serve
 from takeover.fsutil import write_atomic
-from takeover.metrics import SnapshotCollector
 from takeover.reloadplan import ReloadRefused
 from takeover.status import daemon_gone
 
@@ -261,9 +259,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop_metrics = None
     try:
         if cluster.mirror.metrics is not None:
-            snapshot = functools.partial(metrics_snapshot, daemon, node.state_dir)
-            collector = SnapshotCollector(mirrord_families, snapshot, time.time)
-            stop_metrics = serve(cluster.mirror.metrics, collector, "mirrord")
+            stop_metrics = serve_metrics(cluster.mirror.metrics, daemon, node.state_dir)
         asyncio.run(daemon.run())
     except (DaemonError, JournalError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -272,6 +268,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         if stop_metrics is not None:
             stop_metrics()
     return int(Exit.OK)
+
+
+def serve_metrics(config: MetricsConfig, daemon: Daemon, state_dir: Path) -> Callable[[], None]:
+    """Serve the daemon's metrics; return what stops it. prometheus_client (and with it
+    OpenSSL, `mirrord.lean`) is loaded only here: a daemon without metrics never holds it."""
+    lean.allow_openssl()
+    from mirrord.metrics import mirrord_families  # noqa: PLC0415  see the docstring
+    from takeover.exporter import serve  # noqa: PLC0415
+    from takeover.metrics import SnapshotCollector  # noqa: PLC0415
+
+    snapshot = functools.partial(metrics_snapshot, daemon, state_dir)
+    return serve(config, SnapshotCollector(mirrord_families, snapshot, time.time), "mirrord")
 
 
 def metrics_snapshot(daemon: Daemon, state_dir: Path) -> dict[str, Any] | None:

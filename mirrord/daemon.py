@@ -52,10 +52,10 @@ from mirrord.changes import (
 )
 from mirrord.follow import Follower, PeerSeen, RoleSeen
 from mirrord.journal import Journal
-from mirrord.metrics import PassTally
 from mirrord.outcome import MISSING_ARGS_REFUSED
 from mirrord.planner import Cadence, PassKind, PassPlan, Planner, Result
 from mirrord.scan import Changed, changed_since
+from mirrord.tally import PassTally
 from mirrord.transfer import (
     Peer,
     TransferOptions,

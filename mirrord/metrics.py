@@ -1,61 +1,21 @@
 """Prometheus metrics of mirrord: its status document mapped to metric families.
 
-Pure: no clock, no I/O; callers pass the document and `wall_now`. `PassTally` keeps the
-cumulative figures the document carries for the counters and the pass-duration histogram
-(passes by result, bytes sent, durations in buckets), since the planner keeps only the last
-pass. takeover.exporter serves the families of the daemon's latest document.
+Pure: no clock, no I/O; callers pass the document and `wall_now`. The cumulative figures the
+document carries for the counters and the pass-duration histogram come from
+`mirrord.tally.PassTally`, since the planner keeps only the last pass. takeover.exporter serves
+the families of the daemon's latest document.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from mirrord.tally import DURATION_BUCKETS
 from takeover.metrics import Builder
-
-# Upper bounds of the pass-duration buckets, seconds: a dirty-path pass over ssh takes tens of
-# milliseconds, a full pass of a large tree minutes.
-DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
-
-
-@dataclass
-class _Tally:
-    passes: Counter[str] = field(default_factory=Counter)
-    bytes_sent: int = 0
-    # Passes per bucket (not cumulative); the last one is +Inf.
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
-    seconds: float = 0.0
-
-
-class PassTally:
-    """Cumulative pass figures per directory since the daemon started."""
-
-    def __init__(self) -> None:
-        """Start every directory at zero."""
-        self._dirs: dict[str, _Tally] = {}
-
-    def record(self, root: str, result: str, duration: float, bytes_sent: int) -> None:
-        """Count one finished pass of `root`."""
-        t = self._dirs.setdefault(root, _Tally())
-        t.passes[result] += 1
-        t.bytes_sent += max(0, bytes_sent)
-        t.buckets[bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
-        t.seconds += max(0.0, duration)
-
-    def of(self, root: str) -> dict[str, Any]:
-        """Return the JSON-ready totals of `root` (zeros before its first pass)."""
-        t = self._dirs.get(root) or _Tally()
-        return {
-            "passes": dict(t.passes),
-            "bytes_sent": t.bytes_sent,
-            "duration": {"buckets": list(t.buckets), "sum": round(t.seconds, 6)},
-        }
 
 
 def mirrord_families(doc: Mapping[str, Any], wall_now: float) -> list[Metric]:

@@ -430,3 +430,18 @@ def test_incremental_passes_leave_the_peers_backup_area_in_place(lab: Lab) -> No
         assert (last["result"], last["deleted"]) == ("ok", 0), last
     assert kept.read_text() == "0"
     assert not list((dst / ".hapair-backup").rglob("*/.hapair-backup"))
+
+
+def test_the_daemon_mirrors_without_openssl_loaded(lab: Lab) -> None:
+    """mirrord run maps neither libssl nor libcrypto (mirrord.lean: asyncio without ssl,
+    hashlib's own SHA-2), and mirrors as before: the daemon's resident set stays small."""
+    pair = MirrorPair(lab, [{"path": "/srv/data", **FAST}])
+    src, dst = pair.src("data"), pair.dst("data")
+    write(src, "a", "0")
+    proc = pair.start()
+    assert pair.converge("data")
+    write(src, "b", "1")
+    assert wait_until((dst / "b").exists, timeout=30)
+    assert "mirrord" in Path(f"/proc/{proc.pid}/cmdline").read_text()
+    maps = Path(f"/proc/{proc.pid}/maps").read_text()
+    assert "libssl" not in maps and "libcrypto" not in maps

@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mirrord.metrics import DURATION_BUCKETS, PassTally, mirrord_families
+from mirrord.metrics import mirrord_families
+from mirrord.tally import DURATION_BUCKETS, PassTally
 from takeover.metrics import SnapshotCollector, takeover_families
 
 WALL = 1_000_000.0
