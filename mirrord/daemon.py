@@ -1,13 +1,14 @@
 """mirrord's daemon: the watcher, planner, journal, guard and transfer wired on one asyncio loop.
 
-Threads: watchdog's (inotify) only puts records on the loop's queue (`LoopSink.put`). Work that
-walks or moves a tree (a new directory's contents, the set-aside of orphans, re-watching a
-root) runs in a worker thread and comes back as a record too, so the loop keeps serving the
-final flush and the watchdog meanwhile. One consumer coroutine applies every record: changes go
-to the journal (first, so they survive a crash) and to the planner; then it asks the planner
-which passes are due, starts each as a task (one rsync per directory at a time), and sets the
-loop's wake-up timer to the planner's next deadline. A finished pass comes back as a record
-too, so the planner and the journal are only ever touched by the consumer.
+Threads: the inotify reader (`changes.Watcher`) only puts records on the loop's queue
+(`LoopSink.put`). Work that walks or moves a tree (a new directory's contents, the set-aside of
+orphans, re-watching a root) runs in a worker thread and comes back as a record too, so the
+loop keeps serving the final flush and systemd's watchdog meanwhile. One consumer coroutine
+applies every record: changes go to the journal (first, so they survive a crash) and to the
+planner; then it asks the planner which passes are due, starts each as a task (one rsync per
+directory at a time), and sets the loop's wake-up timer to the planner's next deadline. A
+finished pass comes back as a record too, so the planner and the journal are only ever touched
+by the consumer.
 
 Clocks: every decision and timer runs on the monotonic clock (`clock`, the loop's own timers:
 the wake-up, status, re-watch, pruning and WATCHDOG=1), so a step of the wall clock delays no
@@ -39,17 +40,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from mirrord import deletions, guard, mounts, orphans, reloadplan, roles, sdnotify, stopping
 from mirrord.backups import find_unbackable, open_area, prune_backups, unbackable
-from mirrord.changes import (
-    MountWatcher,
-    Overflow,
-    RawEvent,
-    RootGone,
-    Watcher,
-    appeared,
-    blind_spots,
-    coalesce,
-    relative,
-)
+from mirrord.changes import MountWatcher, Watcher, appeared, blind_spots, coalesce, relative
 from mirrord.follow import Follower, PeerSeen, RoleSeen
 from mirrord.journal import Journal
 from mirrord.outcome import MISSING_ARGS_REFUSED
@@ -67,6 +58,7 @@ from mirrord.transfer import (
     run_rsync,
     sendable,
 )
+from mirrord.watchtable import Overflow, RawEvent, RootGone
 from takeover.fsutil import write_atomic
 from takeover.reloadplan import ReloadRefused
 from takeover.status import process_start

@@ -14,8 +14,8 @@ declare -A APT=(
   # Debian's OCF resource agents; Filesystem needs modprobe (kmod) present, and the lab's
   # storage is an ext4 image (e2fsprogs) on a loop device.
   [resources]="resource-agents kmod e2fsprogs"
-  # `make deb`: Debian's own packaging tools; dh-virtualenv because bookworm's python3-watchdog
-  # is too old for mirrord (README, "Installing on a real pair of servers").
+  # `make deb`: Debian's own packaging tools; dh-virtualenv because bookworm's python3-pyroute2,
+  # -pyghmi and -apscheduler are too old (README, "Installing on a real pair of servers").
   [deb]="debhelper dh-virtualenv python3-venv python3-dev build-essential fakeroot lintian"
   # `make test-systemd`: a Debian root file system booted with systemd-nspawn.
   [systemd]="debootstrap systemd-container"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import enum
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -236,6 +235,9 @@ def ocf_seconds(text: str) -> float:
 
 def parse_meta_data(text: str) -> MetaData:
     """Parse an agent's `meta-data` output; raise MetaDataError naming what is wrong."""
+    # Loaded here: mirrord reads the cluster config (and so this module) but no meta-data.
+    import xml.etree.ElementTree as ET  # noqa: PLC0415
+
     try:
         root = ET.fromstring(text.strip())
     except ET.ParseError as err:

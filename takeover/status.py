@@ -17,7 +17,6 @@ from typing import Any
 
 from takeover.exits import StatusExit
 from takeover.fsutil import write_atomic
-from takeover.wire import REJECTION_HINTS
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +134,10 @@ def reload_conditions(last: dict[str, Any] | None) -> list[str]:
 def link_conditions(peer: str, links: dict[str, dict[str, Any]]) -> list[str]:
     """Return the heartbeat conditions an operator must see: datagrams from the peer's address
     rejected recently (a wrong key ...), and a peer running another configuration."""
+    # Loaded here: mirrord reads status files with this module but never heartbeats (the wire
+    # format pulls in the state machine).
+    from takeover.wire import REJECTION_HINTS  # noqa: PLC0415
+
     out: list[str] = []
     for reason, hint in REJECTION_HINTS.items():
         ages = {

@@ -157,7 +157,7 @@ def test_inotify_overflow_still_converges(lab: Lab) -> None:
     assert pair.converge("mail")
     # Into directories already watched, with mirrord frozen so that nothing drains the queue:
     # every event lands in the kernel's queue of 32, which overflows. (Files in a directory
-    # that is new are found by watchdog's scan of it, not queued: no overflow there.)
+    # that is new are found by the daemon's walk of it, not queued: no overflow there.)
     assert pair.mirrord is not None
     os.kill(pair.mirrord.pid, signal.SIGSTOP)
     try:

@@ -13,12 +13,12 @@ import pytest
 
 from mirrord import daemon as daemon_module
 from mirrord import orphans
-from mirrord.changes import RawEvent
 from mirrord.daemon import Daemon, MountsMoved, Reloaded, Rewatch
 from mirrord.follow import PeerSeen, RoleSeen
 from mirrord.planner import Result
 from mirrord.roles import Peer
 from mirrord.scan import Changed
+from mirrord.watchtable import RawEvent
 from tests.unit.test_daemon_local import Env, converge, with_daemon
 from tests.unit.test_pair_follow import follower
 

@@ -18,7 +18,7 @@ FORBIDDEN = {
     "scapy",
     "pyghmi",
     "libvirt",
-    "watchdog",
+    "ctypes",
     "apscheduler",
     "sqlite3",
     "threading",

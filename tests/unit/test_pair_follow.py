@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from mirrord import orphans
-from mirrord.changes import RawEvent
 from mirrord.daemon import Daemon, MirrorDir
 from mirrord.follow import Follower, PeerSeen, RoleSeen, peer_from_status
 from mirrord.outcome import MISSING_ARGS_REFUSED
 from mirrord.planner import Cadence, Result
 from mirrord.roles import Peer, direction, peer_returned
 from mirrord.transfer import Stats, TransferOptions, TransferResult, classify
+from mirrord.watchtable import RawEvent
 from takeover import control
 from takeover.status import read_mirror, render_mirror
 

@@ -1,0 +1,327 @@
+"""What inotify events mean for the mirror: the watch table and the records it yields.
+
+Pure: no inotify, no file system, no clock; callers pass the parsed events and `now`.
+`mirrord.changes.Watcher` reads the kernel's queue, asks `WatchTable.feed` what the events
+mean, and does what it answers: put records on the daemon's queue, add watches below a
+directory that appeared, remove those of a directory that left the tree.
+
+The table keeps one small entry per watched directory, (parent watch, name): a directory's
+path is its parent's path and its name, so a directory renamed inside the tree moves its
+whole subtree by changing one entry, and the table costs about 0.15 KiB per directory
+(watchdog's emitter kept about 0.5 KiB, and ran every event through three threads).
+
+Meanings, in the order the kernel queued them:
+- create, modify, attribute change, close-after-write, delete of an entry: a `RawEvent` of
+  that kind (`created`, `modified`, `attrib`, `closed`, `deleted`); a directory created asks
+  for its watches (`WatchBelow`).
+- A rename is two events with one cookie: moved-from waits for its moved-to (at most
+  `PAIR_WAIT`), which makes one `moved` event with both paths. Alone, moved-from is a
+  deletion (the entry left the tree; a directory's watches are removed, `Unwatch`), and
+  moved-to a creation (it came from outside; a directory is watched).
+- A root's own attribute change is an `attrib` of the root. A root deleted, moved away or
+  unmounted is `RootGone` (its watch has ended, or watches a tree under another name).
+- Overflow: the kernel dropped events: an `Overflow` for every root, and the watches are
+  reconciled (`Reconcile`: directories created meanwhile were never watched).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Final
+
+# inotify(7) event bits.
+IN_MODIFY: Final = 0x00000002
+IN_ATTRIB: Final = 0x00000004
+IN_CLOSE_WRITE: Final = 0x00000008
+IN_MOVED_FROM: Final = 0x00000040
+IN_MOVED_TO: Final = 0x00000080
+IN_CREATE: Final = 0x00000100
+IN_DELETE: Final = 0x00000200
+IN_DELETE_SELF: Final = 0x00000400
+IN_MOVE_SELF: Final = 0x00000800
+IN_UNMOUNT: Final = 0x00002000
+IN_Q_OVERFLOW: Final = 0x00004000
+IN_IGNORED: Final = 0x00008000
+IN_ISDIR: Final = 0x40000000
+
+# What mirrord watches: every change to what the mirror must hold, and nothing a reader (rsync
+# among them) causes: no open, access or close-nowrite.
+WATCH_MASK: Final = (
+    IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+    | IN_DELETE_SELF | IN_MOVE_SELF
+)  # fmt: skip
+
+# How long a moved-from waits for its moved-to. The kernel queues the two one after the other;
+# they are apart only when a read ends between them, or another process's event slips in.
+PAIR_WAIT: Final = 0.05
+
+# The kinds a RawEvent can have, by the inotify bit that makes it.
+KINDS: Final = {
+    IN_CREATE: "created",
+    IN_MODIFY: "modified",
+    IN_ATTRIB: "attrib",
+    IN_CLOSE_WRITE: "closed",
+    IN_DELETE: "deleted",
+}
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    """One change, as the watcher's thread puts it on the queue."""
+
+    directory: str
+    # created, modified, attrib, deleted, moved, closed.
+    kind: str
+    src: str
+    # The destination of a move ("" otherwise).
+    dest: str
+    is_dir: bool
+
+
+@dataclass(frozen=True)
+class Overflow:
+    """The kernel dropped events; None means every watched root is affected."""
+
+    directory: str | None
+
+
+@dataclass(frozen=True)
+class RootGone:
+    """A watched root itself was deleted, moved away or unmounted; its watch has ended."""
+
+    directory: str
+
+
+Record = RawEvent | Overflow | RootGone
+
+
+@dataclass(frozen=True)
+class WatchBelow:
+    """Watch the directory `path` (watch `parent`, `name`) and every directory below it."""
+
+    path: bytes
+    parent: int
+    name: bytes
+
+
+@dataclass(frozen=True)
+class Unwatch:
+    """Remove these watches (a directory and its subtree left the tree)."""
+
+    wds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    """Walk every root again and watch the directories that are not watched."""
+
+
+Action = Record | WatchBelow | Unwatch | Reconcile
+
+
+@dataclass(frozen=True)
+class _Pending:
+    wd: int
+    name: bytes
+    is_dir: bool
+    root: str
+    src: bytes
+    deadline: float
+
+
+class WatchTable:
+    """Watched directories, and the meaning of the events their watches report."""
+
+    def __init__(self) -> None:
+        """Start with nothing watched."""
+        # wd -> (parent wd, name); a root's parent is -1 and its name its absolute path.
+        self._dirs: dict[int, tuple[int, bytes]] = {}
+        self._roots: dict[int, str] = {}
+        # Moved-from events waiting for their moved-to, by cookie.
+        self._pending: dict[int, _Pending] = {}
+
+    # -- the table ---------------------------------------------------------------------
+
+    def add_root(self, wd: int, root: str) -> None:
+        """Record the watch of a root."""
+        self._dirs[wd] = (-1, os.fsencode(root))
+        self._roots[wd] = root
+
+    def add_dir(self, wd: int, parent: int, name: bytes) -> None:
+        """Record the watch of directory `name` in the directory watched by `parent` (the
+        kernel gives a directory one watch: a second add moves the entry)."""
+        if parent in self._dirs and wd not in self._roots:
+            self._dirs[wd] = (parent, name)
+
+    def forget(self, wd: int) -> None:
+        """Drop a watch that has ended."""
+        self._dirs.pop(wd, None)
+        self._roots.pop(wd, None)
+
+    def __len__(self) -> int:
+        """The number of watches."""
+        return len(self._dirs)
+
+    def __contains__(self, wd: object) -> bool:
+        """Whether `wd` is a watch of the table."""
+        return wd in self._dirs
+
+    def path(self, wd: int) -> bytes | None:
+        """The absolute path of the directory watched by `wd` (None: not a watch)."""
+        parts: list[bytes] = []
+        while True:
+            entry = self._dirs.get(wd)
+            if entry is None:
+                return None
+            parent, name = entry
+            parts.append(name)
+            if parent == -1:
+                return b"/".join(reversed(parts))
+            wd = parent
+
+    def root_of(self, wd: int) -> str | None:
+        """The root whose tree holds the watch `wd`."""
+        for _ in range(len(self._dirs) + 1):
+            entry = self._dirs.get(wd)
+            if entry is None:
+                return None
+            if entry[0] == -1:
+                return self._roots.get(wd)
+            wd = entry[0]
+        return None  # a cycle cannot be built through add_dir; never loop on one
+
+    def is_root(self, wd: int) -> bool:
+        """Whether `wd` watches a root."""
+        return wd in self._roots
+
+    def root_wd(self, root: str) -> int | None:
+        """The watch of `root` (None: not watched)."""
+        return next((wd for wd, r in self._roots.items() if r == root), None)
+
+    def subtree(self, top: int) -> tuple[int, ...]:
+        """`top` and every watch below it (one pass over the table: directories leave the
+        tree rarely, files often)."""
+        inside = {top}
+        changed = True
+        rest = {wd: p for wd, (p, _) in self._dirs.items() if wd != top}
+        while changed:
+            changed = False
+            for wd, parent in list(rest.items()):
+                if parent in inside:
+                    inside.add(wd)
+                    del rest[wd]
+                    changed = True
+        return (top, *sorted(inside - {top}))
+
+    def child(self, parent: int, name: bytes) -> int | None:
+        """The watch of directory `name` in the directory watched by `parent`."""
+        return next((wd for wd, e in self._dirs.items() if e == (parent, name)), None)
+
+    # -- events ------------------------------------------------------------------------
+
+    def feed(self, events: list[tuple[int, int, int, bytes]], now: float) -> list[Action]:
+        """Return what `events` (wd, mask, cookie, name), read at `now`, mean, in order."""
+        out: list[Action] = []
+        for ev in events:
+            self._one(ev, now, out)
+        return out
+
+    def expire(self, now: float) -> list[Action]:
+        """Moved-from events whose moved-to did not come by their deadline: deletions."""
+        out: list[Action] = []
+        for cookie, p in list(self._pending.items()):
+            if p.deadline <= now:
+                del self._pending[cookie]
+                self._left(p, out)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When the oldest moved-from expires (None: none waits)."""
+        return min((p.deadline for p in self._pending.values()), default=None)
+
+    def _one(self, ev: tuple[int, int, int, bytes], now: float, out: list[Action]) -> None:
+        wd, mask, cookie, name = ev
+        if mask & IN_Q_OVERFLOW:
+            out += [Overflow(None), Reconcile()]
+            return
+        if mask & IN_IGNORED:
+            # The watch ended (its directory deleted, unmounted, or removed by us). A root
+            # whose watch ends without a delete or move said so first is gone too.
+            root = self._roots.get(wd)
+            self.forget(wd)
+            if root is not None:
+                out.append(RootGone(root))
+            return
+        base = self.path(wd)
+        if base is None:
+            return  # a watch already forgotten: its events mean nothing any more
+        if not name:
+            self._self_event(wd, mask, out)
+            return
+        root = self.root_of(wd)
+        assert root is not None
+        is_dir = bool(mask & IN_ISDIR)
+        full = base + b"/" + name
+        if mask & IN_MOVED_FROM:
+            self._pending[cookie] = _Pending(wd, name, is_dir, root, full, now + PAIR_WAIT)
+            return
+        if mask & IN_MOVED_TO:
+            self._moved_to(ev, root, out)
+            return
+        for bit, kind in KINDS.items():
+            if mask & bit:
+                out.append(RawEvent(root, kind, _s(full), "", is_dir))
+        if is_dir and mask & IN_CREATE:
+            out.append(WatchBelow(full, wd, name))
+
+    def _self_event(self, wd: int, mask: int, out: list[Action]) -> None:
+        root = self._roots.get(wd)
+        if root is None:
+            # A directory's own events repeat what its parent's watch reports by name.
+            return
+        if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT):
+            out.append(RootGone(root))
+            if mask & IN_MOVE_SELF:
+                # The watches follow the tree to its new name: end them.
+                out.append(Unwatch(self.subtree(wd)))
+            for gone in self.subtree(wd):
+                self.forget(gone)
+        elif mask & IN_ATTRIB:
+            out.append(RawEvent(root, "attrib", root, "", True))
+
+    def _moved_to(self, ev: tuple[int, int, int, bytes], root: str, out: list[Action]) -> None:
+        wd, mask, cookie, name = ev
+        is_dir = bool(mask & IN_ISDIR)
+        full = (self.path(wd) or b"") + b"/" + name
+        p = self._pending.pop(cookie, None)
+        if p is None:
+            out.append(RawEvent(root, "created", _s(full), "", is_dir))
+            if is_dir:
+                out.append(WatchBelow(full, wd, name))
+            return
+        if p.root == root:
+            out.append(RawEvent(root, "moved", _s(p.src), _s(full), is_dir))
+        else:
+            out.append(RawEvent(p.root, "deleted", _s(p.src), "", is_dir))
+            out.append(RawEvent(root, "created", _s(full), "", is_dir))
+        if is_dir:
+            moved = self.child(p.wd, p.name)
+            if moved is None:
+                out.append(WatchBelow(full, wd, name))
+            else:
+                self._dirs[moved] = (wd, name)
+
+    def _left(self, p: _Pending, out: list[Action]) -> None:
+        out.append(RawEvent(p.root, "deleted", _s(p.src), "", p.is_dir))
+        if p.is_dir:
+            gone = self.child(p.wd, p.name)
+            if gone is not None:
+                wds = self.subtree(gone)
+                for w in wds:
+                    self.forget(w)
+                out.append(Unwatch(wds))
+
+
+def _s(path: bytes) -> str:
+    return os.fsdecode(path)
