@@ -13,7 +13,9 @@ whole subtree by changing one entry, and the table costs about 0.15 KiB per dire
 Meanings, in the order the kernel queued them:
 - create, modify, attribute change, close-after-write, delete of an entry: a `RawEvent` of
   that kind (`created`, `modified`, `attrib`, `closed`, `deleted`); a directory created asks
-  for its watches (`WatchBelow`).
+  for its watches (`WatchBelow`). Within one read a file's first change stands for the ones
+  after it until the file is deleted or moved (a new file's created, modified and closed are
+  one record: the daemon marks paths dirty, whatever the kind).
 - A rename is two events with one cookie: moved-from waits for its moved-to (at most
   `PAIR_WAIT`), which makes one `moved` event with both paths. Alone, moved-from is a
   deletion (the entry left the tree; a directory's watches are removed, `Unwatch`), and
@@ -140,6 +142,8 @@ class WatchTable:
         self._roots: dict[int, str] = {}
         # Moved-from events waiting for their moved-to, by cookie.
         self._pending: dict[int, _Pending] = {}
+        # Files with a change already said in this read (`feed`).
+        self._seen: set[bytes] = set()
 
     # -- the table ---------------------------------------------------------------------
 
@@ -223,6 +227,7 @@ class WatchTable:
     def feed(self, events: list[tuple[int, int, int, bytes]], now: float) -> list[Action]:
         """Return what `events` (wd, mask, cookie, name), read at `now`, mean, in order."""
         out: list[Action] = []
+        self._seen.clear()
         for ev in events:
             self._one(ev, now, out)
         return out
@@ -263,12 +268,20 @@ class WatchTable:
         assert root is not None
         is_dir = bool(mask & IN_ISDIR)
         full = base + b"/" + name
+        if mask & (IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE):
+            self._seen.discard(full)
         if mask & IN_MOVED_FROM:
             self._pending[cookie] = _Pending(wd, name, is_dir, root, full, now + PAIR_WAIT)
             return
         if mask & IN_MOVED_TO:
             self._moved_to(ev, root, out)
             return
+        if not is_dir and not mask & IN_DELETE:
+            # A file written shows created, modified (per write) and closed: the first says
+            # it all, until the path is deleted or moved (the daemon marks paths dirty).
+            if full in self._seen:
+                return
+            self._seen.add(full)
         for bit, kind in KINDS.items():
             if mask & bit:
                 out.append(RawEvent(root, kind, _s(full), "", is_dir))

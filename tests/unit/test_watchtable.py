@@ -99,6 +99,35 @@ def test_events_mean(events: list[tuple[int, int, int, bytes]], expected: list[A
     assert table().feed(events, 100.0) == expected
 
 
+def test_a_file_written_is_one_record_per_read_until_it_is_deleted_or_moved() -> None:
+    """created, modified, closed of one file in one read: one record (created, which the guard
+    needs); a delete or move in between starts over; the next read says the file again."""
+    t = table()
+    new_file = [
+        (CUR, IN_CREATE, 0, b"m"),
+        (CUR, IN_MODIFY, 0, b"m"),
+        (CUR, IN_CLOSE_WRITE, 0, b"m"),
+    ]
+    assert t.feed(new_file, 1.0) == [ev("created", f"{R}/cur/m")]
+    again = [(CUR, IN_MODIFY, 0, b"m"), (CUR, IN_ATTRIB, 0, b"m"), (CUR, IN_DELETE, 0, b"m")]
+    assert t.feed(again + new_file, 2.0) == [
+        ev("modified", f"{R}/cur/m"),
+        ev("deleted", f"{R}/cur/m"),
+        ev("created", f"{R}/cur/m"),
+    ]
+    renamed = [
+        (CUR, IN_MODIFY, 0, b"m"),
+        (CUR, IN_MOVED_FROM, 6, b"m"),
+        (CUR, IN_MOVED_TO, 6, b"n"),
+    ]
+    assert t.feed([*renamed, (CUR, IN_MODIFY, 0, b"n"), (CUR, IN_CREATE, 0, b"m")], 3.0) == [
+        ev("modified", f"{R}/cur/m"),
+        ev("moved", f"{R}/cur/m", f"{R}/cur/n"),
+        ev("modified", f"{R}/cur/n"),
+        ev("created", f"{R}/cur/m"),
+    ]
+
+
 def test_a_root_moved_away_is_gone_and_its_watches_end() -> None:
     """A root renamed away would be watched under its new name: RootGone, every watch ends."""
     t = table()
