@@ -551,6 +551,8 @@ class Daemon:
         # filesystem is gone (root -> why: an alarm in status until it is back). mirrord.mounts
         self._seen: dict[str, mounts.RootMount] = {}
         self._mount_alarm: dict[str, str] = {}
+        # Per root, the descriptor pinning it while its pass runs (`_execute`).
+        self._pins: dict[str, int] = {}
         self._looking = False
         self._mount_watch: MountWatcher | None = None
         # Reads the files again on SIGHUP (raises ReloadRefused); None: a reload is logged.
@@ -1131,12 +1133,33 @@ class Daemon:
         return str(dest)
 
     async def _execute(self, d: MirrorDir, plan: PassPlan, now: float, wall: float) -> PassOutcome:
+        """Run one pass with its root pinned (`guard.pin_root`) from before the guard looks at
+        it until rsync has ended: the tree the guard passed is the tree rsync reads. Unpinned,
+        an unmount between the check and rsync's start made rsync read the bare mount point,
+        and --delete-missing-args deleted the pass's paths on the peer."""
+        pin = await asyncio.to_thread(guard.pin_root, d.root)
+        if pin is not None:
+            self._pins[d.root] = pin
+        try:
+            return await self._execute_pinned(d, plan, now, wall, pin)
+        finally:
+            if pin is not None:
+                del self._pins[d.root]
+                os.close(pin)
+
+    async def _execute_pinned(
+        self, d: MirrorDir, plan: PassPlan, now: float, wall: float, pin: int | None
+    ) -> PassOutcome:
         """Run one pass: the guard's checks, then rsync (`wall` names its backups)."""
         facts = await asyncio.to_thread(guard.inspect_root, d.root)
         verdict = guard.judge_root(d.root, facts, self._expect_mount.get(d.root, False))
         if not verdict.ok:
             log.warning("guard.refused dir=%s reason=%s", d.root, verdict.reason)
             return PassOutcome(Result.ALARM, verdict.reason)
+        if pin is not None and not await asyncio.to_thread(guard.pinned_is, pin, d.root):
+            why = "guard: the source root changed while it was checked (a mount or a rename)"
+            log.warning("guard.refused dir=%s reason=%s", d.root, why)
+            return PassOutcome(Result.RETRY, why)
         if plan.kind is not PassKind.FULL and d.options.excludes:
             # Never list what the policy excludes: the guard counts, and rsync sends, the rest.
             kept = await asyncio.to_thread(sendable, d.root, plan.paths, d.options.excludes)
@@ -1162,8 +1185,9 @@ class Daemon:
             limit, renames = None, 0
             if d.options.delete and limit_known:
                 dry = await run_rsync(
-                    full_argv(d.root, self.peer, d.options, wall, dry_run=True, dest=dest),
-                    keep_deleted=REPORT_PATHS, renamed=renamed,
+                    full_argv(d.root, self.peer, d.options, wall, dry_run=True, dest=dest,
+                              pinned=pin is not None),
+                    keep_deleted=REPORT_PATHS, renamed=renamed, cwd_fd=pin,
                 )  # fmt: skip
                 if dry.outcome.result is not Result.OK:
                     return self._outcome(dry, "dry run: ")
@@ -1187,8 +1211,10 @@ class Daemon:
                 # A directory takes its subtree from the peer: only a dry run knows how much.
                 carried = await asyncio.to_thread(_keep_carrier, d.root)
                 dry_res = await run_rsync(
-                    incremental_argv(d.root, self.peer, d.options, wall, dest=dest, dry_run=True),
+                    incremental_argv(d.root, self.peer, d.options, wall, dest=dest, dry_run=True,
+                                     pinned=pin is not None),
                     files_from(plan.paths, carried), keep_deleted=REPORT_PATHS, renamed=renamed,
+                    cwd_fd=pin,
                 )  # fmt: skip
                 if dry_res.outcome.result is not Result.OK:
                     self._full_if_refused(d.root, dry_res)
@@ -1250,10 +1276,12 @@ class Daemon:
                 if first.result is not Result.OK:
                     return replace(first, detail=f"dirty paths of a full pass: {first.detail}")
             opts = replace(opts, excludes=opts.excludes + tuple(map(literal_pattern, sorted(skip))))
+            pin = self._pins.get(d.root)
             res = await run_rsync(
-                full_argv(d.root, self.peer, opts, wall, audit=plan.audit, dest=dest),
-                renamed=renamed,
-            )
+                full_argv(d.root, self.peer, opts, wall, audit=plan.audit, dest=dest,
+                          pinned=pin is not None),
+                renamed=renamed, cwd_fd=pin,
+            )  # fmt: skip
             if opts.backup and res.rc and any(w in res.stderr for w in BACKUP_TOO_LONG):
                 found = await asyncio.to_thread(find_unbackable, d.root, wall)
                 new = [p for p in found if p not in skip]
@@ -1290,11 +1318,12 @@ class Daemon:
         self._skip(d.root, too_long)
         below = _below(skip)
         left = sorted(p for p in paths if p in skip or p.startswith(below))
-        argv = incremental_argv(d.root, self.peer, opts, wall, dest=dest)
+        pin = self._pins.get(d.root)
+        argv = incremental_argv(d.root, self.peer, opts, wall, dest=dest, pinned=pin is not None)
         carried = await asyncio.to_thread(_keep_carrier, d.root)
         res = await run_rsync(
             argv, files_from(set(paths) - set(left), carried),
-            renamed=self._departures[d.root].renamed_away(),
+            renamed=self._departures[d.root].renamed_away(), cwd_fd=pin,
         )  # fmt: skip
         self._full_if_refused(d.root, res)
         out = self._outcome(res)

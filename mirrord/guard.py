@@ -107,6 +107,26 @@ def inspect_root(root: str) -> RootFacts:
     return RootFacts(exists=True, is_dir=True, is_mount=os.path.ismount(root), empty=empty)
 
 
+def pin_root(root: str) -> int | None:
+    """Open `root` (a directory) and return the descriptor that pins it for a pass: while it
+    is open an unmount of its filesystem fails (busy), and rsync, started in it, reads this
+    directory even if the path comes to lead elsewhere (a lazy unmount, a rename). None when
+    it cannot be opened (the guard then refuses the missing root, or the pass runs unpinned)."""
+    try:
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def pinned_is(fd: int, root: str) -> bool:
+    """Whether `root` still leads to the directory pinned by `fd` (same device and inode)."""
+    try:
+        pinned, now = os.fstat(fd), os.stat(root)
+    except OSError:
+        return False
+    return (pinned.st_dev, pinned.st_ino) == (now.st_dev, now.st_ino)
+
+
 def root_mount(root: str) -> RootMount:
     """Look at what `root` is on (mirrord.mounts judges it)."""
     try:

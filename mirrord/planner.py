@@ -28,8 +28,11 @@ Rules, in the order they matter:
   that ended the quiet spell is usually still at it), in one more pass; the rate spacing
   batches changes that come closer together than that. Waiting for the rate spacing there
   batches nothing: a directory quiet for min_interval has fewer than one change per
-  min_interval to gather, and its passes cost one per change either way. The duty gap,
-  `settle` and the back-off still apply;
+  min_interval to gather, and its passes cost one per change either way. `settle` and the
+  back-off still apply, and the duty gap too, but the companions' pass counts the quiet
+  spell's idle time (beyond the gap the first pass owed) against its own gap: the duty holds
+  over the spell and both passes, and ten files written at once after a quiet spell reach the
+  peer in two passes back to back, not two passes and a gap;
 - a scheduled audit (the policy's cron `schedule`, fired by the daemon at calendar times) is
   due at once and makes the next full pass an audit.
 
@@ -190,6 +193,9 @@ class _Dir:
     prompt: Prompt | None = None
     # Whether the running pass is a QUIET one (changes meanwhile are its companions).
     quiet_running: bool = False
+    # Idle time before the last QUIET pass beyond the duty gap it owed: its companions' pass
+    # spends it instead of waiting out a duty gap of its own.
+    quiet_credit: float = 0.0
 
 
 def _average(average: float | None, duration: float) -> float:
@@ -304,6 +310,9 @@ class Planner:
             raise RuntimeError(f"planner: a pass of {plan.directory} is already running")
         d.running, d.started_at = plan, now
         d.in_flight = {p: d.dirty.pop(p) for p in plan.paths if p in d.dirty}
+        if d.prompt is Prompt.QUIET:
+            idle = math.inf if d.last_finish is None else now - d.last_finish
+            d.quiet_credit = max(0.0, idle - self._duty_gap(d))
         d.quiet_running, d.prompt = d.prompt is Prompt.QUIET, None
         if plan.kind is PassKind.FULL:
             if d.full_reason is not None and d.full_since is not None:
@@ -471,7 +480,10 @@ class Planner:
                 spaced = d.last_start + self._spacing(d)
             if d.last_finish is not None:
                 full = d.full_reason is not None or d.forced_full
-                spaced = max(spaced, d.last_finish + self._duty_gap(d, full))
+                gap = self._duty_gap(d, full)
+                if d.prompt is Prompt.COMPANION and not full:
+                    gap = max(0.0, gap - d.quiet_credit)
+                spaced = max(spaced, d.last_finish + gap)
             candidates.append(max(spaced, min(pending) + d.cadence.settle))
         verify = self._verify_at(d)
         if verify is not None:

@@ -265,6 +265,7 @@ def incremental_argv(
     dest: str | None = None,
     *,
     dry_run: bool = False,
+    pinned: bool = False,
 ) -> list[str]:
     """Return the rsync argv of a pass over the paths fed on stdin (NUL-separated, as
     `files_from` lists them)."""
@@ -278,7 +279,7 @@ def incremental_argv(
         argv.append("--ignore-missing-args")
     if dry_run:
         argv.append("--dry-run")
-    return argv + _ends(root, peer, dest)
+    return argv + _ends(root, peer, dest, pinned)
 
 
 def sendable(root: str, paths: Iterable[str], patterns: tuple[str, ...]) -> list[str]:
@@ -303,6 +304,7 @@ def full_argv(
     audit: bool = False,
     dry_run: bool = False,
     dest: str | None = None,
+    pinned: bool = False,
 ) -> list[str]:
     """Return the rsync argv of a whole-tree pass (an audit may add --checksum)."""
     argv = ["rsync", *_common(opts, now)]
@@ -312,17 +314,21 @@ def full_argv(
         argv.append("--checksum")
     if dry_run:
         argv.append("--dry-run")
-    return argv + _ends(root, peer, dest)
+    return argv + _ends(root, peer, dest, pinned)
 
 
-def _ends(root: str, peer: Peer | None, dest: str | None) -> list[str]:
-    """Return `-e ssh ... SRC DEST` (or a local DEST, used by tests and the bench)."""
-    src = root.rstrip("/") + "/"
+def _ends(root: str, peer: Peer | None, dest: str | None, pinned: bool = False) -> list[str]:
+    """Return `-e ssh ... SRC DEST` (or a local DEST, used by tests and the bench). `pinned`:
+    rsync runs in the root (`run_rsync(cwd_fd=...)`), and reads it as `./`."""
+    src = "./" if pinned else root.rstrip("/") + "/"
     if peer is None:
         if dest is None:
             raise ValueError("transfer: need a peer or a local destination")
         return [src, dest.rstrip("/") + "/"]
-    return [f"--timeout={peer.io_timeout}", "-e", shlex.join(peer.ssh_argv()), src,
+    # ssh starts in /: the ControlMaster it may fork outlives the pass, and started in the
+    # pinned root it would keep the root's filesystem busy (no unmount) until it exits.
+    ssh = ["env", "--chdir=/", *peer.ssh_argv()]
+    return [f"--timeout={peer.io_timeout}", "-e", shlex.join(ssh), src,
             peer.target(root)]  # fmt: skip
 
 
@@ -443,8 +449,10 @@ async def run_rsync(
     *,
     keep_deleted: int = 0,
     renamed: frozenset[str] = frozenset(),
+    cwd_fd: int | None = None,
 ) -> TransferResult:
-    """Run rsync, feed `paths` NUL-separated on stdin, and classify the result.
+    """Run rsync, feed `paths` NUL-separated on stdin, and classify the result. `cwd_fd`: a
+    directory rsync starts in (the pinned root, `guard.pin_root`; argv built `pinned`).
 
     Cancelling the task terminates rsync and returns once it is reaped (the daemon does that on
     shutdown and when a pass must stop, mirrord.stopping).
@@ -454,6 +462,9 @@ async def run_rsync(
     proc = await asyncio.create_subprocess_exec(
         *command,
         preexec_fn=preexec,
+        # The child inherits the descriptor and enters its directory (/proc/self: the child's).
+        cwd=None if cwd_fd is None else f"/proc/self/fd/{cwd_fd}",
+        pass_fds=() if cwd_fd is None else (cwd_fd,),
         stdin=asyncio.subprocess.PIPE if paths is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

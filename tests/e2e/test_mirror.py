@@ -183,7 +183,17 @@ def test_guard_refuses_unmounted_and_empty_mount(lab: Lab) -> None:
         write(inside, f"f{i}", str(i))
     assert pair.converge("data", src=inside)
 
-    nsenter_mount(pid, "umount", "/srv/data")
+    # A pass pins its root: while one runs, umount says busy, as for any reader of the tree;
+    # the administrator tries again.
+    for _ in range(200):
+        umount = subprocess.run(
+            ["nsenter", f"--mount=/proc/{pid}/ns/mnt", "umount", "/srv/data"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if umount.returncode == 0 or "busy" not in umount.stderr:
+            break
+        time.sleep(0.05)
+    assert umount.returncode == 0, umount.stderr
     reply = pair.sync("data", full=True)
     (result,) = reply["results"].values()
     assert result["result"] == "alarm"

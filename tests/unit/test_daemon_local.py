@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from mirrord import daemon as daemon_module
+from mirrord import guard
 from mirrord.backups import BACKUP_DIR
 from mirrord.daemon import SOCKET_NAME, STATUS_NAME, Daemon, MirrorDir
 from mirrord.journal import Journal
@@ -620,3 +621,89 @@ def test_directories_too_deep_to_watch_are_named_and_the_rest_converges(
         assert status["last_result"] == "ok"
 
     asyncio.run(with_daemon(daemon, body))
+
+
+class Unmount:
+    """Emulates an unmount of a root's filesystem at one moment: the root's path then leads to
+    a new empty directory (the bare mount point; the old tree stays, under another name), and
+    the guard, as it does for a root that should be a mount point and is not, refuses it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.armed = False
+        self.done = False
+        self._inspect = guard.inspect_root
+
+    def now(self) -> None:
+        """Unmount, if armed."""
+        if self.armed and not self.done:
+            os.rename(self.root, self.root.with_name(self.root.name + ".old"))
+            self.root.mkdir()
+            self.done = True
+
+    def inspect_root(self, root: str) -> guard.RootFacts:
+        """The guard's look: refused (as missing) once unmounted."""
+        if self.done and root == str(self.root):
+            return guard.RootFacts(exists=False, is_dir=False, is_mount=False, empty=True)
+        return self._inspect(root)
+
+
+async def change_and_sync(env: Env, unmount: Unmount) -> None:
+    """Arm the unmount, change a and b, and wait until the pass that met the unmount ended."""
+    await converge(env)
+    await until_clean(env)
+    unmount.armed = True
+    for name in ("a", "b"):
+        (env.src / name).write_text("2")
+    for _ in range(500):
+        if unmount.done:
+            break
+        await asyncio.sleep(0.02)
+    assert unmount.done, "no pass looked at the root"
+    # A pass started now is refused: the one that met the unmount has ended.
+    await request(env.run, {"cmd": "sync", "wait": True})
+
+
+def test_a_root_unmounted_after_the_guards_look_is_not_mirrored_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unmount right after the guard looked at the root: the pass is retried, and nothing
+    is deleted on the peer (before the fix rsync read the bare mount point and
+    --delete-missing-args deleted the pass's paths there)."""
+    env = Env(tmp_path)
+    for name in ("a", "b"):
+        (env.src / name).write_text("1")
+    unmount = Unmount(env.src)
+
+    def inspect_then_unmount(root: str) -> guard.RootFacts:
+        facts = unmount.inspect_root(root)
+        unmount.now()
+        return facts
+
+    monkeypatch.setattr(guard, "inspect_root", inspect_then_unmount)
+    asyncio.run(with_daemon(env.daemon(), lambda: change_and_sync(env, unmount)))
+    assert [(env.mirror / n).read_text() for n in ("a", "b")] == ["1", "1"]
+    met = [r for r in Journal(env.state).history(str(env.src)) if r.result == "retry"]
+    assert "changed while it was checked" in (met[0].detail or "")
+
+
+def test_rsync_reads_the_pinned_root_when_the_path_moves_under_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unmount after every check (a lazy one, as rsync starts): rsync, started in the
+    pinned directory, reads the tree the guard passed, and the peer gets its contents."""
+    env = Env(tmp_path)
+    for name in ("a", "b"):
+        (env.src / name).write_text("1")
+    unmount = Unmount(env.src)
+    real = guard.pinned_is
+
+    def check_then_unmount(fd: int, root: str) -> bool:
+        same = real(fd, root)
+        unmount.now()
+        return same
+
+    monkeypatch.setattr(guard, "inspect_root", unmount.inspect_root)
+    monkeypatch.setattr(guard, "pinned_is", check_then_unmount)
+    asyncio.run(with_daemon(env.daemon(), lambda: change_and_sync(env, unmount)))
+    assert [(env.mirror / n).read_text() for n in ("a", "b")] == ["2", "2"]

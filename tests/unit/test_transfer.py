@@ -92,10 +92,11 @@ def test_backup_dir_is_relative_dated_and_excluded() -> None:
 
 
 def test_ssh_uses_one_control_master_per_peer() -> None:
-    """The -e command carries the key, batch mode and the ControlMaster settings."""
+    """The -e command carries the key, batch mode and the ControlMaster settings, and starts
+    ssh in / (a master it forks must not keep a pinned root busy after the pass)."""
     argv = incremental_argv("/srv/mail", PEER, TransferOptions(), NOW)
     ssh = shlex.split(argv[argv.index("-e") + 1])
-    assert ssh[0] == "ssh"
+    assert ssh[:3] == ["env", "--chdir=/", "ssh"]
     assert "ControlMaster=auto" in ssh and "ControlPath=/run/hapair/ssh-%C" in ssh
     assert "BatchMode=yes" in ssh
     assert ssh[ssh.index("-i") + 1] == "/etc/hapair/mirror_key"

@@ -208,3 +208,21 @@ def test_a_watch_below_a_forgotten_directory_is_not_recorded() -> None:
     t.forget(CUR)
     t.add_dir(20, CUR, b"late")
     assert 20 not in t
+
+
+def test_watches_numbered_anyhow_keep_their_entries() -> None:
+    """Entries stay right through holes, a watch numbered below the others, and a root watched
+    again under new numbers (its old slots are dropped, not kept as holes forever)."""
+    t = WatchTable()
+    t.add_root(100, R)
+    for wd in range(101, 3101):
+        t.add_dir(wd, 100, b"d%d" % wd)
+    t.add_dir(50, 3100, b"low")
+    assert t.path(50) == b"/srv/mail/d3100/low" and len(t) == 3002
+    for wd in t.subtree(100):
+        t.forget(wd)
+    assert len(t) == 0 and t.path(101) is None
+    t.add_root(9000, R)
+    t.add_dir(9001, 9000, b"cur")
+    assert t.path(9001) == b"/srv/mail/cur" and t.subtree(9000) == (9000, 9001)
+    assert len(t._dirs._parent) < 3000  # the old numbers' slots went
