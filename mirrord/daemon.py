@@ -1137,29 +1137,37 @@ class Daemon:
         it until rsync has ended: the tree the guard passed is the tree rsync reads. Unpinned,
         an unmount between the check and rsync's start made rsync read the bare mount point,
         and --delete-missing-args deleted the pass's paths on the peer."""
-        pin = await asyncio.to_thread(guard.pin_root, d.root)
-        if pin is not None:
-            self._pins[d.root] = pin
+        look_task = asyncio.ensure_future(asyncio.to_thread(guard.look_at_root, d.root))
         try:
-            return await self._execute_pinned(d, plan, now, wall, pin)
+            look = await asyncio.shield(look_task)
+        except asyncio.CancelledError:
+            # Stopped while the thread looked: it still ends, and its pin must not outlive it.
+            look = await look_task
+            if look.pin is not None:
+                os.close(look.pin)
+            raise
+        if look.pin is not None:
+            self._pins[d.root] = look.pin
+        try:
+            return await self._execute_pinned(d, plan, now, wall, look)
         finally:
-            if pin is not None:
+            if look.pin is not None:
                 del self._pins[d.root]
-                os.close(pin)
+                os.close(look.pin)
 
     async def _execute_pinned(
-        self, d: MirrorDir, plan: PassPlan, now: float, wall: float, pin: int | None
+        self, d: MirrorDir, plan: PassPlan, now: float, wall: float, look: guard.Look
     ) -> PassOutcome:
         """Run one pass: the guard's checks, then rsync (`wall` names its backups)."""
-        facts = await asyncio.to_thread(guard.inspect_root, d.root)
-        verdict = guard.judge_root(d.root, facts, self._expect_mount.get(d.root, False))
+        verdict = guard.judge_root(d.root, look.facts, self._expect_mount.get(d.root, False))
         if not verdict.ok:
             log.warning("guard.refused dir=%s reason=%s", d.root, verdict.reason)
             return PassOutcome(Result.ALARM, verdict.reason)
-        if pin is not None and not await asyncio.to_thread(guard.pinned_is, pin, d.root):
+        if not look.same:
             why = "guard: the source root changed while it was checked (a mount or a rename)"
             log.warning("guard.refused dir=%s reason=%s", d.root, why)
             return PassOutcome(Result.RETRY, why)
+        pin = look.pin
         if plan.kind is not PassKind.FULL and d.options.excludes:
             # Never list what the policy excludes: the guard counts, and rsync sends, the rest.
             kept = await asyncio.to_thread(sendable, d.root, plan.paths, d.options.excludes)

@@ -127,6 +127,24 @@ def pinned_is(fd: int, root: str) -> bool:
     return (pinned.st_dev, pinned.st_ino) == (now.st_dev, now.st_ino)
 
 
+@dataclass(frozen=True)
+class Look:
+    """The guard's look at a root before a pass: the pin, the facts, and whether the root's
+    path still led to the pinned directory once the facts were in."""
+
+    pin: int | None
+    facts: RootFacts
+    same: bool
+
+
+def look_at_root(root: str) -> Look:
+    """Pin `root`, gather its facts, then check that the path still leads to the pinned
+    directory (one trip to a worker thread for the three)."""
+    pin = pin_root(root)
+    facts = inspect_root(root)
+    return Look(pin, facts, pin is not None and pinned_is(pin, root))
+
+
 def root_mount(root: str) -> RootMount:
     """Look at what `root` is on (mirrord.mounts judges it)."""
     try:
