@@ -57,6 +57,7 @@ from mirrord.transfer import (
     literal_pattern,
     run_rsync,
     sendable,
+    use_pidfd_watcher,
 )
 from mirrord.watchtable import Overflow, RawEvent, RootGone
 from takeover.fsutil import write_atomic
@@ -609,6 +610,7 @@ class Daemon:
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT (or `stop()`), then shut down cleanly."""
         loop = asyncio.get_running_loop()
+        use_pidfd_watcher(loop)
         self._lock()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         now = self.clock()

@@ -52,6 +52,7 @@ import shlex
 import shutil
 import signal
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -417,6 +418,29 @@ def with_parent_death(argv: Sequence[str]) -> tuple[list[str], Callable[[], None
     if SETPRIV:
         return [SETPRIV, "--pdeathsig", "TERM", "--", *argv], None
     return list(argv), _die_with_parent
+
+
+def use_pidfd_watcher(loop: asyncio.AbstractEventLoop | None = None) -> bool:
+    """On Python 3.11, have asyncio learn of rsync's exit through a pidfd on the loop (Linux
+    5.3+) instead of its default, a thread started per child: a pass's spawn took 1.3-1.8 ms
+    that way, 0.3 ms this way (30 spawns each in a process the daemon's size). Python 3.12
+    does this by itself (and deprecates choosing). `loop`: the running loop, to attach it to
+    (asyncio.run attaches it to the loops it makes). Return whether it was set."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False  # a kernel without pidfds: keep asyncio's default
+    if isinstance(asyncio.get_child_watcher(), asyncio.PidfdChildWatcher):
+        # Set already (another daemon of this process, or an earlier run): attaching it again
+        # would drop the children it waits for.
+        return True
+    watcher = asyncio.PidfdChildWatcher()
+    asyncio.set_child_watcher(watcher)
+    if loop is not None:
+        watcher.attach_loop(loop)
+    return True
 
 
 # Seconds a terminated rsync gets to exit before it is killed.
