@@ -71,6 +71,8 @@ READ_SIZE: Final = 64 * 1024
 # a quiet spell the first event is read and handed over at once.
 STREAM_WITHIN: Final = 0.05
 GATHER: Final = 0.02
+# After a read that failed, the reader waits this long before it reads again.
+READ_RETRY: Final = 1.0
 _HEADER = struct.Struct("iIII")
 BACKUP_NAME: Final = os.fsencode(BACKUP_DIR)
 MAX_USER_WATCHES: Final = Path("/proc/sys/fs/inotify/max_user_watches")
@@ -453,10 +455,19 @@ class Watcher:
             fds = {fd for fd, _ in poller.poll(timeout)}
             if self._stop_r in fds:
                 return
-            events = self._inotify.read() if self._inotify.fd in fds else []
-            with self._lock:
-                now = time.monotonic()
-                self._execute(self._table.feed(events, now) + self._table.expire(now))
+            try:
+                events = self._inotify.read() if self._inotify.fd in fds else []
+                with self._lock:
+                    now = time.monotonic()
+                    self._execute(self._table.feed(events, now) + self._table.expire(now))
+            except Exception:
+                # Never a silent end: a reader that died would leave the roots unwatched while
+                # the daemon counts on their events. What this read held is lost: full passes.
+                log.exception("watch.read_failed note=every root gets a full pass")
+                self.sink.put(Overflow(None))
+                if stop.poll(READ_RETRY * 1000):
+                    return
+                continue
             if events:
                 if now < streaming_until and stop.poll(GATHER * 1000):
                     return

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from mirrord import changes
 from mirrord.changes import (
     PATH_MAX,
     Survey,
@@ -22,7 +23,7 @@ from mirrord.changes import (
     survey,
     too_deep_to_watch,
 )
-from mirrord.watchtable import RawEvent, RootGone
+from mirrord.watchtable import Overflow, RawEvent, RootGone, WatchTable
 from tests.unit.test_transfer import make_at
 
 R = "/srv/mail"
@@ -231,3 +232,32 @@ def test_watching_costs_little_memory_per_directory(tmp_path: Path) -> None:
         w.stop()
     assert w.watches == 1 + 40 + 40 * 50
     assert held / w.watches < 100, held / w.watches
+
+
+def test_a_read_that_fails_is_an_overflow_and_the_reader_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure while reading events (a bug, an error) puts an Overflow (full passes) and the
+    reader keeps reading: never a dead thread behind roots the daemon thinks watched."""
+    root = tmp_path / "root"
+    root.mkdir()
+    feed = WatchTable.feed
+    failures = [RuntimeError("bug")]
+
+    def failing_once(self: WatchTable, events: Any, now: float) -> Any:
+        if failures:
+            raise failures.pop()
+        return feed(self, events, now)
+
+    monkeypatch.setattr(WatchTable, "feed", failing_once)
+    monkeypatch.setattr(changes, "READ_RETRY", 0.05)
+    sink: queue.Queue[Any] = queue.Queue()
+    w = Watcher([str(root)], sink)
+    assert w.start() == []
+    try:
+        (root / "lost").write_text("x")
+        assert sink.get(timeout=5) == Overflow(None)
+        (root / "after").write_text("y")
+        drain_until(sink, {"after"}, str(root))
+    finally:
+        w.stop()
