@@ -12,7 +12,6 @@ Exceptions:
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import math
 import re
@@ -402,6 +401,9 @@ class Table:
         for name in self.data:
             if name in self._known:
                 continue
+            # Loaded for a mistake only: a daemon whose file is right never holds it.
+            import difflib  # noqa: PLC0415
+
             close = difflib.get_close_matches(name, sorted(self._known), n=1)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
             self.problem(name, "unknown key" + hint)
