@@ -284,6 +284,8 @@ class Lab(Managed):
         self._made_dirs: list[Path] = []
         self._fault_seq = 0
         self._up = False
+        # Set by teardown (unless kept): the work dir is gone and is not made again.
+        self._torn_down = False
         self.up_seconds = 0.0
         self.down_seconds = 0.0
 
@@ -448,6 +450,7 @@ class Lab(Managed):
         with _LIVE_LOCK:
             _LIVE.pop(id(self), None)
         self._up = False
+        self._torn_down = not self.keep
         self.down_seconds = time.monotonic() - t0
         left = self.namespaces()
         log.info(
@@ -597,10 +600,13 @@ class Lab(Managed):
             self._made_dirs.append(d)
 
     def node_dir(self, node: str, *parts: str) -> Path:
-        """A directory for node under the work dir (created), e.g. its run_dir or state_dir."""
+        """A directory for node under the work dir (created), e.g. its run_dir or state_dir.
+        After teardown only the path: a caller looking for a log or a status file then must
+        not leave an empty work dir behind in /tmp."""
         self.ns(node)
         d = self.workdir.joinpath(node, *parts)
-        d.mkdir(parents=True, exist_ok=True)
+        if not self._torn_down:
+            d.mkdir(parents=True, exist_ok=True)
         return d
 
     def ping(self, src: str, dst: str, *, count: int = 1, timeout: float = 1.0) -> bool:

@@ -415,6 +415,10 @@ def test_teardown_removes_namespaces_processes_and_made_dirs(tmp_path: Path) -> 
     assert wait_until(lambda: not _alive(stray), timeout=5)
     assert not mount_point.exists()
     assert not workdir.exists()
+    # A caller looking for a node's log or status file after teardown gets its path, and the
+    # work dir is not made again (before: empty /tmp/hapair-lab-*/a dirs were left behind).
+    assert lab.node_dir("a", "run") == workdir / "a" / "run"
+    assert not workdir.exists()
     lab.teardown()  # idempotent
 
 
