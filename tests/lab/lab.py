@@ -284,8 +284,10 @@ class Lab(Managed):
         self._made_dirs: list[Path] = []
         self._fault_seq = 0
         self._up = False
-        # Set by teardown (unless kept): the work dir is gone and is not made again.
+        # Set by teardown (unless kept): the work dir is gone and is not made again; the lock
+        # keeps a thread's node_dir from racing the removal.
         self._torn_down = False
+        self._dirs_lock = threading.Lock()
         self.up_seconds = 0.0
         self.down_seconds = 0.0
 
@@ -443,14 +445,16 @@ class Lab(Managed):
                 log.error("lab.teardown.netns_del_failed ns=%s stderr=%s", ns, p.stderr.strip())
         self._remove_made_dirs()
         if not self.keep:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            # A checker thread still polling a node's status must not make the dir again.
+            with self._dirs_lock:
+                self._torn_down = True
+                shutil.rmtree(self.workdir, ignore_errors=True)
         elif self.workdir.is_dir():
             meta = {"prefix": self.prefix, "owner_pid": os.getpid(), "kept": True}
             (self.workdir / "lab.json").write_text(json.dumps(meta) + "\n")
         with _LIVE_LOCK:
             _LIVE.pop(id(self), None)
         self._up = False
-        self._torn_down = not self.keep
         self.down_seconds = time.monotonic() - t0
         left = self.namespaces()
         log.info(
@@ -605,8 +609,9 @@ class Lab(Managed):
         not leave an empty work dir behind in /tmp."""
         self.ns(node)
         d = self.workdir.joinpath(node, *parts)
-        if not self._torn_down:
-            d.mkdir(parents=True, exist_ok=True)
+        with self._dirs_lock:
+            if not self._torn_down:
+                d.mkdir(parents=True, exist_ok=True)
         return d
 
     def ping(self, src: str, dst: str, *, count: int = 1, timeout: float = 1.0) -> bool:
