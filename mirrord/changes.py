@@ -288,7 +288,7 @@ class Watcher:
         self.roots = list(roots)
         self.sink = sink
         self._inotify: Inotify | None = None
-        self._table = WatchTable()
+        self._table = WatchTable(unwatched=BACKUP_NAME)
         # Held while the table changes: by the reader, and by watch()/unwatch() callers.
         self._lock = threading.Lock()
         self._stop_r, self._stop_w = os.pipe()
@@ -361,10 +361,7 @@ class Watcher:
         wd = self._table.root_wd(root)
         if wd is None:
             return False
-        wds = self._table.subtree(wd)
-        for w in wds:
-            self._table.forget(w)
-        self._remove(wds)
+        self._remove(self._table.drop(wd))
         return True
 
     def _remove(self, wds: Iterable[int]) -> None:
@@ -372,11 +369,29 @@ class Watcher:
         for w in wds:
             self._inotify.remove(w)
 
-    def _watch_below(self, top: bytes, top_wd: int) -> None:
-        """Watch every directory below `top` (watched by `top_wd`; a root's backup area
-        excepted), without following symlinks; a directory that vanished or cannot be watched
-        is passed by (OSError only when the kernel's watch limit is reached)."""
+    def _add(self, path: bytes, parent: int, name: bytes) -> int | None:
+        """Watch directory `path` (`name` in the directory `parent` watches) and record it;
+        return its watch, or None when it is not to be watched (a root's backup area, a path
+        too long for inotify) or cannot be (vanished, not a directory). OSError only when the
+        kernel's watch limit is reached."""
         assert self._inotify is not None
+        if not self._table.watches_name(parent, name) or len(path) >= PATH_MAX:
+            return None  # too deep: the daemon names it (blind_spots)
+        try:
+            wd = self._inotify.add(path)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise
+            return None
+        self._table.add_dir(wd, parent, name)
+        if wd not in self._table:
+            self._inotify.remove(wd)  # its parent left meanwhile
+            return None
+        return wd
+
+    def _watch_below(self, top: bytes, top_wd: int) -> None:
+        """Watch every directory below `top` (watched by `top_wd`) that is to be watched,
+        without following symlinks (OSError only when the kernel's watch limit is reached)."""
         stack = [(top, top_wd)]
         while stack:
             path, wd = stack.pop()
@@ -386,19 +401,10 @@ class Watcher:
             except OSError:
                 continue
             for name in names:
-                if wd == top_wd and name == BACKUP_NAME and self._table.is_root(wd):
-                    continue
                 child = path + b"/" + name
-                if len(child) >= PATH_MAX:
-                    continue
-                try:
-                    cwd = self._inotify.add(child)
-                except OSError as exc:
-                    if exc.errno == errno.ENOSPC:
-                        raise
-                    continue
-                self._table.add_dir(cwd, wd, name)
-                stack.append((child, cwd))
+                cwd = self._add(child, wd, name)
+                if cwd is not None:
+                    stack.append((child, cwd))
 
     def _execute(self, actions: list[Action]) -> None:
         for a in actions:
@@ -412,22 +418,13 @@ class Watcher:
                 self.sink.put(a)
 
     def _watch_new(self, a: WatchBelow) -> None:
-        assert self._inotify is not None
-        if a.name == BACKUP_NAME and self._table.is_root(a.parent):
-            return
-        if len(a.path) >= PATH_MAX:
-            return  # the daemon names it (blind_spots)
         try:
-            wd = self._inotify.add(a.path)
-            self._table.add_dir(wd, a.parent, a.name)
-            if wd not in self._table:
-                self._inotify.remove(wd)  # its parent left meanwhile
-                return
-            self._watch_below(a.path, wd)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                log.error("watch.limit path=%s error=%s", os.fsdecode(a.path), exc)
-                self.sink.put(Overflow(None))
+            wd = self._add(a.path, a.parent, a.name)
+            if wd is not None:
+                self._watch_below(a.path, wd)
+        except OSError as exc:  # the watch limit
+            log.error("watch.limit path=%s error=%s", os.fsdecode(a.path), exc)
+            self.sink.put(Overflow(None))
 
     def _reconcile(self) -> None:
         for root in self.roots:

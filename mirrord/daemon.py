@@ -1169,7 +1169,6 @@ class Daemon:
             why = "guard: the source root changed while it was checked (a mount or a rename)"
             log.warning("guard.refused dir=%s reason=%s", d.root, why)
             return PassOutcome(Result.RETRY, why)
-        pin = look.pin
         if plan.kind is not PassKind.FULL and d.options.excludes:
             # Never list what the policy excludes: the guard counts, and rsync sends, the rest.
             kept = await asyncio.to_thread(sendable, d.root, plan.paths, d.options.excludes)
@@ -1194,10 +1193,11 @@ class Daemon:
         if full:
             limit, renames = None, 0
             if d.options.delete and limit_known:
-                dry = await run_rsync(
+                dry = await self._rsync(
+                    d.root,
                     full_argv(d.root, self.peer, d.options, wall, dry_run=True, dest=dest,
-                              pinned=pin is not None),
-                    keep_deleted=REPORT_PATHS, renamed=renamed, cwd_fd=pin,
+                              pinned=True),
+                    keep_deleted=REPORT_PATHS, renamed=renamed,
                 )  # fmt: skip
                 if dry.outcome.result is not Result.OK:
                     return self._outcome(dry, "dry run: ")
@@ -1220,11 +1220,11 @@ class Daemon:
             if tally.unsure:
                 # A directory takes its subtree from the peer: only a dry run knows how much.
                 carried = await asyncio.to_thread(_keep_carrier, d.root)
-                dry_res = await run_rsync(
+                dry_res = await self._rsync(
+                    d.root,
                     incremental_argv(d.root, self.peer, d.options, wall, dest=dest, dry_run=True,
-                                     pinned=pin is not None),
+                                     pinned=True),
                     files_from(plan.paths, carried), keep_deleted=REPORT_PATHS, renamed=renamed,
-                    cwd_fd=pin,
                 )  # fmt: skip
                 if dry_res.outcome.result is not Result.OK:
                     self._full_if_refused(d.root, dry_res)
@@ -1286,12 +1286,11 @@ class Daemon:
                 if first.result is not Result.OK:
                     return replace(first, detail=f"dirty paths of a full pass: {first.detail}")
             opts = replace(opts, excludes=opts.excludes + tuple(map(literal_pattern, sorted(skip))))
-            pin = self._pins.get(d.root)
-            res = await run_rsync(
-                full_argv(d.root, self.peer, opts, wall, audit=plan.audit, dest=dest,
-                          pinned=pin is not None),
-                renamed=renamed, cwd_fd=pin,
-            )  # fmt: skip
+            res = await self._rsync(
+                d.root,
+                full_argv(d.root, self.peer, opts, wall, audit=plan.audit, dest=dest, pinned=True),
+                renamed=renamed,
+            )
             if opts.backup and res.rc and any(w in res.stderr for w in BACKUP_TOO_LONG):
                 found = await asyncio.to_thread(find_unbackable, d.root, wall)
                 new = [p for p in found if p not in skip]
@@ -1328,12 +1327,11 @@ class Daemon:
         self._skip(d.root, too_long)
         below = _below(skip)
         left = sorted(p for p in paths if p in skip or p.startswith(below))
-        pin = self._pins.get(d.root)
-        argv = incremental_argv(d.root, self.peer, opts, wall, dest=dest, pinned=pin is not None)
+        argv = incremental_argv(d.root, self.peer, opts, wall, dest=dest, pinned=True)
         carried = await asyncio.to_thread(_keep_carrier, d.root)
-        res = await run_rsync(
-            argv, files_from(set(paths) - set(left), carried),
-            renamed=self._departures[d.root].renamed_away(), cwd_fd=pin,
+        res = await self._rsync(
+            d.root, argv, files_from(set(paths) - set(left), carried),
+            renamed=self._departures[d.root].renamed_away(),
         )  # fmt: skip
         self._full_if_refused(d.root, res)
         out = self._outcome(res)
@@ -1342,6 +1340,21 @@ class Daemon:
             out = replace(out, detail=f"{out.detail}; not mirrored ({'; '.join(why)}): "
                           f"{', '.join(left[:5])}")  # fmt: skip
         return out
+
+    async def _rsync(
+        self,
+        root: str,
+        argv: Sequence[str],
+        paths: Iterable[str] | None = None,
+        *,
+        keep_deleted: int = 0,
+        renamed: frozenset[str] = frozenset(),
+    ) -> TransferResult:
+        """Run rsync in the directory `root`'s pass pinned (`_execute`; a pass runs no rsync
+        before its pin is taken and checked): `argv` is built `pinned=True`."""
+        return await run_rsync(
+            argv, paths, keep_deleted=keep_deleted, renamed=renamed, cwd_fd=self._pins[root]
+        )
 
     def _full_if_refused(self, root: str, res: TransferResult) -> None:
         """An incremental pass the peer's rsync refused for a deleted path: the next pass is

@@ -111,7 +111,7 @@ def pin_root(root: str) -> int | None:
     """Open `root` (a directory) and return the descriptor that pins it for a pass: while it
     is open an unmount of its filesystem fails (busy), and rsync, started in it, reads this
     directory even if the path comes to lead elsewhere (a lazy unmount, a rename). None when
-    it cannot be opened (the guard then refuses the missing root, or the pass runs unpinned)."""
+    it cannot be opened: the guard refuses the root, or `Look.same` is False (retried)."""
     try:
         return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:

@@ -213,8 +213,10 @@ class _Entries:
 class WatchTable:
     """Watched directories, and the meaning of the events their watches report."""
 
-    def __init__(self) -> None:
-        """Start with nothing watched."""
+    def __init__(self, unwatched: bytes = b"") -> None:
+        """Start with nothing watched; `unwatched`: a name never watched in a root's first level
+        (mirrord's backup area)."""
+        self._unwatched = unwatched
         # wd -> (parent wd, name); a root's parent is -1 and its name its absolute path.
         self._dirs = _Entries()
         self._roots: dict[int, str] = {}
@@ -241,6 +243,18 @@ class WatchTable:
         self._dirs.pop(wd)
         self._roots.pop(wd, None)
 
+    def drop(self, top: int) -> tuple[int, ...]:
+        """Forget `top` and every watch below it; return them (the caller removes them)."""
+        wds = self.subtree(top)
+        for wd in wds:
+            self.forget(wd)
+        return wds
+
+    def watches_name(self, parent: int, name: bytes) -> bool:
+        """Whether directory `name` in the directory `parent` watches is to be watched (not
+        a root's backup area)."""
+        return not (name == self._unwatched and parent in self._roots)
+
     def __len__(self) -> int:
         """The number of watches."""
         return len(self._dirs)
@@ -251,31 +265,28 @@ class WatchTable:
 
     def path(self, wd: int) -> bytes | None:
         """The absolute path of the directory watched by `wd` (None: not a watch)."""
+        located = self._locate(wd)
+        return None if located is None else located[0]
+
+    def root_of(self, wd: int) -> str | None:
+        """The root whose tree holds the watch `wd`."""
+        located = self._locate(wd)
+        return None if located is None else located[1]
+
+    def _locate(self, wd: int) -> tuple[bytes, str | None] | None:
+        """The path of the directory watched by `wd` and its root, in one walk up the parents
+        (every event needs both)."""
         parts: list[bytes] = []
-        while True:
+        for _ in range(len(self._dirs) + 1):
             entry = self._dirs.get(wd)
             if entry is None:
                 return None
             parent, name = entry
             parts.append(name)
             if parent == -1:
-                return b"/".join(reversed(parts))
+                return b"/".join(reversed(parts)), self._roots.get(wd)
             wd = parent
-
-    def root_of(self, wd: int) -> str | None:
-        """The root whose tree holds the watch `wd`."""
-        for _ in range(len(self._dirs) + 1):
-            entry = self._dirs.get(wd)
-            if entry is None:
-                return None
-            if entry[0] == -1:
-                return self._roots.get(wd)
-            wd = entry[0]
         return None  # a cycle cannot be built through add_dir; never loop on one
-
-    def is_root(self, wd: int) -> bool:
-        """Whether `wd` watches a root."""
-        return wd in self._roots
 
     def root_wd(self, root: str) -> int | None:
         """The watch of `root` (None: not watched)."""
@@ -336,13 +347,13 @@ class WatchTable:
             if root is not None:
                 out.append(RootGone(root))
             return
-        base = self.path(wd)
-        if base is None:
+        located = self._locate(wd)
+        if located is None:
             return  # a watch already forgotten: its events mean nothing any more
         if not name:
             self._self_event(wd, mask, out)
             return
-        root = self.root_of(wd)
+        base, root = located
         assert root is not None
         is_dir = bool(mask & IN_ISDIR)
         full = base + b"/" + name
@@ -352,7 +363,7 @@ class WatchTable:
             self._pending[cookie] = _Pending(wd, name, is_dir, root, full, now + PAIR_WAIT)
             return
         if mask & IN_MOVED_TO:
-            self._moved_to(ev, root, out)
+            self._moved_to(ev, root, full, out)
             return
         if not is_dir and not mask & IN_DELETE:
             # A file written shows created, modified (per write) and closed: the first says
@@ -363,7 +374,7 @@ class WatchTable:
         for bit, kind in KINDS.items():
             if mask & bit:
                 out.append(RawEvent(root, kind, _s(full), "", is_dir))
-        if is_dir and mask & IN_CREATE:
+        if is_dir and mask & IN_CREATE and self.watches_name(wd, name):
             out.append(WatchBelow(full, wd, name))
 
     def _self_event(self, wd: int, mask: int, out: list[Action]) -> None:
@@ -373,22 +384,22 @@ class WatchTable:
             return
         if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT):
             out.append(RootGone(root))
+            wds = self.drop(wd)
             if mask & IN_MOVE_SELF:
                 # The watches follow the tree to its new name: end them.
-                out.append(Unwatch(self.subtree(wd)))
-            for gone in self.subtree(wd):
-                self.forget(gone)
+                out.append(Unwatch(wds))
         elif mask & IN_ATTRIB:
             out.append(RawEvent(root, "attrib", root, "", True))
 
-    def _moved_to(self, ev: tuple[int, int, int, bytes], root: str, out: list[Action]) -> None:
+    def _moved_to(
+        self, ev: tuple[int, int, int, bytes], root: str, full: bytes, out: list[Action]
+    ) -> None:
         wd, mask, cookie, name = ev
         is_dir = bool(mask & IN_ISDIR)
-        full = (self.path(wd) or b"") + b"/" + name
         p = self._pending.pop(cookie, None)
         if p is None:
             out.append(RawEvent(root, "created", _s(full), "", is_dir))
-            if is_dir:
+            if is_dir and self.watches_name(wd, name):
                 out.append(WatchBelow(full, wd, name))
             return
         if p.root == root:
@@ -398,20 +409,17 @@ class WatchTable:
             out.append(RawEvent(root, "created", _s(full), "", is_dir))
         if is_dir:
             moved = self.child(p.wd, p.name)
-            if moved is None:
-                out.append(WatchBelow(full, wd, name))
-            else:
+            if moved is not None:
                 self._dirs[moved] = (wd, name)
+            elif self.watches_name(wd, name):
+                out.append(WatchBelow(full, wd, name))
 
     def _left(self, p: _Pending, out: list[Action]) -> None:
         out.append(RawEvent(p.root, "deleted", _s(p.src), "", p.is_dir))
         if p.is_dir:
             gone = self.child(p.wd, p.name)
             if gone is not None:
-                wds = self.subtree(gone)
-                for w in wds:
-                    self.forget(w)
-                out.append(Unwatch(wds))
+                out.append(Unwatch(self.drop(gone)))
 
 
 def _s(path: bytes) -> str:

@@ -226,3 +226,22 @@ def test_watches_numbered_anyhow_keep_their_entries() -> None:
     t.add_dir(9001, 9000, b"cur")
     assert t.path(9001) == b"/srv/mail/cur" and t.subtree(9000) == (9000, 9001)
     assert len(t._dirs._parent) < 3000  # the old numbers' slots went
+
+
+def test_a_roots_backup_area_is_never_watched_a_deeper_namesake_is() -> None:
+    """The name the table leaves unwatched is left so in a root's first level only, whether the
+    directory is created or moved in."""
+    t = WatchTable(unwatched=b".hapair-backup")
+    t.add_root(ROOT, R)
+    t.add_dir(CUR, ROOT, b"cur")
+    made = IN_CREATE | IN_ISDIR
+    assert t.feed([(ROOT, made, 0, b".hapair-backup")], 1.0) == [
+        ev("created", f"{R}/.hapair-backup", is_dir=True)
+    ]
+    assert t.feed([(ROOT, IN_MOVED_TO | IN_ISDIR, 8, b".hapair-backup")], 1.0) == [
+        ev("created", f"{R}/.hapair-backup", is_dir=True)
+    ]
+    assert t.feed([(CUR, made, 0, b".hapair-backup")], 1.0)[1] == WatchBelow(
+        b"/srv/mail/cur/.hapair-backup", CUR, b".hapair-backup"
+    )
+    assert not t.watches_name(ROOT, b".hapair-backup") and t.watches_name(CUR, b".hapair-backup")
