@@ -605,7 +605,23 @@ class Daemon:
                 # Persisted, so a clean stop before the full pass does not vouch next time.
                 journal.need_full(root, reason, wall)
             self._expect_mount[root] = os.path.ismount(root)
+        if self.follow:
+            self._resume_receiving(journal)
         return journal
+
+    def _resume_receiving(self, journal: Journal) -> None:
+        """Start receiving if the last run received and set everything aside (mirrord.roles,
+        "across a restart"); otherwise forget that it did."""
+        start = [
+            roles.RootAtStart(journal.received(r), orphans.has_source(r), len(journal.dirty(r)))
+            for r in self.dirs
+        ]
+        if not roles.resumes_receiving(start):
+            journal.clear_receiving()
+            return
+        self._direction = roles.direction(None, None, self.node, self.peer_name, True)
+        log.info("role.direction push=False receiving=True why=%s (as the last run did)",
+                 self._direction.why)  # fmt: skip
 
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT (or `stop()`), then shut down cleanly."""
@@ -1485,6 +1501,8 @@ class Daemon:
                 self._need_full(root, step.full_pass, now)
         if d != before:
             log.info("role.direction push=%s receiving=%s why=%s", d.push, d.receiving, d.why)
+        if before.receiving and not d.receiving:
+            self.journal.clear_receiving()
         if step.set_aside:
             self._quarantine_due = True
             self._catch_up = {}
@@ -1694,6 +1712,9 @@ class Daemon:
                 log.error("orphans.kept_marker dir=%s unmovable=%d", root, rec.failed[root])
                 continue
             orphans.clear_source(root)
+            if self._direction.receiving:
+                # A restart now resumes receiving (mirrord.roles, "across a restart").
+                self.journal.set_receiving([root], self.wall())
         if found:
             orphans.record(self.state_dir, found)
             log.warning("orphans.found count=%d list=mirrord-orphans", len(found))

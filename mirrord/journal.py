@@ -1,4 +1,5 @@
-"""Durable mirror state in sqlite: the dirty set, the pass history, and the vouch marker.
+"""Durable mirror state in sqlite: the dirty set, the pass history, the vouch marker, and the
+roots this node receives into.
 
 One database file in the state directory (`mirrord.journal`), in WAL mode, written only by the
 daemon's consumer. A change is committed before the pass that covers it can start, so a mirrord
@@ -62,6 +63,10 @@ CREATE TABLE IF NOT EXISTS passes (
     detail    TEXT
 );
 CREATE INDEX IF NOT EXISTS passes_dir ON passes (directory, id);
+CREATE TABLE IF NOT EXISTS receiving (
+    directory TEXT PRIMARY KEY,  -- this node took the peer's pushes into it, orphans set aside
+    since     REAL NOT NULL
+);
 """
 
 
@@ -173,6 +178,29 @@ class Journal:
                 "UPDATE dirs SET state = 'clean', updated = ? WHERE directory = ?",
                 [(now, d) for d in directories],
             )
+
+    # -- receiving (mirrord.roles: "across a restart") -------------------------------------
+
+    def set_receiving(self, directories: Iterable[str], now: float) -> None:
+        """Record that this node receives into `directories`, their orphans set aside."""
+        with self._db:
+            self._db.executemany(
+                "INSERT INTO receiving (directory, since) VALUES (?, ?) "
+                "ON CONFLICT (directory) DO NOTHING",
+                [(d, now) for d in directories],
+            )
+
+    def clear_receiving(self) -> None:
+        """Record that this node receives into none of its directories."""
+        with self._db:
+            self._db.execute("DELETE FROM receiving")
+
+    def received(self, directory: str) -> bool:
+        """Return whether the last record says this node receives into `directory`."""
+        row = self._db.execute(
+            "SELECT 1 FROM receiving WHERE directory = ?", (directory,)
+        ).fetchone()
+        return row is not None
 
     # -- dirty set -----------------------------------------------------------------------
 

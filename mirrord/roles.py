@@ -25,9 +25,18 @@ refuses the pushes until takeover is back (the gap, below).
     or a role this mirrord does
     not know
 
-"As before" is the previous direction's `receiving` (a node starts not receiving, so changes
-are journaled: the cautious side, a change nobody vouches for is kept, at worst as an orphan).
-Receiving ends only when the node itself becomes the source (ACTIVE or RELEASING).
+"As before" is the previous direction's `receiving`. Receiving ends only when the node itself
+becomes the source (ACTIVE or RELEASING).
+
+Across a restart of mirrord, "as before" is what the journal says the last run did
+(`resumes_receiving`). A node whose last run received, with its orphans set aside, starts
+receiving again: while mirrord was down the peer's pushes went on landing here (rsync needs
+only sshd), and those landing before takeover is heard again are the peer's, confirmed to it.
+Journaled, they would be set aside as orphans once the peer is heard ACTIVE, and the peer,
+which counts them sent, would never send them again: the trees would diverge in silence. Any
+other start (a root the last run did not receive, a root still holding the source marker, or
+dirty paths in the journal) starts not receiving: changes are journaled, the cautious side (a
+change nobody vouches for is kept, at worst as an orphan).
 
 What mirrord does on each change of takeover's role or of the peer (`follow`, the one place the
 daemon asks; it executes the `Step`). Passes stop whenever the node stops pushing (and are
@@ -80,6 +89,7 @@ began is listed as an orphan, and the peer's full pass sends it again).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -99,6 +109,29 @@ GAP_SETTLED: Final = PUSH_ROLES | frozenset({"STANDBY", "ISOLATED", "FAULT"})
 GAP_SEND: Final = "send"
 GAP_SET_ASIDE: Final = "set aside"
 GAP_NOTHING: Final = "nothing"
+
+
+@dataclass(frozen=True)
+class RootAtStart:
+    """What the journal and the disk say of one root as mirrord starts."""
+
+    # The last run received into it, its set-aside done (the journal's `receiving` table).
+    received: bool
+    # It holds the source marker (this node was the source, or a gap was open).
+    marked: bool
+    # Paths the journal holds dirty.
+    dirty: int
+
+
+def resumes_receiving(roots: Iterable[RootAtStart]) -> bool:
+    """Return whether mirrord starts receiving (see "across a restart" above): only when
+    every root was received into by the last run and holds neither marker nor dirty path."""
+    seen = False
+    for r in roots:
+        if not r.received or r.marked or r.dirty:
+            return False
+        seen = True
+    return seen
 
 
 @dataclass(frozen=True)

@@ -194,6 +194,68 @@ def test_node_releasing_after_the_gap_journals_its_writes_for_the_flush(tmp_path
     asyncio.run(main())
 
 
+def restarted(daemon: Daemon, root: Path) -> Daemon:
+    """Return a new daemon on the same state dir and root, as a restart of mirrord (killed:
+    its journal closed as a crash leaves it), its journal open."""
+    assert daemon.journal is not None
+    daemon.journal.close()
+    again, _ = follower(daemon.state_dir.parent, root=root)
+    return again
+
+
+def test_restarted_standby_keeps_the_pushes_that_land_before_it_hears_takeover(
+    tmp_path: Path,
+) -> None:
+    """Campaign seed 11 (CI, stop 18): mirrord on the standby was killed and restarted; the
+    active's pushes went on (rsync needs only sshd), and those landing between the restart and
+    takeover's answer were journaled, then set aside as orphans: the active counted them sent
+    and the trees stayed apart. A standby whose last run received starts receiving."""
+
+    async def main() -> None:
+        daemon, root = await receiving_standby(tmp_path, epoch=3)
+        again = restarted(daemon, root)
+        # The peer's push lands before takeover is heard.
+        again._apply([created(root, "r0000434")])
+        again._apply([RoleSeen("STANDBY", "subscribed", 3), PeerSeen(ACTIVE_PEER)])
+        await run_records(again)
+        assert (root / "r0000434").exists() and orphans.load(again.state_dir) == []
+        assert again.journal is not None and again.journal.dirty(str(root)) == {}
+        assert again._direction.receiving and not again._direction.push
+
+    asyncio.run(main())
+
+
+def test_restart_after_the_node_was_the_source_journals_again(tmp_path: Path) -> None:
+    """A node that became the source since it last set orphans aside (the receiving record is
+    dropped as it stops receiving) starts journaling, its writes kept."""
+
+    async def main() -> None:
+        daemon, root = await receiving_standby(tmp_path, epoch=3)
+        daemon._apply([RoleSeen("ACTIVE", "takeover", 4), PeerSeen(STANDBY_PEER)])
+        assert daemon.journal is not None and not daemon.journal.received(str(root))
+        again = restarted(daemon, root)
+        assert not again._direction.receiving
+        again._apply([created(root, "live")])
+        assert again.journal is not None and "live" in again.journal.dirty(str(root))
+
+    asyncio.run(main())
+
+
+def test_restart_with_the_marker_or_dirty_paths_left_journals(tmp_path: Path) -> None:
+    """The receiving record alone does not resume receiving: a root still marked (a gap the
+    last run did not settle), or dirty paths, start journaling, and the record is dropped."""
+
+    async def main() -> None:
+        daemon, root = await receiving_standby(tmp_path, epoch=3)
+        daemon._apply([RoleSeen(None, "takeover not running"), PeerSeen(None)])
+        assert orphans.has_source(str(root))
+        again = restarted(daemon, root)
+        assert not again._direction.receiving
+        assert again.journal is not None and not again.journal.received(str(root))
+
+    asyncio.run(main())
+
+
 def test_peer_returned_only_after_it_was_lost() -> None:
     """A peer heard again after being lost has returned; first sight and steady state have not."""
     lost = Peer(alive=False, role="ACTIVE")
@@ -259,16 +321,18 @@ def test_stage_restore_uses_a_conflict_name(tmp_path: Path) -> None:
 # -- the daemon's role handling ------------------------------------------------------------------
 
 
-def follower(tmp: Path) -> tuple[Daemon, Path]:
-    """Return a following daemon with its journal open (no loop), and its root."""
-    root = tmp / "data"
-    root.mkdir()
+def follower(tmp: Path, root: Path | None = None) -> tuple[Daemon, Path]:
+    """Return a following daemon with its journal open (no loop), and its root (made, unless
+    given)."""
+    if root is None:
+        root = tmp / "data"
+        root.mkdir()
     d = MirrorDir(root=str(root), volatility="hot", cadence=Cadence(1.0, 0.5, 5.0),
                   options=TransferOptions())  # fmt: skip
     daemon = Daemon([d], peer=None, state_dir=tmp / "state", run_dir=tmp / "run",
                     local_dest=tmp / "dest", follow=True, node="a", peer_name="b",
                     clock=lambda: NOW)  # fmt: skip
-    daemon.run_dir.mkdir()
+    daemon.run_dir.mkdir(exist_ok=True)
     daemon.journal = daemon._open_journal(NOW)
     return daemon, root
 

@@ -6,7 +6,17 @@ from typing import Any
 
 import pytest
 
-from mirrord.roles import GAP_NOTHING, GAP_SEND, GAP_SET_ASIDE, Direction, Gap, Peer, follow
+from mirrord.roles import (
+    GAP_NOTHING,
+    GAP_SEND,
+    GAP_SET_ASIDE,
+    Direction,
+    Gap,
+    Peer,
+    RootAtStart,
+    follow,
+    resumes_receiving,
+)
 
 STANDBY = Peer(alive=True, role="STANDBY")
 ACTIVE = Peer(alive=True, role="ACTIVE")
@@ -128,3 +138,22 @@ def test_seed_7_sequence_ends_the_gap_by_sending_or_setting_aside() -> None:
     late = follow("STANDBY", LOST, ACTIVE, lost.direction, marked=True, node="a",
                   peer_name="b", gap=lost.gap, epoch=4)  # fmt: skip
     assert late.direction.receiving and late.end_gap == GAP_SET_ASIDE
+
+
+# (received by the last run, marked, dirty paths) per root -> starts receiving.
+RESUMES = [
+    ("every root received, clean", [(True, False, 0), (True, False, 0)], True),
+    ("one root not received (a reload added it, or the node was the source)",
+     [(True, False, 0), (False, False, 0)], False),
+    ("a root still marked (a gap not settled, a crash as the source)", [(True, True, 0)], False),
+    ("dirty paths left", [(True, False, 3)], False),
+    ("no root", [], False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", RESUMES, ids=[case[0] for case in RESUMES])
+def test_resumes_receiving_table(case: tuple[str, list[tuple[bool, bool, int]], bool]) -> None:
+    """A restarted mirrord receives at once only if the last run received into every root
+    and set everything aside (mirrord.roles, "across a restart")."""
+    _name, roots, expected = case
+    assert resumes_receiving(RootAtStart(*r) for r in roots) is expected
