@@ -351,9 +351,14 @@ class CampaignLab:
             b.stop()
 
     def unmount(self) -> None:
-        """Unmount the nodes' /srv tmpfs (after the lab is torn down)."""
+        """Unmount the nodes' /srv tmpfs (after the lab is torn down), then remove the mount
+        points and what teardown could not remove because of them: the node dirs and the
+        work dir, each only if empty (a kept lab keeps its files)."""
         for d in self.mounted:
             subprocess.run(["umount", "-l", str(d)], check=False)
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        for d in [*{m.parent for m in self.mounted}, self.lab.workdir]:
             with contextlib.suppress(OSError):
                 d.rmdir()
 
