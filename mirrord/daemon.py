@@ -1212,7 +1212,7 @@ class Daemon:
                 dry = await self._rsync(
                     d.root,
                     full_argv(d.root, self.peer, d.options, wall, dry_run=True, dest=dest,
-                              pinned=True),
+                              pin=self._pins[d.root]),
                     keep_deleted=REPORT_PATHS, renamed=renamed,
                 )  # fmt: skip
                 if dry.outcome.result is not Result.OK:
@@ -1239,7 +1239,7 @@ class Daemon:
                 dry_res = await self._rsync(
                     d.root,
                     incremental_argv(d.root, self.peer, d.options, wall, dest=dest, dry_run=True,
-                                     pinned=True),
+                                     pin=self._pins[d.root]),
                     files_from(plan.paths, carried), keep_deleted=REPORT_PATHS, renamed=renamed,
                 )  # fmt: skip
                 if dry_res.outcome.result is not Result.OK:
@@ -1302,11 +1302,9 @@ class Daemon:
                 if first.result is not Result.OK:
                     return replace(first, detail=f"dirty paths of a full pass: {first.detail}")
             opts = replace(opts, excludes=opts.excludes + tuple(map(literal_pattern, sorted(skip))))
-            res = await self._rsync(
-                d.root,
-                full_argv(d.root, self.peer, opts, wall, audit=plan.audit, dest=dest, pinned=True),
-                renamed=renamed,
-            )
+            argv = full_argv(d.root, self.peer, opts, wall, audit=plan.audit, dest=dest,
+                             pin=self._pins[d.root])  # fmt: skip
+            res = await self._rsync(d.root, argv, renamed=renamed)
             if opts.backup and res.rc and any(w in res.stderr for w in BACKUP_TOO_LONG):
                 found = await asyncio.to_thread(find_unbackable, d.root, wall)
                 new = [p for p in found if p not in skip]
@@ -1343,7 +1341,7 @@ class Daemon:
         self._skip(d.root, too_long)
         below = _below(skip)
         left = sorted(p for p in paths if p in skip or p.startswith(below))
-        argv = incremental_argv(d.root, self.peer, opts, wall, dest=dest, pinned=True)
+        argv = incremental_argv(d.root, self.peer, opts, wall, dest=dest, pin=self._pins[d.root])
         carried = await asyncio.to_thread(_keep_carrier, d.root)
         res = await self._rsync(
             d.root, argv, files_from(set(paths) - set(left), carried),
@@ -1366,10 +1364,10 @@ class Daemon:
         keep_deleted: int = 0,
         renamed: frozenset[str] = frozenset(),
     ) -> TransferResult:
-        """Run rsync in the directory `root`'s pass pinned (`_execute`; a pass runs no rsync
-        before its pin is taken and checked): `argv` is built `pinned=True`."""
+        """Run rsync on the directory `root`'s pass pinned (`_execute`; a pass runs no rsync
+        before its pin is taken and checked): `argv` is built with `pin=self._pins[root]`."""
         return await run_rsync(
-            argv, paths, keep_deleted=keep_deleted, renamed=renamed, cwd_fd=self._pins[root]
+            argv, paths, keep_deleted=keep_deleted, renamed=renamed, pin=self._pins[root]
         )
 
     def _full_if_refused(self, root: str, res: TransferResult) -> None:

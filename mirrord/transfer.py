@@ -266,7 +266,7 @@ def incremental_argv(
     dest: str | None = None,
     *,
     dry_run: bool = False,
-    pinned: bool = False,
+    pin: int | None = None,
 ) -> list[str]:
     """Return the rsync argv of a pass over the paths fed on stdin (NUL-separated, as
     `files_from` lists them)."""
@@ -280,7 +280,7 @@ def incremental_argv(
         argv.append("--ignore-missing-args")
     if dry_run:
         argv.append("--dry-run")
-    return argv + _ends(root, peer, dest, pinned)
+    return argv + _ends(root, peer, dest, pin)
 
 
 def sendable(root: str, paths: Iterable[str], patterns: tuple[str, ...]) -> list[str]:
@@ -305,7 +305,7 @@ def full_argv(
     audit: bool = False,
     dry_run: bool = False,
     dest: str | None = None,
-    pinned: bool = False,
+    pin: int | None = None,
 ) -> list[str]:
     """Return the rsync argv of a whole-tree pass (an audit may add --checksum)."""
     argv = ["rsync", *_common(opts, now)]
@@ -315,20 +315,22 @@ def full_argv(
         argv.append("--checksum")
     if dry_run:
         argv.append("--dry-run")
-    return argv + _ends(root, peer, dest, pinned)
+    return argv + _ends(root, peer, dest, pin)
 
 
-def _ends(root: str, peer: Peer | None, dest: str | None, pinned: bool = False) -> list[str]:
-    """Return `-e ssh ... SRC DEST` (or a local DEST, used by tests and the bench). `pinned`:
-    rsync runs in the root (`run_rsync(cwd_fd=...)`), and reads it as `./`."""
-    src = "./" if pinned else root.rstrip("/") + "/"
+def _ends(root: str, peer: Peer | None, dest: str | None, pin: int | None = None) -> list[str]:
+    """Return `-e ssh ... SRC DEST` (or a local DEST, used by tests and the bench). `pin`: the
+    descriptor of the pinned root, which rsync inherits (`run_rsync(pin=...)`) and reads through
+    /proc/self/fd, so that it reads the tree the guard passed, whatever its path leads to now.
+    rsync itself starts in / and forks ssh before it enters the source: the ControlMaster ssh
+    may fork outlives the pass, and started in the root it would keep the root's filesystem
+    busy (no unmount) until it exits."""
+    src = root.rstrip("/") + "/" if pin is None else f"/proc/self/fd/{pin}/"
     if peer is None:
         if dest is None:
             raise ValueError("transfer: need a peer or a local destination")
         return [src, dest.rstrip("/") + "/"]
-    # ssh starts in /: the ControlMaster it may fork outlives the pass, and started in the
-    # pinned root it would keep the root's filesystem busy (no unmount) until it exits.
-    ssh = ["env", "--chdir=/", *peer.ssh_argv()]
+    ssh = peer.ssh_argv()
     return [f"--timeout={peer.io_timeout}", "-e", shlex.join(ssh), src,
             peer.target(root)]  # fmt: skip
 
@@ -473,10 +475,10 @@ async def run_rsync(
     *,
     keep_deleted: int = 0,
     renamed: frozenset[str] = frozenset(),
-    cwd_fd: int | None = None,
+    pin: int | None = None,
 ) -> TransferResult:
-    """Run rsync, feed `paths` NUL-separated on stdin, and classify the result. `cwd_fd`: a
-    directory rsync starts in (the pinned root, `guard.pin_root`; argv built `pinned`).
+    """Run rsync, feed `paths` NUL-separated on stdin, and classify the result. `pin`: the
+    pinned root (`guard.pin_root`) rsync inherits, in /, its argv built with the same `pin`.
 
     Cancelling the task terminates rsync and returns once it is reaped (the daemon does that on
     shutdown and when a pass must stop, mirrord.stopping).
@@ -486,9 +488,10 @@ async def run_rsync(
     proc = await asyncio.create_subprocess_exec(
         *command,
         preexec_fn=preexec,
-        # The child inherits the descriptor and enters its directory (/proc/self: the child's).
-        cwd=None if cwd_fd is None else f"/proc/self/fd/{cwd_fd}",
-        pass_fds=() if cwd_fd is None else (cwd_fd,),
+        # The child inherits the descriptor (its source, /proc/self/fd/PIN) and starts in /
+        # (so does the ssh it forks: `_ends`).
+        cwd=None if pin is None else "/",
+        pass_fds=() if pin is None else (pin,),
         stdin=asyncio.subprocess.PIPE if paths is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -94,14 +94,33 @@ def test_backup_dir_is_relative_dated_and_excluded() -> None:
 
 
 def test_ssh_uses_one_control_master_per_peer() -> None:
-    """The -e command carries the key, batch mode and the ControlMaster settings, and starts
-    ssh in / (a master it forks must not keep a pinned root busy after the pass)."""
+    """The -e command carries the key, batch mode and the ControlMaster settings."""
     argv = incremental_argv("/srv/mail", PEER, TransferOptions(), NOW)
     ssh = shlex.split(argv[argv.index("-e") + 1])
-    assert ssh[:3] == ["env", "--chdir=/", "ssh"]
+    assert ssh[0] == "ssh"
     assert "ControlMaster=auto" in ssh and "ControlPath=/run/hapair/ssh-%C" in ssh
     assert "BatchMode=yes" in ssh
     assert ssh[ssh.index("-i") + 1] == "/etc/hapair/mirror_key"
+
+
+def test_a_pinned_pass_reads_its_pin_and_starts_ssh_in_the_root_directory(tmp_path: Path) -> None:
+    """rsync reads the pinned root through its inherited descriptor and starts in /: the ssh
+    it forks (and a ControlMaster that ssh may fork, which outlives the pass) never holds the
+    root's filesystem busy. Here the "ssh" records its directory and fails."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("f")
+    seen = tmp_path / "ssh-cwd"
+    pin = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        argv = incremental_argv(str(src), PEER, TransferOptions(), NOW, pin=pin)
+        assert argv[-2] == f"/proc/self/fd/{pin}/"
+        argv[argv.index("-e") + 1] = shlex.join(["sh", "-c", f'pwd > "{seen}"; exit 1'])
+        res = asyncio.run(run_rsync(argv, ["f"], pin=pin))
+    finally:
+        os.close(pin)
+    assert res.rc != 0
+    assert seen.read_text().strip() == "/"
 
 
 def test_ipv6_peer_is_bracketed() -> None:
