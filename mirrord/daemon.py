@@ -620,8 +620,10 @@ class Daemon:
             journal.clear_receiving()
             return
         self._direction = roles.direction(None, None, self.node, self.peer_name, True)
-        log.info("role.direction push=False receiving=True why=%s (as the last run did)",
-                 self._direction.why)  # fmt: skip
+        # A gap opened before takeover answers knows which epochs mean "served meanwhile".
+        self._epoch, self._peer_epoch = journal.received_epochs()
+        log.info("role.direction push=False receiving=True why=%s (as the last run did, "
+                 "epochs %s/%s)", self._direction.why, self._epoch, self._peer_epoch)  # fmt: skip
 
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT (or `stop()`), then shut down cleanly."""
@@ -1470,6 +1472,7 @@ class Daemon:
         """Apply a role or peer record: recompute the direction and act on the change."""
         assert self.journal is not None
         before, peer_before = self._direction, self.peer_state
+        epochs = (self._epoch, self._peer_epoch)
         if isinstance(rec, RoleSeen):
             if rec.role != self.role:
                 log.info("role.seen role=%s old=%s reason=%s", rec.role, self.role, rec.reason)
@@ -1501,6 +1504,8 @@ class Daemon:
             log.info("role.direction push=%s receiving=%s why=%s", d.push, d.receiving, d.why)
         if before.receiving and not d.receiving:
             self.journal.clear_receiving()
+        elif d.receiving and epochs != (self._epoch, self._peer_epoch):
+            self.journal.note_epochs((self._epoch, self._peer_epoch))
         if step.set_aside:
             self._quarantine_due = True
             self._catch_up = {}
@@ -1712,7 +1717,7 @@ class Daemon:
             orphans.clear_source(root)
             if self._direction.receiving:
                 # A restart now resumes receiving (mirrord.roles, "across a restart").
-                self.journal.set_receiving([root], self.wall())
+                self.journal.set_receiving([root], self.wall(), (self._epoch, self._peer_epoch))
         if found:
             orphans.record(self.state_dir, found)
             log.warning("orphans.found count=%d list=mirrord-orphans", len(found))

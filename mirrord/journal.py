@@ -64,8 +64,10 @@ CREATE TABLE IF NOT EXISTS passes (
 );
 CREATE INDEX IF NOT EXISTS passes_dir ON passes (directory, id);
 CREATE TABLE IF NOT EXISTS receiving (
-    directory TEXT PRIMARY KEY,  -- this node took the peer's pushes into it, orphans set aside
-    since     REAL NOT NULL
+    directory  TEXT PRIMARY KEY,  -- this node took the peer's pushes into it, orphans set aside
+    since      REAL NOT NULL,
+    epoch      INTEGER,           -- this node's takeover epoch, as last told
+    peer_epoch INTEGER            -- the peer's, as last heard
 );
 """
 
@@ -181,14 +183,29 @@ class Journal:
 
     # -- receiving (mirrord.roles: "across a restart") -------------------------------------
 
-    def set_receiving(self, directories: Iterable[str], now: float) -> None:
-        """Record that this node receives into `directories`, their orphans set aside."""
+    def set_receiving(
+        self, directories: Iterable[str], now: float, epochs: tuple[int | None, int | None]
+    ) -> None:
+        """Record that this node receives into `directories`, their orphans set aside, and the
+        takeover epochs known (this node's, the peer's)."""
         with self._db:
             self._db.executemany(
-                "INSERT INTO receiving (directory, since) VALUES (?, ?) "
-                "ON CONFLICT (directory) DO NOTHING",
-                [(d, now) for d in directories],
+                "INSERT INTO receiving (directory, since, epoch, peer_epoch) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (directory) DO UPDATE SET epoch = excluded.epoch, "
+                "peer_epoch = excluded.peer_epoch",
+                [(d, now, *epochs) for d in directories],
             )
+
+    def note_epochs(self, epochs: tuple[int | None, int | None]) -> None:
+        """Record the takeover epochs known now (this node's, the peer's) with the receiving
+        record, if any."""
+        with self._db:
+            self._db.execute("UPDATE receiving SET epoch = ?, peer_epoch = ?", epochs)
+
+    def received_epochs(self) -> tuple[int | None, int | None]:
+        """Return the highest epochs the receiving record knows (this node's, the peer's)."""
+        row = self._db.execute("SELECT MAX(epoch), MAX(peer_epoch) FROM receiving").fetchone()
+        return (row[0], row[1]) if row is not None else (None, None)
 
     def clear_receiving(self) -> None:
         """Record that this node receives into none of its directories."""

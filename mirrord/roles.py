@@ -33,7 +33,9 @@ Across a restart of mirrord, "as before" is what the journal says the last run d
 receiving again: while mirrord was down the peer's pushes went on landing here (rsync needs
 only sshd), and those landing before takeover is heard again are the peer's, confirmed to it.
 Journaled, they would be set aside as orphans once the peer is heard ACTIVE, and the peer,
-which counts them sent, would never send them again: the trees would diverge in silence. Any
+which counts them sent, would never send them again: the trees would diverge in silence. The
+journal keeps the epochs the last run knew too: takeover not answering yet opens a gap (below)
+that ends as any gap does (a node back STANDBY with an epoch no higher set nothing aside). Any
 other start (a root the last run did not receive, a root still holding the source marker, or
 dirty paths in the journal) starts not receiving: changes are journaled, the cautious side (a
 change nobody vouches for is kept, at worst as an orphan).

@@ -225,6 +225,45 @@ def test_restarted_standby_keeps_the_pushes_that_land_before_it_hears_takeover(
     asyncio.run(main())
 
 
+def test_restarted_standby_without_takeover_yet_ends_its_gap_by_the_epochs_it_knew(
+    tmp_path: Path,
+) -> None:
+    """Restarted before takeover answers (a reboot): receiving, the gap opens (pushes refused),
+    and takeover back STANDBY at the epoch the last run knew sets nothing aside: a push that
+    was landing as the marker went down stays (the epoch unknown, the gap would walk and set
+    it aside, and the peer would count it sent)."""
+
+    async def main() -> None:
+        daemon, root = await receiving_standby(tmp_path, epoch=3)
+        again = restarted(daemon, root)
+        again._apply([RoleSeen(None, "takeover not running"), PeerSeen(None)])
+        assert orphans.has_source(str(root))  # the gap: pushes refused
+        again._apply([created(root, "landing")])
+        again._apply([RoleSeen("STANDBY", "subscribed", 3), PeerSeen(ACTIVE_PEER)])
+        await run_records(again)
+        assert (root / "landing").exists() and orphans.load(again.state_dir) == []
+        assert not orphans.has_source(str(root))
+
+    asyncio.run(main())
+
+
+def test_restarted_standby_that_served_meanwhile_sets_its_writes_aside(tmp_path: Path) -> None:
+    """... but back STANDBY at a higher epoch (it served after mirrord restarted, before
+    takeover was heard), what changed since the marker is set aside."""
+
+    async def main() -> None:
+        daemon, root = await receiving_standby(tmp_path, epoch=3)
+        again = restarted(daemon, root)
+        again._apply([RoleSeen(None, "takeover not running"), PeerSeen(None)])
+        again._apply([created(root, "served")])
+        again._apply([RoleSeen("STANDBY", "subscribed", 5), PeerSeen(ACTIVE_PEER)])
+        await run_records(again)
+        assert [o.path for o in orphans.load(again.state_dir)] == ["served"]
+        assert not orphans.has_source(str(root))
+
+    asyncio.run(main())
+
+
 def test_restart_after_the_node_was_the_source_journals_again(tmp_path: Path) -> None:
     """A node that became the source since it last set orphans aside (the receiving record is
     dropped as it stops receiving) starts journaling, its writes kept."""
