@@ -42,7 +42,7 @@ from mirrord import deletions, guard, mounts, orphans, reloadplan, roles, sdnoti
 from mirrord.backups import find_unbackable, open_area, prune_backups, unbackable
 from mirrord.changes import MountWatcher, Watcher, appeared, blind_spots, coalesce, relative
 from mirrord.follow import Follower, PeerSeen, RoleSeen
-from mirrord.journal import Journal
+from mirrord.journal import COMMIT_WITHIN, Journal
 from mirrord.outcome import MISSING_ARGS_REFUSED
 from mirrord.planner import Cadence, PassKind, PassPlan, Planner, Result
 from mirrord.scan import Changed, changed_since
@@ -497,6 +497,9 @@ class Daemon:
         self._scheduler: AsyncIOScheduler | None = None
         self._timers: list[asyncio.Task[None]] = []
         self._wake: asyncio.TimerHandle | None = None
+        # The journal's commit of recorded changes, when one is due (mirrord.journal).
+        self._commit_at: asyncio.TimerHandle | None = None
+        self._closed = False
         # Following takeover (mirrord.roles): without `follow`, push always (one-way mirror).
         self.follow = follow
         self.peer_name = peer_name
@@ -737,7 +740,7 @@ class Daemon:
         while not self._stopping:
             batch = [await self._q.get()]
             if time.monotonic() - last < BUSY_WITHIN:
-                # Under a stream of events, gather for a moment: one journal commit and one
+                # Under a stream of events, gather for a moment: one journal write and one
                 # planning round per batch instead of per event. After a quiet spell the
                 # first change is applied at once.
                 await asyncio.sleep(BATCH_WAIT)
@@ -748,6 +751,7 @@ class Daemon:
             if self._stopping:
                 break
             self._start_due()
+            self._commit_soon()
             self._answer_idle()
             self._set_wake()
 
@@ -1088,6 +1092,22 @@ class Daemon:
                 wait.future.set_result(wait.results)
         if keep:
             self._waiters[root] = keep
+
+    def _commit_soon(self) -> None:
+        """Have the journal commit each change still dirty once it is COMMIT_WITHIN old
+        (mirrord.journal)."""
+        if self._commit_at is not None or self.journal is None:
+            return
+        due = self.journal.next_commit()
+        if due is not None:
+            delay = max(0.0, due - time.monotonic())
+            self._commit_at = asyncio.get_running_loop().call_later(delay, self._commit)
+
+    def _commit(self) -> None:
+        self._commit_at = None
+        if self.journal is not None and not self._closed:
+            self.journal.commit(aged=COMMIT_WITHIN)
+            self._commit_soon()
 
     def _start_due(self) -> None:
         assert self.journal is not None
@@ -1690,7 +1710,7 @@ class Daemon:
                     if walk_gap:
                         candidates |= changed_since(root, began).paths
                 elif since is not None:
-                    candidates |= changed_since(root, since, by_ctime=False).paths
+                    candidates |= changed_since(root, since).paths
                 moved[root], unmovable = orphans.quarantine(root, candidates, wall, reason)
             except Exception:
                 # The marker stays: the peer's pushes are refused until a later set-aside.
@@ -1939,7 +1959,10 @@ class Daemon:
             self.journal.close_clean(
                 [root], min(unwatched_from, self._catch_up.get(root, math.inf))
             )
+        if self._commit_at is not None:
+            self._commit_at.cancel()
         self.journal.close()
+        self._closed = True
         self._write_status()
         with contextlib.suppress(OSError):
             os.unlink(self.run_dir / SOCKET_NAME)

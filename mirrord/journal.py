@@ -2,8 +2,13 @@
 roots this node receives into.
 
 One database file in the state directory (`mirrord.journal`), in WAL mode, written only by the
-daemon's consumer. A change is committed before the pass that covers it can start, so a mirrord
-killed at any moment restarts with every change it had accepted still dirty.
+daemon's consumer. A recorded change is kept in memory: a pass that syncs it drops it unwritten;
+one still dirty COMMIT_WITHIN after it was recorded is committed (the daemon's timer), and all
+are before a read of the dirty set and at a clean stop. A mirrord killed at any moment restarts
+with every change committed still dirty; the last seconds' (what inotify had not handed over
+yet, and what was not committed) are covered by the full pass a crash owes (the vouch marker,
+below) and, on a node that crashed as the source, by the set-aside walk for what changed since
+its last confirmed pass began (mirrord.daemon, by ctime).
 
 Every recorded change gets a sequence number. A pass takes a `mark` (the highest sequence so far)
 together with its snapshot; when the pass succeeds, exactly the snapshot's rows with a sequence
@@ -20,9 +25,11 @@ pushes again.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +38,10 @@ from typing import Final
 log = logging.getLogger(__name__)
 
 JOURNAL_NAME: Final = "mirrord.journal"
+# A recorded change is committed once it is this old (seconds) and still dirty: most are
+# synced before, and never written (a write and a delete per change were a fifth of the
+# daemon's CPU under a churn).
+COMMIT_WITHIN: Final = 2.0
 # Pass records kept per directory; older ones are pruned as new ones are added.
 HISTORY_KEEP: Final = 1000
 
@@ -121,10 +132,41 @@ class Journal:
             raise JournalError(f"{self.path}: cannot open journal: {exc}") from exc
         row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM dirty").fetchone()
         self._seq: int = int(row[0])
+        # Changes recorded and not committed yet, oldest first: (directory, path, first_seen,
+        # seq) and when each was recorded (monotonic).
+        self._pending: list[tuple[str, bytes, float, int]] = []
+        self._recorded: list[float] = []
 
     def close(self) -> None:
-        """Close the database."""
+        """Commit what is pending and close the database."""
+        self.commit()
         self._db.close()
+
+    def next_commit(self) -> float | None:
+        """Return when (monotonic) the oldest change not committed is COMMIT_WITHIN old, or
+        None when every change is committed."""
+        return self._recorded[0] + COMMIT_WITHIN if self._recorded else None
+
+    def commit(self, aged: float | None = None) -> None:
+        """Commit the changes recorded and not committed (only those recorded at least `aged`
+        seconds ago, if given), in one transaction."""
+        n = len(self._pending)
+        if aged is not None:
+            cutoff = time.monotonic() - aged
+            n = bisect.bisect_right(self._recorded, cutoff)
+        if not n:
+            return
+        rows = self._pending[:n]
+        del self._pending[:n], self._recorded[:n]
+        self._write(rows)
+
+    def _write(self, rows: list[tuple[str, bytes, float, int]]) -> None:
+        with self._db:
+            self._db.executemany(
+                "INSERT INTO dirty (directory, path, first_seen, seq) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (directory, path) DO UPDATE SET seq = excluded.seq",
+                rows,
+            )
 
     # -- vouch marker --------------------------------------------------------------------
 
@@ -175,6 +217,7 @@ class Journal:
 
     def close_clean(self, directories: Iterable[str], now: float) -> None:
         """Record a clean shutdown: every accepted change is in the journal."""
+        self.commit()
         with self._db:
             self._db.executemany(
                 "UPDATE dirs SET state = 'clean', updated = ? WHERE directory = ?",
@@ -222,18 +265,13 @@ class Journal:
     # -- dirty set -----------------------------------------------------------------------
 
     def record_changes(self, directory: str, paths: Iterable[str], now: float) -> int:
-        """Insert changed paths (keeping each one's first-change time); return the new mark."""
-        rows = []
+        """Record changed paths (each keeps its first-change time), committed by `commit`, at
+        the latest before the next other use of the journal; return the new mark."""
+        at = time.monotonic()
         for p in paths:
             self._seq += 1
-            rows.append((directory, os.fsencode(p), now, self._seq))
-        if rows:
-            with self._db:
-                self._db.executemany(
-                    "INSERT INTO dirty (directory, path, first_seen, seq) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (directory, path) DO UPDATE SET seq = excluded.seq",
-                    rows,
-                )
+            self._pending.append((directory, os.fsencode(p), now, self._seq))
+            self._recorded.append(at)
         return self._seq
 
     def mark(self) -> int:
@@ -242,19 +280,39 @@ class Journal:
 
     def dirty(self, directory: str) -> dict[str, float]:
         """Return the journaled dirty paths of `directory` with their first-change times."""
+        self.commit()
         cur = self._db.execute(
             "SELECT path, first_seen FROM dirty WHERE directory = ?", (directory,)
         )
         return {os.fsdecode(p): float(t) for p, t in cur}
 
-    def clear_synced(self, directory: str, paths: Iterable[str], mark: int) -> int:
-        """Delete exactly the synced snapshot: `paths` not changed again after `mark`."""
+    def clear_synced(self, directory: str, paths: Iterable[str], mark: int) -> None:
+        """Clear exactly the synced snapshot: `paths` not changed again after `mark`. A change
+        the pass covered that was never committed is dropped unwritten (under a churn most
+        are: a change reaches the peer before it is COMMIT_WITHIN old)."""
+        synced = {os.fsencode(p) for p in paths}
+        again = []
+        keep: list[int] = []
+        for i, (d, path, _first, seq) in enumerate(self._pending):
+            if d != directory or path not in synced:
+                keep.append(i)
+            elif seq > mark:
+                again.append(self._pending[i])  # changed again after the mark: stays dirty
+        self._pending = [self._pending[i] for i in keep]
+        self._recorded = [self._recorded[i] for i in keep]
         with self._db:
-            cur = self._db.executemany(
+            # The new sequence of a path changed again goes in first, as its own row's: that
+            # row stays, with the time of its first change.
+            if again:
+                self._db.executemany(
+                    "INSERT INTO dirty (directory, path, first_seen, seq) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (directory, path) DO UPDATE SET seq = excluded.seq",
+                    again,
+                )
+            self._db.executemany(
                 "DELETE FROM dirty WHERE directory = ? AND path = ? AND seq <= ?",
-                [(directory, os.fsencode(p), mark) for p in paths],
+                [(directory, p, mark) for p in synced],
             )
-        return cur.rowcount
 
     # -- pass history --------------------------------------------------------------------
 

@@ -26,11 +26,9 @@ class Changed:
     directories: list[str] = field(default_factory=list)
 
 
-def changed_since(root: str, since: float, *, by_ctime: bool = True) -> Changed:
-    """Walk `root` (not its backup area) for entries changed at or after `since`.
-
-    `by_ctime` False compares only mtimes, of files (what mirrord.orphans has always used).
-    """
+def changed_since(root: str, since: float) -> Changed:
+    """Walk `root` (not its backup area) for entries changed at or after `since` (by ctime:
+    a file moved in keeps its old mtime, and a set-aside walk by mtimes missed it)."""
     out = Changed()
     stack = [root]
     while stack:
@@ -49,16 +47,14 @@ def changed_since(root: str, since: float, *, by_ctime: bool = True) -> Changed:
             rel = os.path.relpath(entry.path, root)
             if stat.S_ISDIR(st.st_mode):
                 stack.append(entry.path)
-                if by_ctime and st.st_ctime >= since:
+                if st.st_ctime >= since:
                     out.directories.append(rel)
                 continue
-            when = max(st.st_mtime, st.st_ctime) if by_ctime else st.st_mtime
-            if when >= since:
+            if max(st.st_mtime, st.st_ctime) >= since:
                 out.paths.add(rel)
-    if by_ctime:
-        try:
-            if os.lstat(root).st_ctime >= since:
-                out.directories.append(".")
-        except OSError:
-            pass
+    try:
+        if os.lstat(root).st_ctime >= since:
+            out.directories.append(".")
+    except OSError:
+        pass
     return out

@@ -94,9 +94,9 @@ def test_the_set_aside_walk_does_not_hold_the_loop(
     the moves run in a thread: the loop keeps ticking, and the orphan is set aside."""
     real = daemon_module.changed_since
 
-    def slow(root: str, since: float, *, by_ctime: bool = True) -> Changed:
+    def slow(root: str, since: float) -> Changed:
         time.sleep(SLOW)
-        return real(root, since, by_ctime=by_ctime)
+        return real(root, since)
 
     monkeypatch.setattr(daemon_module, "changed_since", slow)
     daemon, root = follower(tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -84,8 +85,7 @@ def test_clear_synced_deletes_exactly_the_snapshot(tmp_path: Path) -> None:
     snapshot = set(j.dirty(D))
     mark = j.mark()
     j.record_changes(D, ["b", "d"], 2.0)
-    deleted = j.clear_synced(D, snapshot, mark)
-    assert deleted == 2
+    j.clear_synced(D, snapshot, mark)
     assert set(j.dirty(D)) == {"b", "d"}
 
 
@@ -97,7 +97,7 @@ def test_sequence_survives_reopen(tmp_path: Path) -> None:
     j.close()
     j2 = Journal(tmp_path)
     j2.record_changes(D, ["a"], 2.0)
-    assert j2.clear_synced(D, ["a"], mark) == 0
+    j2.clear_synced(D, ["a"], mark)
     assert "a" in j2.dirty(D)
 
 
@@ -111,6 +111,8 @@ def test_dirty_set_survives_sigkill(tmp_path: Path) -> None:
         j = Journal(Path({str(tmp_path)!r}))
         j.open_directory({D!r}, 1.0)
         j.record_changes({D!r}, ["x/1", "x/2"], 1.0)
+        j.commit()  # the daemon's timer, once they are COMMIT_WITHIN old
+        j.record_changes({D!r}, ["x/3"], 1.5)  # not committed: the crash's full pass sends it
         pid = j.pass_started({D!r}, "incremental", "changes", 2.0)
         os.kill(os.getpid(), signal.SIGKILL)
         """
@@ -171,4 +173,40 @@ def test_non_utf8_names_round_trip(tmp_path: Path) -> None:
     j = Journal(tmp_path)
     j.record_changes(D, [name], 1.0)
     assert list(j.dirty(D)) == [name]
-    assert j.clear_synced(D, [name], j.mark()) == 1
+    j.clear_synced(D, [name], j.mark())
+    assert j.dirty(D) == {}
+
+
+def committed(tmp: Path) -> set[str]:
+    """The dirty paths on disk, read through a connection of its own (as a restart would)."""
+    db = sqlite3.connect(tmp / "mirrord.journal")
+    try:
+        return {os.fsdecode(p) for (p,) in db.execute("SELECT path FROM dirty")}
+    finally:
+        db.close()
+
+
+def test_a_change_is_written_only_if_still_dirty_once_old(tmp_path: Path) -> None:
+    """A recorded change waits in memory: synced by a pass, it is dropped unwritten; still
+    dirty COMMIT_WITHIN after it was recorded, it is committed (the daemon's timer); a read of
+    the dirty set and a clean stop commit everything. A path changed again after a pass's mark
+    stays dirty, with the time of that change."""
+    j = Journal(tmp_path)
+    j.open_directory(D, 1.0)
+    mark = j.record_changes(D, ["a", "b"], 2.0)
+    assert j.next_commit() is not None and committed(tmp_path) == set()
+    j.pass_started(D, "incremental", "changes", 2.5)
+    j.record_changes(D, ["b", "c"], 3.0)  # b changed again while the pass ran
+    j.clear_synced(D, ["a", "b"], mark)
+    assert committed(tmp_path) == {"b"}  # a never written
+    j.commit(aged=3600.0)
+    assert committed(tmp_path) == {"b"}  # c is not old enough
+    j.commit(aged=0.0)
+    assert committed(tmp_path) == {"b", "c"} and j.next_commit() is None
+    assert j.dirty(D) == {"b": 3.0, "c": 3.0}
+    j.record_changes(D, ["d"], 5.0)
+    assert "d" in j.dirty(D) and committed(tmp_path) == {"b", "c", "d"}
+    j.record_changes(D, ["e"], 6.0)
+    j.close_clean([D], 7.0)
+    assert committed(tmp_path) == {"b", "c", "d", "e"}
+    j.close()

@@ -295,6 +295,34 @@ def test_restart_with_the_marker_or_dirty_paths_left_journals(tmp_path: Path) ->
     asyncio.run(main())
 
 
+def test_crashed_source_sets_aside_a_file_moved_in_after_its_last_confirmed_pass(
+    tmp_path: Path,
+) -> None:
+    """A node that crashed as the source sets aside what changed since its last confirmed
+    pass began, found by ctime: a file moved in keeps its old mtime (the walk compared mtimes
+    and missed it, and the peer's full pass then deleted it here, kept only in the backup
+    area). The journal may not hold it: its last changes are committed together, later."""
+
+    async def main() -> None:
+        daemon, root = follower(tmp_path)
+        assert daemon.journal is not None
+        began = time.time() - 5
+        pid = daemon.journal.pass_started(str(root), "incremental", "changes", began)
+        daemon.journal.pass_finished(pid, began + 0.1, "ok")
+        orphans.set_source(str(root), "a", began - 60)
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "moved").write_text("kept")
+        os.utime(elsewhere / "moved", (began - 3600, began - 3600))
+        os.rename(elsewhere / "moved", root / "moved")
+        daemon._apply([RoleSeen("STANDBY", "t", 2), PeerSeen(ACTIVE_PEER)])
+        await run_records(daemon)
+        assert [o.path for o in orphans.load(daemon.state_dir)] == ["moved"]
+        assert not (root / "moved").exists()
+
+    asyncio.run(main())
+
+
 def test_peer_returned_only_after_it_was_lost() -> None:
     """A peer heard again after being lost has returned; first sight and steady state have not."""
     lost = Peer(alive=False, role="ACTIVE")

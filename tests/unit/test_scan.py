@@ -56,12 +56,15 @@ def test_a_deletion_or_a_new_entry_shows_as_a_changed_directory(tmp_path: Path) 
     assert found.directories == ["."] and found.paths == {"new"}
 
 
-def test_mtime_only_mode_ignores_status_changes(tmp_path: Path) -> None:
-    """For orphans (by_ctime=False) a chmod is not a change, a write is; directories are not
-    reported."""
+def test_a_file_moved_in_with_an_old_mtime_is_a_change(tmp_path: Path) -> None:
+    """`mv` keeps a file's mtime: its ctime says when it arrived (the set-aside walk of a node
+    that crashed as the source once compared mtimes only, and missed it)."""
     tree(tmp_path)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "old").write_text("old")
+    os.utime(outside / "old", (1e9, 1e9))
     since = stopped_now()
-    os.chmod(tmp_path / "top", 0o600)
-    (tmp_path / "d" / "e" / "deep").write_text("changed")
-    found = changed_since(str(tmp_path), since, by_ctime=False)
-    assert found.paths == {"d/e/deep"} and found.directories == []
+    os.rename(outside / "old", tmp_path / "d" / "old")
+    found = changed_since(str(tmp_path), since)
+    assert found.paths == {"d/old"}
