@@ -94,6 +94,10 @@ FLUSH_REPORT: Final = 50
 # A change this many seconds before the recorded stop counts as made while stopped: file
 # systems store times as coarse as 1 s (ext3) or 2 s (FAT), truncated.
 CATCH_UP_MARGIN: Final = 2.0
+# The set-aside walk of a node that crashed as the source starts this long before its last
+# confirmed pass began: a change made just before that pass whose event reached the daemon
+# after the pass took its snapshot was not in it (seconds; the event comes within tens of ms).
+SET_ASIDE_MARGIN: Final = 1.0
 # rsync's words for a backup path at or past PATH_MAX, and ours for the paths it stops.
 BACKUP_TOO_LONG: Final = ("backup filename too long", "File name too long")
 UNBACKABLE: Final = "path too long for its backup copy on the peer"
@@ -1687,7 +1691,7 @@ class Daemon:
                 # died with it. Whatever changed since the last confirmed pass began is kept.
                 confirmed = [p.started for p in self.journal.history(root, 200)
                              if p.result == "ok"]  # fmt: skip
-                since = confirmed[0] if confirmed else 0.0
+                since = confirmed[0] - SET_ASIDE_MARGIN if confirmed else 0.0
             jobs.append((root, candidates, since, self._gap_walk))
         self._gap_walk = True
         self._setting_aside = True

@@ -323,6 +323,29 @@ def test_crashed_source_sets_aside_a_file_moved_in_after_its_last_confirmed_pass
     asyncio.run(main())
 
 
+def test_crashed_source_sets_aside_a_write_its_last_pass_began_too_soon_to_list(
+    tmp_path: Path,
+) -> None:
+    """A write made just before the last confirmed pass began, whose event reached mirrord
+    after that pass took its snapshot, was never sent: the crash lost it from memory (the
+    journal writes a change only once it is 2 s old), and the walk from the pass's start
+    missed it. The walk starts SET_ASIDE_MARGIN earlier."""
+
+    async def main() -> None:
+        daemon, root = follower(tmp_path)
+        assert daemon.journal is not None
+        (root / "late").write_text("acknowledged")
+        began = os.stat(root / "late").st_ctime + 0.3
+        pid = daemon.journal.pass_started(str(root), "incremental", "changes", began)
+        daemon.journal.pass_finished(pid, began + 0.1, "ok")
+        orphans.set_source(str(root), "a", began - 60)
+        daemon._apply([RoleSeen("STANDBY", "t", 2), PeerSeen(ACTIVE_PEER)])
+        await run_records(daemon)
+        assert [o.path for o in orphans.load(daemon.state_dir)] == ["late"]
+
+    asyncio.run(main())
+
+
 def test_peer_returned_only_after_it_was_lost() -> None:
     """A peer heard again after being lost has returned; first sight and steady state have not."""
     lost = Peer(alive=False, role="ACTIVE")
