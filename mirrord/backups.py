@@ -27,6 +27,9 @@ BACKUP_DIR: Final = ".hapair-backup"
 # File in BACKUP_DIR while this node is (or was, until it crashed) the source of the root: the
 # receiving side refuses ordinary pushes into it (see mirrord.orphans).
 SOURCE_MARKER: Final = "source"
+# In a receiving root's backup area: this node set aside files a push may have written; the
+# push check refuses the next push once, asking the sender for a full pass (mirrord.orphans).
+RESEND_MARKER: Final = "resend"
 # Timestamp format of the backup hour directory (UTC); each pass has its own directory below it.
 BACKUP_HOUR_FORMAT: Final = "%Y-%m-%dT%HZ"
 # rsync builds BACKUP_DIR/HOUR/PASS/PATH in a PATH_MAX buffer and needs a byte to spare beyond

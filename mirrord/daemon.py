@@ -43,7 +43,7 @@ from mirrord.backups import find_unbackable, open_area, prune_backups, unbackabl
 from mirrord.changes import MountWatcher, Watcher, appeared, blind_spots, coalesce, relative
 from mirrord.follow import Follower, PeerSeen, RoleSeen
 from mirrord.journal import COMMIT_WITHIN, Journal
-from mirrord.outcome import MISSING_ARGS_REFUSED
+from mirrord.outcome import FULL_PASS_WANTED, MISSING_ARGS_REFUSED
 from mirrord.planner import Cadence, PassKind, PassPlan, Planner, Result
 from mirrord.scan import Changed, changed_since
 from mirrord.tally import PassTally
@@ -1397,10 +1397,12 @@ class Daemon:
         )
 
     def _full_if_refused(self, root: str, res: TransferResult) -> None:
-        """An incremental pass the peer's rsync refused for a deleted path: the next pass is
-        a full one, which carries the deletions without listing them."""
-        if res.outcome.reason.startswith(MISSING_ARGS_REFUSED):
-            self._need_full(root, MISSING_ARGS_REFUSED, self.clock())
+        """An incremental pass the peer refused for a deleted path (the next pass is a full
+        one, which carries the deletions without listing them), or because it set aside files
+        a push may have written (a full pass sends them again)."""
+        for why in (MISSING_ARGS_REFUSED, FULL_PASS_WANTED):
+            if res.outcome.reason.startswith(why):
+                self._need_full(root, why, self.clock())
 
     def _skip(self, root: str, paths: Sequence[str], why: str = UNBACKABLE) -> None:
         """Leave `paths` of `root` (and what lies below them) out of every pass from now on,
@@ -1708,14 +1710,18 @@ class Daemon:
             candidates = set(dirty)
             try:
                 began = orphans.gap_began(root)
-                if began is not None:
+                walked = began is not None and walk_gap
+                if began is not None and walk_gap:
                     # A gap's marker, not a crashed source's: what changed since takeover was
                     # lost is this node's (unless it served nobody meanwhile).
-                    if walk_gap:
-                        candidates |= changed_since(root, began).paths
-                elif since is not None:
+                    candidates |= changed_since(root, began).paths
+                elif began is None and since is not None:
                     candidates |= changed_since(root, since).paths
                 moved[root], unmovable = orphans.quarantine(root, candidates, wall, reason)
+                if walked and moved[root]:
+                    # A push in flight as the gap began may have landed after its marker: the
+                    # peer counts it sent, and only a full pass sends it again.
+                    orphans.ask_resend(root, wall)
             except Exception:
                 # The marker stays: the peer's pushes are refused until a later set-aside.
                 log.exception("orphans.failed dir=%s", root)

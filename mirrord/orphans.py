@@ -39,7 +39,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from mirrord.backups import BACKUP_DIR, SOURCE_MARKER, UnsafeArea, open_area, open_dirs
+from mirrord.backups import (
+    BACKUP_DIR,
+    RESEND_MARKER,
+    SOURCE_MARKER,
+    UnsafeArea,
+    open_area,
+    open_dirs,
+)
 from takeover.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
@@ -105,6 +112,21 @@ def set_source(root: str, node: str, now: float, gap: bool = False) -> bool:
         log.warning("source.mark_failed dir=%s error=%s", root, exc)
         return False
     return True
+
+
+def ask_resend(root: str, now: float) -> None:
+    """Have the push check refuse the next push into `root` once, asking the sender for a full
+    pass: this node set aside files a push may have written, which the sender counts sent."""
+    try:
+        area = open_area(root)
+        try:
+            write_atomic(RESEND_MARKER, json.dumps({"since": now}) + "\n", dir_fd=area)
+        finally:
+            os.close(area)
+    except UnsafeArea as exc:
+        _unsafe(root, exc)
+    except OSError as exc:
+        log.warning("orphans.resend_failed dir=%s error=%s", root, exc)
 
 
 def clear_source(root: str) -> None:

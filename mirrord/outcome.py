@@ -57,6 +57,9 @@ MISSING_ARGS_REFUSED: Final = (
     "a full pass carries them"
 )
 
+# The receiving node set aside files a push may have written (mirrord.orphans.ask_resend).
+FULL_PASS_WANTED: Final = "the peer set aside files a push may have written: a full pass sends them"
+
 # First match in this order wins: the more specific and the more decisive come first (a full
 # disk also breaks the pipe; a refusal by the push check also fails the pre-xfer exec).
 CAUSES: Final[tuple[Cause, ...]] = (
@@ -73,6 +76,7 @@ CAUSES: Final[tuple[Cause, ...]] = (
             "set its unsynced changes aside"
         ),
     ),
+    Cause("it wants a full pass", _retry(FULL_PASS_WANTED)),
     Cause(
         "is not a mirrored root",
         _alarm(

@@ -27,6 +27,13 @@ if [ -L "$area" ] || [ ! -d "$area" ] || [ ! -O "$area" ]; then
     echo "mirrord: $area is a symlink, not a directory, or not owned by the receiving account: push refused (move it away)"
     exit 1
 fi
+# 4. A set-aside here may have moved files a push had written (the peer counts them sent):
+#    the first push after it is refused, once, asking the sender for a full pass.
+if [ -e "$area/resend" ] && [ ! -e "$area/source" ]; then
+    rm -f "$area/resend"
+    echo "mirrord: $root: this node set aside files a push may have written; it wants a full pass"
+    exit 1
+fi
 [ -e "$area/source" ] || exit 0
 harmless=no
 i=1

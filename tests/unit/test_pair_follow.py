@@ -15,7 +15,7 @@ import pytest
 from mirrord import orphans
 from mirrord.daemon import Daemon, MirrorDir
 from mirrord.follow import Follower, PeerSeen, RoleSeen, peer_from_status
-from mirrord.outcome import MISSING_ARGS_REFUSED
+from mirrord.outcome import FULL_PASS_WANTED, MISSING_ARGS_REFUSED
 from mirrord.planner import Cadence, Result
 from mirrord.roles import Peer, direction, peer_returned
 from mirrord.transfer import Stats, TransferOptions, TransferResult, classify
@@ -150,6 +150,7 @@ def test_takeover_lost_on_the_standby_refuses_pushes_until_it_is_back(tmp_path: 
         await run_records(daemon)
         assert not orphans.has_source(str(root))
         assert (root / "pushed-before").exists() and orphans.load(daemon.state_dir) == []
+        assert not (root / ".hapair-backup" / "resend").exists()
         assert not daemon.status()["follow"]["gap"]
 
     asyncio.run(main())
@@ -172,6 +173,9 @@ def test_standby_that_served_while_mirrord_was_away_sets_its_writes_aside(tmp_pa
         assert sorted(o.path for o in orphans.load(daemon.state_dir)) == ["acked-1", "acked-2"]
         assert not (root / "acked-1").exists()
         assert not orphans.has_source(str(root))
+        # A push in flight as the gap began may be among them: the peer is asked for a full
+        # pass (its next push is refused once, mirrord/pushcheck.sh).
+        assert (root / ".hapair-backup" / "resend").exists()
 
     asyncio.run(main())
 
@@ -740,3 +744,8 @@ def test_a_pass_refused_for_a_deleted_path_owes_a_full_pass(tmp_path: Path) -> N
     refused = "invalid file mode 00 for gone [Receiver]\nrsync error: protocol incompatibility\n"
     daemon._full_if_refused(str(root), result(refused))
     assert owed == [(str(root), MISSING_ARGS_REFUSED)]
+    # The push check's request after a set-aside (mirrord/pushcheck.sh, step 4).
+    wanted = (f"mirrord: {root}: this node set aside files a push may have written; it wants a "
+              "full pass\n@ERROR: pre-xfer exec returned failure (1)\n")  # fmt: skip
+    daemon._full_if_refused(str(root), result(wanted))
+    assert owed[-1] == (str(root), FULL_PASS_WANTED)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mirrord import orphans
 from mirrord.backups import BACKUP_DIR, backup_args
+from mirrord.outcome import FULL_PASS_WANTED
 from mirrord.receive import PUSHCHECK
 from mirrord.rsyncd import (
     authorized_keys_line,
@@ -17,7 +18,7 @@ from mirrord.rsyncd import (
     module_name,
     render_conf,
 )
-from mirrord.transfer import Peer
+from mirrord.transfer import Peer, classify
 
 NOW = 1.8e9
 
@@ -89,6 +90,23 @@ def test_push_check_lets_pushes_in_until_the_node_is_the_source(tmp_path: Path) 
     assert pushcheck(root, "--server", "--delete-after", "--ignore-existing").returncode == 1
     assert pushcheck(root, "--server", "--ignore-existing", "--delete").returncode == 1
     orphans.clear_source(str(root))
+    assert pushcheck(root, *PUSH).returncode == 0
+
+
+def test_push_check_asks_once_for_a_full_pass_after_a_set_aside(tmp_path: Path) -> None:
+    """After a set-aside that may have moved a push's files, the next push is refused once,
+    saying the node wants a full pass; the one after passes. While the node is the source,
+    that refusal comes first and the request waits."""
+    root = tmp_path / "data"
+    root.mkdir()
+    assert pushcheck(root, *PUSH).returncode == 0
+    orphans.ask_resend(str(root), NOW)
+    assert orphans.set_source(str(root), "b", NOW)
+    assert "this node is (or was" in pushcheck(root, *PUSH).stdout
+    orphans.clear_source(str(root))
+    refused = pushcheck(root, *PUSH)
+    assert refused.returncode == 1 and "it wants a full pass" in refused.stdout
+    assert classify(5, refused.stdout).reason.startswith(FULL_PASS_WANTED)
     assert pushcheck(root, *PUSH).returncode == 0
 
 
