@@ -43,7 +43,6 @@ from mirrord.backups import find_unbackable, open_area, prune_backups, unbackabl
 from mirrord.changes import MountWatcher, Watcher, appeared, blind_spots, coalesce, relative
 from mirrord.follow import Follower, PeerSeen, RoleSeen
 from mirrord.journal import COMMIT_WITHIN, Journal
-from mirrord.outcome import FULL_PASS_WANTED, MISSING_ARGS_REFUSED
 from mirrord.planner import Cadence, PassKind, PassPlan, Planner, Result
 from mirrord.scan import Changed, changed_since
 from mirrord.tally import PassTally
@@ -501,9 +500,9 @@ class Daemon:
         self._scheduler: AsyncIOScheduler | None = None
         self._timers: list[asyncio.Task[None]] = []
         self._wake: asyncio.TimerHandle | None = None
-        # The journal's commit of recorded changes, when one is due (mirrord.journal).
+        # The journal's commit of recorded changes, when one is due (mirrord.journal;
+        # cancelled as the journal closes).
         self._commit_at: asyncio.TimerHandle | None = None
-        self._closed = False
         # Following takeover (mirrord.roles): without `follow`, push always (one-way mirror).
         self.follow = follow
         self.peer_name = peer_name
@@ -594,6 +593,7 @@ class Daemon:
     def _open_journal(self, now: float) -> Journal:
         journal = Journal(self.state_dir)
         wall = self.wall()
+        dirty_at_start: dict[str, int] = {}
         for root, d in self.dirs.items():
             vouch = journal.open_directory(root, wall)
             last_full = journal.last_full(root)
@@ -602,6 +602,7 @@ class Daemon:
             last_ok = None if ended is None else self._monotonic(ended)
             self.planner.add_directory(root, d.cadence, now, last_full_ok=last_ok)
             dirty = journal.dirty(root)
+            dirty_at_start[root] = len(dirty)
             self.planner.restore(root, {p: self._monotonic(t) for p, t in dirty.items()})
             self._vouch[root] = vouch.reason
             if vouch.vouched and vouch.stopped_at is not None:
@@ -613,14 +614,14 @@ class Daemon:
                 journal.need_full(root, reason, wall)
             self._expect_mount[root] = os.path.ismount(root)
         if self.follow:
-            self._resume_receiving(journal)
+            self._resume_receiving(journal, dirty_at_start)
         return journal
 
-    def _resume_receiving(self, journal: Journal) -> None:
+    def _resume_receiving(self, journal: Journal, dirty: dict[str, int]) -> None:
         """Start receiving if the last run received and set everything aside (mirrord.roles,
-        "across a restart"); otherwise forget that it did."""
+        "across a restart"); otherwise forget that it did. `dirty`: each root's dirty paths."""
         start = [
-            roles.RootAtStart(journal.received(r), orphans.has_source(r), len(journal.dirty(r)))
+            roles.RootAtStart(journal.received(r), orphans.has_source(r), dirty[r])
             for r in self.dirs
         ]
         if not roles.resumes_receiving(start):
@@ -1109,7 +1110,7 @@ class Daemon:
 
     def _commit(self) -> None:
         self._commit_at = None
-        if self.journal is not None and not self._closed:
+        if self.journal is not None:
             self.journal.commit(aged=COMMIT_WITHIN)
             self._commit_soon()
 
@@ -1397,12 +1398,10 @@ class Daemon:
         )
 
     def _full_if_refused(self, root: str, res: TransferResult) -> None:
-        """An incremental pass the peer refused for a deleted path (the next pass is a full
-        one, which carries the deletions without listing them), or because it set aside files
-        a push may have written (a full pass sends them again)."""
-        for why in (MISSING_ARGS_REFUSED, FULL_PASS_WANTED):
-            if res.outcome.reason.startswith(why):
-                self._need_full(root, why, self.clock())
+        """A pass whose failure a full pass mends (mirrord.outcome: the peer refused a deleted
+        path, or set aside files a push may have written): the next pass is a full one."""
+        if res.outcome.full is not None:
+            self._need_full(root, res.outcome.full, self.clock())
 
     def _skip(self, root: str, paths: Sequence[str], why: str = UNBACKABLE) -> None:
         """Leave `paths` of `root` (and what lies below them) out of every pass from now on,
@@ -1710,12 +1709,14 @@ class Daemon:
             candidates = set(dirty)
             try:
                 began = orphans.gap_began(root)
-                walked = began is not None and walk_gap
-                if began is not None and walk_gap:
+                walked = False
+                if began is not None:
                     # A gap's marker, not a crashed source's: what changed since takeover was
                     # lost is this node's (unless it served nobody meanwhile).
-                    candidates |= changed_since(root, began).paths
-                elif began is None and since is not None:
+                    if walk_gap:
+                        candidates |= changed_since(root, began).paths
+                        walked = True
+                elif since is not None:
                     candidates |= changed_since(root, since).paths
                 moved[root], unmovable = orphans.quarantine(root, candidates, wall, reason)
                 if walked and moved[root]:
@@ -1972,7 +1973,6 @@ class Daemon:
         if self._commit_at is not None:
             self._commit_at.cancel()
         self.journal.close()
-        self._closed = True
         self._write_status()
         with contextlib.suppress(OSError):
             os.unlink(self.run_dir / SOCKET_NAME)

@@ -42,6 +42,11 @@ JOURNAL_NAME: Final = "mirrord.journal"
 # synced before, and never written (a write and a delete per change were a fifth of the
 # daemon's CPU under a churn).
 COMMIT_WITHIN: Final = 2.0
+# A dirty row, written or given a newer sequence: its first change keeps its time.
+_RECORD: Final = (
+    "INSERT INTO dirty (directory, path, first_seen, seq) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (directory, path) DO UPDATE SET seq = excluded.seq"
+)
 # Pass records kept per directory; older ones are pruned as new ones are added.
 HISTORY_KEEP: Final = 1000
 
@@ -162,11 +167,7 @@ class Journal:
 
     def _write(self, rows: list[tuple[str, bytes, float, int]]) -> None:
         with self._db:
-            self._db.executemany(
-                "INSERT INTO dirty (directory, path, first_seen, seq) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (directory, path) DO UPDATE SET seq = excluded.seq",
-                rows,
-            )
+            self._db.executemany(_RECORD, rows)
 
     # -- vouch marker --------------------------------------------------------------------
 
@@ -304,11 +305,7 @@ class Journal:
             # The new sequence of a path changed again goes in first, as its own row's: that
             # row stays, with the time of its first change.
             if again:
-                self._db.executemany(
-                    "INSERT INTO dirty (directory, path, first_seen, seq) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (directory, path) DO UPDATE SET seq = excluded.seq",
-                    again,
-                )
+                self._db.executemany(_RECORD, again)
             self._db.executemany(
                 "DELETE FROM dirty WHERE directory = ? AND path = ? AND seq <= ?",
                 [(directory, p, mark) for p in synced],

@@ -29,6 +29,9 @@ class Outcome:
 
     result: Result
     reason: str
+    # The next pass is a full one, for this reason (what this pass could not carry, a full
+    # pass does); None: nothing is owed.
+    full: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ def _retry(reason: str) -> Outcome:
     return Outcome(Result.RETRY, reason)
 
 
+def _full_pass(reason: str) -> Outcome:
+    """Retried, as a full pass: it carries what this run could not."""
+    return Outcome(Result.RETRY, reason, full=reason)
+
+
 # Debian 12's rsync 3.2.7 (with its 2025 security fixes) refuses a listed path missing on the
 # source ("invalid file mode 00 for NAME [Receiver]", protocol incompatibility): every deletion
 # an incremental pass sends with --delete-missing-args. A full pass (--delete over the walked
@@ -63,7 +71,7 @@ FULL_PASS_WANTED: Final = "the peer set aside files a push may have written: a f
 # First match in this order wins: the more specific and the more decisive come first (a full
 # disk also breaks the pipe; a refusal by the push check also fails the pre-xfer exec).
 CAUSES: Final[tuple[Cause, ...]] = (
-    Cause("invalid file mode 00", _retry(MISSING_ARGS_REFUSED)),
+    Cause("invalid file mode 00", _full_pass(MISSING_ARGS_REFUSED)),
     # The peer's push check (mirrord/pushcheck.sh, for both receivers).
     Cause(
         "does not exist on this node",
@@ -76,7 +84,7 @@ CAUSES: Final[tuple[Cause, ...]] = (
             "set its unsynced changes aside"
         ),
     ),
-    Cause("it wants a full pass", _retry(FULL_PASS_WANTED)),
+    Cause("it wants a full pass", _full_pass(FULL_PASS_WANTED)),
     Cause(
         "is not a mirrored root",
         _alarm(
@@ -180,7 +188,8 @@ def explain(rc: int, by_code: Outcome, messages: Messages) -> Outcome:
     found = messages.cause()
     if found is not None:
         cause, line = found
-        return Outcome(cause.outcome.result, f"{cause.outcome.reason} (rc {rc}): {line.strip()}")
+        return Outcome(cause.outcome.result, f"{cause.outcome.reason} (rc {rc}): {line.strip()}",
+                       cause.outcome.full)  # fmt: skip
     if messages.tail:
         return Outcome(by_code.result, f"{by_code.reason}: {messages.tail[-1].strip()}")
     return by_code
