@@ -1709,20 +1709,15 @@ class Daemon:
             candidates = set(dirty)
             try:
                 began = orphans.gap_began(root)
-                walked = False
                 if began is not None:
                     # A gap's marker, not a crashed source's: what changed since takeover was
                     # lost is this node's (unless it served nobody meanwhile).
                     if walk_gap:
                         candidates |= changed_since(root, began).paths
-                        walked = True
                 elif since is not None:
                     candidates |= changed_since(root, since).paths
+                # What moves, the peer may hold: the set-aside asks it for a full pass.
                 moved[root], unmovable = orphans.quarantine(root, candidates, wall, reason)
-                if walked and moved[root]:
-                    # A push in flight as the gap began may have landed after its marker: the
-                    # peer counts it sent, and only a full pass sends it again.
-                    orphans.ask_resend(root, wall)
             except Exception:
                 # The marker stays: the peer's pushes are refused until a later set-aside.
                 log.exception("orphans.failed dir=%s", root)

@@ -190,7 +190,13 @@ def quarantine(
     root: str, paths: Iterable[str], now: float, reason: str
 ) -> tuple[list[Orphan], list[str]]:
     """Move each of `paths` (relative to `root`) into a new recovery area; return what was set
-    aside and the paths that could not be (those stay in place and in the journal)."""
+    aside and the paths that could not be (those stay in place and in the journal).
+
+    A set-aside that found anything asks the peer for a full pass (ask_resend): the peer may
+    hold what moved or vanished here (a pass in flight at a crash, a walk that starts before
+    the last confirmed pass, a push that landed as a gap began), counts it sent, and only a
+    full pass makes this tree its copy again. Whether the peer saw this node come back (its
+    own full pass) is no matter: its mirrord may have been away meanwhile."""
     stamp = datetime.fromtimestamp(now, UTC).strftime(STAMP_FORMAT)
     name = f"{RECOVERY_PREFIX}{stamp}"
     area = Path(root) / BACKUP_DIR / name
@@ -228,6 +234,8 @@ def quarantine(
     finally:
         os.close(top)
         os.close(recovery)
+    if moved:
+        ask_resend(root, now)
     return moved, failed
 
 

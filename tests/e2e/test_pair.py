@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from mirrord.cli import control_request
+from mirrord.daemon import CATCH_UP_MARGIN
 from tests.e2e.pairlab import PairLab, Writer, present
 from tests.lab.lab import Lab, wait_until
 from tests.lab.pair import HB_PORT, PairConfig
@@ -43,6 +44,11 @@ def settled(pair: PairLab, node: str) -> bool:
     return all(
         not d["running"] and not d["dirty"] and d["full_needed"] is None for d in doc["directories"]
     )
+
+
+def missing_on(pair: PairLab, node: str, names: set[str]) -> list[str]:
+    """The first few of `names` that node's /srv/data lacks."""
+    return sorted(names - present(pair.tree(node, "data"), list(names)))[:5]
 
 
 def takeover_cmd(pair: PairLab, node: str, *args: str) -> None:
@@ -207,9 +213,10 @@ def test_active_crash_orphans_and_return(pair: PairLab) -> None:
     wait_until(lambda: missing <= {o["path"] for o in pair.orphans("a")}, 30, 0.2)
     orphaned = {o["path"] for o in pair.orphans("a")}
     assert missing <= orphaned, sorted(missing - orphaned)[:5]
-    # Back in the pair: b pushes to a (a full pass, its tree may have lost the orphans).
+    # Back in the pair: b pushes to a (a full pass, its tree may have lost the orphans). The
+    # full pass sends its dirty paths (while-down) in a run of their own before the tree's.
     assert wait_until((pair.tree("a", "data") / "while-down").exists, 30, 0.1)
-    assert present(pair.tree("a", "data"), list(on_b)) == on_b
+    assert wait_until(lambda: not missing_on(pair, "a", on_b), 30, 0.2), missing_on(pair, "a", on_b)
     assert not pair.pushing("a")
     # No mirror in the wrong direction: nothing a set aside ever reached b.
     assert not missing & present(pair.tree("b", "data"), list(missing))
@@ -219,6 +226,46 @@ def test_active_crash_orphans_and_return(pair: PairLab) -> None:
     assert rc == 0, out
     copies = list(pair.tree("b", "data").glob(f"{name}.orphan-a-*"))
     assert len(copies) == 1 and copies[0].read_text() == f"{name}\n"
+
+
+def test_crashed_source_sets_aside_what_the_survivor_has_and_gets_it_back(pair: PairLab) -> None:
+    """The returning node's set-aside moves writes the survivor already has (its walk starts
+    before its last confirmed pass): it asks for a full pass, so they come back even when the
+    survivor's mirrord never saw the peer return (CI stop 19: an incremental pass carried the
+    survivor's change, and those writes stayed missing on the returning node)."""
+    # b has pushed before (a switchover and back): its restart owes no start-up full pass.
+    takeover_cmd(pair, "a", "standby")
+    assert wait_until(lambda: pair.active() == "b" and settled(pair, "b"), 30, 0.1)
+    takeover_cmd(pair, "b", "standby")
+    assert wait_until(lambda: pair.active() == "a" and settled(pair, "a"), 30, 0.1)
+    (pair.tree("a", "data") / "notes").write_text("before\n")
+    writer = Writer(pair.tree("a", "data")).start()
+    time.sleep(3.0)
+    acked = writer.stop()
+    pair.crash("a")
+    assert wait_until(lambda: pair.takeover.role("b") == "ACTIVE", 15, 0.1)
+    names = [n for n, _ in acked]
+    on_b = present(pair.tree("b", "data"), names)
+    assert (pair.tree("b", "data") / "notes").exists()
+    # b's mirrord is away while a comes back: when it starts, the peer is already there, and
+    # what changed meanwhile is one file's content (an incremental pass carries it; the wait
+    # keeps a's last pushes out of the catch-up walk's margin, which would make it a full pass).
+    time.sleep(CATCH_UP_MARGIN + 0.5)
+    pair.mirrord["b"].stop()
+    with open(pair.tree("b", "data") / "notes", "a") as f:
+        f.write("while a was down\n")
+    pair.revive("a")
+    assert wait_until(lambda: pair.takeover.role("a") == "STANDBY", 20, 0.1)
+    assert wait_until(lambda: pair.orphans("a"), 30, 0.2), pair.log("a")[-3000:]
+    moved = {o["path"] for o in pair.orphans("a")}
+    # The set-aside took some of what b has off a (the case this test is about).
+    assert moved & on_b, sorted(moved)[:5]
+    pair.start_mirrord("b")
+    notes = pair.tree("a", "data") / "notes"
+    assert wait_until(lambda: "while a was down" in notes.read_text(), 30, 0.1), pair.log("b")[
+        -3000:
+    ]
+    assert wait_until(lambda: not missing_on(pair, "a", on_b), 30, 0.2), missing_on(pair, "a", on_b)
 
 
 def test_heartbeat_partition_mirrors_toward_nobody(pair: PairLab) -> None:

@@ -397,6 +397,19 @@ def test_quarantine_moves_files_and_lists_deletions(tmp_path: Path) -> None:
     assert x.recovered is not None and Path(x.recovered).read_text() == "xx" and x.size == 2
     assert "/.hapair-backup/recovery-" in x.recovered
     assert by_path["gone"].recovered is None and by_path["gone"].size is None
+    # The peer may hold what moved: the next push is refused once, asking for a full pass.
+    assert (root / ".hapair-backup" / "resend").exists()
+
+
+def test_quarantine_of_nothing_asks_for_no_full_pass(tmp_path: Path) -> None:
+    """A set-aside that finds nothing to move (no paths, or only a directory, which is a
+    container) leaves the peer's next push alone."""
+    root = tmp_path / "data"
+    (root / "sub").mkdir(parents=True)
+    assert orphans.quarantine(str(root), [], NOW, "test") == ([], [])
+    assert orphans.quarantine(str(root), ["sub"], NOW, "test") == ([], [])
+    assert (root / "sub").is_dir()
+    assert not (root / ".hapair-backup" / "resend").exists()
 
 
 def test_manifest_round_trip_and_find(tmp_path: Path) -> None:
