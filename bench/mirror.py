@@ -14,6 +14,10 @@ bench polls b's copy), never a tool's own account of its pass.
    started right after the write (a cron job's wait for its next tick is not counted). The
    daemons' resident memory (VmRSS) after the samples.
 2. Latency after a quiet spell in a small hot directory: one new file, mirrord vs lsyncd delay 0.
+   `--parts anatomy` takes that path apart: one-file rsync commands run from node a, each
+   adding one thing to the last, from lsyncd's (plain `rsync --server` on b) to mirrord's own
+   (its options, the receiving daemon module, its push check, `setpriv`), interleaved, each
+   timed from the spawn to the file's arrival on b.
 3. Trade-off: the same churn (new files at a fixed rate) for mirrord at several `min_interval`
    values and lsyncd at several `delay` values; per file change->peer time (p99 = the RPO p99)
    against the CPU seconds spent. Plotted to docs/mirror-tradeoff.png.
@@ -44,9 +48,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mirrord.transfer import Peer, TransferOptions, incremental_argv, with_parent_death
 from tests.e2e.mirrorlab import MirrorPair, write_policies
 from tests.lab.lab import IPV4, Lab, LabProcess, wait_until
 
@@ -451,6 +457,56 @@ class Bench:
         self.stop_lsyncd(ls, "lat-lsyncd0")
         self.save()
 
+    def anatomy(self) -> None:
+        """One-file pushes from a, each variant one step nearer mirrord's command (ANATOMY)."""
+        self.root("lat")
+        work = self.lab.node_dir("a", "anatomy")
+        conf = self.pair.b_etc / "rsyncd.conf"
+        original = conf.read_text()
+        mirror = Peer(
+            "root",
+            IPV4["b"],
+            key=str(self.pair.key),
+            control_path=f"{work}/mirror-%C",
+            ssh_options=tuple(x for o in self.pair.ssh_options() for x in ("-o", o)),
+        )
+        plain = replace(mirror, key=str(self.plain_key()), control_path=f"{work}/plain-%C",
+                        daemon=False)  # fmt: skip
+        opts = TransferOptions(max_delete=100)
+        unchecked = incremental_argv("/srv/lat", mirror, opts, time.time())
+        unchecked[-1] = f"{mirror.login}::{ANATOMY_MODULE}/"
+        checked = incremental_argv("/srv/lat", mirror, opts, time.time())
+        variants = {
+            "plain": ["rsync", "-a", "-I", "--files-from=-", "--from0", "--relative",
+                      "-e", shlex.join(plain.ssh_argv()), "/srv/lat/", plain.target("/srv/lat")],
+            "+ mirrord's options": incremental_argv("/srv/lat", plain, opts, time.time()),
+            "+ daemon module": unchecked,
+            "+ push check": checked,
+            "+ setpriv (mirrord's command)": with_parent_death(checked)[0],
+        }  # fmt: skip
+        spec = work / "anatomy.json"
+        spec.write_text(json.dumps({"variants": variants, "samples": self.args.anatomy_samples,
+                                    "quiet": self.args.quiet}))  # fmt: skip
+        # The same root, without the push check: what the daemon module costs by itself.
+        conf.write_text(f"{original}\n[{ANATOMY_MODULE}]\npath = /srv/lat\npre-xfer exec =\n")
+        try:
+            top = str(Path(__file__).resolve().parent.parent)
+            proc = self.lab.spawn(
+                "a", [sys.executable, "-m", "bench.mirror", "--anatomy-worker", str(spec)],
+                binds={"/srv": self.pair.a_srv, ANATOMY_PEER: self.pair.b_srv},
+                env={"PYTHONPATH": top},
+            )  # fmt: skip
+            if proc.wait(timeout=1800) != 0:
+                raise RuntimeError(f"anatomy worker failed: {proc.output()}")
+            self.results["anatomy"] = json.loads((work / "anatomy-out.json").read_text())
+        finally:
+            conf.write_text(original)
+            for master in ("mirror", "plain"):
+                for path in work.glob(f"{master}-*"):
+                    self.lab.run("a", ["ssh", "-o", f"ControlPath={path}", "-O", "exit", "x"],
+                                 check=False)  # fmt: skip
+        self.save()
+
     # -- 3. the trade-off: RPO p99 against CPU under the same churn -----------------------
 
     def churn(self, name: str) -> dict[str, Any]:
@@ -530,6 +586,7 @@ class Bench:
             "latency": self.latency,
             "tradeoff": self.tradeoff,
             "e2e": self.all_sizes,
+            "anatomy": self.anatomy,
         }
         try:
             for part in self.args.parts.split(","):
@@ -633,6 +690,15 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         )
         ratios["latency_vs_lsyncd_delay0"] = round(lm / l0, 2)
         doc["latency_ms"] = {"mirrord": round(lm * 1000, 1), "lsyncd_delay0": round(l0 * 1000, 1)}
+    if "anatomy" in r:
+        meds = {k: median(v) * 1000 for k, v in r["anatomy"].items()}
+        before = None
+        for k, ms in meds.items():
+            step = "" if before is None else f", {ms - before:+.1f} ms"
+            rows.append((f"one-file push, spawn to arrival: {k}", f"{ms:.1f} ms",
+                         f"median of {len(r['anatomy'][k])}{step}"))  # fmt: skip
+            before = ms
+        doc["anatomy_ms"] = {k: round(ms, 1) for k, ms in meds.items()}
     m_pts = [(p["cpu_s"], p["p99_s"]) for p in r["tradeoff"]["mirrord"]]
     l_pts = [(p["cpu_s"], p["p99_s"]) for p in r["tradeoff"]["lsyncd"]]
     churn = f"churn {args.churn_rate} new files/s for {args.churn_seconds} s"
@@ -682,6 +748,42 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
+# The anatomy's module without the push check, and where node a sees b's /srv.
+ANATOMY_MODULE = "bench-anatomy"
+ANATOMY_PEER = "/peer-srv"
+
+
+def anatomy_worker(spec_path: Path) -> None:
+    """In node a: run each variant with one new file per sample, interleaved (a change in the
+    machine's load falls on all alike), a round first to open the ControlMasters; time each
+    from the spawn until the file is on b; write the seconds next to the spec."""
+    spec = json.loads(spec_path.read_text())
+    variants: dict[str, list[str]] = spec["variants"]
+    out: dict[str, list[float]] = {k: [] for k in variants}
+    for i in range(spec["samples"] + 1):
+        for j, (k, argv) in enumerate(variants.items()):
+            time.sleep(spec["quiet"])
+            name = f"anatomy-{i}-{j}"
+            Path("/srv/lat", name).write_text(name)
+            arrived = Path(ANATOMY_PEER, "lat", name)
+            t0 = time.monotonic()
+            p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)  # fmt: skip
+            assert p.stdin is not None and p.stderr is not None
+            p.stdin.write(name.encode() + b"\0")
+            p.stdin.close()
+            while not arrived.exists():
+                time.sleep(0.0002)
+                if time.monotonic() - t0 > 30:
+                    raise RuntimeError(f"{k}: never arrived: {p.stderr.read()!r}")
+            took = time.monotonic() - t0
+            if p.wait() != 0:
+                raise RuntimeError(f"{k}: rsync exit {p.returncode}: {p.stderr.read()!r}")
+            if i > 0:
+                out[k].append(took)
+    (spec_path.parent / "anatomy-out.json").write_text(json.dumps(out))
+
+
 def compile_daemons() -> None:
     """Byte-compile hapair's packages, as the Debian package's postinst does: a daemon that
     compiles its modules at every start (PYTHONDONTWRITEBYTECODE, a read-only tree) keeps the
@@ -705,11 +807,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-intervals", default="0.25,0.5,1,2,5", help="mirrord's, seconds")
     p.add_argument("--delays", default="0,1,2,5,10", help="lsyncd's, seconds")
     p.add_argument("--arrival-timeout", type=float, default=300.0)
-    p.add_argument("--parts", default="e2e,latency,tradeoff")
+    p.add_argument("--anatomy-samples", type=int, default=20)
+    p.add_argument("--anatomy-worker", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--parts", default="e2e,latency,tradeoff", help="also: anatomy")
     p.add_argument("--e2e-tools", default="mirrord,lsyncd,full")
     p.add_argument("--resume", type=Path, help="start from this results.json (parts re-run)")
     p.add_argument("--report-only", type=Path, help="re-read a results.json, print, plot")
     args = p.parse_args(argv)
+    if args.anatomy_worker:
+        anatomy_worker(args.anatomy_worker)
+        return 0
     if args.report_only:
         results = json.loads(args.report_only.read_text())
     else:
