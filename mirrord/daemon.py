@@ -317,6 +317,8 @@ class PassOutcome:
     # Entries created, and deletions that were the old names of renames (in `deleted` too).
     created: int = 0
     renamed: int = 0
+    # The peer refused the pass for a cause only a full pass mends (mirrord.outcome's `full`).
+    full: str | None = None
 
 
 @dataclass(frozen=True)
@@ -1424,6 +1426,7 @@ class Daemon:
             files=res.stats.files or None,
             created=res.stats.created,
             renamed=res.stats.renamed,
+            full=res.outcome.full,
         )
 
     def _finish(self, done: PassDone, now: float) -> None:
@@ -1431,7 +1434,7 @@ class Daemon:
         plan, out = done.plan, done.outcome
         root = plan.directory
         self._tasks.pop(root, None)
-        self.planner.pass_finished(root, out.result, now, detail=out.detail)
+        self.planner.pass_finished(root, out.result, now, detail=out.detail, redirect=out.full)
         wall = self.wall()
         self.journal.pass_finished(
             done.pass_id, wall, out.result.value,

@@ -184,6 +184,9 @@ class _Dir:
     failures: int = 0
     alarm: str | None = None
     forced_at: float | None = None
+    # The last pass was refused for a cause only a full pass mends, and that was let go
+    # without counting a failure (at most once between successes: no loop of refusals).
+    redirected: bool = False
     forced_full: bool = False
     # Since when a scheduled audit is owed (the policy's cron schedule fired).
     audit_at: float | None = None
@@ -334,9 +337,21 @@ class Planner:
         d.last_start = now
 
     def pass_finished(
-        self, directory: str, result: Result, now: float, detail: str | None = None
+        self,
+        directory: str,
+        result: Result,
+        now: float,
+        detail: str | None = None,
+        redirect: str | None = None,
     ) -> None:
-        """The running pass ended with `result` after running since `pass_started`."""
+        """The running pass ended with `result` after running since `pass_started`.
+
+        `redirect`: the peer refused the pass for a cause only a full pass mends (its reason,
+        mirrord.outcome's `full`: Debian 12's rsync refusing a deleted path, a peer that set
+        aside files a push may have written). That is no failure: the full pass is owed for
+        that reason and starts at once, without the backoff or the spacing. Only once between
+        successes: a full pass refused the same way again backs off as any failure.
+        """
         d = self._get(directory)
         plan = d.running
         if plan is None or d.started_at is None:
@@ -355,6 +370,7 @@ class Planner:
             d.in_flight_full = None
             d.failures = 0
             d.alarm = None
+            d.redirected = False
             if plan.kind is PassKind.FULL:
                 d.last_full_ok = now
         else:
@@ -367,11 +383,16 @@ class Planner:
             if plan.kind is PassKind.FULL and d.full_reason is None:
                 # A failed audit or requested full pass is still owed.
                 d.full_reason, d.full_since = plan.reason, d.last_start or now
-            d.failures += 1
-            if result is Result.ALARM:
-                d.alarm = detail or "alarm"
-            elif d.failures >= ALARM_AFTER_FAILURES:
-                d.alarm = f"{d.failures} consecutive failures: {detail or 'retry'}"
+            if redirect is not None and result is Result.RETRY and not d.redirected:
+                d.redirected = True
+                self.need_full(directory, redirect, d.last_start or now)
+                d.forced_at = now
+            else:
+                d.failures += 1
+                if result is Result.ALARM:
+                    d.alarm = detail or "alarm"
+                elif d.failures >= ALARM_AFTER_FAILURES:
+                    d.alarm = f"{d.failures} consecutive failures: {detail or 'retry'}"
         d.interval = self._adapt(d)
         log.info(
             "plan.pass_finished dir=%s kind=%s result=%s duration=%.3f interval=%.3f",

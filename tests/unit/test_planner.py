@@ -25,11 +25,19 @@ def planner(cadence: Cadence = HOT, now: float = 0.0) -> Planner:
     return p
 
 
-def run_pass(p: Planner, now: float, duration: float, result: Result = Result.OK) -> PassPlan:
+def run_pass(
+    p: Planner,
+    now: float,
+    duration: float,
+    result: Result = Result.OK,
+    *,
+    detail: str | None = None,
+    redirect: str | None = None,
+) -> PassPlan:
     """Start the one due pass at `now` and finish it `duration` later."""
     (plan,) = p.due(now)
     p.pass_started(plan, now)
-    p.pass_finished(D, result, now + duration)
+    p.pass_finished(D, result, now + duration, detail=detail, redirect=redirect)
     return plan
 
 
@@ -140,9 +148,7 @@ def test_alarm_keeps_changes_and_waits_max_interval() -> None:
     """An alarm (e.g. guard refusal) keeps the snapshot and retries only at max_interval."""
     p = planner()
     p.changes(D, ["a"], 0.0)
-    (plan,) = p.due(0.0)
-    p.pass_started(plan, 0.0)
-    p.pass_finished(D, Result.ALARM, 0.1, detail="guard: source root is empty")
+    run_pass(p, 0.0, 0.1, Result.ALARM, detail="guard: source root is empty")
     st = p.status(D, 0.1)
     assert st.alarm == "guard: source root is empty"
     assert st.dirty == 1
@@ -671,3 +677,48 @@ def test_changes_closer_than_min_interval_are_batched() -> None:
             run_pass(p, now, 0.05)
             passes += 1
     assert passes <= 60 / HOT_CLASS.min_interval + 2
+
+
+@pytest.mark.parametrize(
+    ("redirect", "due_at", "failures", "kind"),
+    [
+        # An incremental pass the peer refused for a full pass: no failure, the full pass now.
+        ("the peer set aside files", 10.1, 0, PassKind.FULL),
+        # Any other refusal backs off (min_interval 0.5 s, under the spacing: 2 s from the start).
+        (None, 12.0, 1, PassKind.INCREMENTAL),
+    ],
+)
+def test_a_refusal_that_asks_for_a_full_pass_is_no_failure(
+    redirect: str | None, due_at: float, failures: int, kind: PassKind
+) -> None:
+    """mirrord.outcome's `full` causes (Debian 12's rsync refusing a deleted path, a peer that
+    set aside files a push may have written) redirect the pass; they are not failures."""
+    p = planner()
+    p.changes(D, ["a"], 0.0)
+    p.changes(D, ["b"], 10.0)
+    plan = run_pass(p, 10.0, 0.1, Result.RETRY, detail="refused", redirect=redirect)
+    assert plan.kind is PassKind.INCREMENTAL
+    assert p.next_deadline() == pytest.approx(due_at)
+    st = p.status(D, 10.1)
+    assert (st.failures, st.dirty) == (failures, 2)
+    (again,) = p.due(due_at)
+    assert again.kind is kind and again.paths == frozenset({"a", "b"})
+    # The RPO still counts from the first change.
+    assert p.rpo(D, 11.0) == pytest.approx(11.0)
+
+
+def test_a_second_redirect_before_a_success_backs_off() -> None:
+    """The full pass refused the same way again is a failure: no loop of refusals."""
+    p = planner()
+    p.changes(D, ["a"], 0.0)
+    run_pass(p, 0.0, 0.1, Result.RETRY, redirect="full pass wanted")
+    full = run_pass(p, 0.1, 0.1, Result.RETRY, redirect="full pass wanted")
+    assert full.kind is PassKind.FULL
+    assert p.status(D, 0.2).failures == 1
+    deadline = p.next_deadline()
+    assert deadline is not None and deadline > 0.2
+    # A success lets the next redirect go at once again.
+    run_pass(p, deadline, 0.1)
+    p.changes(D, ["c"], 20.0)
+    run_pass(p, 20.0, 0.1, Result.RETRY, redirect="full pass wanted")
+    assert p.next_deadline() == pytest.approx(20.1)
