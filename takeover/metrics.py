@@ -252,6 +252,11 @@ def _counters(f: Builder, doc: Mapping[str, Any]) -> None:
         "Fencing operations on the peer, by outcome.",
         (({"outcome": k}, n) for k, n in (totals.get("fence_attempts") or {}).items()),
     )
+    f.counters(
+        "hapair_takeover_inhibitor_timeouts",
+        "Releases that went on without a release inhibitor's word (inhibit_timeout), by name.",
+        (({"inhibitor": k}, n) for k, n in (totals.get("inhibitor_timeouts") or {}).items()),
+    )
     hb: Mapping[str, object] = doc.get("heartbeat") or {}
     f.counters(
         "hapair_takeover_heartbeats_accepted",

@@ -54,6 +54,7 @@ def takeover_doc(**over: Any) -> dict[str, Any]:
                 "ARBITRATING->ACTIVE": 1,
             },
             "fence_attempts": {"ok": 1, "failed": 2},
+            "inhibitor_timeouts": {"mirrord": 1},
         },
     }
     doc.update(over)
@@ -107,6 +108,8 @@ TAKEOVER_CASES = [
     ({}, "hapair_takeover_config_digest_match", {}, 1.0),
     ({}, "hapair_takeover_transitions_total", {"from": "ARBITRATING", "to": "ACTIVE"}, 1.0),
     ({}, "hapair_takeover_fence_attempts_total", {"outcome": "failed"}, 2.0),
+    ({}, "hapair_takeover_inhibitor_timeouts_total", {"inhibitor": "mirrord"}, 1.0),
+    ({}, "hapair_takeover_inhibitor_timeouts_total", {"inhibitor": "other"}, None),
     ({}, "hapair_takeover_heartbeats_accepted_total", {}, 40.0),
     ({}, "hapair_takeover_heartbeats_dropped_total", {"reason": "bad_mac"}, 3.0),
     ({}, "hapair_takeover_heartbeats_dropped_total", {"reason": "accepted"}, None),
