@@ -473,9 +473,8 @@ class Bench:
         plain = replace(mirror, key=str(self.plain_key()), control_path=f"{work}/plain-%C",
                         daemon=False)  # fmt: skip
         opts = TransferOptions(max_delete=100)
-        unchecked = incremental_argv("/srv/lat", mirror, opts, time.time())
-        unchecked[-1] = f"{mirror.login}::{ANATOMY_MODULE}/"
         checked = incremental_argv("/srv/lat", mirror, opts, time.time())
+        unchecked = [*checked[:-1], f"{mirror.login}::{ANATOMY_MODULE}/"]
         variants = {
             "plain": ["rsync", "-a", "-I", "--files-from=-", "--from0", "--relative",
                       "-e", shlex.join(plain.ssh_argv()), "/srv/lat/", plain.target("/srv/lat")],

@@ -1272,7 +1272,6 @@ class Daemon:
                     files_from(plan.paths, carried), keep_deleted=REPORT_PATHS, renamed=renamed,
                 )  # fmt: skip
                 if dry_res.outcome.result is not Result.OK:
-                    self._full_if_refused(d.root, dry_res)
                     return self._outcome(dry_res, "dry run: ")
                 count = dry_res.stats.deleted - dry_res.stats.renamed
                 renames = dry_res.stats.renamed
@@ -1376,7 +1375,6 @@ class Daemon:
             d.root, argv, files_from(set(paths) - set(left), carried),
             renamed=self._departures[d.root].renamed_away(),
         )  # fmt: skip
-        self._full_if_refused(d.root, res)
         out = self._outcome(res)
         if left:
             why = sorted({skip[p] for p in left if p in skip} or {UNBACKABLE})
@@ -1398,12 +1396,6 @@ class Daemon:
         return await run_rsync(
             argv, paths, keep_deleted=keep_deleted, renamed=renamed, pin=self._pins[root]
         )
-
-    def _full_if_refused(self, root: str, res: TransferResult) -> None:
-        """A pass whose failure a full pass mends (mirrord.outcome: the peer refused a deleted
-        path, or set aside files a push may have written): the next pass is a full one."""
-        if res.outcome.full is not None:
-            self._need_full(root, res.outcome.full, self.clock())
 
     def _skip(self, root: str, paths: Sequence[str], why: str = UNBACKABLE) -> None:
         """Leave `paths` of `root` (and what lies below them) out of every pass from now on,
@@ -1434,8 +1426,12 @@ class Daemon:
         plan, out = done.plan, done.outcome
         root = plan.directory
         self._tasks.pop(root, None)
+        # A refusal only a full pass mends: the planner owes it (and starts it at once), the
+        # journal keeps it across a restart.
         self.planner.pass_finished(root, out.result, now, detail=out.detail, redirect=out.full)
         wall = self.wall()
+        if out.full is not None:
+            self.journal.need_full(root, out.full, wall)
         self.journal.pass_finished(
             done.pass_id, wall, out.result.value,
             rc=out.rc, files=out.files, nbytes=out.bytes_sent, detail=out.detail,

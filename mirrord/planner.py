@@ -348,9 +348,9 @@ class Planner:
 
         `redirect`: the peer refused the pass for a cause only a full pass mends (its reason,
         mirrord.outcome's `full`: Debian 12's rsync refusing a deleted path, a peer that set
-        aside files a push may have written). That is no failure: the full pass is owed for
-        that reason and starts at once, without the backoff or the spacing. Only once between
-        successes: a full pass refused the same way again backs off as any failure.
+        aside files a push may have written). The full pass is owed for that reason, and the
+        refusal is no failure: it starts at once, without the backoff or the spacing. Only
+        once between successes: a pass refused the same way again backs off as any failure.
         """
         d = self._get(directory)
         plan = d.running
@@ -383,9 +383,10 @@ class Planner:
             if plan.kind is PassKind.FULL and d.full_reason is None:
                 # A failed audit or requested full pass is still owed.
                 d.full_reason, d.full_since = plan.reason, d.last_start or now
+            if redirect is not None and result is Result.RETRY:
+                self.need_full(directory, redirect, d.last_start or now)
             if redirect is not None and result is Result.RETRY and not d.redirected:
                 d.redirected = True
-                self.need_full(directory, redirect, d.last_start or now)
                 d.forced_at = now
             else:
                 d.failures += 1

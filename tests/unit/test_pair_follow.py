@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from mirrord import orphans
-from mirrord.daemon import Daemon, MirrorDir
+from mirrord.daemon import Daemon, MirrorDir, PassDone
 from mirrord.follow import Follower, PeerSeen, RoleSeen, peer_from_status
 from mirrord.outcome import FULL_PASS_WANTED, MISSING_ARGS_REFUSED
 from mirrord.planner import Cadence, Result
@@ -762,15 +762,27 @@ def test_a_pass_refused_for_a_deleted_path_owes_a_full_pass(tmp_path: Path) -> N
         return TransferResult(rc=2, outcome=classify(2, stderr), stats=Stats(), duration=0.1,
                               stderr=stderr)  # fmt: skip
 
+    assert daemon.journal is not None
     owed: list[tuple[str, str]] = []
-    daemon._need_full = lambda r, why, _now: owed.append((r, why))  # type: ignore[method-assign]
-    daemon._full_if_refused(str(root), result("rsync error: protocol version mismatch\n"))
+    daemon.journal.need_full = lambda r, why, _wall: owed.append((r, why))  # type: ignore[method-assign]
+
+    def refuse(stderr: str) -> None:
+        """An incremental pass of one dirty path ends with this rsync error (the daemon's
+        _finish: the planner and the journal learn what it owes)."""
+        daemon.planner.changes(str(root), ["x"], NOW)
+        daemon.planner.request(str(root), NOW)  # despite the backoff of the one before
+        (plan,) = daemon.planner.due(NOW)
+        daemon.planner.pass_started(plan, NOW)
+        out = daemon._outcome(result(stderr))
+        daemon._finish(PassDone(plan, 0, 0, NOW, NOW, out), NOW)
+
+    refuse("rsync error: protocol version mismatch\n")
     assert owed == []
     refused = "invalid file mode 00 for gone [Receiver]\nrsync error: protocol incompatibility\n"
-    daemon._full_if_refused(str(root), result(refused))
+    refuse(refused)
     assert owed == [(str(root), MISSING_ARGS_REFUSED)]
     # The push check's request after a set-aside (mirrord/pushcheck.sh, step 4).
     wanted = (f"mirrord: {root}: this node set aside files a push may have written; it wants a "
               "full pass\n@ERROR: pre-xfer exec returned failure (1)\n")  # fmt: skip
-    daemon._full_if_refused(str(root), result(wanted))
+    refuse(wanted)
     assert owed[-1] == (str(root), FULL_PASS_WANTED)
