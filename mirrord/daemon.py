@@ -419,8 +419,13 @@ def _below(paths: Iterable[str]) -> tuple[str, ...]:
 
 
 def write_json_atomic(path: Path, document: object) -> None:
-    """Write `document` to `path` through a temp file and a rename (readers never see half)."""
-    write_atomic(path, json.dumps(document, indent=1, sort_keys=True), mode=0o600)
+    """Write `document` to `path` through a temp file and a rename (readers never see half).
+
+    One line: json's C encoder writes it, where an indented document goes through the pure
+    Python one (the status is written at every pass start and end; `mirrord status` shows it).
+    """
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    write_atomic(path, text, mode=0o600)
 
 
 @dataclass(frozen=True)

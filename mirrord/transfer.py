@@ -54,7 +54,7 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -363,6 +363,45 @@ _DELETING: Final = "*deleting "
 _NEW: Final = "+" * 9
 
 
+# What rsync gets of the path list, and what is read of its stdout, per write or read: a pass
+# of thousands of paths is a few pipe writes, not a write and a drain per path.
+FEED_CHUNK: Final = 64 * 1024
+READ_CHUNK: Final = 64 * 1024
+
+
+def nul_chunks(paths: Iterable[str], size: int = FEED_CHUNK) -> Iterator[bytes]:
+    """Yield `paths` NUL-terminated (as --from0 reads them), joined into chunks of about
+    `size` bytes (a chunk ends after a whole path)."""
+    batch: list[bytes] = []
+    held = 0
+    for p in paths:
+        b = p.encode("utf-8", "surrogateescape") + b"\0"
+        batch.append(b)
+        held += len(b)
+        if held >= size:
+            yield b"".join(batch)
+            batch, held = [], 0
+    if batch:
+        yield b"".join(batch)
+
+
+class Lines:
+    """Split a byte stream read in chunks into lines (decoded, without their newline)."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """The lines that `chunk` completes."""
+        *whole, self._rest = (self._rest + chunk).split(b"\n")
+        return [w.decode("utf-8", "replace") for w in whole]
+
+    def end(self) -> list[str]:
+        """The last line, if the stream did not end with a newline."""
+        rest, self._rest = self._rest, b""
+        return [rest.decode("utf-8", "replace")] if rest else []
+
+
 def parse_line(
     line: str, stats: Stats, keep_deleted: int = 0, renamed: frozenset[str] = frozenset()
 ) -> None:
@@ -501,8 +540,8 @@ async def run_rsync(
     async def feed() -> None:
         assert proc.stdin is not None
         try:
-            for p in paths or ():
-                proc.stdin.write(p.encode("utf-8", "surrogateescape") + b"\0")
+            for chunk in nul_chunks(paths or ()):
+                proc.stdin.write(chunk)
                 await proc.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             pass  # rsync exited early; its exit code says why
@@ -511,8 +550,11 @@ async def run_rsync(
 
     async def read_out() -> None:
         assert proc.stdout is not None
-        async for raw in proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
+        lines = Lines()
+        while chunk := await proc.stdout.read(READ_CHUNK):
+            for line in lines.feed(chunk):
+                parse_line(line, stats, keep_deleted, renamed)
+        for line in lines.end():
             parse_line(line, stats, keep_deleted, renamed)
 
     messages = Messages()

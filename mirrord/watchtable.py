@@ -59,6 +59,8 @@ WATCH_MASK: Final = (
 # How long a moved-from waits for its moved-to. The kernel queues the two one after the other;
 # they are apart only when a read ends between them, or another process's event slips in.
 PAIR_WAIT: Final = 0.05
+# Directories whose located path is kept (a few KiB at most; the table itself stays dense).
+LOCATED_KEEP: Final = 64
 
 # The kinds a RawEvent can have, by the inotify bit that makes it.
 KINDS: Final = {
@@ -148,6 +150,8 @@ class _Entries:
         self._parent = array("i")
         self._name: list[bytes | None] = []
         self._live = 0
+        # Counts the changes of the tree (for the paths cached from it).
+        self.version = 0
 
     def _slot(self, wd: int) -> int | None:
         i = wd - self._base
@@ -185,6 +189,7 @@ class _Entries:
         if self._parent[i] == self._ABSENT:
             self._live += 1
         self._parent[i], self._name[i] = entry
+        self.version += 1
 
     def pop(self, wd: int) -> None:
         i = self._slot(wd)
@@ -192,6 +197,7 @@ class _Entries:
             return
         self._parent[i], self._name[i] = self._ABSENT, None
         self._live -= 1
+        self.version += 1
         if not self._live:
             self._parent, self._name = array("i"), []
         elif len(self._parent) > 2 * self._live + 1024:
@@ -224,6 +230,11 @@ class WatchTable:
         self._pending: dict[int, _Pending] = {}
         # Files with a change already said in this read (`feed`).
         self._seen: set[bytes] = set()
+        # The last directories located, as of the tree's version: a burst of events falls in
+        # a few directories, and a walk up the parents per event cost more than the rest of
+        # the event.
+        self._located: dict[int, tuple[bytes, str | None]] = {}
+        self._located_version = -1
 
     # -- the table ---------------------------------------------------------------------
 
@@ -276,6 +287,17 @@ class WatchTable:
     def _locate(self, wd: int) -> tuple[bytes, str | None] | None:
         """The path of the directory watched by `wd` and its root, in one walk up the parents
         (every event needs both)."""
+        if self._located_version != self._dirs.version or len(self._located) >= LOCATED_KEEP:
+            self._located.clear()
+            self._located_version = self._dirs.version
+        if (hit := self._located.get(wd)) is not None:
+            return hit
+        found = self._walk_up(wd)
+        if found is not None:
+            self._located[wd] = found
+        return found
+
+    def _walk_up(self, wd: int) -> tuple[bytes, str | None] | None:
         parts: list[bytes] = []
         for _ in range(len(self._dirs) + 1):
             entry = self._dirs.get(wd)

@@ -23,6 +23,7 @@ from mirrord.rsyncd import module_name
 from mirrord.transfer import (
     RSYNC_OUTCOME,
     SETPRIV,
+    Lines,
     Peer,
     Stats,
     TransferOptions,
@@ -32,6 +33,7 @@ from mirrord.transfer import (
     full_argv,
     incremental_argv,
     literal_pattern,
+    nul_chunks,
     parse_line,
     run_rsync,
     use_pidfd_watcher,
@@ -245,6 +247,52 @@ def differences(src: Path, dst: Path) -> list[str]:
 def start_of_a_second() -> None:
     """Sleep until just after a whole second: what follows shares that second."""
     time.sleep(1.0 - time.time() % 1.0 + 0.01)
+
+
+def test_paths_are_fed_in_chunks_of_whole_paths() -> None:
+    """The path list goes to rsync a chunk at a time; a chunk ends after a whole path, and
+    the chunks together are every path NUL-terminated, in order."""
+    paths = [f"dir/{'n' * (i % 200)}-{i}" for i in range(3000)]
+    chunks = list(nul_chunks(paths, size=4096))
+    assert len(chunks) > 10
+    assert all(c.endswith(b"\0") for c in chunks)
+    assert b"".join(chunks) == b"".join(p.encode() + b"\0" for p in paths)
+    assert list(nul_chunks(["\udcff-undecodable"])) == [b"\xff-undecodable\0"]
+    assert list(nul_chunks([])) == []
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        ([b"a\nb\n"], ["a", "b"]),
+        ([b"a", b"b\nc", b"\n"], ["ab", "c"]),
+        ([b"a\n", b"last"], ["a", "last"]),
+        ([b"\n\n"], ["", ""]),
+        ([b"caf\xc3", b"\xa9\n"], ["caf\u00e9"]),  # a character split between reads
+        ([b"\xff\n"], ["\ufffd"]),
+        ([], []),
+    ],
+)
+def test_rsyncs_output_read_in_chunks_is_the_same_lines(
+    chunks: list[bytes], expected: list[str]
+) -> None:
+    """Lines split across reads come out whole, as a line-by-line read gave them."""
+    lines = Lines()
+    out = [line for c in chunks for line in lines.feed(c)]
+    assert out + lines.end() == expected
+
+
+def test_a_pass_of_thousands_of_paths_sends_and_counts_them_all(tmp_path: Path) -> None:
+    """A path list far longer than a pipe's buffer reaches rsync whole, and every itemized
+    line of its output is counted (the list and the output both span many reads)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    names = [f"{'x' * 120}-{i:05d}" for i in range(3000)]
+    tree(src, dict.fromkeys(names, "1"))
+    dst.mkdir()
+    res = run(incremental_argv(str(src), None, TransferOptions(), NOW, dest=str(dst)), names)
+    assert res.outcome.result is Result.OK, res.stderr
+    assert (res.stats.changed, res.stats.created) == (3000, 3000)
+    assert sorted(os.listdir(dst)) == sorted(names)
 
 
 def test_an_incremental_pass_leaves_every_time_as_the_sources(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from mirrord.watchtable import (
     IN_MOVED_TO,
     IN_Q_OVERFLOW,
     IN_UNMOUNT,
+    LOCATED_KEEP,
     PAIR_WAIT,
     Overflow,
     RawEvent,
@@ -175,6 +176,36 @@ def test_a_directory_renamed_inside_the_tree_moves_its_subtree() -> None:
     assert out == [ev("moved", f"{R}/cur", f"{R}/new", is_dir=True)]
     assert t.feed([(SUB, IN_CREATE, 0, b"m")], 1.0) == [ev("created", f"{R}/new/sub/m")]
     assert t.path(SUB) == b"/srv/mail/new/sub"
+
+
+def test_paths_located_before_a_move_or_an_end_are_not_reused() -> None:
+    """The located paths are kept only while the tree stays as it was: after a rename, a move
+    between roots, or an ended watch, events name the new path (or nothing)."""
+    t = table()
+    for wd in (CUR, SUB, ROOT, WWW):
+        t.path(wd)  # every path located once, and kept
+    t.feed([(ROOT, IN_MOVED_FROM | IN_ISDIR, 4, b"cur"), (ROOT, IN_MOVED_TO | IN_ISDIR, 4, b"new")],
+           1.0)  # fmt: skip
+    assert t.feed([(SUB, IN_CREATE, 0, b"m")], 1.0) == [ev("created", f"{R}/new/sub/m")]
+    assert t.path(CUR) == b"/srv/mail/new"
+    t.feed([(ROOT, IN_MOVED_FROM | IN_ISDIR, 5, b"new"), (WWW, IN_MOVED_TO | IN_ISDIR, 5, b"c")],
+           2.0)  # fmt: skip
+    assert t.feed([(SUB, IN_MODIFY, 0, b"x")], 2.0) == [ev("modified", f"{W}/c/sub/x", root=W)]
+    t.forget(SUB)
+    assert t.path(SUB) is None
+    assert t.feed([(SUB, IN_CREATE, 0, b"late")], 3.0) == []
+
+
+def test_many_directories_are_located_alike_beyond_the_kept_few() -> None:
+    """More directories than LOCATED_KEEP: every one is still located right."""
+    t = WatchTable()
+    t.add_root(1, R)
+    for i in range(2, LOCATED_KEEP * 3):
+        t.add_dir(i, 1, b"d%d" % i)
+    for _ in range(2):
+        for i in range(2, LOCATED_KEEP * 3):
+            assert t.path(i) == b"%s/d%d" % (R.encode(), i)
+            assert t.root_of(i) == R
 
 
 def test_a_directory_moved_between_roots_changes_root() -> None:
