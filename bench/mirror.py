@@ -16,8 +16,10 @@ bench polls b's copy), never a tool's own account of its pass.
 2. Latency after a quiet spell in a small hot directory: one new file, mirrord vs lsyncd delay 0.
    `--parts anatomy` takes that path apart: one-file rsync commands run from node a, each
    adding one thing to the last, from lsyncd's (plain `rsync --server` on b) to mirrord's own
-   (its options, the receiving daemon module, its push check, `setpriv`), interleaved, each
-   timed from the spawn to the file's arrival on b.
+   (its options, the receiving daemon module, its push check, `setpriv`), then mirrord's
+   command to a standing rsync daemon on b's loopback through an ssh forward (what a push
+   would cost without its ssh session and receiving rsync's start: not mirrord's path),
+   interleaved, each timed from the spawn to the file's arrival on b.
 3. Trade-off: the same churn (new files at a fixed rate) for mirrord at several `min_interval`
    values and lsyncd at several `delay` values; per file change->peer time (p99 = the RPO p99)
    against the CPU seconds spent. Plotted to docs/mirror-tradeoff.png.
@@ -52,6 +54,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mirrord.rsyncd import module_name
 from mirrord.transfer import Peer, TransferOptions, incremental_argv, with_parent_death
 from tests.e2e.mirrorlab import MirrorPair, write_policies
 from tests.lab.lab import IPV4, Lab, LabProcess, wait_until
@@ -483,6 +486,14 @@ class Bench:
             "+ push check": checked,
             "+ setpriv (mirrord's command)": with_parent_death(checked)[0],
         }  # fmt: skip
+        # Not mirrord's path, for what its per-push ssh session and receiving rsync's start cost:
+        # the same command to a standing rsync daemon (the same modules and push check, rsync's
+        # own authentication) on b's loopback, through an ssh forward.
+        at = checked.index("-e")
+        url, password = self.standing_receiver(work, original)
+        standing = [*checked[:at], *checked[at + 2 : -1], "--sockopts=TCP_NODELAY",
+                    f"--password-file={password}", url]  # fmt: skip
+        variants[STANDING] = with_parent_death(standing)[0]
         spec = work / "anatomy.json"
         spec.write_text(json.dumps({"variants": variants, "samples": self.args.anatomy_samples,
                                     "quiet": self.args.quiet}))  # fmt: skip
@@ -505,6 +516,43 @@ class Bench:
                     self.lab.run("a", ["ssh", "-o", f"ControlPath={path}", "-O", "exit", "x"],
                                  check=False)  # fmt: skip
         self.save()
+
+    def standing_receiver(self, work: Path, conf_text: str) -> tuple[str, Path]:
+        """Start rsync's daemon in b on its loopback, with `conf_text`'s modules and rsync's
+        authentication, and an ssh forward to it from a's loopback; return the lat root's URL
+        for it and the password file. Nagle's algorithm is off on every hop (without, each push
+        waited for delayed acknowledgements, 40 ms at a time): rsync's sockets by its options,
+        and ssh's connection by a session on it (ssh sets TCP_NODELAY only then)."""
+        port = STANDING_PORT
+        secrets, password = self.pair.b_etc / "standing.secrets", work / "standing.password"
+        for path, text in ((secrets, "hapair:bench-only\n"), (password, "bench-only\n")):
+            path.write_text(text)
+            path.chmod(0o600)
+        head, _, modules = conf_text.partition("\n[")
+        conf = self.pair.b_etc / "standing.conf"
+        conf.write_text(
+            f"{head}\naddress = 127.0.0.1\nport = {port}\nsocket options = TCP_NODELAY\n"
+            f"auth users = hapair\nsecrets file = {secrets}\n\n[{modules}"
+        )
+        self.lab.spawn("b", ["rsync", "--daemon", "--no-detach", f"--config={conf}"],
+                       binds={"/srv": self.pair.b_srv})  # fmt: skip
+        key = work / "forward_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                       check=True)  # fmt: skip
+        pub = (work / "forward_key.pub").read_text().strip()
+        with self.pair.authorized_keys.open("a") as f:
+            f.write(f'restrict,port-forwarding,permitopen="127.0.0.1:{port}",'
+                    f'command="sleep 86400" {pub}\n')  # fmt: skip
+        argv = ["ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
+                "-L", f"127.0.0.1:{port}:127.0.0.1:{port}"]  # fmt: skip
+        for o in self.pair.ssh_options():
+            argv += ["-o", o]
+        self.lab.spawn("a", [*argv, f"root@{IPV4['b']}", "session"])
+        probe = [sys.executable, "-c",
+                 f"import socket; socket.create_connection(('127.0.0.1', {port}), 1)"]  # fmt: skip
+        if not wait_until(lambda: self.lab.run("a", probe, check=False).returncode == 0, 30, 0.2):
+            raise RuntimeError("the forward to the standing rsync daemon did not come up")
+        return f"rsync://hapair@127.0.0.1:{port}/{module_name('/srv/lat')}/", password
 
     # -- 3. the trade-off: RPO p99 against CPU under the same churn -----------------------
 
@@ -750,6 +798,9 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 # The anatomy's module without the push check, and where node a sees b's /srv.
 ANATOMY_MODULE = "bench-anatomy"
 ANATOMY_PEER = "/peer-srv"
+# The anatomy's last variant (not mirrord's path), and its port on both nodes' loopback.
+STANDING = "standing receiver via a forward (not mirrord's)"
+STANDING_PORT = 8730
 
 
 def anatomy_worker(spec_path: Path) -> None:
