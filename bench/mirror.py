@@ -196,7 +196,8 @@ class Bench:
         # each part then runs mirrord with its own roots only.
         roots = ["lat", *(f"t{n // 1000}k" for n in self.sizes)]
         roots += [f"churn-m{i}" for i in range(len(self.intervals))]
-        self.pair = MirrorPair(lab, [{"path": f"/srv/{r}", "class": "hot"} for r in roots])
+        self.pair = MirrorPair(lab, [{"path": f"/srv/{r}", "class": "hot"} for r in roots],
+                               tunnel_port=args.tunnel_port)  # fmt: skip
         self.inodes = {os.stat(f"/run/netns/{lab.ns(n)}").st_ino for n in ("a", "b")}
         self.adopted: list[tuple[Path, Path]] = []
         self.seq = 0
@@ -861,6 +862,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--anatomy-worker", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--parts", default="e2e,latency,tradeoff", help="also: anatomy")
     p.add_argument("--e2e-tools", default="mirrord,lsyncd,full")
+    p.add_argument("--tunnel-port", type=int, default=0,
+                   help="mirrord's [mirror] tunnel_port (b runs the standing daemon)")  # fmt: skip
     p.add_argument("--resume", type=Path, help="start from this results.json (parts re-run)")
     p.add_argument("--report-only", type=Path, help="re-read a results.json, print, plot")
     args = p.parse_args(argv)

@@ -30,7 +30,18 @@ from mirrord.pairsetup import DROPIN, pinned_options, run_pair_setup
 from mirrord.policy import Policy, load_policies
 from mirrord.receive import authorized_keys_line as rrsync_keys_line
 from mirrord.receive import receive
-from mirrord.rsyncd import CONF_NAME, authorized_keys_line, conf_roots, module_name, render_conf
+from mirrord.rsyncd import (
+    CONF_NAME,
+    TUNNEL_CONF_NAME,
+    TUNNEL_SECRETS_NAME,
+    Tunnel,
+    authorized_keys_line,
+    conf_roots,
+    module_name,
+    render_conf,
+    render_secrets,
+    tunnel_secret,
+)
 from mirrord.transfer import Peer
 from takeover.brief import Plugin
 from takeover.cliutil import (
@@ -204,7 +215,21 @@ def _peer(cluster: Cluster, node: Node, ssh_options: list[str]) -> Peer:
         # --ssh-option naming another known_hosts still wins.
         ssh_options=(*options, *pinned_options(cluster.source)),
         daemon=cluster.mirror.receiver == "rsyncd",
+        tunnel_port=cluster.mirror.tunnel_port,
+        # The tunnel's forward lives on the ControlMaster: kept while mirrord runs (its unit
+        # ends it with the rest of its processes), so a quiet spell does not end the tunnel.
+        control_persist="yes" if cluster.mirror.tunnel_port else Peer.control_persist,
     )
+
+
+def cluster_key(cluster: Cluster) -> bytes:
+    """Read the cluster (heartbeat) key by its rules; ValueError names the file and key."""
+    from takeover import heartbeat  # noqa: PLC0415  the tunnel's only: the daemon stays lean
+
+    try:
+        return heartbeat.load_key(cluster.heartbeat.key_file)
+    except heartbeat.KeyFileError as err:
+        raise ValueError(f"{cluster.label}: heartbeat.key_file: {err}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -241,6 +266,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         dirs = tuple(mirror_dir(p) for p in new_policies)
         return Reloaded(dirs, flush, new.mirror.backup_budget)
 
+    password = None
+    if cluster.mirror.tunnel_port:
+        try:
+            password = tunnel_secret(cluster_key(cluster))
+        except ValueError as err:
+            print_problems(PROG, [f"{err} (the mirror tunnel's password is derived from it)"])
+            return int(Exit.CONFIG)
     daemon = Daemon(
         [mirror_dir(p) for p in policies],
         peer=_peer(cluster, node, args.ssh_option),
@@ -255,6 +287,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         backup_retention=cluster.mirror.backup_retention,
         backup_budget=cluster.mirror.backup_budget,
         reloader=reloader,
+        tunnel_password=password,
     )
     stop_metrics = None
     try:
@@ -325,8 +358,17 @@ def _secs(value: float | None) -> str:
 def format_status(doc: dict[str, Any], now: float) -> str:
     """Render the status document as a table."""
     follow = doc.get("follow") or {}
+    tunnel = doc.get("tunnel")
+    via = ""
+    if isinstance(tunnel, dict):
+        # mirrord.tunnel: the pushes go through the peer's standing daemon, or by ssh and why.
+        via = (
+            f" (tunnel {tunnel.get('port')}: up)"
+            if tunnel.get("up")
+            else f" (tunnel {tunnel.get('port')}: down, by ssh: {tunnel.get('error') or 'not yet'})"
+        )
     lines = [
-        f"node {doc.get('node') or '-'} -> {doc.get('peer') or '-'}   "
+        f"node {doc.get('node') or '-'} -> {doc.get('peer') or '-'}{via}   "
         + (
             f"follows takeover: {follow.get('why', '-')}"
             if follow.get("following")
@@ -595,14 +637,32 @@ def authorized_line(
         command = [sys.executable, "-m", "mirrord.receive"]
         return rrsync_keys_line(key, roots, cluster.mirror.backup_retention, command)
     conf = getattr(args, "rsyncd_conf", None) or args.config.parent / CONF_NAME
+    port = cluster.mirror.tunnel_port
+    tunnel_conf, secrets = conf.with_name(TUNNEL_CONF_NAME), conf.with_name(TUNNEL_SECRETS_NAME)
+    shared = b""
+    if port:
+        try:
+            shared = cluster_key(cluster)
+        except ValueError as err:
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+            return None
     try:
+        if port:
+            # The secret first: a daemon never starts on a configuration without its secret.
+            write_atomic(secrets, render_secrets(shared), mode=0o600)
+            write_atomic(tunnel_conf, render_conf(roots, Tunnel(port, secrets.resolve())),
+                         mode=0o644)  # fmt: skip
         write_atomic(conf, render_conf(roots), mode=0o644)
     except OSError as exc:
-        print(f"{PROG}: error: {conf}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc.filename or conf}: {exc.strerror or exc}", file=sys.stderr)
         return None
     rsync = args.rsync or shutil.which("rsync") or "/usr/bin/rsync"
     print(f"{PROG}: wrote {conf}: {len(roots)} modules", file=sys.stderr)
-    return authorized_keys_line(key, conf.resolve(), rsync)
+    if port:
+        print(f"{PROG}: wrote {tunnel_conf} and {secrets}: the standing daemon on "
+              f"127.0.0.1:{port} (systemctl enable --now mirrord-receiver)",
+              file=sys.stderr)  # fmt: skip
+    return authorized_keys_line(key, conf.resolve(), rsync, tunnel_port=port)
 
 
 def cmd_pair_setup(args: argparse.Namespace) -> int:

@@ -38,7 +38,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from mirrord import deletions, guard, mounts, orphans, reloadplan, roles, sdnotify, stopping
+from mirrord import (
+    deletions,
+    guard,
+    mounts,
+    orphans,
+    reloadplan,
+    roles,
+    sdnotify,
+    stopping,
+    tunnel,
+)
 from mirrord.backups import find_unbackable, open_area, prune_backups, unbackable
 from mirrord.changes import MountWatcher, Watcher, appeared, blind_spots, coalesce, relative
 from mirrord.follow import Follower, PeerSeen, RoleSeen
@@ -50,12 +60,16 @@ from mirrord.transfer import (
     Peer,
     TransferOptions,
     TransferResult,
+    add_forward,
     files_from,
     full_argv,
     incremental_argv,
     literal_pattern,
     run_rsync,
     sendable,
+    tunnel_env,
+    tunnel_failure,
+    tunneled,
     use_pidfd_watcher,
 )
 from mirrord.watchtable import Overflow, RawEvent, RootGone
@@ -466,7 +480,10 @@ class Daemon:
         backup_retention: float | None = None,
         backup_budget: str | None = None,
         reloader: Callable[[], Reloaded] | None = None,
+        tunnel_password: str | None = None,
     ) -> None:
+        """`tunnel_password`: rsync's password for the peer's standing daemon, when the peer
+        has a tunnel port (mirrord.tunnel)."""
         if peer is None and local_dest is None:
             raise DaemonError("mirrord: need a peer or a local destination")
         self.dirs = {d.root: d for d in dirs}
@@ -477,6 +494,12 @@ class Daemon:
         # Bytes each root's backup area held at the last pruning (None: not measured yet).
         self._backup_size: dict[str, int | None] = dict.fromkeys(self.dirs)
         self.peer = peer
+        # The tunnel to the peer's standing daemon (None: every push is an ssh session).
+        self._tunnel: tunnel.Tunnel | None = None
+        self._tunnel_env: dict[str, str] = {}
+        if peer is not None and peer.tunnel_port and tunnel_password and local_dest is None:
+            self._tunnel = tunnel.Tunnel()
+            self._tunnel_env = tunnel_env(tunnel_password)
         self.state_dir = state_dir
         self.run_dir = run_dir
         self.node = node
@@ -1397,10 +1420,37 @@ class Daemon:
         renamed: frozenset[str] = frozenset(),
     ) -> TransferResult:
         """Run rsync on the directory `root`'s pass pinned (`_execute`; a pass runs no rsync
-        before its pin is taken and checked): `argv` is built with `pin=self._pins[root]`."""
-        return await run_rsync(
-            argv, paths, keep_deleted=keep_deleted, renamed=renamed, pin=self._pins[root]
-        )
+        before its pin is taken and checked): `argv` is built with `pin=self._pins[root]`.
+
+        With a tunnel (mirrord.tunnel) that is up, the pass goes through it; if the tunnel
+        failed it, the same pass goes by ssh at once. A pass by ssh that succeeds brings the
+        tunnel's forward up when it is due."""
+        listed = None if paths is None else list(paths)
+        pin = self._pins[root]
+        t, peer = self._tunnel, self.peer
+        if t is not None and peer is not None and t.use():
+            res = await run_rsync(tunneled(argv, peer, root), listed, keep_deleted=keep_deleted,
+                                  renamed=renamed, pin=pin, env=self._tunnel_env)  # fmt: skip
+            why = tunnel_failure(res)
+            if why is None:
+                t.carried_one()
+                return res
+            t.failed_one(why, self.clock())
+            log.warning("tunnel.down dir=%s reason=%s note=the pass goes by ssh", root, why)
+        res = await run_rsync(argv, listed, keep_deleted=keep_deleted, renamed=renamed, pin=pin)
+        if t is not None and peer is not None and res.rc == 0 and t.forward_due(self.clock()):
+            t.forwarding()
+            try:
+                error = await add_forward(peer)
+            except asyncio.CancelledError:
+                t.forwarded("the pass was stopped while the forward was added", self.clock())
+                raise
+            t.forwarded(error, self.clock())
+            if error is None:
+                log.info("tunnel.up port=%d", peer.tunnel_port)
+            else:
+                log.warning("tunnel.forward_failed port=%d error=%s", peer.local_port, error)
+        return res
 
     def _skip(self, root: str, paths: Sequence[str], why: str = UNBACKABLE) -> None:
         """Leave `paths` of `root` (and what lies below them) out of every pass from now on,
@@ -1846,6 +1896,11 @@ class Daemon:
             "pid_start": self._pid_start,
             "node": self.node,
             "peer": None if self.peer is None else self.peer.login,
+            "tunnel": (
+                None
+                if self._tunnel is None or self.peer is None
+                else self._tunnel.status(self.peer.tunnel_port)
+            ),
             "started": self._started,
             "updated": self.wall(),
             "status_interval": STATUS_INTERVAL,

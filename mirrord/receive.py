@@ -171,10 +171,12 @@ def authorized_keys_line(
     return restricted_line(public_key, argv)
 
 
-def restricted_line(public_key: str, forced: Sequence[str]) -> str:
-    """Return the authorized_keys line that lets `public_key` run only `forced`."""
+def restricted_line(public_key: str, forced: Sequence[str], allow: Sequence[str] = ()) -> str:
+    """Return the authorized_keys line that lets `public_key` run only `forced` (and what
+    `allow` adds back to `restrict`, e.g. one port forward)."""
     command = shlex.join(forced).replace('"', '\\"')
-    return f'restrict,command="{command}" {public_key.strip()}'
+    options = ",".join(["restrict", *allow, f'command="{command}"'])
+    return f"{options} {public_key.strip()}"
 
 
 def parse_args(argv: Sequence[str]) -> tuple[list[str], float]:

@@ -66,7 +66,8 @@ def restart_only(old: Cluster, new: Cluster, node: str) -> list[str]:
     if old.mirror is None or new.mirror is None:
         differs("mirror", old.mirror is not None, new.mirror is not None)
         return problems
-    for key in ("ssh_user", "ssh_port", "ssh_key", "receiver", "metrics", "backup_retention"):
+    for key in ("ssh_user", "ssh_port", "ssh_key", "receiver", "tunnel_port", "metrics",
+                "backup_retention"):  # fmt: skip
         differs(f"mirror.{key}", getattr(old.mirror, key), getattr(new.mirror, key))
     names = [n.name for n in new.nodes]
     if sorted(n.name for n in old.nodes) != sorted(names):

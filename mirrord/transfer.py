@@ -54,15 +54,15 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from mirrord import deletions, excludes
 from mirrord.backups import BACKUP_DIR, backup_args
 from mirrord.outcome import Messages, Outcome, explain
 from mirrord.planner import Result
-from mirrord.rsyncd import module_name
+from mirrord.rsyncd import TUNNEL_HOST, TUNNEL_USER, module_name
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,10 @@ class Peer:
     # The peer's mirror key starts rsync's daemon (address a root by its module); False: it
     # runs mirrord.receive + rrsync (address a root by its path).
     daemon: bool = True
+    # The standing daemon's port ([mirror] tunnel_port; 0: none), and whether this pass goes
+    # to it through the forward (mirrord.tunnel) instead of an ssh session.
+    tunnel_port: int = 0
+    via_tunnel: bool = False
 
     def ssh_argv(self) -> list[str]:
         """Return the ssh command rsync runs (`-e`)."""
@@ -171,6 +175,17 @@ class Peer:
         return argv + list(self.ssh_options)
 
     @property
+    def local_port(self) -> int:
+        """The forward's port on this node's loopback (the tunnel port is the peer's daemon's,
+        and this node's own daemon listens there too)."""
+        return self.tunnel_port + 1
+
+    def forward_argv(self) -> list[str]:
+        """Return the ssh command that adds the tunnel's forward to the ControlMaster."""
+        spec = f"{TUNNEL_HOST}:{self.local_port}:{TUNNEL_HOST}:{self.tunnel_port}"
+        return [*self.ssh_argv(), "-O", "forward", "-L", spec, self.login]
+
+    @property
     def login(self) -> str:
         """Return user@host (an IPv6 address in brackets)."""
         host = f"[{self.address}]" if ":" in self.address else self.address
@@ -180,6 +195,8 @@ class Peer:
         """Return the rsync destination for `root`: its module on the peer's rsync daemon
         (started by sshd for the mirror key, mirrord.rsyncd), which writes the same path; or,
         with the rrsync receiver, the path itself."""
+        if self.via_tunnel:
+            return f"rsync://{TUNNEL_USER}@{TUNNEL_HOST}:{self.local_port}/{module_name(root)}/"
         if self.daemon:
             return f"{self.login}::{module_name(root)}/"
         return f"{self.login}:{root.rstrip('/')}/"
@@ -333,6 +350,65 @@ def _ends(root: str, peer: Peer | None, dest: str | None, pin: int | None = None
     ssh = peer.ssh_argv()
     return [f"--timeout={peer.io_timeout}", "-e", shlex.join(ssh), src,
             peer.target(root)]  # fmt: skip
+
+
+def tunneled(argv: Sequence[str], peer: Peer, root: str) -> list[str]:
+    """Return `argv`, built by `_ends` for an ssh session to `peer`, sent through the tunnel
+    instead: to the forward's end on this node's loopback, Nagle's algorithm off (rsync's
+    password comes from the environment, `tunnel_env`)."""
+    if len(argv) < 5 or argv[-4] != "-e" or not argv[-5].startswith("--timeout="):
+        raise ValueError("transfer: not the command of an ssh session")
+    via = replace(peer, via_tunnel=True)
+    return [*argv[:-4], "--sockopts=TCP_NODELAY", argv[-2], via.target(root)]
+
+
+def tunnel_env(password: str) -> dict[str, str]:
+    """The environment that gives rsync the tunnel's password (never on its command line)."""
+    return {"RSYNC_PASSWORD": password}
+
+
+# What rsync says when the tunnel, not the pass, failed: nothing listens on the forward's end
+# (no ControlMaster), the peer's daemon is not there (sshd could not connect: the forward's
+# connection closes before the greeting) or not set up for this (secret, modules). The pass is
+# sent by an ssh session at once instead.
+TUNNEL_FAILURES: Final = (
+    "failed to connect to",
+    "did not see server greeting",
+    "@ERROR: auth failed",
+    "@ERROR: Unknown module",
+    "connection unexpectedly closed (0 bytes received so far)",
+)
+
+
+def tunnel_failure(res: TransferResult) -> str | None:
+    """The line that shows the tunnel failed (None: it carried the pass, whatever its end)."""
+    if res.rc == 0:
+        return None
+    for line in res.stderr.splitlines():
+        if any(f in line for f in TUNNEL_FAILURES):
+            return line.strip()
+    return None
+
+
+async def add_forward(peer: Peer, timeout: float = 10.0) -> str | None:
+    """Add the tunnel's forward to the ControlMaster; return None, or why it failed."""
+    proc = await asyncio.create_subprocess_exec(
+        *peer.forward_argv(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except (TimeoutError, asyncio.CancelledError) as exc:
+        await _reap(proc)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return f"ssh -O forward did not answer in {timeout:g} s"
+    if proc.returncode == 0:
+        return None
+    text = err.decode("utf-8", "replace").strip()
+    return text.splitlines()[-1] if text else f"ssh -O forward exited {proc.returncode}"
 
 
 @dataclass
@@ -515,9 +591,11 @@ async def run_rsync(
     keep_deleted: int = 0,
     renamed: frozenset[str] = frozenset(),
     pin: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> TransferResult:
     """Run rsync, feed `paths` NUL-separated on stdin, and classify the result. `pin`: the
     pinned root (`guard.pin_root`) rsync inherits, in /, its argv built with the same `pin`.
+    `env`: added to this process's environment for rsync.
 
     Cancelling the task terminates rsync and returns once it is reaped (the daemon does that on
     shutdown and when a pass must stop, mirrord.stopping).
@@ -534,6 +612,7 @@ async def run_rsync(
         stdin=asyncio.subprocess.PIPE if paths is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env=None if env is None else {**os.environ, **env},
     )
     stats = Stats()
 

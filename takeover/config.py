@@ -303,6 +303,12 @@ class MirrorConfig:
     receiver: str = "rsyncd"
     # Port of the peer's sshd.
     ssh_port: int = 22
+    # 0: every push is an ssh session that starts rsync's daemon on the peer. A port: pushes
+    # go to the peer's standing rsync daemon (mirrord-receiver.service) on its loopback at this
+    # port, through a forward on mirrord's ssh connection from the next port on this node's
+    # loopback, and fall back to a session while the forward or the daemon is missing.
+    # Privileged ports only: no other user may listen there in their place.
+    tunnel_port: int = 0
     # Private key for that account (absolute).
     ssh_key: Path = Path("/etc/hapair/mirror_key")
     # Seconds the receiving side keeps what a pass overwrote or deleted.
@@ -315,6 +321,9 @@ class MirrorConfig:
     # mirrord's Prometheus endpoint ([mirror.metrics]); None = off.
     metrics: MetricsConfig | None = None
 
+
+# The highest tunnel port: it and the next must be privileged (below 1024).
+TUNNEL_PORT_MAX: Final = 1022
 
 # A backup budget: a share of the root's file system, or a size (mirrord.backups).
 BACKUP_BUDGET: Final = r"(100|[1-9]?\d(\.\d+)?)%|\d+(\.\d+)?\s*([KMGT]iB)?"
@@ -1030,6 +1039,7 @@ def _mirror(t: Table) -> MirrorConfig:
         ),
         receiver=t.string("receiver", "rsyncd", choices=["rsyncd", "rrsync"]),
         ssh_port=t.integer("ssh_port", 22, lo=1, hi=65535),
+        tunnel_port=t.integer("tunnel_port", 0, lo=0, hi=65535),
         ssh_key=t.path("ssh_key", "/etc/hapair/mirror_key"),
         backup_retention=t.duration("backup_retention", 7 * 86400.0),
         backup_budget=t.string(
@@ -1040,6 +1050,11 @@ def _mirror(t: Table) -> MirrorConfig:
         ),
         flush_timeout=t.duration("flush_timeout", 20.0, positive=True),
     )
+    if config.tunnel_port > TUNNEL_PORT_MAX:
+        t.problem("tunnel_port", f"must be 0 (off) or a privileged port, 1-{TUNNEL_PORT_MAX}: it "
+                  "and the next one are listened on, which only root may do there")  # fmt: skip
+    elif config.tunnel_port and config.receiver != "rsyncd":
+        t.problem("tunnel_port", 'needs receiver = "rsyncd" (the tunnel reaches its modules)')
     metrics_table = t.table("metrics")
     if metrics_table is not None:
         config = replace(config, metrics=_metrics(metrics_table))

@@ -42,11 +42,18 @@ class MirrorPair:
     """sshd on b, configuration and keys on a; start/stop mirrord on a."""
 
     def __init__(
-        self, lab: Lab, policies: Sequence[Mapping[str, object]], receiver: str = "rsyncd"
+        self,
+        lab: Lab,
+        policies: Sequence[Mapping[str, object]],
+        receiver: str = "rsyncd",
+        tunnel_port: int = 0,
     ) -> None:
-        """`receiver`: what the mirror key runs on b ([mirror] receiver)."""
+        """`receiver`: what the mirror key runs on b ([mirror] receiver); `tunnel_port`: its
+        [mirror] tunnel_port (b then runs the standing daemon, `start_receiver`)."""
         self.lab = lab
         self.receiver = receiver
+        self.tunnel_port = tunnel_port
+        self.receiver_daemon: LabProcess | None = None
         self.policies = list(policies)
         self.a_srv = lab.node_dir("a", "srv")
         self.b_srv = lab.node_dir("b", "srv")
@@ -94,7 +101,7 @@ class MirrorPair:
             '[cluster]\nname = "lab"\n\n' + "\n".join(nodes)
             + f'\n[heartbeat]\nlinks = ["hb", "lan"]\nkey_file = "{authkey}"\n\n'
             + '[mirror]\npolicies = ["mirror.d/*.toml"]\nssh_user = "root"\n'
-            + f'receiver = "{self.receiver}"\n'
+            + f'receiver = "{self.receiver}"\ntunnel_port = {self.tunnel_port}\n'
             + f'ssh_key = "{self.key}"\nbackup_retention = "1d"\n'
         )  # fmt: skip
         write_policies(self.etc, self.policies)
@@ -116,6 +123,29 @@ class MirrorPair:
         ok = wait_until(self._daemon_answers, timeout=15, interval=0.1)
         if not ok:
             raise RuntimeError(f"sshd in b did not come up: {self.sshd.output()}")
+        if self.tunnel_port:
+            self.start_receiver()
+
+    def start_receiver(self) -> LabProcess:
+        """Start the standing daemon in b as its unit does (systemd/mirrord-receiver.service's
+        command, on the files `mirrord authorize` wrote in b's etc)."""
+        unit = Path(__file__).resolve().parents[2] / "systemd" / "mirrord-receiver.service"
+        command = next(line.split("=", 1)[1] for line in unit.read_text().splitlines()
+                       if line.startswith("ExecStart="))  # fmt: skip
+        argv = shlex.split(command.replace("/etc/hapair/", f"{self.b_etc}/"))
+        self.receiver_daemon = self.lab.spawn("b", argv, binds={"/srv": self.b_srv})
+        probe = [
+            sys.executable,
+            "-c",
+            f"import socket; socket.create_connection(('127.0.0.1', {self.tunnel_port}), 1)",
+        ]
+        if not wait_until(lambda: self.lab.run("b", probe, check=False).returncode == 0, 15, 0.1):
+            raise RuntimeError(f"the receiver did not listen: {self.receiver_daemon.output()}")
+        return self.receiver_daemon
+
+    def sessions(self) -> int:
+        """How many ssh sessions sshd in b has started (each push without the tunnel is one)."""
+        return self.sshd.output().count("Starting session:")
 
     def ssh_options(self) -> list[str]:
         """ssh -o options mirrord gets in the lab (host key pinned)."""

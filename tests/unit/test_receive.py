@@ -197,3 +197,25 @@ def test_maybe_prune_runs_at_most_hourly(tmp_path: Path) -> None:
     stamp_time = (area / ".pruned").stat().st_mtime
     assert not maybe_prune(str(tmp_path), 3600.0, stamp_time + 10)
     assert maybe_prune(str(tmp_path), 3600.0, stamp_time + PRUNE_EVERY + 1)
+
+
+@pytest.mark.parametrize(
+    ("tunnel", "shown"),
+    [
+        (None, None),
+        ({"port": 873, "up": True, "error": None, "carried": 4, "failed": 0}, "(tunnel 873: up)"),
+        ({"port": 873, "up": False, "error": "rsync: failed to connect to 127.0.0.1", "carried": 0,
+          "failed": 1}, "(tunnel 873: down, by ssh: rsync: failed to connect to 127.0.0.1)"),
+        ({"port": 873, "up": False, "error": None, "carried": 0, "failed": 0},
+         "(tunnel 873: down, by ssh: not yet)"),
+    ],
+)  # fmt: skip
+def test_format_status_says_how_the_pushes_go(tunnel: object, shown: str | None) -> None:
+    """With a tunnel port the first line says whether pushes go through the tunnel, or by ssh
+    and why; without one it says nothing of it."""
+    doc = {**status_doc(1, 0.0, directories=[]), "peer": "root@192.0.2.12", "tunnel": tunnel}
+    first = format_status(doc, 100.0).splitlines()[0]
+    if shown is None:
+        assert "tunnel" not in first
+    else:
+        assert f"root@192.0.2.12 {shown}" in first

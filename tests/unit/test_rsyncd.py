@@ -8,17 +8,33 @@ import shlex
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from mirrord import orphans
 from mirrord.backups import BACKUP_DIR, backup_args
 from mirrord.outcome import FULL_PASS_WANTED
 from mirrord.receive import PUSHCHECK
 from mirrord.rsyncd import (
+    TUNNEL_USER,
+    Tunnel,
     authorized_keys_line,
     conf_roots,
     module_name,
     render_conf,
+    render_secrets,
+    tunnel_secret,
 )
-from mirrord.transfer import Peer, classify
+from mirrord.transfer import (
+    Peer,
+    Stats,
+    TransferOptions,
+    TransferResult,
+    classify,
+    incremental_argv,
+    tunnel_env,
+    tunnel_failure,
+    tunneled,
+)
 
 NOW = 1.8e9
 
@@ -58,6 +74,86 @@ def test_peer_target_is_the_roots_module() -> None:
     """The sender addresses a root as user@host::MODULE/ (IPv6 in brackets)."""
     assert Peer("root", "192.0.2.2").target("/srv/a") == f"root@192.0.2.2::{module_name('/srv/a')}/"
     assert Peer("u", "2001:db8::12").login == "u@[2001:db8::12]"
+
+
+def test_the_tunnels_conf_serves_the_same_modules_on_the_loopback_with_authentication() -> None:
+    """The standing daemon's file: the same modules and globals, plus where it listens, Nagle
+    off, and rsync's authentication by the secrets file; its globals precede every module."""
+    roots = ["/var/mail", "/srv/www"]
+    plain = render_conf(roots)
+    text = render_conf(roots, Tunnel(873, Path("/etc/hapair/rsyncd-tunnel.secrets")))
+    assert conf_roots(text) == conf_roots(plain)
+    head = text.split("\n[", 1)[0]
+    assert plain.split("\n[", 1)[0].strip() in head
+    globals_ = {line.partition("=")[0].strip(): line.partition("=")[2].strip()
+                for line in head.splitlines() if "=" in line}  # fmt: skip
+    assert (globals_["address"], globals_["port"]) == ("127.0.0.1", "873")
+    assert globals_["socket options"] == "TCP_NODELAY"
+    assert globals_["auth users"] == TUNNEL_USER
+    assert globals_["secrets file"] == "/etc/hapair/rsyncd-tunnel.secrets"
+    assert globals_["strict modes"] == "yes"
+    assert "auth users" not in plain and "address" not in plain
+
+
+def test_the_tunnels_secret_follows_the_cluster_key() -> None:
+    """Both nodes derive the same password from the key they share; another key, another
+    password; the secrets file pairs it with the tunnel's user."""
+    a, b = b"k" * 32, b"j" * 32
+    assert tunnel_secret(a) == tunnel_secret(a) != tunnel_secret(b)
+    assert len(tunnel_secret(a)) == 64 and a.decode() not in tunnel_secret(a)
+    assert render_secrets(a) == f"{TUNNEL_USER}:{tunnel_secret(a)}\n"
+    assert tunnel_env(tunnel_secret(a)) == {"RSYNC_PASSWORD": tunnel_secret(a)}
+
+
+def test_a_tunnel_port_lets_the_key_open_that_one_forward() -> None:
+    """With a tunnel port the key may forward to the standing daemon's port on the loopback
+    and nowhere else; its command stays forced."""
+    line = authorized_keys_line("ssh-ed25519 AAAAC3Nz alpha", Path("/etc/hapair/rsyncd.conf"),
+                                tunnel_port=873)  # fmt: skip
+    options = line.split('command="')[0]
+    assert options == 'restrict,port-forwarding,permitopen="127.0.0.1:873",'
+    assert "--config=/etc/hapair/rsyncd.conf" in line
+    assert "permitopen" not in authorized_keys_line("k", Path("/etc/hapair/rsyncd.conf"))
+
+
+def test_a_pass_through_the_tunnel_is_the_same_command_to_the_forwards_end() -> None:
+    """The tunnel changes only where rsync connects: no ssh, the forward's port (the next one
+    on this node, whose own daemon has the tunnel port), the root's module, Nagle off."""
+    peer = Peer("root", "192.0.2.2", tunnel_port=873, control_path="/run/hapair/ssh-%C")
+    argv = incremental_argv("/srv/a", peer, TransferOptions(), NOW, pin=7)
+    out = tunneled(argv, peer, "/srv/a")
+    assert out[:-3] == argv[:-4] and "-e" not in out
+    url = f"rsync://{TUNNEL_USER}@127.0.0.1:874/{module_name('/srv/a')}/"
+    assert out[-3:] == ["--sockopts=TCP_NODELAY", "/proc/self/fd/7/", url]
+    assert peer.forward_argv()[-4:] == ["forward", "-L", "127.0.0.1:874:127.0.0.1:873",
+                                        "root@192.0.2.2"]  # fmt: skip
+    local = incremental_argv("/srv/a", None, TransferOptions(), NOW, dest="/tmp/x")
+    with pytest.raises(ValueError, match="ssh session"):
+        tunneled(local, peer, "/srv/a")
+
+
+@pytest.mark.parametrize(
+    ("rc", "stderr", "tunnel_failed"),
+    [
+        (10, "rsync: failed to connect to 127.0.0.1 (127.0.0.1): Connection refused (111)", True),
+        (5, "@ERROR: auth failed on module srv-a-1234", True),
+        (5, "@ERROR: Unknown module 'srv-a-1234'", True),
+        (5, "rsync: did not see server greeting", True),
+        (12, "rsync: connection unexpectedly closed (0 bytes received so far) [sender]", True),
+        # The pass reached the daemon: its own outcome, not the tunnel's.
+        (5, "@ERROR: pre-xfer exec returned failure", False),
+        (23, "rsync: [sender] link_stat \"/x\" failed: No such file or directory (2)", False),
+        (12, "rsync: connection unexpectedly closed (1034 bytes received so far) [sender]", False),
+        (0, "", False),
+    ],
+)  # fmt: skip
+def test_what_says_the_tunnel_failed_not_the_pass(
+    rc: int, stderr: str, tunnel_failed: bool
+) -> None:
+    """Only a tunnel that did not reach a daemon set up for it sends the pass by ssh again."""
+    res = TransferResult(rc=rc, outcome=classify(rc, stderr), stats=Stats(), duration=0.1,
+                         stderr=stderr)  # fmt: skip
+    assert (tunnel_failure(res) is not None) is tunnel_failed
 
 
 def pushcheck(root: Path, *args: str) -> subprocess.CompletedProcess[str]:

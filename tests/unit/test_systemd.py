@@ -157,3 +157,19 @@ def test_reload_validates_before_it_signals(unit: str) -> None:
     assert len(reloads) == 2
     assert reloads[0].endswith(f"{prog} --config /etc/hapair/cluster.toml check")
     assert reloads[1] == "/bin/kill -HUP $MAINPID"
+
+
+def test_the_receiver_unit_verifies_and_runs_the_tunnels_daemon(tmp_path: Path) -> None:
+    """systemd/mirrord-receiver.service passes `systemd-analyze verify` with no output, runs
+    rsync's daemon in the foreground on the file `mirrord authorize` writes, and waits for it."""
+    unit = installable_copy(tmp_path, "mirrord-receiver.service")
+    result = verify(unit)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+    service = service_section("mirrord-receiver.service")
+    assert service["ExecStart"] == (
+        "/usr/bin/rsync --daemon --no-detach --config=/etc/hapair/rsyncd-tunnel.conf"
+    )
+    text = unit.read_text()
+    assert "ConditionPathExists=/etc/hapair/rsyncd-tunnel.conf" in text
+    caps = set(service["CapabilityBoundingSet"].split())
+    assert "CAP_SYS_CHROOT" in caps and not caps & {"CAP_NET_ADMIN", "CAP_SYS_ADMIN"}
