@@ -553,7 +553,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         problems += read_only_roots(policies)
     if (not args.no_fs and not problems and cluster.mirror is not None
             and cluster.mirror.receiver == "rsyncd"):  # fmt: skip
-        problems += rsyncd_conf_problems(args.config.parent / CONF_NAME, policies)
+        conf = args.config.parent / CONF_NAME
+        problems += rsyncd_conf_problems(conf, policies)
+        if cluster.mirror.tunnel_port:
+            secrets = conf.with_name(TUNNEL_SECRETS_NAME).resolve()
+            tunnel = Tunnel(cluster.mirror.tunnel_port, secrets)
+            problems += rsyncd_conf_problems(conf.with_name(TUNNEL_CONF_NAME), policies, tunnel)
     if problems or cluster.mirror is None:
         return report_check(PROG, args, "", problems, Exit.CONFIG)
     peer = cluster.peer_of(node.name)
@@ -579,9 +584,12 @@ def read_only_roots(policies: list[Policy]) -> list[str]:
     ]
 
 
-def rsyncd_conf_problems(conf: Path, policies: list[Policy]) -> list[str]:
-    """Return why the receiving side's rsyncd.conf (if this node has one) no longer serves
-    exactly the policies' roots: a root added since `authorize` would be refused as unknown."""
+def rsyncd_conf_problems(
+    conf: Path, policies: list[Policy], tunnel: Tunnel | None = None
+) -> list[str]:
+    """Return why the receiving side's rsyncd.conf (if this node has one; the standing
+    daemon's with `tunnel`) no longer serves exactly the policies' roots as `authorize` writes
+    them: a root added since `authorize` would be refused as unknown."""
     try:
         text = conf.read_text()
     except FileNotFoundError:
@@ -589,7 +597,7 @@ def rsyncd_conf_problems(conf: Path, policies: list[Policy]) -> list[str]:
     except OSError as exc:
         return [f"{conf}: {exc.strerror or exc}"]
     roots = [str(p.path) for p in policies]
-    if text == render_conf(roots):
+    if text == render_conf(roots, tunnel):
         return []
     served = conf_roots(text)
     wanted = {module_name(r): r for r in roots}

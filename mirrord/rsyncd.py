@@ -136,6 +136,13 @@ def authorized_keys_line(
     public_key: str, conf: Path, rsync: str = "/usr/bin/rsync", tunnel_port: int = 0
 ) -> str:
     """Return the authorized_keys line restricting `public_key` to the mirror modules (and,
-    with a tunnel port, to one forward: to the standing daemon's port on the loopback)."""
-    allow = ("port-forwarding", f'permitopen="{TUNNEL_HOST}:{tunnel_port}"') if tunnel_port else ()
+    with a tunnel port, to one forward: to the standing daemon's port on the loopback).
+
+    `port-forwarding` gives back remote forwards too, and authorized_keys has no way to refuse
+    them all: `permitlisten` confines them to loopback port 1 (tcpmux, which nothing serves),
+    where sshd would otherwise let the key listen on any loopback port, as root."""
+    allow: tuple[str, ...] = ()
+    if tunnel_port:
+        allow = ("port-forwarding", f'permitopen="{TUNNEL_HOST}:{tunnel_port}"',
+                 f'permitlisten="{TUNNEL_HOST}:1"')  # fmt: skip
     return restricted_line(public_key, forced_argv(conf, rsync), allow)

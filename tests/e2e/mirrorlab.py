@@ -86,7 +86,8 @@ class MirrorPair:
 
     def _config(self) -> None:
         authkey = self.etc / "authkey"
-        authkey.write_bytes(os.urandom(32))
+        # Printable: the key file is read stripped, and a random edge byte could be whitespace.
+        authkey.write_bytes(os.urandom(32).hex().encode())
         authkey.chmod(0o600)
         nodes = []
         for n, hb in (("a", "198.51.100.1"), ("b", "198.51.100.2")):

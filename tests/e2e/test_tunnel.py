@@ -12,8 +12,8 @@ import pytest
 
 from mirrord import orphans
 from mirrord.tunnel import RETRY
-from tests.e2e.mirrorlab import MirrorPair, snapshot
-from tests.lab.lab import Lab, wait_until
+from tests.e2e.mirrorlab import MirrorPair, lab_ssh, snapshot
+from tests.lab.lab import IPV4, Lab, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 
@@ -91,14 +91,36 @@ def test_without_the_standing_daemon_pushes_go_by_ssh_and_the_tunnel_comes_back(
     pair.receiver_daemon.stop()
     sessions = pair.sessions()
     assert arrives(pair, "data", "while-down", "1\n"), pair.dir_status("data")
+    assert wait_until(lambda: tunnel(pair)["failed"] == 1, timeout=10), tunnel(pair)
     state = tunnel(pair)
-    assert state["up"] is False and state["failed"] == 1, state
-    assert isinstance(state["error"], str) and state["error"], state
+    assert state["up"] is False and isinstance(state["error"], str) and state["error"], state
     assert pair.sessions() > sessions
-    assert pair.dir_status("data")["last"]["result"] == "ok"
+    # The pass the tunnel failed was sent by ssh at once: no failure, no retry.
+    last = pair.dir_status("data")["last"]
+    assert last["result"] == "ok" and pair.dir_status("data")["failures"] == 0, last
     pair.start_receiver()
     assert wait_until(lambda: arrives(pair, "data", "poke", str(time.time()), 10)
                       and tunnel(pair)["up"] is True, timeout=RETRY * 4), tunnel(pair)  # fmt: skip
     carried = tunnel(pair)["carried"]
     assert arrives(pair, "data", "after", "2\n")
     assert tunnel(pair)["carried"] != carried
+
+
+def test_the_mirror_key_may_open_only_the_tunnel(lab: Lab) -> None:
+    """The key that may forward to the standing daemon may forward nowhere else (sshd's own
+    port), and may not listen on b (remote forwards) but on loopback port 1, nothing's port."""
+    pair = MirrorPair(lab, [{"path": "/srv/data"}], tunnel_port=PORT)
+    ssh = [*lab_ssh(pair.key, pair.ssh_options()), "-o", "ExitOnForwardFailure=yes", "-N"]
+    for spec in ("127.0.0.1:2222:127.0.0.1:22", "127.0.0.1:600:127.0.0.1:22"):
+        remote = lab.spawn("a", [*ssh, "-R", spec, f"root@{IPV4['b']}"])
+        assert wait_until(lambda r=remote: not r.alive(), 15), spec
+        assert "remote port forwarding failed" in remote.output(), remote.output()
+    local = lab.spawn("a", [*ssh, "-L", "127.0.0.1:2200:127.0.0.1:22", f"root@{IPV4['b']}"])
+    probe = ["ssh", "-p", "2200", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+             "root@127.0.0.1", "true"]  # fmt: skip
+    assert wait_until(lambda: "2200" in lab.run("a", ["ss", "-ltn"]).stdout, 15)
+    done = lab.run("a", probe, check=False, timeout=30)
+    assert done.returncode != 0
+    assert "administratively prohibited" in local.output(), local.output()
+    local.stop()

@@ -11,6 +11,7 @@ container boots a full systemd); the containers' tree is built once and cached.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -425,3 +426,33 @@ def test_a_wrong_host_key_shows_its_real_cause(pair: dict[str, Container]) -> No
     finally:
         known.write_text(good)
         active.run("systemctl restart mirrord", timeout=120)
+
+
+def test_the_tunnel_carries_pushes_through_the_receiver_unit(pair: dict[str, Container]) -> None:
+    """With `tunnel_port` on both servers, `mirrord pair-setup` again and the packaged
+    mirrord-receiver unit started, the active's pushes go through the tunnel (mirrord's unit
+    may listen on the privileged forward port; the receiver's may chroot and re-own): a file
+    reaches the standby and `mirrord status` says the tunnel is up."""
+    active, standby = active_pair(pair)
+    for node in (active, standby):
+        cluster = node.path("/etc/hapair/cluster.toml")
+        text = cluster.read_text()
+        assert "\n[mirror]\n" in text
+        cluster.write_text(text.replace("\n[mirror]\n", "\n[mirror]\ntunnel_port = 873\n", 1))
+    for node, peer in ((active, standby), (standby, active)):
+        node.run(f"mirrord pair-setup --peer-public-key /root/{peer.name}.pub")
+        assert node.path("/etc/hapair/rsyncd-tunnel.conf").exists()
+    for node in (active, standby):
+        node.run("systemctl start mirrord-receiver", timeout=60)
+        assert show(node, "mirrord-receiver", "ActiveState") == "active"
+        node.run("systemctl restart mirrord", timeout=120)
+    for i in range(3):
+        active.run(f"echo tunnel-{i} > {DATA}/tunnel-{i}.txt")
+        target = standby.path(f"{DATA}/tunnel-{i}.txt")
+        assert wait_for(lambda t=target, i=i: t.exists() and t.read_text() == f"tunnel-{i}\n",
+                        60, 0.5), active.run("mirrord status", check=False).stdout  # fmt: skip
+        time.sleep(1)
+    status = active.run("mirrord status").stdout
+    assert "(tunnel 873: up)" in status, status
+    doc = json.loads(active.run("mirrord status --json").stdout)
+    assert doc["tunnel"]["carried"] >= 1 and doc["tunnel"]["failed"] == 0, doc["tunnel"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shlex
+import stat
 from pathlib import Path
 
 import pytest
 
 from mirrord.cli import main
-from mirrord.rsyncd import conf_roots
+from mirrord.rsyncd import conf_roots, render_secrets
 from takeover.exits import Exit, StatusExit
 
 
@@ -119,6 +120,49 @@ def test_check_reports_an_rsyncd_conf_older_than_the_policies(
     )
     assert main([*argv, "authorize", str(pub)]) == Exit.OK
     assert main([*argv, "check"]) == Exit.OK
+
+
+def test_authorize_with_a_tunnel_port_writes_the_standing_daemons_files(
+    cluster: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With tunnel_port, authorize also writes rsyncd-tunnel.conf and its secrets (0600, the
+    password derived from the cluster key) and lets the key open that one forward; check names
+    a tunnel file that no longer matches; a bad cluster key is named, and nothing is written."""
+    for d in ("var/mail", "srv/www"):
+        (tmp_path / "fs" / d).mkdir(parents=True)
+    text = (cluster.parent / "mirror.d" / "mail.toml").read_text()
+    (cluster.parent / "mirror.d" / "mail.toml").write_text(
+        text.replace('"/var/mail"', f'"{tmp_path}/fs/var/mail"')
+        .replace('"/srv/www"', f'"{tmp_path}/fs/srv/www"'))  # fmt: skip
+    authkey = tmp_path / "authkey"
+    authkey.write_bytes(b"x" * 48)
+    authkey.chmod(0o600)
+    key = tmp_path / "mirror_key"
+    key.write_text("k")
+    body = cluster.read_text().replace('"/etc/hapair/authkey"', f'"{authkey}"')
+    cluster.write_text(body + f'ssh_key = "{key}"\ntunnel_port = 873\n')
+    pub = tmp_path / "k.pub"
+    pub.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA mirrord@a\n")
+    argv = ["-c", str(cluster), "--node", "b"]
+    assert main([*argv, "authorize", str(pub)]) == Exit.OK
+    line = capsys.readouterr().out
+    assert line.startswith('restrict,port-forwarding,permitopen="127.0.0.1:873",')
+    secrets = tmp_path / "rsyncd-tunnel.secrets"
+    assert secrets.read_text() == render_secrets(b"x" * 48)
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
+    tunnel_conf = (tmp_path / "rsyncd-tunnel.conf").read_text()
+    assert "port = 873" in tunnel_conf and f"secrets file = {secrets}" in tunnel_conf
+    assert conf_roots(tunnel_conf) == conf_roots((tmp_path / "rsyncd.conf").read_text())
+    assert main([*argv, "check"]) == Exit.OK
+    cluster.write_text(cluster.read_text().replace("tunnel_port = 873", "tunnel_port = 700"))
+    capsys.readouterr()
+    assert main([*argv, "check"]) == Exit.CONFIG
+    assert "rsyncd-tunnel.conf: out of date with the mirror policies" in capsys.readouterr().err
+    authkey.chmod(0o644)
+    (tmp_path / "rsyncd-tunnel.conf").unlink()
+    assert main([*argv, "authorize", str(pub)]) == Exit.FAILURE
+    assert f"heartbeat.key_file: {authkey}" in capsys.readouterr().err
+    assert not (tmp_path / "rsyncd-tunnel.conf").exists()
 
 
 def test_run_refuses_what_check_refuses_before_starting(
