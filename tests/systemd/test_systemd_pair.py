@@ -454,5 +454,5 @@ def test_the_tunnel_carries_pushes_through_the_receiver_unit(pair: dict[str, Con
         time.sleep(1)
     status = active.run("mirrord status").stdout
     assert "(tunnel 873: up)" in status, status
-    doc = json.loads(active.run("mirrord status --json").stdout)
-    assert doc["tunnel"]["carried"] >= 1 and doc["tunnel"]["failed"] == 0, doc["tunnel"]
+    tunnel = json.loads(active.run("mirrord status --json").stdout)["status"]["tunnel"]
+    assert tunnel["carried"] >= 1 and tunnel["failed"] == 0, tunnel
