@@ -32,14 +32,13 @@ from mirrord.receive import authorized_keys_line as rrsync_keys_line
 from mirrord.receive import receive
 from mirrord.rsyncd import (
     CONF_NAME,
-    TUNNEL_CONF_NAME,
-    TUNNEL_SECRETS_NAME,
     Tunnel,
     authorized_keys_line,
     conf_roots,
     module_name,
     render_conf,
     render_secrets,
+    tunnel_files,
     tunnel_secret,
 )
 from mirrord.transfer import Peer
@@ -556,9 +555,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         conf = args.config.parent / CONF_NAME
         problems += rsyncd_conf_problems(conf, policies)
         if cluster.mirror.tunnel_port:
-            secrets = conf.with_name(TUNNEL_SECRETS_NAME).resolve()
-            tunnel = Tunnel(cluster.mirror.tunnel_port, secrets)
-            problems += rsyncd_conf_problems(conf.with_name(TUNNEL_CONF_NAME), policies, tunnel)
+            tunnel_conf, tunnel = tunnel_files(conf, cluster.mirror.tunnel_port)
+            problems += rsyncd_conf_problems(tunnel_conf, policies, tunnel)
     if problems or cluster.mirror is None:
         return report_check(PROG, args, "", problems, Exit.CONFIG)
     peer = cluster.peer_of(node.name)
@@ -646,7 +644,7 @@ def authorized_line(
         return rrsync_keys_line(key, roots, cluster.mirror.backup_retention, command)
     conf = getattr(args, "rsyncd_conf", None) or args.config.parent / CONF_NAME
     port = cluster.mirror.tunnel_port
-    tunnel_conf, secrets = conf.with_name(TUNNEL_CONF_NAME), conf.with_name(TUNNEL_SECRETS_NAME)
+    tunnel_conf, tunnel = tunnel_files(conf, port)
     shared = b""
     if port:
         try:
@@ -657,9 +655,8 @@ def authorized_line(
     try:
         if port:
             # The secret first: a daemon never starts on a configuration without its secret.
-            write_atomic(secrets, render_secrets(shared), mode=0o600)
-            write_atomic(tunnel_conf, render_conf(roots, Tunnel(port, secrets.resolve())),
-                         mode=0o644)  # fmt: skip
+            write_atomic(tunnel.secrets, render_secrets(shared), mode=0o600)
+            write_atomic(tunnel_conf, render_conf(roots, tunnel), mode=0o644)
         write_atomic(conf, render_conf(roots), mode=0o644)
     except OSError as exc:
         print(f"{PROG}: error: {exc.filename or conf}: {exc.strerror or exc}", file=sys.stderr)
@@ -667,7 +664,7 @@ def authorized_line(
     rsync = args.rsync or shutil.which("rsync") or "/usr/bin/rsync"
     print(f"{PROG}: wrote {conf}: {len(roots)} modules", file=sys.stderr)
     if port:
-        print(f"{PROG}: wrote {tunnel_conf} and {secrets}: the standing daemon on "
+        print(f"{PROG}: wrote {tunnel_conf} and {tunnel.secrets}: the standing daemon on "
               f"127.0.0.1:{port} (systemctl enable --now mirrord-receiver)",
               file=sys.stderr)  # fmt: skip
     return authorized_keys_line(key, conf.resolve(), rsync, tunnel_port=port)

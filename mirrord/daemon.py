@@ -68,7 +68,6 @@ from mirrord.transfer import (
     run_rsync,
     sendable,
     tunnel_env,
-    tunnel_failure,
     tunneled,
     use_pidfd_watcher,
 )
@@ -1431,7 +1430,7 @@ class Daemon:
         if t is not None and peer is not None and t.use():
             res = await run_rsync(tunneled(argv, peer, root), listed, keep_deleted=keep_deleted,
                                   renamed=renamed, pin=pin, env=self._tunnel_env)  # fmt: skip
-            why = tunnel_failure(res)
+            why = tunnel.failure(res.rc, res.stats.changed, res.stderr)
             if why is None:
                 t.carried_one()
                 return res

@@ -68,6 +68,9 @@ MISSING_ARGS_REFUSED: Final = (
 # The receiving node set aside files a push may have written (mirrord.orphans.ask_resend).
 FULL_PASS_WANTED: Final = "the peer set aside files a push may have written: a full pass sends them"
 
+# What every refusal of the peer's push check (mirrord/pushcheck.sh) begins with.
+PUSHCHECK_MARKER: Final = "mirrord: "
+
 # First match in this order wins: the more specific and the more decisive come first (a full
 # disk also breaks the pipe; a refusal by the push check also fails the pre-xfer exec).
 CAUSES: Final[tuple[Cause, ...]] = (
@@ -113,7 +116,7 @@ CAUSES: Final[tuple[Cause, ...]] = (
     ),
     Cause("@ERROR: max connections", _retry("the peer's rsync daemon is at its connection limit")),
     Cause("@ERROR:", _alarm("the peer's rsync daemon refused the push")),
-    Cause("mirrord: ", _retry("the peer's push check refused the push")),
+    Cause(PUSHCHECK_MARKER, _retry("the peer's push check refused the push")),
     Cause("pre-xfer exec returned failure", _retry("the peer's push check refused the push")),
     # ssh.
     Cause(

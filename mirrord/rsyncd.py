@@ -15,7 +15,7 @@ Nothing of Python runs on the receiving side per pass: what the pass costs there
 session and rsync itself (the backup area is pruned by the receiving node's mirrord daemon).
 
 With `[mirror] tunnel_port`, the same modules are also served by a standing rsync daemon
-(hapair-mirror-receiver.service, `rsyncd-tunnel.conf`) on the loopback at that port, which asks
+(mirrord-receiver.service, `rsyncd-tunnel.conf`) on the loopback at that port, which asks
 for rsync's own authentication (a user and a secret both nodes derive from the cluster key): the
 sending mirrord reaches it through a forward on its ssh connection, which the key may open to
 that port only (`permitopen`). A push then costs a fork of that daemon instead of an ssh
@@ -61,6 +61,13 @@ class Tunnel:
 
     port: int
     secrets: Path
+
+
+def tunnel_files(conf: Path, port: int) -> tuple[Path, Tunnel]:
+    """Return the standing daemon's configuration file beside `conf` (rsyncd.conf), and its
+    port and secrets file (absolute, as the configuration names it)."""
+    secrets = conf.with_name(TUNNEL_SECRETS_NAME).resolve()
+    return conf.with_name(TUNNEL_CONF_NAME), Tunnel(port, secrets)
 
 
 def tunnel_secret(cluster_key: bytes) -> str:

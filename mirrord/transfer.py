@@ -367,39 +367,6 @@ def tunnel_env(password: str) -> dict[str, str]:
     return {"RSYNC_PASSWORD": password}
 
 
-# What rsync says when the tunnel, not the pass, failed: nothing listens on the forward's end
-# (no ControlMaster), the peer's daemon is not there (sshd could not connect: the forward's
-# connection closes before the greeting) or not set up for this (secret, modules).
-TUNNEL_FAILURES: Final = (
-    "failed to connect to",
-    "did not see server greeting",
-    "@ERROR: auth failed",
-    "@ERROR: Unknown module",
-)
-# Exit codes of a connection that broke (socket I/O, protocol stream, daemon timeout): before
-# anything was transferred, the tunnel's too (the daemon closing at once shows as either).
-TUNNEL_BROKEN: Final = (10, 12, 35)
-# What the peer's push check prints (mirrord/pushcheck.sh): the daemon answered.
-PUSHCHECK_SAYS: Final = "mirrord: "
-
-
-def tunnel_failure(res: TransferResult) -> str | None:
-    """Why the tunnel failed this pass (None: it reached the peer's daemon, whatever the pass's
-    own end). Sending such a pass again by ssh is always safe, so a connection that broke
-    before anything was sent counts as the tunnel's."""
-    if res.rc == 0 or res.stats.changed:
-        return None
-    lines = [line.strip() for line in res.stderr.splitlines() if line.strip()]
-    if any(PUSHCHECK_SAYS in line for line in lines):
-        return None
-    for line in lines:
-        if any(f in line for f in TUNNEL_FAILURES):
-            return line
-    if res.rc in TUNNEL_BROKEN:
-        return lines[0] if lines else f"rsync exited {res.rc} before sending anything"
-    return None
-
-
 async def add_forward(peer: Peer, timeout: float = 10.0) -> str | None:
     """Add the tunnel's forward to the ControlMaster; return None, or why it failed."""
     proc = await asyncio.create_subprocess_exec(

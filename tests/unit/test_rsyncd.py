@@ -26,13 +26,10 @@ from mirrord.rsyncd import (
 )
 from mirrord.transfer import (
     Peer,
-    Stats,
     TransferOptions,
-    TransferResult,
     classify,
     incremental_argv,
     tunnel_env,
-    tunnel_failure,
     tunneled,
 )
 
@@ -132,38 +129,6 @@ def test_a_pass_through_the_tunnel_is_the_same_command_to_the_forwards_end() -> 
     local = incremental_argv("/srv/a", None, TransferOptions(), NOW, dest="/tmp/x")
     with pytest.raises(ValueError, match="ssh session"):
         tunneled(local, peer, "/srv/a")
-
-
-@pytest.mark.parametrize(
-    ("rc", "stderr", "changed", "tunnel_failed"),
-    [
-        (10, "rsync: failed to connect to 127.0.0.1 (127.0.0.1): Connection refused (111)", 0,
-         True),
-        (5, "@ERROR: auth failed on module srv-a-1234", 0, True),
-        (5, "@ERROR: Unknown module 'srv-a-1234'", 0, True),
-        (5, "rsync: did not see server greeting", 0, True),
-        (12, "rsync: connection unexpectedly closed (0 bytes received so far) [sender]", 0, True),
-        # The forward's connection closed as the greeting was written (no daemon on the peer).
-        (12, "rsync error: error in rsync protocol data stream (code 12) at io.c(340)", 0, True),
-        (35, "rsync error: timeout waiting for daemon connection (code 35)", 0, True),
-        # The pass reached the daemon: its own outcome, not the tunnel's.
-        (5, "mirrord: /srv/a: this node is (or was, until it stopped) the source of this root\n"
-            "@ERROR: pre-xfer exec returned failure", 0, False),
-        (5, "@ERROR: chroot failed", 0, False),
-        (23, "rsync: [sender] link_stat \"/x\" failed: No such file or directory (2)", 0, False),
-        (12, "rsync: connection unexpectedly closed (1034 bytes received so far) [sender]", 3,
-         False),
-        (0, "", 0, False),
-    ],
-)  # fmt: skip
-def test_what_says_the_tunnel_failed_not_the_pass(
-    rc: int, stderr: str, changed: int, tunnel_failed: bool
-) -> None:
-    """A tunnel that did not reach a daemon set up for it sends the pass by ssh again (always
-    safe); a pass the daemon answered, or that sent something, ends as its own."""
-    res = TransferResult(rc=rc, outcome=classify(rc, stderr), stats=Stats(changed=changed),
-                         duration=0.1, stderr=stderr)  # fmt: skip
-    assert (tunnel_failure(res) is not None) is tunnel_failed
 
 
 def pushcheck(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
