@@ -103,7 +103,8 @@ def test_without_the_standing_daemon_pushes_go_by_ssh_and_the_tunnel_comes_back(
                       and tunnel(pair)["up"] is True, timeout=RETRY * 4), tunnel(pair)  # fmt: skip
     carried = tunnel(pair)["carried"]
     assert arrives(pair, "data", "after", "2\n")
-    assert tunnel(pair)["carried"] != carried
+    # The file lands before rsync exits; the pass is counted once it has.
+    assert wait_until(lambda: tunnel(pair)["carried"] != carried, timeout=10), tunnel(pair)
 
 
 def test_the_mirror_key_may_open_only_the_tunnel(lab: Lab) -> None:
